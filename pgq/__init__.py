@@ -1,0 +1,11 @@
+"""pgq: a Celery-compatible task queue that keeps its tasks in PostgreSQL.
+
+The core API is ``App``, ``Task`` and ``Result``; Celery's API lives in ``pgq.compat``.
+"""
+
+from pgq.app import App, Task
+from pgq.errors import PgqError
+from pgq.result import Result
+
+__all__ = ["App", "PgqError", "Result", "Task"]
+__version__ = "0.1.0"

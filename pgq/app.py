@@ -1,0 +1,305 @@
+"""The minimal Python API: define tasks on an ``App``, enqueue them, read their results.
+
+    app = pgq.App()
+
+    @app.task(max_retries=5, autoretry_for=(IOError,), retry_backoff=True)
+    def fetch(url): ...
+
+    result = fetch.delay("https://example.com")
+    result.get(timeout=10)
+
+``pgq.compat`` builds Celery's API on these classes; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar
+
+from pgq import serialization
+from pgq.database import Database, resolve_url
+from pgq.errors import ConfigurationError
+from pgq.result import Result
+from pgq.settings import DEFAULT_QUEUE, Settings
+from pgq.store import NewTask, Store
+
+__all__ = ["App", "Task"]
+
+
+class Task:
+    """A task type. Subclass and define ``run``, or decorate a function with ``App.task``.
+
+    Class attributes are the task's options, with Celery's names and defaults.
+    """
+
+    name: ClassVar[str | None] = None
+    app: App
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: ClassVar[dict[str, Any]] = {}
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    expires: float | timedelta | datetime | None = None
+    ignore_result: bool = False
+    typing: bool = True
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"task {self.name!r} has no run()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # Hooks the worker calls around each run (Celery's names and arguments).
+    def before_start(self, task_id: str, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Called in the worker just before ``run``."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Called in the worker after ``run`` returned."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Called in the worker when the task ended in FAILURE."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Called in the worker when the task is going to be retried."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Called in the worker after every run, whatever its outcome."""
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError if ``run`` cannot take these arguments (when ``typing`` is on)."""
+        if not self.typing:
+            return
+        try:
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):  # builtins without a signature
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}() {exc}") from None
+
+    def delay(self, *args: Any, **kwargs: Any) -> Result:
+        """Enqueue with positional and keyword arguments."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        **options: Any,
+    ) -> Result:
+        """Enqueue with options (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
+        ``task_id``, ``idempotency_key``, ``time_limit``, ``soft_time_limit``, ``connection``...).
+        """
+        new = self.prepare(args, kwargs, **options)
+        task_id, _created = self.app.store.insert(new, connection)
+        return self.app.result(task_id)
+
+    def prepare(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | timedelta | datetime | None = None,
+        task_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        **options: Any,
+    ) -> NewTask:
+        """Validate and encode one call into the row to insert (nothing is written)."""
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        self.check_arguments(args, kwargs)
+        if self.time_limit is not None:
+            options.setdefault("time_limit", self.time_limit)
+        if self.soft_time_limit is not None:
+            options.setdefault("soft_time_limit", self.soft_time_limit)
+        options = {k: v for k, v in options.items() if v is not None}
+        expires = self.expires if expires is None else expires
+        expires_at, expires_in = _split_expiry(expires)
+        if priority is None:
+            priority = self.priority if self.priority is not None else 0
+        if not 0 <= int(priority) <= 255:
+            raise ValueError(f"priority must be between 0 and 255, got {priority!r}")
+        new_id = str(task_id) if task_id else str(uuid.uuid4())
+        return NewTask(
+            id=new_id,
+            name=self.name or "",
+            args=serialization.dumps(args),
+            kwargs=serialization.dumps(kwargs),
+            options=serialization.dumps(options),
+            queue=queue or self.queue or self.app.default_queue,
+            priority=int(priority),
+            eta=_aware(eta),
+            countdown=float(countdown) if countdown is not None else None,
+            expires_at=expires_at,
+            expires_in=expires_in,
+            idempotency_key=idempotency_key,
+            parent_id=parent_id,
+            root_id=root_id or parent_id,
+        )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Naive datetimes mean UTC (Celery's default timezone)."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def _split_expiry(
+    expires: float | timedelta | datetime | None,
+) -> tuple[datetime | None, float | None]:
+    if expires is None:
+        return None, None
+    if isinstance(expires, datetime):
+        return _aware(expires), None
+    if isinstance(expires, timedelta):
+        return None, expires.total_seconds()
+    return None, float(expires)
+
+
+class App:
+    """A set of tasks and the database they are queued in.
+
+    ``database_url`` (Celery's broker URL) wins over ``PGQ_DATABASE_URL``; with neither, pgq
+    uses its embedded PostgreSQL server.
+    """
+
+    task_base: ClassVar[type[Task]] = Task
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        database_url: str | None = None,
+        settings: Settings | None = None,
+        default_queue: str = DEFAULT_QUEUE,
+    ) -> None:
+        self.main = main
+        self.database_url = database_url
+        self.default_queue = default_queue
+        self.tasks: dict[str, Task] = {}
+        self._settings = settings
+        self._db: Database | None = None
+        self._store: Store | None = None
+
+    def __repr__(self) -> str:
+        return f"<pgq.App {self.main or '__main__'}>"
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.from_env()
+        return self._settings
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            url = resolve_url(self.database_url, self.settings)
+            self._db = Database(url, pool_size=self.settings.pool_size)
+        return self._db
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.db)
+        return self._store
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        base: type[Task] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Register ``fn`` as a task (usable bare, ``@app.task``, or with options)."""
+
+        def register(func: Callable[..., Any]) -> Task:
+            name = options.pop("name", None) or f"{func.__module__}.{func.__qualname__}"
+            attrs = {
+                "name": name,
+                "run": staticmethod(func),
+                "__doc__": func.__doc__,
+                "__module__": func.__module__,
+                "__wrapped__": func,
+                **options,
+            }
+            cls = type(func.__name__, (base or self.task_base,), attrs)
+            return self.register(cls())
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def register(self, task: Task) -> Task:
+        """Add a task instance to this app under its name."""
+        if not task.name:
+            raise ConfigurationError(f"{task!r} has no name")
+        task.app = self
+        self.tasks[task.name] = task
+        return task
+
+    def signature_task(self, name: str) -> Task:
+        """The registered task called ``name``, or a stand-in that only knows how to enqueue."""
+        task = self.tasks.get(name)
+        if task is not None:
+            return task
+        stand_in = type("RemoteTask", (self.task_base,), {"name": name, "typing": False})()
+        stand_in.app = self
+        return stand_in
+
+    def send(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Result:
+        """Enqueue a task by name (it need not be registered in this process)."""
+        return self.signature_task(name).apply_async(args, kwargs, **options)
+
+    def send_many(
+        self,
+        calls: Iterable[tuple[str, Sequence[Any], dict[str, Any], dict[str, Any]]],
+        *,
+        connection: Any = None,
+    ) -> list[Result]:
+        """Enqueue many (name, args, kwargs, options) calls in one INSERT statement."""
+        rows = [self.signature_task(n).prepare(a, k, **o) for n, a, k, o in calls]
+        return [self.result(i) for i in self.store.insert_many(rows, connection)]
+
+    def result(self, task_id: str) -> Result:
+        """A handle on the task with this id (an unknown id reads as PENDING)."""
+        return Result(task_id, self.store)
+
+    def close(self) -> None:
+        """Close this process's connections to the database."""
+        if self._db is not None:
+            self._db.close()

@@ -1,0 +1,224 @@
+"""The ``pgq`` command.
+
+Every command exits non-zero with a one-line reason on failure; no Python traceback reaches the
+user for an expected error (bad input, unreachable database, missing schema).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+import typer
+
+from pgq.errors import PgqError
+from pgq.settings import ENVIRONMENT, Settings
+
+__all__ = ["main"]
+
+
+def _environment_help() -> str:
+    lines = ["Environment variables:", ""]
+    for var, default, meaning in ENVIRONMENT.values():
+        lines.append(f"{var} (default {default}): {meaning}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+cli = typer.Typer(
+    name="pgq",
+    help="pgq: a Celery-compatible task queue that keeps its tasks in PostgreSQL.",
+    epilog=_environment_help(),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+AppOption = typer.Option(None, "-A", "--app", help="module or module:app that defines the tasks")
+UrlOption = typer.Option(
+    None,
+    "--database-url",
+    "-b",
+    "--broker",
+    help="PostgreSQL URL (overrides the app's and PGQ_DATABASE_URL)",
+)
+
+
+@cli.callback()
+def _root(
+    ctx: typer.Context,
+    app: str | None = AppOption,
+) -> None:
+    """pgq: a Celery-compatible task queue that keeps its tasks in PostgreSQL."""
+    ctx.obj = {"app": app}
+
+
+def _setup_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="-l/--loglevel")
+    logging.basicConfig(
+        level=numeric,
+        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(ctx: typer.Context, app: str | None, database_url: str | None = None) -> Any:
+    from pgq.app import App
+    from pgq.loader import load_app
+
+    target = app or (ctx.obj or {}).get("app")
+    loaded = load_app(target) if target else App()
+    if database_url:
+        loaded.database_url = database_url
+        loaded._db = None
+        loaded._store = None
+    return loaded
+
+
+@cli.command()
+def worker(
+    ctx: typer.Context,
+    app: str | None = AppOption,
+    concurrency: int | None = typer.Option(
+        None, "-c", "--concurrency", min=1, help="worker slots (default: number of CPUs)"
+    ),
+    queues: str | None = typer.Option(
+        None, "-Q", "--queues", help="comma-separated queues to consume (default: celery)"
+    ),
+    loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
+    pool: str = typer.Option("prefork", "-P", "--pool", help="prefork, threads or solo"),
+    hostname: str | None = typer.Option(None, "-n", "--hostname", help="this worker's name"),
+    database_url: str | None = UrlOption,
+) -> None:
+    """Run tasks: claims them from PostgreSQL and runs them in a pool of processes or threads.
+
+    SIGTERM or SIGINT stops claiming and waits for running tasks; a second one gives running
+    tasks back to the queue and exits at once.
+    """
+    from pgq.worker.main import Worker
+
+    if pool not in ("prefork", "threads", "solo"):
+        raise typer.BadParameter(
+            f"unknown pool {pool!r}: use prefork, threads or solo", param_hint="-P/--pool"
+        )
+    _setup_logging(loglevel)
+    loaded = _load(ctx, app, database_url)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    code = Worker(
+        loaded, queues=queue_list, concurrency=concurrency, pool=pool, hostname=hostname
+    ).run()
+    raise typer.Exit(code)
+
+
+@cli.command()
+def migrate(
+    sql: bool = typer.Option(False, "--sql", help="print the SQL instead of running it"),
+    revision: str = typer.Option("head", "--revision", help="target revision"),
+    database_url: str | None = UrlOption,
+) -> None:
+    """Create or upgrade the pgq schema (Alembic migrations)."""
+    from pgq.database import resolve_url
+    from pgq.migrate import upgrade
+
+    settings = Settings.from_env()
+    if sql:
+        # Offline SQL needs no server: use the given URL, or a placeholder one.
+        url = database_url or settings.database_url or "postgresql://localhost/pgq"
+        upgrade(url, revision=revision, sql=True)
+        return
+    url = resolve_url(database_url, settings)
+    upgrade(url, revision=revision)
+    typer.echo(f"pgq schema is at revision {revision}")
+
+
+@cli.command()
+def call(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="task name"),
+    args: str = typer.Option("[]", "--args", "-a", help="positional arguments as a JSON array"),
+    kwargs: str = typer.Option("{}", "--kwargs", "-k", help="keyword arguments as a JSON object"),
+    countdown: float | None = typer.Option(None, "--countdown", help="seconds to wait first"),
+    queue: str | None = typer.Option(None, "-Q", "--queue", help="queue to send to"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Enqueue a task by name and print its id."""
+    parsed_args = _json_option(args, "--args", list)
+    parsed_kwargs = _json_option(kwargs, "--kwargs", dict)
+    loaded = _load(ctx, app, database_url)
+    result = loaded.send(name, parsed_args, parsed_kwargs, countdown=countdown, queue=queue)
+    typer.echo(result.id)
+
+
+@cli.command()
+def result(
+    ctx: typer.Context,
+    task_id: str = typer.Argument(..., help="task id"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Show a task's state and its result or traceback."""
+    from pgq.serialization import loads
+
+    loaded = _load(ctx, app, database_url)
+    record = loaded.store.require(task_id)
+    value = loads(record.result)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "name": record.name,
+                    "state": record.state,
+                    "result": value,
+                    "traceback": record.traceback,
+                },
+                default=str,
+            )
+        )
+        return
+    typer.echo(f"{record.id} {record.name} {record.state}")
+    if record.traceback and record.state == "FAILURE":
+        typer.echo(record.traceback.rstrip())
+    elif value is not None:
+        typer.echo(json.dumps(value, default=str))
+
+
+def _json_option(text: str, option: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, kind):
+        expected = "array" if kind is list else "object"
+        raise typer.BadParameter(f"must be a JSON {expected}", param_hint=option)
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``pgq`` command."""
+    try:
+        code = cli(args=argv, prog_name="pgq", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except PgqError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

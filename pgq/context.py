@@ -1,0 +1,60 @@
+"""The request of the task running in this thread (Celery's ``self.request``)."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["Request", "current_request"]
+
+
+@dataclass
+class Request:
+    """What a running task knows about its own call."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    queue: str | None = None
+    priority: int | None = None
+    eta: datetime | None = None
+    expires: datetime | None = None
+    hostname: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group: str | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    is_eager: bool = False
+    called_directly: bool = False
+
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        return {
+            "exchange": "",
+            "routing_key": self.queue,
+            "priority": self.priority,
+            "redelivered": False,
+        }
+
+
+_current: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "pgq_current_request", default=None
+)
+
+
+def current_request() -> Request | None:
+    """The request of the task running here, or None outside a task."""
+    return _current.get()
+
+
+def set_current_request(request: Request | None) -> contextvars.Token[Request | None]:
+    return _current.set(request)
+
+
+def reset_current_request(token: contextvars.Token[Request | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,176 @@
+"""Which PostgreSQL server pgq talks to, and how it opens connections to it.
+
+Selection, first match wins: a URL given in code -> ``PGQ_DATABASE_URL`` -> the embedded server
+(``pgq.embedded``). Connections are autocommit psycopg connections; every psycopg error that
+escapes is translated into ``pgq.errors`` by ``translate_errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+
+from pgq.errors import ConfigurationError, DatabaseError, OperationalError, SchemaError
+from pgq.schema import SCHEMA_REVISION
+from pgq.settings import Settings
+from pgq.sql import query
+
+__all__ = ["Database", "describe_server", "normalize_url", "resolve_url", "translate_errors"]
+
+log = logging.getLogger("pgq")
+
+_URL_PREFIXES = (
+    "postgresql+psycopg://",
+    "postgresql+psycopg2://",
+    "postgresql+psycopg_async://",
+    "sqla+postgresql://",
+    "db+postgresql://",
+    "postgres://",
+    "postgresql://",
+)
+
+
+def normalize_url(url: str) -> str:
+    """Turn any PostgreSQL URL spelling Celery or SQLAlchemy users write into a libpq URL."""
+    url = url.strip()
+    for prefix in _URL_PREFIXES:
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    raise ConfigurationError(
+        f"pgq keeps its tasks in PostgreSQL and cannot use a {scheme!r} URL; "
+        "give a postgresql://user:password@host:port/dbname URL"
+    )
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same server as a SQLAlchemy URL using the psycopg 3 driver."""
+    return "postgresql+psycopg://" + normalize_url(url)[len("postgresql://") :]
+
+
+def resolve_url(explicit: str | None, settings: Settings) -> str:
+    """The URL to use: the one given in code, else PGQ_DATABASE_URL, else the embedded server."""
+    if explicit:
+        return normalize_url(explicit)
+    if settings.database_url:
+        return normalize_url(settings.database_url)
+    from pgq.embedded import embedded_url
+
+    return embedded_url(settings.home)
+
+
+def describe_server(url: str) -> str:
+    """host:port/dbname of a URL, without credentials, for messages."""
+    try:
+        info = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the configured server"
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    return f"{host}:{port}/{info.get('dbname') or info.get('user') or 'postgres'}"
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Re-raise psycopg errors as pgq errors that name the server."""
+    try:
+        yield
+    except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName) as exc:
+        raise SchemaError(
+            f"the pgq schema is missing in {describe_server(url)}: run `pgq migrate` "
+            f"({_first_line(exc)})"
+        ) from None
+    except psycopg.OperationalError as exc:
+        raise OperationalError(
+            f"cannot reach PostgreSQL at {describe_server(url)}: {_first_line(exc)}"
+        ) from None
+    except psycopg.Error as exc:
+        raise DatabaseError(f"PostgreSQL at {describe_server(url)}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Database:
+    """A PostgreSQL server: opens checked connections and keeps a small per-process pool."""
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: Any = None
+        self._pool_pid = 0
+        self._schema_checked = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Database {describe_server(self.url)}>"
+
+    def connect(self, *, check_schema: bool = True) -> psycopg.Connection[Any]:
+        """A new autocommit connection (the caller closes it)."""
+        with translate_errors(self.url):
+            conn = psycopg.connect(self.url, autocommit=True, application_name="pgq")
+        if check_schema:
+            try:
+                self.check_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def check_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise SchemaError unless the database is at exactly the revision this code expects."""
+        with translate_errors(self.url):
+            row = conn.execute(query("schema_revision")).fetchone()
+        revision = row[0] if row else None
+        if revision != SCHEMA_REVISION:
+            raise SchemaError(
+                f"the pgq schema in {describe_server(self.url)} is at revision {revision!r}, "
+                f"this pgq needs {SCHEMA_REVISION!r}: run `pgq migrate`"
+            )
+
+    @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        """Borrow a connection from this process's pool (made on first use, remade after fork)."""
+        pool = self._get_pool()
+        with translate_errors(self.url), pool.connection() as conn:
+            yield conn
+
+    def _get_pool(self) -> Any:
+        pid = os.getpid()
+        if self._pool is not None and self._pool_pid == pid:
+            return self._pool
+        with self._lock:
+            if self._pool is None or self._pool_pid != pid:
+                from psycopg_pool import ConnectionPool
+
+                if not self._schema_checked or self._pool_pid != pid:
+                    conn = self.connect()
+                    conn.close()
+                    self._schema_checked = True
+                # A pool inherited through fork belongs to the parent: leave it alone.
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs={"autocommit": True, "application_name": "pgq"},
+                    open=True,
+                    name="pgq",
+                )
+                self._pool_pid = pid
+        return self._pool
+
+    def close(self) -> None:
+        """Close this process's pool, if any."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+        self._pool = None

@@ -1,0 +1,171 @@
+"""Every error pgq raises.
+
+    PgqError
+    ├── ConfigurationError        bad settings or a bad ``-A`` target
+    ├── DatabaseError             the database refused or could not be reached
+    │   ├── OperationalError      server down, restarting or unreachable (names the server)
+    │   └── SchemaError           schema missing or older than the code: run ``pgq migrate``
+    ├── EncodeError               arguments or results that are not JSON-serializable
+    ├── TaskNotFound              no task with that id
+    ├── WaitTimeout               a result was not ready in time (also a TimeoutError)
+    ├── TaskFailed                ``Result.get()`` of a task that ended in FAILURE
+    ├── TaskRevoked               ``Result.get()`` of a task that was revoked or expired
+    └── TaskError                 raised *inside* tasks to steer the worker
+        ├── RetryTask             run the task again later (``self.retry`` in the compat layer)
+        ├── Ignore                drop the outcome: the row keeps whatever state the task set
+        └── Reject                refuse the task: it ends ``REJECTED`` or goes back to the queue
+
+Failures the worker decides are stored on the task row (and re-raised by results) with
+Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-export them:
+
+    Exception
+    ├── NotRegistered             the worker does not know the task's name
+    ├── MaxRetriesExceededError   a retry was asked for with no retries left
+    ├── TimeLimitExceeded         the hard time limit killed the task
+    ├── SoftTimeLimitExceeded     raised inside the task when its soft time limit passes
+    ├── WorkerLostError           the task lost its worker more than max_rescues times
+    └── TaskRevokedError          the task was revoked or expired
+
+psycopg errors are translated into this tree at the store boundary (``pgq.store``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+__all__ = [
+    "ConfigurationError",
+    "MaxRetriesExceededError",
+    "NotRegistered",
+    "TaskRevokedError",
+    "TimeLimitExceeded",
+    "WorkerLostError",
+    "DatabaseError",
+    "EncodeError",
+    "Ignore",
+    "OperationalError",
+    "PgqError",
+    "Reject",
+    "RetryTask",
+    "SchemaError",
+    "SoftTimeLimitExceeded",
+    "TaskError",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskRevoked",
+    "WaitTimeout",
+]
+
+
+class PgqError(Exception):
+    """Root of every error pgq raises."""
+
+
+class ConfigurationError(PgqError):
+    """A setting, URL or ``-A`` target is unusable."""
+
+
+class DatabaseError(PgqError):
+    """The database refused an operation."""
+
+
+class OperationalError(DatabaseError):
+    """The database server cannot be reached (down, restarting, wrong address)."""
+
+
+class SchemaError(DatabaseError):
+    """The ``pgq`` schema is missing or older than this code."""
+
+
+class EncodeError(PgqError, TypeError):
+    """A value cannot be stored as JSON."""
+
+
+class TaskNotFound(PgqError, LookupError):
+    """No task has that id."""
+
+
+class WaitTimeout(PgqError, TimeoutError):
+    """The task did not finish within the timeout given to ``Result.get``."""
+
+
+class TaskFailed(PgqError):
+    """The task ended in FAILURE; carries the stored exception's type, module and message."""
+
+    def __init__(self, exc_type: str, exc_module: str, message: str, traceback: str | None) -> None:
+        super().__init__(f"{exc_type}: {message}" if message else exc_type)
+        self.exc_type = exc_type
+        self.exc_module = exc_module
+        self.message = message
+        self.traceback = traceback
+
+
+class TaskRevoked(PgqError):
+    """The task was revoked (or expired) before it could finish."""
+
+
+class TaskError(Exception):
+    """Base for the control-flow exceptions a task raises to steer the worker."""
+
+
+class RetryTask(TaskError):
+    """Ask the worker to run this task again at ``eta`` (or after ``countdown`` seconds).
+
+    ``exc`` is the error that caused the retry; it is stored on the row while the task waits.
+    ``max_retries`` overrides the task's own budget for this retry.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        super().__init__(message or (f"Retry: {exc!r}" if exc is not None else "Retry"))
+        self.exc = exc
+        self.countdown = countdown
+        self.eta = eta
+        self.max_retries = max_retries
+
+
+class Ignore(TaskError):
+    """The worker records nothing more for this task (its state stays as the task left it)."""
+
+
+class Reject(TaskError):
+    """The task refuses its message; with ``requeue=True`` it goes back to the queue."""
+
+    def __init__(self, reason: object = None, requeue: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.requeue = requeue
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its ``soft_time_limit`` passes."""
+
+
+class NotRegistered(KeyError):
+    """No task of that name is registered in the worker."""
+
+    def __str__(self) -> str:  # KeyError would quote its argument
+        return str(self.args[0]) if self.args else ""
+
+
+class MaxRetriesExceededError(Exception):
+    """The task asked to be retried but has no retries left."""
+
+
+class TimeLimitExceeded(Exception):
+    """The task ran past its hard ``time_limit`` and its process was killed."""
+
+
+class WorkerLostError(Exception):
+    """The task's worker died (or lost its lease) too many times while running it."""
+
+
+class TaskRevokedError(Exception):
+    """The task was revoked (or expired) before it finished."""

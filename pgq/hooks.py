@@ -1,0 +1,51 @@
+"""One seam where the engine announces what happens; signals and metrics listen here.
+
+The engine calls ``emit(event, **details)`` at each state change; ``pgq.compat.signals`` and
+``pgq.metrics`` ``connect`` to the events they need. With nobody connected an emit costs one
+dictionary lookup. A receiver that raises is logged and does not disturb the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EVENTS", "connect", "disconnect", "emit"]
+
+EVENTS = frozenset(
+    {
+        "worker_process_init",  # in each prefork child, once, before its first task
+        "worker_process_shutdown",  # in each prefork child as it exits
+        "worker_ready",  # in the worker's parent once it is connected and claiming
+        "worker_shutdown",  # in the worker's parent as it exits
+        "task_prerun",  # task, request: just before a task runs (where it runs)
+        "task_postrun",  # task, request, report: just after it ran
+        "task_finished",  # report, name, queue: in the parent, once the outcome is stored
+    }
+)
+
+_receivers: dict[str, list[Callable[..., Any]]] = {}
+log = logging.getLogger("pgq")
+
+
+def connect(event: str, receiver: Callable[..., Any]) -> None:
+    """Call ``receiver(**details)`` every time ``event`` is emitted in this process."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    _receivers.setdefault(event, []).append(receiver)
+
+
+def disconnect(event: str, receiver: Callable[..., Any]) -> None:
+    receivers = _receivers.get(event, [])
+    if receiver in receivers:
+        receivers.remove(receiver)
+
+
+def emit(event: str, **details: Any) -> None:
+    """Tell the receivers of ``event``; their errors are logged, never raised."""
+    for receiver in _receivers.get(event, ()):
+        try:
+            receiver(**details)
+        except Exception:
+            log.exception("receiver %r of %s failed", receiver, event)

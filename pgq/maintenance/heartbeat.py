@@ -1,0 +1,41 @@
+"""Heartbeats: keep this worker's row and the leases of its running tasks alive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pgq.maintenance import Periodic
+from pgq.store import WorkerStore
+
+__all__ = ["Heartbeat", "HeartbeatSettings"]
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = 5.0
+    lease_seconds: float = 30.0
+
+
+class Heartbeat(Periodic):
+    """Renews the lease of every task this worker runs, and its pgq.workers row."""
+
+    def __init__(
+        self,
+        store: WorkerStore,
+        settings: HeartbeatSettings,
+        running_ids: Callable[[], list[str]],
+        tasks_done: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(clock)
+        self.store = store
+        self.settings = settings
+        self.interval = settings.interval
+        self._running_ids = running_ids
+        self._tasks_done = tasks_done
+
+    def run_once(self) -> None:
+        self.store.renew_leases(self._running_ids(), self.settings.lease_seconds)
+        self.store.heartbeat(self._tasks_done())

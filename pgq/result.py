@@ -1,0 +1,76 @@
+"""A handle on one task's state and outcome."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pgq import serialization
+from pgq.errors import TaskFailed, TaskRevoked, WaitTimeout
+
+if TYPE_CHECKING:
+    from pgq.store import Store, TaskRecord
+
+__all__ = ["READY_STATES", "Result"]
+
+# States after which a task never changes again (Celery's READY_STATES, plus REJECTED).
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+
+
+class Result:
+    """The state and outcome of the task ``id``. Every property reads the row afresh."""
+
+    def __init__(self, id: str, store: Store) -> None:
+        self.id = id
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"<Result {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Result) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def record(self) -> TaskRecord | None:
+        """The task's row, or None if no such task exists (yet)."""
+        return self.store.read(self.id)
+
+    @property
+    def state(self) -> str:
+        """The task's state; an unknown id reads as PENDING, as in Celery."""
+        record = self.record()
+        return record.state if record is not None else "PENDING"
+
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def get(self, timeout: float | None = None, *, interval: float = 0.5) -> Any:
+        """Wait for the task to finish and return its result.
+
+        Raises ``WaitTimeout`` after ``timeout`` seconds, ``TaskFailed`` if the task failed and
+        ``TaskRevoked`` if it was revoked or expired.
+        """
+        record = self.store.wait(self.id, timeout, interval=interval)
+        if record is None or not record.finished:
+            raise WaitTimeout(f"task {self.id} did not finish within {timeout} seconds")
+        return outcome_of(record)
+
+
+def outcome_of(record: TaskRecord) -> Any:
+    """The value a finished row stands for: its result, or the matching exception raised."""
+    value = serialization.loads(record.result)
+    if record.state == "FAILURE":
+        info = value if isinstance(value, dict) else {}
+        message = info.get("exc_message", "")
+        if isinstance(message, list):
+            message = ", ".join(str(m) for m in message)
+        raise TaskFailed(
+            str(info.get("exc_type", "Exception")),
+            str(info.get("exc_module", "builtins")),
+            str(message),
+            record.traceback,
+        )
+    if record.state == "REVOKED":
+        raise TaskRevoked(f"task {record.id} was revoked")
+    return value

@@ -1,0 +1,127 @@
+"""The ``pgq`` schema as SQLAlchemy Core metadata: the one source of truth for its tables.
+
+Alembic migrations (``migrations/``) are generated from this metadata and checked against it by
+the test suite. The engine never goes through SQLAlchemy at run time: it runs the named queries of
+``pgq/sql/queries.sql`` on psycopg directly.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+__all__ = ["SCHEMA", "SCHEMA_REVISION", "metadata", "tasks", "workers"]
+
+SCHEMA = "pgq"
+# The Alembic revision this code expects. Producers and workers refuse any other.
+SCHEMA_REVISION = "0001"
+
+# States in which a task waits to be claimed. The claim index is partial on exactly this list.
+WAITING_STATES = ("PENDING", "RETRY")
+
+metadata = MetaData(schema=SCHEMA)
+
+_ts = DateTime(timezone=True)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    # Text, not uuid: Celery lets callers choose any string as task_id.
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("queue", Text, nullable=False, server_default=text("'celery'")),
+    Column("state", Text, nullable=False, server_default=text("'PENDING'")),
+    Column("priority", SmallInteger, nullable=False, server_default=text("0")),
+    Column("run_at", _ts, nullable=False, server_default=text("now()")),
+    Column("expires_at", _ts),
+    # args/kwargs are not CHECKed to be an array/object on purpose: the contract promises that a
+    # malformed row inserted by hand is accepted and then fails with a message when claimed.
+    Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("kwargs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # Per-call options the worker honours (time limits, retry budget, headers, ...).
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("result", JSONB),
+    Column("traceback", Text),
+    Column("retries", Integer, nullable=False, server_default=text("0")),
+    # How many times the task lost its worker (crash, kill -9, lease lapsed) and was put back.
+    Column("rescues", Integer, nullable=False, server_default=text("0")),
+    Column("idempotency_key", Text),
+    Column("parent_id", Text),
+    Column("root_id", Text),
+    Column("created_at", _ts, nullable=False, server_default=text("now()")),
+    Column("started_at", _ts),
+    Column("finished_at", _ts),
+    Column("worker", Text),
+    # Set while a worker holds the task; renewed by its heartbeats; NULL otherwise.
+    Column("lease_expires_at", _ts),
+    CheckConstraint("state <> ''", name="tasks_state_not_empty"),
+    CheckConstraint("priority BETWEEN 0 AND 255", name="tasks_priority_range"),
+    CheckConstraint("retries >= 0 AND rescues >= 0", name="tasks_counts_not_negative"),
+    CheckConstraint(
+        "lease_expires_at IS NULL OR worker IS NOT NULL", name="tasks_lease_has_worker"
+    ),
+    CheckConstraint(
+        "finished_at IS NULL OR lease_expires_at IS NULL", name="tasks_finished_holds_no_lease"
+    ),
+    CheckConstraint(
+        "state NOT IN ('PENDING', 'RETRY') OR (lease_expires_at IS NULL AND finished_at IS NULL)",
+        name="tasks_waiting_is_unclaimed",
+    ),
+)
+
+# The claim query walks this index per queue in (priority, run_at) order. Partial, so it holds
+# only waiting rows and stays small however many finished rows the table keeps.
+Index(
+    "tasks_claim_idx",
+    tasks.c.queue,
+    tasks.c.priority,
+    tasks.c.run_at,
+    postgresql_where=text("state IN ('PENDING', 'RETRY')"),
+)
+# At most one task per idempotency key for as long as the row exists.
+Index(
+    "tasks_idempotency_key_idx",
+    tasks.c.idempotency_key,
+    unique=True,
+    postgresql_where=text("idempotency_key IS NOT NULL"),
+)
+# Orphan rescue looks for lapsed leases; only claimed rows are in it.
+Index(
+    "tasks_lease_idx",
+    tasks.c.lease_expires_at,
+    postgresql_where=text("lease_expires_at IS NOT NULL"),
+)
+# Pruning deletes the oldest finished rows first.
+Index(
+    "tasks_finished_idx",
+    tasks.c.finished_at,
+    postgresql_where=text("finished_at IS NOT NULL"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", ARRAY(Text), nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("pool", Text, nullable=False),
+    Column("task_names", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("started_at", _ts, nullable=False, server_default=text("now()")),
+    Column("last_heartbeat_at", _ts, nullable=False, server_default=text("now()")),
+    Column("tasks_done", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("concurrency > 0", name="workers_concurrency_positive"),
+)

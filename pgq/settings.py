@@ -1,0 +1,124 @@
+"""pgq's settings: one typed object, validated when built.
+
+Environment variables are read here and nowhere else, and only when ``Settings.from_env`` is
+called (never at import time). Each field's ``PGQ_*`` name, default and meaning is listed in
+``ENVIRONMENT`` so the CLI's ``--help`` and the README show the same table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pgq.errors import ConfigurationError
+
+__all__ = ["ENVIRONMENT", "Settings", "default_home"]
+
+DEFAULT_QUEUE = "celery"
+
+
+def default_home() -> Path:
+    """The per-user data folder that holds the embedded server when ``PGQ_HOME`` is unset."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pgq", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob pgq has. Durations are seconds."""
+
+    database_url: str | None = None
+    home: Path = field(default_factory=default_home)
+    # How long an idle worker sleeps between polls when no NOTIFY arrives. NOTIFY is only a hint,
+    # so this bounds how late a task can start if a notification is lost (or a countdown expires).
+    poll_interval: float = 1.0
+    # A claimed task's lease: a worker renews it every heartbeat_interval; once it lapses the task
+    # is an orphan and any worker puts it back in the queue.
+    lease_seconds: float = 30.0
+    heartbeat_interval: float = 5.0
+    # How many times a task may lose its worker before it ends in FAILURE (WorkerLostError)
+    # instead of going back to the queue again.
+    max_rescues: int = 3
+    # Finished tasks older than this are deleted (Celery's result_expires, one day by default).
+    result_expires: float = 86400.0
+    prune_interval: float = 60.0
+    prune_batch: int = 1000
+    pool_size: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("poll_interval", "lease_seconds", "heartbeat_interval", "prune_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.heartbeat_interval >= self.lease_seconds:
+            raise ConfigurationError(
+                f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
+                f"lease_seconds ({self.lease_seconds})"
+            )
+        for name in ("max_rescues", "prune_batch", "pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.result_expires < 0:
+            raise ConfigurationError("result_expires must be >= 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``PGQ_*`` variables, then apply ``overrides`` (None = unset)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, (var, _default, _help) in ENVIRONMENT.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(var, raw, types[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "home" in values:
+            values["home"] = Path(values["home"]).expanduser()
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None fields replaced."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _parse(var: str, raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{var}={raw!r} is not a number") from None
+    return raw
+
+
+# field name -> (environment variable, default shown in help, meaning)
+ENVIRONMENT: dict[str, tuple[str, str, str]] = {
+    "database_url": (
+        "PGQ_DATABASE_URL",
+        "(embedded server)",
+        "PostgreSQL URL used when the code gives none; unset means the embedded server",
+    ),
+    "home": ("PGQ_HOME", "per-user data folder", "where the embedded PostgreSQL server lives"),
+    "poll_interval": ("PGQ_POLL_INTERVAL", "1.0", "seconds an idle worker waits between polls"),
+    "lease_seconds": ("PGQ_LEASE_SECONDS", "30", "a claimed task's lease, renewed by heartbeats"),
+    "heartbeat_interval": ("PGQ_HEARTBEAT_INTERVAL", "5", "seconds between worker heartbeats"),
+    "max_rescues": (
+        "PGQ_MAX_RESCUES",
+        "3",
+        "times a task may lose its worker before it fails with WorkerLostError",
+    ),
+    "result_expires": (
+        "PGQ_RESULT_EXPIRES",
+        "86400",
+        "seconds finished tasks are kept before pruning",
+    ),
+    "prune_interval": ("PGQ_PRUNE_INTERVAL", "60", "seconds between pruning passes"),
+    "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
+    "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),
+}

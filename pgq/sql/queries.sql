@@ -1,0 +1,215 @@
+-- Every statement pgq's engine runs, by name. Loaded once by pgq.sql.
+-- Each entry: "-- name: <name>", then one line saying what state change it makes, then the SQL.
+-- Placeholders are psycopg's %(name)s; a literal percent sign is written %%.
+
+-- name: schema_revision
+-- Reads the Alembic revision the database is at (raises if the schema is missing).
+SELECT version_num FROM pgq.alembic_version;
+
+-- name: insert_task
+-- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
+INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
+                       idempotency_key, parent_id, root_id)
+VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
+        COALESCE(%(eta)s::timestamptz,
+                 now() + make_interval(secs => %(countdown)s::double precision),
+                 now()),
+        COALESCE(%(expires_at)s::timestamptz,
+                 now() + make_interval(secs => %(expires_in)s::double precision)),
+        %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
+        %(idempotency_key)s, %(parent_id)s, %(root_id)s)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: insert_tasks
+-- (nothing) -> PENDING: many tasks in one statement; conflicting ids/keys are skipped.
+INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
+                       idempotency_key, parent_id, root_id)
+SELECT t.id, t.name, t.queue, t.priority,
+       COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
+       COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
+       t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
+            %(etas)s::timestamptz[], %(countdowns)s::double precision[],
+            %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
+            %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
+            %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
+     AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs, options,
+          idempotency_key, parent_id, root_id)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: find_existing
+-- (read) The task that already holds an id or an idempotency key.
+SELECT id FROM pgq.tasks
+WHERE id = %(id)s OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s)
+ORDER BY (id = %(id)s) DESC
+LIMIT 1;
+
+-- name: claim_ready
+-- PENDING/RETRY -> STARTED: locks up to `limit` due tasks, best priority then oldest run_at first.
+-- Each queue is walked in index order on its own (LATERAL) so a backlog in one queue never makes
+-- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
+WITH candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM pgq.tasks
+        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+        ORDER BY priority, run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority, c.run_at
+    LIMIT %(limit)s
+)
+UPDATE pgq.tasks AS t
+SET state = 'STARTED', worker = %(worker)s, started_at = now(),
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM candidates
+WHERE t.id = candidates.id
+RETURNING t.id, t.name, t.queue, t.args::text, t.kwargs::text, t.options::text, t.retries,
+          t.expires_at <= now() AS expired, t.parent_id, t.root_id, t.priority;
+
+-- name: finish_tasks
+-- STARTED -> SUCCESS/FAILURE/REVOKED/custom: records outcomes of tasks this worker still holds,
+-- then wakes result waiters with one notification listing the ids (empty when too long to list).
+WITH done AS (
+    UPDATE pgq.tasks AS t
+    SET state = u.state, result = u.result::jsonb, traceback = u.traceback,
+        finished_at = now(), lease_expires_at = NULL
+    FROM unnest(%(ids)s::text[], %(states)s::text[], %(results)s::text[], %(tracebacks)s::text[])
+         AS u(id, state, result, traceback)
+    WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id
+)
+SELECT count(*), pg_notify('pgq_done',
+                           CASE WHEN count(*) <= 150 THEN coalesce(string_agg(id, ','), '') ELSE '' END)
+FROM done;
+
+-- name: schedule_retries
+-- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
+UPDATE pgq.tasks AS t
+SET state = 'RETRY', retries = t.retries + 1,
+    run_at = COALESCE(u.eta, now() + make_interval(secs => u.countdown)),
+    result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
+FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
+            %(results)s::text[], %(tracebacks)s::text[])
+     AS u(id, eta, countdown, result, traceback)
+WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+RETURNING t.id, extract(epoch FROM t.run_at);
+
+-- name: requeue_tasks
+-- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);
+-- `lost` counts as a rescue, and a task that has used up max_rescues ends FAILURE instead.
+WITH back AS (
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
+        rescues = t.rescues + CASE WHEN %(lost)s THEN 1 ELSE 0 END,
+        result = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s
+                      THEN %(lost_result)s::jsonb ELSE t.result END,
+        finished_at = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN now() END,
+        started_at = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN t.started_at END,
+        lease_expires_at = NULL
+    WHERE t.id = ANY(%(ids)s::text[]) AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id, t.queue, t.state
+)
+SELECT back.id, back.state, pg_notify('pgq_tasks', back.queue) FROM back;
+
+-- name: rescue_orphans
+-- STARTED (lease lapsed) -> PENDING, or FAILURE (WorkerLostError) past max_rescues.
+WITH orphans AS (
+    SELECT id FROM pgq.tasks
+    WHERE lease_expires_at IS NOT NULL AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
+        result = CASE WHEN t.rescues >= %(max_rescues)s THEN %(lost_result)s::jsonb ELSE t.result END,
+        finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
+        rescues = t.rescues + 1,
+        lease_expires_at = NULL
+    FROM orphans
+    WHERE t.id = orphans.id
+    RETURNING t.id, t.queue, t.state
+)
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
+
+-- name: renew_leases
+-- STARTED -> STARTED: pushes the lease of the tasks this worker still runs.
+UPDATE pgq.tasks
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = ANY(%(ids)s::text[]) AND worker = %(worker)s AND lease_expires_at IS NOT NULL;
+
+-- name: register_worker
+-- (nothing) -> live worker: announces a worker process and what it serves.
+INSERT INTO pgq.workers (id, hostname, pid, queues, concurrency, pool, task_names)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, %(pool)s, %(task_names)s)
+ON CONFLICT (id) DO UPDATE
+SET last_heartbeat_at = now(), queues = excluded.queues, task_names = excluded.task_names;
+
+-- name: heartbeat_worker
+-- live worker -> live worker: records that the worker is alive and how much it has done.
+UPDATE pgq.workers SET last_heartbeat_at = now(), tasks_done = %(tasks_done)s WHERE id = %(id)s;
+
+-- name: unregister_worker
+-- live worker -> (nothing): a worker that stops cleanly removes its row.
+DELETE FROM pgq.workers WHERE id = %(id)s;
+
+-- name: forget_dead_workers
+-- stale worker -> (nothing): removes workers silent for longer than `seconds`.
+DELETE FROM pgq.workers WHERE last_heartbeat_at < now() - make_interval(secs => %(seconds)s);
+
+-- name: prune_finished
+-- finished -> (deleted): removes at most `limit` tasks finished longer ago than `seconds`.
+DELETE FROM pgq.tasks
+WHERE id IN (
+    SELECT id FROM pgq.tasks
+    WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(seconds)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: read_task
+-- (read) One task's state and outcome, for results and the CLI.
+SELECT id, name, queue, state, result::text, traceback, retries, created_at, started_at,
+       finished_at, worker, run_at, priority, parent_id, root_id
+FROM pgq.tasks WHERE id = %(id)s;
+
+-- name: revoke_task
+-- PENDING/RETRY (or STARTED with terminate) -> REVOKED: durable; a queued task never runs.
+WITH before AS (
+    SELECT id, worker, lease_expires_at IS NOT NULL AS was_running
+    FROM pgq.tasks WHERE id = %(id)s FOR UPDATE
+)
+UPDATE pgq.tasks AS t
+SET state = 'REVOKED', finished_at = now(), lease_expires_at = NULL, result = %(result)s::jsonb
+FROM before
+WHERE t.id = before.id AND t.finished_at IS NULL
+  AND (NOT before.was_running OR %(terminate)s)
+RETURNING t.id, before.worker, before.was_running;
+
+-- name: notify
+-- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.
+SELECT pg_notify(%(channel)s, %(payload)s);
+
+-- name: listen_worker
+-- (signal) A worker's LISTEN connection hears new due tasks and control commands.
+LISTEN pgq_tasks; LISTEN pgq_control;
+
+-- name: listen_done
+-- (signal) A result waiter hears completions.
+LISTEN pgq_done;
+
+-- name: unlisten_done
+-- (signal) A result waiter stops hearing completions before its connection goes back to the pool.
+UNLISTEN pgq_done;
+
+-- name: set_task_state
+-- STARTED -> custom state: update_state from inside a running task (meta kept in result).
+UPDATE pgq.tasks SET state = %(state)s, result = %(result)s::jsonb
+WHERE id = %(id)s AND finished_at IS NULL;

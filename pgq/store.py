@@ -1,0 +1,492 @@
+"""The store: the only code that touches a database connection.
+
+Every operation runs one named query of ``pgq/sql/queries.sql`` and is named after the state
+change it makes. ``Store`` serves producers, results and admin calls from a small per-process
+pool (or from the caller's own connection); ``WorkerStore`` holds a worker's two dedicated
+connections (commands, and LISTEN). psycopg errors leave this module as ``pgq.errors``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
+
+import psycopg
+
+from pgq.database import Database, translate_errors
+from pgq.errors import OperationalError, TaskNotFound
+from pgq.sql import query
+
+__all__ = [
+    "ClaimedTask",
+    "NewTask",
+    "Outcome",
+    "RetryRequest",
+    "Store",
+    "TaskRecord",
+    "WorkerStore",
+]
+
+T = TypeVar("T")
+
+TASKS_CHANNEL = "pgq_tasks"
+DONE_CHANNEL = "pgq_done"
+CONTROL_CHANNEL = "pgq_control"
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to insert; arguments and options are already JSON text."""
+
+    id: str
+    name: str
+    args: str = "[]"
+    kwargs: str = "{}"
+    options: str = "{}"
+    queue: str = "celery"
+    priority: int = 0
+    eta: datetime | None = None
+    countdown: float | None = None
+    expires_at: datetime | None = None
+    expires_in: float | None = None
+    idempotency_key: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queue": self.queue,
+            "priority": self.priority,
+            "eta": self.eta,
+            "countdown": self.countdown,
+            "expires_at": self.expires_at,
+            "expires_in": self.expires_in,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "idempotency_key": self.idempotency_key,
+            "parent_id": self.parent_id,
+            "root_id": self.root_id,
+        }
+
+
+class ClaimedTask(NamedTuple):
+    """A row a worker has just claimed (JSON columns still as text: children decode them)."""
+
+    id: str
+    name: str
+    queue: str
+    args: str
+    kwargs: str
+    options: str
+    retries: int
+    expired: bool | None
+    parent_id: str | None
+    root_id: str | None
+    priority: int
+
+
+class Outcome(NamedTuple):
+    """How a claimed task ended: its final state, result JSON and traceback."""
+
+    id: str
+    state: str
+    result: str | None
+    traceback: str | None
+
+
+class RetryRequest(NamedTuple):
+    """A claimed task to run again at ``eta`` or after ``countdown`` seconds."""
+
+    id: str
+    eta: datetime | None
+    countdown: float | None
+    result: str | None
+    traceback: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One row of pgq.tasks as results and the CLI read it."""
+
+    id: str
+    name: str
+    queue: str
+    state: str
+    result: str | None
+    traceback: str | None
+    retries: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    run_at: datetime
+    priority: int
+    parent_id: str | None
+    root_id: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+def _cursor(connection: Any) -> Any:
+    """A DB-API cursor on the caller's connection: psycopg, SQLAlchemy Connection or Session."""
+    if isinstance(connection, psycopg.Connection):
+        return connection.cursor()
+    try:
+        from sqlalchemy.engine import Connection as SAConnection
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        SAConnection = Session = ()  # type: ignore[assignment,misc]
+    if isinstance(connection, Session):
+        connection = connection.connection()
+    if isinstance(connection, SAConnection):
+        return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    if hasattr(connection, "cursor"):
+        return connection.cursor()
+    raise TypeError(
+        "connection= takes a psycopg connection, a SQLAlchemy Connection or Session, "
+        f"not {type(connection).__name__}"
+    )
+
+
+class Store:
+    """Producer, result and admin operations."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _run(
+        self, name: str, params: dict[str, Any], connection: Any = None, *, retry: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Run a named query on the caller's connection, or on a pooled one.
+
+        ``retry`` reruns an idempotent statement once on a fresh connection when the pooled one
+        turned out to be dead (the server restarted since it was opened).
+        """
+        sql = query(name)
+        if connection is not None:
+            with translate_errors(self.db.url):
+                cur = _cursor(connection)
+                try:
+                    cur.execute(sql, params)
+                    return list(cur.fetchall()) if cur.description else []
+                finally:
+                    cur.close()
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            try:
+                with self.db.pooled() as conn:
+                    cur = conn.execute(sql, params)
+                    return cur.fetchall() if cur.description else []
+            except OperationalError:
+                if attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def insert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
+        """Insert one task; returns (id, created). An existing id or key returns that task's id."""
+        params = task.params()
+        rows = self._run("insert_task", params, connection, retry=True)
+        if rows:
+            return rows[0][0], True
+        existing = self._run(
+            "find_existing",
+            {"id": task.id, "idempotency_key": task.idempotency_key},
+            connection,
+            retry=True,
+        )
+        if not existing:  # the holder was deleted between the two statements: try once more
+            rows = self._run("insert_task", params, connection, retry=True)
+            if rows:
+                return rows[0][0], True
+            raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
+        return existing[0][0], False
+
+    def insert_many(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
+        """Insert many tasks in one statement; returns each task's id (existing ones for dupes)."""
+        if not tasks:
+            return []
+        columns: dict[str, list[Any]] = {
+            "ids": [],
+            "names": [],
+            "queues": [],
+            "priorities": [],
+            "etas": [],
+            "countdowns": [],
+            "expires_ats": [],
+            "expires_ins": [],
+            "args": [],
+            "kwargs": [],
+            "options": [],
+            "idempotency_keys": [],
+            "parent_ids": [],
+            "root_ids": [],
+        }
+        for t in tasks:
+            columns["ids"].append(t.id)
+            columns["names"].append(t.name)
+            columns["queues"].append(t.queue)
+            columns["priorities"].append(t.priority)
+            columns["etas"].append(t.eta)
+            columns["countdowns"].append(t.countdown)
+            columns["expires_ats"].append(t.expires_at)
+            columns["expires_ins"].append(t.expires_in)
+            columns["args"].append(t.args)
+            columns["kwargs"].append(t.kwargs)
+            columns["options"].append(t.options)
+            columns["idempotency_keys"].append(t.idempotency_key)
+            columns["parent_ids"].append(t.parent_id)
+            columns["root_ids"].append(t.root_id)
+        inserted = {row[0] for row in self._run("insert_tasks", columns, connection, retry=True)}
+        ids = []
+        for t in tasks:
+            if t.id in inserted:
+                ids.append(t.id)
+                continue
+            existing = self._run(
+                "find_existing", {"id": t.id, "idempotency_key": t.idempotency_key}, connection
+            )
+            ids.append(existing[0][0] if existing else t.id)
+        return ids
+
+    def read(self, task_id: str, connection: Any = None) -> TaskRecord | None:
+        """The task's row, or None for an unknown id."""
+        rows = self._run("read_task", {"id": task_id}, connection, retry=True)
+        return TaskRecord(*rows[0]) if rows else None
+
+    def revoke(self, task_id: str, *, terminate: bool, result: str, connection: Any = None) -> bool:
+        """Mark a task REVOKED (a running one only with ``terminate``); True if it changed."""
+        rows = self._run(
+            "revoke_task",
+            {"id": task_id, "terminate": terminate, "result": result},
+            connection,
+        )
+        if not rows:
+            return False
+        _id, _worker, was_running = rows[0]
+        if was_running:
+            self._run(
+                "notify",
+                {"channel": CONTROL_CHANNEL, "payload": f"terminate {task_id}"},
+                connection,
+            )
+        self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
+        return True
+
+    def set_state(self, task_id: str, state: str, meta: str | None) -> None:
+        """Set a running task's (custom) state and meta, as update_state does."""
+        self._run("set_task_state", {"id": task_id, "state": state, "result": meta}, retry=True)
+
+    def wait(
+        self,
+        task_id: str,
+        timeout: float | None,
+        *,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TaskRecord | None:
+        """Block until the task has finished or ``timeout`` passes; returns its last row.
+
+        Wakes on the completion NOTIFY the worker sends with the ids it finished; re-reads the row
+        every ``interval`` seconds anyway because notifications are a hint, not a guarantee.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        with self.db.pooled() as conn:
+            conn.execute(query("listen_done"))
+            try:
+                while True:
+                    rows = conn.execute(query("read_task"), {"id": task_id}).fetchall()
+                    record = TaskRecord(*rows[0]) if rows else None
+                    if record is not None and record.finished:
+                        return record
+                    remaining = None if deadline is None else deadline - clock()
+                    if remaining is not None and remaining <= 0:
+                        return record
+                    wait = interval if remaining is None else min(interval, remaining)
+                    _wait_for_ids(conn, {task_id}, wait, clock)
+            finally:
+                conn.execute(query("unlisten_done"))
+
+    def require(self, task_id: str) -> TaskRecord:
+        """The task's row, or TaskNotFound."""
+        record = self.read(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return record
+
+
+def _wait_for_ids(
+    conn: psycopg.Connection[Any], ids: set[str], wait: float, clock: Callable[[], float]
+) -> None:
+    """Return when a completion notification names one of ``ids`` (or no ids), or after ``wait``."""
+    end = clock() + wait
+    while (left := end - clock()) > 0:
+        for note in conn.notifies(timeout=left, stop_after=1):
+            if not note.payload or not ids.isdisjoint(note.payload.split(",")):
+                return
+
+
+class WorkerStore:
+    """A worker's connections: one for commands, one that LISTENs for wake-ups."""
+
+    def __init__(self, db: Database, worker_id: str) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+
+    def connect(self) -> None:
+        """Open both connections, check the schema, and start listening."""
+        self.close()
+        self._conn = self.db.connect()
+        self._listen = self.db.connect(check_schema=False)
+        with translate_errors(self.db.url):
+            self._listen.execute(query("listen_worker"))
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def close(self) -> None:
+        for conn in (self._conn, self._listen):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+        self._conn = self._listen = None
+
+    def listen_fileno(self) -> int:
+        assert self._listen is not None
+        return self._listen.fileno()
+
+    def drain_notifications(self) -> list[tuple[str, str]]:
+        """Notifications received so far on the LISTEN connection, as (channel, payload)."""
+        assert self._listen is not None
+        with translate_errors(self.db.url):
+            return [(n.channel, n.payload) for n in self._listen.notifies(timeout=0)]
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        assert self._conn is not None, "WorkerStore.connect() first"
+        with translate_errors(self.db.url):
+            cur = self._conn.execute(query(name), params)
+            return cur.fetchall() if cur.description else []
+
+    def register(self, **fields: Any) -> None:
+        """Announce this worker in pgq.workers."""
+        self._rows("register_worker", {"id": self.worker_id, **fields})
+
+    def heartbeat(self, tasks_done: int) -> None:
+        self._rows("heartbeat_worker", {"id": self.worker_id, "tasks_done": tasks_done})
+
+    def unregister(self) -> None:
+        self._rows("unregister_worker", {"id": self.worker_id})
+
+    def forget_dead_workers(self, seconds: float) -> None:
+        self._rows("forget_dead_workers", {"seconds": seconds})
+
+    def claim_ready(
+        self, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """PENDING/RETRY -> STARTED for up to ``limit`` due tasks of ``queues``."""
+        rows = self._rows(
+            "claim_ready",
+            {
+                "queues": list(queues),
+                "limit": limit,
+                "worker": self.worker_id,
+                "lease_seconds": lease_seconds,
+            },
+        )
+        return [ClaimedTask(*row) for row in rows]
+
+    def finish(self, outcomes: Iterable[Outcome]) -> int:
+        """STARTED -> final state for the given outcomes (ignores tasks this worker lost)."""
+        ids, states, results, tracebacks = [], [], [], []
+        for o in outcomes:
+            ids.append(o.id)
+            states.append(o.state)
+            results.append(o.result)
+            tracebacks.append(o.traceback)
+        if not ids:
+            return 0
+        rows = self._rows(
+            "finish_tasks",
+            {
+                "ids": ids,
+                "states": states,
+                "results": results,
+                "tracebacks": tracebacks,
+                "worker": self.worker_id,
+            },
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
+        """STARTED -> RETRY; returns the new run_at of each as a Unix time."""
+        items = list(retries)
+        if not items:
+            return []
+        rows = self._rows(
+            "schedule_retries",
+            {
+                "ids": [r.id for r in items],
+                "etas": [r.eta for r in items],
+                "countdowns": [r.countdown for r in items],
+                "results": [r.result for r in items],
+                "tracebacks": [r.traceback for r in items],
+                "worker": self.worker_id,
+            },
+        )
+        return [float(row[1]) for row in rows]
+
+    def requeue(
+        self, ids: Sequence[str], *, lost: bool, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str]]:
+        """STARTED -> PENDING (or FAILURE for a task lost too often); returns (id, new state)."""
+        if not ids:
+            return []
+        rows = self._rows(
+            "requeue_tasks",
+            {
+                "ids": list(ids),
+                "lost": lost,
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+                "worker": self.worker_id,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def renew_leases(self, ids: Sequence[str], lease_seconds: float) -> None:
+        if ids:
+            self._rows(
+                "renew_leases",
+                {"ids": list(ids), "worker": self.worker_id, "lease_seconds": lease_seconds},
+            )
+
+    def rescue_orphans(
+        self, *, max_rescues: int, lost_result: str, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        """Lapsed lease -> PENDING (or FAILURE past max_rescues); returns (id, new state)."""
+        rows = self._rows(
+            "rescue_orphans",
+            {"max_rescues": max_rescues, "lost_result": lost_result, "limit": limit},
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def prune_finished(self, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` tasks finished more than ``older_than`` seconds ago."""
+        assert self._conn is not None
+        with translate_errors(self.db.url):
+            cur = self._conn.execute(
+                query("prune_finished"), {"seconds": older_than, "limit": limit}
+            )
+            return cur.rowcount

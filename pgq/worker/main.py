@@ -1,0 +1,377 @@
+"""The worker's parent process: claims tasks for its pool and writes their outcomes back.
+
+One loop, one thread. It wakes for three reasons: a NOTIFY (new due tasks, or a control
+command), the poll interval (the fallback, since NOTIFY is only a hint), and a stop request
+(a signal, via the wakeup fd). Reports from the pool wake it too. It never claims more tasks
+than it has free slots, so a short task never waits behind a long one in a prefetch buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pgq.errors import OperationalError, TaskRevokedError, TimeLimitExceeded
+from pgq.hooks import emit
+from pgq.maintenance import Periodic
+from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
+from pgq.maintenance.prune import Prune, PruneSettings
+from pgq.maintenance.rescue import Rescue, RescueSettings, lost_result
+from pgq.settings import Settings
+from pgq.store import ClaimedTask, Outcome, RetryRequest, WorkerStore
+from pgq.worker.pool import Lost, Pool, TimedOut, make_pool
+from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("pgq.worker")
+
+
+class Worker:
+    """``pgq worker``: runs the app's tasks from ``queues`` with ``concurrency`` slots."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        pool: str = "prefork",
+        hostname: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.queues = list(queues or [app.default_queue])
+        self.concurrency = concurrency or os.cpu_count() or 1
+        self.pool_kind = pool
+        self.hostname = hostname or f"celery@{socket.gethostname()}"
+        self.id = f"{self.hostname}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.pool: Pool = make_pool(pool, app, self.concurrency, self.hostname)
+        self.store = WorkerStore(app.db, self.id)
+        self.tasks_done = 0
+        self._stop_requests = 0
+        self._want_claim = True
+        self._next_poll = 0.0
+        self._finished: list[Outcome] = []
+        self._retries: list[RetryRequest] = []
+        self._requeues: list[str] = []
+        self._lost: list[str] = []
+        self._lost_result = lost_result(self.settings.max_rescues)
+        self._selector = selectors.DefaultSelector()
+        self._listen_fd: int | None = None
+        self._maintenance: list[Periodic] = []
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped; returns the process exit code."""
+        wake_r = self._install_signal_handlers()
+        self.pool.start()  # fork children before this process opens connections or threads
+        for obj in self.pool.fileobjs():
+            self._selector.register(obj, selectors.EVENT_READ, "pool")
+        self._selector.register(wake_r, selectors.EVENT_READ, "signal")
+        try:
+            self._connect(first=True)
+            emit("worker_ready", worker=self)
+            log.info(
+                "%s ready: queues %s, %s x %d",
+                self.id,
+                self.queues,
+                self.pool_kind,
+                self.concurrency,
+            )
+            while not (self._stop_requests and not self.pool.inflight() and not self._pending()):
+                if self._stop_requests >= 2:
+                    self._cold_stop()
+                    break
+                try:
+                    self._step()
+                except OperationalError as exc:
+                    self._reconnect(exc)
+            return 0
+        finally:
+            self._shutdown()
+
+    def _step(self) -> None:
+        free = self.pool.free_slots()
+        now = time.monotonic()
+        if not self._stop_requests and free and (self._want_claim or now >= self._next_poll):
+            self._claim(free)
+        self._flush()
+        for key, _ in self._selector.select(self._timeout()):
+            if key.data == "signal":
+                _drain_fd(key.fileobj)  # type: ignore[arg-type]
+            elif key.data == "listen":
+                self._on_notifications()
+        self._collect(self.pool.events())
+        self._collect(self.pool.enforce_time_limits(time.monotonic()))
+        for job in self._maintenance:
+            job.tick()
+
+    def _timeout(self) -> float:
+        if self._pending():
+            return 0.0
+        now = time.monotonic()
+        wake = [self._next_poll, *(job.next_run for job in self._maintenance)]
+        deadline = self.pool.next_deadline()
+        if deadline is not None:
+            wake.append(deadline)
+        if self._want_claim and self.pool.free_slots() and not self._stop_requests:
+            return 0.0
+        return max(0.0, min(wake) - now)
+
+    # -- claiming and reporting ---------------------------------------------------------------
+
+    def _claim(self, free: int) -> None:
+        jobs = self.store.claim_ready(self.queues, free, self.settings.lease_seconds)
+        # A full batch suggests more is waiting: claim again as soon as a slot frees.
+        self._want_claim = len(jobs) == free
+        self._next_poll = time.monotonic() + self.settings.poll_interval
+        for job in jobs:
+            self._dispatch(job)
+
+    def _dispatch(self, job: ClaimedTask) -> None:
+        if job.expired:
+            self._finished.append(
+                Outcome(job.id, "REVOKED", error_json(TaskRevokedError("expired")), None)
+            )
+            return
+        task = self.app.tasks.get(job.name)
+        time_limit = None
+        if task is not None and self.pool.supports_hard_limit:
+            time_limit = _option(job.options, "time_limit", task.time_limit)
+        self.pool.submit(job, time_limit)
+
+    def _collect(self, events: Sequence[Report | Lost | TimedOut]) -> None:
+        for event in events:
+            if isinstance(event, Report):
+                self._on_report(event)
+            elif isinstance(event, TimedOut):
+                log.error(
+                    "task %s[%s] killed: time limit %ss exceeded",
+                    event.job.name,
+                    event.job.id,
+                    event.limit,
+                )
+                exc = TimeLimitExceeded(event.limit)
+                self._finished.append(Outcome(event.job.id, "FAILURE", error_json(exc), None))
+            elif isinstance(event, Lost):
+                log.error(
+                    "task %s[%s] lost its process (exit code %s): back to the queue",
+                    event.job.name,
+                    event.job.id,
+                    event.exitcode,
+                )
+                self._lost.append(event.job.id)
+
+    def _on_report(self, report: Report) -> None:
+        self.tasks_done += 1
+        if report.kind == FINISH:
+            self._finished.append(Outcome(report.id, report.state, report.result, report.traceback))
+        elif report.kind == RETRY:
+            self._retries.append(
+                RetryRequest(
+                    report.id, report.eta, report.countdown, report.result, report.traceback
+                )
+            )
+        elif report.kind == REQUEUE:
+            self._requeues.append(report.id)
+        if log.isEnabledFor(logging.INFO):
+            log.info("task %s %s in %.3fs", report.id, report.state or report.kind, report.runtime)
+
+    def _pending(self) -> bool:
+        return bool(self._finished or self._retries or self._requeues or self._lost)
+
+    def _flush(self) -> None:
+        """Write every collected outcome; each list is cleared only once its write succeeded."""
+        if self._finished:
+            self.store.finish(self._finished)
+            self._finished = []
+        if self._retries:
+            run_ats = self.store.schedule_retries(self._retries)
+            self._retries = []
+            if run_ats:  # wake up in time for the earliest retry this worker scheduled
+                soonest = min(run_ats) - time.time()
+                self._next_poll = min(self._next_poll, time.monotonic() + max(0.0, soonest))
+        if self._requeues:
+            self.store.requeue(
+                self._requeues,
+                lost=False,
+                max_rescues=self.settings.max_rescues,
+                lost_result=self._lost_result,
+            )
+            self._requeues = []
+        if self._lost:
+            self.store.requeue(
+                self._lost,
+                lost=True,
+                max_rescues=self.settings.max_rescues,
+                lost_result=self._lost_result,
+            )
+            self._lost = []
+
+    def _on_notifications(self) -> None:
+        for channel, payload in self.store.drain_notifications():
+            if channel == "pgq_tasks":
+                if payload in self.queues:
+                    self._want_claim = True
+            elif channel == "pgq_control":
+                command, _, task_id = payload.partition(" ")
+                if command == "terminate" and self.pool.terminate(task_id):
+                    log.warning("task %s revoked: terminated", task_id)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self, *, first: bool = False) -> None:
+        self.store.connect()
+        if self._listen_fd is not None:
+            try:
+                self._selector.unregister(self._listen_fd)
+            except (KeyError, ValueError):
+                pass
+        self._listen_fd = self.store.listen_fileno()
+        self._selector.register(self._listen_fd, selectors.EVENT_READ, "listen")
+        self.store.register(
+            hostname=self.hostname,
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            pool=self.pool_kind,
+            task_names=sorted(self.app.tasks),
+        )
+        # Renew at once: the leases of running tasks may have run low while we were away.
+        self.store.renew_leases([j.id for j in self.pool.inflight()], self.settings.lease_seconds)
+        if first:
+            self._maintenance = self._make_maintenance()
+        self._want_claim = True
+
+    def _make_maintenance(self) -> list[Periodic]:
+        s = self.settings
+        jobs: list[Periodic] = [
+            Heartbeat(
+                self.store,
+                HeartbeatSettings(interval=s.heartbeat_interval, lease_seconds=s.lease_seconds),
+                running_ids=lambda: [j.id for j in self.pool.inflight()],
+                tasks_done=lambda: self.tasks_done,
+            ),
+            Rescue(
+                self.store,
+                RescueSettings(
+                    interval=s.heartbeat_interval,
+                    max_rescues=s.max_rescues,
+                    forget_workers_after=max(300.0, 10 * s.lease_seconds),
+                ),
+            ),
+        ]
+        if s.result_expires > 0:
+            jobs.append(
+                Prune(
+                    self.store,
+                    PruneSettings(
+                        interval=s.prune_interval,
+                        result_expires=s.result_expires,
+                        batch=s.prune_batch,
+                    ),
+                )
+            )
+        return jobs
+
+    def _reconnect(self, exc: OperationalError) -> None:
+        """Wait for the database to come back; keep collecting reports meanwhile."""
+        log.warning("database unavailable (%s); reconnecting", exc)
+        self.store.close()
+        if self._listen_fd is not None:
+            try:
+                self._selector.unregister(self._listen_fd)
+            except (KeyError, ValueError):
+                pass
+            self._listen_fd = None
+        delay = 0.1
+        while self._stop_requests < 2:
+            for key, _ in self._selector.select(delay):
+                if key.data == "signal":
+                    _drain_fd(key.fileobj)  # type: ignore[arg-type]
+            self._collect(self.pool.events())
+            try:
+                self._connect()
+            except OperationalError:
+                delay = min(delay * 2, 2.0)
+                continue
+            log.warning("database reachable again: carrying on")
+            return
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+        def request_stop(signum: int, frame: object) -> None:
+            self._stop_requests += 1
+            if self._stop_requests == 1:
+                log.warning(
+                    "%s received: finishing running tasks (again to stop at once)",
+                    signal.Signals(signum).name,
+                )
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        return wake_r
+
+    def _cold_stop(self) -> None:
+        """Second signal: stop every slot now and give their tasks back to the queue."""
+        log.warning("stopping now: running tasks go back to the queue")
+        events = self.pool.stop(kill=True)
+        reports = [e for e in events if isinstance(e, Report)]
+        self._collect(reports)
+        self._requeues.extend(e.job.id for e in events if not isinstance(e, Report))
+        try:
+            self._flush()
+        except OperationalError as exc:  # their leases will lapse and rescue will requeue them
+            log.error("could not give tasks back (%s): they return when their lease lapses", exc)
+
+    def _shutdown(self) -> None:
+        if self.pool.inflight():
+            self.pool.stop(kill=True)
+        else:
+            self.pool.stop(kill=False)
+        try:
+            if self.store.connected:
+                self.store.unregister()
+        except OperationalError:
+            pass
+        self.store.close()
+        emit("worker_shutdown", worker=self)
+
+
+def _option(options_json: str, name: str, default: float | None) -> float | None:
+    if name not in options_json:  # cheap test before decoding JSON on the hot path
+        return default
+    from pgq.serialization import loads
+
+    try:
+        value = loads(options_json).get(name, default)
+    except (ValueError, AttributeError):
+        return default
+    return float(value) if value else default
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass

@@ -1,0 +1,259 @@
+"""Running one claimed task where it executes (a child process or a pool thread).
+
+``run_job`` turns a claimed row into a ``Report``: what happened, encoded and ready for the
+worker's parent to write back in a batch. It never raises: a bad row, an unknown name or a task
+that blows up all become a FAILURE report, so the process running tasks keeps going.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import threading
+import time
+import traceback as tb_module
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pgq import serialization
+from pgq.backoff import retry_countdown
+from pgq.context import Request, reset_current_request, set_current_request
+from pgq.errors import (
+    EncodeError,
+    Ignore,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Reject,
+    RetryTask,
+    SoftTimeLimitExceeded,
+)
+
+if TYPE_CHECKING:
+    from pgq.app import App, Task
+    from pgq.store import ClaimedTask
+
+__all__ = ["ExceptionInfo", "Report", "error_json", "run_job"]
+
+# Report kinds
+FINISH = "finish"  # state (None: keep the state the task set), result, traceback
+RETRY = "retry"  # eta, countdown, result, traceback
+REQUEUE = "requeue"  # back to the queue as it was (Reject(requeue=True))
+
+
+class Report(NamedTuple):
+    """What a task run produced, in the form the parent writes to the database."""
+
+    kind: str
+    id: str
+    runtime: float
+    state: str | None = None
+    result: str | None = None
+    traceback: str | None = None
+    eta: datetime | None = None
+    countdown: float | None = None
+
+
+class ExceptionInfo:
+    """The ``einfo`` argument of failure hooks: the exception and its formatted traceback."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exception = exc
+        self.type = type(exc)
+        self.traceback = serialization.format_traceback(exc)
+
+    def __str__(self) -> str:
+        return self.traceback
+
+
+def error_json(exc: BaseException) -> str:
+    """Result JSON for an exception, as stored in ``pgq.tasks.result``."""
+    return serialization.dumps(serialization.exception_to_json(exc))
+
+
+def _failure(job_id: str, started: float, result: str, traceback: str | None = None) -> Report:
+    return Report(FINISH, job_id, time.monotonic() - started, "FAILURE", result, traceback)
+
+
+def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
+    """Run one claimed task and report its outcome. Never raises."""
+    started = time.monotonic()
+    task = app.tasks.get(job.name)
+    if task is None:
+        return _failure(job.id, started, error_json(NotRegistered(job.name)))
+    try:
+        args = serialization.loads(job.args)
+        kwargs = serialization.loads(job.kwargs)
+        options = serialization.loads(job.options)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("args must be a JSON array and kwargs a JSON object")
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+    except (ValueError, TypeError, KeyError) as exc:
+        message = f"malformed task row {job.id}: {exc}"
+        return _failure(job.id, started, error_json(ValueError(message)))
+    request = Request(
+        id=job.id,
+        task=job.name,
+        args=args,
+        kwargs=kwargs,
+        retries=job.retries,
+        queue=job.queue,
+        priority=job.priority,
+        hostname=hostname,
+        parent_id=job.parent_id,
+        root_id=job.root_id or job.id,
+        headers=options.get("headers") or {},
+        options=options,
+    )
+    token = set_current_request(request)
+    disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))
+    try:
+        return _call(task, request, started)
+    finally:
+        disarm()
+        reset_current_request(token)
+
+
+def _call(task: Task, request: Request, started: float) -> Report:
+    args, kwargs, task_id = request.args, request.kwargs, request.id
+    try:
+        task.before_start(task_id, args, kwargs)
+        retval = task.run(*args, **kwargs)
+    except RetryTask as retry:
+        return _retry(task, request, started, retry)
+    except Ignore:
+        return Report(FINISH, task_id, time.monotonic() - started)
+    except Reject as reject:
+        if reject.requeue:
+            return Report(REQUEUE, task_id, time.monotonic() - started)
+        return _fail(task, request, started, reject, state="REJECTED")
+    except Exception as exc:
+        if _autoretries(task, exc):
+            return _retry(task, request, started, _autoretry_request(task, request, exc))
+        return _fail(task, request, started, exc)
+    try:
+        encoded = None if task.ignore_result else serialization.dumps(retval)
+    except EncodeError as exc:
+        return _fail(task, request, started, exc)
+    _safely(task.on_success, retval, task_id, args, kwargs)
+    _safely(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
+    return Report(FINISH, task_id, time.monotonic() - started, "SUCCESS", encoded)
+
+
+def _fail(
+    task: Task, request: Request, started: float, exc: BaseException, *, state: str = "FAILURE"
+) -> Report:
+    einfo = ExceptionInfo(exc)
+    _safely(task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
+    _safely(task.after_return, state, exc, request.id, request.args, request.kwargs, einfo)
+    return Report(
+        FINISH,
+        request.id,
+        time.monotonic() - started,
+        state,
+        error_json(exc),
+        einfo.traceback,
+    )
+
+
+def _autoretries(task: Task, exc: Exception) -> bool:
+    return (
+        bool(task.autoretry_for)
+        and isinstance(exc, task.autoretry_for)
+        and not (task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for))
+    )
+
+
+def _autoretry_request(task: Task, request: Request, exc: Exception) -> RetryTask:
+    kwargs = dict(task.retry_kwargs)
+    countdown = kwargs.get("countdown")
+    if task.retry_backoff:
+        countdown = retry_countdown(task, request.retries)
+    return RetryTask(
+        exc=exc, countdown=countdown, eta=kwargs.get("eta"), max_retries=kwargs.get("max_retries")
+    )
+
+
+def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Report:
+    limit = retry.max_retries
+    if limit is None:
+        limit = request.options.get("max_retries", task.max_retries)
+    if limit is not None and request.retries >= limit:
+        if retry.exc is not None:
+            return _fail(task, request, started, retry.exc)
+        exhausted = MaxRetriesExceededError(
+            f"Can't retry {task.name}[{request.id}] args:{tuple(request.args)} "
+            f"kwargs:{request.kwargs}"
+        )
+        return _fail(task, request, started, exhausted)
+    countdown = retry.countdown
+    if countdown is None and retry.eta is None:
+        countdown = task.default_retry_delay
+    cause = retry.exc if retry.exc is not None else retry
+    einfo = ExceptionInfo(cause)
+    _safely(task.on_retry, cause, request.id, request.args, request.kwargs, einfo)
+    _safely(task.after_return, "RETRY", cause, request.id, request.args, request.kwargs, einfo)
+    return Report(
+        RETRY,
+        request.id,
+        time.monotonic() - started,
+        result=error_json(cause),
+        traceback=einfo.traceback,
+        eta=retry.eta,
+        countdown=None if countdown is None else float(countdown),
+    )
+
+
+def _safely(hook: Callable[..., Any], *args: Any) -> None:
+    """Run a user hook; an error in a hook is logged, never fatal to the outcome."""
+    try:
+        hook(*args)
+    except Exception:  # noqa: BLE001 - a broken hook must not lose the task's outcome
+        import logging
+
+        logging.getLogger("pgq.worker").error(
+            "error in task hook %s:\n%s", getattr(hook, "__name__", hook), tb_module.format_exc()
+        )
+
+
+def _arm_soft_limit(seconds: float | None) -> Callable[[], None]:
+    """Raise SoftTimeLimitExceeded in this thread after ``seconds``; returns the disarm call.
+
+    In a process's main thread this is SIGALRM (interrupts blocking calls such as sleep). In a
+    pool thread it is an asynchronous exception, delivered at the next Python bytecode.
+    """
+    if not seconds:
+        return _noop
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGALRM, _raise_soft_limit)
+        signal.setitimer(signal.ITIMER_REAL, float(seconds))
+
+        def disarm() -> None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+        return disarm
+    thread_id = threading.get_ident()
+    timer = threading.Timer(float(seconds), _async_raise, (thread_id,))
+    timer.daemon = True
+    timer.start()
+
+    def cancel() -> None:
+        timer.cancel()
+
+    return cancel
+
+
+def _noop() -> None:
+    return None
+
+
+def _raise_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("SoftTimeLimitExceeded()")
+
+
+def _async_raise(thread_id: int) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(SoftTimeLimitExceeded)
+    )
