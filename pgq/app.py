@@ -203,7 +203,7 @@ class App:
         default_queue: str = DEFAULT_QUEUE,
     ) -> None:
         self.main = main
-        self.database_url = database_url
+        self._database_url = database_url
         self.default_queue = default_queue
         self.tasks: dict[str, Task] = {}
         self._settings = settings
@@ -212,6 +212,18 @@ class App:
 
     def __repr__(self) -> str:
         return f"<pgq.App {self.main or '__main__'}>"
+
+    @property
+    def database_url(self) -> str | None:
+        """The URL given in code (Celery's broker_url); None means PGQ_DATABASE_URL or embedded."""
+        return self._database_url
+
+    @database_url.setter
+    def database_url(self, url: str | None) -> None:
+        self.close()
+        self._database_url = url
+        self._db = None
+        self._store = None
 
     @property
     def settings(self) -> Settings:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-import click
 import typer
 
 from pgq.errors import PgqError
@@ -77,8 +77,6 @@ def _load(ctx: typer.Context, app: str | None, database_url: str | None = None) 
     loaded = load_app(target) if target else App()
     if database_url:
         loaded.database_url = database_url
-        loaded._db = None
-        loaded._store = None
     return loaded
 
 
@@ -124,8 +122,9 @@ def migrate(
     database_url: str | None = UrlOption,
 ) -> None:
     """Create or upgrade the pgq schema (Alembic migrations)."""
-    from pgq.database import resolve_url
+    from pgq.database import describe_server, resolve_url
     from pgq.migrate import upgrade
+    from pgq.schema import SCHEMA_REVISION
 
     settings = Settings.from_env()
     if sql:
@@ -135,7 +134,7 @@ def migrate(
         return
     url = resolve_url(database_url, settings)
     upgrade(url, revision=revision)
-    typer.echo(f"pgq schema is at revision {revision}")
+    typer.echo(f"pgq schema at {describe_server(url)} is up to date ({SCHEMA_REVISION})")
 
 
 @cli.command()
@@ -207,16 +206,26 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``pgq`` command."""
     try:
         code = cli(args=argv, prog_name="pgq", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(1)
     except PgqError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        # Usage errors (Typer vendors its own click in recent releases: match by shape).
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            sys.exit(exit_code)
+        if type(exc).__name__ == "Abort":
+            sys.exit(1)
+        if os.environ.get("PGQ_DEBUG"):
+            raise
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (set PGQ_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -80,20 +80,25 @@ def describe_server(url: str) -> str:
 
 @contextmanager
 def translate_errors(url: str) -> Iterator[None]:
-    """Re-raise psycopg errors as pgq errors that name the server."""
+    """Re-raise psycopg errors (bare, or wrapped by SQLAlchemy) as pgq errors naming the server."""
     try:
         yield
-    except (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName) as exc:
-        raise SchemaError(
-            f"the pgq schema is missing in {describe_server(url)}: run `pgq migrate` "
-            f"({_first_line(exc)})"
-        ) from None
-    except psycopg.OperationalError as exc:
-        raise OperationalError(
-            f"cannot reach PostgreSQL at {describe_server(url)}: {_first_line(exc)}"
-        ) from None
-    except psycopg.Error as exc:
-        raise DatabaseError(f"PostgreSQL at {describe_server(url)}: {_first_line(exc)}") from exc
+    except Exception as exc:
+        original = exc if isinstance(exc, psycopg.Error) else getattr(exc, "orig", None)
+        if not isinstance(original, psycopg.Error):
+            raise
+        raise _translate(original, url) from None
+
+
+def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
+    server = describe_server(url)
+    if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)):
+        return SchemaError(
+            f"the pgq schema is missing in {server}: run `pgq migrate` ({_first_line(exc)})"
+        )
+    if isinstance(exc, psycopg.OperationalError):
+        return OperationalError(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
+    return DatabaseError(f"PostgreSQL at {server}: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -168,6 +173,12 @@ class Database:
                 )
                 self._pool_pid = pid
         return self._pool
+
+    def discard_dead_connections(self) -> None:
+        """Check every idle pooled connection and drop the broken ones."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            with translate_errors(self.url):
+                self._pool.check()
 
     def close(self) -> None:
         """Close this process's pool, if any."""

@@ -147,6 +147,9 @@ def _cursor(connection: Any) -> Any:
     if isinstance(connection, Session):
         connection = connection.connection()
     if isinstance(connection, SAConnection):
+        # Going under SQLAlchemy skips its autobegin: begin here so the caller's commit() counts.
+        if not connection.in_transaction():
+            connection.begin()
         return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     if hasattr(connection, "cursor"):
         return connection.cursor()
@@ -179,16 +182,19 @@ class Store:
                     return list(cur.fetchall()) if cur.description else []
                 finally:
                     cur.close()
-        attempts = 2 if retry else 1
-        for attempt in range(attempts):
-            try:
-                with self.db.pooled() as conn:
-                    cur = conn.execute(sql, params)
-                    return cur.fetchall() if cur.description else []
-            except OperationalError:
-                if attempt + 1 == attempts:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            with self.db.pooled() as conn:
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except OperationalError:
+            if not retry:
+                raise
+        # The server restarted since the pool connected: every idle connection is dead. Drop
+        # them all (one check, not one per checkout on the hot path) and try once more.
+        self.db.discard_dead_connections()
+        with self.db.pooled() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def insert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
         """Insert one task; returns (id, created). An existing id or key returns that task's id."""

@@ -1,0 +1,137 @@
+"""Tasks the end-to-end tests run in a real `pgq worker -A e2e_tasks` subprocess.
+
+Tasks record their side effects in the `side_effects` table of the test database (through
+their own connection), so tests can count exactly how many times each one really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import psycopg
+
+import pgq
+from pgq.context import current_request
+from pgq.errors import SoftTimeLimitExceeded
+
+app = pgq.App()
+
+_conn: dict[int, psycopg.Connection[Any]] = {}
+
+
+def _db() -> psycopg.Connection[Any]:
+    pid = os.getpid()
+    if pid not in _conn:
+        _conn[pid] = psycopg.connect(os.environ["PGQ_DATABASE_URL"], autocommit=True)
+    return _conn[pid]
+
+
+def _record(key: str) -> int:
+    """Write a side effect for the running task; returns how many it has written before."""
+    try:
+        return _try_record(key)
+    except psycopg.OperationalError:  # the server restarted since this process connected
+        _conn.pop(os.getpid(), None)
+        raise
+
+
+def _try_record(key: str) -> int:
+    request = current_request()
+    task_id = request.id if request else None
+    db = _db()
+    before = db.execute(
+        "SELECT count(*) FROM side_effects WHERE task_id = %s AND key = %s", (task_id, key)
+    ).fetchone()
+    db.execute(
+        "INSERT INTO side_effects (task_id, key, pid) VALUES (%s, %s, %s)",
+        (task_id, key, os.getpid()),
+    )
+    return int(before[0]) if before else 0
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+# A database restart may interrupt the side effect itself: retry it, as a real task would.
+@app.task(
+    autoretry_for=(psycopg.OperationalError,), retry_kwargs={"countdown": 0.2}, max_retries=50
+)
+def record(key: str) -> str:
+    _record(key)
+    return key
+
+
+@app.task
+def sleepy(seconds: float) -> int:
+    _record("sleepy")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task
+def crash_once() -> str:
+    """First run: announce itself and hang (the test kills its process). Later runs finish."""
+    if _record("crash_once") == 0:
+        time.sleep(120)
+    return "survived"
+
+
+@app.task
+def suicide() -> None:
+    _record("suicide")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@app.task(autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0}, max_retries=5)
+def flaky(failures: int) -> int:
+    request = current_request()
+    assert request is not None
+    _record("flaky")
+    if request.retries < failures:
+        raise ConnectionError(f"attempt {request.retries} fails")
+    return request.retries
+
+
+@app.task(soft_time_limit=0.5)
+def soft_limited() -> str:
+    try:
+        time.sleep(30)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "not interrupted"
+
+
+@app.task(time_limit=1)
+def hard_limited() -> str:
+    _record("hard_limited")
+    time.sleep(60)
+    return "not killed"
+
+
+@app.task
+def clock() -> str:
+    """Returns the database clock when the task ran (ISO text)."""
+    _record("clock")
+    row = _db().execute("SELECT clock_timestamp()::text").fetchone()
+    return str(row[0]) if row else ""
+
+
+@app.task(soft_time_limit=0.5)
+def soft_limited_python() -> str:
+    """Busy in Python code (short sleeps), which a thread pool's soft limit can interrupt."""
+    try:
+        for _ in range(3000):
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "not interrupted"
