@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+from typing import TextIO
 from pathlib import Path
 
 from alembic import command
@@ -17,7 +17,7 @@ __all__ = ["alembic_config", "downgrade", "migrations_dir", "upgrade", "upgrade_
 
 
 def migrations_dir() -> Path:
-    """The Alembic tree: inside the wheel as pgq/_migrations, or migrations/ in a source checkout."""
+    """The Alembic tree: pgq/_migrations in a wheel, or migrations/ in a source checkout."""
     package = Path(__file__).resolve().parent
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
@@ -25,7 +25,7 @@ def migrations_dir() -> Path:
     raise ConfigurationError("pgq's migrations are missing from this installation")
 
 
-def alembic_config(url: str, *, output: io.TextIOBase | None = None) -> Config:
+def alembic_config(url: str, *, output: TextIO | None = None) -> Config:
     """An Alembic Config for pgq's migrations against ``url``."""
     cfg = Config(stdout=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(migrations_dir()))

@@ -95,7 +95,7 @@ class Outcome(NamedTuple):
     """How a claimed task ended: its final state, result JSON and traceback."""
 
     id: str
-    state: str
+    state: str | None  # None: keep the state the task set (it raised Ignore)
     result: str | None
     traceback: str | None
 

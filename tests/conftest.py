@@ -10,6 +10,7 @@ much faster than migrating). End-to-end tests start the real ``pgq worker`` in a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -200,10 +201,8 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the worker and its children (its own process group)."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         out, _ = self.proc.communicate(timeout=10)
         self.output += out or ""
 

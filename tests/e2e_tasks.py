@@ -135,3 +135,14 @@ def soft_limited_python() -> str:
     except SoftTimeLimitExceeded:
         return "soft limit caught"
     return "not interrupted"
+
+
+@app.task
+def ignored() -> None:
+    """Sets a custom state, then raises Ignore: the worker must keep that state."""
+    from pgq.errors import Ignore
+
+    request = current_request()
+    assert request is not None
+    app.store.set_state(request.id, "PROGRESS", '{"done": 50}')
+    raise Ignore()

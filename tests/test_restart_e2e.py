@@ -108,7 +108,8 @@ def test_database_restart_mid_run_loses_nothing(private_server: PrivateServer) -
         with psycopg.connect(url, autocommit=True) as c:
             ids = [r.id for r in first + second]
             effects: Any = c.execute(
-                "SELECT count(*), count(DISTINCT task_id) FROM side_effects WHERE task_id = ANY(%s)",
+                "SELECT count(*), count(DISTINCT task_id) FROM side_effects"
+                " WHERE task_id = ANY(%s)",
                 (ids,),
             ).fetchone()
         assert effects[1] == 400, "every task took effect"

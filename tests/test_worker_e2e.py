@@ -319,3 +319,18 @@ def test_thread_pools_run_tasks(app, conn, clean, start_worker, pool):
     # In a thread the soft limit is an asynchronous exception: it interrupts Python code.
     assert e2e_tasks.soft_limited_python.delay().get(timeout=30) == "soft limit caught"
     assert w.stop() == 0
+
+
+def test_ignore_keeps_the_state_the_task_set(app, conn, clean, start_worker):
+    import e2e_tasks
+
+    w = start_worker("-c", "1")
+    result = e2e_tasks.ignored.delay()
+    row = wait_for(
+        lambda: (r := task_row(conn, result.id)) and r["finished_at"] is not None and r,
+        what="the task to finish",
+    )
+    assert row["state"] == "PROGRESS"
+    assert row["result"] == {"done": 50}
+    assert row["lease_expires_at"] is None
+    assert w.proc.poll() is None

@@ -69,7 +69,8 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("state <> ''", name="tasks_state_not_empty"),
         sa.CheckConstraint(
-            "state NOT IN ('PENDING', 'RETRY') OR (lease_expires_at IS NULL AND finished_at IS NULL)",
+            "state NOT IN ('PENDING', 'RETRY')"
+            " OR (lease_expires_at IS NULL AND finished_at IS NULL)",
             name="tasks_waiting_is_unclaimed",
         ),
         sa.CheckConstraint(

@@ -73,11 +73,14 @@ RETURNING t.id, t.name, t.queue, t.args::text, t.kwargs::text, t.options::text, 
           t.expires_at <= now() AS expired, t.parent_id, t.root_id, t.priority;
 
 -- name: finish_tasks
--- STARTED -> SUCCESS/FAILURE/REVOKED/custom: records outcomes of tasks this worker still holds,
--- then wakes result waiters with one notification listing the ids (empty when too long to list).
+-- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED: records outcomes of tasks this worker still holds
+-- (a NULL state, from Ignore, keeps the state and result the task set), then wakes result
+-- waiters with one notification listing the ids (empty when too long to list).
 WITH done AS (
     UPDATE pgq.tasks AS t
-    SET state = u.state, result = u.result::jsonb, traceback = u.traceback,
+    SET state = COALESCE(u.state, t.state),
+        result = CASE WHEN u.state IS NULL THEN t.result ELSE u.result::jsonb END,
+        traceback = CASE WHEN u.state IS NULL THEN t.traceback ELSE u.traceback END,
         finished_at = now(), lease_expires_at = NULL
     FROM unnest(%(ids)s::text[], %(states)s::text[], %(results)s::text[], %(tracebacks)s::text[])
          AS u(id, state, result, traceback)

@@ -8,6 +8,7 @@ than it has free slots, so a short task never waits behind a long one in a prefe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -235,11 +236,7 @@ class Worker:
 
     def _connect(self, *, first: bool = False) -> None:
         self.store.connect()
-        if self._listen_fd is not None:
-            try:
-                self._selector.unregister(self._listen_fd)
-            except (KeyError, ValueError):
-                pass
+        self._forget_listen_fd()
         self._listen_fd = self.store.listen_fileno()
         self._selector.register(self._listen_fd, selectors.EVENT_READ, "listen")
         self.store.register(
@@ -287,16 +284,17 @@ class Worker:
             )
         return jobs
 
+    def _forget_listen_fd(self) -> None:
+        if self._listen_fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listen_fd)
+            self._listen_fd = None
+
     def _reconnect(self, exc: OperationalError) -> None:
         """Wait for the database to come back; keep collecting reports meanwhile."""
         log.warning("database unavailable (%s); reconnecting", exc)
         self.store.close()
-        if self._listen_fd is not None:
-            try:
-                self._selector.unregister(self._listen_fd)
-            except (KeyError, ValueError):
-                pass
-            self._listen_fd = None
+        self._forget_listen_fd()
         delay = 0.1
         while self._stop_requests < 2:
             for key, _ in self._selector.select(delay):

@@ -8,6 +8,7 @@ hard time limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -220,10 +221,8 @@ class PreforkPool(Pool):
             if kill:
                 _kill(child.process.pid, signal.SIGKILL)
             else:
-                try:
+                with contextlib.suppress(OSError):
                     child.conn.send(None)
-                except OSError:
-                    pass
         for child in list(self._children):
             child.process.join(timeout=None if not kill else 5)
             events.extend(self._read(child))
@@ -237,10 +236,8 @@ class PreforkPool(Pool):
 
 def _kill(pid: int | None, sig: int) -> None:
     if pid:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -262,10 +259,8 @@ def _child_main(app: App, conn: Connection, hostname: str, parent_pid: int) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
-    try:
+    with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
     from pgq.hooks import emit
 
     emit("worker_process_init")
