@@ -146,3 +146,9 @@ def ignored() -> None:
     assert request is not None
     app.store.set_state(request.id, "PROGRESS", '{"done": 50}')
     raise Ignore()
+
+
+@app.task
+def nul_result() -> str:
+    """JSON can hold a NUL character; PostgreSQL's jsonb cannot."""
+    return "before\x00after"

@@ -334,3 +334,16 @@ def test_ignore_keeps_the_state_the_task_set(app, conn, clean, start_worker):
     assert row["result"] == {"done": 50}
     assert row["lease_expires_at"] is None
     assert w.proc.poll() is None
+
+
+def test_a_result_the_database_refuses_fails_that_task_only(app, conn, clean, start_worker):
+    import e2e_tasks
+
+    w = start_worker("-c", "1")
+    bad = e2e_tasks.nul_result.delay()
+    good = [e2e_tasks.add.delay(i, 1) for i in range(5)]
+    row = wait_state(conn, bad.id, "FAILURE")
+    assert row["result"]["exc_type"] == "EncodeError"
+    assert "could not be stored" in json.dumps(row["result"])
+    assert [r.get(timeout=30) for r in good] == [1, 2, 3, 4, 5]
+    assert w.proc.poll() is None

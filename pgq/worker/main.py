@@ -16,10 +16,16 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from pgq.errors import OperationalError, TaskRevokedError, TimeLimitExceeded
+from pgq.errors import (
+    DatabaseError,
+    EncodeError,
+    OperationalError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
 from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
@@ -197,10 +203,13 @@ class Worker:
     def _flush(self) -> None:
         """Write every collected outcome; each list is cleared only once its write succeeded."""
         if self._finished:
-            self.store.finish(self._finished)
+            self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
             self._finished = []
         if self._retries:
-            run_ats = self.store.schedule_retries(self._retries)
+            run_ats: list[float] = []
+            self._write_each_or_fail(
+                self._retries, lambda batch: run_ats.extend(self.store.schedule_retries(batch))
+            )
             self._retries = []
             if run_ats:  # wake up in time for the earliest retry this worker scheduled
                 soonest = min(run_ats) - time.time()
@@ -221,6 +230,28 @@ class Worker:
                 lost_result=self._lost_result,
             )
             self._lost = []
+
+    def _write_each_or_fail(
+        self, items: Sequence[Outcome | RetryRequest], write: Callable[[list[Any]], object]
+    ) -> None:
+        """Write ``items`` in one statement; if the database refuses the batch (not a lost
+        connection: a value it cannot store, such as a NUL character in JSON), write them one
+        by one and fail the ones it refuses, so one bad result cannot stop the worker."""
+        try:
+            write(list(items))
+            return
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            log.error("writing %d outcomes failed (%s): writing them one by one", len(items), exc)
+        for item in items:
+            try:
+                write([item])
+            except OperationalError:
+                raise
+            except DatabaseError as exc:
+                refused = EncodeError(f"the outcome could not be stored: {exc}")
+                self.store.finish([Outcome(item.id, "FAILURE", error_json(refused), None)])
 
     def _on_notifications(self) -> None:
         for channel, payload in self.store.drain_notifications():
