@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from pgq import serialization
 from pgq.database import Database, resolve_url
 from pgq.errors import ConfigurationError
+from pgq.hooks import emit
 from pgq.result import Result
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import NewTask, Store
@@ -113,7 +114,9 @@ class Task:
         ``task_id``, ``idempotency_key``, ``time_limit``, ``soft_time_limit``, ``connection``...).
         """
         new = self.prepare(args, kwargs, **options)
-        task_id, _created = self.app.store.insert(new, connection)
+        task_id, created = self.app.store.insert(new, connection)
+        if created:
+            emit("task_enqueued", task_id=task_id, name=new.name, queue=new.queue)
         return self.app.result(task_id)
 
     def prepare(
@@ -305,7 +308,10 @@ class App:
     ) -> list[Result]:
         """Enqueue many (name, args, kwargs, options) calls in one INSERT statement."""
         rows = [self.signature_task(n).prepare(a, k, **o) for n, a, k, o in calls]
-        return [self.result(i) for i in self.store.insert_many(rows, connection)]
+        ids = self.store.insert_many(rows, connection)
+        for row in rows:
+            emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
+        return [self.result(i) for i in ids]
 
     def result(self, task_id: str) -> Result:
         """A handle on the task with this id (an unknown id reads as PENDING)."""

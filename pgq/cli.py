@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from pgq._cli_common import AppOption, UrlOption, admin_store, load
+from pgq.cli_ops import register_operations
 from pgq.errors import PgqError
 from pgq.settings import ENVIRONMENT, Settings
 
@@ -39,15 +41,6 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-AppOption = typer.Option(None, "-A", "--app", help="module or module:app that defines the tasks")
-UrlOption = typer.Option(
-    None,
-    "--database-url",
-    "-b",
-    "--broker",
-    help="PostgreSQL URL (overrides the app's and PGQ_DATABASE_URL)",
-)
-
 
 @cli.callback()
 def _root(
@@ -69,15 +62,7 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _load(ctx: typer.Context, app: str | None, database_url: str | None = None) -> Any:
-    from pgq.app import App
-    from pgq.loader import load_app
-
-    target = app or (ctx.obj or {}).get("app")
-    loaded = load_app(target) if target else App()
-    if database_url:
-        loaded.database_url = database_url
-    return loaded
+_load = load
 
 
 @cli.command()
@@ -93,6 +78,16 @@ def worker(
     loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
     pool: str = typer.Option("prefork", "-P", "--pool", help="prefork, threads or solo"),
     hostname: str | None = typer.Option(None, "-n", "--hostname", help="this worker's name"),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="serve this worker's Prometheus task metrics on this port (/metrics)",
+    ),
+    metrics_addr: str = typer.Option(
+        "0.0.0.0", "--metrics-addr", help="address the metrics endpoint listens on"
+    ),
     database_url: str | None = UrlOption,
 ) -> None:
     """Run tasks: claims them from PostgreSQL and runs them in a pool of processes or threads.
@@ -109,6 +104,8 @@ def worker(
     _setup_logging(loglevel)
     loaded = _load(ctx, app, database_url)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_port, metrics_addr)
     code = Worker(
         loaded, queues=queue_list, concurrency=concurrency, pool=pool, hostname=hostname
     ).run()
@@ -145,14 +142,30 @@ def call(
     kwargs: str = typer.Option("{}", "--kwargs", "-k", help="keyword arguments as a JSON object"),
     countdown: float | None = typer.Option(None, "--countdown", help="seconds to wait first"),
     queue: str | None = typer.Option(None, "-Q", "--queue", help="queue to send to"),
+    priority: int | None = typer.Option(
+        None, "--priority", min=0, max=255, help="0 (first, the default) to 255 (last)"
+    ),
+    task_id: str | None = typer.Option(None, "--task-id", help="the id to give the task"),
     app: str | None = AppOption,
     database_url: str | None = UrlOption,
 ) -> None:
-    """Enqueue a task by name and print its id."""
+    """Enqueue a task by name and print its id.
+
+    The task need not be importable here: without -A, or with an app that does not define it,
+    the row is written as given and the worker checks the name and the arguments.
+    """
     parsed_args = _json_option(args, "--args", list)
     parsed_kwargs = _json_option(kwargs, "--kwargs", dict)
     loaded = _load(ctx, app, database_url)
-    result = loaded.send(name, parsed_args, parsed_kwargs, countdown=countdown, queue=queue)
+    result = loaded.send(
+        name,
+        parsed_args,
+        parsed_kwargs,
+        countdown=countdown,
+        queue=queue,
+        priority=priority,
+        task_id=task_id,
+    )
     typer.echo(result.id)
 
 
@@ -165,22 +178,32 @@ def result(
     database_url: str | None = UrlOption,
 ) -> None:
     """Show a task's state and its result or traceback."""
+    from pgq._format import to_json
     from pgq.serialization import loads
 
     loaded = _load(ctx, app, database_url)
-    record = loaded.store.require(task_id)
+    admin = admin_store(loaded)
+    record = admin.require(task_id)
     value = loads(record.result)
+    failures = admin.failures(task_id)
     if as_json:
         typer.echo(
-            json.dumps(
+            to_json(
                 {
                     "id": record.id,
                     "name": record.name,
+                    "queue": record.queue,
                     "state": record.state,
                     "result": value,
                     "traceback": record.traceback,
-                },
-                default=str,
+                    "retries": record.retries,
+                    "worker": record.worker,
+                    "created_at": record.created_at,
+                    "run_at": record.run_at,
+                    "started_at": record.started_at,
+                    "finished_at": record.finished_at,
+                    "failures": failures,
+                }
             )
         )
         return
@@ -189,6 +212,24 @@ def result(
         typer.echo(record.traceback.rstrip())
     elif value is not None:
         typer.echo(json.dumps(value, default=str))
+    if failures:
+        typer.echo(f"(failed {len(failures)} time(s) before and was retried with `pgq retry`)")
+
+
+def _serve_worker_metrics(port: int, addr: str) -> None:
+    """Bind the worker's metrics endpoint now (a port in use fails at once) and start serving
+    once the pool is forked, so no child is forked while the serving thread runs a scrape."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from pgq import hooks
+    from pgq.metrics import MetricsServer, TaskMetrics
+
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    TaskMetrics(registry).install()
+    server = MetricsServer(registry, port, addr)
+    hooks.connect("worker_ready", lambda **_: server.start())
+    hooks.connect("worker_shutdown", lambda **_: server.stop())
 
 
 def _json_option(text: str, option: str, kind: type) -> Any:
@@ -200,6 +241,9 @@ def _json_option(text: str, option: str, kind: type) -> Any:
         expected = "array" if kind is list else "object"
         raise typer.BadParameter(f"must be a JSON {expected}", param_hint=option)
     return value
+
+
+register_operations(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

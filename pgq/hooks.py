@@ -20,8 +20,15 @@ EVENTS = frozenset(
         "worker_ready",  # in the worker's parent once it is connected and claiming
         "worker_shutdown",  # in the worker's parent as it exits
         "task_prerun",  # task, request: just before a task runs (where it runs)
-        "task_postrun",  # task, request, report: just after it ran
+        "task_postrun",  # task, request, report, retval, state: just after it ran
+        "task_success",  # task, request, retval: the task returned (where it ran)
+        "task_failure",  # task, request, exc, einfo: the task is ending in FAILURE
+        "task_retry",  # task, request, reason, einfo: the task is going to be retried
+        "task_revoked",  # task, request, terminated, signum, expired: revoked where it ran
         "task_finished",  # report, name, queue: in the parent, once the outcome is stored
+        # (also task_id, state: the row's new state incl. RETRY/PENDING, runtime: None if not run)
+        "task_enqueued",  # task_id, name, queue: where a new task row was inserted
+        "task_started",  # task_id, name, queue: in the parent, as a claimed task goes to a slot
     }
 )
 

@@ -26,7 +26,7 @@ __all__ = ["SCHEMA", "SCHEMA_REVISION", "metadata", "tasks", "workers"]
 
 SCHEMA = "pgq"
 # The Alembic revision this code expects. Producers and workers refuse any other.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 # States in which a task waits to be claimed. The claim index is partial on exactly this list.
 WAITING_STATES = ("PENDING", "RETRY")
@@ -66,6 +66,10 @@ tasks = Table(
     Column("worker", Text),
     # Set while a worker holds the task; renewed by its heartbeats; NULL otherwise.
     Column("lease_expires_at", _ts),
+    # Earlier deaths of this task, oldest first: `pgq retry` appends the FAILURE it undoes
+    # ({failed_at, retried_at, worker, retries, rescues, result, traceback}) before the task
+    # goes back to the queue with a fresh retry budget, so the history survives the retry.
+    Column("failures", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     CheckConstraint("state <> ''", name="tasks_state_not_empty"),
     CheckConstraint("priority BETWEEN 0 AND 255", name="tasks_priority_range"),
     CheckConstraint("retries >= 0 AND rescues >= 0", name="tasks_counts_not_negative"),

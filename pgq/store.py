@@ -8,6 +8,7 @@ connections (commands, and LISTEN). psycopg errors leave this module as ``pgq.er
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -320,6 +321,14 @@ class Store:
             finally:
                 conn.execute(query("unlisten_done"))
 
+    def forget(self, task_id: str, connection: Any = None) -> None:
+        """Delete the task's row (and so its result); an unknown id is not an error."""
+        self._run("forget_task", {"id": task_id}, connection, retry=True)
+
+    def children(self, task_id: str, connection: Any = None) -> list[str]:
+        """Ids of the tasks enqueued by this task while it ran (their ``parent_id``)."""
+        return [row[0] for row in self._run("task_children", {"id": task_id}, connection)]
+
     def require(self, task_id: str) -> TaskRecord:
         """The task's row, or TaskNotFound."""
         record = self.read(task_id)
@@ -363,10 +372,8 @@ class WorkerStore:
     def close(self) -> None:
         for conn in (self._conn, self._listen):
             if conn is not None:
-                try:
+                with contextlib.suppress(psycopg.Error):
                     conn.close()
-                except psycopg.Error:
-                    pass
         self._conn = self._listen = None
 
     def listen_fileno(self) -> int:
@@ -402,38 +409,55 @@ class WorkerStore:
         self, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[ClaimedTask]:
         """PENDING/RETRY -> STARTED for up to ``limit`` due tasks of ``queues``."""
-        rows = self._rows(
-            "claim_ready",
-            {
-                "queues": list(queues),
-                "limit": limit,
-                "worker": self.worker_id,
-                "lease_seconds": lease_seconds,
-            },
-        )
+        rows = self._rows("claim_ready", self._claim_params(queues, limit, lease_seconds))
         return [ClaimedTask(*row) for row in rows]
 
-    def finish(self, outcomes: Iterable[Outcome]) -> int:
+    def finish(self, outcomes: Sequence[Outcome]) -> int:
         """STARTED -> final state for the given outcomes (ignores tasks this worker lost)."""
-        ids, states, results, tracebacks = [], [], [], []
-        for o in outcomes:
-            ids.append(o.id)
-            states.append(o.state)
-            results.append(o.result)
-            tracebacks.append(o.traceback)
-        if not ids:
+        if not outcomes:
             return 0
-        rows = self._rows(
-            "finish_tasks",
-            {
-                "ids": ids,
-                "states": states,
-                "results": results,
-                "tracebacks": tracebacks,
-                "worker": self.worker_id,
-            },
-        )
+        rows = self._rows("finish_tasks", self._finish_params(outcomes))
         return int(rows[0][0]) if rows else 0
+
+    def finish_and_claim(
+        self, outcomes: Sequence[Outcome], queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """``finish`` then ``claim_ready`` in one transaction and one network round trip.
+
+        The worker's hot path: one commit (one WAL flush) per loop turn instead of two. If
+        either statement fails, neither takes effect.
+        """
+        if not outcomes or not limit:
+            if outcomes:
+                self.finish(outcomes)
+            return self.claim_ready(queues, limit, lease_seconds) if limit else []
+        assert self._conn is not None, "WorkerStore.connect() first"
+        with translate_errors(self.db.url):
+            with self._conn.pipeline(), self._conn.transaction():
+                self._conn.execute(query("finish_tasks"), self._finish_params(outcomes))
+                claimed = self._conn.execute(
+                    query("claim_ready"), self._claim_params(queues, limit, lease_seconds)
+                )
+            return [ClaimedTask(*row) for row in claimed.fetchall()]
+
+    def _claim_params(
+        self, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> dict[str, Any]:
+        return {
+            "queues": list(queues),
+            "limit": limit,
+            "worker": self.worker_id,
+            "lease_seconds": lease_seconds,
+        }
+
+    def _finish_params(self, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+        return {
+            "ids": [o.id for o in outcomes],
+            "states": [o.state for o in outcomes],
+            "results": [o.result for o in outcomes],
+            "tracebacks": [o.traceback for o in outcomes],
+            "worker": self.worker_id,
+        }
 
     def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
         """STARTED -> RETRY; returns the new run_at of each as a Unix time."""

@@ -223,12 +223,14 @@ class WorkerProcess:
 
 
 def pgq_command() -> list[str]:
-    """The installed ``pgq`` command (the one a user runs), or the module if not on PATH."""
-    script = Path(sys.executable).parent / "pgq"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("pgq")
-    return [found] if found else [sys.executable, "-m", "pgq.cli"]
+    """The installed ``pgq`` command (the one a user runs), or the module if not on PATH.
+
+    pgqueuer also installs a command named ``pgq``: a script that is not ours is passed over.
+    """
+    for candidate in (Path(sys.executable).parent / "pgq", shutil.which("pgq")):
+        if candidate and Path(candidate).is_file() and "pgq.cli" in Path(candidate).read_text():
+            return [str(candidate)]
+    return [sys.executable, "-m", "pgq.cli"]
 
 
 def worker_env(db_url: str, **extra: str) -> dict[str, str]:

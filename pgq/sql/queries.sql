@@ -216,3 +216,178 @@ UNLISTEN pgq_done;
 -- STARTED -> custom state: update_state from inside a running task (meta kept in result).
 UPDATE pgq.tasks SET state = %(state)s, result = %(result)s::jsonb
 WHERE id = %(id)s AND finished_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Operations: `pgq inspect`, `retry`, `purge`, `health`, `top` and the metrics collector.
+-- "Live" workers are those whose last heartbeat is younger than `live_seconds`.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: inspect_dead
+-- (read) Dead tasks (FAILURE), newest first, filtered by queue, name and finished since.
+SELECT id, name, queue, exc_type, exc_message, retries, rescues, earlier_failures,
+       finished_at, worker
+FROM pgq.dead_tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND finished_at >= COALESCE(%(since_at)s::timestamptz,
+                              now() - make_interval(secs => %(since_seconds)s::double precision),
+                              '-infinity')
+ORDER BY finished_at DESC, id
+LIMIT %(limit)s;
+
+-- name: inspect_active
+-- (read) Tasks a worker holds now, longest running first.
+SELECT id, name, queue, state, worker, started_at, runtime_seconds, lease_lapsed, retries
+FROM pgq.running_tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY started_at, id
+LIMIT %(limit)s;
+
+-- name: inspect_scheduled
+-- (read) Waiting tasks whose run_at is in the future (countdown, eta, retry back-off), soonest first.
+SELECT id, name, queue, state, run_at,
+       extract(epoch FROM run_at - now())::double precision AS due_in_seconds, priority, retries
+FROM pgq.tasks
+WHERE state IN ('PENDING', 'RETRY') AND run_at > now()
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+ORDER BY run_at, id
+LIMIT %(limit)s;
+
+-- name: inspect_registered
+-- (read) Task names the live workers registered, with the workers that know each.
+SELECT n.name, array_agg(w.id ORDER BY w.id) AS workers
+FROM pgq.workers AS w CROSS JOIN LATERAL unnest(w.task_names) AS n(name)
+WHERE w.last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double precision)
+  AND (%(name)s::text IS NULL OR n.name = %(name)s)
+GROUP BY n.name
+ORDER BY n.name;
+
+-- name: inspect_workers
+-- (read) Live workers with what they serve, their heartbeat age and the tasks they hold now.
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.pool, w.started_at,
+       w.last_heartbeat_at,
+       extract(epoch FROM now() - w.last_heartbeat_at)::double precision AS heartbeat_age_seconds,
+       w.tasks_done,
+       (SELECT count(*) FROM pgq.tasks AS t
+        WHERE t.lease_expires_at IS NOT NULL AND t.worker = w.id) AS running
+FROM pgq.workers AS w
+WHERE w.last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double precision)
+  AND (%(queue)s::text IS NULL OR %(queue)s = ANY(w.queues))
+ORDER BY w.hostname, w.pid, w.id;
+
+-- name: inspect_queues
+-- (read) One row of pgq.queue_stats per queue.
+SELECT queue, waiting, scheduled, running, succeeded, failed, revoked, total,
+       oldest_waiting_seconds, finished_last_minute, finished_last_5_minutes
+FROM pgq.queue_stats
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+ORDER BY queue;
+
+-- name: state_counts
+-- (read) How many tasks each (queue, state) pair holds.
+SELECT queue, state, count(*) AS count
+FROM pgq.tasks
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+GROUP BY queue, state
+ORDER BY queue, state;
+
+-- name: throughput
+-- (read) Tasks that finished in the last `seconds`, and how many of them failed.
+SELECT count(*) AS finished, count(*) FILTER (WHERE state = 'FAILURE') AS failed
+FROM pgq.tasks
+WHERE finished_at > now() - make_interval(secs => %(seconds)s::double precision)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s);
+
+-- name: live_worker_count
+-- (read) How many workers heartbeat within `live_seconds`.
+SELECT count(*) FROM pgq.workers
+WHERE last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double precision);
+
+-- name: read_failures
+-- (read) A task's failure history (what `pgq retry` kept), as JSON text.
+SELECT failures::text FROM pgq.tasks WHERE id = %(id)s;
+
+-- name: retry_tasks
+-- FAILURE -> PENDING for exactly the given ids, or for none of them if any is unknown or not
+-- FAILURE; the failure is appended to `failures`, the retry budget starts again.
+WITH wanted AS (
+    SELECT id, state FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]) FOR UPDATE
+), allowed AS (
+    SELECT count(*) = cardinality(%(ids)s::text[]) AND bool_and(state = 'FAILURE') AS ok
+    FROM wanted
+), retried AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING',
+        failures = t.failures || jsonb_build_array(jsonb_build_object(
+            'failed_at', t.finished_at, 'retried_at', now(), 'started_at', t.started_at,
+            'worker', t.worker, 'retries', t.retries, 'rescues', t.rescues,
+            'result', t.result, 'traceback', t.traceback)),
+        retries = 0, rescues = 0, result = NULL, traceback = NULL, run_at = now(),
+        expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
+    FROM wanted, allowed
+    WHERE t.id = wanted.id AND allowed.ok
+    RETURNING t.id, t.queue
+)
+SELECT retried.id, pg_notify('pgq_tasks', retried.queue) FROM retried;
+
+-- name: retry_dead
+-- FAILURE -> PENDING for every dead task of a queue and/or name (history kept, budget reset).
+WITH dead AS (
+    SELECT id FROM pgq.tasks
+    WHERE state = 'FAILURE'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+    FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING',
+        failures = t.failures || jsonb_build_array(jsonb_build_object(
+            'failed_at', t.finished_at, 'retried_at', now(), 'started_at', t.started_at,
+            'worker', t.worker, 'retries', t.retries, 'rescues', t.rescues,
+            'result', t.result, 'traceback', t.traceback)),
+        retries = 0, rescues = 0, result = NULL, traceback = NULL, run_at = now(),
+        expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
+    FROM dead
+    WHERE t.id = dead.id
+    RETURNING t.id, t.queue
+)
+SELECT retried.id, pg_notify('pgq_tasks', retried.queue) FROM retried;
+
+-- name: count_waiting
+-- (read) How many tasks `purge` would delete: waiting (PENDING/RETRY, never claimed).
+SELECT count(*) FROM pgq.tasks
+WHERE state IN ('PENDING', 'RETRY') AND (%(queue)s::text IS NULL OR queue = %(queue)s);
+
+-- name: purge_waiting
+-- PENDING/RETRY -> (deleted): drops waiting tasks; a row a worker is claiming right now is
+-- re-checked after its lock is released and, being STARTED by then, is left alone.
+DELETE FROM pgq.tasks
+WHERE state IN ('PENDING', 'RETRY') AND (%(queue)s::text IS NULL OR queue = %(queue)s);
+
+-- name: metrics_waiting
+-- (read) Per queue: due and future waiting tasks and the oldest due one's age (claim index only).
+SELECT queue,
+       count(*) FILTER (WHERE run_at <= now()) AS waiting,
+       count(*) FILTER (WHERE run_at > now()) AS scheduled,
+       COALESCE(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)
+           ::double precision AS oldest_waiting_seconds
+FROM pgq.tasks
+WHERE state IN ('PENDING', 'RETRY')
+GROUP BY queue;
+
+-- name: metrics_running
+-- (read) Per queue: tasks a worker holds now (lease index only).
+SELECT queue, count(*) AS running
+FROM pgq.tasks
+WHERE lease_expires_at IS NOT NULL
+GROUP BY queue;
+
+-- name: forget_task
+-- any -> (deleted): AsyncResult.forget() drops the task's row and so its stored result.
+DELETE FROM pgq.tasks WHERE id = %(id)s;
+
+-- name: task_children
+-- (read) The ids of the tasks a task enqueued while it ran (AsyncResult.children), oldest first.
+SELECT id FROM pgq.tasks WHERE parent_id = %(id)s ORDER BY created_at, id;

@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pgq.errors import (
@@ -74,6 +75,9 @@ class Worker:
         self._retries: list[RetryRequest] = []
         self._requeues: list[str] = []
         self._lost: list[str] = []
+        # What the parent knows of each task it dispatched, until its outcome is stored: the
+        # name, queue and run time that the task_finished hook reports (metrics listen there).
+        self._claims: dict[str, _Claim] = {}
         self._lost_result = lost_result(self.settings.max_rescues)
         self._selector = selectors.DefaultSelector()
         self._listen_fd: int | None = None
@@ -113,8 +117,8 @@ class Worker:
     def _step(self) -> None:
         free = self.pool.free_slots()
         now = time.monotonic()
-        if not self._stop_requests and free and (self._want_claim or now >= self._next_poll):
-            self._claim(free)
+        claiming = not self._stop_requests and free and (self._want_claim or now >= self._next_poll)
+        self._finish_and_claim(free if claiming else 0)
         self._flush()
         for key, _ in self._selector.select(self._timeout()):
             if key.data == "signal":
@@ -127,28 +131,53 @@ class Worker:
             job.tick()
 
     def _timeout(self) -> float:
+        """How long the loop may sleep: until the next poll (only if a slot is free to use it),
+        maintenance job or hard time limit; zero when there is something to do right away."""
         if self._pending():
             return 0.0
-        now = time.monotonic()
-        wake = [self._next_poll, *(job.next_run for job in self._maintenance)]
+        can_claim = bool(self.pool.free_slots()) and not self._stop_requests
+        if can_claim and self._want_claim:
+            return 0.0
+        wake = [job.next_run for job in self._maintenance]
+        if can_claim:
+            wake.append(self._next_poll)
         deadline = self.pool.next_deadline()
         if deadline is not None:
             wake.append(deadline)
-        if self._want_claim and self.pool.free_slots() and not self._stop_requests:
-            return 0.0
-        return max(0.0, min(wake) - now)
+        if not wake:
+            return self.settings.poll_interval
+        return max(0.0, min(wake) - time.monotonic())
 
     # -- claiming and reporting ---------------------------------------------------------------
 
-    def _claim(self, free: int) -> None:
-        jobs = self.store.claim_ready(self.queues, free, self.settings.lease_seconds)
-        # A full batch suggests more is waiting: claim again as soon as a slot frees.
-        self._want_claim = len(jobs) == free
-        self._next_poll = time.monotonic() + self.settings.poll_interval
-        for job in jobs:
-            self._dispatch(job)
+    def _finish_and_claim(self, limit: int) -> None:
+        """Write the finished outcomes and claim up to ``limit`` tasks in one transaction."""
+        if not self._finished and not limit:
+            return
+        try:
+            jobs = self.store.finish_and_claim(
+                self._finished, self.queues, limit, self.settings.lease_seconds
+            )
+        except OperationalError:
+            raise
+        except DatabaseError:
+            if not self._finished:
+                raise
+            # The outcomes were refused (and the claim with them): sort them out row by row,
+            # claim on the next turn.
+            self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
+            jobs, self._want_claim = [], True
+        self._announce([(o.id, o.state) for o in self._finished])
+        self._finished = []
+        if limit:
+            # A full batch suggests more is waiting: claim again as soon as a slot frees.
+            self._want_claim = len(jobs) == limit
+            self._next_poll = time.monotonic() + self.settings.poll_interval
+            for job in jobs:
+                self._dispatch(job)
 
     def _dispatch(self, job: ClaimedTask) -> None:
+        self._claims[job.id] = _Claim(job.name, job.queue, time.monotonic(), ran=not job.expired)
         if job.expired:
             self._finished.append(
                 Outcome(job.id, "REVOKED", error_json(TaskRevokedError("expired")), None)
@@ -159,6 +188,7 @@ class Worker:
         if task is not None and self.pool.supports_hard_limit:
             time_limit = _option(job.options, "time_limit", task.time_limit)
         self.pool.submit(job, time_limit)
+        emit("task_started", task_id=job.id, name=job.name, queue=job.queue)
 
     def _collect(self, events: Sequence[Report | Lost | TimedOut]) -> None:
         for event in events:
@@ -184,6 +214,9 @@ class Worker:
 
     def _on_report(self, report: Report) -> None:
         self.tasks_done += 1
+        claim = self._claims.get(report.id)
+        if claim is not None:
+            claim.report = report
         if report.kind == FINISH:
             self._finished.append(Outcome(report.id, report.state, report.result, report.traceback))
         elif report.kind == RETRY:
@@ -202,34 +235,64 @@ class Worker:
 
     def _flush(self) -> None:
         """Write every collected outcome; each list is cleared only once its write succeeded."""
-        if self._finished:
-            self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
-            self._finished = []
+        self._finish_and_claim(0)
         if self._retries:
             run_ats: list[float] = []
             self._write_each_or_fail(
                 self._retries, lambda batch: run_ats.extend(self.store.schedule_retries(batch))
             )
+            self._announce([(r.id, "RETRY") for r in self._retries])
             self._retries = []
             if run_ats:  # wake up in time for the earliest retry this worker scheduled
                 soonest = min(run_ats) - time.time()
                 self._next_poll = min(self._next_poll, time.monotonic() + max(0.0, soonest))
         if self._requeues:
-            self.store.requeue(
+            given_back = self.store.requeue(
                 self._requeues,
                 lost=False,
                 max_rescues=self.settings.max_rescues,
                 lost_result=self._lost_result,
             )
+            self._announce(given_back, self._requeues)
             self._requeues = []
         if self._lost:
-            self.store.requeue(
+            rescued = self.store.requeue(
                 self._lost,
                 lost=True,
                 max_rescues=self.settings.max_rescues,
                 lost_result=self._lost_result,
             )
+            self._announce(rescued, self._lost)
             self._lost = []
+
+    def _announce(
+        self, stored: Sequence[tuple[str, str | None]], handled: Sequence[str] = ()
+    ) -> None:
+        """Emit task_finished for runs whose outcome was just stored, with the state it left.
+
+        ``state`` is the row's new state: SUCCESS, FAILURE, REVOKED, a custom one, None (the
+        task raised Ignore), RETRY (a retry was scheduled) or PENDING (given back to the queue).
+        ``runtime`` is None for a task that never ran (it had expired when claimed). Ids in
+        ``handled`` that were not stored (revoked or rescued meanwhile) are forgotten silently.
+        """
+        now = time.monotonic()
+        for task_id, state in stored:
+            claim = self._claims.pop(task_id, None)
+            if claim is None:
+                continue
+            report = claim.report
+            runtime = report.runtime if report is not None else now - claim.dispatched_at
+            emit(
+                "task_finished",
+                task_id=task_id,
+                name=claim.name,
+                queue=claim.queue,
+                state=state,
+                runtime=runtime if claim.ran else None,
+                report=report,
+            )
+        for task_id in handled:
+            self._claims.pop(task_id, None)
 
     def _write_each_or_fail(
         self, items: Sequence[Outcome | RetryRequest], write: Callable[[list[Any]], object]
@@ -384,6 +447,17 @@ class Worker:
             pass
         self.store.close()
         emit("worker_shutdown", worker=self)
+
+
+@dataclass(slots=True)
+class _Claim:
+    """A dispatched task as the parent remembers it until its outcome is stored."""
+
+    name: str
+    queue: str
+    dispatched_at: float
+    ran: bool
+    report: Report | None = None
 
 
 def _option(options_json: str, name: str, default: float | None) -> float | None:

@@ -1,0 +1,452 @@
+"""The operator commands of ``pgq``: inspect, retry, revoke, purge, health, metrics, top.
+
+Human-readable tables by default; ``--json`` prints stable keys (documented in
+docs/operations.md) for scripts. Expected failures raise ``PgqError`` or a usage error, which
+``pgq.cli.main`` turns into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import typer
+
+from pgq._cli_common import AppOption, UrlOption, admin_store, load
+from pgq._format import Column, age, clock, parse_since, table, to_json, truncate
+from pgq.admin import AdminStore, Filters
+from pgq.errors import TaskNotFound
+
+__all__ = ["register_operations"]
+
+_SETTINGS: dict[str, Any] = {
+    "add_completion": False,
+    "no_args_is_help": True,
+    "pretty_exceptions_enable": False,
+    "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+inspect_cli = typer.Typer(
+    name="inspect",
+    help="Look at the queue: dead, active, scheduled, reserved, registered, stats, queues, "
+    "workers. Tables for people by default, --json for scripts.",
+    **_SETTINGS,
+)
+
+JsonOption = typer.Option(False, "--json", help="print JSON (stable keys) instead of a table")
+QueueFilter = typer.Option(None, "-Q", "--queue", help="only this queue")
+NameFilter = typer.Option(None, "--name", help="only tasks with this name")
+LimitOption = typer.Option(50, "--limit", min=1, help="show at most this many rows")
+
+
+def _store(ctx: typer.Context, app: str | None, database_url: str | None) -> AdminStore:
+    return admin_store(load(ctx, app, database_url))
+
+
+def _print(rows: Any, as_json: bool, empty: str, columns: list[Column]) -> None:
+    if as_json:
+        typer.echo(to_json(rows))
+    elif not rows:
+        typer.echo(empty)
+    else:
+        typer.echo(table(rows, columns))
+
+
+def _error(row: dict[str, Any]) -> str:
+    kind = row.get("exc_type") or "?"
+    message = row.get("exc_message")
+    return truncate(f"{kind}: {message}" if message else kind, 60)
+
+
+# -- inspect ---------------------------------------------------------------------------------
+
+
+@inspect_cli.command()
+def dead(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    limit: int = LimitOption,
+    queue: str | None = QueueFilter,
+    name: str | None = NameFilter,
+    since: str | None = typer.Option(
+        None, "--since", help="finished since: 30s, 15m, 2h, 1d, or an ISO date/time"
+    ),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Tasks that ended in FAILURE (retries exhausted or an error not retried), newest first."""
+    since_at = since_seconds = None
+    if since is not None:
+        try:
+            since_at, since_seconds = parse_since(since)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
+    filters = Filters(queue, name, since_at, since_seconds, limit)
+    rows = _store(ctx, app, database_url).dead(filters)
+    if not as_json:
+        rows = [{**r, "error": _error(r)} for r in rows]
+    _print(
+        rows,
+        as_json,
+        "no dead tasks",
+        [
+            Column("id"),
+            Column("name"),
+            Column("queue"),
+            Column("error"),
+            Column("retries"),
+            Column("finished_at", "FINISHED", clock),
+        ],
+    )
+
+
+@inspect_cli.command()
+def active(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    limit: int = LimitOption,
+    queue: str | None = QueueFilter,
+    name: str | None = NameFilter,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Tasks running now: their worker and how long they have run."""
+    rows = _store(ctx, app, database_url).active(Filters(queue, name, limit=limit))
+    _print(
+        rows,
+        as_json,
+        "no task is running",
+        [
+            Column("id"),
+            Column("name"),
+            Column("queue"),
+            Column("state"),
+            Column("worker"),
+            Column("runtime_seconds", "RUNNING FOR", age),
+            Column("lease_lapsed", "LEASE", lambda v: "lapsed" if v else "held"),
+        ],
+    )
+
+
+@inspect_cli.command()
+def scheduled(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    limit: int = LimitOption,
+    queue: str | None = QueueFilter,
+    name: str | None = NameFilter,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Waiting tasks due in the future (countdown, eta, retry back-off), soonest first."""
+    rows = _store(ctx, app, database_url).scheduled(Filters(queue, name, limit=limit))
+    _print(
+        rows,
+        as_json,
+        "no scheduled tasks",
+        [
+            Column("id"),
+            Column("name"),
+            Column("queue"),
+            Column("state"),
+            Column("due_in_seconds", "DUE IN", age),
+            Column("run_at", "RUN AT", clock),
+            Column("retries"),
+        ],
+    )
+
+
+RESERVED_NOTE = (
+    "no reserved tasks: pgq workers claim only as many tasks as they have free slots and hand "
+    "each to a slot at once, so no task is ever claimed but not started (see `inspect active`)"
+)
+
+
+@inspect_cli.command()
+def reserved(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    queue: str | None = QueueFilter,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Claimed but not yet started: always empty in pgq (workers never prefetch)."""
+    if as_json:
+        typer.echo("[]")
+    else:
+        typer.echo(RESERVED_NOTE)
+
+
+@inspect_cli.command()
+def registered(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    name: str | None = NameFilter,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Task names the live workers know, with the workers that know each."""
+    rows = _store(ctx, app, database_url).registered(Filters(name=name))
+    _print(
+        rows,
+        as_json,
+        "no live worker has registered tasks",
+        [Column("name"), Column("workers", "WORKERS", lambda ws: ", ".join(ws))],
+    )
+
+
+@inspect_cli.command()
+def stats(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    queue: str | None = QueueFilter,
+    minutes: float = typer.Option(
+        5.0, "--minutes", min=0.1, help="throughput over this many past minutes"
+    ),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Counts per state and per queue, the oldest waiting age, throughput, live workers."""
+    result = _store(ctx, app, database_url).stats(Filters(queue), window=minutes * 60.0)
+    if as_json:
+        typer.echo(to_json(result))
+        return
+    t = result["throughput"]
+    states = "  ".join(f"{s}={n}" for s, n in sorted(result["by_state"].items())) or "-"
+    typer.echo(f"tasks:            {result['total']}  ({states})")
+    typer.echo(
+        f"waiting:          {result['waiting']} due now, {result['scheduled']} scheduled, "
+        f"{result['running']} running"
+    )
+    typer.echo(f"oldest waiting:   {age(result['oldest_waiting_seconds'])}")
+    typer.echo(
+        f"throughput:       {t['finished']} finished ({t['failed']} failed) in the last "
+        f"{minutes:g} min, {t['per_minute']:g}/min"
+    )
+    typer.echo(f"live workers:     {result['live_workers']}")
+    if result["by_queue_state"]:
+        typer.echo("")
+        columns = [Column("queue"), Column("state"), Column("count")]
+        typer.echo(table(result["by_queue_state"], columns))
+
+
+@inspect_cli.command()
+def queues(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    queue: str | None = QueueFilter,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """One line per queue: waiting, scheduled, running, finished counts, oldest waiting age."""
+    rows = _store(ctx, app, database_url).queues(Filters(queue))
+    _print(rows, as_json, "no queues: the tasks table is empty", QUEUE_COLUMNS)
+
+
+QUEUE_COLUMNS = [
+    Column("queue"),
+    Column("waiting"),
+    Column("scheduled"),
+    Column("running"),
+    Column("succeeded"),
+    Column("failed"),
+    Column("revoked"),
+    Column("oldest_waiting_seconds", "OLDEST", age),
+    Column("finished_last_minute", "DONE/1M"),
+    Column("finished_last_5_minutes", "DONE/5M"),
+]
+
+WORKER_COLUMNS = [
+    Column("hostname", "HOST"),
+    Column("pid"),
+    Column("queues", "QUEUES", lambda qs: ",".join(qs)),
+    Column("pool"),
+    Column("concurrency", "SLOTS"),
+    Column("running", "BUSY"),
+    Column("tasks_done", "DONE"),
+    Column("heartbeat_age_seconds", "HEARTBEAT", lambda s: f"{age(s)} ago"),
+]
+
+
+@inspect_cli.command()
+def workers(
+    ctx: typer.Context,
+    as_json: bool = JsonOption,
+    queue: str | None = typer.Option(None, "-Q", "--queue", help="only workers of this queue"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Live workers: pid, host, queues, concurrency, busy slots, tasks done, last heartbeat."""
+    rows = _store(ctx, app, database_url).workers(Filters(queue))
+    _print(rows, as_json, "no live workers", WORKER_COLUMNS)
+
+
+# -- control ---------------------------------------------------------------------------------
+
+
+RetryIds = typer.Argument(None, help="ids of dead tasks to retry", show_default=False)
+RevokeIds = typer.Argument(..., help="ids of the tasks to revoke", show_default=False)
+
+
+def retry(
+    ctx: typer.Context,
+    task_ids: list[str] | None = RetryIds,
+    dead_tasks: bool = typer.Option(False, "--dead", help="retry every dead task (see -Q, --name)"),
+    queue: str | None = typer.Option(None, "-Q", "--queue", help="with --dead: only this queue"),
+    name: str | None = typer.Option(None, "--name", help="with --dead: only this task name"),
+    as_json: bool = JsonOption,
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Put dead (FAILURE) tasks back in the queue with a fresh retry budget.
+
+    The failure is kept in the task's history (`pgq result ID --json`, key "failures"). With ids,
+    either all of them are retried or none (an unknown id or a task that is not FAILURE changes
+    nothing).
+    """
+    if bool(task_ids) == dead_tasks:
+        raise typer.BadParameter("give task ids or --dead, not both and not neither")
+    if task_ids and (queue or name):
+        raise typer.BadParameter("-Q and --name select dead tasks with --dead only")
+    store = _store(ctx, app, database_url)
+    ids = store.retry_tasks(task_ids) if task_ids else store.retry_dead(Filters(queue, name))
+    if as_json:
+        typer.echo(to_json({"retried": ids}))
+        return
+    typer.echo(f"retried {len(ids)} task{'s' if len(ids) != 1 else ''}")
+    for task_id in ids:
+        typer.echo(task_id)
+
+
+def revoke(
+    ctx: typer.Context,
+    task_ids: list[str] = RevokeIds,
+    terminate: bool = typer.Option(
+        False, "--terminate", help="also stop tasks that are running (their process is killed)"
+    ),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Revoke tasks: a waiting task never runs; a running one is stopped with --terminate.
+
+    Every id is checked first: an unknown id, a finished task or a running one without
+    --terminate is an error and nothing is revoked.
+    """
+    from pgq.errors import PgqError, TaskRevokedError
+    from pgq.worker.runner import error_json
+
+    store = _store(ctx, app, database_url)
+    problems = []
+    for task_id in dict.fromkeys(task_ids):
+        record = store.read(task_id)
+        if record is None:
+            problems.append(f"no task with id {task_id}")
+        elif record.finished:
+            problems.append(f"task {task_id} already finished ({record.state})")
+        elif record.state not in ("PENDING", "RETRY") and not terminate:
+            problems.append(f"task {task_id} is running ({record.state}): add --terminate")
+    if problems:
+        raise TaskNotFound("; ".join(problems) + ": nothing revoked")
+    result = error_json(TaskRevokedError("revoked"))
+    missed = []
+    for task_id in dict.fromkeys(task_ids):
+        if store.revoke(task_id, terminate=terminate, result=result):
+            typer.echo(f"revoked {task_id}")
+        else:  # it finished between the check and the revoke
+            missed.append(task_id)
+    if missed:
+        raise PgqError(f"finished before it could be revoked: {', '.join(missed)}")
+
+
+def purge(
+    ctx: typer.Context,
+    queue: str | None = typer.Option(None, "-Q", "--queue", help="only this queue"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Delete waiting tasks (PENDING and RETRY); running and finished tasks are never touched."""
+    from pgq.errors import PgqError
+
+    store = _store(ctx, app, database_url)
+    where = f"queue {queue!r}" if queue else "all queues"
+    count = store.count_waiting(queue)
+    if count == 0:
+        typer.echo(f"nothing to purge: no waiting task in {where}")
+        return
+    if not yes:
+        try:
+            confirmed = typer.confirm(f"Delete {count} waiting task(s) from {where}?")
+        except typer.Abort:  # end of input: no answer is not a yes
+            confirmed = False
+        if not confirmed:
+            raise PgqError("not confirmed: nothing purged")
+    deleted = store.purge_waiting(queue)
+    typer.echo(f"purged {deleted} waiting task{'s' if deleted != 1 else ''} from {where}")
+
+
+def health(
+    ctx: typer.Context,
+    with_workers: bool = typer.Option(
+        False, "--workers", help="also require at least one live worker heartbeat"
+    ),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Exit 0 if the database answers and its schema is current (and, with --workers, a worker
+    heartbeats); otherwise print the reason and exit 1. For probes and scripts."""
+    typer.echo(_store(ctx, app, database_url).check_health(workers=with_workers))
+
+
+def metrics(
+    ctx: typer.Context,
+    port: int = typer.Option(9808, "--port", min=0, max=65535, help="port to serve /metrics on"),
+    addr: str = typer.Option("0.0.0.0", "--addr", help="address to listen on"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """Serve the database-wide Prometheus gauges (queue depth, oldest waiting age, running
+    tasks, live workers), read from PostgreSQL at each scrape. Stops on SIGTERM or Ctrl-C."""
+    from prometheus_client import CollectorRegistry
+
+    from pgq.metrics import MetricsServer, QueueCollector
+
+    store = _store(ctx, app, database_url)
+    store.schema_revision()  # fail now, in one line, if the database is not there
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(store))
+    server = MetricsServer(registry, port, addr)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    print(f"serving pgq metrics on http://{addr}:{server.port}/metrics", file=sys.stderr)
+    sys.stderr.flush()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+
+
+def top(
+    ctx: typer.Context,
+    interval: float = typer.Option(2.0, "--interval", "-n", min=0.1, help="seconds per refresh"),
+    queue: str | None = typer.Option(None, "-Q", "--queue", help="only this queue"),
+    app: str | None = AppOption,
+    database_url: str | None = UrlOption,
+) -> None:
+    """A live view of queues, states, rates, workers and the latest failures (q quits)."""
+    from pgq.top import run_top
+
+    run_top(_store(ctx, app, database_url), interval=interval, queue=queue)
+
+
+def register_operations(cli: typer.Typer) -> None:
+    """Add the operator commands to the ``pgq`` command."""
+    cli.add_typer(inspect_cli, name="inspect")
+    for command in (retry, revoke, purge, health, metrics, top):
+        cli.command()(command)

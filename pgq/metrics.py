@@ -1,0 +1,247 @@
+"""Every Prometheus metric pgq exports, defined here and nowhere else.
+
+Two sources, two endpoints:
+
+* ``TaskMetrics``: counters and a run-time histogram fed by the ``pgq.hooks`` seam
+  (``task_enqueued``, ``task_started``, ``task_finished``). ``pgq worker --metrics-port`` serves
+  them. The worker's parent claims every task and stores every outcome its pool reports, so the
+  parent alone sees every start and end: no prometheus multiprocess mode (and no shared
+  directory of files) is needed for prefork workers. Receivers ignore events emitted in any
+  other process than the one that installed them (a prefork child inherits the receivers).
+* ``QueueCollector``: database-wide gauges (queue depth, oldest waiting age, running tasks, live
+  workers) computed by querying PostgreSQL at scrape time. ``pgq metrics --port`` serves them
+  on their own, once for the whole installation (every worker serving them would multiply them
+  in sums).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pgq import hooks
+from pgq.errors import ConfigurationError, DatabaseError
+
+if TYPE_CHECKING:
+    from pgq.admin import AdminStore
+
+__all__ = ["MetricsServer", "QueueCollector", "TaskMetrics", "RUNTIME_BUCKETS"]
+
+# Seconds: from sub-millisecond tasks to the hour-long ones.
+RUNTIME_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+)  # fmt: skip
+
+_LABELS = ("task", "queue")
+
+
+class TaskMetrics:
+    """Task counters and the run-time histogram, registered in ``registry``.
+
+    ``install()`` connects them to the hooks of this process; ``uninstall()`` disconnects.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.enqueued = Counter(
+            "pgq_tasks_enqueued", "Tasks inserted by this process.", _LABELS, registry=registry
+        )
+        self.started = Counter(
+            "pgq_tasks_started", "Tasks this worker handed to a slot.", _LABELS, registry=registry
+        )
+        self.succeeded = Counter(
+            "pgq_tasks_succeeded", "Runs that ended in SUCCESS.", _LABELS, registry=registry
+        )
+        self.failed = Counter(
+            "pgq_tasks_failed",
+            "Runs that ended in FAILURE (dead tasks; retried runs are not counted).",
+            _LABELS,
+            registry=registry,
+        )
+        self.retried = Counter(
+            "pgq_tasks_retried", "Runs that scheduled a retry (state RETRY).", _LABELS,
+            registry=registry,
+        )  # fmt: skip
+        self.revoked = Counter(
+            "pgq_tasks_revoked", "Tasks that ended REVOKED (expired when claimed, terminated).",
+            _LABELS, registry=registry,
+        )  # fmt: skip
+        self.requeued = Counter(
+            "pgq_tasks_requeued",
+            "Tasks given back to the queue (lost process, Reject(requeue=True), cold stop).",
+            _LABELS,
+            registry=registry,
+        )
+        self.runtime = Histogram(
+            "pgq_task_runtime_seconds",
+            "Wall-clock run time of each task run, whatever its outcome.",
+            _LABELS,
+            buckets=RUNTIME_BUCKETS,
+            registry=registry,
+        )
+        self._pid: int | None = None
+
+    def install(self) -> TaskMetrics:
+        """Start counting this process's hook events."""
+        self._pid = os.getpid()
+        hooks.connect("task_enqueued", self._on_enqueued)
+        hooks.connect("task_started", self._on_started)
+        hooks.connect("task_finished", self._on_finished)
+        return self
+
+    def uninstall(self) -> None:
+        """Stop counting."""
+        hooks.disconnect("task_enqueued", self._on_enqueued)
+        hooks.disconnect("task_started", self._on_started)
+        hooks.disconnect("task_finished", self._on_finished)
+        self._pid = None
+
+    def _here(self) -> bool:
+        # A forked child inherits the receivers but its counts would be lost (and a lock held
+        # by the serving thread at fork time would block it forever): count only at home.
+        return self._pid == os.getpid()
+
+    def _on_enqueued(self, *, name: str, queue: str, **_: Any) -> None:
+        if self._here():
+            self.enqueued.labels(name, queue).inc()
+
+    def _on_started(self, *, name: str, queue: str, **_: Any) -> None:
+        if self._here():
+            self.started.labels(name, queue).inc()
+
+    def _on_finished(
+        self, *, name: str, queue: str, state: str | None, runtime: float | None, **_: Any
+    ) -> None:
+        if not self._here():
+            return
+        counter = {
+            "SUCCESS": self.succeeded,
+            "FAILURE": self.failed,
+            "RETRY": self.retried,
+            "REVOKED": self.revoked,
+            "PENDING": self.requeued,
+        }.get(state or "")
+        if counter is not None:
+            counter.labels(name, queue).inc()
+        if runtime is not None:
+            self.runtime.labels(name, queue).observe(runtime)
+
+
+class QueueCollector(Collector):
+    """Database-wide gauges, read from PostgreSQL at each scrape.
+
+    Reads only waiting rows (the partial claim index) and leased rows (the lease index), so a
+    scrape stays cheap however many finished rows the table keeps. If the database does not
+    answer, only ``pgq_database_up 0`` is exported.
+    """
+
+    def __init__(self, admin: AdminStore) -> None:
+        self.admin = admin
+
+    def _families(self) -> dict[str, GaugeMetricFamily]:
+        return {
+            "up": GaugeMetricFamily(
+                "pgq_database_up", "1 if PostgreSQL answered this scrape, else 0."
+            ),
+            "depth": GaugeMetricFamily(
+                "pgq_queue_depth",
+                "Tasks waiting in the queue and due now (PENDING/RETRY, run_at reached).",
+                labels=["queue"],
+            ),
+            "scheduled": GaugeMetricFamily(
+                "pgq_queue_scheduled",
+                "Waiting tasks whose run_at is in the future (countdown, eta, retry back-off).",
+                labels=["queue"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "pgq_queue_oldest_waiting_seconds",
+                "How long the oldest due task of the queue has waited (0 when none waits).",
+                labels=["queue"],
+            ),
+            "running": GaugeMetricFamily(
+                "pgq_queue_running", "Tasks a worker holds now (lease set).", labels=["queue"]
+            ),
+            "workers": GaugeMetricFamily(
+                "pgq_workers", "Live workers (heartbeat younger than the lease)."
+            ),
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names, without querying the database (used at registration)."""
+        yield from self._families().values()
+
+    def collect(self) -> Iterator[Metric]:
+        """Query the database and yield the gauges."""
+        f = self._families()
+        try:
+            waiting, running, workers = self.admin.gauges()
+        except DatabaseError:
+            f["up"].add_metric([], 0)
+            yield f["up"]
+            return
+        f["up"].add_metric([], 1)
+        for row in waiting:
+            f["depth"].add_metric([row["queue"]], int(row["waiting"]))
+            f["scheduled"].add_metric([row["queue"]], int(row["scheduled"]))
+            f["oldest"].add_metric([row["queue"]], float(row["oldest_waiting_seconds"]))
+        for row in running:
+            f["running"].add_metric([row["queue"]], int(row["running"]))
+        f["workers"].add_metric([], workers)
+        yield from f.values()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class MetricsServer:
+    """An HTTP endpoint serving ``registry`` at any path (``/metrics`` by convention).
+
+    The socket is bound when built, so a port in use fails at once with a clear error; the
+    serving thread starts only with ``start()`` (the worker calls it once its pool is forked).
+    """
+
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+        try:
+            self._server = make_server(
+                addr, port, make_wsgi_app(registry), _ThreadingServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._server.server_port)
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="pgq-metrics", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
