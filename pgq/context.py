@@ -31,6 +31,9 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
     is_eager: bool = False
     called_directly: bool = False
+    # Set by a retry that was asked for without raising (Celery's ``retry(throw=False)``): the
+    # worker schedules it once the task returns, instead of recording the returned value.
+    retry_requested: Any = None
 
     @property
     def delivery_info(self) -> dict[str, Any]:

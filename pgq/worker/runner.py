@@ -28,6 +28,7 @@ from pgq.errors import (
     RetryTask,
     SoftTimeLimitExceeded,
 )
+from pgq.hooks import emit
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
@@ -116,29 +117,42 @@ def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
 
 
 def _call(task: Task, request: Request, started: float) -> Report:
+    emit("task_prerun", task=task, request=request)
+    report, retval = _run(task, request, started)
+    state = report.state if report.kind == FINISH else report.kind.upper()
+    emit("task_postrun", task=task, request=request, report=report, retval=retval, state=state)
+    return report
+
+
+def _run(task: Task, request: Request, started: float) -> tuple[Report, Any]:
+    """Run the task and its hooks; returns the report and the value (or exception) it ended with."""
     args, kwargs, task_id = request.args, request.kwargs, request.id
     try:
         task.before_start(task_id, args, kwargs)
         retval = task.run(*args, **kwargs)
     except RetryTask as retry:
-        return _retry(task, request, started, retry)
-    except Ignore:
-        return Report(FINISH, task_id, time.monotonic() - started)
+        return _retry(task, request, started, retry), retry
+    except Ignore as ignore:
+        return Report(FINISH, task_id, time.monotonic() - started), ignore
     except Reject as reject:
         if reject.requeue:
-            return Report(REQUEUE, task_id, time.monotonic() - started)
-        return _fail(task, request, started, reject, state="REJECTED")
+            return Report(REQUEUE, task_id, time.monotonic() - started), reject
+        return _fail(task, request, started, reject, state="REJECTED"), reject
     except Exception as exc:
         if _autoretries(task, exc):
-            return _retry(task, request, started, _autoretry_request(task, request, exc))
-        return _fail(task, request, started, exc)
+            return _retry(task, request, started, _autoretry_request(task, request, exc)), exc
+        return _fail(task, request, started, exc), exc
+    if request.retry_requested is not None:  # self.retry(throw=False) and then returned
+        return _retry(task, request, started, request.retry_requested), retval
     try:
-        encoded = None if task.ignore_result else serialization.dumps(retval)
+        ignore_result = request.options.get("ignore_result", task.ignore_result)
+        encoded = None if ignore_result else serialization.dumps(retval)
     except EncodeError as exc:
-        return _fail(task, request, started, exc)
+        return _fail(task, request, started, exc), exc
     _safely(task.on_success, retval, task_id, args, kwargs)
+    emit("task_success", task=task, request=request, retval=retval)
     _safely(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
-    return Report(FINISH, task_id, time.monotonic() - started, "SUCCESS", encoded)
+    return Report(FINISH, task_id, time.monotonic() - started, "SUCCESS", encoded), retval
 
 
 def _fail(
@@ -146,6 +160,7 @@ def _fail(
 ) -> Report:
     einfo = ExceptionInfo(exc)
     _safely(task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
+    emit("task_failure", task=task, request=request, exc=exc, einfo=einfo)
     _safely(task.after_return, state, exc, request.id, request.args, request.kwargs, einfo)
     return Report(
         FINISH,
@@ -193,6 +208,7 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
     cause = retry.exc if retry.exc is not None else retry
     einfo = ExceptionInfo(cause)
     _safely(task.on_retry, cause, request.id, request.args, request.kwargs, einfo)
+    emit("task_retry", task=task, request=request, reason=cause, einfo=einfo)
     _safely(task.after_return, "RETRY", cause, request.id, request.args, request.kwargs, einfo)
     return Report(
         RETRY,

@@ -1,0 +1,1 @@
+"""The conformance kit (a package so its conftest does not shadow ``tests/conftest.py``)."""

@@ -1,0 +1,182 @@
+"""Tasks written the way Celery's documentation writes them; nothing here knows about pgq."""
+
+import os
+import time
+from pathlib import Path
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import task_failure, task_success
+from celery.utils.log import get_task_logger
+from proj.celery import app
+
+logger = get_task_logger(__name__)
+
+
+class PaymentDeclined(Exception):
+    """A domain error the caller must see as itself through result.get()."""
+
+
+def _wait_for_file(path, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def _note(directory, name, text):
+    if directory:
+        Path(directory, name).write_text(text)
+
+
+@shared_task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def echo(value):
+    return value
+
+
+@app.task(bind=True)
+def whoami(self):
+    return {
+        "id": self.request.id,
+        "task": self.request.task,
+        "retries": self.request.retries,
+        "is_eager": bool(self.request.is_eager),
+        "name": self.name,
+    }
+
+
+@app.task(bind=True)
+def how_called(self):
+    return [self.request.id, bool(self.request.called_directly)]
+
+
+@app.task
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task
+def decline(card):
+    raise PaymentDeclined(f"card {card} declined")
+
+
+@app.task(bind=True, max_retries=5)
+def retry_until(self, succeed_on):
+    if self.request.retries < succeed_on:
+        raise self.retry(countdown=0.1)
+    return self.request.retries
+
+
+@app.task(bind=True, max_retries=2)
+def always_retry(self):
+    raise self.retry(countdown=0.1)
+
+
+@app.task(bind=True, max_retries=1)
+def retry_with_exc(self, card):
+    try:
+        raise PaymentDeclined(f"card {card} declined")
+    except PaymentDeclined as exc:
+        raise self.retry(exc=exc, countdown=0.1) from exc
+
+
+@shared_task(
+    bind=True,
+    autoretry_for=(ConnectionError,),
+    retry_backoff=True,
+    retry_backoff_max=1,
+    retry_jitter=False,
+    max_retries=3,
+)
+def flaky(self, failures):
+    if self.request.retries < failures:
+        raise ConnectionError(f"attempt {self.request.retries} failed")
+    return self.request.retries
+
+
+@shared_task(
+    autoretry_for=(ConnectionError,),
+    retry_kwargs={"max_retries": 1, "countdown": 0.1},
+)
+def hopeless():
+    raise ConnectionError("never works")
+
+
+@app.task(bind=True)
+def progress(self, flag_path):
+    self.update_state(state="PROGRESS", meta={"current": 1, "total": 2})
+    _wait_for_file(flag_path)
+    return "done"
+
+
+@app.task(bind=True)
+def ignored(self):
+    self.update_state(state="CUSTOM_END", meta={"why": "ignored"})
+    raise Ignore()
+
+
+@app.task(soft_time_limit=1, time_limit=20)
+def soft_limited():
+    try:
+        time.sleep(30)
+    except SoftTimeLimitExceeded:
+        return "soft limit caught"
+    return "not interrupted"
+
+
+@app.task
+def waits_on_subtask():
+    return add.delay(1, 1).get(timeout=10)
+
+
+@app.task
+def routed():
+    return "routed"
+
+
+class AuditedTask(Task):
+    """A base class with hooks, as in Celery's "Custom task classes"."""
+
+    def on_success(self, retval, task_id, args, kwargs):
+        _note(kwargs.get("audit_dir"), f"success-{task_id}", repr(retval))
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        _note(kwargs.get("audit_dir"), f"failure-{task_id}", type(exc).__name__)
+
+
+@app.task(base=AuditedTask)
+def audited(value, audit_dir=None):
+    if value < 0:
+        raise ValueError("negative")
+    return value * 2
+
+
+class Multiply(app.Task):
+    name = "proj.tasks.multiply"
+
+    def run(self, x, y):
+        return x * y
+
+
+multiply = app.register_task(Multiply())
+
+
+@task_success.connect(sender=audited)
+def _audited_succeeded(sender=None, result=None, **kwargs):
+    name = f"signal-success-{sender.name}-{sender.request.id}"
+    _note(os.environ.get("KIT_SIGNAL_DIR"), name, repr(result))
+
+
+@task_failure.connect
+def _any_failure(sender=None, task_id=None, exception=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"signal-failure-{task_id}",
+        f"{sender.name} {type(exception).__name__}",
+    )

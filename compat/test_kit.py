@@ -1,0 +1,247 @@
+"""Celery's documented outcomes, asserted against whichever backend ``kit`` runs.
+
+Each test is written as a Celery user would write it against their own project; the fixture
+gives the project's modules (``kit.tasks``) and the ``celery`` package the project imported.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from compat.kit_support import TIMEOUT, Kit, wait_for
+
+
+def test_delay_returns_the_result(kit: Kit) -> None:
+    result = kit.tasks.add.delay(2, 3)
+    assert isinstance(result, kit.result.AsyncResult)
+    assert result.get(timeout=TIMEOUT) == 5
+    assert result.successful()
+    assert result.ready()
+    assert result.state == "SUCCESS"
+    assert result.status == "SUCCESS"
+    assert result.result == 5
+    assert result.date_done is not None
+
+
+def test_apply_async_and_send_task(kit: Kit) -> None:
+    assert kit.tasks.add.apply_async((4, 5)).get(timeout=TIMEOUT) == 9
+    assert kit.tasks.add.apply_async(args=(1,), kwargs={"y": 1}).get(timeout=TIMEOUT) == 2
+    sent = kit.app.send_task("proj.tasks.add", args=(10, 20))
+    assert sent.get(timeout=TIMEOUT) == 30
+
+
+def test_task_names_default_to_module_and_function(kit: Kit) -> None:
+    assert kit.tasks.add.name == "proj.tasks.add"
+    assert kit.tasks.whoami.name == "proj.tasks.whoami"
+    assert kit.tasks.multiply.name == "proj.tasks.multiply"
+
+
+def test_json_round_trips_datetimes_decimals_and_uuids(kit: Kit) -> None:
+    when = datetime(2024, 5, 17, 12, 30, tzinfo=timezone.utc)
+    ident = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert kit.tasks.echo.delay(when).get(timeout=TIMEOUT) == when
+    assert kit.tasks.echo.delay(Decimal("12.50")).get(timeout=TIMEOUT) == Decimal("12.50")
+    assert kit.tasks.echo.delay(ident).get(timeout=TIMEOUT) == ident
+
+
+def test_bound_task_sees_its_own_request(kit: Kit) -> None:
+    result = kit.tasks.whoami.delay()
+    seen = result.get(timeout=TIMEOUT)
+    assert seen["id"] == result.id
+    assert seen["task"] == "proj.tasks.whoami"
+    assert seen["retries"] == 0
+    assert seen["is_eager"] is False
+    assert seen["name"] == "proj.tasks.whoami"
+
+
+def test_explicit_task_id_is_used(kit: Kit) -> None:
+    task_id = kit.fresh_id()
+    result = kit.tasks.add.apply_async((1, 1), task_id=task_id)
+    assert result.id == task_id
+    assert kit.app.AsyncResult(task_id).get(timeout=TIMEOUT) == 2
+
+
+def test_get_reraises_the_tasks_own_exception(kit: Kit) -> None:
+    with pytest.raises(ValueError, match="bad input"):
+        kit.tasks.fail.delay("bad input").get(timeout=TIMEOUT)
+    result = kit.tasks.decline.delay(42)
+    with pytest.raises(kit.tasks.PaymentDeclined, match="card 42 declined"):
+        result.get(timeout=TIMEOUT)
+    assert result.failed()
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, kit.tasks.PaymentDeclined)
+    assert "PaymentDeclined" in result.traceback
+
+
+def test_get_without_propagate_returns_the_exception(kit: Kit) -> None:
+    result = kit.tasks.fail.delay("quiet")
+    value = result.get(timeout=TIMEOUT, propagate=False)
+    assert isinstance(value, ValueError)
+    assert str(value) == "quiet"
+
+
+def test_unknown_id_reads_pending(kit: Kit) -> None:
+    result = kit.app.AsyncResult(kit.fresh_id())
+    assert result.state == "PENDING"
+    assert result.result is None
+    assert not result.ready()
+    with pytest.raises(kit.exceptions.TimeoutError):
+        result.get(timeout=0.3)
+
+
+def test_retry_keeps_the_task_id_and_counts_retries(kit: Kit) -> None:
+    result = kit.tasks.retry_until.delay(2)
+    assert result.get(timeout=TIMEOUT) == 2
+    assert result.state == "SUCCESS"
+
+
+def test_retries_exhausted_raise_max_retries_exceeded(kit: Kit) -> None:
+    result = kit.tasks.always_retry.delay()
+    with pytest.raises(kit.exceptions.MaxRetriesExceededError):
+        result.get(timeout=TIMEOUT)
+    assert result.state == "FAILURE"
+
+
+def test_retries_exhausted_reraise_the_given_exc(kit: Kit) -> None:
+    result = kit.tasks.retry_with_exc.delay(7)
+    with pytest.raises(kit.tasks.PaymentDeclined, match="card 7 declined"):
+        result.get(timeout=TIMEOUT)
+
+
+def test_autoretry_for_with_backoff_succeeds_after_failures(kit: Kit) -> None:
+    assert kit.tasks.flaky.delay(2).get(timeout=TIMEOUT) == 2
+
+
+def test_autoretry_for_gives_up_with_the_original_error(kit: Kit) -> None:
+    with pytest.raises(ConnectionError, match="never works"):
+        kit.tasks.hopeless.delay().get(timeout=TIMEOUT)
+
+
+def test_custom_state_with_meta_is_visible_while_running(kit: Kit, tmp_path) -> None:
+    flag = tmp_path / "go"
+    result = kit.tasks.progress.delay(str(flag))
+    wait_for(lambda: result.state == "PROGRESS", what="the PROGRESS state")
+    assert result.info == {"current": 1, "total": 2}
+    assert not result.ready()
+    flag.touch()
+    assert result.get(timeout=TIMEOUT) == "done"
+    assert result.state == "SUCCESS"
+
+
+def test_class_based_task_hooks_run(kit: Kit, tmp_path) -> None:
+    ok = kit.tasks.audited.delay(3, audit_dir=str(tmp_path))
+    assert ok.get(timeout=TIMEOUT) == 6
+    success_note = tmp_path / f"success-{ok.id}"
+    wait_for(success_note.exists, what="on_success")
+    assert success_note.read_text() == "6"
+
+    bad = kit.tasks.audited.delay(-1, audit_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="negative"):
+        bad.get(timeout=TIMEOUT)
+    failure_note = tmp_path / f"failure-{bad.id}"
+    wait_for(failure_note.exists, what="on_failure")
+    assert failure_note.read_text() == "ValueError"
+
+
+def test_registered_class_based_task(kit: Kit) -> None:
+    assert kit.tasks.multiply.delay(6, 7).get(timeout=TIMEOUT) == 42
+
+
+def test_signals_fire_in_the_worker(kit: Kit) -> None:
+    ok = kit.tasks.audited.delay(5)
+    assert ok.get(timeout=TIMEOUT) == 10
+    note = kit.signal_dir / f"signal-success-proj.tasks.audited-{ok.id}"
+    wait_for(note.exists, what="the task_success receiver")
+    assert note.read_text() == "10"
+
+    bad = kit.tasks.fail.delay("signalled")
+    with pytest.raises(ValueError):
+        bad.get(timeout=TIMEOUT)
+    failure = kit.signal_dir / f"signal-failure-{bad.id}"
+    wait_for(failure.exists, what="the task_failure receiver")
+    assert failure.read_text() == "proj.tasks.fail ValueError"
+
+
+def test_revoke_a_countdown_task(kit: Kit) -> None:
+    result = kit.tasks.add.apply_async((1, 2), countdown=2)
+    result.revoke()
+    with pytest.raises(kit.exceptions.TaskRevokedError):
+        result.get(timeout=TIMEOUT)
+    assert result.state == "REVOKED"
+
+
+def test_soft_time_limit_is_catchable(kit: Kit) -> None:
+    assert kit.tasks.soft_limited.delay().get(timeout=TIMEOUT) == "soft limit caught"
+
+
+def test_typing_checks_arguments_at_call_time(kit: Kit) -> None:
+    with pytest.raises(TypeError):
+        kit.tasks.add.delay(1)
+    with pytest.raises(TypeError):
+        kit.tasks.add.delay(1, 2, 3)
+
+
+def test_get_inside_a_task_raises_runtime_error(kit: Kit) -> None:
+    with pytest.raises(RuntimeError, match="Never call result.get"):
+        kit.tasks.waits_on_subtask.delay().get(timeout=TIMEOUT)
+
+
+def test_ignore_keeps_the_state_the_task_set(kit: Kit) -> None:
+    result = kit.tasks.ignored.delay()
+    wait_for(lambda: result.state == "CUSTOM_END", what="the custom final state")
+    assert result.info == {"why": "ignored"}
+
+
+def test_forget_makes_the_result_pending_again(kit: Kit) -> None:
+    result = kit.tasks.add.delay(3, 3)
+    assert result.get(timeout=TIMEOUT) == 6
+    result.forget()
+    assert result.state == "PENDING"
+
+
+def test_routed_task_runs(kit: Kit) -> None:
+    assert kit.tasks.routed.delay().get(timeout=TIMEOUT) == "routed"
+
+
+def test_task_always_eager(kit: Kit) -> None:
+    conf = kit.app.conf
+    conf.task_always_eager = True
+    try:
+        result = kit.tasks.add.delay(20, 22)
+        assert isinstance(result, kit.result.EagerResult)
+        assert result.get() == 42
+        assert result.successful()
+        seen = kit.tasks.whoami.delay().get()
+        assert seen["is_eager"] is True
+        assert kit.tasks.retry_until.delay(2).get() == 2
+
+        failed = kit.tasks.fail.delay("eager")
+        assert failed.state == "FAILURE"
+        with pytest.raises(ValueError, match="eager"):
+            failed.get()
+
+        conf.task_eager_propagates = True
+        with pytest.raises(ValueError, match="propagated"):
+            kit.tasks.fail.delay("propagated")
+    finally:
+        conf.task_always_eager = False
+        conf.task_eager_propagates = False
+
+
+def test_apply_runs_in_process(kit: Kit) -> None:
+    result = kit.tasks.add.apply((2, 2))
+    assert isinstance(result, kit.result.EagerResult)
+    assert result.get() == 4
+    with pytest.raises(kit.exceptions.MaxRetriesExceededError):
+        kit.tasks.always_retry.apply().get()
+
+
+def test_direct_call_runs_inline(kit: Kit) -> None:
+    assert kit.tasks.add(2, 2) == 4
+    assert kit.tasks.how_called() == [None, True]
+    result = kit.tasks.how_called.delay()
+    assert result.get(timeout=TIMEOUT) == [result.id, False]

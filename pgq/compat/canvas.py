@@ -1,0 +1,353 @@
+"""Signatures and the canvas primitives (``celery.canvas``).
+
+``Signature`` (``task.s()``, ``signature('name', args)``) is complete: it sends, applies,
+clones, links and chains. ``group`` sends its members and returns a ``GroupResult``. ``chain``
+and ``chord`` run eagerly (``apply()``, ``task_always_eager``); sending them to workers needs
+the worker to run callbacks, which is the canvas issue's work, so ``apply_async`` raises
+``NotImplementedError`` for them until then.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from pgq.compat._state import get_current_app
+from pgq.compat.result import AsyncResult, GroupResult
+
+__all__ = ["Signature", "chain", "chord", "group", "maybe_signature", "signature"]
+
+_CANVAS_ISSUE = (
+    "pgq does not run {what} on workers yet (the worker does not run link callbacks); "
+    "run it eagerly with .apply() or task_always_eager, or send the steps yourself"
+)
+
+
+class Signature(dict):  # type: ignore[type-arg]
+    """A task call to make later: name, args, kwargs and options (a dict, as in Celery)."""
+
+    def __init__(
+        self,
+        task: Any = None,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        type: Any = None,
+        subtask_type: str | None = None,
+        immutable: bool = False,
+        app: Any = None,
+        **extra_options: Any,
+    ) -> None:
+        self._app = app
+        self._type = type
+        if isinstance(task, dict) and not hasattr(task, "run"):
+            super().__init__(task)  # a signature given as a plain dict (from JSON)
+            return
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if not isinstance(task, str) and task is not None:
+            self._type = task
+        super().__init__(
+            task=name,
+            args=tuple(args or ()),
+            kwargs=dict(kwargs or {}),
+            options={**(options or {}), **extra_options},
+            subtask_type=subtask_type,
+            immutable=immutable,
+        )
+
+    # -- fields ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.get("task"))
+
+    task = name  # type: ignore[assignment]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return tuple(self.get("args") or ())
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.get("kwargs") or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.setdefault("options", {})  # type: ignore[no-any-return]
+
+    @property
+    def immutable(self) -> bool:
+        return bool(self.get("immutable"))
+
+    @property
+    def subtask_type(self) -> str | None:
+        return self.get("subtask_type")
+
+    @property
+    def id(self) -> str | None:
+        return self.options.get("task_id")
+
+    @property
+    def app(self) -> Any:
+        return self._app if self._app is not None else get_current_app()
+
+    @property
+    def type(self) -> Any:
+        """The task this signature calls (looked up by name in the app)."""
+        if self._type is None:
+            self._type = self.app.signature_task(self.name)
+        return self._type
+
+    def __repr__(self) -> str:
+        args = ", ".join(
+            [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        )
+        return f"{self.name}({args}){'!' if self.immutable else ''}"
+
+    # -- building -------------------------------------------------------------------------
+
+    def _merge(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, options: Any = None
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+        """Partial application: new args go first; immutable signatures ignore them."""
+        merged_options = {**self.options, **(options or {})}
+        if self.immutable:
+            return self.args, self.kwargs, merged_options
+        return (
+            tuple(args or ()) + self.args,
+            {**self.kwargs, **(kwargs or {})},
+            merged_options,
+        )
+
+    def clone(self, args: Any = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> Any:
+        new_args, new_kwargs, new_options = self._merge(args, kwargs, opts)
+        sig = copy.copy(self)
+        dict.update(
+            sig,
+            args=new_args,
+            kwargs=new_kwargs,
+            options=copy.deepcopy(new_options),
+        )
+        return sig
+
+    partial = clone
+
+    def set(self, immutable: bool | None = None, **options: Any) -> Signature:
+        if immutable is not None:
+            self["immutable"] = immutable
+        self.options.update(options)
+        return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        self["immutable"] = immutable
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
+        """Fix the task id now and return the result it will have."""
+        task_id = _id or self.options.get("task_id") or str(uuid.uuid4())
+        self.options["task_id"] = task_id
+        return AsyncResult(task_id, app=self.app, task_name=self.name)
+
+    def link(self, callback: Signature) -> Signature:
+        self.options.setdefault("link", []).append(callback)
+        return callback
+
+    def link_error(self, errback: Signature) -> Signature:
+        self.options.setdefault("link_error", []).append(errback)
+        return errback
+
+    on_error = link_error
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, _chain):
+            return _chain(self, *other.tasks, app=self._app)
+        if isinstance(other, Signature):
+            return _chain(self, other, app=self._app)
+        return NotImplemented
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        clone = copy.copy(self)
+        dict.update(clone, copy.deepcopy(dict(self), memo))
+        return clone
+
+    # -- calling --------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the task function here (``sig()``), with partial arguments merged."""
+        new_args, new_kwargs, _ = self._merge(args, kwargs)
+        return self.type(*new_args, **new_kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
+        return self.type.apply_async(new_args, new_kwargs, **new_options)  # type: ignore[no-any-return]
+
+    def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
+        return self.type.apply(new_args, new_kwargs, **new_options)  # type: ignore[no-any-return]
+
+
+def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
+    """A signature from a task name, a task, or a signature-shaped dict."""
+    app = kwargs.get("app")
+    if isinstance(varies, dict):
+        if isinstance(varies, Signature):
+            return varies.clone()
+        return Signature(varies, app=app)
+    return Signature(varies, *args, **kwargs)
+
+
+subtask = signature
+
+
+def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Signature | None:
+    if d is None:
+        return None
+    if isinstance(d, Signature):
+        return d.clone() if clone else d
+    if isinstance(d, dict):
+        return Signature(d, app=app)
+    return d  # type: ignore[no-any-return]
+
+
+def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
+    if len(tasks) == 1 and not isinstance(tasks[0], dict) and isinstance(tasks[0], Iterable):
+        tasks = tuple(tasks[0])
+    return [maybe_signature(t) for t in tasks]  # type: ignore[misc]
+
+
+class _chain(Signature):  # noqa: N801 - Celery's spelling
+    """Tasks run one after the other, each getting the previous one's result first."""
+
+    def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
+        steps = _flatten(tasks)
+        super().__init__("celery.chain", (), {"tasks": steps}, options, app=app)
+        self["subtask_type"] = "chain"
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self["kwargs"]["tasks"])
+
+    def __or__(self, other: Any) -> Any:
+        if isinstance(other, _chain):
+            return _chain(*self.tasks, *other.tasks, app=self._app)
+        if isinstance(other, Signature):
+            return _chain(*self.tasks, other, app=self._app)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(t) for t in self.tasks)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        raise NotImplementedError(_CANVAS_ISSUE.format(what="chains"))
+
+    def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        result: Any = None
+        first = True
+        for step in self.tasks:
+            if first:
+                result = step.apply(args, kwargs, **options)
+                first = False
+            else:
+                result = step.apply((result.get(disable_sync_subtasks=False),), **options)
+        return result
+
+
+chain = _chain
+
+
+class group(Signature):  # noqa: N801 - Celery's spelling
+    """Tasks sent together; the result is a ``GroupResult`` of theirs."""
+
+    def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
+        steps = _flatten(tasks)
+        super().__init__("celery.group", (), {"tasks": steps}, options, app=app)
+        self["subtask_type"] = "group"
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self["kwargs"]["tasks"])
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return len(self.tasks)
+
+    def __iter__(self) -> Any:  # type: ignore[override]
+        return iter(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"group([{', '.join(repr(t) for t in self.tasks)}])"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        group_id = options.pop("group_id", None) or options.pop("task_id", None)
+        group_id = group_id or str(uuid.uuid4())
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, group_id=group_id, **options)
+        results = [t.apply_async(args, kwargs, **options) for t in self.tasks]
+        return GroupResult(group_id, results, app=self.app)
+
+    def apply(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        group_id = options.pop("group_id", None) or str(uuid.uuid4())
+        results = [t.apply(args, kwargs, **options) for t in self.tasks]
+        return GroupResult(group_id, results, app=self.app)
+
+
+class chord(Signature):  # noqa: N801 - Celery's spelling
+    """A group whose results, as a list, are passed to a callback when all are done."""
+
+    def __init__(self, header: Any, body: Any = None, app: Any = None, **options: Any) -> None:
+        steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+        super().__init__(
+            "celery.chord",
+            (),
+            {"header": steps, "body": maybe_signature(body)},
+            options,
+            app=app,
+        )
+        self["subtask_type"] = "chord"
+
+    @property
+    def tasks(self) -> list[Signature]:
+        return list(self["kwargs"]["header"])
+
+    @property
+    def body(self) -> Signature | None:
+        return self["kwargs"]["body"]  # type: ignore[no-any-return]
+
+    def __call__(self, body: Any = None, **options: Any) -> Any:
+        if body is not None:
+            self["kwargs"]["body"] = maybe_signature(body)
+        return self.apply_async(**options)
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        if self.app.conf.task_always_eager:
+            return self.apply(args, kwargs, **options)
+        raise NotImplementedError(_CANVAS_ISSUE.format(what="chords"))
+
+    def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        header = group(*self.tasks, app=self._app).apply(args, kwargs, **options)
+        values = header.get(disable_sync_subtasks=False)
+        body = self.body
+        if body is None:
+            return header
+        return body.apply((values,), **options)

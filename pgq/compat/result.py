@@ -1,0 +1,583 @@
+"""Celery's result classes (``celery.result``) over pgq's task rows.
+
+``AsyncResult(id)`` reads the task's row afresh on every property; ``get()`` waits on the
+completion NOTIFY (``Store.wait``), not by polling tightly. An unknown id reads as PENDING.
+A failed task's exception is rebuilt from the stored module and class name, and re-raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pgq import serialization
+from pgq.compat import states
+from pgq.compat._state import get_current_app
+from pgq.compat.exceptions import ENGINE_EQUIVALENTS, TaskRevokedError, TimeoutError
+from pgq.context import current_request
+from pgq.result import Result
+
+if TYPE_CHECKING:
+    from pgq.store import Store, TaskRecord
+
+__all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
+
+E_WOULDBLOCK = (
+    "Never call result.get() within a task!\n"
+    "See https://docs.celeryq.dev/en/latest/userguide/tasks.html"
+    "#avoid-launching-synchronous-subtasks"
+)
+
+# What a terminal row may hold besides Celery's READY_STATES (pgq stores REJECTED as final).
+_FINAL_ERROR_STATES = frozenset({states.FAILURE, states.REVOKED, states.REJECTED})
+
+
+def assert_will_not_block() -> None:
+    """Raise RuntimeError when called inside a task the worker is running (as Celery does)."""
+    request = current_request()
+    if request is not None and not request.is_eager and not request.called_directly:
+        raise RuntimeError(E_WOULDBLOCK)
+
+
+# -- exceptions read back from rows --------------------------------------------------------
+
+_fallback_classes: dict[tuple[str, str], type[Exception]] = {}
+
+
+def _fallback(module: str, name: str) -> type[Exception]:
+    """A stand-in exception class named like the original (which could not be imported)."""
+    key = (module, name)
+    cls = _fallback_classes.get(key)
+    if cls is None:
+        cls = type(name.rpartition(".")[2] or "Exception", (Exception,), {"__module__": module})
+        _fallback_classes[key] = cls
+    return cls
+
+
+def _exception_class(module: str, name: str) -> type[BaseException] | None:
+    """The class ``module.name`` if it is an exception class, mapped to Celery's names."""
+    if module in {"celery.exceptions", "billiard.exceptions"}:
+        module = "pgq.compat.exceptions"
+    try:
+        obj: Any = sys.modules.get(module) or importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except Exception:  # noqa: BLE001 - any import or lookup failure means "not available"
+        return None
+    if not (isinstance(obj, type) and issubclass(obj, Exception)):
+        return None  # never instantiate a non-exception class named by a database row
+    for engine_cls, compat_cls in ENGINE_EQUIVALENTS.items():
+        if obj is engine_cls:
+            return compat_cls
+    return obj
+
+
+def exception_from_info(info: Any) -> BaseException:
+    """Rebuild the exception a row describes (``exc_type``, ``exc_module``, ``exc_message``)."""
+    if not isinstance(info, dict):
+        return Exception(str(info))
+    name = str(info.get("exc_type") or "Exception")
+    module = str(info.get("exc_module") or "builtins")
+    message = info.get("exc_message", [])
+    args = tuple(message) if isinstance(message, list) else (message,)
+    cls = _exception_class(module, name)
+    if cls is not None:
+        try:
+            return cls(*args)
+        except Exception:  # noqa: BLE001 - a constructor that wants other arguments
+            try:
+                exc = cls.__new__(cls)
+                exc.args = args
+                return exc
+            except Exception:  # noqa: BLE001
+                pass
+    return _fallback(module, name)(*args)
+
+
+def _is_exception_info(value: Any) -> bool:
+    return isinstance(value, dict) and "exc_type" in value and "exc_module" in value
+
+
+def _value_of(record: TaskRecord | None) -> Any:
+    """What ``result``/``info`` shows for a row, as Celery shows it for that state."""
+    if record is None or record.state == states.PENDING:
+        return None
+    value = serialization.loads(record.result)
+    if record.state in _FINAL_ERROR_STATES or record.state == states.RETRY:
+        if record.state == states.REVOKED and not _is_exception_info(value):
+            return TaskRevokedError("revoked")
+        return exception_from_info(value) if _is_exception_info(value) else value
+    if record.state == states.STARTED:
+        # Celery (track_started) shows the worker; pgq's row may still hold a retried error.
+        hostname = (record.worker or "").partition("/")[0] or None
+        return {"hostname": hostname}
+    return value
+
+
+class AsyncResult(Result):
+    """The state and outcome of the task ``id`` (Celery's ``AsyncResult``)."""
+
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: str | None = None,
+        app: Any = None,
+        parent: AsyncResult | None = None,
+    ) -> None:
+        if isinstance(id, AsyncResult):  # Celery accepts a result as its own id
+            id = id.id
+        self.id = str(id)
+        self.app = app if app is not None else get_current_app()
+        self.task_name = task_name
+        self._parent = parent
+
+    # Result reads self.store; here it follows the app (its database may be set later).
+    @property
+    def store(self) -> Store:  # type: ignore[override]
+        return self.app.store  # type: ignore[no-any-return]
+
+    @property
+    def backend(self) -> Store:
+        return self.store
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Result):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __reduce__(self) -> Any:
+        return self.__class__, (self.id, None, self.task_name)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The task's state; an unknown (or forgotten) id reads as PENDING."""
+        record = self.record()
+        return record.state if record is not None else states.PENDING
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value, the exception for failed/retried tasks, or a custom state's meta."""
+        return _value_of(self.record())
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        record = self.record()
+        return record.traceback if record is not None else None
+
+    @property
+    def date_done(self) -> datetime | None:
+        record = self.record()
+        return record.finished_at if record is not None else None
+
+    @property
+    def name(self) -> str | None:
+        record = self.record()
+        return record.name if record is not None else self.task_name
+
+    @property
+    def retries(self) -> int | None:
+        record = self.record()
+        return record.retries if record is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        record = self.record()
+        return record.queue if record is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        record = self.record()
+        return record.worker if record is not None else None
+
+    def ready(self) -> bool:
+        """True once the task will not change again (SUCCESS, FAILURE, REVOKED...)."""
+        record = self.record()
+        return record is not None and record.finished
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def ignored(self) -> bool:
+        return self.state == states.IGNORED
+
+    def exists(self) -> bool:
+        """True if the task's row exists (it was sent and not forgotten or pruned)."""
+        return self.record() is not None
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def get(  # type: ignore[override]
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        follow_parents: bool = True,
+        callback: Any = None,
+        on_message: Any = None,
+        on_interval: Any = None,
+        disable_sync_subtasks: bool = True,
+        EXCEPTION_STATES: frozenset[str] = states.EXCEPTION_STATES,  # noqa: N803
+        PROPAGATE_STATES: frozenset[str] = states.PROPAGATE_STATES,  # noqa: N803
+    ) -> Any:
+        """Wait until the task finishes and return its value.
+
+        Raises the task's own exception when it failed (``propagate``), ``TaskRevokedError``
+        when it was revoked or expired, and ``celery.exceptions.TimeoutError`` after
+        ``timeout`` seconds. Inside a running task it raises RuntimeError, as Celery does.
+        """
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        record = self.store.wait(self.id, timeout, interval=interval)
+        if record is None or not record.finished:
+            raise TimeoutError("The operation timed out.")
+        value = _value_of(record)
+        if callback is not None:
+            callback(self.id, value)
+        if propagate and (record.state in PROPAGATE_STATES or record.state == states.REJECTED):
+            raise value if isinstance(value, BaseException) else TaskRevokedError(str(value))
+        return value
+
+    wait = get
+
+    def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
+        record = self.record()
+        if propagate and record is not None and record.state in _FINAL_ERROR_STATES:
+            value = _value_of(record)
+            if isinstance(value, BaseException):
+                raise value
+
+    maybe_reraise = maybe_throw
+
+    def forget(self) -> None:
+        """Delete the task and its result; the id then reads as PENDING."""
+        self.store.forget(self.id)
+
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke the task: a waiting one never runs; a running one stops only with terminate.
+
+        The revocation is a row update, so it survives worker restarts (unlike Celery's
+        in-memory revoked list). ``signal`` is accepted; pgq terminates with SIGTERM.
+        """
+        result = serialization.dumps(serialization.exception_to_json(TaskRevokedError("revoked")))
+        self.store.revoke(self.id, terminate=terminate, result=result, connection=connection)
+        if wait:
+            self.store.wait(self.id, timeout)
+
+    # -- family ---------------------------------------------------------------------------
+
+    @property
+    def parent(self) -> AsyncResult | None:
+        if self._parent is not None:
+            return self._parent
+        record = self.record()
+        if record is None or not record.parent_id:
+            return None
+        return AsyncResult(record.parent_id, app=self.app)
+
+    @parent.setter
+    def parent(self, value: AsyncResult | None) -> None:
+        self._parent = value
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        """Results of the tasks this task sent while it ran."""
+        return [AsyncResult(i, app=self.app) for i in self.store.children(self.id)]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        parent = self._parent
+        return (self.id, parent.as_tuple() if parent is not None else None), None
+
+
+class EagerResult(AsyncResult):
+    """The outcome of a task run in this process (``apply()``, ``task_always_eager``)."""
+
+    def __init__(
+        self,
+        id: str,
+        ret_value: Any,
+        state: str,
+        traceback: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.id = str(id)
+        self.task_name = name
+        self._result = ret_value
+        self._state = state
+        self._traceback = traceback
+        self._parent = None
+        self.app = None
+
+    def __reduce__(self) -> Any:
+        return self.__class__, (self.id, self._result, self._state, self._traceback)
+
+    def record(self) -> None:
+        return None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        return self._result
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._traceback
+
+    @property
+    def name(self) -> str | None:
+        return self.task_name
+
+    @property
+    def date_done(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    def exists(self) -> bool:
+        return True
+
+    def get(  # type: ignore[override]
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        failed = self._state in states.PROPAGATE_STATES
+        if propagate and failed and isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+    wait = get  # type: ignore[assignment]
+
+    def forget(self) -> None:
+        return None
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        self._state = states.REVOKED
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        return []
+
+
+class ResultSet:
+    """A set of results waited on together."""
+
+    def __init__(self, results: Iterable[AsyncResult] | None = None, app: Any = None) -> None:
+        self.results: list[AsyncResult] = list(results or [])
+        self._app = app
+
+    @property
+    def app(self) -> Any:
+        return self._app if self._app is not None else get_current_app()
+
+    def add(self, result: AsyncResult) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def remove(self, result: AsyncResult | str) -> None:
+        self.results.remove(result)  # type: ignore[arg-type]
+
+    def discard(self, result: AsyncResult | str) -> None:
+        with contextlib.suppress(ValueError):
+            self.remove(result)
+
+    def update(self, results: Iterable[AsyncResult]) -> None:
+        for result in results:
+            self.add(result)
+
+    def clear(self) -> None:
+        self.results.clear()
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultSet):
+            return other.results == self.results
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def waiting(self) -> bool:
+        return any(not r.ready() for r in self.results)
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def revoke(self, connection: Any = None, terminate: bool = False, **kwargs: Any) -> None:
+        for result in self.results:
+            result.revoke(connection=connection, terminate=terminate)
+
+    def forget(self) -> None:
+        for result in self.results:
+            result.forget()
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        disable_sync_subtasks: bool = True,
+        on_interval: Any = None,
+    ) -> list[Any]:
+        """The values of every result, in order (``timeout`` covers the whole set)."""
+        return self.join(
+            timeout=timeout,
+            propagate=propagate,
+            interval=interval,
+            callback=callback,
+            disable_sync_subtasks=disable_sync_subtasks,
+        )
+
+    def join(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        disable_sync_subtasks: bool = True,
+        on_interval: Any = None,
+    ) -> list[Any]:
+        if disable_sync_subtasks:
+            assert_will_not_block()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            value = result.get(
+                timeout=remaining,
+                propagate=propagate,
+                interval=interval,
+                disable_sync_subtasks=False,
+            )
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
+        return values
+
+    join_native = join
+
+    @property
+    def children(self) -> list[AsyncResult]:
+        return self.results
+
+
+class GroupResult(ResultSet):
+    """The results of a ``group``, with the group's id."""
+
+    def __init__(
+        self,
+        id: str | None = None,
+        results: Iterable[AsyncResult] | None = None,
+        parent: AsyncResult | None = None,
+        app: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(results, app=app)
+        self.id = id
+        self.parent = parent
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GroupResult):
+            return other.id == self.id and other.results == self.results
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.id, None), [r.as_tuple() for r in self.results]
+
+    def save(self, backend: Any = None) -> None:
+        raise NotImplementedError(
+            "pgq does not store groups yet: keep the GroupResult (or its task ids) yourself"
+        )
+
+    @classmethod
+    def restore(cls, id: str, backend: Any = None, app: Any = None) -> GroupResult:
+        raise NotImplementedError("pgq does not store groups yet (GroupResult.restore)")
+
+
+def result_from_tuple(r: Any, app: Any = None) -> AsyncResult | GroupResult:
+    """Rebuild a result from ``as_tuple()`` output."""
+    (id, parent), nodes = r
+    if nodes is not None:
+        members: list[Any] = [result_from_tuple(n, app) for n in nodes]
+        return GroupResult(id, members, app=app)
+    parent_result = result_from_tuple(parent, app) if parent else None
+    return AsyncResult(id, app=app, parent=parent_result)  # type: ignore[arg-type]

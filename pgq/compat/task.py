@@ -1,0 +1,447 @@
+"""Celery's ``Task`` on pgq's: ``request``, ``retry``, ``update_state``, ``apply``, signatures.
+
+The worker runs ``run`` through ``pgq.worker.runner``; the methods here are what Celery code
+calls on a task, in the producer (``delay``/``apply_async``/``apply``) and inside a running task
+(``self.request``, ``self.retry``, ``self.update_state``).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pgq import app as _engine
+from pgq import serialization
+from pgq.backoff import retry_countdown
+from pgq.compat import states
+from pgq.compat._state import get_current_app
+from pgq.compat.exceptions import (
+    Ignore,
+    ImproperlyConfigured,
+    MaxRetriesExceededError,
+    Reject,
+    Retry,
+)
+from pgq.compat.result import AsyncResult, EagerResult
+from pgq.context import Request, current_request, reset_current_request, set_current_request
+from pgq.errors import Ignore as EngineIgnore
+from pgq.errors import Reject as EngineReject
+from pgq.errors import RetryTask
+from pgq.hooks import emit
+
+if TYPE_CHECKING:
+    from pgq.compat.canvas import Signature
+
+__all__ = ["Task"]
+
+# apply_async options that only make sense for an AMQP broker: accepted and dropped.
+_BROKER_ONLY_OPTIONS = frozenset(
+    {
+        "producer",
+        "publisher",
+        "exchange",
+        "exchange_type",
+        "routing_key",
+        "mandatory",
+        "immediate",
+        "retry",
+        "retry_policy",
+        "compression",
+        "add_to_parent",
+        "reply_to",
+        "correlation_id",
+        "declare",
+        "delivery_mode",
+        "router",
+        "route_name",
+        "result_cls",
+    }
+)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _moment(value: Any) -> Any:
+    """Celery accepts ISO strings for eta/expires as well as datetimes."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
+
+
+class Task(_engine.Task):
+    """A Celery task class: subclass it (``base=``) or let ``@app.task`` build one."""
+
+    name: ClassVar[str | None] = None  # type: ignore[misc]
+    _app: ClassVar[Any] = None
+    typing: bool = True
+    serializer: str | None = None
+    rate_limit: str | None = None
+    track_started: bool = False
+    acks_late: bool = False
+    acks_on_failure_or_timeout: bool = True
+    reject_on_worker_lost: bool | None = None
+    throws: tuple[type[BaseException], ...] = ()
+    store_errors_even_if_ignored: bool = False
+    send_events: bool = True
+    resultrepr_maxsize: int = 1024
+    abstract: bool = False
+
+    MaxRetriesExceededError = MaxRetriesExceededError
+
+    # -- binding ---------------------------------------------------------------------------
+
+    @property  # type: ignore[override]
+    def app(self) -> Any:
+        """The app this task is registered on (the current app for an unbound task)."""
+        bound = self.__dict__.get("_bound_app") or type(self)._app
+        return bound if bound is not None else get_current_app()
+
+    @app.setter
+    def app(self, value: Any) -> None:
+        self.__dict__["_bound_app"] = value
+
+    @classmethod
+    def bind(cls, app: Any) -> Any:
+        cls._app = app
+        return app
+
+    @property
+    def backend(self) -> Any:
+        return self.app.store
+
+    def __repr__(self) -> str:
+        return f"<@task: {self.name} of {getattr(self.app, 'main', None) or '__main__'}>"
+
+    # -- inside a task ---------------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        """This task's current request: the worker's, an eager one, or a direct call's."""
+        request = current_request()
+        if request is not None and request.task == self.name:
+            return request
+        return Request(id=None, task=self.name, called_directly=True)  # type: ignore[arg-type]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here, now, as a plain function call (``self.request.called_directly``)."""
+        direct = Request(
+            id=None,  # type: ignore[arg-type]
+            task=self.name or "",
+            args=list(args),
+            kwargs=dict(kwargs),
+            called_directly=True,
+        )
+        token = set_current_request(direct)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            reset_current_request(token)
+
+    def retry(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Retry this task (same id, state RETRY) after ``countdown`` seconds or at ``eta``.
+
+        With no retries left it raises ``exc`` if given, else ``MaxRetriesExceededError``,
+        right here, as Celery does. Otherwise it raises ``Retry`` (returns it with
+        ``throw=False``: the retry then happens when the task returns).
+        """
+        request = self.request
+        if request.called_directly:
+            # Not run by a worker: there is nothing to retry, so the error surfaces.
+            if exc is not None:
+                raise exc
+            raise Retry("Task can be retried", None)
+        limit = self.max_retries if max_retries is None else max_retries
+        if not eta and countdown is None:
+            countdown = self.default_retry_delay
+        new_args = list(request.args if args is None else args)
+        new_kwargs = dict(request.kwargs if kwargs is None else kwargs)
+        if limit is not None and request.retries + 1 > limit:
+            if exc is not None:
+                raise exc
+            raise self.MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{tuple(new_args)} kwargs:{new_kwargs}",
+                task_args=new_args,
+                task_kwargs=new_kwargs,
+            )
+        retry = Retry(
+            exc=exc, when=eta or countdown, is_eager=request.is_eager, max_retries=max_retries
+        )
+        retry.retry_args, retry.retry_kwargs = new_args, new_kwargs  # type: ignore[attr-defined]
+        if throw:
+            raise retry
+        request.retry_requested = retry
+        return retry
+
+    def update_state(
+        self,
+        task_id: str | None = None,
+        state: str | None = None,
+        meta: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record a (custom) state and its meta for a running task; AsyncResult.info shows meta.
+
+        An eager run (``apply()``) has no row, so there it changes nothing.
+        """
+        request = self.request
+        if task_id is None:
+            if request.is_eager or request.called_directly:
+                return
+            task_id = request.id
+        self.app.store.set_state(task_id, state or states.STARTED, serialization.dumps(meta))
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send the task with these arguments (``apply_async`` without options)."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send the task (Celery's options, plus pgq's ``idempotency_key`` and ``connection``).
+
+        With ``task_always_eager`` the task runs here instead and an ``EagerResult`` comes back.
+        """
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if self.typing:
+            self.check_arguments(args, kwargs)
+        if self.app.conf.task_always_eager:
+            return self.apply(
+                args,
+                kwargs,
+                task_id=task_id or str(uuid.uuid4()),
+                link=link,
+                link_error=link_error,
+                **options,
+            )
+        return self._send(args, kwargs, task_id, link, link_error, shadow, options)
+
+    def _send(
+        self,
+        args: Sequence[Any] | None,
+        kwargs: dict[str, Any] | None,
+        task_id: str | None,
+        link: Any,
+        link_error: Any,
+        shadow: str | None,
+        options: dict[str, Any],
+    ) -> AsyncResult:
+        app = self.app
+        conf = app.conf
+        serializer = options.pop("serializer", None) or self.serializer or conf.task_serializer
+        if serializer != "json":
+            raise ImproperlyConfigured(
+                f"pgq stores task arguments as JSON: serializer={serializer!r} is not supported"
+            )
+        for name in _BROKER_ONLY_OPTIONS & options.keys():
+            options.pop(name)
+        connection = options.pop("connection", None)
+        queue = options.pop("queue", None)
+        queue = getattr(queue, "name", queue)  # a kombu Queue object
+        if queue is None:
+            queue = app.route_for(self.name or "", args, kwargs, options)
+        if options.get("priority") is None:
+            options["priority"] = self.priority
+            if options["priority"] is None:
+                options["priority"] = conf.task_default_priority
+        if self.time_limit is None and options.get("time_limit") is None:
+            options["time_limit"] = conf.task_time_limit
+        if self.soft_time_limit is None and options.get("soft_time_limit") is None:
+            options["soft_time_limit"] = conf.task_soft_time_limit
+        for name in ("eta", "expires"):
+            options[name] = _moment(options.get(name))
+        if link:
+            options["link"] = [dict(sig) for sig in _as_list(link)]
+        if link_error:
+            options["link_error"] = [dict(sig) for sig in _as_list(link_error)]
+        if shadow:
+            options["shadow"] = shadow
+        if options.get("headers") is not None:
+            options["headers"] = dict(options["headers"])
+        parent = current_request()
+        if parent is not None and parent.id and not options.get("parent_id"):
+            options["parent_id"] = parent.id
+            options.setdefault("root_id", parent.root_id or parent.id)
+        result = _engine.Task.apply_async(
+            self, args, kwargs, connection=connection, task_id=task_id, queue=queue, **options
+        )
+        return AsyncResult(result.id, app=app, task_name=self.name)
+
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        throw: bool | None = None,
+        logfile: Any = None,
+        loglevel: Any = None,
+        headers: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EagerResult:
+        """Run the task here and now, as a worker would, and return an ``EagerResult``.
+
+        Retries run again at once; the task's exception is re-raised when ``throw`` (default:
+        the ``task_eager_propagates`` setting) is true.
+        """
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        task_id = task_id or str(uuid.uuid4())
+        retries = retries or 0
+        if throw is None:
+            throw = bool(self.app.conf.task_eager_propagates)
+        parent = current_request()
+        parent_id = parent.id if parent is not None and parent.id else None
+        request = Request(
+            id=task_id,
+            task=self.name or "",
+            args=args,
+            kwargs=kwargs,
+            retries=retries,
+            queue=options.get("queue"),
+            priority=options.get("priority"),
+            hostname=socket.gethostname(),
+            parent_id=parent_id,
+            root_id=(parent.root_id or parent_id) if parent is not None else task_id,
+            headers=dict(headers or {}),
+            options=options,
+            is_eager=True,
+        )
+        token = set_current_request(request)
+        try:
+            outcome = self._run_eagerly(request, throw)
+        finally:
+            reset_current_request(token)
+        if isinstance(outcome, RetryTask):
+            new_args = getattr(outcome, "retry_args", args)
+            new_kwargs = getattr(outcome, "retry_kwargs", kwargs)
+            return self.apply(
+                new_args,
+                new_kwargs,
+                link=link,
+                link_error=link_error,
+                task_id=task_id,
+                retries=retries + 1,
+                throw=throw,
+                headers=headers,
+                **options,
+            )
+        return outcome
+
+    def _run_eagerly(self, request: Request, throw: bool) -> EagerResult | RetryTask:
+        from pgq.worker.runner import ExceptionInfo
+
+        args, kwargs, task_id = request.args, request.kwargs, request.id
+        emit("task_prerun", task=self, request=request)
+        state, retval, einfo = states.SUCCESS, None, None
+        try:
+            try:
+                self.before_start(task_id, args, kwargs)
+                retval = self.run(*args, **kwargs)
+                if request.retry_requested is not None:
+                    raise request.retry_requested
+            except RetryTask:
+                raise
+            except (EngineIgnore, EngineReject):
+                raise
+            except Exception as exc:
+                if not self._autoretries(exc):
+                    raise
+                kwargs_for_retry = dict(self.retry_kwargs)
+                if self.retry_backoff:
+                    kwargs_for_retry["countdown"] = retry_countdown(self, request.retries)
+                self.retry(exc=exc, **kwargs_for_retry)  # raises Retry or the final error
+        except RetryTask as retry:
+            cause = retry.exc if retry.exc is not None else retry
+            einfo = ExceptionInfo(cause)
+            self.on_retry(cause, task_id, args, kwargs, einfo)
+            emit("task_retry", task=self, request=request, reason=cause, einfo=einfo)
+            self.after_return(states.RETRY, cause, task_id, args, kwargs, einfo)
+            emit("task_postrun", task=self, request=request, retval=retry, state=states.RETRY)
+            return retry
+        except (Ignore, EngineIgnore) as ignored:
+            state, retval = states.IGNORED, ignored
+        except (Reject, EngineReject) as rejected:
+            state, retval = states.REJECTED, rejected
+        except Exception as exc:
+            state, retval, einfo = states.FAILURE, exc, ExceptionInfo(exc)
+            self.on_failure(exc, task_id, args, kwargs, einfo)
+            emit("task_failure", task=self, request=request, exc=exc, einfo=einfo)
+            self.after_return(state, exc, task_id, args, kwargs, einfo)
+            emit("task_postrun", task=self, request=request, retval=exc, state=state)
+            if throw:
+                raise
+            return EagerResult(task_id, exc, state, traceback=einfo.traceback, name=self.name)
+        if state == states.SUCCESS:
+            self.on_success(retval, task_id, args, kwargs)
+            emit("task_success", task=self, request=request, retval=retval)
+            self.after_return(state, retval, task_id, args, kwargs, None)
+        emit("task_postrun", task=self, request=request, retval=retval, state=state)
+        return EagerResult(task_id, retval, state, name=self.name)
+
+    def _autoretries(self, exc: Exception) -> bool:
+        return (
+            bool(self.autoretry_for)
+            and isinstance(exc, self.autoretry_for)
+            and not (self.dont_autoretry_for and isinstance(exc, self.dont_autoretry_for))
+        )
+
+    # -- results and signatures --------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802
+        return AsyncResult(task_id, app=self.app, task_name=self.name, **kwargs)
+
+    def signature(self, args: Any = None, *starargs: Any, **starkwargs: Any) -> Signature:
+        """A signature of this task: ``task.signature((2, 2), countdown=10)``."""
+        from pgq.compat.canvas import Signature
+
+        starkwargs.setdefault("app", self.app)
+        return Signature(self, args, *starargs, **starkwargs)
+
+    subtask = signature
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """``task.s(2, 2)``: a signature with these arguments (partial: more can be added)."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """``task.si(2, 2)``: an immutable signature (ignores a parent's result)."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
+        return None
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Called when the task class is bound to an app (Celery's hook; nothing here)."""

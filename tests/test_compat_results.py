@@ -1,0 +1,181 @@
+"""pgq.compat against a real database: sending with Celery's options, AsyncResult on real rows,
+and tasks run in-process through the worker's own runner (claim -> run_job -> finish)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import task_row
+
+from pgq.compat import Celery, signals
+from pgq.compat import exceptions as exc
+from pgq.store import Outcome, RetryRequest, WorkerStore
+from pgq.worker.runner import FINISH, RETRY, run_job
+
+
+class Declined(Exception):
+    pass
+
+
+@pytest.fixture
+def app(db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    application = Celery("results", broker=db_url)
+
+    @application.task(bind=True, max_retries=1)
+    def retrying(self: Any, card: int) -> None:
+        raise self.retry(exc=Declined(f"card {card}"), countdown=0)
+
+    @application.task(bind=True)
+    def progress(self: Any) -> str:
+        self.update_state(state="PROGRESS", meta={"step": 1})
+        return "done"
+
+    @application.task(bind=True)
+    def spawner(self: Any) -> str:
+        return application.tasks["results.add"].delay(1, 1).id
+
+    @application.task(bind=True, max_retries=1)
+    def soft_retry(self: Any) -> str:
+        if self.request.retries == 0:
+            self.retry(countdown=0, throw=False)
+        return f"attempt {self.request.retries}"
+
+    @application.task(name="results.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    yield application
+    application.close()
+
+
+def run_one(app: Any, db_url: str) -> str:
+    """Claim one task and run it here through the worker's runner; returns the stored state."""
+    store = WorkerStore(app.db, "unit-worker")
+    store.connect()
+    try:
+        [job] = store.claim_ready(["celery"], 1, 30)
+        report = run_job(app, job, "unit@host")
+        if report.kind == FINISH:
+            store.finish([Outcome(report.id, report.state, report.result, report.traceback)])
+        elif report.kind == RETRY:
+            store.schedule_retries(
+                [RetryRequest(report.id, report.eta, 0, report.result, report.traceback)]
+            )
+        return str(app.AsyncResult(job.id).state)
+    finally:
+        store.close()
+
+
+def test_apply_async_stores_celery_options(app: Any, conn: psycopg.Connection[Any]) -> None:
+    eta = datetime.now(timezone.utc) + timedelta(hours=1)
+    result = app.tasks["results.add"].apply_async(
+        (1, 2),
+        eta=eta,
+        expires=7200,
+        priority=9,
+        headers={"trace": "abc"},
+        shadow="adder",
+        time_limit=30,
+        link=app.tasks["results.add"].s(10),
+        ignore_result=True,
+    )
+    row = task_row(conn, result.id)
+    assert row is not None
+    assert row["priority"] == 9
+    assert abs((row["run_at"] - eta).total_seconds()) < 1
+    assert row["options"]["headers"] == {"trace": "abc"}
+    assert row["options"]["shadow"] == "adder"
+    assert row["options"]["time_limit"] == 30
+    assert row["options"]["link"][0]["task"] == "results.add"
+    assert result.state == "PENDING"
+
+
+def test_task_routes_choose_the_queue(app: Any, conn: psycopg.Connection[Any]) -> None:
+    app.conf.task_routes = {"results.*": {"queue": "math"}}
+    result = app.tasks["results.add"].delay(1, 1)
+    assert task_row(conn, result.id)["queue"] == "math"  # type: ignore[index]
+    explicit = app.tasks["results.add"].apply_async((1, 1), queue="other")
+    assert task_row(conn, explicit.id)["queue"] == "other"  # type: ignore[index]
+
+
+def test_result_of_a_run_task(app: Any, db_url: str) -> None:
+    result = app.tasks["results.add"].delay(2, 3)
+    assert run_one(app, db_url) == "SUCCESS"
+    assert result.get(timeout=5) == 5
+    assert result.ready() and result.successful()
+    assert result.date_done is not None
+
+
+def test_retry_then_exhausted_reraises_exc(app: Any, db_url: str) -> None:
+    result = app.tasks[f"{__name__}.retrying"].delay(4)
+    assert run_one(app, db_url) == "RETRY"
+    assert isinstance(result.info, Declined)
+    assert result.retries == 1
+    assert run_one(app, db_url) == "FAILURE"
+    with pytest.raises(Declined, match="card 4"):
+        result.get(timeout=5)
+
+
+def test_update_state_meta_is_the_info(app: Any, db_url: str) -> None:
+    seen: list[Any] = []
+
+    def on_prerun(sender: Any = None, task_id: str | None = None, **kw: Any) -> None:
+        seen.append(task_id)
+
+    signals.task_prerun.connect(on_prerun)
+    try:
+        result = app.tasks[f"{__name__}.progress"].delay()
+        run_one(app, db_url)
+    finally:
+        signals.task_prerun.disconnect(on_prerun)
+    assert seen == [result.id]
+    assert result.get(timeout=5) == "done"
+
+
+def test_children_and_parent(app: Any, db_url: str) -> None:
+    parent = app.tasks[f"{__name__}.spawner"].delay()
+    run_one(app, db_url)
+    child_id = parent.get(timeout=5)
+    assert [c.id for c in parent.children] == [child_id]
+    assert app.AsyncResult(child_id).parent == parent
+
+
+def test_unknown_forget_revoke_and_timeout(app: Any) -> None:
+    unknown = app.AsyncResult("no-such-task")
+    assert unknown.state == "PENDING" and not unknown.exists()
+    with pytest.raises(exc.TimeoutError):
+        unknown.get(timeout=0.2)
+
+    waiting = app.tasks["results.add"].apply_async((1, 1), countdown=600)
+    waiting.revoke()
+    assert waiting.state == "REVOKED"
+    with pytest.raises(exc.TaskRevokedError):
+        waiting.get(timeout=5)
+    assert isinstance(waiting.get(timeout=5, propagate=False), exc.TaskRevokedError)
+    waiting.forget()
+    assert waiting.state == "PENDING" and not waiting.exists()
+
+
+def test_idempotency_key_returns_the_first_task(app: Any) -> None:
+    first = app.tasks["results.add"].apply_async((1, 1), idempotency_key="k1")
+    second = app.tasks["results.add"].apply_async((2, 2), idempotency_key="k1")
+    assert second.id == first.id
+
+
+def test_send_task_by_name_and_not_registered(app: Any, db_url: str) -> None:
+    result = app.send_task("nobody.knows.this", args=(1,))
+    run_one(app, db_url)
+    with pytest.raises(exc.NotRegistered):
+        result.get(timeout=5)
+
+
+def test_retry_without_throw_retries_when_the_task_returns(app: Any, db_url: str) -> None:
+    result = app.tasks[f"{__name__}.soft_retry"].delay()
+    assert run_one(app, db_url) == "RETRY"
+    assert run_one(app, db_url) == "SUCCESS"
+    assert result.get(timeout=5) == "attempt 1"
