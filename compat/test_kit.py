@@ -166,6 +166,18 @@ def test_signals_fire_in_the_worker(kit: Kit) -> None:
     assert failure.read_text() == "proj.tasks.fail ValueError"
 
 
+def test_terminating_a_running_task_revokes_it_and_signals(kit: Kit, tmp_path) -> None:
+    result = kit.tasks.progress.delay(str(tmp_path / "never"))
+    wait_for(lambda: result.state == "PROGRESS", what="the task to run")
+    result.revoke(terminate=True)
+    note = kit.signal_dir / f"signal-revoked-{result.id}"
+    wait_for(note.exists, what="the task_revoked receiver")
+    assert note.read_text() == "terminated=True expired=False"
+    wait_for(lambda: result.state == "REVOKED", what="the REVOKED state")
+    with pytest.raises(kit.exceptions.TaskRevokedError):
+        result.get(timeout=TIMEOUT)
+
+
 def test_revoke_a_countdown_task(kit: Kit) -> None:
     result = kit.tasks.add.apply_async((1, 2), countdown=2)
     result.revoke()

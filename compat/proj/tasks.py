@@ -6,7 +6,7 @@ from pathlib import Path
 
 from celery import Task, shared_task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from celery.signals import task_failure, task_success
+from celery.signals import task_failure, task_revoked, task_success
 from celery.utils.log import get_task_logger
 from proj.celery import app
 
@@ -179,4 +179,13 @@ def _any_failure(sender=None, task_id=None, exception=None, **kwargs):
         os.environ.get("KIT_SIGNAL_DIR"),
         f"signal-failure-{task_id}",
         f"{sender.name} {type(exception).__name__}",
+    )
+
+
+@task_revoked.connect
+def _any_revoked(sender=None, request=None, terminated=None, expired=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"signal-revoked-{request.id}",
+        f"terminated={terminated} expired={expired}",
     )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pgq.context import Request
 from pgq.errors import (
     DatabaseError,
     EncodeError,
@@ -182,6 +183,7 @@ class Worker:
             self._finished.append(
                 Outcome(job.id, "REVOKED", error_json(TaskRevokedError("expired")), None)
             )
+            self._emit_revoked(job, expired=True)
             return
         task = self.app.tasks.get(job.name)
         time_limit = None
@@ -323,8 +325,30 @@ class Worker:
                     self._want_claim = True
             elif channel == "pgq_control":
                 command, _, task_id = payload.partition(" ")
-                if command == "terminate" and self.pool.terminate(task_id):
+                if command != "terminate":
+                    continue
+                job = next((j for j in self.pool.inflight() if j.id == task_id), None)
+                if job is not None and self.pool.terminate(task_id):
                     log.warning("task %s revoked: terminated", task_id)
+                    self._emit_revoked(job, terminated=True, signum=signal.SIGTERM)
+
+    def _emit_revoked(
+        self,
+        job: ClaimedTask,
+        *,
+        terminated: bool = False,
+        signum: int | None = None,
+        expired: bool = False,
+    ) -> None:
+        """Announce a task revoked here (Celery sends task_revoked from the worker's parent)."""
+        emit(
+            "task_revoked",
+            task=self.app.tasks.get(job.name),
+            request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
+            terminated=terminated,
+            signum=signum,
+            expired=expired,
+        )
 
     # -- connections ---------------------------------------------------------------------------
 
