@@ -1,7 +1,7 @@
 """The operator commands of ``pgq``: inspect, retry, revoke, purge, health, metrics, top.
 
-Human-readable tables by default; ``--json`` prints stable keys (documented in
-the README's "Operating pgq") for scripts. Expected failures raise ``PgqError`` or a usage error, which
+Human-readable tables by default; ``--json`` prints stable keys (documented in the README's
+"Operating pgq") for scripts. Expected failures raise ``PgqError`` or a usage error, which
 ``pgq.cli.main`` turns into one line and a non-zero exit.
 """
 
