@@ -1,4 +1,4 @@
-"""Finding the app named by ``-A``: a module, ``module:attribute``, or a package with ``celery.py``."""
+"""Finding the app named by ``-A``: a module, ``module:app``, or a package with ``celery.py``."""
 
 from __future__ import annotations
 
