@@ -257,3 +257,70 @@ def test_direct_call_runs_inline(kit: Kit) -> None:
     assert kit.tasks.how_called() == [None, True]
     result = kit.tasks.how_called.delay()
     assert result.get(timeout=TIMEOUT) == [result.id, False]
+
+
+def test_chain_passes_each_result_on(kit: Kit) -> None:
+    from celery import chain
+
+    tasks = kit.tasks
+    result = (tasks.add.s(2, 2) | tasks.add.s(4) | tasks.add.s(8))()
+    assert result.get(timeout=TIMEOUT) == 16
+    assert result.parent.get(timeout=TIMEOUT) == 8
+    assert result.parent.parent.get(timeout=TIMEOUT) == 4
+    assert chain(tasks.add.s(1, 1), tasks.add.si(10, 10)).delay().get(timeout=TIMEOUT) == 20
+
+
+def test_group_returns_every_result_in_order(kit: Kit) -> None:
+    from celery import group
+
+    result = group(kit.tasks.add.s(i, i) for i in range(5))()
+    assert result.get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
+    assert result.successful()
+    assert result.completed_count() == 5
+
+
+def test_chord_calls_its_body_with_the_header_results(kit: Kit) -> None:
+    from celery import chord, group
+
+    tasks = kit.tasks
+    result = chord(tasks.add.s(i, i) for i in range(5))(tasks.tsum.s())
+    assert result.get(timeout=TIMEOUT) == 20
+    implicit = (group(tasks.add.s(i, i) for i in range(3)) | tasks.tsum.s())()
+    assert implicit.get(timeout=TIMEOUT) == 6
+
+
+def test_chain_then_chord_then_task(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    workflow = chain(tasks.add.s(1, 1), group(tasks.add.s(1), tasks.add.s(2)), tasks.tsum.s())
+    assert workflow.apply_async().get(timeout=TIMEOUT) == 7  # (2+1) + (2+2)
+
+
+def test_a_failing_step_fails_the_chain(kit: Kit) -> None:
+    tasks = kit.tasks
+    result = (tasks.add.s(1, 1) | tasks.fail.s() | tasks.add.s(1))()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert result.parent.state == "FAILURE"
+
+
+def test_a_failing_header_task_fails_the_chord(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    result = chord([tasks.add.s(1, 1), tasks.fail.si("header broke")])(tasks.tsum.s())
+    # get() re-raises the failed header task's own error, found through result.parent.
+    with pytest.raises(ValueError, match="header broke"):
+        result.get(timeout=TIMEOUT)
+    wait_for(lambda: result.state == "FAILURE", what="the body to fail")
+
+
+def test_link_error_runs_the_errback_in_the_worker(kit: Kit) -> None:
+    tasks = kit.tasks
+    result = tasks.fail.apply_async(("linked",), link_error=tasks.on_error.s())
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    note = kit.signal_dir / f"errback-{result.id}"
+    wait_for(note.exists, what="the errback")
+    assert note.read_text() == "ValueError"

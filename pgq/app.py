@@ -16,13 +16,14 @@ from __future__ import annotations
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 
 from pgq import serialization
 from pgq.database import Database, resolve_url
 from pgq.errors import ConfigurationError
 from pgq.hooks import emit
+from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import NewTask, Store
@@ -53,6 +54,9 @@ class Task:
     expires: float | timedelta | datetime | None = None
     ignore_result: bool = False
     typing: bool = True
+    # Celery's rate_limit ('10/s', '100/m', '1000/h'), enforced across all workers by the
+    # database (pgq/ratelimit.py); None means unlimited.
+    rate_limit: str | None = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"task {self.name!r} has no run()")
@@ -133,12 +137,17 @@ class Task:
         idempotency_key: str | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
+        check: bool = True,
         **options: Any,
     ) -> NewTask:
-        """Validate and encode one call into the row to insert (nothing is written)."""
+        """Validate and encode one call into the row to insert (nothing is written).
+
+        ``check=False`` skips the signature check (workflow steps built by the worker).
+        """
         args = list(args or ())
         kwargs = dict(kwargs or {})
-        self.check_arguments(args, kwargs)
+        if check:
+            self.check_arguments(args, kwargs)
         if self.time_limit is not None:
             options.setdefault("time_limit", self.time_limit)
         if self.soft_time_limit is not None:
@@ -167,6 +176,20 @@ class Task:
             parent_id=parent_id,
             root_id=root_id or parent_id,
         )
+
+
+def resolve_timezone(value: str | tzinfo | None) -> tzinfo:
+    """A timezone from its IANA name (``'Europe/Paris'``); None means UTC."""
+    if value is None or value == "":
+        return timezone.utc
+    if isinstance(value, tzinfo):
+        return value
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"unknown timezone {value!r}") from None
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -204,8 +227,12 @@ class App:
         database_url: str | None = None,
         settings: Settings | None = None,
         default_queue: str = DEFAULT_QUEUE,
+        timezone: str | tzinfo | None = None,
     ) -> None:
         self.main = main
+        self.timezone = timezone
+        # Periodic entries by name, declared with add_periodic_task (`pgq beat` runs them).
+        self.periodic: dict[str, PeriodicEntry] = {}
         self._database_url = database_url
         self.default_queue = default_queue
         self.tasks: dict[str, Task] = {}
@@ -312,6 +339,60 @@ class App:
         for row in rows:
             emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
         return [self.result(i) for i in ids]
+
+    def send_workflow(
+        self, sig: dict[str, Any], args: Sequence[Any] = (), *, connection: Any = None
+    ) -> str:
+        """Enqueue a workflow (a chain, group or chord in Celery's signature-dict shape) in one
+        INSERT statement; returns the id whose result is the workflow's result.
+
+        Every step's id is fixed here (kept where the signature already has one). See
+        ``pgq.workflow`` for how the steps follow each other.
+        """
+        from pgq import workflow
+
+        plain = serialization.loads(serialization.dumps(sig))
+        result_id = workflow.freeze(plain)
+        rows = workflow.expand(self, plain, prepend=list(args))
+        self.store.insert_many(rows, connection)
+        return result_id
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Task | str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Run the task ``sig`` (a task or its name) on ``schedule`` under ``pgq beat``.
+
+        ``schedule`` is seconds, a timedelta, or a crontab (``pgq.compat.schedules``).
+
+        ``options`` are apply_async options (``queue``, ``priority``, ``expires``...). Returns
+        the entry's name (default: the task's name), which keys its schedule in the database.
+        """
+        task_name = sig if isinstance(sig, str) else str(sig.name)
+        entry_name = name or task_name
+        self.periodic[entry_name] = PeriodicEntry(
+            name=entry_name,
+            task=task_name,
+            schedule=as_schedule(schedule, entry_name),
+            args=tuple(args),
+            kwargs=dict(kwargs or {}),
+            options=options,
+        )
+        return entry_name
+
+    def periodic_entries(self) -> list[PeriodicEntry]:
+        """Every periodic entry of this app, as ``pgq beat`` schedules them."""
+        return list(self.periodic.values())
+
+    @property
+    def tzinfo(self) -> tzinfo:
+        """The timezone crontab entries are evaluated in (``timezone=``; default UTC)."""
+        return resolve_timezone(self.timezone)
 
     def result(self, task_id: str) -> Result:
         """A handle on the task with this id (an unknown id reads as PENDING)."""

@@ -88,12 +88,16 @@ def worker(
     metrics_addr: str = typer.Option(
         "0.0.0.0", "--metrics-addr", help="address the metrics endpoint listens on"
     ),
+    beat: bool = typer.Option(
+        False, "-B", "--beat", help="also run pgq beat in this worker (periodic tasks)"
+    ),
     database_url: str | None = UrlOption,
 ) -> None:
     """Run tasks: claims them from PostgreSQL and runs them in a pool of processes or threads.
 
     SIGTERM or SIGINT stops claiming and waits for running tasks; a second one gives running
-    tasks back to the queue and exits at once.
+    tasks back to the queue and exits at once. With -B the worker also schedules the app's
+    periodic tasks (any number of workers may have -B: one schedules at a time).
     """
     from pgq.worker.main import Worker
 
@@ -106,10 +110,61 @@ def worker(
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if metrics_port is not None:
         _serve_worker_metrics(metrics_port, metrics_addr)
+    maintenance = []
+    if beat:
+        from pgq import hooks
+
+        embedded = _make_beat(loaded)
+        hooks.connect("worker_shutdown", lambda **_: embedded.close())
+        maintenance.append(embedded)
     code = Worker(
-        loaded, queues=queue_list, concurrency=concurrency, pool=pool, hostname=hostname
+        loaded,
+        queues=queue_list,
+        concurrency=concurrency,
+        pool=pool,
+        hostname=hostname,
+        maintenance=maintenance,
     ).run()
     raise typer.Exit(code)
+
+
+@cli.command()
+def beat(
+    ctx: typer.Context,
+    app: str | None = AppOption,
+    loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
+    database_url: str | None = UrlOption,
+) -> None:
+    """Enqueue the app's periodic tasks (beat_schedule, add_periodic_task) when they are due.
+
+    Run as many as you like: one leads (a lease in pgq.beat_leases) and the others stand by to
+    take over. Each run is enqueued exactly once. SIGTERM or SIGINT hands the lead over and exits.
+    """
+    from pgq.maintenance.beat import serve
+
+    _setup_logging(loglevel)
+    loaded = _load(ctx, app, database_url)
+    raise typer.Exit(serve(_make_beat(loaded)))
+
+
+def _make_beat(loaded: Any) -> Any:
+    """The beat of a loaded app: its periodic entries, timezone and the beat settings."""
+    from pgq.maintenance.beat import Beat, BeatSettings
+
+    settings = loaded.settings
+    entries = loaded.periodic_entries()
+    if not entries:
+        logging.getLogger("pgq.beat").warning("the app declares no periodic tasks")
+    return Beat(
+        loaded,
+        entries,
+        BeatSettings(
+            scheduler=loaded.main or "default",
+            lease_seconds=settings.beat_lease_seconds,
+            catch_up=settings.beat_catch_up,
+        ),
+        loaded.tzinfo,
+    )
 
 
 @cli.command()

@@ -24,7 +24,8 @@ Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-expor
     ├── TimeLimitExceeded         the hard time limit killed the task
     ├── SoftTimeLimitExceeded     raised inside the task when its soft time limit passes
     ├── WorkerLostError           the task lost its worker more than max_rescues times
-    └── TaskRevokedError          the task was revoked or expired
+    ├── TaskRevokedError          the task was revoked or expired
+    └── ChordError                a chord's header task failed, so its body cannot run
 
 psycopg errors are translated into this tree at the store boundary (``pgq.store``).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 from datetime import datetime
 
 __all__ = [
+    "ChordError",
     "ConfigurationError",
     "MaxRetriesExceededError",
     "NotRegistered",
@@ -169,3 +171,7 @@ class WorkerLostError(Exception):
 
 class TaskRevokedError(Exception):
     """The task was revoked (or expired) before it finished."""
+
+
+class ChordError(Exception):
+    """A task of a chord's header failed: the chord's body ends FAILURE with this error."""

@@ -15,18 +15,28 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     Table,
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB
 
-__all__ = ["SCHEMA", "SCHEMA_REVISION", "metadata", "tasks", "workers"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_REVISION",
+    "beat_entries",
+    "beat_leases",
+    "metadata",
+    "rate_limits",
+    "tasks",
+    "workers",
+]
 
 SCHEMA = "pgq"
 # The Alembic revision this code expects. Producers and workers refuse any other.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 # States in which a task waits to be claimed. The claim index is partial on exactly this list.
 WAITING_STATES = ("PENDING", "RETRY")
@@ -128,4 +138,50 @@ workers = Table(
     Column("last_heartbeat_at", _ts, nullable=False, server_default=text("now()")),
     Column("tasks_done", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("concurrency > 0", name="workers_concurrency_positive"),
+)
+
+# pgq beat: at most one beat schedules at a time. The one whose lease has not lapsed leads; it
+# renews the lease in every transaction that enqueues runs, so a beat that lost its lease (a long
+# pause, a partition) cannot enqueue anything. One row per scheduler (an app's name).
+beat_leases = Table(
+    "beat_leases",
+    metadata,
+    Column("scheduler", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    # When the current holder took the lease (kept across renewals).
+    Column("acquired_at", _ts, nullable=False, server_default=text("now()")),
+    Column("lease_expires_at", _ts, nullable=False),
+)
+
+# One row per periodic entry: its cursor. Every run due after last_due_at is still to be
+# enqueued; the leader moves the cursor in the same transaction as the runs it enqueues (compare
+# and set on the old value), so each run is enqueued once whatever beats start, stop or die.
+beat_entries = Table(
+    "beat_entries",
+    metadata,
+    Column("scheduler", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("task", Text, nullable=False),
+    # The schedule as text (with its timezone): a change resets the cursor and the anchor.
+    Column("schedule", Text, nullable=False),
+    # Interval entries run on the grid anchor_at + k * interval.
+    Column("anchor_at", _ts, nullable=False),
+    # The due time of the last run enqueued (or, before the first, when the entry was added).
+    Column("last_due_at", _ts, nullable=False),
+    Column("last_run_at", _ts),
+    Column("total_runs", BigInteger, nullable=False, server_default=text("0")),
+    PrimaryKeyConstraint("scheduler", "name", name="beat_entries_pkey"),
+    CheckConstraint("total_runs >= 0", name="beat_entries_total_runs_not_negative"),
+)
+
+# Global rate limits (a task's rate_limit='10/s'), one row per task name: a GCRA cursor. The
+# next run of the task may start at next_slot_at; taking a slot pushes it one interval further.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("name", Text, primary_key=True),
+    # Seconds between two runs, as the worker that took the last slot understood the limit.
+    Column("interval_seconds", DOUBLE_PRECISION, nullable=False),
+    Column("next_slot_at", _ts, nullable=False),
+    CheckConstraint("interval_seconds > 0", name="rate_limits_interval_positive"),
 )

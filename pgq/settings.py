@@ -48,9 +48,20 @@ class Settings:
     prune_interval: float = 60.0
     prune_batch: int = 1000
     pool_size: int = 4
+    # pgq beat: how long a beat's leadership lasts unless renewed (a standby takes over at most
+    # this long after the leader died), and how far back a beat enqueues every run it finds
+    # not yet enqueued (older missed runs collapse into one run, as in Celery).
+    beat_lease_seconds: float = 10.0
+    beat_catch_up: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("poll_interval", "lease_seconds", "heartbeat_interval", "prune_interval"):
+        for name in (
+            "poll_interval",
+            "lease_seconds",
+            "heartbeat_interval",
+            "prune_interval",
+            "beat_lease_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.heartbeat_interval >= self.lease_seconds:
@@ -63,6 +74,8 @@ class Settings:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.result_expires < 0:
             raise ConfigurationError("result_expires must be >= 0")
+        if self.beat_catch_up < 0:
+            raise ConfigurationError("beat_catch_up must be >= 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -121,4 +134,14 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "prune_interval": ("PGQ_PRUNE_INTERVAL", "60", "seconds between pruning passes"),
     "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
     "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),
+    "beat_lease_seconds": (
+        "PGQ_BEAT_LEASE_SECONDS",
+        "10",
+        "a beat leader's lease: a standby beat takes over at most this long after it died",
+    ),
+    "beat_catch_up": (
+        "PGQ_BEAT_CATCH_UP",
+        "30",
+        "seconds back a beat still enqueues every late run; older missed runs run once",
+    ),
 }

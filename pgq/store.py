@@ -9,6 +9,7 @@ connections (commands, and LISTEN). psycopg errors leave this module as ``pgq.er
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -220,38 +221,10 @@ class Store:
         """Insert many tasks in one statement; returns each task's id (existing ones for dupes)."""
         if not tasks:
             return []
-        columns: dict[str, list[Any]] = {
-            "ids": [],
-            "names": [],
-            "queues": [],
-            "priorities": [],
-            "etas": [],
-            "countdowns": [],
-            "expires_ats": [],
-            "expires_ins": [],
-            "args": [],
-            "kwargs": [],
-            "options": [],
-            "idempotency_keys": [],
-            "parent_ids": [],
-            "root_ids": [],
+        inserted = {
+            row[0]
+            for row in self._run("insert_tasks", _insert_params(tasks), connection, retry=True)
         }
-        for t in tasks:
-            columns["ids"].append(t.id)
-            columns["names"].append(t.name)
-            columns["queues"].append(t.queue)
-            columns["priorities"].append(t.priority)
-            columns["etas"].append(t.eta)
-            columns["countdowns"].append(t.countdown)
-            columns["expires_ats"].append(t.expires_at)
-            columns["expires_ins"].append(t.expires_in)
-            columns["args"].append(t.args)
-            columns["kwargs"].append(t.kwargs)
-            columns["options"].append(t.options)
-            columns["idempotency_keys"].append(t.idempotency_key)
-            columns["parent_ids"].append(t.parent_id)
-            columns["root_ids"].append(t.root_id)
-        inserted = {row[0] for row in self._run("insert_tasks", columns, connection, retry=True)}
         ids = []
         for t in tasks:
             if t.id in inserted:
@@ -337,6 +310,41 @@ class Store:
         return record
 
 
+def _insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
+    """The column arrays of the insert_tasks statement."""
+    return {
+        "ids": [t.id for t in tasks],
+        "names": [t.name for t in tasks],
+        "queues": [t.queue for t in tasks],
+        "priorities": [t.priority for t in tasks],
+        "etas": [t.eta for t in tasks],
+        "countdowns": [t.countdown for t in tasks],
+        "expires_ats": [t.expires_at for t in tasks],
+        "expires_ins": [t.expires_in for t in tasks],
+        "args": [t.args for t in tasks],
+        "kwargs": [t.kwargs for t in tasks],
+        "options": [t.options for t in tasks],
+        "idempotency_keys": [t.idempotency_key for t in tasks],
+        "parent_ids": [t.parent_id for t in tasks],
+        "root_ids": [t.root_id for t in tasks],
+    }
+
+
+def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
+    return {
+        "ids": [s.id for s in steps],
+        "names": [s.name for s in steps],
+        "queues": [s.queue for s in steps],
+        "results": [s.result for s in steps],
+        "parent_ids": [s.parent_id for s in steps],
+        "root_ids": [s.root_id for s in steps],
+    }
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values))
+
+
 def _wait_for_ids(
     conn: psycopg.Connection[Any], ids: set[str], wait: float, clock: Callable[[], float]
 ) -> None:
@@ -420,25 +428,46 @@ class WorkerStore:
         return int(rows[0][0]) if rows else 0
 
     def finish_and_claim(
-        self, outcomes: Sequence[Outcome], queues: Sequence[str], limit: int, lease_seconds: float
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        *,
+        follow_ups: Sequence[NewTask] = (),
+        failed_steps: Sequence[Any] = (),
     ) -> list[ClaimedTask]:
-        """``finish`` then ``claim_ready`` in one transaction and one network round trip.
+        """Record outcomes, enqueue the workflow steps they start, then claim up to ``limit``
+        tasks: one transaction sent in one network round trip.
 
-        The worker's hot path: one commit (one WAL flush) per loop turn instead of two. If
-        either statement fails, neither takes effect.
+        The worker's hot path: one commit (one WAL flush) per loop turn. If any statement
+        fails, none takes effect.
         """
-        if not outcomes or not limit:
-            if outcomes:
-                self.finish(outcomes)
-            return self.claim_ready(queues, limit, lease_seconds) if limit else []
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if follow_ups:
+            statements.append(("insert_tasks", _insert_params(follow_ups)))
+        if failed_steps:
+            statements.append(("insert_failed_steps", _failed_step_params(failed_steps)))
+        if outcomes:
+            statements.append(("finish_tasks", self._finish_params(outcomes)))
+        if limit:
+            statements.append(("claim_ready", self._claim_params(queues, limit, lease_seconds)))
+        if not statements:
+            return []
         assert self._conn is not None, "WorkerStore.connect() first"
         with translate_errors(self.db.url):
-            with self._conn.pipeline(), self._conn.transaction():
-                self._conn.execute(query("finish_tasks"), self._finish_params(outcomes))
-                claimed = self._conn.execute(
-                    query("claim_ready"), self._claim_params(queues, limit, lease_seconds)
-                )
-            return [ClaimedTask(*row) for row in claimed.fetchall()]
+            if len(statements) == 1:
+                cur = self._conn.execute(query(statements[0][0]), statements[0][1])
+            else:
+                with self._conn.pipeline(), self._conn.transaction():
+                    for name, params in statements:
+                        cur = self._conn.execute(query(name), params)
+            return [ClaimedTask(*row) for row in cur.fetchall()] if limit else []
+
+    def chord_header_results(self, header_ids: Sequence[str]) -> str:
+        """The JSON array of a chord header's results, in header order."""
+        rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
+        return str(rows[0][0]) if rows else "[]"
 
     def _claim_params(
         self, queues: Sequence[str], limit: int, lease_seconds: float
@@ -520,3 +549,18 @@ class WorkerStore:
                 query("prune_finished"), {"seconds": older_than, "limit": limit}
             )
             return cur.rowcount
+
+    def take_rate_slot(
+        self, task_id: str, name: str, interval: float, at: datetime | None = None
+    ) -> float:
+        """Reserve the next slot of ``name``'s rate limit for a claimed task.
+
+        Returns the seconds until that slot: <= 0 means run it now; > 0 means the task went
+        back to the queue with ``run_at`` = its slot (STARTED -> PENDING, not a retry or a
+        rescue). ``at`` stands in for the database clock (tests).
+        """
+        rows = self._rows(
+            "take_rate_slot",
+            {"id": task_id, "name": name, "interval": interval, "worker": self.worker_id, "at": at},
+        )
+        return float(rows[0][1])

@@ -152,3 +152,10 @@ def ignored() -> None:
 def nul_result() -> str:
     """JSON can hold a NUL character; PostgreSQL's jsonb cannot."""
     return "before\x00after"
+
+
+@app.task
+def tsum(numbers: list[int]) -> int:
+    """A chord body: records that it ran, returns the sum of the header's results."""
+    _record("tsum")
+    return sum(numbers)

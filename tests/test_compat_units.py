@@ -463,8 +463,6 @@ def test_eager_chain_group_and_chord(app: Any) -> None:
     assert chain(add.s(1, 1), add.s(2), add.s(3)).apply().get() == 7
     assert group(add.s(i, i) for i in range(3)).apply().get() == [0, 2, 4]
     assert chord([add.s(1, 1), add.s(2, 2)], total.s()).apply().get() == 6
-    with pytest.raises(NotImplementedError, match="chains"):
-        chain(add.s(1, 1), add.s(2)).apply_async()
 
 
 def test_default_app_exists_without_any_app() -> None:

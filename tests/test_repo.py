@@ -51,9 +51,20 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     """`pgq migrate` must work after a plain `pip install`, so Alembic's tree is in the wheel."""
     pytest.importorskip("hatchling")
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     wheel = next(tmp_path.glob("pgq_tasks-*.whl"))

@@ -189,3 +189,14 @@ def _any_revoked(sender=None, request=None, terminated=None, expired=None, **kwa
         f"signal-revoked-{request.id}",
         f"terminated={terminated} expired={expired}",
     )
+
+
+@shared_task
+def tsum(numbers):
+    return sum(numbers)
+
+
+@app.task
+def on_error(request, exc, traceback):
+    """An errback as Celery's documentation writes it (runs in the worker)."""
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"errback-{request.id}", type(exc).__name__)

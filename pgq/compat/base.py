@@ -19,15 +19,17 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from types import ModuleType
 from typing import Any
 
-from pgq.app import App
+from pgq.app import App, resolve_timezone
 from pgq.compat import _state
 from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.signals import Signal
 from pgq.compat.task import Task
+from pgq.errors import ConfigurationError
+from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
 
 __all__ = ["Celery", "Settings", "shared_task"]
@@ -555,6 +557,32 @@ class Celery(App):
         beat_schedule[key] = entry
         self._conf["beat_schedule"] = beat_schedule
         return key
+
+    def periodic_entries(self) -> list[PeriodicEntry]:
+        """``beat_schedule`` (with what ``on_after_configure`` receivers added), for pgq beat."""
+        self.finalize()
+        entries = []
+        for name, spec in dict(self._conf.get("beat_schedule") or {}).items():
+            if not isinstance(spec, Mapping) or "task" not in spec or "schedule" not in spec:
+                raise ConfigurationError(
+                    f"beat_schedule entry {name!r} needs a 'task' and a 'schedule'"
+                )
+            entries.append(
+                PeriodicEntry(
+                    name=str(name),
+                    task=str(spec["task"]),
+                    schedule=as_schedule(spec["schedule"], str(name)),
+                    args=tuple(spec.get("args") or ()),
+                    kwargs=dict(spec.get("kwargs") or {}),
+                    options=dict(spec.get("options") or {}),
+                )
+            )
+        return entries + super().periodic_entries()
+
+    @property
+    def tzinfo(self) -> tzinfo:
+        """The ``timezone`` setting (crontab entries are evaluated in it); UTC by default."""
+        return resolve_timezone(self._conf.get("timezone"))
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc)

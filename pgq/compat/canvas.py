@@ -1,10 +1,10 @@
 """Signatures and the canvas primitives (``celery.canvas``).
 
-``Signature`` (``task.s()``, ``signature('name', args)``) is complete: it sends, applies,
-clones, links and chains. ``group`` sends its members and returns a ``GroupResult``. ``chain``
-and ``chord`` run eagerly (``apply()``, ``task_always_eager``); sending them to workers needs
-the worker to run callbacks, which is the canvas issue's work, so ``apply_async`` raises
-``NotImplementedError`` for them until then.
+``Signature`` (``task.s()``, ``signature('name', args)``) sends, applies, clones, links and
+chains. ``chain``, ``group`` and ``chord`` are sent whole in one INSERT by the engine
+(``App.send_workflow``, see ``pgq.workflow``): every step's id is fixed at send time, the steps
+are stored as JSON in the rows, and the workers enqueue each next step in the same transaction
+that records the previous one's result, so a workflow survives worker restarts mid-way.
 """
 
 from __future__ import annotations
@@ -14,15 +14,50 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from pgq import serialization, workflow
 from pgq.compat._state import get_current_app
 from pgq.compat.result import AsyncResult, GroupResult
 
 __all__ = ["Signature", "chain", "chord", "group", "maybe_signature", "signature"]
 
-_CANVAS_ISSUE = (
-    "pgq does not run {what} on workers yet (the worker does not run link callbacks); "
-    "run it eagerly with .apply() or task_always_eager, or send the steps yourself"
-)
+
+def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Freeze and send a workflow; returns the frozen plain dict (ids filled in)."""
+    plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
+    if kwargs:
+        _first_task(plain).setdefault("kwargs", {}).update(kwargs)
+    connection = options.pop("connection", None)
+    workflow.freeze(plain)
+    sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
+    return plain
+
+
+def _first_task(plain: dict[str, Any]) -> dict[str, Any]:
+    kind = plain.get("subtask_type")
+    if kind in ("chain", "group"):
+        return _first_task(plain["kwargs"]["tasks"][0])
+    if kind == "chord":
+        return _first_task(plain["kwargs"]["header"][0])
+    return plain
+
+
+def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
+    """The result object Celery returns for a sent signature, with ``.parent`` links."""
+    kind = plain.get("subtask_type")
+    if kind == "chain":
+        result = parent
+        for step in plain["kwargs"]["tasks"]:
+            result = _result_of(step, app, result)
+        return result
+    if kind == "group":
+        members = [_result_of(step, app) for step in plain["kwargs"]["tasks"]]
+        return GroupResult(plain["options"]["task_id"], members, parent=parent, app=app)
+    if kind == "chord":
+        header = [_result_of(step, app) for step in plain["kwargs"]["header"]]
+        return _result_of(plain["kwargs"]["body"], app, GroupResult(None, header, app=app))
+    return AsyncResult(
+        plain["options"]["task_id"], app=app, task_name=plain.get("task"), parent=parent
+    )
 
 
 class Signature(dict):  # type: ignore[type-arg]
@@ -251,7 +286,7 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
     ) -> Any:
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        raise NotImplementedError(_CANVAS_ISSUE.format(what="chains"))
+        return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         result: Any = None
@@ -299,8 +334,8 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         group_id = group_id or str(uuid.uuid4())
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
-        results = [t.apply_async(args, kwargs, **options) for t in self.tasks]
-        return GroupResult(group_id, results, app=self.app)
+        self.options["task_id"] = group_id
+        return _result_of(_send(self, args, kwargs, options), self.app)  # type: ignore[no-any-return]
 
     def apply(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
@@ -342,7 +377,9 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
     ) -> Any:
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, **options)
-        raise NotImplementedError(_CANVAS_ISSUE.format(what="chords"))
+        if self.body is None:
+            raise ValueError("a chord needs a body: chord(header)(body) or chord(header, body)")
+        return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         header = group(*self.tasks, app=self._app).apply(args, kwargs, **options)

@@ -223,7 +223,7 @@ class InvalidTaskError(TaskError):
     """The task's message is malformed."""
 
 
-class ChordError(TaskError):
+class ChordError(TaskError, _engine.ChordError):
     """A task in a chord's header failed."""
 
 
@@ -257,4 +257,5 @@ ENGINE_EQUIVALENTS: dict[type[BaseException], type[BaseException]] = {
     _engine.TaskRevokedError: TaskRevokedError,
     _engine.WaitTimeout: TimeoutError,
     _engine.ConfigurationError: ImproperlyConfigured,
+    _engine.ChordError: ChordError,
 }

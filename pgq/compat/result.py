@@ -259,7 +259,7 @@ class AsyncResult(Result):
         """
         if disable_sync_subtasks:
             assert_will_not_block()
-        record = self.store.wait(self.id, timeout, interval=interval)
+        record = self._wait(timeout, interval, check_parents=propagate and follow_parents)
         if record is None or not record.finished:
             raise TimeoutError("The operation timed out.")
         value = _value_of(record)
@@ -270,6 +270,33 @@ class AsyncResult(Result):
         return value
 
     wait = get
+
+    def _wait(self, timeout: float | None, interval: float, check_parents: bool) -> Any:
+        """Wait for this task's row to finish. With parents (a chain or chord), check them every
+        ``interval`` and raise the first failure among them, as Celery does while it waits."""
+        if not check_parents or self.parent is None:
+            return self.store.wait(self.id, timeout, interval=interval)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._maybe_reraise_parent_error()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            step = interval if remaining is None else max(0.0, min(interval, remaining))
+            record = self.store.wait(self.id, step, interval=interval)
+            if record is not None and record.finished:
+                if record.state != states.SUCCESS:
+                    self._maybe_reraise_parent_error()  # the root-most failure wins, as in Celery
+                return record
+            if remaining is not None and remaining <= step:
+                return record
+
+    def _maybe_reraise_parent_error(self) -> None:
+        parents = []
+        node = self.parent
+        while node is not None:
+            parents.append(node)
+            node = getattr(node, "parent", None)
+        for node in reversed(parents):
+            node.maybe_throw()
 
     def maybe_throw(self, propagate: bool = True, callback: Any = None) -> None:
         record = self.record()
@@ -415,6 +442,11 @@ class ResultSet:
     def __init__(self, results: Iterable[AsyncResult] | None = None, app: Any = None) -> None:
         self.results: list[AsyncResult] = list(results or [])
         self._app = app
+
+    def maybe_throw(self, callback: Any = None, propagate: bool = True) -> None:
+        """Raise the exception of the first member that failed, if any."""
+        for result in self.results:
+            result.maybe_throw(propagate=propagate)
 
     @property
     def app(self) -> Any:

@@ -96,6 +96,16 @@ class crontab:  # noqa: N801 - Celery's name
         self.nowfun = kwargs.get("nowfun")
         self.app = kwargs.get("app")
 
+    @classmethod
+    def from_string(cls, crontab_string: str) -> crontab:
+        """A crontab from the five fields of a crontab line: ``'*/5 9-17 * * mon-fri'``
+        (minute, hour, day of month, month, day of week; Celery 5.3's ``from_string``)."""
+        fields = crontab_string.split()
+        if len(fields) != 5:
+            raise ValueError(f"invalid crontab string {crontab_string!r}: needs 5 fields")
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        return cls(minute, hour, day_of_week, day_of_month, month_of_year)
+
     def __repr__(self) -> str:
         m, h, dow, dom, moy = (str(v) for v in self._orig)
         return f"<crontab: {m} {h} {dom} {moy} {dow} (m/h/dM/MY/d)>"

@@ -76,6 +76,10 @@ RETURNING t.id, t.name, t.queue, t.args::text, t.kwargs::text, t.options::text, 
 -- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED: records outcomes of tasks this worker still holds
 -- (a NULL state, from Ignore, keeps the state and result the task set), then wakes result
 -- waiters with one notification listing the ids (empty when too long to list).
+-- Chords: each header task recorded here counts down its body's chord_remaining; the body
+-- becomes due (run_at = now()) when it reaches 0, or ends FAILURE (ChordError) when a header task
+-- failed. Concurrent finishers of one chord queue on the body's row lock, and the count is
+-- re-read from the row's newest version, so the body fires exactly once.
 WITH done AS (
     UPDATE pgq.tasks AS t
     SET state = COALESCE(u.state, t.state),
@@ -85,11 +89,55 @@ WITH done AS (
     FROM unnest(%(ids)s::text[], %(states)s::text[], %(results)s::text[], %(tracebacks)s::text[])
          AS u(id, state, result, traceback)
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id
+    RETURNING t.id, t.state, t.result, t.options->>'chord' AS chord
+), members AS (
+    SELECT chord AS body_id,
+           count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
+           min(id) FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_id,
+           min(result->>'exc_type') FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_type
+    FROM done WHERE chord IS NOT NULL
+    GROUP BY chord
+), chords AS (
+    UPDATE pgq.tasks AS b
+    SET options = jsonb_set(b.options, '{chord_remaining}',
+                            to_jsonb((b.options->>'chord_remaining')::int - m.succeeded)),
+        run_at = CASE WHEN m.failed_id IS NULL
+                       AND (b.options->>'chord_remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE b.run_at END,
+        state = CASE WHEN m.failed_id IS NOT NULL THEN 'FAILURE' ELSE b.state END,
+        finished_at = CASE WHEN m.failed_id IS NOT NULL THEN now() END,
+        result = CASE WHEN m.failed_id IS NOT NULL
+                      THEN jsonb_build_object(
+                          'exc_type', 'ChordError', 'exc_module', 'pgq.errors',
+                          'exc_message', jsonb_build_array(
+                              'Dependency ' || m.failed_id || ' raised ' || m.failed_type))
+                      ELSE b.result END
+    FROM members AS m
+    WHERE b.id = m.body_id AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
+      AND (b.options->>'chord_remaining')::int > 0
+    RETURNING b.id, b.queue, b.run_at <= now() AS due
 )
-SELECT count(*), pg_notify('pgq_done',
-                           CASE WHEN count(*) <= 150 THEN coalesce(string_agg(id, ','), '') ELSE '' END)
+SELECT count(*),
+       pg_notify('pgq_done',
+                 CASE WHEN count(*) <= 150 THEN coalesce(string_agg(id, ','), '') ELSE '' END),
+       (SELECT count(pg_notify('pgq_tasks', queue)) FROM chords WHERE due)
 FROM done;
+
+-- name: insert_failed_steps
+-- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
+-- failed with the same error); an id that exists already is left alone.
+INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
+SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(results)s::text[],
+            %(parent_ids)s::text[], %(root_ids)s::text[])
+     AS s(id, name, queue, result, parent_id, root_id)
+ON CONFLICT DO NOTHING;
+
+-- name: chord_header_results
+-- (read) The results of a chord's header tasks, in header order, as one JSON array.
+SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
+FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
+LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
@@ -391,3 +439,80 @@ DELETE FROM pgq.tasks WHERE id = %(id)s;
 -- name: task_children
 -- (read) The ids of the tasks a task enqueued while it ran (AsyncResult.children), oldest first.
 SELECT id FROM pgq.tasks WHERE parent_id = %(id)s ORDER BY created_at, id;
+
+-- ---------------------------------------------------------------------------------------------
+-- pgq beat: leader election by lease, and one cursor per periodic entry.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: beat_acquire_lease
+-- lease free/lapsed/ours -> ours until now() + lease_seconds: takes or renews a scheduler's
+-- lease; returns the database clock when this beat holds it, no row when another beat does.
+INSERT INTO pgq.beat_leases AS l (scheduler, holder, acquired_at, lease_expires_at)
+VALUES (%(scheduler)s, %(holder)s, now(), now() + make_interval(secs => %(lease_seconds)s))
+ON CONFLICT (scheduler) DO UPDATE
+SET holder = excluded.holder,
+    acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
+    lease_expires_at = excluded.lease_expires_at
+WHERE l.holder = excluded.holder OR l.lease_expires_at <= now()
+RETURNING now();
+
+-- name: beat_release_lease
+-- ours -> lapsed: a beat that stops lets a standby take over at its next attempt.
+UPDATE pgq.beat_leases SET lease_expires_at = now()
+WHERE scheduler = %(scheduler)s AND holder = %(holder)s;
+
+-- name: beat_sync_entry
+-- (nothing) -> entry with its cursor at `at`; an entry whose schedule changed starts again at
+-- `at`; an unchanged one keeps its cursor. Returns the entry's anchor and cursor.
+INSERT INTO pgq.beat_entries AS e (scheduler, name, task, schedule, anchor_at, last_due_at)
+VALUES (%(scheduler)s, %(name)s, %(task)s, %(schedule)s, %(at)s, %(at)s)
+ON CONFLICT (scheduler, name) DO UPDATE
+SET task = excluded.task,
+    schedule = excluded.schedule,
+    anchor_at = CASE WHEN e.schedule = excluded.schedule THEN e.anchor_at
+                     ELSE excluded.anchor_at END,
+    last_due_at = CASE WHEN e.schedule = excluded.schedule THEN e.last_due_at
+                       ELSE excluded.last_due_at END
+RETURNING anchor_at, last_due_at;
+
+-- name: beat_advance_entry
+-- cursor at `expected` -> cursor at `due`: records the runs just enqueued; compare-and-set, so a
+-- beat whose idea of the cursor is stale changes nothing (and rolls back what it enqueued).
+UPDATE pgq.beat_entries
+SET last_due_at = %(due)s, last_run_at = now(), total_runs = total_runs + %(runs)s
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND last_due_at = %(expected)s
+RETURNING name;
+
+-- ---------------------------------------------------------------------------------------------
+-- Rate limits: one GCRA cursor per task name, shared by every worker.
+-- ---------------------------------------------------------------------------------------------
+
+-- name: take_rate_slot
+-- STARTED -> STARTED (its slot is now) or PENDING at its slot: reserves the next free slot of a
+-- task name (one every `interval` seconds, no burst: Celery's token bucket of capacity 1). A task
+-- whose slot is later goes back to the queue with run_at = the slot and a note of the retries
+-- count it holds the slot for, so it is neither a retry nor a rescue and, claimed at its slot,
+-- runs without taking another. `at` replaces now() in tests.
+WITH clock AS (
+    SELECT COALESCE(%(at)s::timestamptz, now()) AS now_at
+), slot AS (
+    INSERT INTO pgq.rate_limits AS r (name, interval_seconds, next_slot_at)
+    SELECT %(name)s, %(interval)s, clock.now_at + make_interval(secs => %(interval)s)
+    FROM clock
+    ON CONFLICT (name) DO UPDATE
+    SET interval_seconds = excluded.interval_seconds,
+        next_slot_at = greatest(r.next_slot_at, excluded.next_slot_at - make_interval(
+            secs => %(interval)s)) + make_interval(secs => %(interval)s)
+    RETURNING r.next_slot_at - make_interval(secs => %(interval)s) AS slot_at
+), deferred AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING', run_at = slot.slot_at, started_at = NULL, lease_expires_at = NULL,
+        options = t.options || jsonb_build_object('rate_limit_slot', t.retries)
+    FROM slot, clock
+    WHERE t.id = %(id)s AND slot.slot_at > clock.now_at
+      AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id
+)
+SELECT slot.slot_at, extract(epoch FROM slot.slot_at - clock.now_at)::double precision,
+       (SELECT count(*) FROM deferred)
+FROM slot, clock;

@@ -33,10 +33,13 @@ from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings, lost_result
+from pgq.ratelimit import RateLimiter
+from pgq.serialization import loads
 from pgq.settings import Settings
-from pgq.store import ClaimedTask, Outcome, RetryRequest, WorkerStore
+from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
 from pgq.worker.pool import Lost, Pool, TimedOut, make_pool
 from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json
+from pgq.workflow import FailedStep
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -58,6 +61,7 @@ class Worker:
         pool: str = "prefork",
         hostname: str | None = None,
         settings: Settings | None = None,
+        maintenance: Sequence[Periodic] = (),
     ) -> None:
         self.app = app
         self.settings = settings or app.settings
@@ -76,13 +80,19 @@ class Worker:
         self._retries: list[RetryRequest] = []
         self._requeues: list[str] = []
         self._lost: list[str] = []
+        self._follow_ups: list[NewTask] = []  # workflow steps started by the finished outcomes
+        self._failed_steps: list[FailedStep] = []
         # What the parent knows of each task it dispatched, until its outcome is stored: the
         # name, queue and run time that the task_finished hook reports (metrics listen there).
         self._claims: dict[str, _Claim] = {}
         self._lost_result = lost_result(self.settings.max_rescues)
         self._selector = selectors.DefaultSelector()
         self._listen_fd: int | None = None
+        self._pool_fds: list[int] = []
+        self._pool_generation = -1
         self._maintenance: list[Periodic] = []
+        self._extra_maintenance = list(maintenance)  # e.g. the embedded beat of `worker -B`
+        self._rate_limits = RateLimiter(self.store, app.tasks)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -90,8 +100,7 @@ class Worker:
         """Work until stopped; returns the process exit code."""
         wake_r = self._install_signal_handlers()
         self.pool.start()  # fork children before this process opens connections or threads
-        for obj in self.pool.fileobjs():
-            self._selector.register(obj, selectors.EVENT_READ, "pool")
+        self._watch_pool()
         self._selector.register(wake_r, selectors.EVENT_READ, "signal")
         try:
             self._connect(first=True)
@@ -128,12 +137,15 @@ class Worker:
                 self._on_notifications()
         self._collect(self.pool.events())
         self._collect(self.pool.enforce_time_limits(time.monotonic()))
+        self._watch_pool()
         for job in self._maintenance:
             job.tick()
 
     def _timeout(self) -> float:
         """How long the loop may sleep: until the next poll (only if a slot is free to use it),
         maintenance job or hard time limit; zero when there is something to do right away."""
+        # A rate-limited task this worker deferred comes due: claim then (pgq/ratelimit.py).
+        self._next_poll = min(self._next_poll, self._rate_limits.next_wake())
         if self._pending():
             return 0.0
         can_claim = bool(self.pool.free_slots()) and not self._stop_requests
@@ -157,7 +169,12 @@ class Worker:
             return
         try:
             jobs = self.store.finish_and_claim(
-                self._finished, self.queues, limit, self.settings.lease_seconds
+                self._finished,
+                self.queues,
+                limit,
+                self.settings.lease_seconds,
+                follow_ups=self._follow_ups,
+                failed_steps=self._failed_steps,
             )
         except OperationalError:
             raise
@@ -167,15 +184,42 @@ class Worker:
             # The outcomes were refused (and the claim with them): sort them out row by row,
             # claim on the next turn.
             self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
+            self._write_workflow_steps_alone()
             jobs, self._want_claim = [], True
         self._announce([(o.id, o.state) for o in self._finished])
-        self._finished = []
+        self._finished, self._follow_ups, self._failed_steps = [], [], []
         if limit:
             # A full batch suggests more is waiting: claim again as soon as a slot frees.
             self._want_claim = len(jobs) == limit
             self._next_poll = time.monotonic() + self.settings.poll_interval
             for job in jobs:
                 self._dispatch(job)
+
+    def _write_workflow_steps_alone(self) -> None:
+        if not (self._follow_ups or self._failed_steps):
+            return
+        try:
+            self.store.finish_and_claim(
+                [],
+                self.queues,
+                0,
+                self.settings.lease_seconds,
+                follow_ups=self._follow_ups,
+                failed_steps=self._failed_steps,
+            )
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            log.error("could not enqueue %d workflow steps: %s", len(self._follow_ups), exc)
+
+    def _with_chord_results(self, job: ClaimedTask) -> ClaimedTask:
+        """A chord body gets its header's results (in header order) as its first argument."""
+        options = loads(job.options)
+        header = options.get("chord_header") or []
+        results = self.store.chord_header_results(header)
+        args = job.args.strip()
+        merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
+        return job._replace(args=merged)
 
     def _dispatch(self, job: ClaimedTask) -> None:
         self._claims[job.id] = _Claim(job.name, job.queue, time.monotonic(), ran=not job.expired)
@@ -185,6 +229,11 @@ class Worker:
             )
             self._emit_revoked(job, expired=True)
             return
+        if self._rate_limits.defer(job) is not None:  # back in the queue until its slot
+            self._claims.pop(job.id, None)
+            return
+        if '"chord_header"' in job.options:
+            job = self._with_chord_results(job)
         task = self.app.tasks.get(job.name)
         time_limit = None
         if task is not None and self.pool.supports_hard_limit:
@@ -221,6 +270,8 @@ class Worker:
             claim.report = report
         if report.kind == FINISH:
             self._finished.append(Outcome(report.id, report.state, report.result, report.traceback))
+            self._follow_ups.extend(report.follow_ups)
+            self._failed_steps.extend(report.failed_steps)
         elif report.kind == RETRY:
             self._retries.append(
                 RetryRequest(
@@ -400,7 +451,24 @@ class Worker:
                     ),
                 )
             )
+        jobs.extend(self._extra_maintenance)
         return jobs
+
+    def _watch_pool(self) -> None:
+        """Watch the pool's current file descriptors (a replaced child brings new ones).
+
+        Every old descriptor is unregistered before the new ones are registered: a new pipe
+        may reuse the number of a closed one, which epoll has already dropped.
+        """
+        if self._pool_generation == self.pool.generation:
+            return
+        for fd in self._pool_fds:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fd)
+        self._pool_fds = self.pool.fileobjs()
+        for fd in self._pool_fds:
+            self._selector.register(fd, selectors.EVENT_READ, "pool")
+        self._pool_generation = self.pool.generation
 
     def _forget_listen_fd(self) -> None:
         if self._listen_fd is not None:
@@ -487,8 +555,6 @@ class _Claim:
 def _option(options_json: str, name: str, default: float | None) -> float | None:
     if name not in options_json:  # cheap test before decoding JSON on the hot path
         return default
-    from pgq.serialization import loads
-
     try:
         value = loads(options_json).get(name, default)
     except (ValueError, AttributeError):

@@ -54,6 +54,8 @@ class Pool:
 
     concurrency: int
     supports_hard_limit = False
+    # Bumped whenever the set of file descriptors from fileobjs() changes (a child replaced).
+    generation = 0
 
     def start(self) -> None: ...
 
@@ -63,8 +65,11 @@ class Pool:
     def submit(self, job: ClaimedTask, time_limit: float | None) -> None:
         raise NotImplementedError
 
-    def fileobjs(self) -> list[Any]:
-        """Objects the parent's selector watches; readable means ``events()`` has news."""
+    def fileobjs(self) -> list[int]:
+        """File descriptors the parent's selector watches; readable means ``events()`` has news.
+
+        The set changes when a child is replaced; ``generation`` tells when to watch anew.
+        """
         raise NotImplementedError
 
     def events(self) -> list[Event]:
@@ -136,6 +141,7 @@ class PreforkPool(Pool):
         child_end.close()
         child = _Child(process, parent_end)
         self._children.append(child)
+        self.generation += 1
         return child
 
     def free_slots(self) -> int:
@@ -148,12 +154,12 @@ class PreforkPool(Pool):
         child.deadline = time.monotonic() + time_limit if time_limit else None
         child.conn.send(job)
 
-    def fileobjs(self) -> list[Any]:
-        objs: list[Any] = []
+    def fileobjs(self) -> list[int]:
+        fds: list[int] = []
         for c in self._children:
-            objs.append(c.conn)
-            objs.append(c.process.sentinel)
-        return objs
+            fds.append(c.conn.fileno())
+            fds.append(c.process.sentinel)
+        return fds
 
     def events(self) -> list[Event]:
         found: list[Event] = []
@@ -178,6 +184,7 @@ class PreforkPool(Pool):
         child.process.join(0)
         self._children.remove(child)
         child.conn.close()
+        self.generation += 1
         events: list[Event] = []
         if child.job is not None:
             if child.killed_for == "timeout" and child.limit is not None:
@@ -321,7 +328,7 @@ class ThreadPool(Pool):
         self._running[job.id] = job
         self._jobs.put(job)
 
-    def fileobjs(self) -> list[Any]:
+    def fileobjs(self) -> list[int]:
         return [self._wake_r]
 
     def events(self) -> list[Event]:

@@ -8,6 +8,8 @@ that blows up all become a FAILURE report, so the process running tasks keeps go
 from __future__ import annotations
 
 import ctypes
+import inspect
+import logging
 import signal
 import threading
 import time
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pgq import serialization
+from pgq import serialization, workflow
 from pgq.backoff import retry_countdown
 from pgq.context import Request, reset_current_request, set_current_request
 from pgq.errors import (
@@ -32,7 +34,8 @@ from pgq.hooks import emit
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
-    from pgq.store import ClaimedTask
+    from pgq.store import ClaimedTask, NewTask
+    from pgq.workflow import FailedStep
 
 __all__ = ["ExceptionInfo", "Report", "error_json", "run_job"]
 
@@ -53,6 +56,10 @@ class Report(NamedTuple):
     traceback: str | None = None
     eta: datetime | None = None
     countdown: float | None = None
+    # Workflow steps to write with this outcome: tasks to enqueue (links, errbacks) and later
+    # chain steps that will never run (stored FAILURE); see pgq.workflow.
+    follow_ups: tuple[NewTask, ...] = ()
+    failed_steps: tuple[FailedStep, ...] = ()
 
 
 class ExceptionInfo:
@@ -149,10 +156,19 @@ def _run(task: Task, request: Request, started: float) -> tuple[Report, Any]:
         encoded = None if ignore_result else serialization.dumps(retval)
     except EncodeError as exc:
         return _fail(task, request, started, exc), exc
+    follow_ups: tuple[NewTask, ...] = ()
+    if request.options.get("link"):
+        try:
+            follow_ups = tuple(
+                workflow.on_success(task.app, request.options, task_id, request.root_id, retval)
+            )
+        except Exception as exc:  # a broken link cannot continue the workflow: say so
+            return _fail(task, request, started, exc), exc
     _safely(task.on_success, retval, task_id, args, kwargs)
     emit("task_success", task=task, request=request, retval=retval)
     _safely(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
-    return Report(FINISH, task_id, time.monotonic() - started, "SUCCESS", encoded), retval
+    runtime = time.monotonic() - started
+    return Report(FINISH, task_id, runtime, "SUCCESS", encoded, follow_ups=follow_ups), retval
 
 
 def _fail(
@@ -162,14 +178,54 @@ def _fail(
     _safely(task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
     emit("task_failure", task=task, request=request, exc=exc, einfo=einfo)
     _safely(task.after_return, state, exc, request.id, request.args, request.kwargs, einfo)
+    error = error_json(exc)
+    errbacks: tuple[NewTask, ...] = ()
+    failed_steps: tuple[FailedStep, ...] = ()
+    if request.options.get("link") or request.options.get("link_error"):
+        options = {**request.options, "link_error": _run_local_errbacks(task, request, exc, einfo)}
+        try:
+            enqueued, doomed = workflow.on_failure(
+                task.app, options, request.id, request.root_id, error
+            )
+            errbacks, failed_steps = tuple(enqueued), tuple(doomed)
+        except Exception:  # the failure itself must still be recorded
+            logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
     return Report(
         FINISH,
         request.id,
         time.monotonic() - started,
         state,
-        error_json(exc),
+        error,
         einfo.traceback,
+        follow_ups=errbacks,
+        failed_steps=failed_steps,
     )
+
+
+def _run_local_errbacks(
+    task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
+) -> list[dict[str, Any]]:
+    """Call new-style errbacks ``(request, exc, traceback)`` here, as Celery does (they take
+    objects that cannot travel as JSON); return the old-style ones, to enqueue with the id."""
+    remaining = []
+    for sig in request.options.get("link_error") or ():
+        target = task.app.tasks.get(str(sig.get("task")))
+        if target is not None and _positional_arity(target.run) > 1:
+            _safely(target.run, request, exc, einfo.traceback, *(sig.get("args") or ()))
+        else:
+            remaining.append(sig)
+    return remaining
+
+
+def _positional_arity(func: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return 99
+    return sum(1 for p in params if p.kind in kinds)
 
 
 def _autoretries(task: Task, exc: Exception) -> bool:

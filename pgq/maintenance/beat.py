@@ -1,0 +1,282 @@
+"""Beat: enqueues periodic tasks when they come due; any number may run, one schedules.
+
+Leader election is a lease row (``pgq.beat_leases``, one per scheduler, i.e. per app name), not
+an advisory lock: a lease does not die with a connection, so a leader whose connection blips
+reconnects and carries on without a failover; it works through transaction-mode poolers
+(PgBouncer), where session advisory locks do not; and who leads is one SELECT away. A leader
+renews the lease in each tick's transaction, which is therefore fenced: a beat that lost the lease
+(a long pause, a partition) rolls back instead of enqueueing. A dead leader is replaced once its
+lease lapses (``PGQ_BEAT_LEASE_SECONDS``); a stopping one releases it at once.
+
+Exactly once: each entry has a cursor in ``pgq.beat_entries`` (the due time of its last run).
+A tick enqueues the runs due after the cursor and moves the cursor in the same transaction, by
+compare-and-set; each run also carries the idempotency key ``beat:<scheduler>:<entry>:<due>``
+and ``run_at`` = its due time. Late runs (due within ``PGQ_BEAT_CATCH_UP``) are all enqueued;
+older missed runs collapse into one (``pgq.periodic.plan_runs``).
+
+``pgq beat`` runs ``serve(beat)``; ``pgq worker -B`` runs the same job in the worker's parent
+loop, like heartbeats and pruning: no thread, no extra process, and it wakes exactly when a run
+is due. Either way the beat uses its own connection, so its transactions never mix with claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import TYPE_CHECKING, Any
+
+from pgq.beat_store import BeatStore, EntryCursor, LostLease
+from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
+from pgq.maintenance import Periodic
+from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+__all__ = ["Beat", "BeatSettings", "serve"]
+
+log = logging.getLogger("pgq.beat")
+
+UTC = timezone.utc
+# Options of a beat entry that the beat itself decides.
+_OWN_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
+
+
+@dataclass(frozen=True)
+class BeatSettings:
+    """How a beat elects its leader and treats late runs. Durations are seconds."""
+
+    scheduler: str = "default"
+    # A leader renews its lease on every tick and at least every lease_seconds / 4; a standby
+    # tries to take it as often, so it takes over within about lease_seconds of a crash.
+    lease_seconds: float = 10.0
+    # Runs due at most this long ago are all enqueued; older missed runs collapse into one.
+    catch_up: float = 30.0
+    # Runs enqueued per entry and tick at most (a long catch-up continues on the next tick).
+    max_runs_per_tick: int = 1000
+
+    @property
+    def renew_interval(self) -> float:
+        return self.lease_seconds / 4
+
+
+class Beat(Periodic):
+    """Enqueues the app's periodic entries when they come due, if this beat holds the lease."""
+
+    def __init__(
+        self,
+        app: App,
+        entries: Sequence[PeriodicEntry],
+        settings: BeatSettings,
+        tz: tzinfo = UTC,
+        *,
+        holder: str | None = None,
+        now: Callable[[], datetime] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(clock)
+        self.app = app
+        self.entries = {e.name: e for e in entries}
+        self.settings = settings
+        self.interval = settings.renew_interval
+        self.tz = tz
+        self.holder = holder or f"{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store = BeatStore(app.db, settings.scheduler, self.holder)
+        self.leader = False
+        self._cursors: dict[str, EntryCursor] = {}
+        self._now = now
+        self._offset = timedelta(0)  # database clock minus this host's clock
+
+    def now(self) -> datetime:
+        """The time runs are planned by: the database's clock, unless a test injects one."""
+        if self._now is not None:
+            return self._now()
+        return datetime.now(UTC) + self._offset
+
+    def tick(self) -> None:
+        """Run if due; then sleep until the next due run or lease renewal, whichever is first."""
+        if self._clock() >= self.next_run:
+            self.run_once()
+            self.next_run = self._clock() + self._sleep_seconds()
+
+    def run_once(self) -> list[str]:
+        """Take or renew the lease; as leader, enqueue every due run. Returns the new task ids.
+
+        Never raises for a database problem: it logs, drops the connection and tries again at
+        the next renewal (a beat embedded in a worker must not disturb it).
+        """
+        try:
+            if not self.leader:
+                self._try_to_lead()
+            return self._enqueue_due() if self.leader else []
+        except LostLease:
+            log.warning(
+                "beat %s lost the lease of %r: standing by", self.holder, self.settings.scheduler
+            )
+            self.leader = False
+        except (OperationalError, DatabaseError) as exc:
+            log.warning("beat %s: %s (trying again)", self.holder, exc)
+            self.store.close()
+            # Keep leading in our minds: the lease may well still be ours when we reconnect, and
+            # the next tick's transaction renews it or raises LostLease.
+        return []
+
+    def close(self) -> None:
+        """Release the lease (a standby takes over at once) and close the connection."""
+        try:
+            if self.leader and self.store.connected:
+                self.store.release()
+        except PgqError as exc:
+            log.warning("beat %s could not release its lease: %s", self.holder, exc)
+        finally:
+            self.leader = False
+            self.store.close()
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _try_to_lead(self) -> None:
+        db_now = self.store.acquire(self.settings.lease_seconds)
+        if db_now is None:
+            return
+        self._offset = db_now - datetime.now(UTC)
+        now = self.now()
+        # Read (or add) every entry's cursor afresh: another beat may have led meanwhile.
+        self._cursors = {
+            e.name: self.store.sync_entry(e.name, e.task, e.schedule_text(self.tz), now)
+            for e in self.entries.values()
+        }
+        self.leader = True
+        log.info(
+            "beat %s leads %r: %d periodic entries",
+            self.holder,
+            self.settings.scheduler,
+            len(self.entries),
+        )
+
+    def _enqueue_due(self) -> list[str]:
+        now = self.now()
+        catch_up = timedelta(seconds=self.settings.catch_up)
+        enqueued: list[str] = []
+        moved: dict[str, EntryCursor] = {}
+        with self.store.tick(self.settings.lease_seconds) as (conn, db_now):
+            if self._now is None:
+                self._offset = db_now - datetime.now(UTC)
+            for name, entry in self.entries.items():
+                cursor = self._cursors[name]
+                try:
+                    runs = plan_runs(
+                        entry.schedule,
+                        cursor.anchor_at,
+                        cursor.last_due_at,
+                        now,
+                        self.tz,
+                        catch_up,
+                        self.settings.max_runs_per_tick,
+                    )
+                except (ValueError, ArithmeticError) as exc:  # a crontab that never matches
+                    log.error("periodic entry %r cannot be scheduled: %s", name, exc)
+                    continue
+                if not runs:
+                    continue
+                if runs[0] <= now - catch_up:
+                    log.warning(
+                        "periodic entry %r missed its runs after %s (no beat was up): "
+                        "running it once for all of them",
+                        name,
+                        cursor.last_due_at.isoformat(),
+                    )
+                for due in runs:
+                    task_id = self._send(conn, entry, due)
+                    if task_id is not None:
+                        enqueued.append(task_id)
+                if not self.store.advance(name, cursor.last_due_at, runs[-1], len(runs)):
+                    raise LostLease(
+                        self.settings.scheduler
+                    )  # another beat moved it: our view is stale
+                moved[name] = cursor._replace(last_due_at=runs[-1])
+        self._cursors.update(moved)
+        return enqueued
+
+    def _send(self, conn: Any, entry: PeriodicEntry, due: datetime) -> str | None:
+        """Enqueue one run in the tick's transaction; a run that cannot be sent is logged."""
+        options = {k: v for k, v in entry.options.items() if k not in _OWN_OPTIONS}
+        key = idempotency_key(self.settings.scheduler, entry.name, due)
+        try:
+            result = self.app.send(
+                entry.task,
+                list(entry.args),
+                dict(entry.kwargs),
+                connection=conn,
+                eta=due,
+                idempotency_key=key,
+                **options,
+            )
+        except (TypeError, ValueError, EncodeError, PgqError) as exc:
+            if isinstance(exc, DatabaseError):
+                raise  # the transaction is aborted: the whole tick is retried
+            log.error("periodic entry %r: could not send %s: %s", entry.name, entry.task, exc)
+            return None
+        log.info("beat: sent %s for %r due %s (%s)", entry.task, entry.name, due, result.id)
+        return str(result.id)
+
+    def _sleep_seconds(self) -> float:
+        """Until the next renewal, or sooner if a run comes due before it."""
+        sleep = self.settings.renew_interval
+        if not self.leader:
+            return sleep
+        now = self.now()
+        for name, entry in self.entries.items():
+            cursor = self._cursors.get(name)
+            if cursor is None:
+                continue
+            try:
+                due = next_due(entry.schedule, cursor.anchor_at, cursor.last_due_at, self.tz)
+            except (ValueError, ArithmeticError):
+                continue
+            sleep = min(sleep, (due - now).total_seconds())
+        return max(sleep, 0.0) + 0.001  # never wake a hair before the run is due
+
+
+def serve(beat: Beat) -> int:
+    """``pgq beat``: tick until SIGTERM/SIGINT, then release the lease. Returns the exit code.
+
+    A database that cannot be reached or is not migrated fails here, at start-up; later
+    problems are logged and retried.
+    """
+    beat.store.connect()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    selector = selectors.DefaultSelector()
+    selector.register(wake_r, selectors.EVENT_READ)
+    log.info("beat %s starting: scheduler %r", beat.holder, beat.settings.scheduler)
+    try:
+        while not stop:
+            beat.tick()
+            if stop:
+                break
+            selector.select(max(0.0, beat.next_run - time.monotonic()))
+    finally:
+        beat.close()
+        selector.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        signal.set_wakeup_fd(-1)
+    log.info("beat %s stopped", beat.holder)
+    return 0

@@ -1,0 +1,286 @@
+"""Workflows: what to enqueue when a task finishes (links, chains, groups, chords).
+
+A workflow step is stored in a task's ``options`` as JSON in the shape of a Celery signature
+dict, so rows read the same as Celery's messages would:
+
+    {"task": name, "args": [...], "kwargs": {...}, "options": {...}, "immutable": false,
+     "subtask_type": null | "chain" | "group" | "chord"}
+
+- ``options.link``: signatures enqueued when the task succeeds, its result prepended to their
+  arguments (unless ``immutable``). A chain is its first task linked to the rest.
+- ``options.link_error``: signatures enqueued (old style: with the failed task's id as argument)
+  when the task fails; the rest of its chain is marked FAILURE with the same error, as Celery does.
+- A chord's body is inserted with its header, held (``run_at`` far in the future, and
+  ``options.chord_remaining``); each header task carries ``options.chord`` = the body's id. The
+  worker that records the last header success fires the body in the same transaction (a row lock
+  on the body orders concurrent finishers), and the body's arguments get the header results
+  when it is claimed. A failed header task fails the body with ChordError.
+
+Every step's id is fixed when the workflow is sent (or derived from its parent's id), so a
+follow-up enqueued twice (a task re-run after a rescue) is inserted once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pgq import serialization
+from pgq.store import NewTask
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+__all__ = ["HELD_UNTIL", "FailedStep", "expand", "freeze", "on_failure", "on_success"]
+
+# run_at of a chord body waiting for its header: never due until the last header task fires it.
+HELD_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
+_NAMESPACE = uuid.UUID("5f0c2b5e-8a8e-4c1e-9d0c-6f1f3c1d7a11")
+
+# Options of a signature that are not apply_async keywords of the engine.
+_WORKFLOW_KEYS = (
+    "link",
+    "link_error",
+    "chord",
+    "chord_header",
+    "chord_remaining",
+    "group_id",
+    "group_index",
+    "chain",
+)
+_CALL_KEYS = ("countdown", "eta", "expires", "queue", "priority", "idempotency_key")
+
+
+class FailedStep(NamedTuple):
+    """A step that will never run because an earlier one failed: stored as FAILURE."""
+
+    id: str
+    name: str
+    queue: str
+    result: str
+    parent_id: str | None
+    root_id: str | None
+
+
+def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
+    """Give every step of ``sig`` a fixed id (kept if present); returns the id of its result.
+
+    With ``seed`` the ids are derived from it (stable across re-runs of the parent task).
+    """
+    kind = sig.get("subtask_type")
+    kwargs = sig.setdefault("kwargs", {})
+    if kind == "chain":
+        steps = kwargs["tasks"]
+        last = ""
+        for i, step in enumerate(steps):
+            last = freeze(step, f"{seed}:{i}" if seed else None)
+        return last
+    if kind == "group":
+        group_id = sig.setdefault("options", {}).get("task_id") or _new_id(seed, "group")
+        sig["options"]["task_id"] = group_id
+        for i, step in enumerate(kwargs["tasks"]):
+            freeze(step, f"{seed}:{i}" if seed else None)
+        return str(group_id)
+    if kind == "chord":
+        for i, step in enumerate(kwargs["header"]):
+            freeze(step, f"{seed}:h{i}" if seed else None)
+        return freeze(kwargs["body"], f"{seed}:body" if seed else None)
+    options = sig.setdefault("options", {})
+    if not options.get("task_id"):
+        options["task_id"] = _new_id(seed, "task")
+    return str(options["task_id"])
+
+
+def _new_id(seed: str | None, kind: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{seed}:{kind}")) if seed else str(uuid.uuid4())
+
+
+def expand(
+    app: App,
+    sig: dict[str, Any],
+    *,
+    prepend: Sequence[Any] = (),
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> list[NewTask]:
+    """The rows that start ``sig`` (already frozen), ``prepend`` going before its arguments."""
+    kind = sig.get("subtask_type")
+    kwargs = sig.get("kwargs") or {}
+    if kind == "chain":
+        steps = [dict(s) for s in kwargs["tasks"]]
+        if not steps:
+            return []
+        return expand(app, _head(steps), prepend=prepend, parent_id=parent_id, root_id=root_id)
+    if kind == "group":
+        group_id = (sig.get("options") or {}).get("task_id")
+        rows: list[NewTask] = []
+        for index, step in enumerate(kwargs["tasks"]):
+            step_options = {
+                **(step.get("options") or {}),
+                "group_id": group_id,
+                "group_index": index,
+            }
+            rows += expand(
+                app,
+                {**step, "options": step_options},
+                prepend=prepend,
+                parent_id=parent_id,
+                root_id=root_id,
+            )
+        return rows
+    if kind == "chord":
+        body = _head([dict(kwargs["body"])])
+        if body.get("subtask_type") in ("group", "chord"):
+            raise NotImplementedError("a chord whose body starts with a group or chord")
+        header = kwargs["header"]
+        body_id = (body.get("options") or {})["task_id"]
+        header_ids = [freeze(step) for step in header]
+        held = {
+            **(body.get("options") or {}),
+            "chord_header": header_ids,
+            "chord_remaining": len(header_ids),
+            "eta": HELD_UNTIL,
+        }
+        rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+        for step in header:
+            step_options = {**(step.get("options") or {}), "chord": body_id}
+            rows += expand(
+                app,
+                {**step, "options": step_options},
+                prepend=prepend,
+                parent_id=parent_id,
+                root_id=root_id,
+            )
+        return rows
+    return [_task_row(app, sig, prepend, parent_id, root_id)]
+
+
+def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The signature that starts the chain ``steps``, with the rest attached to it.
+
+    A task followed by more gets the rest as a link; a group followed by more becomes a chord
+    (Celery's upgrade of ``group | task``); a chord followed by more gets the rest appended to
+    its body; a nested chain is flattened.
+    """
+    first, rest = steps[0], steps[1:]
+    kind = first.get("subtask_type")
+    if kind == "chain":
+        return _head([*first["kwargs"]["tasks"], *rest])
+    if not rest:
+        return first
+    then = rest[0] if len(rest) == 1 else _chain_sig(rest)
+    if kind == "group":
+        return _chord_sig(first["kwargs"]["tasks"], then)
+    if kind == "chord":
+        return _chord_sig(first["kwargs"]["header"], _chain_sig([first["kwargs"]["body"], *rest]))
+    options = dict(first.get("options") or {})
+    options["link"] = [*options.get("link", []), then]
+    return {**first, "options": options}
+
+
+def _chain_sig(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "task": "celery.chain",
+        "args": [],
+        "kwargs": {"tasks": steps},
+        "options": {},
+        "subtask_type": "chain",
+        "immutable": False,
+    }
+
+
+def _chord_sig(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": "celery.chord",
+        "args": [],
+        "kwargs": {"header": header, "body": body},
+        "options": {},
+        "subtask_type": "chord",
+        "immutable": False,
+    }
+
+
+def _task_row(
+    app: App,
+    sig: dict[str, Any],
+    prepend: Sequence[Any],
+    parent_id: str | None,
+    root_id: str | None,
+) -> NewTask:
+    options = dict(sig.get("options") or {})
+    args = list(sig.get("args") or ())
+    if not sig.get("immutable"):
+        args = [*prepend, *args]
+    name = str(sig["task"])
+    task = app.signature_task(name)
+    call = {k: options.pop(k) for k in _CALL_KEYS if k in options}
+    task_id = str(options.pop("task_id"))
+    stored = {k: options[k] for k in _WORKFLOW_KEYS if k in options}
+    for key in ("time_limit", "soft_time_limit", "headers", "max_retries", "ignore_result"):
+        if key in options:
+            stored[key] = options[key]
+    eta = call.get("eta")
+    if isinstance(eta, str):
+        eta = datetime.fromisoformat(eta)
+    return task.prepare(
+        args,
+        sig.get("kwargs") or {},
+        task_id=task_id,
+        parent_id=parent_id,
+        root_id=root_id,
+        queue=call.get("queue"),
+        priority=call.get("priority"),
+        countdown=call.get("countdown"),
+        eta=eta,
+        expires=call.get("expires"),
+        idempotency_key=call.get("idempotency_key"),
+        check=False,
+        **stored,
+    )
+
+
+def on_success(
+    app: App, options: dict[str, Any], task_id: str, root_id: str | None, retval: Any
+) -> list[NewTask]:
+    """The rows a successful task's links start, its result first in their arguments."""
+    rows: list[NewTask] = []
+    for index, link in enumerate(options.get("link") or ()):
+        sig = _copy(link)
+        freeze(sig, seed=f"{task_id}:link:{index}")
+        rows += expand(app, sig, prepend=(retval,), parent_id=task_id, root_id=root_id)
+    return rows
+
+
+def on_failure(
+    app: App, options: dict[str, Any], task_id: str, root_id: str | None, error: str
+) -> tuple[list[NewTask], list[FailedStep]]:
+    """Errbacks to enqueue (called with the failed task's id), and the chain steps that will
+    never run, to be stored as FAILURE with the same ``error`` (result JSON)."""
+    errbacks: list[NewTask] = []
+    for index, errback in enumerate(options.get("link_error") or ()):
+        sig = _copy(errback)
+        freeze(sig, seed=f"{task_id}:errback:{index}")
+        errbacks += expand(app, sig, prepend=(task_id,), parent_id=task_id, root_id=root_id)
+    doomed: list[FailedStep] = []
+    for index, link in enumerate(options.get("link") or ()):
+        sig = _copy(link)
+        freeze(sig, seed=f"{task_id}:link:{index}")
+        for row in expand(app, sig, parent_id=task_id, root_id=root_id):
+            if '"chord_remaining"' in row.options:
+                continue  # a chord body waits for its header, which never starts: leave it
+            doomed.append(FailedStep(row.id, row.name, row.queue, error, task_id, root_id))
+            doomed += _downstream(app, row, error, root_id)
+    return errbacks, doomed
+
+
+def _downstream(app: App, row: NewTask, error: str, root_id: str | None) -> list[FailedStep]:
+    """Every later step of a chain that starts at ``row``."""
+    options = serialization.loads(row.options)
+    _errbacks, doomed = on_failure(app, {"link": options.get("link") or ()}, row.id, root_id, error)
+    return doomed
+
+
+def _copy(sig: dict[str, Any]) -> dict[str, Any]:
+    return serialization.loads(serialization.dumps(sig))  # type: ignore[no-any-return]

@@ -1,0 +1,100 @@
+"""Workflows (chain, group, chord) through real workers, with the engine's JSON signatures."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+from conftest import task_row, wait_for, wait_state
+
+pytestmark = pytest.mark.e2e
+
+
+def sig(name: str, *args: Any, immutable: bool = False) -> dict[str, Any]:
+    return {
+        "task": f"e2e_tasks.{name}",
+        "args": list(args),
+        "kwargs": {},
+        "options": {},
+        "subtask_type": None,
+        "immutable": immutable,
+    }
+
+
+def chain(*steps: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": "celery.chain",
+        "args": [],
+        "kwargs": {"tasks": list(steps)},
+        "options": {},
+        "subtask_type": "chain",
+        "immutable": False,
+    }
+
+
+def chord(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": "celery.chord",
+        "args": [],
+        "kwargs": {"header": header, "body": body},
+        "options": {},
+        "subtask_type": "chord",
+        "immutable": False,
+    }
+
+
+def count(conn: Any, key: str) -> int:
+    row = conn.execute("SELECT count(*) FROM side_effects WHERE key = %s", (key,)).fetchone()
+    return int(row[0])
+
+
+def test_chord_body_runs_exactly_once_with_concurrent_finishers(app, conn, clean, start_worker):
+    """Header tasks finish at the same moment in different processes of two workers."""
+    start_worker("-c", "3")
+    start_worker("-c", "3")
+    for round_ in range(5):
+        body_id = app.send_workflow(chord([sig("add", i, round_) for i in range(40)], sig("tsum")))
+        assert app.result(body_id).get(timeout=60) == sum(i + round_ for i in range(40))
+    assert count(conn, "tsum") == 5, "each chord body ran once"
+
+
+def test_chain_passes_results_and_links_parents(app, conn, clean, start_worker):
+    start_worker("-c", "2")
+    last = app.send_workflow(chain(sig("add", 1, 2), sig("add", 3), sig("add", 4)))
+    assert app.result(last).get(timeout=30) == 10
+    row = task_row(conn, last)
+    middle = task_row(conn, row["parent_id"])
+    assert middle["result"] == 6
+    first = task_row(conn, middle["parent_id"])
+    assert first["result"] == 3 and first["parent_id"] is None
+    assert row["root_id"] == first["id"] == middle["root_id"]
+
+
+def test_a_chain_survives_a_worker_restart_mid_way(app, conn, clean, start_worker):
+    w = start_worker("-c", "1")
+    last = app.send_workflow(
+        chain(sig("sleepy", 1.0), sig("record", "after-restart", immutable=True))
+    )
+    wait_for(lambda: count(conn, "sleepy") == 1, what="the first step to start")
+    w.signal(signal.SIGTERM)  # drains: the first step finishes, the second is enqueued
+    assert w.wait(timeout=30) == 0
+    assert task_row(conn, last)["state"] == "PENDING"
+    start_worker("-c", "1")
+    assert app.result(last).get(timeout=30) == "after-restart"
+
+
+def test_failed_step_fails_the_rest_of_the_chain(app, conn, clean, start_worker):
+    start_worker("-c", "1")
+    last = app.send_workflow(chain(sig("add", 1, 1), sig("fail"), sig("add", 5)))
+    row = wait_state(conn, last, "FAILURE")
+    assert row["result"]["exc_type"] == "ValueError"
+    assert count(conn, "tsum") == 0
+
+
+def test_failed_header_task_fails_the_chord_body(app, conn, clean, start_worker):
+    start_worker("-c", "2")
+    body_id = app.send_workflow(chord([sig("add", 1, 1), sig("fail", immutable=True)], sig("tsum")))
+    row = wait_state(conn, body_id, "FAILURE")
+    assert row["result"]["exc_type"] == "ChordError"
+    assert count(conn, "tsum") == 0
