@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg.rows import dict_row
-
 from pgq.database import Database, describe_server, translate_errors
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
 from pgq.schema import SCHEMA_REVISION
@@ -61,18 +59,7 @@ class AdminStore(Store):
 
     def _rows(self, name: str, params: dict[str, Any]) -> list[Row]:
         """Run a named read query on a pooled connection; rows as dicts."""
-        sql = query(name)
-        for attempt in (1, 2):
-            try:
-                with self.db.pooled() as conn, conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(sql, params)
-                    return list(cur.fetchall()) if cur.description else []
-            except OperationalError:
-                if attempt == 2:
-                    raise
-                # The server restarted since the pool connected: drop dead connections, retry.
-                self.db.discard_dead_connections()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._run(name, params, retry=True, dict_rows=True)
 
     # -- reading ------------------------------------------------------------------------------
 

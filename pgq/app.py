@@ -265,7 +265,11 @@ class App:
     def db(self) -> Database:
         if self._db is None:
             url = resolve_url(self.database_url, self.settings)
-            self._db = Database(url, pool_size=self.settings.pool_size)
+            self._db = Database(
+                url,
+                pool_size=self.settings.pool_size,
+                connect_timeout=self.settings.connect_timeout,
+            )
         return self._db
 
     @property

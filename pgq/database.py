@@ -109,9 +109,10 @@ def _first_line(exc: BaseException) -> str:
 class Database:
     """A PostgreSQL server: opens checked connections and keeps a small per-process pool."""
 
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
         self._pool: Any = None
         self._pool_pid = 0
         self._schema_checked = False
@@ -170,15 +171,12 @@ class Database:
                     kwargs={"autocommit": True, "application_name": "pgq"},
                     open=True,
                     name="pgq",
+                    # How long a producer waits for a connection: long enough to ride out a
+                    # server restart, short enough that a server that is down is reported.
+                    timeout=self.connect_timeout,
                 )
                 self._pool_pid = pid
         return self._pool
-
-    def discard_dead_connections(self) -> None:
-        """Check every idle pooled connection and drop the broken ones."""
-        if self._pool is not None and self._pool_pid == os.getpid():
-            with translate_errors(self.url):
-                self._pool.check()
 
     def close(self) -> None:
         """Close this process's pool, if any."""

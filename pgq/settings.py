@@ -48,6 +48,9 @@ class Settings:
     prune_interval: float = 60.0
     prune_batch: int = 1000
     pool_size: int = 4
+    # How long a producer waits for a pooled connection before raising OperationalError: long
+    # enough to ride out a server restart, short enough to report a server that is down.
+    connect_timeout: float = 10.0
     # pgq beat: how long a beat's leadership lasts unless renewed (a standby takes over at most
     # this long after the leader died), and how far back a beat enqueues every run it finds
     # not yet enqueued (older missed runs collapse into one run, as in Celery).
@@ -61,6 +64,7 @@ class Settings:
             "heartbeat_interval",
             "prune_interval",
             "beat_lease_seconds",
+            "connect_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -134,6 +138,11 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "prune_interval": ("PGQ_PRUNE_INTERVAL", "60", "seconds between pruning passes"),
     "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
     "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),
+    "connect_timeout": (
+        "PGQ_CONNECT_TIMEOUT",
+        "10",
+        "seconds a producer waits for a connection before raising OperationalError",
+    ),
     "beat_lease_seconds": (
         "PGQ_BEAT_LEASE_SECONDS",
         "10",

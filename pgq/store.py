@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
+from psycopg.rows import dict_row
 
 from pgq.database import Database, translate_errors
 from pgq.errors import OperationalError, TaskNotFound
@@ -168,8 +169,14 @@ class Store:
         self.db = db
 
     def _run(
-        self, name: str, params: dict[str, Any], connection: Any = None, *, retry: bool = False
-    ) -> list[tuple[Any, ...]]:
+        self,
+        name: str,
+        params: dict[str, Any],
+        connection: Any = None,
+        *,
+        retry: bool = False,
+        dict_rows: bool = False,
+    ) -> list[Any]:
         """Run a named query on the caller's connection, or on a pooled one.
 
         ``retry`` reruns an idempotent statement once on a fresh connection when the pooled one
@@ -184,19 +191,24 @@ class Store:
                     return list(cur.fetchall()) if cur.description else []
                 finally:
                     cur.close()
-        try:
-            with self.db.pooled() as conn:
-                cur = conn.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        except OperationalError:
-            if not retry:
-                raise
-        # The server restarted since the pool connected: every idle connection is dead. Drop
-        # them all (one check, not one per checkout on the hot path) and try once more.
-        self.db.discard_dead_connections()
-        with self.db.pooled() as conn:
-            cur = conn.execute(sql, params)
-            return cur.fetchall() if cur.description else []
+        # After a server restart every idle pooled connection is dead, and each one only shows
+        # it when used (the pool then drops it). An idempotent statement moves on to the next
+        # connection, at most once per pooled connection plus a new one; no check is paid on
+        # the hot path. A failure to get a connection at all (server down) is not retried here:
+        # the pool already waited its timeout for one.
+        attempts = self.db.pool_size + 1 if retry else 1
+        for attempt in range(attempts):
+            acquired = False
+            try:
+                with self.db.pooled() as conn:
+                    acquired = True
+                    with conn.cursor(row_factory=dict_row) if dict_rows else conn.cursor() as cur:
+                        cur.execute(sql, params)
+                        return cur.fetchall() if cur.description else []
+            except OperationalError:
+                if not acquired or attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def insert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
         """Insert one task; returns (id, created). An existing id or key returns that task's id."""
