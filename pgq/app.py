@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-import uuid
+import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
@@ -93,14 +94,48 @@ class Task:
         """Raise TypeError if ``run`` cannot take these arguments (when ``typing`` is on)."""
         if not self.typing:
             return
-        try:
-            signature = inspect.signature(self.run)
-        except (TypeError, ValueError):  # builtins without a signature
+        signature = self._signature
+        if signature is None:
             return
+        if not kwargs:  # the common delay(x, y) call: an arity check is enough
+            low, high = self._positional_arity
+            if low <= len(args) and (high is None or len(args) <= high):
+                return
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
+
+    @functools.cached_property
+    def _signature(self) -> inspect.Signature | None:
+        # Computed once per task: inspect.signature costs more than the rest of an enqueue.
+        try:
+            return inspect.signature(self.run)
+        except (TypeError, ValueError):  # builtins without a signature
+            return None
+
+    @functools.cached_property
+    def _positional_arity(self) -> tuple[int, int | None]:
+        """(required, maximum or None) positional arguments ``run`` takes, when a call with
+        only positional arguments in that range always binds; (inf, 0) forces a full bind."""
+        signature = self._signature
+        if signature is None:
+            return 0, None
+        low, high = 0, 0
+        for p in signature.parameters.values():
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                high = -1
+            elif p.kind in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                if p.default is inspect.Parameter.empty:
+                    low += 1
+                if high != -1:
+                    high += 1
+            elif p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty:
+                return 10**9, 0  # a required keyword: only bind() can tell
+        return low, (None if high == -1 else high)
 
     def delay(self, *args: Any, **kwargs: Any) -> Result:
         """Enqueue with positional and keyword arguments."""
@@ -152,20 +187,21 @@ class Task:
             options.setdefault("time_limit", self.time_limit)
         if self.soft_time_limit is not None:
             options.setdefault("soft_time_limit", self.soft_time_limit)
-        options = {k: v for k, v in options.items() if v is not None}
+        if options:
+            options = {k: v for k, v in options.items() if v is not None}
         expires = self.expires if expires is None else expires
         expires_at, expires_in = _split_expiry(expires)
         if priority is None:
             priority = self.priority if self.priority is not None else 0
         if not 0 <= int(priority) <= 255:
             raise ValueError(f"priority must be between 0 and 255, got {priority!r}")
-        new_id = str(task_id) if task_id else str(uuid.uuid4())
+        new_id = str(task_id) if task_id else _uuid4()
         return NewTask(
             id=new_id,
             name=self.name or "",
-            args=serialization.dumps(args),
-            kwargs=serialization.dumps(kwargs),
-            options=serialization.dumps(options),
+            args=serialization.dumps(args) if args else "[]",
+            kwargs=serialization.dumps(kwargs) if kwargs else "{}",
+            options=serialization.dumps(options) if options else "{}",
             queue=queue or self.queue or self.app.default_queue,
             priority=int(priority),
             eta=_aware(eta),
@@ -190,6 +226,15 @@ def resolve_timezone(value: str | tzinfo | None) -> tzinfo:
         return ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigurationError(f"unknown timezone {value!r}") from None
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but several times faster."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _aware(moment: datetime | None) -> datetime | None:
