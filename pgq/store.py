@@ -429,15 +429,14 @@ class WorkerStore:
         self, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[ClaimedTask]:
         """PENDING/RETRY -> STARTED for up to ``limit`` due tasks of ``queues``."""
-        rows = self._rows("claim_ready", self._claim_params(queues, limit, lease_seconds))
-        return [ClaimedTask(*row) for row in rows]
+        return self.finish_and_claim((), queues, limit, lease_seconds)
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
-        """STARTED -> final state for the given outcomes (ignores tasks this worker lost)."""
+        """STARTED -> final state for the given outcomes (ignores tasks this worker lost);
+        returns how many were recorded."""
         if not outcomes:
             return 0
-        rows = self._rows("finish_tasks", self._finish_params(outcomes))
-        return int(rows[0][0]) if rows else 0
+        return self._turn(outcomes, (), 0, 0.0)[1]
 
     def finish_and_claim(
         self,
@@ -450,55 +449,56 @@ class WorkerStore:
         failed_steps: Sequence[Any] = (),
     ) -> list[ClaimedTask]:
         """Record outcomes, enqueue the workflow steps they start, then claim up to ``limit``
-        tasks: one transaction sent in one network round trip.
+        tasks, in one transaction.
 
-        The worker's hot path: one commit (one WAL flush) per loop turn. If any statement
-        fails, none takes effect.
+        The worker's hot path: without workflow steps this is one statement (one round trip,
+        one commit, one WAL flush) per loop turn. If anything fails, nothing takes effect.
         """
-        statements: list[tuple[str, dict[str, Any]]] = []
-        if follow_ups:
-            statements.append(("insert_tasks", _insert_params(follow_ups)))
-        if failed_steps:
-            statements.append(("insert_failed_steps", _failed_step_params(failed_steps)))
-        if outcomes:
-            statements.append(("finish_tasks", self._finish_params(outcomes)))
-        if limit:
-            statements.append(("claim_ready", self._claim_params(queues, limit, lease_seconds)))
-        if not statements:
+        if not outcomes and not limit and not follow_ups and not failed_steps:
             return []
+        return self._turn(outcomes, queues, limit, lease_seconds, follow_ups, failed_steps)[0]
+
+    def _turn(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        follow_ups: Sequence[NewTask] = (),
+        failed_steps: Sequence[Any] = (),
+    ) -> tuple[list[ClaimedTask], int]:
         assert self._conn is not None, "WorkerStore.connect() first"
-        with translate_errors(self.db.url):
-            if len(statements) == 1:
-                cur = self._conn.execute(query(statements[0][0]), statements[0][1])
-            else:
-                with self._conn.pipeline(), self._conn.transaction():
-                    for name, params in statements:
-                        cur = self._conn.execute(query(name), params)
-            return [ClaimedTask(*row) for row in cur.fetchall()] if limit else []
-
-    def chord_header_results(self, header_ids: Sequence[str]) -> str:
-        """The JSON array of a chord header's results, in header order."""
-        rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
-        return str(rows[0][0]) if rows else "[]"
-
-    def _claim_params(
-        self, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> dict[str, Any]:
-        return {
+        params = {
+            "ids": [o.id for o in outcomes],
+            "states": [o.state for o in outcomes],
+            "results": [o.result for o in outcomes],
+            "tracebacks": [o.traceback for o in outcomes],
             "queues": list(queues),
             "limit": limit,
             "worker": self.worker_id,
             "lease_seconds": lease_seconds,
         }
+        conn = self._conn
+        with translate_errors(self.db.url):
+            if follow_ups or failed_steps:
+                with conn.transaction():
+                    if follow_ups:
+                        conn.execute(query("insert_tasks"), _insert_params(follow_ups))
+                    if failed_steps:
+                        conn.execute(
+                            query("insert_failed_steps"), _failed_step_params(failed_steps)
+                        )
+                    rows = conn.execute(query("finish_and_claim"), params).fetchall()
+            else:
+                rows = conn.execute(query("finish_and_claim"), params).fetchall()
+        claimed = [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]
+        finished = next(int(row[-1]) for row in rows if row[0] is None)
+        return claimed, finished
 
-    def _finish_params(self, outcomes: Sequence[Outcome]) -> dict[str, Any]:
-        return {
-            "ids": [o.id for o in outcomes],
-            "states": [o.state for o in outcomes],
-            "results": [o.result for o in outcomes],
-            "tracebacks": [o.traceback for o in outcomes],
-            "worker": self.worker_id,
-        }
+    def chord_header_results(self, header_ids: Sequence[str]) -> str:
+        """The JSON array of a chord header's results, in header order."""
+        rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
+        return str(rows[0][0]) if rows else "[]"
 
     def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
         """STARTED -> RETRY; returns the new run_at of each as a Unix time."""

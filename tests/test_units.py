@@ -347,8 +347,7 @@ def test_every_named_query_loads() -> None:
     for expected in (
         "insert_task",
         "insert_tasks",
-        "claim_ready",
-        "finish_tasks",
+        "finish_and_claim",
         "schedule_retries",
         "requeue_tasks",
         "rescue_orphans",
@@ -365,7 +364,7 @@ def test_unknown_query_name_is_key_error() -> None:
 
 
 def test_claim_query_uses_skip_locked_and_priority_order() -> None:
-    sql = query("claim_ready")
+    sql = query("finish_and_claim")
     assert "FOR UPDATE SKIP LOCKED" in sql
     assert "ORDER BY priority, run_at" in sql
 

@@ -46,40 +46,36 @@ WHERE id = %(id)s OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key 
 ORDER BY (id = %(id)s) DESC
 LIMIT 1;
 
--- name: claim_ready
--- PENDING/RETRY -> STARTED: locks up to `limit` due tasks, best priority then oldest run_at first.
--- Each queue is walked in index order on its own (LATERAL) so a backlog in one queue never makes
--- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
-WITH candidates AS (
-    SELECT c.id, c.priority, c.run_at
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
-        FROM pgq.tasks
-        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-        ORDER BY priority, run_at
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) AS c
-    ORDER BY c.priority, c.run_at
-    LIMIT %(limit)s
-)
-UPDATE pgq.tasks AS t
-SET state = 'STARTED', worker = %(worker)s, started_at = now(),
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM candidates
-WHERE t.id = candidates.id
-RETURNING t.id, t.name, t.queue, t.args::text, t.kwargs::text, t.options::text, t.retries,
-          t.expires_at <= now() AS expired, t.parent_id, t.root_id, t.priority;
+-- name: insert_failed_steps
+-- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
+-- failed with the same error); an id that exists already is left alone.
+INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
+SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
+FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(results)s::text[],
+            %(parent_ids)s::text[], %(root_ids)s::text[])
+     AS s(id, name, queue, result, parent_id, root_id)
+ON CONFLICT DO NOTHING;
 
--- name: finish_tasks
--- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED: records outcomes of tasks this worker still holds
--- (a NULL state, from Ignore, keeps the state and result the task set), then wakes result
--- waiters with one notification listing the ids (empty when too long to list).
+-- name: chord_header_results
+-- (read) The results of a chord's header tasks, in header order, as one JSON array.
+SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
+FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
+LEFT JOIN pgq.tasks AS t ON t.id = h.id;
+
+-- name: finish_and_claim
+-- The worker's turn, one statement and one commit:
+-- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED for the outcomes of tasks this worker still holds
+-- (a NULL state, from Ignore, keeps the state and result the task set); waiters are woken by
+-- one notification listing the ids (empty when too long to list);
+-- then PENDING/RETRY -> STARTED for up to `limit` due tasks, best priority then oldest run_at,
+-- each queue walked in index order on its own (LATERAL) so a backlog in one queue never makes
+-- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
 -- Chords: each header task recorded here counts down its body's chord_remaining; the body
 -- becomes due (run_at = now()) when it reaches 0, or ends FAILURE (ChordError) when a header task
 -- failed. Concurrent finishers of one chord queue on the body's row lock, and the count is
 -- re-read from the row's newest version, so the body fires exactly once.
+-- Returns the claimed rows, plus one last row whose `finished` column counts the outcomes
+-- recorded (UNION ALL makes sure the notifications are sent even when nothing is claimed).
 WITH done AS (
     UPDATE pgq.tasks AS t
     SET state = COALESCE(u.state, t.state),
@@ -116,28 +112,39 @@ WITH done AS (
     WHERE b.id = m.body_id AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
       AND (b.options->>'chord_remaining')::int > 0
     RETURNING b.id, b.queue, b.run_at <= now() AS due
+), finished AS (
+    SELECT count(*) AS n,
+           CASE WHEN count(*) > 0 THEN pg_notify(
+               'pgq_done',
+               CASE WHEN count(*) <= 150 THEN string_agg(id, ',') ELSE '' END) END AS notified,
+           (SELECT count(pg_notify('pgq_tasks', queue)) FROM chords WHERE due) AS fired
+    FROM done
+), candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM pgq.tasks
+        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+        ORDER BY priority, run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority, c.run_at
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'STARTED', worker = %(worker)s, started_at = now(),
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM candidates
+    WHERE t.id = candidates.id
+    RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
+              t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
+              t.parent_id, t.root_id, t.priority
 )
-SELECT count(*),
-       pg_notify('pgq_done',
-                 CASE WHEN count(*) <= 150 THEN coalesce(string_agg(id, ','), '') ELSE '' END),
-       (SELECT count(pg_notify('pgq_tasks', queue)) FROM chords WHERE due)
-FROM done;
-
--- name: insert_failed_steps
--- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
--- failed with the same error); an id that exists already is left alone.
-INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
-SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
-FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(results)s::text[],
-            %(parent_ids)s::text[], %(root_ids)s::text[])
-     AS s(id, name, queue, result, parent_id, root_id)
-ON CONFLICT DO NOTHING;
-
--- name: chord_header_results
--- (read) The results of a chord's header tasks, in header order, as one JSON array.
-SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
-FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
-LEFT JOIN pgq.tasks AS t ON t.id = h.id;
+SELECT claimed.*, NULL::bigint AS finished FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n FROM finished;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
