@@ -1,19 +1,25 @@
-"""The tasks the benchmarks run: a no-op and a 10 ms sleep."""
+"""The pgq tasks the benchmarks run: a no-op and a 10 ms sleep.
+
+Both tell the harness they ran (``bench.probe.report``; a no-op outside a benchmark run).
+``noop(sent_at)`` carries its enqueue time for the latency measure.
+"""
 
 from __future__ import annotations
 
 import time
 
 import pgq
+from bench.probe import report
 
 app = pgq.App()
 
 
 @app.task
-def noop() -> None:
-    return None
+def noop(sent_at: float = 0.0) -> None:
+    report(sent_at)
 
 
 @app.task
 def sleep10ms() -> None:
     time.sleep(0.01)
+    report()

@@ -4,7 +4,8 @@
 
 It creates a scratch database ``pgq_bench`` on the server of ``--url`` (default: the local
 PostgreSQL at 127.0.0.1:5432), migrates it, and prints one Markdown table. The side-by-side
-comparison with Celery, procrastinate and pgqueuer is a separate harness (issue 6).
+comparison with Celery, procrastinate, pgqueuer and raw SQL is ``python -m bench run``
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -37,7 +39,9 @@ def scratch_database(server_url: str, name: str = "pgq_bench") -> str:
 
 def count_done(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pgq.tasks WHERE finished_at IS NOT NULL").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pgq.tasks WHERE finished_at IS NOT NULL"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -56,6 +60,7 @@ def measure_batch(url: str, n: int, batch: int = 1000) -> float:
     from bench.noop_tasks import app
 
     app.database_url = url
+    calls: list[tuple[str, tuple[()], dict[str, Any], dict[str, Any]]]
     calls = [("bench.noop_tasks.noop", (), {}, {})] * batch
     started = time.perf_counter()
     for _ in range(n // batch):
@@ -73,9 +78,18 @@ def measure_drain(url: str, n: int, concurrency: int, task: str = "noop") -> flo
     env = dict(os.environ, PGQ_DATABASE_URL=url, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "pgq.cli", "worker", "-A", "bench.noop_tasks",
-         "-c", str(concurrency)],
-        cwd=ROOT, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pgq.cli",
+            "worker",
+            "-A",
+            "bench.noop_tasks",
+            "-c",
+            str(concurrency),
+        ],
+        cwd=ROOT,
+        env=env,
     )
     try:
         while count_done(url) < n:
@@ -101,8 +115,10 @@ def main() -> None:
     for c in args.concurrency:
         rate = measure_drain(url, args.tasks, c)
         rows.append((f"drain {args.tasks:,} no-op tasks, -c {c}", f"{rate:,.0f} tasks/s"))
-    print(f"pgq quick bench on {platform.node()} ({os.cpu_count()} CPUs), "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(
+        f"pgq quick bench on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
     print("| measure | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -1,0 +1,2 @@
+-- enqueue: (nothing) -> ready, one row per transaction.
+INSERT INTO bench_jobs (args) VALUES ('[]');
