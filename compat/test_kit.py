@@ -324,3 +324,14 @@ def test_link_error_runs_the_errback_in_the_worker(kit: Kit) -> None:
     note = kit.signal_dir / f"errback-{result.id}"
     wait_for(note.exists, what="the errback")
     assert note.read_text() == "ValueError"
+
+
+def test_group_result_save_and_restore(kit: Kit) -> None:
+    from celery import group
+    from celery.result import GroupResult
+
+    result = group(kit.tasks.add.s(i, i) for i in range(3))()
+    result.save()
+    restored = GroupResult.restore(result.id, app=kit.app)
+    assert [r.id for r in restored.results] == [r.id for r in result.results]
+    assert restored.get(timeout=TIMEOUT) == [0, 2, 4]

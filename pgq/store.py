@@ -314,6 +314,17 @@ class Store:
         """Ids of the tasks enqueued by this task while it ran (their ``parent_id``)."""
         return [row[0] for row in self._run("task_children", {"id": task_id}, connection)]
 
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        """Store a group's member ids under its id (GroupResult.save)."""
+        self._run("save_group", {"id": group_id, "members": _json_list(member_ids)}, retry=True)
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids saved for a group, or None."""
+        rows = self._run("restore_group", {"id": group_id}, retry=True)
+        if not rows or rows[0][0] is None:
+            return None
+        return [str(m) for m in json.loads(rows[0][0])]
+
     def require(self, task_id: str) -> TaskRecord:
         """The task's row, or TaskNotFound."""
         record = self.read(task_id)

@@ -595,14 +595,30 @@ class GroupResult(ResultSet):
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.id, None), [r.as_tuple() for r in self.results]
 
-    def save(self, backend: Any = None) -> None:
-        raise NotImplementedError(
-            "pgq does not store groups yet: keep the GroupResult (or its task ids) yourself"
-        )
+    def save(self, backend: Any = None) -> GroupResult:
+        """Store the group (its id and member ids) so ``GroupResult.restore(id)`` finds it.
+
+        The group is a row of pgq.tasks named ``celery.group`` in state SUCCESS whose result is
+        the list of member ids; it is pruned with finished tasks, as Celery's results expire.
+        """
+        if self.id is None:
+            raise ValueError("a GroupResult needs an id to be saved")
+        self.app.store.save_group(self.id, [r.id for r in self.results])
+        return self
 
     @classmethod
-    def restore(cls, id: str, backend: Any = None, app: Any = None) -> GroupResult:
-        raise NotImplementedError("pgq does not store groups yet (GroupResult.restore)")
+    def restore(cls, id: str, backend: Any = None, app: Any = None) -> GroupResult | None:
+        """The group saved under ``id``, or None if there is none."""
+        app = app if app is not None else get_current_app()
+        members = app.store.restore_group(id)
+        if members is None:
+            return None
+        return cls(id, [AsyncResult(m, app=app) for m in members], app=app)
+
+    def delete(self, backend: Any = None) -> None:
+        """Forget the saved group (not its members)."""
+        if self.id is not None:
+            self.app.store.forget(self.id)
 
 
 def result_from_tuple(r: Any, app: Any = None) -> AsyncResult | GroupResult:

@@ -523,3 +523,15 @@ WITH clock AS (
 SELECT slot.slot_at, extract(epoch FROM slot.slot_at - clock.now_at)::double precision,
        (SELECT count(*) FROM deferred)
 FROM slot, clock;
+
+-- name: save_group
+-- (nothing) -> SUCCESS: a saved group (GroupResult.save), a row named celery.group whose result
+-- is the list of its member ids; saving again replaces the list.
+INSERT INTO pgq.tasks (id, name, state, result, finished_at)
+VALUES (%(id)s, 'celery.group', 'SUCCESS', %(members)s::jsonb, now())
+ON CONFLICT (id) DO UPDATE SET result = excluded.result
+WHERE pgq.tasks.name = 'celery.group';
+
+-- name: restore_group
+-- (read) The member ids of a saved group.
+SELECT result::text FROM pgq.tasks WHERE id = %(id)s AND name = 'celery.group';

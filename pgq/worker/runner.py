@@ -112,6 +112,7 @@ def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
         parent_id=job.parent_id,
         root_id=job.root_id or job.id,
         headers=options.get("headers") or {},
+        group=options.get("group_id"),
         options=options,
     )
     token = set_current_request(request)
