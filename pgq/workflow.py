@@ -23,7 +23,7 @@ follow-up enqueued twice (a task re-run after a rescue) is inserted once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -115,21 +115,14 @@ def expand(
         return expand(app, _head(steps), prepend=prepend, parent_id=parent_id, root_id=root_id)
     if kind == "group":
         group_id = (sig.get("options") or {}).get("task_id")
-        rows: list[NewTask] = []
-        for index, step in enumerate(kwargs["tasks"]):
-            step_options = {
-                **(step.get("options") or {}),
-                "group_id": group_id,
-                "group_index": index,
-            }
-            rows += expand(
-                app,
-                {**step, "options": step_options},
-                prepend=prepend,
-                parent_id=parent_id,
-                root_id=root_id,
-            )
-        return rows
+        return _expand_each(
+            app,
+            kwargs["tasks"],
+            lambda index: {"group_id": group_id, "group_index": index},
+            prepend=prepend,
+            parent_id=parent_id,
+            root_id=root_id,
+        )
     if kind == "chord":
         body = _head([dict(kwargs["body"])])
         if body.get("subtask_type") in ("group", "chord"):
@@ -144,17 +137,34 @@ def expand(
             "eta": HELD_UNTIL,
         }
         rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
-        for step in header:
-            step_options = {**(step.get("options") or {}), "chord": body_id}
-            rows += expand(
-                app,
-                {**step, "options": step_options},
-                prepend=prepend,
-                parent_id=parent_id,
-                root_id=root_id,
-            )
-        return rows
+        return rows + _expand_each(
+            app,
+            header,
+            lambda index: {"chord": body_id},
+            prepend=prepend,
+            parent_id=parent_id,
+            root_id=root_id,
+        )
     return [_task_row(app, sig, prepend, parent_id, root_id)]
+
+
+def _expand_each(
+    app: App,
+    steps: Sequence[dict[str, Any]],
+    extra_options: Callable[[int], dict[str, Any]],
+    *,
+    prepend: Sequence[Any],
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """The rows of every step (a group's members, a chord's header), each with extra options."""
+    rows: list[NewTask] = []
+    for index, step in enumerate(steps):
+        options = {**(step.get("options") or {}), **extra_options(index)}
+        rows += expand(
+            app, {**step, "options": options}, prepend=prepend, parent_id=parent_id, root_id=root_id
+        )
+    return rows
 
 
 def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
