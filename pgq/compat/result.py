@@ -186,35 +186,34 @@ class AsyncResult(Result):
 
     info = result
 
+    def _column(self, name: str, default: Any = None) -> Any:
+        """One column of the task's row (read afresh), or ``default`` for an unknown id."""
+        record = self.record()
+        return getattr(record, name) if record is not None else default
+
     @property
     def traceback(self) -> str | None:
-        record = self.record()
-        return record.traceback if record is not None else None
+        return self._column("traceback")
 
     @property
     def date_done(self) -> datetime | None:
-        record = self.record()
-        return record.finished_at if record is not None else None
+        return self._column("finished_at")
 
     @property
     def name(self) -> str | None:
-        record = self.record()
-        return record.name if record is not None else self.task_name
+        return self._column("name", self.task_name)
 
     @property
     def retries(self) -> int | None:
-        record = self.record()
-        return record.retries if record is not None else None
+        return self._column("retries")
 
     @property
     def queue(self) -> str | None:
-        record = self.record()
-        return record.queue if record is not None else None
+        return self._column("queue")
 
     @property
     def worker(self) -> str | None:
-        record = self.record()
-        return record.worker if record is not None else None
+        return self._column("worker")
 
     def ready(self) -> bool:
         """True once the task will not change again (SUCCESS, FAILURE, REVOKED...)."""
