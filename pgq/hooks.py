@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENTS", "connect", "disconnect", "emit"]
+__all__ = ["EVENTS", "connect", "disconnect", "emit", "listening"]
 
 EVENTS = frozenset(
     {
@@ -47,6 +47,11 @@ def disconnect(event: str, receiver: Callable[..., Any]) -> None:
     receivers = _receivers.get(event, [])
     if receiver in receivers:
         receivers.remove(receiver)
+
+
+def listening(event: str) -> bool:
+    """Whether anything in this process receives ``event`` (to skip preparing its details)."""
+    return bool(_receivers.get(event))
 
 
 def emit(event: str, **details: Any) -> None:

@@ -56,6 +56,10 @@ class Settings:
     # not yet enqueued (older missed runs collapse into one run, as in Celery).
     beat_lease_seconds: float = 10.0
     beat_catch_up: float = 30.0
+    # The most tasks one pool process claims in one statement. Each process sizes its batches
+    # to about 20 ms of work from the run times it sees (quick tasks: big batches, slow tasks:
+    # one at a time), never above this; 1 claims one task at a time.
+    claim_batch: int = 100
 
     def __post_init__(self) -> None:
         for name in (
@@ -73,7 +77,7 @@ class Settings:
                 f"heartbeat_interval ({self.heartbeat_interval}) must be shorter than "
                 f"lease_seconds ({self.lease_seconds})"
             )
-        for name in ("max_rescues", "prune_batch", "pool_size"):
+        for name in ("max_rescues", "prune_batch", "pool_size", "claim_batch"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.result_expires < 0:
@@ -137,6 +141,11 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     ),
     "prune_interval": ("PGQ_PRUNE_INTERVAL", "60", "seconds between pruning passes"),
     "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
+    "claim_batch": (
+        "PGQ_CLAIM_BATCH",
+        "100",
+        "most tasks a pool process claims at once (it adapts below this; 1: one at a time)",
+    ),
     "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),
     "connect_timeout": (
         "PGQ_CONNECT_TIMEOUT",

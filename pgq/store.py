@@ -9,6 +9,7 @@ connections (commands, and LISTEN). psycopg errors leave this module as ``pgq.er
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -547,12 +548,37 @@ class WorkerStore:
         )
         return [(row[0], row[1]) for row in rows]
 
-    def renew_leases(self, ids: Sequence[str], lease_seconds: float) -> None:
-        if ids:
-            self._rows(
-                "renew_leases",
-                {"ids": list(ids), "worker": self.worker_id, "lease_seconds": lease_seconds},
-            )
+    def renew_leases(self, holders: Sequence[str], lease_seconds: float) -> None:
+        """Renew the lease of every task the ``holders`` (this worker's slots) hold."""
+        if holders:
+            self._rows("renew_leases", {"workers": list(holders), "lease_seconds": lease_seconds})
+
+    def as_worker(self, worker_id: str) -> WorkerStore:
+        """This store's connections acting for another worker id (one of this worker's slots)."""
+        other = copy.copy(self)
+        other.worker_id = worker_id
+        return other
+
+    def release(
+        self, *, lost_id: str | None, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str, str, str]]:
+        """Every task this (slot's) worker id holds back to the queue; ``lost_id`` counts as a
+        rescue. Returns (id, name, queue, new state)."""
+        rows = self._rows(
+            "release_slot",
+            {
+                "worker": self.worker_id,
+                "lost_id": lost_id,
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+            },
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def task_label(self, task_id: str) -> tuple[str, str] | None:
+        """A task's (name, queue), or None if there is no such task."""
+        rows = self._rows("task_label", {"id": task_id})
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def rescue_orphans(
         self, *, max_rescues: int, lost_result: str, limit: int = 1000

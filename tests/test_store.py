@@ -960,7 +960,7 @@ def test_heartbeat_pushes_the_lease_and_the_worker_row(
     Heartbeat(
         w1,
         HeartbeatSettings(interval=1, lease_seconds=600),
-        running_ids=lambda: [task_id],
+        holders=lambda: ["w1"],
         tasks_done=lambda: 11,
     ).run_once()
     after = task_row(conn, task_id)
@@ -981,7 +981,7 @@ def test_heartbeat_does_not_renew_another_workers_lease(
     before = task_row(conn, task_id)
     assert before is not None
     Heartbeat(
-        w2, HeartbeatSettings(interval=1, lease_seconds=600), lambda: [task_id], lambda: 0
+        w2, HeartbeatSettings(interval=1, lease_seconds=600), lambda: ["w2"], lambda: 0
     ).run_once()
     after = task_row(conn, task_id)
     assert after is not None
@@ -995,7 +995,7 @@ def test_heartbeat_keeps_a_task_from_being_rescued(
     task_id = enqueue(qapp)
     w1.claim_ready(["celery"], 1, -1)
     Heartbeat(
-        w1, HeartbeatSettings(interval=1, lease_seconds=600), lambda: [task_id], lambda: 0
+        w1, HeartbeatSettings(interval=1, lease_seconds=600), lambda: ["w1"], lambda: 0
     ).run_once()
     assert Rescue(w2, RescueSettings(max_rescues=3)).run_once() == []
     row = task_row(conn, task_id)

@@ -19,13 +19,13 @@ class HeartbeatSettings:
 
 
 class Heartbeat(Periodic):
-    """Renews the lease of every task this worker runs, and its pgq.workers row."""
+    """Renews the lease of every task this worker's slots hold, and its pgq.workers row."""
 
     def __init__(
         self,
         store: WorkerStore,
         settings: HeartbeatSettings,
-        running_ids: Callable[[], list[str]],
+        holders: Callable[[], list[str]],
         tasks_done: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -33,9 +33,9 @@ class Heartbeat(Periodic):
         self.store = store
         self.settings = settings
         self.interval = settings.interval
-        self._running_ids = running_ids
+        self._holders = holders
         self._tasks_done = tasks_done
 
     def run_once(self) -> None:
-        self.store.renew_leases(self._running_ids(), self.settings.lease_seconds)
+        self.store.renew_leases(self._holders(), self.settings.lease_seconds)
         self.store.heartbeat(self._tasks_done())

@@ -197,10 +197,35 @@ WITH orphans AS (
 SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
 
 -- name: renew_leases
--- STARTED -> STARTED: pushes the lease of the tasks this worker still runs.
+-- STARTED -> STARTED: pushes the lease of every task the given slots of a live worker hold.
 UPDATE pgq.tasks
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE id = ANY(%(ids)s::text[]) AND worker = %(worker)s AND lease_expires_at IS NOT NULL;
+WHERE worker = ANY(%(workers)s::text[]) AND lease_expires_at IS NOT NULL;
+
+-- name: release_slot
+-- STARTED -> PENDING: a slot ended (killed, timed out, terminated, or stopped at once); every task
+-- it still holds goes back to the queue as it was, except `lost_id`, the task it was running when
+-- it died, which counts as a rescue (FAILURE with WorkerLostError once past max_rescues).
+WITH back AS (
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN t.id = %(lost_id)s AND t.rescues >= %(max_rescues)s
+                     THEN 'FAILURE' ELSE 'PENDING' END,
+        rescues = t.rescues + CASE WHEN t.id = %(lost_id)s THEN 1 ELSE 0 END,
+        result = CASE WHEN t.id = %(lost_id)s AND t.rescues >= %(max_rescues)s
+                      THEN %(lost_result)s::jsonb ELSE t.result END,
+        finished_at = CASE WHEN t.id = %(lost_id)s AND t.rescues >= %(max_rescues)s
+                           THEN now() END,
+        started_at = CASE WHEN t.id = %(lost_id)s AND t.rescues >= %(max_rescues)s
+                          THEN t.started_at END,
+        lease_expires_at = NULL
+    WHERE t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id, t.name, t.queue, t.state
+)
+SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', back.queue) FROM back;
+
+-- name: task_label
+-- (read) A task's name and queue.
+SELECT name, queue FROM pgq.tasks WHERE id = %(id)s;
 
 -- name: register_worker
 -- (nothing) -> live worker: announces a worker process and what it serves.
@@ -326,7 +351,8 @@ SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.pool, w.started_at,
        extract(epoch FROM now() - w.last_heartbeat_at)::double precision AS heartbeat_age_seconds,
        w.tasks_done,
        (SELECT count(*) FROM pgq.tasks AS t
-        WHERE t.lease_expires_at IS NOT NULL AND t.worker = w.id) AS running
+        WHERE t.lease_expires_at IS NOT NULL
+          AND (t.worker = w.id OR starts_with(t.worker, w.id || '/'))) AS running
 FROM pgq.workers AS w
 WHERE w.last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double precision)
   AND (%(queue)s::text IS NULL OR %(queue)s = ANY(w.queues))

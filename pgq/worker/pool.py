@@ -1,9 +1,8 @@
-"""Where tasks execute: child processes (prefork) or threads (threads, solo).
+"""Where tasks execute: slots that are child processes (prefork) or threads (threads, solo).
 
-The worker's parent claims rows and hands each to a free slot; a slot sends back a ``Report``.
-Pools never touch the database. The parent waits on ``fileobjs()`` with a selector and then
-calls ``events()`` to collect what happened: reports, and tasks whose slot died or ran past its
-hard time limit.
+Every slot claims and runs its own tasks (``pgq.worker.slot``). The pool starts the slots,
+carries the parent's messages to them and theirs back, and notices a slot that died. The parent
+waits on ``fileobjs()`` with a selector and then calls ``events()``.
 """
 
 from __future__ import annotations
@@ -12,233 +11,212 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pgq.worker.runner import Report, run_job
+from pgq.worker.slot import CurrentTask, Slot
 
 if TYPE_CHECKING:
     from pgq.app import App
-    from pgq.store import ClaimedTask
+    from pgq.settings import Settings
 
-__all__ = ["Lost", "Pool", "PreforkPool", "ThreadPool", "TimedOut", "make_pool"]
+__all__ = ["Gone", "Message", "Pool", "SlotHandle", "make_pool"]
 
 log = logging.getLogger("pgq.worker")
 
 
-class Lost(NamedTuple):
-    """A task whose slot died under it (kill -9, OOM, terminate)."""
+@dataclass(eq=False)
+class SlotHandle:
+    """The parent's side of one slot."""
 
-    job: ClaimedTask
+    worker_id: str
+    conn: Connection
+    current: CurrentTask
+    runner: Any  # the Process or Thread
+    idle: bool = False
+    # The hard time limit of the task the slot announced last (checked against `current`).
+    deadline: float | None = None
+    deadline_task: str | None = None
+    limit: float | None = None
+    killed_for: str | None = None  # "timeout" | "terminate"
+
+    def alive(self) -> bool:
+        return bool(self.runner.is_alive())
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(message)
+
+
+class Message(NamedTuple):
+    """Something a slot sent (see pgq.worker.slot for the kinds)."""
+
+    slot: SlotHandle
+    body: tuple[Any, ...]
+
+
+class Gone(NamedTuple):
+    """A slot that ended: it died (kill -9, OOM, time limit, terminate) or stopped."""
+
+    slot: SlotHandle
+    running: str | None  # the task it was running when it ended
     exitcode: int | None
 
 
-class TimedOut(NamedTuple):
-    """A task killed by its hard time limit."""
-
-    job: ClaimedTask
-    limit: float
-
-
-Event = Report | Lost | TimedOut
+Event = Message | Gone
 
 
 class Pool:
-    """Interface of the pools."""
+    """``concurrency`` slots of one kind; forks (or starts threads) on ``start()``."""
 
-    concurrency: int
-    supports_hard_limit = False
-    # Bumped whenever the set of file descriptors from fileobjs() changes (a child replaced).
-    generation = 0
-
-    def start(self) -> None: ...
-
-    def free_slots(self) -> int:
-        raise NotImplementedError
-
-    def submit(self, job: ClaimedTask, time_limit: float | None) -> None:
-        raise NotImplementedError
-
-    def fileobjs(self) -> list[int]:
-        """File descriptors the parent's selector watches; readable means ``events()`` has news.
-
-        The set changes when a child is replaced; ``generation`` tells when to watch anew.
-        """
-        raise NotImplementedError
-
-    def events(self) -> list[Event]:
-        raise NotImplementedError
-
-    def next_deadline(self) -> float | None:
-        """The monotonic time the next hard time limit falls due, if any."""
-        return None
-
-    def enforce_time_limits(self, now: float) -> list[Event]:
-        return []
-
-    def terminate(self, task_id: str) -> bool:
-        """Kill the slot running ``task_id`` (revoke with terminate); False if not running here."""
-        return False
-
-    def inflight(self) -> list[ClaimedTask]:
-        raise NotImplementedError
-
-    def stop(self, *, kill: bool) -> list[Event]:
-        """Stop every slot. ``kill`` stops at once; returns events still pending (reports first)."""
-        raise NotImplementedError
-
-
-# --- prefork ------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Child:
-    process: Any
-    conn: Connection
-    job: ClaimedTask | None = None
-    deadline: float | None = None
-    limit: float | None = None
-    killed_for: str | None = None  # "timeout" | "terminate"
-    pending: list[Report] = field(default_factory=list)
-
-
-class PreforkPool(Pool):
-    """``concurrency`` child processes, each running one task at a time.
-
-    Children are forked from the worker's parent (they inherit the imported app) and die with it
-    (PR_SET_PDEATHSIG on Linux), so a killed worker never leaves a task running unseen.
-    """
-
-    supports_hard_limit = True
-
-    def __init__(self, app: App, concurrency: int, hostname: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        app: App,
+        concurrency: int,
+        *,
+        worker_id: str,
+        hostname: str,
+        queues: Sequence[str],
+        settings: Settings,
+    ) -> None:
+        self.kind = kind
         self.app = app
         self.concurrency = concurrency
+        self.worker_id = worker_id
         self.hostname = hostname
+        self.queues = list(queues)
+        self.settings = settings
+        self.processes = kind == "prefork"
+        self.supports_hard_limit = self.processes
+        self.slots: list[SlotHandle] = []
+        self.generation = 0  # bumped whenever fileobjs() changes
+        self.stopping = False
+        self._serial = 0
         self._ctx = multiprocessing.get_context("fork")
-        self._children: list[_Child] = []
-        self._by_fileno: dict[int, _Child] = {}
 
     def start(self) -> None:
         for _ in range(self.concurrency):
-            self._spawn()
+            self.spawn()
 
-    def _spawn(self) -> _Child:
-        parent_end, child_end = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_child_main,
-            args=(self.app, child_end, self.hostname, os.getpid()),
-            name="pgq-child",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        child = _Child(process, parent_end)
-        self._children.append(child)
+    def spawn(self) -> SlotHandle:
+        self._serial += 1
+        worker_id = f"{self.worker_id}/{self._serial}"
+        parent_end, slot_end = multiprocessing.Pipe(duplex=True)
+        current = CurrentTask()
+        args = (self.app, slot_end, worker_id, self.hostname, self.queues, self.settings, current)
+        runner: Any
+        if self.processes:
+            runner = self._ctx.Process(
+                target=_process_main, args=(*args, os.getpid()), name="pgq-child", daemon=True
+            )
+            runner.start()
+            slot_end.close()
+        else:
+            runner = threading.Thread(
+                target=_thread_main, args=args, name=f"pgq-slot-{self._serial}", daemon=True
+            )
+            runner.start()
+        handle = SlotHandle(worker_id, parent_end, current, runner)
+        self.slots.append(handle)
         self.generation += 1
-        return child
+        return handle
 
-    def free_slots(self) -> int:
-        return sum(1 for c in self._children if c.job is None)
-
-    def submit(self, job: ClaimedTask, time_limit: float | None) -> None:
-        child = next(c for c in self._children if c.job is None)
-        child.job = job
-        child.limit = time_limit
-        child.deadline = time.monotonic() + time_limit if time_limit else None
-        child.conn.send(job)
+    def worker_ids(self) -> list[str]:
+        return [s.worker_id for s in self.slots]
 
     def fileobjs(self) -> list[int]:
-        fds: list[int] = []
-        for c in self._children:
-            fds.append(c.conn.fileno())
-            fds.append(c.process.sentinel)
+        fds = [s.conn.fileno() for s in self.slots]
+        if self.processes:
+            fds.extend(s.runner.sentinel for s in self.slots)
         return fds
 
     def events(self) -> list[Event]:
         found: list[Event] = []
-        for child in list(self._children):
-            found.extend(self._read(child))
-            if not child.process.is_alive():
-                found.extend(self._bury(child))
+        for slot in list(self.slots):
+            try:
+                while slot.conn.poll():
+                    found.append(Message(slot, slot.conn.recv()))
+            except (EOFError, OSError):
+                pass
+            if not slot.alive():
+                found.append(self._bury(slot))
         return found
 
-    def _read(self, child: _Child) -> Iterator[Report]:
-        try:
-            while child.conn.poll():
-                report: Report = child.conn.recv()
-                if child.job is not None and child.job.id == report.id:
-                    child.job = child.deadline = child.limit = None
-                yield report
-        except (EOFError, OSError):
-            return
-
-    def _bury(self, child: _Child) -> list[Event]:
-        """A child died: report its task as lost (or timed out) and start a replacement."""
-        child.process.join(0)
-        self._children.remove(child)
-        child.conn.close()
+    def _bury(self, slot: SlotHandle) -> Gone:
+        with contextlib.suppress(AttributeError):
+            slot.runner.join(0)
+        self.slots.remove(slot)
+        slot.conn.close()
         self.generation += 1
-        events: list[Event] = []
-        if child.job is not None:
-            if child.killed_for == "timeout" and child.limit is not None:
-                events.append(TimedOut(child.job, child.limit))
-            else:
-                events.append(Lost(child.job, child.process.exitcode))
-        if not self._stopping:
-            self._spawn()
-        return events
+        exitcode = getattr(slot.runner, "exitcode", None)
+        return Gone(slot, slot.current.get(), exitcode)
 
-    _stopping = False
+    def wake(self, count: int) -> None:
+        """Wake up to ``count`` idle slots (new tasks are due)."""
+        for slot in self.slots:
+            if count <= 0:
+                return
+            if slot.idle:
+                slot.idle = False
+                slot.send(("wake",))
+                count -= 1
+
+    def broadcast(self, message: tuple[Any, ...]) -> None:
+        for slot in self.slots:
+            slot.send(message)
+
+    def running(self) -> list[str]:
+        return [task_id for s in self.slots if (task_id := s.current.get())]
 
     def next_deadline(self) -> float | None:
-        deadlines = [
-            c.deadline for c in self._children if c.deadline is not None and not c.killed_for
-        ]
+        deadlines = [s.deadline for s in self.slots if s.deadline is not None and not s.killed_for]
         return min(deadlines) if deadlines else None
 
-    def enforce_time_limits(self, now: float) -> list[Event]:
-        for child in self._children:
-            if child.deadline is not None and child.deadline <= now and not child.killed_for:
-                child.killed_for = "timeout"
-                _kill(child.process.pid, signal.SIGKILL)
-        return []  # the death is reported by events() once the child is gone
+    def enforce_time_limits(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.deadline is None or slot.deadline > now or slot.killed_for:
+                continue
+            if slot.current.get() == slot.deadline_task:
+                slot.killed_for = "timeout"
+                _kill(slot.runner.pid, signal.SIGKILL)
+            else:  # that task ended in time
+                slot.deadline = slot.deadline_task = slot.limit = None
 
     def terminate(self, task_id: str) -> bool:
-        for child in self._children:
-            if child.job is not None and child.job.id == task_id and not child.killed_for:
-                child.killed_for = "terminate"
-                _kill(child.process.pid, signal.SIGTERM)
+        """Kill the slot running ``task_id`` (revoke with terminate); False if not running here."""
+        if not self.processes:
+            return False
+        for slot in self.slots:
+            if not slot.killed_for and slot.current.get() == task_id:
+                slot.killed_for = "terminate"
+                _kill(slot.runner.pid, signal.SIGTERM)
                 return True
         return False
 
-    def inflight(self) -> list[ClaimedTask]:
-        return [c.job for c in self._children if c.job is not None]
+    def stop(self) -> None:
+        """Ask every slot to finish its running task, give back the rest and end."""
+        self.stopping = True
+        self.broadcast(("stop",))
 
-    def stop(self, *, kill: bool) -> list[Event]:
-        self._stopping = True
-        events: list[Event] = []
-        for child in self._children:
-            if kill:
-                _kill(child.process.pid, signal.SIGKILL)
-            else:
-                with contextlib.suppress(OSError):
-                    child.conn.send(None)
-        for child in list(self._children):
-            child.process.join(timeout=None if not kill else 5)
-            events.extend(self._read(child))
-            if child.job is not None:
-                events.append(Lost(child.job, child.process.exitcode))
-                child.job = None
-            child.conn.close()
-        self._children.clear()
-        return events
+    def kill(self) -> list[Gone]:
+        """End every slot now (threads cannot be killed: they are left to die with the process)."""
+        self.stopping = True
+        gone: list[Gone] = []
+        for slot in list(self.slots):
+            if self.processes:
+                _kill(slot.runner.pid, signal.SIGKILL)
+                slot.runner.join(5)
+            running = slot.current.get()
+            self.slots.remove(slot)
+            slot.conn.close()
+            gone.append(Gone(slot, running, getattr(slot.runner, "exitcode", None)))
+        self.generation += 1
+        return gone
 
 
 def _kill(pid: int | None, sig: int) -> None:
@@ -259,7 +237,16 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_main(app: App, conn: Connection, hostname: str, parent_pid: int) -> None:
+def _process_main(
+    app: App,
+    conn: Connection,
+    worker_id: str,
+    hostname: str,
+    queues: list[str],
+    settings: Settings,
+    current: CurrentTask,
+    parent_pid: int,
+) -> None:
     _die_with_parent(parent_pid)
     # The parent handles stop signals and decides what happens to running tasks; a child only
     # dies by SIGTERM when its task is revoked with terminate=True, or by SIGKILL.
@@ -271,104 +258,62 @@ def _child_main(app: App, conn: Connection, hostname: str, parent_pid: int) -> N
     from pgq.hooks import emit
 
     emit("worker_process_init")
-    while True:
-        try:
-            job = conn.recv()
-        except (EOFError, OSError):
-            break
-        if job is None:
-            break
-        conn.send(run_job(app, job, hostname))
+    Slot(
+        app,
+        conn,
+        worker_id=worker_id,
+        hostname=hostname,
+        queues=queues,
+        settings=settings,
+        current=current,
+        hard_limits=True,
+    ).run()
     emit("worker_process_shutdown")
 
 
-# --- threads and solo ---------------------------------------------------------------------
+def _thread_main(
+    app: App,
+    conn: Connection,
+    worker_id: str,
+    hostname: str,
+    queues: list[str],
+    settings: Settings,
+    current: CurrentTask,
+) -> None:
+    try:
+        Slot(
+            app,
+            conn,
+            worker_id=worker_id,
+            hostname=hostname,
+            queues=queues,
+            settings=settings,
+            current=current,
+            hard_limits=False,
+        ).run()
+    except Exception:  # a bug, not a task error (run_job never raises): the parent sees it end
+        log.exception("slot %s failed", worker_id)
 
 
-class ThreadPool(Pool):
-    """``concurrency`` threads in the worker process (``--pool threads``; ``solo`` is one).
-
-    Threads cannot be killed: hard time limits and terminate are not enforced here (as in
-    Celery's thread pool); soft time limits are delivered as an asynchronous exception.
-    """
-
-    def __init__(self, app: App, concurrency: int, hostname: str) -> None:
-        self.app = app
-        self.concurrency = concurrency
-        self.hostname = hostname
-        self._jobs: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
-        self._reports: queue.SimpleQueue[Report] = queue.SimpleQueue()
-        self._running: dict[str, ClaimedTask] = {}
-        self._busy = 0
-        self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        self._threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        for n in range(self.concurrency):
-            thread = threading.Thread(target=self._loop, name=f"pgq-thread-{n}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            report = run_job(self.app, job, self.hostname)
-            self._reports.put(report)
-            os.write(self._wake_w, b"x")
-
-    def free_slots(self) -> int:
-        return self.concurrency - self._busy
-
-    def submit(self, job: ClaimedTask, time_limit: float | None) -> None:
-        self._busy += 1
-        self._running[job.id] = job
-        self._jobs.put(job)
-
-    def fileobjs(self) -> list[int]:
-        return [self._wake_r]
-
-    def events(self) -> list[Event]:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        found: list[Event] = []
-        while True:
-            try:
-                report = self._reports.get_nowait()
-            except queue.Empty:
-                return found
-            if self._running.pop(report.id, None) is not None:
-                self._busy -= 1
-            found.append(report)
-
-    def inflight(self) -> list[ClaimedTask]:
-        return list(self._running.values())
-
-    def stop(self, *, kill: bool) -> list[Event]:
-        for _ in self._threads:
-            self._jobs.put(None)
-        if not kill:
-            for thread in self._threads:
-                thread.join()
-        events = self.events()
-        # Threads cannot be stopped: on a kill their tasks are given back and the process exits.
-        events.extend(Lost(job, None) for job in self._running.values())
-        self._running.clear()
-        return events
-
-
-def make_pool(kind: str, app: App, concurrency: int, hostname: str) -> Pool:
-    """The pool called ``kind`` (prefork, threads or solo)."""
-    if kind == "prefork":
-        return PreforkPool(app, concurrency, hostname)
-    if kind == "threads":
-        return ThreadPool(app, concurrency, hostname)
-    if kind == "solo":
-        return ThreadPool(app, 1, hostname)
-    raise ValueError(f"unknown pool {kind!r}: use prefork, threads or solo")
+def make_pool(
+    kind: str,
+    app: App,
+    concurrency: int,
+    *,
+    worker_id: str,
+    hostname: str,
+    queues: Sequence[str],
+    settings: Settings,
+) -> Pool:
+    """The pool called ``kind``: prefork (processes), threads, or solo (one thread)."""
+    if kind not in ("prefork", "threads", "solo"):
+        raise ValueError(f"unknown pool {kind!r}: use prefork, threads or solo")
+    return Pool(
+        kind,
+        app,
+        1 if kind == "solo" else concurrency,
+        worker_id=worker_id,
+        hostname=hostname,
+        queues=queues,
+        settings=settings,
+    )

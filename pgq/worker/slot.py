@@ -1,0 +1,386 @@
+"""A slot: one pool process (or thread) that claims its own tasks in batches and runs them.
+
+Each slot has its own connection and its own worker id (``<worker id>/<n>``, written in
+``pgq.tasks.worker``). Its loop is one statement per batch: record the outcomes of the batch
+it just ran and claim the next one (``finish_and_claim``), then run that batch. Batches adapt to
+the work: a slot claims about ``BATCH_SECONDS`` of work judged by the slowest task of its last
+batch, so quick tasks go by the hundred and slow ones one at a time, never more than
+``Settings.claim_batch``. The worker's parent never touches the hot path: it wakes idle slots on
+NOTIFY, renews the leases, enforces hard time limits and gives back the tasks of a slot that died.
+
+Messages on the slot's pipe (tuples):
+  parent -> slot: ("wake",), ("stop",), ("revoked", task_id)
+  slot -> parent: ("turn", started, stored, ran, idle, full), ("deadline", task_id, at, limit)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from pgq import hooks
+from pgq.context import Request
+from pgq.errors import DatabaseError, EncodeError, OperationalError, TaskRevokedError
+from pgq.ratelimit import RateLimiter
+from pgq.serialization import loads
+from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
+from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json, run_job
+from pgq.workflow import FailedStep
+
+if TYPE_CHECKING:
+    from pgq.app import App
+    from pgq.settings import Settings
+
+__all__ = ["BATCH_SECONDS", "CurrentTask", "Slot"]
+
+log = logging.getLogger("pgq.worker")
+
+# How much work (judged by the slowest task of the last batch) a slot claims in one statement.
+BATCH_SECONDS = 0.02
+
+
+class CurrentTask:
+    """The id of the task a slot is running, in memory the parent can read (shared with a
+    forked child): the parent needs it when the slot dies, times out or must be terminated."""
+
+    SIZE = 512
+
+    def __init__(self) -> None:
+        import ctypes
+        import multiprocessing
+
+        self._buf: Any = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
+
+    def set(self, task_id: str) -> None:
+        self._buf.value = task_id.encode()[: self.SIZE - 1]
+
+    def clear(self) -> None:
+        self._buf.value = b""
+
+    def get(self) -> str | None:
+        value = self._buf.value
+        return value.decode() if value else None
+
+
+class Slot:
+    """The loop of one pool process or thread."""
+
+    def __init__(
+        self,
+        app: App,
+        conn: Connection,
+        *,
+        worker_id: str,
+        hostname: str,
+        queues: Sequence[str],
+        settings: Settings,
+        current: CurrentTask,
+        hard_limits: bool,
+    ) -> None:
+        self.app = app
+        self.conn = conn
+        self.hostname = hostname
+        self.queues = list(queues)
+        self.settings = settings
+        self.current = current
+        self.hard_limits = hard_limits
+        self.store = WorkerStore(app.db, worker_id)
+        self._rate_limits = RateLimiter(self.store, app.tasks)
+        self._batch = 1
+        self._stopping = False
+        self._parent_gone = False
+        self._revoked: set[str] = set()
+        # Outcomes waiting for the next statement, and what they start (workflow steps).
+        self._finished: list[Outcome] = []
+        self._retries: list[RetryRequest] = []
+        self._requeues: list[str] = []
+        self._follow_ups: list[NewTask] = []
+        self._failed_steps: list[FailedStep] = []
+        # name, queue and run time of each claimed task until its outcome is stored, for the
+        # task_started / task_finished hooks the parent emits (metrics listen there).
+        self._claims: dict[str, tuple[str, str, float | None]] = {}
+        self._tell_hooks = hooks.listening("task_started") or hooks.listening("task_finished")
+        self._started: list[tuple[str, str, str]] = []
+        self._stored: list[tuple[str, str, str, str | None, float | None]] = []
+        self._ran = 0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self._connect(holding_outcomes=False):
+            return
+        while True:
+            self._read_control()
+            limit = 0 if self._stopping else self._batch
+            try:
+                jobs = self._turn(limit)
+            except OperationalError as exc:
+                # The database went away: keep the outcomes, wait for it, carry on.
+                log.warning("database unavailable (%s); slot reconnecting", exc)
+                self.store.close()
+                if not self._connect(holding_outcomes=True):
+                    return
+                continue
+            self._tell_parent(idle=not jobs, full=bool(limit) and len(jobs) >= limit)
+            if jobs:
+                self._run_batch(jobs)
+            elif self._stopping:
+                if not self._pending():
+                    break
+            else:
+                self._wait()
+        self.store.close()
+
+    def _run_batch(self, jobs: list[ClaimedTask]) -> None:
+        slowest = 0.0
+        for index, job in enumerate(jobs):
+            if self.conn.poll():
+                self._read_control()
+            if self._stopping:  # give back what this slot claimed but has not started
+                self._requeues.extend(j.id for j in jobs[index:])
+                break
+            if job.id in self._revoked:  # revoked with terminate before it started
+                self._claims.pop(job.id, None)
+                continue
+            prepared = self._prepare(job)
+            if prepared is not None:
+                runtime = self._run(prepared)
+                slowest = max(slowest, runtime)
+        self._revoked.clear()
+        # Size the next batch to about BATCH_SECONDS of work, growing at most twofold a turn.
+        ideal = int(BATCH_SECONDS / slowest) if slowest > 0 else self.settings.claim_batch
+        self._batch = max(1, min(ideal, 2 * self._batch, self.settings.claim_batch))
+
+    def _run(self, job: ClaimedTask) -> float:
+        if self.hard_limits:
+            task = self.app.tasks.get(job.name)
+            limit = _option(job.options, "time_limit", task.time_limit if task else None)
+            if limit:
+                self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
+        self.current.set(job.id)
+        report = run_job(self.app, job, self.hostname)
+        self.current.clear()
+        self._on_report(report)
+        return report.runtime
+
+    def _wait(self) -> None:
+        """Sleep until the parent wakes this slot (NOTIFY), the poll interval passes or a task
+        this slot deferred for its rate limit comes due."""
+        timeout = self.settings.poll_interval
+        wake = self._rate_limits.next_wake()
+        if wake != float("inf"):
+            timeout = max(0.0, min(timeout, wake - time.monotonic()))
+        if self.conn.poll(timeout):
+            self._read_control()
+
+    def _read_control(self) -> None:
+        try:
+            while self.conn.poll():
+                message = self.conn.recv()
+                kind = message[0]
+                if kind == "stop":
+                    self._stopping = True
+                elif kind == "revoked":
+                    self._revoked.add(message[1])
+        except (EOFError, OSError):  # the parent is gone
+            self._stopping = self._parent_gone = True
+
+    def _tell_parent(self, *, idle: bool, full: bool) -> None:
+        if not (idle or full or self._started or self._stored or self._ran):
+            return
+        message = ("turn", self._started, self._stored, self._ran, idle, full)
+        self._started, self._stored, self._ran = [], [], 0
+        try:
+            self.conn.send(message)
+        except OSError:
+            self._stopping = True
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _connect(self, *, holding_outcomes: bool) -> bool:
+        """Connect, retrying while the database is away; False if the slot should end instead:
+        its parent is gone, or it was told to stop and has no outcome left to write."""
+        delay = 0.1
+        while not self._parent_gone and (holding_outcomes or not self._stopping):
+            try:
+                self.store.connect()
+                return True
+            except OperationalError as exc:
+                log.warning("slot %s cannot connect (%s); retrying", self.store.worker_id, exc)
+                if self.conn.poll(delay):
+                    self._read_control()
+                delay = min(delay * 2, 2.0)
+        return False
+
+    # -- claiming and reporting ---------------------------------------------------------------
+
+    def _turn(self, limit: int) -> list[ClaimedTask]:
+        """Write every collected outcome and claim up to ``limit`` tasks; each list is cleared
+        only once its write succeeded."""
+        jobs = self._finish_and_claim(limit)
+        if self._retries:
+            self._write_each_or_fail(
+                self._retries, lambda batch: self.store.schedule_retries(batch)
+            )
+            self._announce([(r.id, "RETRY") for r in self._retries])
+            self._retries = []
+        if self._requeues:
+            given_back = self.store.requeue(
+                self._requeues, lost=False, max_rescues=self.settings.max_rescues, lost_result=""
+            )
+            self._announce(given_back, self._requeues)
+            self._requeues = []
+        return jobs
+
+    def _finish_and_claim(self, limit: int) -> list[ClaimedTask]:
+        if not self._finished and not limit:
+            return []
+        try:
+            jobs = self.store.finish_and_claim(
+                self._finished,
+                self.queues,
+                limit,
+                self.settings.lease_seconds,
+                follow_ups=self._follow_ups,
+                failed_steps=self._failed_steps,
+            )
+        except OperationalError:
+            raise
+        except DatabaseError:
+            if not self._finished:
+                raise
+            # The outcomes were refused (and the claim with them): sort them out row by row,
+            # claim on the next turn.
+            self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
+            self._write_workflow_steps_alone()
+            jobs = []
+        self._announce([(o.id, o.state) for o in self._finished])
+        self._finished, self._follow_ups, self._failed_steps = [], [], []
+        if self._tell_hooks:
+            for job in jobs:
+                self._claims[job.id] = (job.name, job.queue, None)
+                self._started.append((job.id, job.name, job.queue))
+        return jobs
+
+    def _write_workflow_steps_alone(self) -> None:
+        if not (self._follow_ups or self._failed_steps):
+            return
+        try:
+            self.store.finish_and_claim(
+                [],
+                self.queues,
+                0,
+                self.settings.lease_seconds,
+                follow_ups=self._follow_ups,
+                failed_steps=self._failed_steps,
+            )
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            log.error("could not enqueue %d workflow steps: %s", len(self._follow_ups), exc)
+
+    def _write_each_or_fail(
+        self, items: Sequence[Outcome | RetryRequest], write: Callable[[list[Any]], object]
+    ) -> None:
+        """Write ``items`` in one statement; if the database refuses the batch (not a lost
+        connection: a value it cannot store, such as a NUL character in JSON), write them one
+        by one and fail the ones it refuses, so one bad result cannot stop the worker."""
+        try:
+            write(list(items))
+            return
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            log.error("writing %d outcomes failed (%s): writing them one by one", len(items), exc)
+        for item in items:
+            try:
+                write([item])
+            except OperationalError:
+                raise
+            except DatabaseError as exc:
+                refused = EncodeError(f"the outcome could not be stored: {exc}")
+                self.store.finish([Outcome(item.id, "FAILURE", error_json(refused), None)])
+
+    def _pending(self) -> bool:
+        return bool(self._finished or self._retries or self._requeues)
+
+    def _announce(
+        self, stored: Sequence[tuple[str, str | None]], handled: Sequence[str] = ()
+    ) -> None:
+        """Queue task_finished for the parent, for runs whose outcome was just stored."""
+        self._ran += sum(1 for _, state in stored if state != "PENDING")
+        if not self._tell_hooks:
+            return
+        for task_id, state in stored:
+            claim = self._claims.pop(task_id, None)
+            if claim is not None:
+                name, queue, runtime = claim
+                self._stored.append((task_id, name, queue, state, runtime))
+        for task_id in handled:
+            self._claims.pop(task_id, None)
+
+    def _prepare(self, job: ClaimedTask) -> ClaimedTask | None:
+        """The job ready to run, or None: it expired (stored REVOKED) or its rate limit put it
+        back in the queue until its slot."""
+        if job.expired:
+            self._finished.append(
+                Outcome(job.id, "REVOKED", error_json(TaskRevokedError("expired")), None)
+            )
+            hooks.emit(
+                "task_revoked",
+                task=self.app.tasks.get(job.name),
+                request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
+                terminated=False,
+                signum=None,
+                expired=True,
+            )
+            return None
+        if self._rate_limits.defer(job) is not None:
+            self._claims.pop(job.id, None)
+            return None
+        if '"chord_header"' in job.options:
+            return self._with_chord_results(job)
+        return job
+
+    def _with_chord_results(self, job: ClaimedTask) -> ClaimedTask:
+        """A chord body gets its header's results (in header order) as its first argument."""
+        options = loads(job.options)
+        header = options.get("chord_header") or []
+        results = self.store.chord_header_results(header)
+        args = job.args.strip()
+        merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
+        return job._replace(args=merged)
+
+    def _on_report(self, report: Report) -> None:
+        if self._tell_hooks and report.id in self._claims:
+            name, queue, _ = self._claims[report.id]
+            self._claims[report.id] = (name, queue, report.runtime)
+        if report.kind == FINISH:
+            self._finished.append(Outcome(report.id, report.state, report.result, report.traceback))
+            if report.follow_ups:
+                self._follow_ups.extend(report.follow_ups)
+            if report.failed_steps:
+                self._failed_steps.extend(report.failed_steps)
+        elif report.kind == RETRY:
+            self._retries.append(
+                RetryRequest(
+                    report.id, report.eta, report.countdown, report.result, report.traceback
+                )
+            )
+        elif report.kind == REQUEUE:
+            self._requeues.append(report.id)
+        if log.isEnabledFor(logging.INFO):
+            log.info("task %s %s in %.3fs", report.id, report.state or report.kind, report.runtime)
+
+
+def _option(options_json: str, name: str, default: float | None) -> float | None:
+    if name not in options_json:  # cheap test before decoding JSON on the hot path
+        return default
+    try:
+        value = loads(options_json).get(name, default)
+    except (ValueError, AttributeError):
+        return default
+    return float(value) if value else default
