@@ -27,7 +27,18 @@ def main() -> int:
     # The worker finds the same server on its own: PGQ_DATABASE_URL, or the shared embedded one.
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     worker = subprocess.Popen(
-        [sys.executable, "-m", "pgq.cli", "worker", "-A", "examples.tasks", "-c", "2", "-l", "info"],
+        [
+            sys.executable,
+            "-m",
+            "pgq.cli",
+            "worker",
+            "-A",
+            "examples.tasks",
+            "-c",
+            "2",
+            "-l",
+            "info",
+        ],
         cwd=ROOT,
         env=env,
     )

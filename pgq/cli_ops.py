@@ -160,7 +160,7 @@ def scheduled(
 
 
 RESERVED_NOTE = (
-    "no separate reserved list: each pool process claims a small batch (about 20 ms of work, "
+    "no separate reserved list: each pool process claims a small batch (about 50 ms of work, "
     "at most PGQ_CLAIM_BATCH tasks) and the claim marks every task of it STARTED, so claimed "
     "tasks not yet started are listed by `inspect active`"
 )

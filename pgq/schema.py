@@ -36,7 +36,7 @@ __all__ = [
 
 SCHEMA = "pgq"
 # The Alembic revision this code expects. Producers and workers refuse any other.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 # States in which a task waits to be claimed. The claim index is partial on exactly this list.
 WAITING_STATES = ("PENDING", "RETRY")

@@ -71,11 +71,16 @@ def dumps(value: Any) -> str:
         raise EncodeError(f"cannot encode as JSON: {exc}") from exc
 
 
+_decoder = json.JSONDecoder(object_hook=_object_hook)
+
+
 def loads(text: str | bytes | None) -> Any:
     """Decode JSON text written by ``dumps`` (or by hand) back to Python values."""
     if text is None:
         return None
-    return json.loads(text, object_hook=_object_hook)
+    if not isinstance(text, str):
+        text = bytes(text).decode()
+    return _decoder.decode(text)
 
 
 def exception_to_json(exc: BaseException) -> dict[str, Any]:

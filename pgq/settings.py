@@ -57,9 +57,9 @@ class Settings:
     beat_lease_seconds: float = 10.0
     beat_catch_up: float = 30.0
     # The most tasks one pool process claims in one statement. Each process sizes its batches
-    # to about 20 ms of work from the run times it sees (quick tasks: big batches, slow tasks:
+    # to about 50 ms of work from the run times it sees (quick tasks: big batches, slow tasks:
     # one at a time), never above this; 1 claims one task at a time.
-    claim_batch: int = 100
+    claim_batch: int = 200
 
     def __post_init__(self) -> None:
         for name in (
@@ -143,7 +143,7 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
     "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
     "claim_batch": (
         "PGQ_CLAIM_BATCH",
-        "100",
+        "200",
         "most tasks a pool process claims at once (it adapts below this; 1: one at a time)",
     ),
     "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),

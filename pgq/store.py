@@ -234,6 +234,12 @@ class Store:
         """Insert many tasks in one statement; returns each task's id (existing ones for dupes)."""
         if not tasks:
             return []
+        if connection is None and len(tasks) >= COPY_THRESHOLD and _copyable(tasks):
+            try:
+                if self._copy(tasks):
+                    return [t.id for t in tasks]
+            except OperationalError:
+                pass  # a dead pooled connection: the statement below retries on a fresh one
         inserted = {
             row[0]
             for row in self._run("insert_tasks", _insert_params(tasks), connection, retry=True)
@@ -248,6 +254,22 @@ class Store:
             )
             ids.append(existing[0][0] if existing else t.id)
         return ids
+
+    def _copy(self, tasks: Sequence[NewTask]) -> bool:
+        """Insert with COPY, in one transaction with the wake-up NOTIFY of each queue: several
+        times cheaper per row than binding arrays, for batches of plain calls (due now, no
+        idempotency key). False, with nothing written, if an id exists already."""
+        with self.db.pooled() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    with cur.copy(query("copy_tasks")) as copy:
+                        for t in tasks:
+                            copy.write_row(_copy_row(t))
+                    queues = sorted({t.queue for t in tasks})
+                    cur.execute(query("wake_queues"), {"queues": queues})
+            except psycopg.errors.UniqueViolation:
+                return False
+        return True
 
     def read(self, task_id: str, connection: Any = None) -> TaskRecord | None:
         """The task's row, or None for an unknown id."""
@@ -332,6 +354,28 @@ class Store:
         if record is None:
             raise TaskNotFound(f"no task with id {task_id}")
         return record
+
+
+# From this many rows on, a batch of plain calls goes in with COPY (see Store._copy).
+COPY_THRESHOLD = 64
+
+
+def _copyable(tasks: Sequence[NewTask]) -> bool:
+    """Whether every task is due now, never expires and has no idempotency key: the rows COPY
+    can write as they are (the table's defaults give run_at = now())."""
+    return all(
+        t.eta is None
+        and t.countdown is None
+        and t.expires_at is None
+        and t.expires_in is None
+        and t.idempotency_key is None
+        for t in tasks
+    )
+
+
+def _copy_row(t: NewTask) -> tuple[Any, ...]:
+    """A task's values in the column order of the copy_tasks statement."""
+    return (t.id, t.name, t.queue, t.priority, t.args, t.kwargs, t.options, t.parent_id, t.root_id)
 
 
 def _insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:

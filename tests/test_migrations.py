@@ -143,7 +143,7 @@ def test_upgrade_if_needed_migrates_an_empty_database(empty_db_url: str) -> None
 
 
 def test_migrated_schema_wakes_workers_with_notify(empty_db_url: str, app_on: Any) -> None:
-    """The hand-written trigger of the migration is part of the schema the check cannot see."""
+    """A migrated database wakes workers: the enqueue statement sends the NOTIFY."""
     upgrade(empty_db_url)
     with psycopg.connect(empty_db_url, autocommit=True) as listener:
         listener.execute("LISTEN pgq_tasks")

@@ -494,6 +494,48 @@ def test_autocommit_enqueue_notifies_its_queue(
     assert notifications_until_sentinel(listener, conn) == ["solo"]
 
 
+def test_countdown_task_notifies_nobody(
+    qapp: pgq.App, conn: Conn, clean: None, listener: Conn
+) -> None:
+    qapp.tasks["store.add"].apply_async((1, 2), queue="later", countdown=60)
+    qapp.send_many([("store.add", [1, 2], {}, {"queue": "later", "countdown": 60})] * 100)
+    assert notifications_until_sentinel(listener, conn) == []
+
+
+def test_a_large_batch_goes_in_whole_and_wakes_each_queue_once(
+    qapp: pgq.App, conn: Conn, clean: None, listener: Conn
+) -> None:
+    """Batches of plain calls take the COPY path: same rows, one transaction, one NOTIFY per
+    queue."""
+    calls = [
+        ("store.add", [i, i], {}, {"queue": "ab"[i % 2], "priority": i % 3}) for i in range(300)
+    ]
+    results = qapp.send_many(calls)
+    assert len({r.id for r in results}) == 300
+    assert count_tasks(conn) == 300
+    for i in (0, 1, 150, 299):
+        row = task_row(conn, results[i].id)
+        assert row is not None
+        assert (row["args"], row["queue"], row["priority"]) == ([i, i], "ab"[i % 2], i % 3)
+        assert (row["state"], row["run_at"], row["kwargs"]) == ("PENDING", row["created_at"], {})
+    distinct = conn.execute("SELECT count(DISTINCT created_at) FROM pgq.tasks").fetchone()
+    assert distinct == (1,)
+    assert sorted(notifications_until_sentinel(listener, conn)) == ["a", "b"]
+
+
+def test_a_large_batch_with_an_existing_id_returns_that_task(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    existing = qapp.tasks["store.add"].delay(0, 0)
+    calls = [("store.add", [i, i], {}, {}) for i in range(1, 100)]
+    calls.insert(50, ("store.add", [7, 7], {}, {"task_id": existing.id}))
+    results = qapp.send_many(calls)
+    assert results[50].id == existing.id
+    assert count_tasks(conn) == 100
+    row = task_row(conn, existing.id)
+    assert row is not None and row["args"] == [0, 0]
+
+
 def test_rolled_back_transaction_notifies_nobody(
     qapp: pgq.App, db_url: str, conn: Conn, clean: None, listener: Conn
 ) -> None:

@@ -165,6 +165,40 @@ def test_killed_child_task_is_rescued_and_finishes(app, conn, clean, start_worke
     assert e2e_tasks.add.delay(2, 2).get(timeout=30) == 4
 
 
+def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue(
+    app, conn, clean, db_url, start_worker
+):
+    """A pool process claims a batch; when it dies, the task it was running counts as a rescue
+    and the tasks it had claimed but not started go back as they were and run exactly once."""
+    import e2e_tasks
+
+    w = start_worker("-c", "1", env=worker_env(db_url, PGQ_CLAIM_BATCH="50"))
+    warm_up = app.send_many([(e2e_tasks.add.name, (i, i), {}, {}) for i in range(200)])
+    for result in warm_up:  # quick tasks grow the slot's batches to the cap
+        result.get(timeout=30)
+    batch = app.send_many(
+        [(e2e_tasks.crash_once.name, (), {}, {"priority": 0})]
+        + [(e2e_tasks.record.name, (f"batch-{i}",), {}, {"priority": 1}) for i in range(20)]
+    )
+    first = wait_for(lambda: side_effects(conn, "crash_once"), what="the batch to start")
+    held = conn.execute(
+        "SELECT count(*) FROM pgq.tasks WHERE name = %s AND state = 'STARTED' AND worker = %s",
+        (e2e_tasks.record.name, task_row(conn, batch[0].id)["worker"]),
+    ).fetchone()[0]
+    assert held == 20, "the slot claimed the lower-priority tasks with the first one"
+    os.kill(first[0][1], signal.SIGKILL)
+    assert batch[0].get(timeout=30) == "survived"
+    assert task_row(conn, batch[0].id)["rescues"] == 1
+    for i, result in enumerate(batch[1:]):
+        assert result.get(timeout=30) == f"batch-{i}"
+        assert task_row(conn, result.id)["rescues"] == 0, "a task that never started is no rescue"
+    runs = conn.execute(
+        "SELECT key, count(*) FROM side_effects WHERE key LIKE 'batch-%%' GROUP BY key"
+    ).fetchall()
+    assert sorted(runs) == sorted((f"batch-{i}", 1) for i in range(20))
+    assert w.proc.poll() is None
+
+
 def test_killed_worker_tasks_are_rescued_by_another_worker(app, conn, clean, db_url, start_worker):
     import e2e_tasks
 

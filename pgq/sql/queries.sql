@@ -8,6 +8,7 @@ SELECT version_num FROM pgq.alembic_version;
 
 -- name: insert_task
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
+-- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
                        idempotency_key, parent_id, root_id)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
@@ -19,25 +20,42 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
         %(idempotency_key)s, %(parent_id)s, %(root_id)s)
 ON CONFLICT DO NOTHING
-RETURNING id;
+RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', queue) END;
 
 -- name: insert_tasks
 -- (nothing) -> PENDING: many tasks in one statement; conflicting ids/keys are skipped.
-INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id)
-SELECT t.id, t.name, t.queue, t.priority,
-       COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
-       COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
-       t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
-FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
-            %(etas)s::timestamptz[], %(countdowns)s::double precision[],
-            %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
-            %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
-            %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
-     AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs, options,
-          idempotency_key, parent_id, root_id)
-ON CONFLICT DO NOTHING
-RETURNING id;
+-- Tasks due now wake the workers of their queues: one NOTIFY per queue (PostgreSQL folds
+-- identical notifications of a transaction into one, delivered on commit).
+WITH new AS (
+    INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
+                           idempotency_key, parent_id, root_id)
+    SELECT t.id, t.name, t.queue, t.priority,
+           COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
+           COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
+           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
+    FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
+                %(etas)s::timestamptz[], %(countdowns)s::double precision[],
+                %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
+                %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
+                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
+         AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs,
+              options, idempotency_key, parent_id, root_id)
+    ON CONFLICT DO NOTHING
+    RETURNING id, queue, run_at <= now() AS due
+), woken AS (
+    SELECT count(pg_notify('pgq_tasks', queue)) AS n
+    FROM (SELECT DISTINCT queue FROM new WHERE due) AS due_queues
+)
+SELECT new.id FROM new, woken;
+
+-- name: copy_tasks
+-- (nothing) -> PENDING: a batch of tasks due now, written with COPY (rows from the client; run_at,
+-- state and created_at from the table's defaults). Sent with wake_queues in one transaction.
+COPY pgq.tasks (id, name, queue, priority, args, kwargs, options, parent_id, root_id) FROM STDIN;
+
+-- name: wake_queues
+-- (signal) Wakes the workers of these queues (delivered when the transaction commits).
+SELECT count(pg_notify('pgq_tasks', q)) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_existing
 -- (read) The task that already holds an id or an idempotency key.
@@ -74,8 +92,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- becomes due (run_at = now()) when it reaches 0, or ends FAILURE (ChordError) when a header task
 -- failed. Concurrent finishers of one chord queue on the body's row lock, and the count is
 -- re-read from the row's newest version, so the body fires exactly once.
--- Returns the claimed rows, plus one last row whose `finished` column counts the outcomes
--- recorded (UNION ALL makes sure the notifications are sent even when nothing is claimed).
+-- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
+-- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
+-- notifications are sent even when nothing is claimed).
 WITH done AS (
     UPDATE pgq.tasks AS t
     SET state = COALESCE(u.state, t.state),
@@ -140,9 +159,11 @@ WITH done AS (
     WHERE t.id = candidates.id
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
-              t.parent_id, t.root_id, t.priority
+              t.parent_id, t.root_id, t.priority, t.run_at
 )
-SELECT claimed.*, NULL::bigint AS finished FROM claimed
+(SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
+        c.root_id, c.priority, NULL::bigint AS finished
+ FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n FROM finished;
 

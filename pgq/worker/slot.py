@@ -39,7 +39,7 @@ __all__ = ["BATCH_SECONDS", "CurrentTask", "Slot"]
 log = logging.getLogger("pgq.worker")
 
 # How much work (judged by the slowest task of the last batch) a slot claims in one statement.
-BATCH_SECONDS = 0.02
+BATCH_SECONDS = 0.05
 
 
 class CurrentTask:
@@ -106,6 +106,9 @@ class Slot:
         self._started: list[tuple[str, str, str]] = []
         self._stored: list[tuple[str, str, str, str | None, float | None]] = []
         self._ran = 0
+        self._idle = False
+        self._asked_help = False
+        self._next_count = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -181,7 +184,9 @@ class Slot:
             while self.conn.poll():
                 message = self.conn.recv()
                 kind = message[0]
-                if kind == "stop":
+                if kind == "wake":  # the parent now counts this slot busy until told otherwise
+                    self._idle = False
+                elif kind == "stop":
                     self._stopping = True
                 elif kind == "revoked":
                     self._revoked.add(message[1])
@@ -189,9 +194,20 @@ class Slot:
             self._stopping = self._parent_gone = True
 
     def _tell_parent(self, *, idle: bool, full: bool) -> None:
-        if not (idle or full or self._started or self._stored or self._ran):
+        """Tell the parent, once per batch at most, what it needs: the tasks claimed and stored
+        (only if a hook listens), that this slot went idle (so NOTIFY can wake it), that it
+        found a backlog (once per busy spell: the parent wakes an idle slot to help), and every
+        second or so how many tasks it ran (the heartbeat's count)."""
+        now = time.monotonic()
+        went_idle = idle and not self._idle
+        ask_help = full and not self._asked_help
+        self._idle = idle
+        self._asked_help = (self._asked_help or full) and not idle
+        news = went_idle or ask_help or self._started or self._stored
+        if not news and (not self._ran or now < self._next_count):
             return
-        message = ("turn", self._started, self._stored, self._ran, idle, full)
+        self._next_count = now + 1.0
+        message = ("turn", self._started, self._stored, self._ran, idle, ask_help)
         self._started, self._stored, self._ran = [], [], 0
         try:
             self.conn.send(message)
