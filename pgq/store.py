@@ -433,20 +433,29 @@ class WorkerStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
 
-    def connect(self) -> None:
-        """Open both connections, check the schema, and start listening."""
+    def connect(self, *, slot: bool = False) -> None:
+        """Open the connections, check the schema, and start listening.
+
+        A worker's parent has a command connection and one that LISTENs for control commands
+        (terminate). A slot (``slot=True``) has one connection that runs its statements and, in
+        between, LISTENs for new due tasks.
+        """
         self.close()
         self._conn = self.db.connect()
-        self._listen = self.db.connect(check_schema=False)
         with translate_errors(self.db.url):
-            self._listen.execute(query("listen_worker"))
+            if slot:
+                self._conn.execute(query("listen_tasks"))
+                self._listen = self._conn
+            else:
+                self._listen = self.db.connect(check_schema=False)
+                self._listen.execute(query("listen_control"))
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
     def close(self) -> None:
-        for conn in (self._conn, self._listen):
+        for conn in (self._conn, self._listen):  # one connection twice for a slot: no harm
             if conn is not None:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()

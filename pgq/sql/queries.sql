@@ -301,9 +301,13 @@ RETURNING t.id, before.worker, before.was_running;
 -- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.
 SELECT pg_notify(%(channel)s, %(payload)s);
 
--- name: listen_worker
--- (signal) A worker's LISTEN connection hears new due tasks and control commands.
-LISTEN pgq_tasks; LISTEN pgq_control;
+-- name: listen_control
+-- (signal) A worker parent's LISTEN connection hears control commands (terminate).
+LISTEN pgq_control;
+
+-- name: listen_tasks
+-- (signal) A slot's connection hears new due tasks while the slot is idle.
+LISTEN pgq_tasks;
 
 -- name: listen_done
 -- (signal) A result waiter hears completions.

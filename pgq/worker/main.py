@@ -2,8 +2,8 @@
 
 Each slot (a child process, or a thread for ``--pool threads|solo``) claims its own batches and
 writes its own outcomes (``pgq.worker.slot``), so the parent stays off the hot path. The parent
-is one loop in one thread. It wakes for a NOTIFY (new due tasks: it wakes idle slots; a
-terminate command: it kills the slot running that task), a slot's message (claimed and stored
+is one loop in one thread. It wakes for a NOTIFY of a terminate command (it kills the slot running
+that task; idle slots hear new due tasks themselves), a slot's message (claimed and stored
 tasks, which it announces to the hooks; a hard time limit starting), a slot that died (its
 tasks go back to the queue at once: the running one counts as a rescue, the others not), a
 maintenance job (heartbeats renew every slot's leases; orphan rescue; pruning) and a stop signal.
@@ -152,9 +152,8 @@ class Worker:
                 continue
             slot, body = event
             if body[0] == "turn":
-                _, started, stored, ran, idle, full = body
+                _, started, stored, ran = body
                 self.tasks_done += ran
-                slot.idle = idle
                 for task_id, name, queue in started:
                     emit("task_started", task_id=task_id, name=name, queue=queue)
                 for task_id, name, queue, state, runtime in stored:
@@ -167,8 +166,6 @@ class Worker:
                         runtime=runtime,
                         report=None,
                     )
-                if full:  # that slot found more than it took: let another one help
-                    self.pool.wake(1)
             elif body[0] == "deadline":
                 _, slot.deadline_task, slot.deadline, slot.limit = body
 
@@ -225,18 +222,14 @@ class Worker:
 
     def _on_notifications(self) -> None:
         for channel, payload in self.store.drain_notifications():
-            if channel == "pgq_tasks":
-                if payload in self.queues:
-                    self.pool.wake(1)
-            elif channel == "pgq_control":
-                command, _, task_id = payload.partition(" ")
-                if command != "terminate":
-                    continue
-                # A slot that claimed it but has not started it skips it.
-                self.pool.broadcast(("revoked", task_id))
-                if self.pool.terminate(task_id):
-                    log.warning("task %s revoked: terminated", task_id)
-                    self._emit_revoked(task_id)
+            command, _, task_id = payload.partition(" ")
+            if channel != "pgq_control" or command != "terminate":
+                continue
+            # A slot that claimed it but has not started it skips it.
+            self.pool.broadcast(("revoked", task_id))
+            if self.pool.terminate(task_id):
+                log.warning("task %s revoked: terminated", task_id)
+                self._emit_revoked(task_id)
 
     def _emit_revoked(self, task_id: str) -> None:
         """Announce a task revoked here (Celery sends task_revoked from the worker's parent)."""
@@ -269,7 +262,6 @@ class Worker:
         self.store.renew_leases(self.pool.worker_ids(), self.settings.lease_seconds)
         if first:
             self._maintenance = self._make_maintenance()
-        self.pool.wake(len(self.pool.slots))
 
     def _make_maintenance(self) -> list[Periodic]:
         s = self.settings

@@ -37,7 +37,6 @@ class SlotHandle:
     conn: Connection
     current: CurrentTask
     runner: Any  # the Process or Thread
-    idle: bool = False
     # The hard time limit of the task the slot announced last (checked against `current`).
     deadline: float | None = None
     deadline_task: str | None = None
@@ -155,16 +154,6 @@ class Pool:
         self.generation += 1
         exitcode = getattr(slot.runner, "exitcode", None)
         return Gone(slot, slot.current.get(), exitcode)
-
-    def wake(self, count: int) -> None:
-        """Wake up to ``count`` idle slots (new tasks are due)."""
-        for slot in self.slots:
-            if count <= 0:
-                return
-            if slot.idle:
-                slot.idle = False
-                slot.send(("wake",))
-                count -= 1
 
     def broadcast(self, message: tuple[Any, ...]) -> None:
         for slot in self.slots:

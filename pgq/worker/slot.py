@@ -5,12 +5,13 @@ Each slot has its own connection and its own worker id (``<worker id>/<n>``, wri
 it just ran and claim the next one (``finish_and_claim``), then run that batch. Batches adapt to
 the work: a slot claims about ``BATCH_SECONDS`` of work judged by the slowest task of its last
 batch, so quick tasks go by the hundred and slow ones one at a time, never more than
-``Settings.claim_batch``. The worker's parent never touches the hot path: it wakes idle slots on
-NOTIFY, renews the leases, enforces hard time limits and gives back the tasks of a slot that died.
+``Settings.claim_batch``. An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
+The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
+terminates revoked tasks and gives back the tasks of a slot that died.
 
 Messages on the slot's pipe (tuples):
-  parent -> slot: ("wake",), ("stop",), ("revoked", task_id)
-  slot -> parent: ("turn", started, stored, ran, idle, full), ("deadline", task_id, at, limit)
+  parent -> slot: ("stop",), ("revoked", task_id)
+  slot -> parent: ("turn", started, stored, ran), ("deadline", task_id, at, limit)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from pgq import hooks
@@ -38,8 +39,10 @@ __all__ = ["BATCH_SECONDS", "CurrentTask", "Slot"]
 
 log = logging.getLogger("pgq.worker")
 
-# How much work (judged by the slowest task of the last batch) a slot claims in one statement.
+# How much work (judged by the slowest task of the last batch) a slot claims in one statement,
+# and its first batch before it has seen any task run (Celery's default prefetch per process).
 BATCH_SECONDS = 0.05
+START_BATCH = 4
 
 
 class CurrentTask:
@@ -89,7 +92,7 @@ class Slot:
         self.hard_limits = hard_limits
         self.store = WorkerStore(app.db, worker_id)
         self._rate_limits = RateLimiter(self.store, app.tasks)
-        self._batch = 1
+        self._batch = min(START_BATCH, settings.claim_batch)
         self._stopping = False
         self._parent_gone = False
         self._revoked: set[str] = set()
@@ -106,8 +109,6 @@ class Slot:
         self._started: list[tuple[str, str, str]] = []
         self._stored: list[tuple[str, str, str, str | None, float | None]] = []
         self._ran = 0
-        self._idle = False
-        self._asked_help = False
         self._next_count = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -120,21 +121,20 @@ class Slot:
             limit = 0 if self._stopping else self._batch
             try:
                 jobs = self._turn(limit)
+                self._tell_parent()
+                if jobs:
+                    self._run_batch(jobs)
+                elif self._stopping:
+                    if not self._pending():
+                        break
+                else:
+                    self._wait()
             except OperationalError as exc:
                 # The database went away: keep the outcomes, wait for it, carry on.
                 log.warning("database unavailable (%s); slot reconnecting", exc)
                 self.store.close()
                 if not self._connect(holding_outcomes=True):
                     return
-                continue
-            self._tell_parent(idle=not jobs, full=bool(limit) and len(jobs) >= limit)
-            if jobs:
-                self._run_batch(jobs)
-            elif self._stopping:
-                if not self._pending():
-                    break
-            else:
-                self._wait()
         self.store.close()
 
     def _run_batch(self, jobs: list[ClaimedTask]) -> None:
@@ -170,44 +170,46 @@ class Slot:
         return report.runtime
 
     def _wait(self) -> None:
-        """Sleep until the parent wakes this slot (NOTIFY), the poll interval passes or a task
-        this slot deferred for its rate limit comes due."""
+        """Sleep until a NOTIFY says one of this slot's queues has new due tasks, the parent
+        writes, the poll interval passes or a task this slot deferred for its rate limit comes
+        due. A notification that arrived while the slot was busy (kept by the connection)
+        means claim again now: it may be for tasks committed after the last claim looked."""
+        if self._news():
+            return
         timeout = self.settings.poll_interval
         wake = self._rate_limits.next_wake()
         if wake != float("inf"):
             timeout = max(0.0, min(timeout, wake - time.monotonic()))
-        if self.conn.poll(timeout):
-            self._read_control()
+        for ready in wait([self.conn, self.store.listen_fileno()], timeout):
+            if ready is self.conn:
+                self._read_control()
+        self._news()  # drop what woke us: the next claim sees it
+
+    def _news(self) -> bool:
+        """Whether notifications arrived for this slot's queues (draining them)."""
+        return any(payload in self.queues for _, payload in self.store.drain_notifications())
 
     def _read_control(self) -> None:
         try:
             while self.conn.poll():
                 message = self.conn.recv()
                 kind = message[0]
-                if kind == "wake":  # the parent now counts this slot busy until told otherwise
-                    self._idle = False
-                elif kind == "stop":
+                if kind == "stop":
                     self._stopping = True
                 elif kind == "revoked":
                     self._revoked.add(message[1])
         except (EOFError, OSError):  # the parent is gone
             self._stopping = self._parent_gone = True
 
-    def _tell_parent(self, *, idle: bool, full: bool) -> None:
-        """Tell the parent, once per batch at most, what it needs: the tasks claimed and stored
-        (only if a hook listens), that this slot went idle (so NOTIFY can wake it), that it
-        found a backlog (once per busy spell: the parent wakes an idle slot to help), and every
-        second or so how many tasks it ran (the heartbeat's count)."""
+    def _tell_parent(self) -> None:
+        """Tell the parent, once per batch at most, the tasks claimed and stored (only if a hook
+        listens: the parent emits task_started / task_finished), and every second or so how
+        many tasks this slot ran (the heartbeat's count)."""
         now = time.monotonic()
-        went_idle = idle and not self._idle
-        ask_help = full and not self._asked_help
-        self._idle = idle
-        self._asked_help = (self._asked_help or full) and not idle
-        news = went_idle or ask_help or self._started or self._stored
-        if not news and (not self._ran or now < self._next_count):
+        if not (self._started or self._stored) and (not self._ran or now < self._next_count):
             return
         self._next_count = now + 1.0
-        message = ("turn", self._started, self._stored, self._ran, idle, ask_help)
+        message = ("turn", self._started, self._stored, self._ran)
         self._started, self._stored, self._ran = [], [], 0
         try:
             self.conn.send(message)
@@ -222,7 +224,7 @@ class Slot:
         delay = 0.1
         while not self._parent_gone and (holding_outcomes or not self._stopping):
             try:
-                self.store.connect()
+                self.store.connect(slot=True)
                 return True
             except OperationalError as exc:
                 log.warning("slot %s cannot connect (%s); retrying", self.store.worker_id, exc)
