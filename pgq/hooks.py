@@ -28,7 +28,7 @@ EVENTS = frozenset(
         "task_finished",  # report, name, queue: in the parent, once the outcome is stored
         # (also task_id, state: the row's new state incl. RETRY/PENDING, runtime: None if not run)
         "task_enqueued",  # task_id, name, queue: where a new task row was inserted
-        "task_started",  # task_id, name, queue: in the parent, as a claimed task goes to a slot
+        "task_started",  # task_id, name, queue: in the parent, for each task a slot claimed
     }
 )
 

@@ -26,8 +26,11 @@ def _wait_for_file(path, timeout=30.0):
 
 
 def _note(directory, name, text):
+    # Written aside and renamed, so a reader never sees the file before its text.
     if directory:
-        Path(directory, name).write_text(text)
+        partial = Path(directory, f".{name}.partial")
+        partial.write_text(text)
+        os.replace(partial, Path(directory, name))
 
 
 @shared_task
