@@ -96,6 +96,8 @@ def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
         return SchemaError(
             f"the pgq schema is missing in {server}: run `pgq migrate` ({_first_line(exc)})"
         )
+    if isinstance(exc, pg_errors.TransactionRollback):  # deadlock, serialization: try again
+        return OperationalError(f"PostgreSQL at {server} rolled back: {_first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return OperationalError(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
     return DatabaseError(f"PostgreSQL at {server}: {_first_line(exc)}")

@@ -1030,6 +1030,26 @@ def test_heartbeat_does_not_renew_another_workers_lease(
     assert after["lease_expires_at"] == before["lease_expires_at"]
 
 
+def test_lease_renewal_never_waits_for_a_row_its_slot_is_writing(
+    qapp: pgq.App, db_url: str, conn: Conn, clean: None, w1: WorkerStore
+) -> None:
+    """A slot finishing its batch holds its rows' locks; renewal skips them instead of waiting
+    (waiting, in another row order than the slot's, could deadlock)."""
+    busy, idle = enqueue(qapp), enqueue(qapp)
+    w1.claim_ready(["celery"], 2, 5)
+    before = task_row(conn, idle)
+    assert before is not None
+    with psycopg.connect(db_url) as slot:  # the slot's open transaction, mid-write
+        slot.execute("SELECT 1 FROM pgq.tasks WHERE id = %s FOR UPDATE", (busy,))
+        renewer = w1.as_worker("renewer")
+        assert renewer._conn is not None
+        renewer._conn.execute("SET lock_timeout = '5s'")
+        renewer.renew_leases(["w1"], 600)
+        slot.rollback()
+    after = task_row(conn, idle)
+    assert after is not None and after["lease_expires_at"] > before["lease_expires_at"]
+
+
 def test_heartbeat_keeps_a_task_from_being_rescued(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, w2: WorkerStore
 ) -> None:

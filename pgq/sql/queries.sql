@@ -219,9 +219,17 @@ SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM res
 
 -- name: renew_leases
 -- STARTED -> STARTED: pushes the lease of every task the given slots of a live worker hold.
-UPDATE pgq.tasks
+-- SKIP LOCKED: a row locked now is being finished or given back by its slot (which clears the
+-- lease anyway); waiting for it could deadlock with a slot finishing its batch in another order.
+WITH held AS (
+    SELECT id FROM pgq.tasks
+    WHERE worker = ANY(%(workers)s::text[]) AND lease_expires_at IS NOT NULL
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgq.tasks AS t
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-WHERE worker = ANY(%(workers)s::text[]) AND lease_expires_at IS NOT NULL;
+FROM held
+WHERE t.id = held.id;
 
 -- name: release_slot
 -- STARTED -> PENDING: a slot ended (killed, timed out, terminated, or stopped at once); every task
