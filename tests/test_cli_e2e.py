@@ -93,6 +93,19 @@ def test_bad_input_gets_a_one_line_error(db_url: str, args: list[str], needle: s
     assert_one_line_error(run_pgq(*args, env=worker_env(db_url)), needle)
 
 
+def test_a_bad_rate_limit_stops_the_worker_at_start_up(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "badrate.py").write_text(
+        "import pgq\n"
+        "app = pgq.App()\n"
+        "@app.task(rate_limit='10/day')\n"
+        "def slow() -> None: ...\n"
+    )
+    env = worker_env(db_url)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = run_pgq("worker", "-A", "badrate", "-c", "2", env=env)
+    assert_one_line_error(proc, "10/day")
+
+
 def test_unreachable_database_is_a_one_line_error() -> None:
     env = worker_env("postgresql://nobody@127.0.0.1:1/nothing")
     assert_one_line_error(run_pgq("worker", "-A", "e2e_tasks", env=env), "cannot reach PostgreSQL")

@@ -157,15 +157,7 @@ class Worker:
                 for task_id, name, queue in started:
                     emit("task_started", task_id=task_id, name=name, queue=queue)
                 for task_id, name, queue, state, runtime in stored:
-                    emit(
-                        "task_finished",
-                        task_id=task_id,
-                        name=name,
-                        queue=queue,
-                        state=state,
-                        runtime=runtime,
-                        report=None,
-                    )
+                    _finished(task_id, name, queue, state, runtime)
             elif body[0] == "deadline":
                 _, slot.deadline_task, slot.deadline, slot.limit = body
 
@@ -196,29 +188,13 @@ class Worker:
                 lost_result=self._lost_result,
             )
             for task_id, name, queue, state in released:
-                emit(
-                    "task_finished",
-                    task_id=task_id,
-                    name=name,
-                    queue=queue,
-                    state=state,
-                    runtime=None,
-                    report=None,
-                )
+                _finished(task_id, name, queue, state)
             self._gone.pop(0)
 
     def _announce_parent_side(self, task_id: str, state: str) -> None:
         label = self.store.task_label(task_id)
         if label is not None:
-            emit(
-                "task_finished",
-                task_id=task_id,
-                name=label[0],
-                queue=label[1],
-                state=state,
-                runtime=None,
-                report=None,
-            )
+            _finished(task_id, *label, state)
 
     def _on_notifications(self) -> None:
         for channel, payload in self.store.drain_notifications():
@@ -378,6 +354,21 @@ class Worker:
             pass
         self.store.close()
         emit("worker_shutdown", worker=self)
+
+
+def _finished(
+    task_id: str, name: str, queue: str, state: str | None, runtime: float | None = None
+) -> None:
+    """task_finished for an outcome now stored (``runtime`` None: the task did not run here)."""
+    emit(
+        "task_finished",
+        task_id=task_id,
+        name=name,
+        queue=queue,
+        state=state,
+        runtime=runtime,
+        report=None,
+    )
 
 
 def _drain_fd(fd: int) -> None:

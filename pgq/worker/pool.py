@@ -91,7 +91,6 @@ class Pool:
         self.queues = list(queues)
         self.settings = settings
         self.processes = kind == "prefork"
-        self.supports_hard_limit = self.processes
         self.slots: list[SlotHandle] = []
         self.generation = 0  # bumped whenever fileobjs() changes
         self.stopping = False
@@ -107,17 +106,28 @@ class Pool:
         worker_id = f"{self.worker_id}/{self._serial}"
         parent_end, slot_end = multiprocessing.Pipe(duplex=True)
         current = CurrentTask()
-        args = (self.app, slot_end, worker_id, self.hostname, self.queues, self.settings, current)
+        # Built here, in the parent: a bad setting (a rate limit that does not parse) stops the
+        # worker at start-up instead of killing every child it forks.
+        slot = Slot(
+            self.app,
+            slot_end,
+            worker_id=worker_id,
+            hostname=self.hostname,
+            queues=self.queues,
+            settings=self.settings,
+            current=current,
+            hard_limits=self.processes,
+        )
         runner: Any
         if self.processes:
             runner = self._ctx.Process(
-                target=_process_main, args=(*args, os.getpid()), name="pgq-child", daemon=True
+                target=_process_main, args=(slot, os.getpid()), name="pgq-child", daemon=True
             )
             runner.start()
             slot_end.close()
         else:
             runner = threading.Thread(
-                target=_thread_main, args=args, name=f"pgq-slot-{self._serial}", daemon=True
+                target=_thread_main, args=(slot,), name=f"pgq-slot-{self._serial}", daemon=True
             )
             runner.start()
         handle = SlotHandle(worker_id, parent_end, current, runner)
@@ -158,9 +168,6 @@ class Pool:
     def broadcast(self, message: tuple[Any, ...]) -> None:
         for slot in self.slots:
             slot.send(message)
-
-    def running(self) -> list[str]:
-        return [task_id for s in self.slots if (task_id := s.current.get())]
 
     def next_deadline(self) -> float | None:
         deadlines = [s.deadline for s in self.slots if s.deadline is not None and not s.killed_for]
@@ -226,16 +233,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _process_main(
-    app: App,
-    conn: Connection,
-    worker_id: str,
-    hostname: str,
-    queues: list[str],
-    settings: Settings,
-    current: CurrentTask,
-    parent_pid: int,
-) -> None:
+def _process_main(slot: Slot, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     # The parent handles stop signals and decides what happens to running tasks; a child only
     # dies by SIGTERM when its task is revoked with terminate=True, or by SIGKILL.
@@ -247,41 +245,15 @@ def _process_main(
     from pgq.hooks import emit
 
     emit("worker_process_init")
-    Slot(
-        app,
-        conn,
-        worker_id=worker_id,
-        hostname=hostname,
-        queues=queues,
-        settings=settings,
-        current=current,
-        hard_limits=True,
-    ).run()
+    slot.run()
     emit("worker_process_shutdown")
 
 
-def _thread_main(
-    app: App,
-    conn: Connection,
-    worker_id: str,
-    hostname: str,
-    queues: list[str],
-    settings: Settings,
-    current: CurrentTask,
-) -> None:
+def _thread_main(slot: Slot) -> None:
     try:
-        Slot(
-            app,
-            conn,
-            worker_id=worker_id,
-            hostname=hostname,
-            queues=queues,
-            settings=settings,
-            current=current,
-            hard_limits=False,
-        ).run()
+        slot.run()
     except Exception:  # a bug, not a task error (run_job never raises): the parent sees it end
-        log.exception("slot %s failed", worker_id)
+        log.exception("slot %s failed", slot.store.worker_id)
 
 
 def make_pool(
