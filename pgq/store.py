@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -41,9 +42,9 @@ DONE_CHANNEL = "pgq_done"
 CONTROL_CHANNEL = "pgq_control"
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """A task to insert; arguments and options are already JSON text."""
+class NewTask(NamedTuple):
+    """A task to insert; arguments and options are already JSON text. (A tuple, not a frozen
+    dataclass: a batch enqueue builds one per call, and a tuple is several times cheaper.)"""
 
     id: str
     name: str
@@ -61,22 +62,7 @@ class NewTask:
     root_id: str | None = None
 
     def params(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "queue": self.queue,
-            "priority": self.priority,
-            "eta": self.eta,
-            "countdown": self.countdown,
-            "expires_at": self.expires_at,
-            "expires_in": self.expires_in,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "options": self.options,
-            "idempotency_key": self.idempotency_key,
-            "parent_id": self.parent_id,
-            "root_id": self.root_id,
-        }
+        return self._asdict()
 
 
 class ClaimedTask(NamedTuple):
@@ -230,22 +216,32 @@ class Store:
             raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
         return existing[0][0], False
 
-    def insert_many(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
-        """Insert many tasks in one statement; returns each task's id (existing ones for dupes)."""
-        if not tasks:
+    def insert_many(self, tasks: Iterable[NewTask], connection: Any = None) -> list[str]:
+        """Insert many tasks in one transaction; returns each task's id (the existing one for a
+        duplicate id or idempotency key).
+
+        ``tasks`` may be a generator. Batches of plain calls go through COPY and are written as
+        they come, so PostgreSQL stores the first rows while the caller still prepares the last.
+        """
+        pending = iter(tasks)
+        taken: list[NewTask] = []
+        if connection is None:
+            taken.extend(itertools.islice(pending, COPY_THRESHOLD))
+            if len(taken) == COPY_THRESHOLD and all(map(_copyable, taken)):
+                try:
+                    if self._copy(taken, pending):
+                        return [t.id for t in taken]
+                except OperationalError:
+                    pass  # a dead pooled connection: the statement below retries on a fresh one
+        taken.extend(pending)
+        if not taken:
             return []
-        if connection is None and len(tasks) >= COPY_THRESHOLD and _copyable(tasks):
-            try:
-                if self._copy(tasks):
-                    return [t.id for t in tasks]
-            except OperationalError:
-                pass  # a dead pooled connection: the statement below retries on a fresh one
         inserted = {
             row[0]
-            for row in self._run("insert_tasks", _insert_params(tasks), connection, retry=True)
+            for row in self._run("insert_tasks", _insert_params(taken), connection, retry=True)
         }
         ids = []
-        for t in tasks:
+        for t in taken:
             if t.id in inserted:
                 ids.append(t.id)
                 continue
@@ -255,19 +251,25 @@ class Store:
             ids.append(existing[0][0] if existing else t.id)
         return ids
 
-    def _copy(self, tasks: Sequence[NewTask]) -> bool:
-        """Insert with COPY, in one transaction with the wake-up NOTIFY of each queue: several
-        times cheaper per row than binding arrays, for batches of plain calls (due now, no
-        idempotency key). False, with nothing written, if an id exists already."""
+    def _copy(self, taken: list[NewTask], more: Iterator[NewTask]) -> bool:
+        """Write ``taken`` and then every task of ``more`` (appending each to ``taken``) with
+        COPY, in one transaction with the wake-up NOTIFY of each queue: several times cheaper
+        per row than binding arrays. False, with nothing written, if an id exists already or a
+        task of ``more`` is not a plain call (``taken`` then holds it and every task before)."""
         with self.db.pooled() as conn:
             try:
                 with conn.transaction(), conn.cursor() as cur:
-                    with cur.copy(query("copy_tasks")) as copy:
-                        for t in tasks:
-                            copy.write_row(_copy_row(t))
-                    queues = sorted({t.queue for t in tasks})
+                    with cur.copy(query("copy_tasks")) as writer:
+                        for t in taken:
+                            writer.write_row(_copy_row(t))
+                        for t in more:
+                            taken.append(t)
+                            if not _copyable(t):
+                                raise _NotCopyable
+                            writer.write_row(_copy_row(t))
+                    queues = sorted({t.queue for t in taken})
                     cur.execute(query("wake_queues"), {"queues": queues})
-            except psycopg.errors.UniqueViolation:
+            except (psycopg.errors.UniqueViolation, _NotCopyable):
                 return False
         return True
 
@@ -360,16 +362,19 @@ class Store:
 COPY_THRESHOLD = 64
 
 
-def _copyable(tasks: Sequence[NewTask]) -> bool:
-    """Whether every task is due now, never expires and has no idempotency key: the rows COPY
-    can write as they are (the table's defaults give run_at = now())."""
-    return all(
+class _NotCopyable(Exception):
+    """A task of a COPY batch needs the INSERT statement (raised to roll the COPY back)."""
+
+
+def _copyable(t: NewTask) -> bool:
+    """Whether a task is due now, never expires and has no idempotency key: a row COPY can
+    write as it is (the table's defaults give run_at = now())."""
+    return (
         t.eta is None
         and t.countdown is None
         and t.expires_at is None
         and t.expires_in is None
         and t.idempotency_key is None
-        for t in tasks
     )
 
 

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pgq import serialization
+from pgq.ids import new_task_id
 from pgq.store import NewTask
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
 
 
 def _new_id(seed: str | None, kind: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{seed}:{kind}")) if seed else str(uuid.uuid4())
+    return str(uuid.uuid5(_NAMESPACE, f"{seed}:{kind}")) if seed else new_task_id()
 
 
 def expand(

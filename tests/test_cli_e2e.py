@@ -95,10 +95,7 @@ def test_bad_input_gets_a_one_line_error(db_url: str, args: list[str], needle: s
 
 def test_a_bad_rate_limit_stops_the_worker_at_start_up(db_url: str, tmp_path: Path) -> None:
     (tmp_path / "badrate.py").write_text(
-        "import pgq\n"
-        "app = pgq.App()\n"
-        "@app.task(rate_limit='10/day')\n"
-        "def slow() -> None: ...\n"
+        "import pgq\napp = pgq.App()\n@app.task(rate_limit='10/day')\ndef slow() -> None: ...\n"
     )
     env = worker_env(db_url)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])

@@ -536,6 +536,58 @@ def test_a_large_batch_with_an_existing_id_returns_that_task(
     assert row is not None and row["args"] == [0, 0]
 
 
+def test_a_large_batch_that_turns_out_to_need_insert_writes_every_call(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    """The COPY stream starts on the plain calls; a countdown call after them sends the whole
+    batch through INSERT instead, every call written once."""
+    calls: list[Any] = [("store.add", [i, i], {}, {}) for i in range(150)]
+    calls.append(("store.add", [150, 150], {}, {"countdown": 90}))
+    calls += [("store.add", [i, i], {}, {}) for i in range(151, 200)]
+    results = qapp.send_many(calls)
+    assert count_tasks(conn) == 200
+    late = task_row(conn, results[150].id)
+    assert late is not None and late["run_at"] - late["created_at"] == timedelta(seconds=90)
+    for i in (0, 149, 151, 199):
+        row = task_row(conn, results[i].id)
+        assert row is not None
+        assert (row["args"], row["run_at"]) == ([i, i], row["created_at"])
+
+
+def test_a_large_batch_with_a_bad_call_late_in_it_writes_nothing(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    """The bad call is prepared while the COPY already streams the calls before it."""
+    calls: list[Any] = [("store.add", [i, i], {}, {}) for i in range(300)]
+    calls[250] = ("store.add", [1], {}, {})
+    with pytest.raises(TypeError):
+        qapp.send_many(calls)
+    assert count_tasks(conn) == 0
+    calls[250] = ("store.add", [1, 1], {}, {})
+    assert len(qapp.send_many(calls)) == 300  # the pooled connection is still good
+    assert count_tasks(conn) == 300
+
+
+def test_batch_calls_without_options_get_the_task_defaults(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    @qapp.task(name="store.slow", queue="slowq", priority=7, time_limit=30)
+    def slow(x: int) -> int:
+        return x
+
+    single = slow.delay(1)
+    results = qapp.send_many([("store.slow", [i], {}, {}) for i in range(100)])
+    columns = "name, queue, priority, options"
+    expected = conn.execute(
+        f"SELECT {columns} FROM pgq.tasks WHERE id = %s", (single.id,)
+    ).fetchone()
+    rows = conn.execute(
+        f"SELECT DISTINCT {columns} FROM pgq.tasks WHERE id = ANY(%s)", ([r.id for r in results],)
+    ).fetchall()
+    assert rows == [expected]
+    assert expected[1:3] == ("slowq", 7)
+
+
 def test_rolled_back_transaction_notifies_nobody(
     qapp: pgq.App, db_url: str, conn: Conn, clean: None, listener: Conn
 ) -> None:

@@ -33,6 +33,7 @@ from pgq.errors import (
     RetryTask,
     SoftTimeLimitExceeded,
 )
+from pgq.ids import new_task_id
 from pgq.settings import Settings
 from pgq.sql import query
 from pgq.store import ClaimedTask
@@ -865,3 +866,29 @@ def test_run_job_broken_hook_does_not_lose_the_outcome(app: pgq.App) -> None:
     report = run_job(app, claimed("units.broken_hook"), "h")
     assert report.state == "SUCCESS"
     assert result_of(report) == 9
+
+
+def test_task_ids_are_version_7_uuids_that_sort_by_creation_time() -> None:
+    before = time.time()
+    ids = [new_task_id() for _ in range(2000)]
+    after = time.time()
+    assert len(set(ids)) == len(ids)
+    for task_id in ids[:: len(ids) // 10]:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id  # canonical lowercase text
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+        millis = parsed.int >> 80
+        assert int(before * 1000) <= millis <= int(after * 1000) + 1
+    # Ids made later sort later (as text, as the primary key compares them); only two ids made
+    # within the same 1/4096 ms may come in either order, and making one takes longer than that.
+    assert sum(a > b for a, b in zip(ids, ids[1:], strict=False)) <= len(ids) // 100
+
+
+def test_enqueued_ids_are_pgq_ids_unless_the_caller_chose_one(app: pgq.App) -> None:
+    @app.task(name="units.idcheck")
+    def idcheck() -> None:
+        return None
+
+    new = idcheck.prepare()
+    assert uuid.UUID(new.id).version == 7
+    assert idcheck.prepare(task_id="mine").id == "mine"

@@ -47,7 +47,7 @@ subtask = signature
 
 
 def uuid() -> str:
-    """A new task id (Celery's ``celery.uuid``)."""
-    import uuid as _uuid
+    """A new task id (Celery's ``celery.uuid``), as pgq makes them: see ``pgq.ids``."""
+    from pgq.ids import new_task_id
 
-    return str(_uuid.uuid4())
+    return new_task_id()

@@ -10,13 +10,13 @@ that records the previous one's result, so a workflow survives worker restarts m
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from pgq import serialization, workflow
 from pgq.compat._state import get_current_app
 from pgq.compat.result import AsyncResult, GroupResult
+from pgq.ids import new_task_id
 
 __all__ = ["Signature", "chain", "chord", "group", "maybe_signature", "signature"]
 
@@ -180,7 +180,7 @@ class Signature(dict):  # type: ignore[type-arg]
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> AsyncResult:
         """Fix the task id now and return the result it will have."""
-        task_id = _id or self.options.get("task_id") or str(uuid.uuid4())
+        task_id = _id or self.options.get("task_id") or new_task_id()
         self.options["task_id"] = task_id
         return AsyncResult(task_id, app=self.app, task_name=self.name)
 
@@ -331,7 +331,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
         group_id = options.pop("group_id", None) or options.pop("task_id", None)
-        group_id = group_id or str(uuid.uuid4())
+        group_id = group_id or new_task_id()
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
@@ -340,7 +340,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def apply(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
-        group_id = options.pop("group_id", None) or str(uuid.uuid4())
+        group_id = options.pop("group_id", None) or new_task_id()
         results = [t.apply(args, kwargs, **options) for t in self.tasks]
         return GroupResult(group_id, results, app=self.app)
 

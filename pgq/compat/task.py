@@ -8,7 +8,6 @@ calls on a task, in the producer (``delay``/``apply_async``/``apply``) and insid
 from __future__ import annotations
 
 import socket
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,6 +30,7 @@ from pgq.errors import Ignore as EngineIgnore
 from pgq.errors import Reject as EngineReject
 from pgq.errors import RetryTask
 from pgq.hooks import emit
+from pgq.ids import new_task_id
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -238,7 +238,7 @@ class Task(_engine.Task):
             return self.apply(
                 args,
                 kwargs,
-                task_id=task_id or str(uuid.uuid4()),
+                task_id=task_id or new_task_id(),
                 link=link,
                 link_error=link_error,
                 **options,
@@ -317,7 +317,7 @@ class Task(_engine.Task):
         """
         args = list(args or ())
         kwargs = dict(kwargs or {})
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or new_task_id()
         retries = retries or 0
         if throw is None:
             throw = bool(self.app.conf.task_eager_propagates)
