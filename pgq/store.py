@@ -539,10 +539,7 @@ class WorkerStore:
     ) -> tuple[list[ClaimedTask], int]:
         assert self._conn is not None, "WorkerStore.connect() first"
         params = {
-            "ids": [o.id for o in outcomes],
-            "states": [o.state for o in outcomes],
-            "results": [o.result for o in outcomes],
-            "tracebacks": [o.traceback for o in outcomes],
+            "outcomes": json.dumps(outcomes),  # each Outcome a 4-item JSON array
             "queues": list(queues),
             "limit": limit,
             "worker": self.worker_id,

@@ -92,6 +92,11 @@ def fail(message: str = "boom") -> None:
     raise ValueError(message)
 
 
+@app.task
+def echo(value: object) -> object:
+    return value
+
+
 @app.task(autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0}, max_retries=5)
 def flaky(failures: int) -> int:
     request = current_request()

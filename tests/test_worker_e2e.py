@@ -301,6 +301,21 @@ def test_failure_is_stored_with_traceback(app, conn, clean, start_worker):
     assert "ValueError: it broke" in row["traceback"]
 
 
+def test_awkward_text_in_results_and_tracebacks_is_stored_exactly(app, conn, clean, start_worker):
+    """Outcomes travel to the database as one JSON document per batch: quotes, backslashes,
+    control characters and non-ASCII text must come out as they went in."""
+    import e2e_tasks
+
+    awkward = 'quote " back\\slash \\u0041 new\nline\ttab, é ✓ 🎉 ]},["'
+    start_worker("-c", "1")
+    echoed = e2e_tasks.echo.delay(awkward)
+    failed = e2e_tasks.fail.delay(awkward)
+    assert echoed.get(timeout=30) == awkward
+    row = wait_state(conn, failed.id, "FAILURE")
+    assert row["result"]["exc_message"] == [awkward]
+    assert f"ValueError: {awkward}" in row["traceback"]
+
+
 def test_revoke_is_durable_and_terminate_kills_the_child(app, conn, clean, start_worker):
     import e2e_tasks
 

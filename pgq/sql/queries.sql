@@ -92,6 +92,8 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- becomes due (run_at = now()) when it reaches 0, or ends FAILURE (ChordError) when a header task
 -- failed. Concurrent finishers of one chord queue on the body's row lock, and the count is
 -- re-read from the row's newest version, so the body fires exactly once.
+-- The outcomes come as one JSON array of [id, state, result JSON as text, traceback] (binding
+-- four arrays cost the worker several times more per task than encoding one JSON value).
 -- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
 -- notifications are sent even when nothing is claimed).
@@ -101,8 +103,8 @@ WITH done AS (
         result = CASE WHEN u.state IS NULL THEN t.result ELSE u.result::jsonb END,
         traceback = CASE WHEN u.state IS NULL THEN t.traceback ELSE u.traceback END,
         finished_at = now(), lease_expires_at = NULL
-    FROM unnest(%(ids)s::text[], %(states)s::text[], %(results)s::text[], %(tracebacks)s::text[])
-         AS u(id, state, result, traceback)
+    FROM (SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
+          FROM json_array_elements(%(outcomes)s::json) AS o) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.state, t.result, t.options->>'chord' AS chord
 ), members AS (
