@@ -17,6 +17,7 @@ Messages on the slot's pipe (tuples):
 from __future__ import annotations
 
 import logging
+import select
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
@@ -96,6 +97,11 @@ class Slot:
         self._stopping = False
         self._parent_gone = False
         self._revoked: set[str] = set()
+        # Between two tasks the slot looks for a message from the parent (stop, revoked). A
+        # poll object made once costs ~0.6 us a look; Connection.poll() builds a selector each
+        # time (~4 us idle, ~10% of a busy slot's time in a py-spy profile of no-op tasks).
+        self._mail = select.poll()
+        self._mail.register(conn.fileno(), select.POLLIN)
         # Outcomes waiting for the next statement, and what they start (workflow steps).
         self._finished: list[Outcome] = []
         self._retries: list[RetryRequest] = []
@@ -140,7 +146,7 @@ class Slot:
     def _run_batch(self, jobs: list[ClaimedTask]) -> None:
         slowest = 0.0
         for index, job in enumerate(jobs):
-            if self.conn.poll():
+            if self._mail.poll(0):
                 self._read_control()
             if self._stopping:  # give back what this slot claimed but has not started
                 self._requeues.extend(j.id for j in jobs[index:])
