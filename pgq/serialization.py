@@ -65,6 +65,8 @@ _encoder = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",
 
 def dumps(value: Any) -> str:
     """Encode ``value`` as JSON text, or raise ``EncodeError`` naming what could not be encoded."""
+    if value is None:  # the result of most tasks
+        return "null"
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
@@ -80,6 +82,11 @@ def loads(text: str | bytes | None) -> Any:
         return None
     if not isinstance(text, str):
         text = bytes(text).decode()
+    # Most tasks have no kwargs and many no args or options: skip the decoder for those.
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
     return _decoder.decode(text)
 
 
