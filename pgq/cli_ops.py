@@ -333,8 +333,9 @@ def revoke(
 ) -> None:
     """Revoke tasks: a waiting task never runs; a running one is stopped with --terminate.
 
-    Every id is checked first: an unknown id, a finished task or a running one without
-    --terminate is an error and nothing is revoked.
+    A task a worker has claimed (STARTED) without --terminate: the worker skips it if it has
+    not started it yet, and lets it finish if it has. Every id is checked first: an unknown id
+    or a finished task is an error and nothing is revoked.
     """
     from pgq.errors import PgqError, TaskRevokedError
     from pgq.worker.runner import error_json
@@ -347,8 +348,6 @@ def revoke(
             problems.append(f"no task with id {task_id}")
         elif record.finished:
             problems.append(f"task {task_id} already finished ({record.state})")
-        elif record.state not in ("PENDING", "RETRY") and not terminate:
-            problems.append(f"task {task_id} is running ({record.state}): add --terminate")
     if problems:
         raise TaskNotFound("; ".join(problems) + ": nothing revoked")
     result = error_json(TaskRevokedError("revoked"))
@@ -356,6 +355,11 @@ def revoke(
     for task_id in dict.fromkeys(task_ids):
         if store.revoke(task_id, terminate=terminate, result=result):
             typer.echo(f"revoked {task_id}")
+        elif not terminate and _held(store, task_id):
+            typer.echo(
+                f"asked the worker holding {task_id} to skip it: revoked if it has not started,"
+                " left to finish if it has (--terminate stops it)"
+            )
         else:  # it finished between the check and the revoke
             missed.append(task_id)
     if missed:
@@ -451,3 +455,9 @@ def register_operations(cli: typer.Typer) -> None:
     cli.add_typer(inspect_cli, name="inspect")
     for command in (retry, revoke, purge, health, metrics, top):
         cli.command()(command)
+
+
+def _held(store: Any, task_id: str) -> bool:
+    """Whether a worker still holds the task (claimed, not finished)."""
+    record = store.read(task_id)
+    return record is not None and not record.finished

@@ -279,7 +279,9 @@ class Store:
         return TaskRecord(*rows[0]) if rows else None
 
     def revoke(self, task_id: str, *, terminate: bool, result: str, connection: Any = None) -> bool:
-        """Mark a task REVOKED (a running one only with ``terminate``); True if it changed."""
+        """Mark a task REVOKED; True if it is. A task a worker holds is REVOKED only with
+        ``terminate`` (its process is killed); without, its worker is asked to skip it if it
+        has not started it yet (False: it is still the worker's, see the revoke_task query)."""
         rows = self._run(
             "revoke_task",
             {"id": task_id, "terminate": terminate, "result": result},
@@ -287,15 +289,17 @@ class Store:
         )
         if not rows:
             return False
-        _id, _worker, was_running = rows[0]
+        _id, _worker, was_running, revoked = rows[0]
         if was_running:
+            command = "terminate" if revoked else "revoke"
             self._run(
                 "notify",
-                {"channel": CONTROL_CHANNEL, "payload": f"terminate {task_id}"},
+                {"channel": CONTROL_CHANNEL, "payload": f"{command} {task_id}"},
                 connection,
             )
-        self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
-        return True
+        if revoked:
+            self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
+        return bool(revoked)
 
     def set_state(self, task_id: str, state: str, meta: str | None) -> None:
         """Set a running task's (custom) state and meta, as update_state does."""

@@ -7,6 +7,7 @@ jobs (rescue, prune, heartbeat) called through their ``run_once()``.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row
+from conftest import task_row, wait_for
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -1135,6 +1136,27 @@ def test_revoke_pending_task_makes_it_unclaimable(
     assert row["result"]["exc_type"] == "TaskRevokedError"
     assert w1.claim_ready(["celery"], 10, 30) == []
     assert qapp.result(task_id).state == "REVOKED"
+
+
+def test_revoke_held_task_asks_its_worker_and_marks_it_without_terminate(
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, w2: WorkerStore
+) -> None:
+    """Without terminate a claimed task stays its worker's: the worker is told to skip it, and
+    the mark makes any later claimer skip it too (after a give-back)."""
+    task_id = enqueue(qapp)
+    w1.claim_ready(["celery"], 1, 30)
+    w1.drain_notifications()
+    assert qapp.store.revoke(task_id, terminate=False, result=REVOKED_RESULT) is False
+    row = task_row(conn, task_id)
+    assert row is not None
+    assert (row["state"], row["worker"], row["options"].get("revoked")) == ("STARTED", "w1", True)
+    notices = wait_for(w1.drain_notifications, what="the revoke notice")
+    assert notices == [("pgq_control", f"revoke {task_id}")]
+    assert w1.requeue([task_id], lost=False, max_rescues=5, lost_result="null") == [
+        (task_id, "PENDING")
+    ]
+    (again,) = w2.claim_ready(["celery"], 1, 30)
+    assert json.loads(again.options)["revoked"] is True
 
 
 def test_revoke_running_task_needs_terminate(

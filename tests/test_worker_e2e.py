@@ -12,6 +12,9 @@ import psycopg
 import pytest
 from conftest import task_row, wait_for, wait_state, worker_env
 
+from pgq.database import Database
+from pgq.store import WorkerStore
+
 pytestmark = pytest.mark.e2e
 
 
@@ -165,6 +168,24 @@ def test_killed_child_task_is_rescued_and_finishes(app, conn, clean, start_worke
     assert e2e_tasks.add.delay(2, 2).get(timeout=30) == 4
 
 
+def work_through_a_backlog(app, conn) -> None:
+    """Give the worker a backlog of quick low-priority tasks and return once it is busy with
+    it: its claims come back full, so its batches have grown, and tasks of better priority sent
+    next are claimed together in one batch."""
+    import e2e_tasks
+
+    backlog = app.send_many(
+        [(e2e_tasks.add.name, (i, i), {}, {"priority": 9}) for i in range(5000)]
+    )
+    wait_for(
+        lambda: conn.execute(
+            "SELECT count(*) >= 300 FROM pgq.tasks WHERE id = ANY(%s) AND state = 'SUCCESS'",
+            ([r.id for r in backlog],),
+        ).fetchone()[0],
+        what="the worker to work through the backlog",
+    )
+
+
 def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue(
     app, conn, clean, db_url, start_worker
 ):
@@ -173,9 +194,7 @@ def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue
     import e2e_tasks
 
     w = start_worker("-c", "1", env=worker_env(db_url, PGQ_CLAIM_BATCH="50"))
-    warm_up = app.send_many([(e2e_tasks.add.name, (i, i), {}, {}) for i in range(200)])
-    for result in warm_up:  # quick tasks grow the slot's batches to the cap
-        result.get(timeout=30)
+    work_through_a_backlog(app, conn)
     batch = app.send_many(
         [(e2e_tasks.crash_once.name, (), {}, {"priority": 0})]
         + [(e2e_tasks.record.name, (f"batch-{i}",), {}, {"priority": 1}) for i in range(20)]
@@ -185,7 +204,7 @@ def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue
         "SELECT count(*) FROM pgq.tasks WHERE name = %s AND state = 'STARTED' AND worker = %s",
         (e2e_tasks.record.name, task_row(conn, batch[0].id)["worker"]),
     ).fetchone()[0]
-    assert held == 20, "the slot claimed the lower-priority tasks with the first one"
+    assert held >= 1, "the slot claimed lower-priority tasks in the same batch as the first"
     os.kill(first[0][1], signal.SIGKILL)
     assert batch[0].get(timeout=30) == "survived"
     assert task_row(conn, batch[0].id)["rescues"] == 1
@@ -197,6 +216,19 @@ def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue
     ).fetchall()
     assert sorted(runs) == sorted((f"batch-{i}", 1) for i in range(20))
     assert w.proc.poll() is None
+
+
+def test_a_burst_smaller_than_the_pool_runs_in_parallel(app, conn, clean, start_worker):
+    """As Celery's fair scheduling hands tasks to idle processes: two tasks sent together to an
+    idle -c 2 worker run in both processes at once, not one after the other in one batch."""
+    import e2e_tasks
+
+    start_worker("-c", "2")
+    assert [r.get(timeout=30) for r in app.send_many([(e2e_tasks.add.name, (1, 1), {}, {})] * 4)]
+    first, second = app.send_many([(e2e_tasks.sleepy.name, (1.0,), {}, {})] * 2)
+    assert first.get(timeout=30) != second.get(timeout=30), "both ran in one process"
+    a, b = task_row(conn, first.id), task_row(conn, second.id)
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
 
 
 def test_killed_worker_tasks_are_rescued_by_another_worker(app, conn, clean, db_url, start_worker):
@@ -333,6 +365,50 @@ def test_revoke_is_durable_and_terminate_kills_the_child(app, conn, clean, start
     assert task_row(conn, queued.id)["state"] == "REVOKED"
     assert side_effects(conn, "revoked") == []
     assert w.proc.poll() is None
+
+
+def test_revoke_without_terminate_skips_a_claimed_task_that_has_not_started(
+    app, conn, clean, start_worker
+):
+    """Celery's worker drops a revoked task it has prefetched; a slot skips a revoked task it
+    has claimed in its batch but not started, and stores it REVOKED."""
+    import e2e_tasks
+
+    start_worker("-c", "1")
+    work_through_a_backlog(app, conn)
+    first, second = app.send_many(
+        [
+            (e2e_tasks.sleepy.name, (1.5,), {}, {"priority": 0}),
+            (e2e_tasks.record.name, ("skipped",), {}, {"priority": 1}),
+        ]
+    )
+    wait_for(lambda: side_effects(conn, "sleepy"), what="the first task to start")
+    assert task_row(conn, second.id)["state"] == "STARTED", "claimed in the same batch"
+    assert app.store.revoke(second.id, terminate=False, result="null") is False
+    row = wait_state(conn, second.id, "REVOKED")
+    assert row["result"]["exc_type"] == "TaskRevokedError"
+    assert first.get(timeout=30) > 0  # the running task was left to finish
+    assert side_effects(conn, "skipped") == []
+
+
+def test_a_revoked_task_its_worker_gave_back_is_not_run_by_the_next(
+    app, conn, clean, db_url, start_worker
+):
+    import e2e_tasks
+
+    result = e2e_tasks.record.delay("given-back")
+    ghost = WorkerStore(Database(db_url), "ghost")
+    ghost.connect()
+    try:
+        assert [c.id for c in ghost.claim_ready(["celery"], 1, 30)] == [result.id]
+        assert app.store.revoke(result.id, terminate=False, result="null") is False
+        ghost.requeue([result.id], lost=False, max_rescues=5, lost_result="null")
+    finally:
+        ghost.close()
+    start_worker("-c", "1")
+    row = wait_state(conn, result.id, "REVOKED")
+    assert row["result"]["exc_type"] == "TaskRevokedError"
+    assert side_effects(conn, "given-back") == []
 
 
 def _alive(pid: int) -> bool:

@@ -296,16 +296,23 @@ FROM pgq.tasks WHERE id = %(id)s;
 
 -- name: revoke_task
 -- PENDING/RETRY (or STARTED with terminate) -> REVOKED: durable; a queued task never runs.
+-- A task a worker holds (STARTED), revoked without terminate, is marked instead (options.revoked):
+-- the worker skips it if it has not started it yet (a pgq_control "revoke" notice tells it), and
+-- so does any worker that claims it again after a give-back; one already running runs to its end.
 WITH before AS (
-    SELECT id, worker, lease_expires_at IS NOT NULL AS was_running
-    FROM pgq.tasks WHERE id = %(id)s FOR UPDATE
+    SELECT id, worker, lease_expires_at IS NOT NULL AS was_running,
+           lease_expires_at IS NOT NULL AND NOT %(terminate)s AS marked
+    FROM pgq.tasks WHERE id = %(id)s AND finished_at IS NULL FOR UPDATE
 )
 UPDATE pgq.tasks AS t
-SET state = 'REVOKED', finished_at = now(), lease_expires_at = NULL, result = %(result)s::jsonb
-FROM before
-WHERE t.id = before.id AND t.finished_at IS NULL
-  AND (NOT before.was_running OR %(terminate)s)
-RETURNING t.id, before.worker, before.was_running;
+SET state = CASE WHEN b.marked THEN t.state ELSE 'REVOKED' END,
+    finished_at = CASE WHEN b.marked THEN NULL ELSE now() END,
+    lease_expires_at = CASE WHEN b.marked THEN t.lease_expires_at END,
+    result = CASE WHEN b.marked THEN t.result ELSE %(result)s::jsonb END,
+    options = CASE WHEN b.marked THEN t.options || '{"revoked": true}' ELSE t.options END
+FROM before AS b
+WHERE t.id = b.id
+RETURNING t.id, b.worker, b.was_running, NOT b.marked AS revoked;
 
 -- name: notify
 -- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.

@@ -199,11 +199,11 @@ class Worker:
     def _on_notifications(self) -> None:
         for channel, payload in self.store.drain_notifications():
             command, _, task_id = payload.partition(" ")
-            if channel != "pgq_control" or command != "terminate":
+            if channel != "pgq_control" or command not in ("terminate", "revoke"):
                 continue
             # A slot that claimed it but has not started it skips it.
             self.pool.broadcast(("revoked", task_id))
-            if self.pool.terminate(task_id):
+            if command == "terminate" and self.pool.terminate(task_id):
                 log.warning("task %s revoked: terminated", task_id)
                 self._emit_revoked(task_id)
 

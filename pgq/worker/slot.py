@@ -3,9 +3,11 @@
 Each slot has its own connection and its own worker id (``<worker id>/<n>``, written in
 ``pgq.tasks.worker``). Its loop is one statement per batch: record the outcomes of the batch
 it just ran and claim the next one (``finish_and_claim``), then run that batch. Batches adapt to
-the work: a slot claims about ``BATCH_SECONDS`` of work judged by the slowest task of its last
-batch, so quick tasks go by the hundred and slow ones one at a time, never more than
-``Settings.claim_batch``. An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
+the work: while every claim comes back full (a backlog), a slot claims about ``BATCH_SECONDS`` of
+work judged by the slowest task of its last batch, so quick tasks go by the hundred and slow ones
+one at a time, never more than ``Settings.claim_batch``; once a claim comes back short (the queue
+ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
+An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
 The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
 terminates revoked tasks and gives back the tasks of a slot that died.
 
@@ -40,10 +42,9 @@ __all__ = ["BATCH_SECONDS", "CurrentTask", "Slot"]
 
 log = logging.getLogger("pgq.worker")
 
-# How much work (judged by the slowest task of the last batch) a slot claims in one statement,
-# and its first batch before it has seen any task run (Celery's default prefetch per process).
+# How much work (judged by the slowest task of the last batch) a slot claims in one statement
+# while there is a backlog. Without one a slot claims a task at a time.
 BATCH_SECONDS = 0.05
-START_BATCH = 4
 
 
 class CurrentTask:
@@ -93,7 +94,7 @@ class Slot:
         self.hard_limits = hard_limits
         self.store = WorkerStore(app.db, worker_id)
         self._rate_limits = RateLimiter(self.store, app.tasks)
-        self._batch = min(START_BATCH, settings.claim_batch)
+        self._batch = 1
         self._stopping = False
         self._parent_gone = False
         self._revoked: set[str] = set()
@@ -129,11 +130,13 @@ class Slot:
                 jobs = self._turn(limit)
                 self._tell_parent()
                 if jobs:
-                    self._run_batch(jobs)
+                    slowest = self._run_batch(jobs)
+                    self._batch = self._next_batch(limit, len(jobs), slowest)
                 elif self._stopping:
                     if not self._pending():
                         break
                 else:
+                    self._batch = 1
                     self._wait()
             except OperationalError as exc:
                 # The database went away: keep the outcomes, wait for it, carry on.
@@ -143,7 +146,8 @@ class Slot:
                     return
         self.store.close()
 
-    def _run_batch(self, jobs: list[ClaimedTask]) -> None:
+    def _run_batch(self, jobs: list[ClaimedTask]) -> float:
+        """Run a claimed batch in order; returns the run time of its slowest task."""
         slowest = 0.0
         for index, job in enumerate(jobs):
             if self._mail.poll(0):
@@ -151,17 +155,26 @@ class Slot:
             if self._stopping:  # give back what this slot claimed but has not started
                 self._requeues.extend(j.id for j in jobs[index:])
                 break
-            if job.id in self._revoked:  # revoked with terminate before it started
-                self._claims.pop(job.id, None)
+            if job.id in self._revoked:  # revoked before it started
+                self._skip_revoked(job, expired=False)
                 continue
             prepared = self._prepare(job)
             if prepared is not None:
                 runtime = self._run(prepared)
                 slowest = max(slowest, runtime)
         self._revoked.clear()
-        # Size the next batch to about BATCH_SECONDS of work, growing at most twofold a turn.
+        return slowest
+
+    def _next_batch(self, limit: int, claimed: int, slowest: float) -> int:
+        """The next claim's size. A full claim means a backlog: grow, at most twofold a turn,
+        toward BATCH_SECONDS of work by the slowest task just run. A short one means the queue
+        ran dry: one task, so that a burst smaller than the pool goes to several slots (as
+        Celery's fair scheduling hands tasks to idle processes) rather than waiting in one
+        slot's batch."""
+        if claimed < limit:
+            return 1
         ideal = int(BATCH_SECONDS / slowest) if slowest > 0 else self.settings.claim_batch
-        self._batch = max(1, min(ideal, 2 * self._batch, self.settings.claim_batch))
+        return max(1, min(ideal, 2 * limit, self.settings.claim_batch))
 
     def _run(self, job: ClaimedTask) -> float:
         if self.hard_limits:
@@ -350,17 +363,10 @@ class Slot:
         """The job ready to run, or None: it expired (stored REVOKED) or its rate limit put it
         back in the queue until its slot."""
         if job.expired:
-            self._finished.append(
-                Outcome(job.id, "REVOKED", error_json(TaskRevokedError("expired")), None)
-            )
-            hooks.emit(
-                "task_revoked",
-                task=self.app.tasks.get(job.name),
-                request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
-                terminated=False,
-                signum=None,
-                expired=True,
-            )
+            self._skip_revoked(job, expired=True)
+            return None
+        if '"revoked"' in job.options and _option(job.options, "revoked", None):
+            self._skip_revoked(job, expired=False)  # revoked while an earlier worker held it
             return None
         if self._rate_limits.defer(job) is not None:
             self._claims.pop(job.id, None)
@@ -368,6 +374,20 @@ class Slot:
         if '"chord_header"' in job.options:
             return self._with_chord_results(job)
         return job
+
+    def _skip_revoked(self, job: ClaimedTask, *, expired: bool) -> None:
+        """Store a claimed task REVOKED without running it (as Celery's worker drops a revoked
+        or expired message), and send task_revoked."""
+        exc = TaskRevokedError("expired" if expired else "revoked")
+        self._finished.append(Outcome(job.id, "REVOKED", error_json(exc), None))
+        hooks.emit(
+            "task_revoked",
+            task=self.app.tasks.get(job.name),
+            request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
+            terminated=False,
+            signum=None,
+            expired=expired,
+        )
 
     def _with_chord_results(self, job: ClaimedTask) -> ClaimedTask:
         """A chord body gets its header's results (in header order) as its first argument."""
