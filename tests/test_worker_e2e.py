@@ -231,6 +231,20 @@ def test_a_burst_smaller_than_the_pool_runs_in_parallel(app, conn, clean, start_
     assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
 
 
+def test_a_slow_task_in_a_batch_of_quick_ones_gives_back_the_rest(app, conn, clean, start_worker):
+    """A batch sized by quick tasks can catch several slow ones: after the first, the slot
+    gives back what it has not started, so the other process takes them."""
+    import e2e_tasks
+
+    w = start_worker("-c", "2")
+    work_through_a_backlog(app, conn)
+    slow = app.send_many([(e2e_tasks.sleepy.name, (0.3,), {}, {"priority": 0})] * 4)
+    pids = {result.get(timeout=60) for result in slow}
+    assert len(pids) == 2, "the slow tasks ran in one process (or a process died: a new pid)"
+    assert w.stop() == 0
+    assert "Traceback" not in w.output
+
+
 def test_killed_worker_tasks_are_rescued_by_another_worker(app, conn, clean, db_url, start_worker):
     import e2e_tasks
 

@@ -7,6 +7,7 @@ the work: while every claim comes back full (a backlog), a slot claims about ``B
 work judged by the slowest task of its last batch, so quick tasks go by the hundred and slow ones
 one at a time, never more than ``Settings.claim_batch``; once a claim comes back short (the queue
 ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
+A task that runs much longer than the batch was sized for makes the slot give back the rest.
 An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
 The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
 terminates revoked tasks and gives back the tasks of a slot that died.
@@ -45,6 +46,9 @@ log = logging.getLogger("pgq.worker")
 # How much work (judged by the slowest task of the last batch) a slot claims in one statement
 # while there is a backlog. Without one a slot claims a task at a time.
 BATCH_SECONDS = 0.05
+# A task that ran longer than this shows the batch holds slower work than it was sized for: the
+# slot gives back the tasks of the batch it has not started.
+GIVE_BACK_AFTER = 2 * BATCH_SECONDS
 
 
 class CurrentTask:
@@ -162,6 +166,11 @@ class Slot:
             if prepared is not None:
                 runtime = self._run(prepared)
                 slowest = max(slowest, runtime)
+                if runtime > GIVE_BACK_AFTER and index + 1 < len(jobs):
+                    # The batch was sized for quicker tasks: give back the rest now, so idle
+                    # slots take them instead of waiting behind more slow ones here.
+                    self._requeues.extend(j.id for j in jobs[index + 1 :])
+                    break
         self._revoked.clear()
         return slowest
 
@@ -265,8 +274,13 @@ class Slot:
             self._announce([(r.id, "RETRY") for r in self._retries])
             self._retries = []
         if self._requeues:
+            # Not lost, so no task ends FAILURE and lost_result is unused; it must still be JSON
+            # (the statement casts it whichever branch runs).
             given_back = self.store.requeue(
-                self._requeues, lost=False, max_rescues=self.settings.max_rescues, lost_result=""
+                self._requeues,
+                lost=False,
+                max_rescues=self.settings.max_rescues,
+                lost_result="null",
             )
             self._announce(given_back, self._requeues)
             self._requeues = []
