@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 
 from pgq import serialization
 from pgq.database import Database, resolve_url
 from pgq.errors import ConfigurationError
-from pgq.hooks import emit
-from pgq.ids import new_task_id
+from pgq.hooks import emit, listening
+from pgq.ids import new_task_id, new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.settings import DEFAULT_QUEUE, Settings
@@ -214,15 +214,20 @@ class Task:
         )
 
     def prepare_like(
-        self, template: NewTask, args: Sequence[Any] | None, kwargs: dict[str, Any] | None
+        self,
+        template: NewTask,
+        args: Sequence[Any] | None,
+        kwargs: dict[str, Any] | None,
+        task_id: str,
     ) -> NewTask:
-        """``prepare(args, kwargs)`` for a call without options, given ``template``, this task's
-        ``prepare()``: only the id and the arguments differ (a batch's hot path)."""
+        """``prepare(args, kwargs, task_id=task_id)`` for a call without options, given
+        ``template``, this task's ``prepare()``: only the id and the arguments differ (a
+        batch's hot path)."""
         args = args or ()
         kwargs = kwargs or {}
         self.check_arguments(args, kwargs)
         return NewTask(
-            new_task_id(),
+            task_id,
             template.name,
             serialization.dumps(args) if args else "[]",
             serialization.dumps(kwargs) if kwargs else "{}",
@@ -398,9 +403,11 @@ class App:
         # A call without options differs from another of the same task only in its id and
         # arguments: prepare the rest once per task name (per call, not cached: settings change).
         templates: dict[str, tuple[Task, NewTask]] = {}
+        batch = calls if isinstance(calls, Collection) else list(calls)
+        ids = iter(new_task_ids(len(batch)))
 
         def prepared() -> Iterator[NewTask]:
-            for name, args, kwargs, options in calls:
+            for name, args, kwargs, options in batch:
                 if options:
                     row = self.signature_task(name).prepare(args, kwargs, **options)
                 else:
@@ -408,14 +415,16 @@ class App:
                     if found is None:
                         task = self.signature_task(name)
                         found = templates[name] = (task, task.prepare(check=False))
-                    row = found[0].prepare_like(found[1], args, kwargs)
+                    row = found[0].prepare_like(found[1], args, kwargs, next(ids))
                 rows.append(row)
                 yield row
 
-        ids = self.store.insert_many(prepared(), connection)
-        for row in rows:
-            emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
-        return [self.result(i) for i in ids]
+        store = self.store
+        done = store.insert_many(prepared(), connection)
+        if listening("task_enqueued"):
+            for row in rows:
+                emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
+        return [Result(i, store) for i in done]
 
     def send_workflow(
         self, sig: dict[str, Any], args: Sequence[Any] = (), *, connection: Any = None

@@ -8,6 +8,11 @@ instead of at a random leaf as version 4 ids do, and rows enqueued together sit 
 last 62 bits are random, so ids stay unique across processes and machines and cannot be
 guessed from one another. Celery accepts any string as a task id; callers may still pass their
 own (``task_id=``).
+
+A batch takes its ids from ``new_task_ids``: one clock reading and one read of the random
+source for the whole batch, so its ids share their first 64 bits (the batch's time) and differ
+in the 62 random bits; they sort after every id made before the batch, and among themselves in
+no particular order.
 """
 
 from __future__ import annotations
@@ -21,7 +26,23 @@ _VARIANT = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
 
 def new_task_id() -> str:
     """A new version 7 UUID as text, e.g. ``'019a9c8e-3f21-7a4b-9c0d-1e2f3a4b5c6d'``."""
+    r = os.urandom(8).hex()
+    return f"{_time_prefix()}{_VARIANT[r[0]]}{r[1:4]}-{r[4:16]}"
+
+
+def new_task_ids(count: int) -> list[str]:
+    """``count`` new version 7 UUIDs made at once (a third of ``new_task_id``'s cost each)."""
+    head = _time_prefix()
+    r = os.urandom(8 * count).hex()
+    variant = _VARIANT
+    return [
+        f"{head}{variant[r[j]]}{r[j + 1 : j + 4]}-{r[j + 4 : j + 16]}"
+        for j in range(0, 16 * count, 16)
+    ]
+
+
+def _time_prefix() -> str:
+    """The first three groups and a dash: milliseconds since the epoch, version, fraction."""
     millis, nanos = divmod(time.time_ns(), 1_000_000)
     t = f"{millis:012x}{nanos * 4096 // 1_000_000:03x}"
-    r = os.urandom(8).hex()
-    return f"{t[:8]}-{t[8:12]}-7{t[12:]}-{_VARIANT[r[0]]}{r[1:4]}-{r[4:16]}"
+    return f"{t[:8]}-{t[8:12]}-7{t[12:]}-"

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -253,20 +254,28 @@ class Store:
 
     def _copy(self, taken: list[NewTask], more: Iterator[NewTask]) -> bool:
         """Write ``taken`` and then every task of ``more`` (appending each to ``taken``) with
-        COPY, in one transaction with the wake-up NOTIFY of each queue: several times cheaper
-        per row than binding arrays. False, with nothing written, if an id exists already or a
-        task of ``more`` is not a plain call (``taken`` then holds it and every task before)."""
+        one COPY statement, several times cheaper per row than binding arrays, then wake the
+        workers of their queues. False, with nothing written, if an id exists already or a task
+        of ``more`` is not a plain call (``taken`` then holds it and every task before).
+
+        Rows go out ``COPY_CHUNK`` at a time, so the server stores one chunk while this process
+        formats the next. The COPY is its own transaction (the pooled connection autocommits:
+        no BEGIN and COMMIT round trips); the NOTIFY follows it, so a worker it wakes finds
+        the rows, and a NOTIFY lost with the connection only leaves them to the workers' poll."""
+        line = _CopyLines()
         with self.db.pooled() as conn:
             try:
-                with conn.transaction(), conn.cursor() as cur:
+                with conn.cursor() as cur:
                     with cur.copy(query("copy_tasks")) as writer:
-                        for t in taken:
-                            writer.write_row(_copy_row(t))
+                        writer.write("".join(map(line, taken)))
+                        chunk: list[str] = []
                         for t in more:
                             taken.append(t)
-                            if not _copyable(t):
-                                raise _NotCopyable
-                            writer.write_row(_copy_row(t))
+                            chunk.append(line(t))
+                            if len(chunk) == COPY_CHUNK:
+                                writer.write("".join(chunk))
+                                chunk.clear()
+                        writer.write("".join(chunk))
                     queues = sorted({t.queue for t in taken})
                     cur.execute(query("wake_queues"), {"queues": queues})
             except (psycopg.errors.UniqueViolation, _NotCopyable):
@@ -364,6 +373,18 @@ class Store:
 
 # From this many rows on, a batch of plain calls goes in with COPY (see Store._copy).
 COPY_THRESHOLD = 64
+COPY_CHUNK = 64
+
+# COPY's text format: backslash escapes, tab between columns, a line per row, \N for NULL.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\n\r]").search
+
+
+def _copy_field(value: Any) -> str:
+    """A value as one column of a line of COPY's text format."""
+    if value is None:
+        return "\\N"
+    return str(value).translate(_COPY_ESCAPES)
 
 
 class _NotCopyable(Exception):
@@ -382,9 +403,31 @@ def _copyable(t: NewTask) -> bool:
     )
 
 
-def _copy_row(t: NewTask) -> tuple[Any, ...]:
-    """A task's values in the column order of the copy_tasks statement."""
-    return (t.id, t.name, t.queue, t.priority, t.args, t.kwargs, t.options, t.parent_id, t.root_id)
+class _CopyLines:
+    """Formats tasks as lines of the copy_tasks statement in COPY's text format. The columns
+    after the arguments (name, queue, priority, options, parent and root ids), the same for
+    most tasks of a batch, are formatted once per distinct set; raises ``_NotCopyable`` for a
+    task that needs the INSERT statement."""
+
+    def __init__(self) -> None:
+        self._tails: dict[tuple[str, tuple[Any, ...]], str] = {}
+
+    def __call__(self, t: NewTask) -> str:
+        shared = (t.name, t[4:])
+        tail = self._tails.get(shared)
+        if tail is None:
+            tail = self._tail(t, shared)
+        head = f"{t.id}\t{t.args}\t{t.kwargs}\t"
+        if head.count("\t") != 3 or _COPY_SPECIAL(head):
+            head = "".join(f"{_copy_field(v)}\t" for v in (t.id, t.args, t.kwargs))
+        return head + tail
+
+    def _tail(self, t: NewTask, shared: tuple[Any, ...]) -> str:
+        if not _copyable(t):
+            raise _NotCopyable
+        fields = (t.name, t.queue, t.priority, t.options, t.parent_id, t.root_id)
+        tail = self._tails[shared] = "\t".join(map(_copy_field, fields)) + "\n"
+        return tail
 
 
 def _insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:

@@ -524,6 +524,30 @@ def test_a_large_batch_goes_in_whole_and_wakes_each_queue_once(
     assert sorted(notifications_until_sentinel(listener, conn)) == ["a", "b"]
 
 
+def test_a_large_batch_keeps_awkward_text_as_it_was_sent(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    """COPY's text format gives backslash, tab and line breaks a meaning (and \\N means NULL):
+    each must reach the row as the caller wrote it, in arguments, options, ids and queues."""
+    odd = ["back\\slash", "tab\there", "new\nline", "cr\rhere", 'quote"', "é ü 😀", "\\N", ""]
+    calls: list[Any] = [("store.add", [odd, i], {}, {}) for i in range(99)]
+    calls.append(("store.add", [1, 2], {}, {"task_id": "\\N", "queue": "q\tue\\"}))
+    calls.append(
+        ("store.add", [odd, 99], {}, {"task_id": "id\twith\\odd\nchars", "headers": {"h": odd}})
+    )
+    results = qapp.send_many(calls)
+    assert [r.id for r in results[-2:]] == ["\\N", "id\twith\\odd\nchars"]
+    assert count_tasks(conn) == 101
+    for i in (0, 98):
+        row = task_row(conn, results[i].id)
+        assert row is not None and row["args"] == [odd, i]
+    null_looking = task_row(conn, "\\N")
+    assert null_looking is not None and null_looking["queue"] == "q\tue\\"
+    last = task_row(conn, "id\twith\\odd\nchars")
+    assert last is not None and last["args"] == [odd, 99]
+    assert last["options"]["headers"] == {"h": odd}
+
+
 def test_a_large_batch_with_an_existing_id_returns_that_task(
     qapp: pgq.App, conn: Conn, clean: None
 ) -> None:

@@ -33,7 +33,7 @@ from pgq.errors import (
     RetryTask,
     SoftTimeLimitExceeded,
 )
-from pgq.ids import new_task_id
+from pgq.ids import new_task_id, new_task_ids
 from pgq.settings import Settings
 from pgq.sql import query
 from pgq.store import ClaimedTask
@@ -882,6 +882,19 @@ def test_task_ids_are_version_7_uuids_that_sort_by_creation_time() -> None:
     # Ids made later sort later (as text, as the primary key compares them); only two ids made
     # within the same 1/4096 ms may come in either order, and making one takes longer than that.
     assert sum(a > b for a, b in zip(ids, ids[1:], strict=False)) <= len(ids) // 100
+
+
+def test_a_batch_of_ids_is_unique_and_sorts_between_the_ids_made_around_it() -> None:
+    first = new_task_id()
+    batch = new_task_ids(5000)
+    last = new_task_id()
+    assert len(set(batch)) == len(batch) == 5000
+    for task_id in batch[::500]:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+    assert first < min(batch) and max(batch) < last
+    assert new_task_ids(0) == []
 
 
 def test_enqueued_ids_are_pgq_ids_unless_the_caller_chose_one(app: pgq.App) -> None:

@@ -50,8 +50,8 @@ SELECT new.id FROM new, woken;
 
 -- name: copy_tasks
 -- (nothing) -> PENDING: a batch of tasks due now, written with COPY (rows from the client; run_at,
--- state and created_at from the table's defaults). Sent with wake_queues in one transaction.
-COPY pgq.tasks (id, name, queue, priority, args, kwargs, options, parent_id, root_id) FROM STDIN;
+-- state and created_at from the table's defaults), a transaction of its own; wake_queues follows.
+COPY pgq.tasks (id, args, kwargs, name, queue, priority, options, parent_id, root_id) FROM STDIN;
 
 -- name: wake_queues
 -- (signal) Wakes the workers of these queues (delivered when the transaction commits).
