@@ -7,7 +7,7 @@ gives the project's modules (``kit.tasks``) and the ``celery`` package the proje
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -110,6 +110,25 @@ def test_retries_exhausted_reraise_the_given_exc(kit: Kit) -> None:
     result = kit.tasks.retry_with_exc.delay(7)
     with pytest.raises(kit.tasks.PaymentDeclined, match="card 7 declined"):
         result.get(timeout=TIMEOUT)
+
+
+def test_retry_with_new_arguments_runs_again_with_them(kit: Kit) -> None:
+    result = kit.tasks.retry_with_new_args.delay(1)
+    assert result.get(timeout=TIMEOUT) == [11, 5, 1, [11], {"step": 5}]
+
+
+def test_request_shows_eta_and_expires_as_iso_text(kit: Kit) -> None:
+    assert kit.tasks.when.delay().get(timeout=TIMEOUT) == {"eta": None, "expires": None}
+    before = datetime.now(timezone.utc)
+    result = kit.tasks.when.apply_async(countdown=1, expires=600)
+    after = datetime.now(timezone.utc)
+    seen = result.get(timeout=TIMEOUT)
+    eta, expires = (datetime.fromisoformat(seen[k]) for k in ("eta", "expires"))
+    assert before + timedelta(seconds=1) <= eta <= after + timedelta(seconds=1)
+    assert before + timedelta(seconds=600) <= expires <= after + timedelta(seconds=600)
+    fixed = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    seen = kit.tasks.when.apply_async(eta=fixed).get(timeout=TIMEOUT)
+    assert datetime.fromisoformat(seen["eta"]) == fixed
 
 
 def test_autoretry_for_with_backoff_succeeds_after_failures(kit: Kit) -> None:

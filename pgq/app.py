@@ -191,6 +191,15 @@ class Task:
             options = {k: v for k, v in options.items() if v is not None}
         expires = self.expires if expires is None else expires
         expires_at, expires_in = _split_expiry(expires)
+        eta = _aware(eta)
+        if eta is not None or countdown is not None or expires is not None:
+            # The running task's request.eta / request.expires (ISO 8601 text, as in Celery).
+            now = datetime.now(timezone.utc)
+            if eta is not None or countdown is not None:
+                options["eta"] = (eta or now + timedelta(seconds=float(countdown or 0))).isoformat()
+            if expires is not None:
+                due = expires_at or now + timedelta(seconds=expires_in or 0)
+                options["expires"] = due.isoformat()
         if priority is None:
             priority = self.priority if self.priority is not None else 0
         if not 0 <= int(priority) <= 255:
@@ -204,7 +213,7 @@ class Task:
             options=serialization.dumps(options) if options else "{}",
             queue=queue or self.queue or self.app.default_queue,
             priority=int(priority),
-            eta=_aware(eta),
+            eta=eta,
             countdown=float(countdown) if countdown is not None else None,
             expires_at=expires_at,
             expires_in=expires_in,

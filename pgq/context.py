@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 __all__ = ["Request", "current_request"]
@@ -21,8 +20,10 @@ class Request:
     retries: int = 0
     queue: str | None = None
     priority: int | None = None
-    eta: datetime | None = None
-    expires: datetime | None = None
+    # When the task was due and when it expires, as ISO 8601 text (Celery's request.eta and
+    # request.expires); None for a task sent without countdown/eta or expires.
+    eta: str | None = None
+    expires: str | None = None
     hostname: str | None = None
     parent_id: str | None = None
     root_id: str | None = None

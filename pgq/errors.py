@@ -33,6 +33,7 @@ psycopg errors are translated into this tree at the store boundary (``pgq.store`
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 __all__ = [
     "ChordError",
@@ -114,8 +115,12 @@ class RetryTask(TaskError):
     """Ask the worker to run this task again at ``eta`` (or after ``countdown`` seconds).
 
     ``exc`` is the error that caused the retry; it is stored on the row while the task waits.
-    ``max_retries`` overrides the task's own budget for this retry.
+    ``max_retries`` overrides the task's own budget for this retry. ``retry_args`` and
+    ``retry_kwargs``, when not None, replace the task's arguments for its next run.
     """
+
+    retry_args: list[Any] | None = None
+    retry_kwargs: dict[str, Any] | None = None
 
     def __init__(
         self,

@@ -99,6 +99,8 @@ class RetryRequest(NamedTuple):
     countdown: float | None
     result: str | None
     traceback: str | None
+    args: str | None = None  # new arguments (JSON text), None to keep the row's
+    kwargs: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,6 +629,8 @@ class WorkerStore:
                 "countdowns": [r.countdown for r in items],
                 "results": [r.result for r in items],
                 "tracebacks": [r.traceback for r in items],
+                "args": [r.args for r in items],
+                "kwargs": [r.kwargs for r in items],
                 "worker": self.worker_id,
             },
         )

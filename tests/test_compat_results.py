@@ -64,7 +64,17 @@ def run_one(app: Any, db_url: str) -> str:
             store.finish([Outcome(report.id, report.state, report.result, report.traceback)])
         elif report.kind == RETRY:
             store.schedule_retries(
-                [RetryRequest(report.id, report.eta, 0, report.result, report.traceback)]
+                [
+                    RetryRequest(
+                        report.id,
+                        report.eta,
+                        0,
+                        report.result,
+                        report.traceback,
+                        report.args,
+                        report.kwargs,
+                    )
+                ]
             )
         return str(app.AsyncResult(job.id).state)
     finally:

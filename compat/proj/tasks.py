@@ -89,6 +89,18 @@ def retry_with_exc(self, card):
         raise self.retry(exc=exc, countdown=0.1) from exc
 
 
+@app.task(bind=True, max_retries=3)
+def retry_with_new_args(self, n, step=1):
+    if self.request.retries == 0:
+        raise self.retry(args=(n + 10,), kwargs={"step": 5}, countdown=0.1)
+    return [n, step, self.request.retries, self.request.args, self.request.kwargs]
+
+
+@app.task(bind=True)
+def when(self):
+    return {"eta": self.request.eta, "expires": self.request.expires}
+
+
 @shared_task(
     bind=True,
     autoretry_for=(ConnectionError,),

@@ -185,7 +185,10 @@ class Task(_engine.Task):
         retry = Retry(
             exc=exc, when=eta or countdown, is_eager=request.is_eager, max_retries=max_retries
         )
-        retry.retry_args, retry.retry_kwargs = new_args, new_kwargs  # type: ignore[attr-defined]
+        # Only arguments the caller gave replace the stored ones (a chord callback's stored
+        # arguments are not the ones it ran with).
+        retry.retry_args = None if args is None else new_args
+        retry.retry_kwargs = None if kwargs is None else new_kwargs
         if throw:
             raise retry
         request.retry_requested = retry
@@ -344,8 +347,8 @@ class Task(_engine.Task):
         finally:
             reset_current_request(token)
         if isinstance(outcome, RetryTask):
-            new_args = getattr(outcome, "retry_args", args)
-            new_kwargs = getattr(outcome, "retry_kwargs", kwargs)
+            new_args = args if outcome.retry_args is None else outcome.retry_args
+            new_kwargs = kwargs if outcome.retry_kwargs is None else outcome.retry_kwargs
             return self.apply(
                 new_args,
                 new_kwargs,

@@ -171,13 +171,20 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finishe
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
+-- New arguments (self.retry(args=..., kwargs=...)) replace the row's; options.eta, the next
+-- run's request.eta, is its new run_at when the retry waits (none for countdown 0, as in Celery).
 UPDATE pgq.tasks AS t
 SET state = 'RETRY', retries = t.retries + 1,
-    run_at = COALESCE(u.eta, now() + make_interval(secs => u.countdown)),
+    run_at = u.due,
+    options = CASE WHEN u.eta IS NOT NULL OR u.countdown > 0
+                   THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END,
+    args = COALESCE(u.args::jsonb, t.args), kwargs = COALESCE(u.kwargs::jsonb, t.kwargs),
     result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
-FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
-            %(results)s::text[], %(tracebacks)s::text[])
-     AS u(id, eta, countdown, result, traceback)
+FROM (SELECT u.*, COALESCE(u.eta, now() + make_interval(secs => u.countdown)) AS due
+      FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
+                  %(results)s::text[], %(tracebacks)s::text[], %(args)s::text[],
+                  %(kwargs)s::text[])
+           AS u(id, eta, countdown, result, traceback, args, kwargs)) AS u
 WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
 RETURNING t.id, extract(epoch FROM t.run_at);
 

@@ -60,6 +60,9 @@ class Report(NamedTuple):
     # chain steps that will never run (stored FAILURE); see pgq.workflow.
     follow_ups: tuple[NewTask, ...] = ()
     failed_steps: tuple[FailedStep, ...] = ()
+    # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=).
+    args: str | None = None
+    kwargs: str | None = None
 
 
 class ExceptionInfo:
@@ -113,6 +116,8 @@ def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
         root_id=job.root_id or job.id,
         headers=options.get("headers") or {},
         group=options.get("group_id"),
+        eta=options.get("eta"),
+        expires=options.get("expires"),
         options=options,
     )
     token = set_current_request(request)
@@ -262,6 +267,11 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
     countdown = retry.countdown
     if countdown is None and retry.eta is None:
         countdown = task.default_retry_delay
+    try:
+        new_args = None if retry.retry_args is None else serialization.dumps(retry.retry_args)
+        new_kwargs = None if retry.retry_kwargs is None else serialization.dumps(retry.retry_kwargs)
+    except EncodeError as exc:
+        return _fail(task, request, started, exc)
     cause = retry.exc if retry.exc is not None else retry
     einfo = ExceptionInfo(cause)
     _safely(task.on_retry, cause, request.id, request.args, request.kwargs, einfo)
@@ -275,6 +285,8 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
         traceback=einfo.traceback,
         eta=retry.eta,
         countdown=None if countdown is None else float(countdown),
+        args=new_args,
+        kwargs=new_kwargs,
     )
 
 

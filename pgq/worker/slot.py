@@ -425,7 +425,13 @@ class Slot:
         elif report.kind == RETRY:
             self._retries.append(
                 RetryRequest(
-                    report.id, report.eta, report.countdown, report.result, report.traceback
+                    report.id,
+                    report.eta,
+                    report.countdown,
+                    report.result,
+                    report.traceback,
+                    report.args,
+                    report.kwargs,
                 )
             )
         elif report.kind == REQUEUE:
