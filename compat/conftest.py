@@ -276,6 +276,12 @@ def _celery_kit(signal_dir: Path) -> Iterator[Kit]:
                 signal_dir,
                 proc,
             )
+            # AsyncResult.__del__ unsubscribes from Redis; results still alive at interpreter
+            # exit would try it while Python shuts down and print an ignored traceback.
+            consumer = getattr(app.backend, "result_consumer", None)
+            if consumer is not None:
+                consumer.subscribed_to.clear()
+                consumer.stop()
             app.close()
     finally:
         if proc is not None:
