@@ -215,6 +215,27 @@ class AsyncResult(Result):
     def worker(self) -> str | None:
         return self._column("worker")
 
+    def _arguments(self) -> dict[str, Any]:
+        """The task's stored args/kwargs, read afresh; empty for an unknown id."""
+        from pgq.admin import AdminStore
+
+        admin = AdminStore(self.store.db, live_seconds=self.app.settings.lease_seconds)
+        return admin.arguments([self.id]).get(self.id, {})
+
+    @property
+    def args(self) -> Any:
+        """The positional arguments the task was sent with (None for an unknown id).
+
+        Celery fills this only with ``result_extended=True``; the row always has them. After
+        ``self.retry(args=...)`` they are the new ones.
+        """
+        return self._arguments().get("args")
+
+    @property
+    def kwargs(self) -> Any:
+        """The keyword arguments the task was sent with (None for an unknown id)."""
+        return self._arguments().get("kwargs")
+
     def ready(self) -> bool:
         """True once the task will not change again (SUCCESS, FAILURE, REVOKED...)."""
         record = self.record()
@@ -400,6 +421,14 @@ class EagerResult(AsyncResult):
 
     @property
     def date_done(self) -> None:
+        return None
+
+    @property
+    def args(self) -> None:
+        return None  # as in Celery: an eager result keeps no request
+
+    @property
+    def kwargs(self) -> None:
         return None
 
     def ready(self) -> bool:

@@ -301,6 +301,12 @@ SELECT id, name, queue, state, result::text, traceback, retries, created_at, sta
        finished_at, worker, run_at, priority, parent_id, root_id
 FROM pgq.tasks WHERE id = %(id)s;
 
+-- name: task_arguments
+-- (read) The stored args and kwargs (JSON text) and the priority of the given tasks, for
+-- AsyncResult.args/kwargs and app.control.inspect(); unknown ids give no row.
+SELECT id, args::text AS args, kwargs::text AS kwargs, priority
+FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]);
+
 -- name: revoke_task
 -- PENDING/RETRY (or STARTED with terminate) -> REVOKED: durable; a queued task never runs.
 -- A task a worker holds (STARTED), revoked without terminate, is marked instead (options.revoked):
