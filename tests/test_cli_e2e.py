@@ -66,7 +66,9 @@ def test_embedded_default_is_started_shared_and_migrated(tmp_path: Path) -> None
 
 
 def test_worker_refuses_a_database_without_the_schema(empty_db_url: str) -> None:
-    proc = run_pgq("worker", "-A", "e2e_tasks", "-c", "1", env=worker_env(empty_db_url))
+    # Eight pool processes: were any started before the check, they would meet the same error
+    # and print tracebacks (with one process that happened only now and then).
+    proc = run_pgq("worker", "-A", "e2e_tasks", "-c", "8", env=worker_env(empty_db_url))
     assert_one_line_error(proc, "pgq migrate")
 
 

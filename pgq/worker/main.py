@@ -88,6 +88,10 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped; returns the process exit code."""
+        # An unreachable server or a database without pgq's schema is refused here, before any
+        # pool process exists: each would meet the same error and die with a traceback while
+        # this process reports it. (The connection is closed before the fork.)
+        self.app.db.connect().close()
         wake_r = self._install_signal_handlers()
         self.pool.start()  # fork children before this process opens connections or threads
         self._watch_pool()
