@@ -118,26 +118,6 @@ class AdminStore(Store):
             "live_workers": self.live_worker_count(),
         }
 
-    def arguments(self, ids: Sequence[str]) -> dict[str, Row]:
-        """The stored ``args``, ``kwargs`` (decoded) and ``priority`` of these tasks, by id.
-
-        Unknown ids are left out. Arguments are returned as stored, even when a row inserted by
-        hand holds something other than a list and an object.
-        """
-        from pgq.serialization import loads
-
-        if not ids:
-            return {}
-        rows = self._rows("task_arguments", {"ids": list(ids)})
-        return {
-            row["id"]: {
-                "args": loads(row["args"]),
-                "kwargs": loads(row["kwargs"]),
-                "priority": row["priority"],
-            }
-            for row in rows
-        }
-
     def live_worker_count(self) -> int:
         """How many workers heartbeat within ``live_seconds``."""
         rows = self._rows("live_worker_count", {"live_seconds": self.live_seconds})

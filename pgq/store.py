@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from pgq.database import Database, translate_errors
 from pgq.errors import OperationalError, TaskNotFound
+from pgq.serialization import loads
 from pgq.sql import query
 
 __all__ = [
@@ -283,6 +284,24 @@ class Store:
             except (psycopg.errors.UniqueViolation, _NotCopyable):
                 return False
         return True
+
+    def arguments(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored ``args``, ``kwargs`` (decoded) and ``priority`` of these tasks, by id.
+
+        Unknown ids are left out. Arguments are returned as stored, even when a row inserted by
+        hand holds something other than a list and an object.
+        """
+        if not ids:
+            return {}
+        rows = self._run("task_arguments", {"ids": list(ids)}, retry=True, dict_rows=True)
+        return {
+            row["id"]: {
+                "args": loads(row["args"]),
+                "kwargs": loads(row["kwargs"]),
+                "priority": row["priority"],
+            }
+            for row in rows
+        }
 
     def read(self, task_id: str, connection: Any = None) -> TaskRecord | None:
         """The task's row, or None for an unknown id."""

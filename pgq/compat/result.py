@@ -217,10 +217,7 @@ class AsyncResult(Result):
 
     def _arguments(self) -> dict[str, Any]:
         """The task's stored args/kwargs, read afresh; empty for an unknown id."""
-        from pgq.admin import AdminStore
-
-        admin = AdminStore(self.store.db, live_seconds=self.app.settings.lease_seconds)
-        return admin.arguments([self.id]).get(self.id, {})
+        return self.store.arguments([self.id]).get(self.id, {})
 
     @property
     def args(self) -> Any:
