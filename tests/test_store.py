@@ -30,6 +30,7 @@ from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings
 from pgq.serialization import dumps, exception_to_json
 from pgq.settings import Settings
+from pgq.sql import query
 from pgq.store import Outcome, RetryRequest, WorkerStore
 
 Conn = psycopg.Connection[Any]
@@ -768,6 +769,27 @@ def test_claim_skips_rows_locked_by_another_transaction(
         assert {c.id for c in w1.claim_ready(["celery"], 10, 30)} == others
         holder.rollback()
     assert [c.id for c in w1.claim_ready(["celery"], 10, 30)] == [locked]
+
+
+def test_a_turn_finds_the_tasks_it_finishes_by_their_ids_in_a_table_without_statistics(
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
+) -> None:
+    # Right after a burst of enqueues the planner has no statistics for pgq.tasks. The turn's
+    # finish must still look its outcomes up through the primary key: a scan of the whole
+    # table per turn made every turn slower as the table grew (pg_stat showed one per turn).
+    qapp.send_many([("store.anything", [i], {}, {}) for i in range(5000)])
+    claimed = w1.claim_ready(["celery"], 200, 30)
+    assert len(claimed) == 200
+    outcomes = json.dumps([[c.id, "SUCCESS", "null", None] for c in claimed])
+    params = {
+        "outcomes": outcomes,
+        "queues": ["celery"],
+        "limit": 200,
+        "worker": "w1",
+        "lease_seconds": 30.0,
+    }
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query("finish_and_claim"), params))
+    assert "Seq Scan on tasks" not in plan, plan
 
 
 def test_concurrent_workers_claim_disjoint_rows(

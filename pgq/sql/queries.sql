@@ -94,18 +94,24 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- re-read from the row's newest version, so the body fires exactly once.
 -- The outcomes come as one JSON array of [id, state, result JSON as text, traceback] (binding
 -- four arrays cost the worker several times more per task than encoding one JSON value).
+-- Their rows are found with `id = ANY(ARRAY(...))`, an index condition on the primary key: a
+-- plain join on the JSON rows let the planner hash-join against a scan of the whole table
+-- whenever it had no statistics for pgq.tasks (right after a burst of enqueues), one scan per turn.
 -- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
 -- notifications are sent even when nothing is claimed).
-WITH done AS (
+WITH outcomes AS MATERIALIZED (
+    SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
+    FROM json_array_elements(%(outcomes)s::json) AS o
+), done AS (
     UPDATE pgq.tasks AS t
     SET state = COALESCE(u.state, t.state),
         result = CASE WHEN u.state IS NULL THEN t.result ELSE u.result::jsonb END,
         traceback = CASE WHEN u.state IS NULL THEN t.traceback ELSE u.traceback END,
         finished_at = now(), lease_expires_at = NULL
-    FROM (SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
-          FROM json_array_elements(%(outcomes)s::json) AS o) AS u
-    WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    FROM outcomes AS u
+    WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
+      AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.state, t.result, t.options->>'chord' AS chord
 ), members AS (
     SELECT chord AS body_id,
