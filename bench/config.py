@@ -141,7 +141,7 @@ class BenchEnv:
     redis_url: str = "redis://127.0.0.1:6379/14"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     db_prefix: str = "pgqbench"
-    probe_port: int = 0
+    probe_path: str = ""
     out_dir: str = str(ROOT / "bench" / "results")
     # The queue name every Celery system uses and the key prefix of its Redis keys, so that a
     # reset touches only this benchmark's messages on a shared Redis or RabbitMQ.
@@ -163,5 +163,5 @@ class BenchEnv:
     def from_json(cls, text: str) -> BenchEnv:
         return cls(**json.loads(text))
 
-    def with_probe(self, port: int) -> BenchEnv:
-        return replace(self, probe_port=port)
+    def with_probe(self, path: str) -> BenchEnv:
+        return replace(self, probe_path=path)

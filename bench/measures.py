@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.config import ROOT, Sizes
-from bench.probe import PROBE_PORT_ENV, Probe
+from bench.probe import PROBE_PATH_ENV, Probe
 from bench.workers import Worker
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class MeasureContext:
 
     def worker(self, system: System, concurrency: int, label: str) -> Worker:
         command, env = system.worker_command(concurrency)
-        worker_env = {**env, PROBE_PORT_ENV: str(self.probe.port), "PYTHONPATH": _pythonpath()}
+        worker_env = {**env, PROBE_PATH_ENV: self.probe.path, "PYTHONPATH": _pythonpath()}
         log_path = self.log_dir / f"{system.key}-{label}-trial{self.trial + 1}.log"
         worker = Worker(
             command, worker_env, log_path, shown_env=env, stop_signal=system.stop_signal

@@ -234,7 +234,7 @@ def markdown(results: Results) -> str:
                 add(f"  `{command}`")
     add("")
     add(
-        "Every worker also gets `BENCH_PROBE_PORT` (where its tasks report that they ran) and "
+        "Every worker also gets `BENCH_PROBE_PATH` (where its tasks report that they ran) and "
         "`PYTHONPATH` set to the checkout. Their output is in `logs/` beside this report."
     )
     add("")
