@@ -1328,3 +1328,16 @@ def test_store_survives_killed_pooled_connections(qapp: pgq.App, conn: Conn, cle
     second = enqueue(qapp)
     assert task_row(conn, first) is not None
     assert task_row(conn, second) is not None
+
+
+def test_a_connection_left_inside_a_transaction_is_not_lent_again_as_it_is(
+    qapp: pgq.App, conn: Conn, clean: None
+) -> None:
+    # The connection a process keeps between borrowings (see Database.pooled) must come back
+    # to the next borrower outside any transaction, as the pool's own connections do.
+    with qapp.db.pooled() as borrowed:
+        borrowed.execute("BEGIN")
+        borrowed.execute("INSERT INTO pgq.tasks (id, name) VALUES ('left-open', 'store.add')")
+    task_id = enqueue(qapp)
+    assert task_row(conn, task_id) is not None  # committed: another connection sees it
+    assert task_row(conn, "left-open") is None  # the open transaction was rolled back
