@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,10 @@ from pgq.sql import query
 __all__ = ["Database", "describe_server", "normalize_url", "resolve_url", "translate_errors"]
 
 log = logging.getLogger("pgq")
+
+# How long a process keeps one pool connection out between borrowings before handing it back
+# to the pool for its checks (see Database.pooled).
+HELD_SECONDS = 60.0
 
 _URL_PREFIXES = (
     "postgresql+psycopg://",
@@ -120,6 +125,7 @@ class Database:
         self._pool_pid = 0
         # The pool's connection kept out for the next borrower (see pooled()).
         self._held: psycopg.Connection[Any] | None = None
+        self._held_until = 0.0
         self._held_lock = threading.Lock()
         self._schema_checked = False
         self._lock = threading.Lock()
@@ -159,7 +165,8 @@ class Database:
         then skips the pool's bookkeeping (~14% more calls a second, side by side). A thread that
         finds it taken borrows from the pool. Left broken or inside a transaction, the held
         connection goes back to the pool, which rolls it back or replaces it, as it does for a
-        connection it lent.
+        connection it lent; it also goes back every ``HELD_SECONDS``, so the pool's own checks
+        (a connection's maximum lifetime) still apply to it.
         """
         pool = self._get_pool()
         if not self._held_lock.acquire(blocking=False):
@@ -170,10 +177,14 @@ class Database:
             with translate_errors(self.url):
                 if self._held is None:
                     self._held = pool.getconn()
+                    self._held_until = time.monotonic() + HELD_SECONDS
                 yield self._held
         finally:
             held = self._held
-            if held is not None and held.info.transaction_status != TransactionStatus.IDLE:
+            if held is not None and (
+                held.info.transaction_status != TransactionStatus.IDLE
+                or time.monotonic() > self._held_until
+            ):
                 self._held = None
                 pool.putconn(held)
             self._held_lock.release()

@@ -1341,3 +1341,19 @@ def test_a_connection_left_inside_a_transaction_is_not_lent_again_as_it_is(
     task_id = enqueue(qapp)
     assert task_row(conn, task_id) is not None  # committed: another connection sees it
     assert task_row(conn, "left-open") is None  # the open transaction was rolled back
+
+
+def test_the_connection_kept_at_hand_goes_back_to_the_pool_in_time(
+    qapp: pgq.App, conn: Conn, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # So that the pool's own checks (a connection's maximum lifetime) still reach it.
+    from pgq import database
+
+    enqueue(qapp)
+    assert qapp.db._held is not None  # kept between borrowings
+    monkeypatch.setattr(database, "HELD_SECONDS", 0.0)
+    qapp.db.close()
+    enqueue(qapp)  # takes a connection, holds it for no time: back to the pool after the call
+    assert qapp.db._held is None
+    assert qapp.db._get_pool().get_stats()["pool_available"] >= 1
+    assert enqueue(qapp)  # and the next call borrows again
