@@ -10,10 +10,11 @@ not from each system's own bookkeeping (which the harness checks separately: see
 Why a pipe: the instrument must cost the system under test next to nothing, or it slows the
 fastest system most. A UDP datagram on the loopback (this probe's first form) cost the task
 ~15 us in ``sendto`` and the harness another ~10-30 us to receive: a third of a pgq no-op
-task's time in a py-spy profile of a worker child, ~1% of a Celery one's. A write of under
-``PIPE_BUF`` bytes to a pipe is one cheap system call, atomic among the many writers (prefork
-children), and the harness takes thousands of lines per read. The pipe is enlarged to hold
-seconds of reports; a writer would block, not lose a report, if it ever filled.
+task's time in a py-spy profile of a worker child (1-2% of a Celery one's, by arithmetic,
+at ~700 tasks/s). A write of under ``PIPE_BUF`` bytes to a pipe is one cheap system call,
+atomic among the many writers (prefork children), and the harness takes thousands of lines per
+read. The pipe is enlarged to hold seconds of reports; a writer would block, not lose a report,
+if it ever filled.
 """
 
 from __future__ import annotations
