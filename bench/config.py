@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -141,7 +141,6 @@ class BenchEnv:
     redis_url: str = "redis://127.0.0.1:6379/14"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     db_prefix: str = "pgqbench"
-    probe_path: str = ""
     out_dir: str = str(ROOT / "bench" / "results")
     # The queue name every Celery system uses and the key prefix of its Redis keys, so that a
     # reset touches only this benchmark's messages on a shared Redis or RabbitMQ.
@@ -162,6 +161,3 @@ class BenchEnv:
     @classmethod
     def from_json(cls, text: str) -> BenchEnv:
         return cls(**json.loads(text))
-
-    def with_probe(self, path: str) -> BenchEnv:
-        return replace(self, probe_path=path)

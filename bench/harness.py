@@ -108,7 +108,6 @@ def say(message: str) -> None:
 def run(sizes: Sizes, env: BenchEnv, keys: list[str] | None = None) -> Results:
     """Run the benchmark; ``keys`` selects systems (default: all)."""
     probe = Probe()
-    env = env.with_probe(probe.path)
     results = Results(
         mode=sizes.mode,
         sizes=sizes.to_dict(),
