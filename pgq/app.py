@@ -415,6 +415,10 @@ class App:
         batch = calls if isinstance(calls, Collection) else list(calls)
         ids = iter(new_task_ids(len(batch)))
 
+        store = self.store
+        made: list[str] = []
+        results: list[Result] = []
+
         def prepared() -> Iterator[NewTask]:
             for name, args, kwargs, options in batch:
                 if options:
@@ -427,13 +431,18 @@ class App:
                     row = found[0].prepare_like(found[1], args, kwargs, next(ids))
                 rows.append(row)
                 yield row
+            # The store asks past the last row while PostgreSQL is still storing the batch: the
+            # results for the ids the rows were given are made meanwhile, not after.
+            made.extend(row.id for row in rows)
+            results.extend(Result(i, store) for i in made)
 
-        store = self.store
         done = store.insert_many(prepared(), connection)
+        if done != made:  # an existing task's id stands in for a duplicate (or none were made)
+            results[:] = [Result(i, store) for i in done]
         if listening("task_enqueued"):
             for row in rows:
                 emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
-        return [Result(i, store) for i in done]
+        return results
 
     def send_workflow(
         self, sig: dict[str, Any], args: Sequence[Any] = (), *, connection: Any = None

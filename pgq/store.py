@@ -233,8 +233,9 @@ class Store:
             taken.extend(itertools.islice(pending, COPY_THRESHOLD))
             if len(taken) == COPY_THRESHOLD and all(map(_copyable, taken)):
                 try:
-                    if self._copy(taken, pending):
-                        return [t.id for t in taken]
+                    ids = self._copy(taken, pending)
+                    if ids is not None:
+                        return ids
                 except OperationalError:
                     pass  # a dead pooled connection: the statement below retries on a fresh one
         taken.extend(pending)
@@ -255,11 +256,12 @@ class Store:
             ids.append(existing[0][0] if existing else t.id)
         return ids
 
-    def _copy(self, taken: list[NewTask], more: Iterator[NewTask]) -> bool:
+    def _copy(self, taken: list[NewTask], more: Iterator[NewTask]) -> list[str] | None:
         """Write ``taken`` and then every task of ``more`` (appending each to ``taken``) with
         one COPY statement, several times cheaper per row than binding arrays, then wake the
-        workers of their queues. False, with nothing written, if an id exists already or a task
-        of ``more`` is not a plain call (``taken`` then holds it and every task before).
+        workers of their queues; returns the tasks' ids. None, with nothing written, if an id
+        exists already or a task of ``more`` is not a plain call (``taken`` then holds it and
+        every task before).
 
         Rows go out ``COPY_CHUNK`` at a time, so the server stores one chunk while this process
         formats the next. The COPY is its own transaction (the pooled connection autocommits:
@@ -279,11 +281,14 @@ class Store:
                                 writer.write("".join(chunk))
                                 chunk.clear()
                         writer.write("".join(chunk))
-                    queues = sorted({t.queue for t in taken})
+                        # Made while the server stores the last rows (leaving the block waits
+                        # for it to finish).
+                        ids = [t.id for t in taken]
+                        queues = sorted({t.queue for t in taken})
                     cur.execute(query("wake_queues"), {"queues": queues})
             except (psycopg.errors.UniqueViolation, _NotCopyable):
-                return False
-        return True
+                return None
+        return ids
 
     def arguments(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored ``args``, ``kwargs`` (decoded) and ``priority`` of these tasks, by id.

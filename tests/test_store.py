@@ -515,6 +515,9 @@ def test_a_large_batch_goes_in_whole_and_wakes_each_queue_once(
     results = qapp.send_many(calls)
     assert len({r.id for r in results}) == 300
     assert count_tasks(conn) == 300
+    # Ids ascend in call order, as the primary key then stores them.
+    stored = [row[0] for row in conn.execute("SELECT id FROM pgq.tasks ORDER BY id COLLATE \"C\"")]
+    assert stored == [r.id for r in results]
     for i in (0, 1, 150, 299):
         row = task_row(conn, results[i].id)
         assert row is not None

@@ -884,17 +884,21 @@ def test_task_ids_are_version_7_uuids_that_sort_by_creation_time() -> None:
     assert sum(a > b for a, b in zip(ids, ids[1:], strict=False)) <= len(ids) // 100
 
 
-def test_a_batch_of_ids_is_unique_and_sorts_between_the_ids_made_around_it() -> None:
+def test_a_batch_of_ids_is_unique_in_order_and_between_the_ids_made_around_it() -> None:
     first = new_task_id()
-    batch = new_task_ids(5000)
+    batch = new_task_ids(40_000)  # more than one run of the 14-bit counter
     last = new_task_id()
-    assert len(set(batch)) == len(batch) == 5000
-    for task_id in batch[::500]:
+    assert len(set(batch)) == len(batch) == 40_000
+    for task_id in batch[::997]:
         parsed = uuid.UUID(task_id)
         assert str(parsed) == task_id
         assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
-    assert first < min(batch) and max(batch) < last
+    assert batch == sorted(batch)  # in the order made: the primary key's cheap right edge
+    assert first < batch[0] and batch[-1] < last
+    # The last 48 bits stay random: neighbours cannot be told from one another.
+    assert len({task_id[-12:] for task_id in batch}) == len(batch)
     assert new_task_ids(0) == []
+    assert len(new_task_ids(1)) == 1
 
 
 def test_enqueued_ids_are_pgq_ids_unless_the_caller_chose_one(app: pgq.App) -> None:
