@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from pgq.ids import new_task_id, new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.settings import DEFAULT_QUEUE, Settings
-from pgq.store import NewTask, Store
+from pgq.store import COPY_THRESHOLD, NewTask, Store
 
 __all__ = ["App", "Task"]
 
@@ -413,7 +414,10 @@ class App:
         # arguments: prepare the rest once per task name (per call, not cached: settings change).
         templates: dict[str, tuple[Task, NewTask]] = {}
         batch = calls if isinstance(calls, Collection) else list(calls)
-        ids = iter(new_task_ids(len(batch)))
+        # Ids for the calls the store looks at before it starts writing, then the rest while the
+        # server stores the first rows (the second block's time is later: ids still ascend).
+        head = min(len(batch), COPY_THRESHOLD)
+        ids = itertools.chain.from_iterable(new_task_ids(n) for n in (head, len(batch) - head))
 
         store = self.store
         made: list[str] = []
