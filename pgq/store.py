@@ -397,6 +397,9 @@ class Store:
         return record
 
 
+# How long a slot keeps its statements' plans (see the slot_session query).
+REPLAN_SECONDS = 120.0
+
 # From this many rows on, a batch of plain calls goes in with COPY (see Store._copy).
 COPY_THRESHOLD = 64
 COPY_CHUNK = 64
@@ -510,6 +513,8 @@ class WorkerStore:
         self.worker_id = worker_id
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
+        # When a slot's connection next drops its plans (see the slot_session query).
+        self._replan_at = float("inf")
 
     def connect(self, *, slot: bool = False) -> None:
         """Open the connections, check the schema, and start listening.
@@ -523,7 +528,9 @@ class WorkerStore:
         with translate_errors(self.db.url):
             if slot:
                 self._conn.execute(query("listen_tasks"))
+                self._conn.execute(query("slot_session"))
                 self._listen = self._conn
+                self._replan_at = time.monotonic() + REPLAN_SECONDS
             else:
                 self._listen = self.db.connect(check_schema=False)
                 self._listen.execute(query("listen_control"))
@@ -620,6 +627,9 @@ class WorkerStore:
         }
         conn = self._conn
         with translate_errors(self.db.url):
+            if time.monotonic() >= self._replan_at:
+                conn.execute(query("replan"), prepare=False)
+                self._replan_at = time.monotonic() + REPLAN_SECONDS
             if follow_ups or failed_steps:
                 with conn.transaction():
                     if follow_ups:

@@ -8,6 +8,7 @@ jobs (rescue, prune, heartbeat) called through their ``run_once()``.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -516,7 +517,7 @@ def test_a_large_batch_goes_in_whole_and_wakes_each_queue_once(
     assert len({r.id for r in results}) == 300
     assert count_tasks(conn) == 300
     # Ids ascend in call order, as the primary key then stores them.
-    stored = [row[0] for row in conn.execute("SELECT id FROM pgq.tasks ORDER BY id COLLATE \"C\"")]
+    stored = [row[0] for row in conn.execute('SELECT id FROM pgq.tasks ORDER BY id COLLATE "C"')]
     assert stored == [r.id for r in results]
     for i in (0, 1, 150, 299):
         row = task_row(conn, results[i].id)
@@ -793,6 +794,75 @@ def test_a_turn_finds_the_tasks_it_finishes_by_their_ids_in_a_table_without_stat
     }
     plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query("finish_and_claim"), params))
     assert "Seq Scan on tasks" not in plan, plan
+
+
+def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_grows(
+    qapp: pgq.App, db_url: str, clean: None
+) -> None:
+    # A slot's connection keeps one (generic) plan per statement instead of re-planning every
+    # turn. The plan is made when the slot first runs its turn, maybe on an empty table, and
+    # must not scan the whole table once the table holds a backlog (one scan per turn).
+    names = ["outcomes", "queues", "limit", "worker", "lease_seconds"]
+    statement = query("finish_and_claim")
+    for n, name in enumerate(names, 1):
+        statement = statement.replace(f"%({name})s", f"${n}")
+    call = (
+        "EXPLAIN EXECUTE turn('[[\"x\", \"SUCCESS\", \"null\", null]]', '{celery}', 200, 'w1', 30)"
+    )
+    with psycopg.connect(db_url, autocommit=True) as slot:
+        slot.execute(query("slot_session"))
+        slot.execute(f"PREPARE turn(json, text[], int, text, float8) AS {statement}")
+        plans = ["\n".join(row[0] for row in slot.execute(call))]  # planned on the empty table
+        qapp.send_many([("store.anything", [i], {}, {}) for i in range(5000)])
+        plans.append("\n".join(row[0] for row in slot.execute(call)))  # the same plan, reused
+    for plan in plans:
+        assert "$4" in plan, plan  # a generic plan: the worker id is still a parameter
+        assert "Seq Scan on tasks" not in plan, plan
+        assert "tasks_pkey" in plan and "tasks_claim_idx" in plan, plan
+
+
+@pytest.mark.parametrize("replan_seconds", [0.0, 3600.0])
+def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
+    qapp: pgq.App, db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch, replan_seconds: float
+) -> None:
+    import pgq.store
+
+    monkeypatch.setattr(pgq.store, "REPLAN_SECONDS", replan_seconds)
+    slot = WorkerStore(Database(db_url), "w1/1")
+    slot.connect(slot=True)
+    assert slot._conn is not None
+
+    def turns(count: int) -> None:  # turns that change nothing (psycopg prepares on the 5th)
+        for _ in range(count):
+            slot.finish_and_claim([Outcome("x", "SUCCESS", "null", None)], ["none"], 1, 30.0)
+
+    def cached_plan() -> str:
+        """The plan the slot's prepared turn statement runs with now (costs included)."""
+        assert slot._conn is not None
+        (name,) = slot._conn.execute(
+            "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%json_array%%'"
+        ).fetchone() or (None,)
+        values = {"outcomes": "'[]'", "queues": "'{celery}'", "limit": "1", "worker": "'w1/1'"}
+        values["lease_seconds"] = "30"
+        # psycopg numbers the parameters in the order they first appear in the statement.
+        order = dict.fromkeys(re.findall(r"%\((\w+)\)s", query("finish_and_claim")))
+        call = f"EXPLAIN EXECUTE {name}({', '.join(values[k] for k in order)})"
+        return "\n".join(row[0] for row in slot._conn.execute(call))
+
+    try:
+        turns(6)  # prepared and planned on the empty table
+        before = cached_plan()
+        qapp.send_many([("store.anything", [i], {}, {}) for i in range(20_000)])
+        turns(1)  # a turn after the table grew
+        after = cached_plan()
+    finally:
+        slot.close()
+    # The planner's estimates (the costs shown) come from the table's size when it planned.
+    if replan_seconds:
+        assert after == before  # the plan made on the empty table, kept
+    else:
+        assert after != before
+        assert "Seq Scan" not in after and "tasks_pkey" in after, after
 
 
 def test_concurrent_workers_claim_disjoint_rows(
