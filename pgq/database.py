@@ -7,10 +7,12 @@ escapes is translated into ``pgq.errors`` by ``translate_errors``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +34,17 @@ log = logging.getLogger("pgq")
 # How long a process keeps one pool connection out between borrowings before handing it back
 # to the pool for its checks (see Database.pooled).
 HELD_SECONDS = 60.0
+
+# The databases whose pool is open in this process, closed at exit: a pool left for the
+# garbage collector stops its threads during interpreter finalization, where joining them can
+# fail and print an "Exception ignored" traceback after a command has already succeeded.
+_open_pools: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_pools() -> None:
+    for db in list(_open_pools):
+        db.close()
 
 _URL_PREFIXES = (
     "postgresql+psycopg://",
@@ -216,6 +229,7 @@ class Database:
                     timeout=self.connect_timeout,
                 )
                 self._pool_pid = pid
+                _open_pools.add(self)
         return self._pool
 
     def close(self) -> None:
@@ -226,3 +240,4 @@ class Database:
                 held.close()
             self._pool.close()
         self._pool = None
+        _open_pools.discard(self)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -1401,6 +1403,28 @@ def test_store_survives_killed_pooled_connections(qapp: pgq.App, conn: Conn, cle
     second = enqueue(qapp)
     assert task_row(conn, first) is not None
     assert task_row(conn, second) is not None
+
+
+def test_a_process_closes_its_pool_before_the_interpreter_shuts_down(db_url: str) -> None:
+    # A pool left to the garbage collector joins its threads during interpreter finalization,
+    # which can fail and print an "Exception ignored" traceback after a command succeeded.
+    # This hook is registered before pgq is imported, so it runs after pgq's own exit hook.
+    script = f"""
+import atexit
+pools = []
+atexit.register(lambda: print("closed at exit:", [pool.closed for pool in pools]))
+import pgq
+app = pgq.App(database_url={db_url!r})
+with app.db.pooled() as conn:
+    conn.execute("SELECT 1")
+pools.append(app.db._get_pool())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "closed at exit: [True]"
+    assert "Exception ignored" not in done.stderr
 
 
 def test_a_connection_left_inside_a_transaction_is_not_lent_again_as_it_is(
