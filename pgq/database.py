@@ -7,7 +7,6 @@ escapes is translated into ``pgq.errors`` by ``translate_errors``.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -35,16 +34,18 @@ log = logging.getLogger("pgq")
 # to the pool for its checks (see Database.pooled).
 HELD_SECONDS = 60.0
 
-# The databases whose pool is open in this process, closed at exit: a pool left for the
-# garbage collector stops its threads during interpreter finalization, where joining them can
-# fail and print an "Exception ignored" traceback after a command has already succeeded.
-_open_pools: weakref.WeakSet[Database] = weakref.WeakSet()
 
+def _close_pool(pool: Any, pid: int) -> None:
+    """Close a pool its Database left open, when that Database is collected or at exit.
 
-@atexit.register
-def _close_open_pools() -> None:
-    for db in list(_open_pools):
-        db.close()
+    Closing here, in the thread that drops the Database, matters: a pool left to its own
+    ``__del__`` may be dropped last by one of its worker threads, which then cannot join itself
+    and prints an "Exception ignored" traceback after a command has already succeeded. A pool
+    inherited through fork belongs to the parent and is left alone.
+    """
+    if os.getpid() == pid:
+        pool.close()
+
 
 _URL_PREFIXES = (
     "postgresql+psycopg://",
@@ -142,6 +143,8 @@ class Database:
         self._held_lock = threading.Lock()
         self._schema_checked = False
         self._lock = threading.Lock()
+        # Closes the pool if this Database is dropped (or the process exits) with it open.
+        self._pool_closer: weakref.finalize | None = None
 
     def __repr__(self) -> str:
         return f"<Database {describe_server(self.url)}>"
@@ -229,7 +232,9 @@ class Database:
                     timeout=self.connect_timeout,
                 )
                 self._pool_pid = pid
-                _open_pools.add(self)
+                if self._pool_closer is not None:
+                    self._pool_closer.detach()
+                self._pool_closer = weakref.finalize(self, _close_pool, self._pool, pid)
         return self._pool
 
     def close(self) -> None:
@@ -238,6 +243,7 @@ class Database:
             held, self._held = self._held, None
             if held is not None:
                 held.close()
-            self._pool.close()
+        if self._pool_closer is not None:
+            self._pool_closer()
+            self._pool_closer = None
         self._pool = None
-        _open_pools.discard(self)

@@ -1408,7 +1408,8 @@ def test_store_survives_killed_pooled_connections(qapp: pgq.App, conn: Conn, cle
 def test_a_process_closes_its_pool_before_the_interpreter_shuts_down(db_url: str) -> None:
     # A pool left to the garbage collector joins its threads during interpreter finalization,
     # which can fail and print an "Exception ignored" traceback after a command succeeded.
-    # This hook is registered before pgq is imported, so it runs after pgq's own exit hook.
+    # This hook is registered before pgq is imported, so it runs after pgq's own exit hook
+    # (the finalizer a Database registers for its pool when it opens it).
     script = f"""
 import atexit
 pools = []
@@ -1425,6 +1426,20 @@ pools.append(app.db._get_pool())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "closed at exit: [True]"
     assert "Exception ignored" not in done.stderr
+
+
+def test_a_database_dropped_with_its_pool_open_closes_the_pool_at_once(db_url: str) -> None:
+    # What `pgq inspect` does: a bare App is used once and dropped. Left to its own __del__,
+    # the pool could be dropped last by one of its worker threads, which cannot join itself
+    # ("Exception ignored ... cannot join current thread" after the command succeeded).
+    # Dropping the Database must close its pool then and there, in the dropping thread.
+    app = pgq.App(database_url=db_url)
+    with app.db.pooled() as borrowed:
+        borrowed.execute("SELECT 1")
+    pool = app.db._get_pool()
+    assert not pool.closed
+    del app, borrowed
+    assert pool.closed
 
 
 def test_a_connection_left_inside_a_transaction_is_not_lent_again_as_it_is(
