@@ -163,8 +163,9 @@ WITH outcomes AS MATERIALIZED (
     UPDATE pgq.tasks AS t
     SET state = 'STARTED', worker = %(worker)s, started_at = now(),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    FROM candidates
-    WHERE t.id = candidates.id
+    -- By their ids through the primary key, whatever the planner believes of the table's size
+    -- (a join with the candidates was planned as a whole-table hash join on a fresh table).
+    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
               t.parent_id, t.root_id, t.priority, t.run_at
