@@ -39,6 +39,8 @@ from compat.kit_support import Kit, wait_for
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "_shim"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# The queues both backends' workers serve ("moved": where a task is sent by self.retry(queue=)).
+QUEUES = "celery,moved"
 
 
 def _purge_modules() -> None:
@@ -173,7 +175,7 @@ def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iter
                 PGQ_LEASE_SECONDS="10",
             )
             proc = subprocess.Popen(
-                [*_command("pgq"), "worker", "-A", "proj", "-c", "3", "-l", "INFO"],
+                [*_command("pgq"), "worker", "-A", "proj", "-c", "3", "-l", "INFO", "-Q", QUEUES],
                 cwd=str(HERE),
                 env=worker_env,
                 stdout=subprocess.PIPE,
@@ -251,6 +253,8 @@ def _celery_kit(signal_dir: Path) -> Iterator[Kit]:
                     "--without-gossip",
                     "--without-mingle",
                     "--without-heartbeat",
+                    "-Q",
+                    QUEUES,
                 ],
                 cwd=str(HERE),
                 env=worker_env,

@@ -117,6 +117,13 @@ def test_retry_with_new_arguments_runs_again_with_them(kit: Kit) -> None:
     assert result.get(timeout=TIMEOUT) == [11, 5, 1, [11], {"step": 5}]
 
 
+def test_retry_to_another_queue_runs_there(kit: Kit) -> None:
+    # self.retry(queue=...) sends the task again to that queue (the kit's workers serve
+    # "celery" and "moved").
+    result = kit.tasks.retry_elsewhere.delay()
+    assert result.get(timeout=TIMEOUT) == ["moved", 1]
+
+
 def test_request_shows_eta_and_expires_as_iso_text(kit: Kit) -> None:
     assert kit.tasks.when.delay().get(timeout=TIMEOUT) == {"eta": None, "expires": None}
     before = datetime.now(timezone.utc)

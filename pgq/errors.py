@@ -116,11 +116,13 @@ class RetryTask(TaskError):
 
     ``exc`` is the error that caused the retry; it is stored on the row while the task waits.
     ``max_retries`` overrides the task's own budget for this retry. ``retry_args`` and
-    ``retry_kwargs``, when not None, replace the task's arguments for its next run.
+    ``retry_kwargs``, when not None, replace the task's arguments for its next run;
+    ``retry_options`` (see ``retry_options()``) its queue, priority and time limits.
     """
 
     retry_args: list[Any] | None = None
     retry_kwargs: dict[str, Any] | None = None
+    retry_options: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -180,3 +182,32 @@ class TaskRevokedError(Exception):
 
 class ChordError(Exception):
     """A task of a chord's header failed: the chord's body ends FAILURE with this error."""
+
+
+# The options of self.retry(...) a retried task takes with it: its queue and priority (columns of
+# its row) and its time limits (kept in its options). Celery re-sends the task with them.
+RETRY_OPTIONS = ("queue", "priority", "time_limit", "soft_time_limit")
+
+
+def retry_options(options: dict[str, Any]) -> dict[str, Any] | None:
+    """The options of ``self.retry(**options)`` the retried task takes with it, checked here
+    (in the task, where a bad value fails it with a clear error) so the retry cannot fail later.
+
+    Other options (broker routing, ``expires``, ...) are ignored, as the README says.
+    """
+    kept: dict[str, Any] = {}
+    for name in RETRY_OPTIONS:
+        value = options.get(name)
+        if value is None:
+            continue
+        if name == "queue":
+            value = getattr(value, "name", value)  # a kombu Queue object
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"retry queue must be a non-empty string, got {value!r}")
+        elif name == "priority":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+                raise ValueError(f"priority must be between 0 and 255, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        kept[name] = value
+    return kept or None

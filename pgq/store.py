@@ -102,6 +102,7 @@ class RetryRequest(NamedTuple):
     traceback: str | None
     args: str | None = None  # new arguments (JSON text), None to keep the row's
     kwargs: str | None = None
+    options: str | None = None  # new queue, priority, time limits (JSON object text) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,6 +666,7 @@ class WorkerStore:
                 "tracebacks": [r.traceback for r in items],
                 "args": [r.args for r in items],
                 "kwargs": [r.kwargs for r in items],
+                "options": [r.options for r in items],
                 "worker": self.worker_id,
             },
         )

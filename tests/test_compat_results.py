@@ -45,6 +45,12 @@ def app(db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
             self.retry(countdown=0, throw=False)
         return f"attempt {self.request.retries}"
 
+    @application.task(bind=True, max_retries=2)
+    def moving(self: Any, **options: Any) -> str:
+        if self.request.retries == 0:
+            raise self.retry(countdown=0, **options)
+        return str(self.request.delivery_info["routing_key"])
+
     @application.task(name="results.add")
     def add(x: int, y: int) -> int:
         return x + y
@@ -53,12 +59,12 @@ def app(db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     application.close()
 
 
-def run_one(app: Any, db_url: str) -> str:
+def run_one(app: Any, db_url: str, queues: tuple[str, ...] = ("celery",)) -> str:
     """Claim one task and run it here through the worker's runner; returns the stored state."""
     store = WorkerStore(app.db, "unit-worker")
     store.connect()
     try:
-        [job] = store.claim_ready(["celery"], 1, 30)
+        [job] = store.claim_ready(list(queues), 1, 30)
         report = run_job(app, job, "unit@host")
         if report.kind == FINISH:
             store.finish([Outcome(report.id, report.state, report.result, report.traceback)])
@@ -73,6 +79,7 @@ def run_one(app: Any, db_url: str) -> str:
                         report.traceback,
                         report.args,
                         report.kwargs,
+                        report.options,
                     )
                 ]
             )
@@ -182,6 +189,51 @@ def test_send_task_by_name_and_not_registered(app: Any, db_url: str) -> None:
     run_one(app, db_url)
     with pytest.raises(exc.NotRegistered):
         result.get(timeout=5)
+
+
+def test_retry_moves_the_task_to_its_new_queue_priority_and_time_limits(
+    app: Any, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # As Celery re-sends a retried task with self.retry's options.
+    result = app.tasks[f"{__name__}.moving"].apply_async(
+        kwargs={"queue": "later", "priority": 7, "time_limit": 30, "soft_time_limit": 20},
+        time_limit=99,
+    )
+    assert run_one(app, db_url) == "RETRY"
+    row = task_row(conn, result.id)
+    assert row is not None
+    assert (row["queue"], row["priority"], row["retries"]) == ("later", 7, 1)
+    assert row["options"]["time_limit"] == 30
+    assert row["options"]["soft_time_limit"] == 20
+    assert run_one(app, db_url, ("later",)) == "SUCCESS"
+    assert result.get(timeout=5) == "later"
+
+
+def test_retry_without_options_keeps_the_queue_and_priority(
+    app: Any, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    result = app.tasks[f"{__name__}.moving"].apply_async(priority=3)
+    assert run_one(app, db_url) == "RETRY"
+    row = task_row(conn, result.id)
+    assert row is not None
+    assert (row["queue"], row["priority"]) == ("celery", 3)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"priority": 999}, {"queue": ""}, {"time_limit": -1}],
+    ids=["priority", "queue", "time_limit"],
+)
+def test_retry_with_a_bad_option_fails_the_task_with_that_error(
+    app: Any, db_url: str, conn: psycopg.Connection[Any], options: dict[str, Any]
+) -> None:
+    result = app.tasks[f"{__name__}.moving"].apply_async(kwargs=options)
+    assert run_one(app, db_url) == "FAILURE"
+    with pytest.raises(ValueError, match="retry|priority|time_limit"):
+        result.get(timeout=5)
+    row = task_row(conn, result.id)
+    assert row is not None
+    assert (row["queue"], row["retries"]) == ("celery", 0)
 
 
 def test_retry_without_throw_retries_when_the_task_returns(app: Any, db_url: str) -> None:

@@ -982,6 +982,34 @@ def test_schedule_retries_sets_retry_state_and_future_run_at(
     assert w1.claim_ready(["celery"], 1, 30) == []  # not due yet
 
 
+def test_a_retry_moved_to_another_queue_wakes_that_queue_when_due(
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, listener: Conn
+) -> None:
+    # self.retry(queue=...): the row moves, and an idle worker of the new queue is woken (a
+    # retry that stays in its queue is found by the worker that is running it).
+    ids = [enqueue(qapp) for _ in range(3)]
+    w1.claim_ready(["celery"], 3, 30)
+    notifications_until_sentinel(listener, conn)  # the enqueues' own
+    moved = json.dumps({"queue": "elsewhere", "priority": 4, "time_limit": 9})
+    later = json.dumps({"queue": "tomorrow"})
+    w1.schedule_retries(
+        [
+            RetryRequest(ids[0], None, 0, None, None, options=moved),
+            RetryRequest(ids[1], None, 3600, None, None, options=later),
+            RetryRequest(ids[2], None, 0, None, None),
+        ]
+    )
+    assert notifications_until_sentinel(listener, conn) == ["elsewhere"]
+    rows = [task_row(conn, i) for i in ids]
+    assert [(r["queue"], r["priority"]) for r in rows if r] == [
+        ("elsewhere", 4),
+        ("tomorrow", 0),
+        ("celery", 0),
+    ]
+    assert rows[0] is not None and rows[0]["options"]["time_limit"] == 9
+    assert rows[0]["options"].keys().isdisjoint({"queue", "priority"})
+
+
 def test_schedule_retries_with_eta_and_claim_again(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:

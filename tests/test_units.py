@@ -6,6 +6,7 @@ function that turns one claimed row into a report) called in-process with a hand
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -516,6 +517,39 @@ def test_run_job_autoretry_for_retries_with_retry_kwargs_countdown(app: pgq.App)
     assert report.kind == "retry"
     assert report.countdown == 5.0
     assert result_of(report)["exc_type"] == "ConnectionError"
+
+
+def test_run_job_autoretry_takes_the_queue_and_priority_of_retry_kwargs(app: pgq.App) -> None:
+    # Celery retries with self.retry(exc=exc, **retry_kwargs): its options go with the task.
+    @app.task(
+        name="units.moves",
+        autoretry_for=(ConnectionError,),
+        retry_kwargs={"countdown": 0, "queue": "slow", "priority": 9},
+    )
+    def moves() -> None:
+        raise ConnectionError("flap")
+
+    report = run_job(app, claimed("units.moves"), "h")
+    assert report.kind == "retry"
+    assert report.options is not None
+    assert json.loads(report.options) == {"queue": "slow", "priority": 9}
+
+
+def test_run_job_autoretry_with_a_bad_priority_fails_the_task_with_that_error(
+    app: pgq.App,
+) -> None:
+    @app.task(
+        name="units.badly_moved",
+        autoretry_for=(ConnectionError,),
+        retry_kwargs={"priority": 300},
+    )
+    def badly_moved() -> None:
+        raise ConnectionError("flap")
+
+    report = run_job(app, claimed("units.badly_moved"), "h")
+    assert report.kind == "finish"
+    assert report.state == "FAILURE"
+    assert result_of(report)["exc_type"] == "ValueError"
 
 
 def test_run_job_dont_autoretry_for_wins(app: pgq.App) -> None:

@@ -96,6 +96,13 @@ def retry_with_new_args(self, n, step=1):
     return [n, step, self.request.retries, self.request.args, self.request.kwargs]
 
 
+@app.task(bind=True, max_retries=3)
+def retry_elsewhere(self):
+    if self.request.retries == 0:
+        raise self.retry(queue="moved", countdown=0.1)
+    return [self.request.delivery_info["routing_key"], self.request.retries]
+
+
 @app.task(bind=True)
 def when(self):
     return {"eta": self.request.eta, "expires": self.request.expires}

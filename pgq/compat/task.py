@@ -28,7 +28,7 @@ from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.errors import Ignore as EngineIgnore
 from pgq.errors import Reject as EngineReject
-from pgq.errors import RetryTask
+from pgq.errors import RetryTask, retry_options
 from pgq.hooks import emit
 from pgq.ids import new_task_id
 
@@ -161,7 +161,9 @@ class Task(_engine.Task):
 
         With no retries left it raises ``exc`` if given, else ``MaxRetriesExceededError``,
         right here, as Celery does. Otherwise it raises ``Retry`` (returns it with
-        ``throw=False``: the retry then happens when the task returns).
+        ``throw=False``: the retry then happens when the task returns). ``queue``,
+        ``priority``, ``time_limit`` and ``soft_time_limit`` among ``options`` go with the task
+        (a bad one raises ``ValueError`` here); other options are ignored.
         """
         request = self.request
         if request.called_directly:
@@ -170,6 +172,7 @@ class Task(_engine.Task):
                 raise exc
             raise Retry("Task can be retried", None)
         limit = self.max_retries if max_retries is None else max_retries
+        moved = retry_options(options)
         if not eta and countdown is None:
             countdown = self.default_retry_delay
         new_args = list(request.args if args is None else args)
@@ -189,6 +192,7 @@ class Task(_engine.Task):
         # arguments are not the ones it ran with).
         retry.retry_args = None if args is None else new_args
         retry.retry_kwargs = None if kwargs is None else new_kwargs
+        retry.retry_options = moved
         if throw:
             raise retry
         request.retry_requested = retry

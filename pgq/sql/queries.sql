@@ -180,20 +180,32 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finishe
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
 -- New arguments (self.retry(args=..., kwargs=...)) replace the row's; options.eta, the next
 -- run's request.eta, is its new run_at when the retry waits (none for countdown 0, as in Celery).
-UPDATE pgq.tasks AS t
-SET state = 'RETRY', retries = t.retries + 1,
-    run_at = u.due,
-    options = CASE WHEN u.eta IS NOT NULL OR u.countdown > 0
-                   THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END,
-    args = COALESCE(u.args::jsonb, t.args), kwargs = COALESCE(u.kwargs::jsonb, t.kwargs),
-    result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
-FROM (SELECT u.*, COALESCE(u.eta, now() + make_interval(secs => u.countdown)) AS due
-      FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
-                  %(results)s::text[], %(tracebacks)s::text[], %(args)s::text[],
-                  %(kwargs)s::text[])
-           AS u(id, eta, countdown, result, traceback, args, kwargs)) AS u
-WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-RETURNING t.id, extract(epoch FROM t.run_at);
+-- self.retry(queue=, priority=, time_limit=, soft_time_limit=) moves the row to that queue and
+-- priority and merges the limits into its options; a task moved to another queue and due now
+-- wakes that queue's workers.
+WITH retried AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'RETRY', retries = t.retries + 1,
+        run_at = u.due,
+        queue = COALESCE(u.moved->>'queue', t.queue),
+        priority = COALESCE((u.moved->>'priority')::smallint, t.priority),
+        options = CASE WHEN u.eta IS NOT NULL OR u.countdown > 0
+                       THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END
+                  || (COALESCE(u.moved, '{}') - 'queue' - 'priority'),
+        args = COALESCE(u.args::jsonb, t.args), kwargs = COALESCE(u.kwargs::jsonb, t.kwargs),
+        result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
+    FROM (SELECT u.*, COALESCE(u.eta, now() + make_interval(secs => u.countdown)) AS due,
+                 u.options::jsonb AS moved
+          FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
+                      %(results)s::text[], %(tracebacks)s::text[], %(args)s::text[],
+                      %(kwargs)s::text[], %(options)s::text[])
+               AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
+    WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id, t.run_at, t.queue, u.moved ? 'queue' AS moved
+)
+SELECT r.id, extract(epoch FROM r.run_at)
+FROM retried AS r,
+     (SELECT count(pg_notify('pgq_tasks', queue)) FROM retried WHERE moved AND run_at <= now()) AS w;
 
 -- name: requeue_tasks
 -- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);

@@ -29,6 +29,7 @@ from pgq.errors import (
     Reject,
     RetryTask,
     SoftTimeLimitExceeded,
+    retry_options,
 )
 from pgq.hooks import emit
 
@@ -60,9 +61,11 @@ class Report(NamedTuple):
     # chain steps that will never run (stored FAILURE); see pgq.workflow.
     follow_ups: tuple[NewTask, ...] = ()
     failed_steps: tuple[FailedStep, ...] = ()
-    # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=).
+    # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=),
+    # and its new queue, priority and time limits (JSON object text): self.retry(queue=, ...).
     args: str | None = None
     kwargs: str | None = None
+    options: str | None = None
 
 
 class ExceptionInfo:
@@ -153,7 +156,11 @@ def _run(task: Task, request: Request, started: float) -> tuple[Report, Any]:
         return _fail(task, request, started, reject, state="REJECTED"), reject
     except Exception as exc:
         if _autoretries(task, exc):
-            return _retry(task, request, started, _autoretry_request(task, request, exc)), exc
+            try:
+                again = _autoretry_request(task, request, exc)
+            except ValueError as bad:  # retry_kwargs with a bad queue, priority or time limit
+                return _fail(task, request, started, bad), bad
+            return _retry(task, request, started, again), exc
         return _fail(task, request, started, exc), exc
     if request.retry_requested is not None:  # self.retry(throw=False) and then returned
         return _retry(task, request, started, request.retry_requested), retval
@@ -247,9 +254,11 @@ def _autoretry_request(task: Task, request: Request, exc: Exception) -> RetryTas
     countdown = kwargs.get("countdown")
     if task.retry_backoff:
         countdown = retry_countdown(task, request.retries)
-    return RetryTask(
+    again = RetryTask(
         exc=exc, countdown=countdown, eta=kwargs.get("eta"), max_retries=kwargs.get("max_retries")
     )
+    again.retry_options = retry_options(kwargs)  # as self.retry(exc=exc, **retry_kwargs)
+    return again
 
 
 def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Report:
@@ -270,6 +279,8 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
     try:
         new_args = None if retry.retry_args is None else serialization.dumps(retry.retry_args)
         new_kwargs = None if retry.retry_kwargs is None else serialization.dumps(retry.retry_kwargs)
+        moved = retry.retry_options
+        new_options = serialization.dumps(moved) if moved else None
     except EncodeError as exc:
         return _fail(task, request, started, exc)
     cause = retry.exc if retry.exc is not None else retry
@@ -287,6 +298,7 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
         countdown=None if countdown is None else float(countdown),
         args=new_args,
         kwargs=new_kwargs,
+        options=new_options,
     )
 
 

@@ -432,6 +432,7 @@ class Slot:
                     report.traceback,
                     report.args,
                     report.kwargs,
+                    report.options,
                 )
             )
         elif report.kind == REQUEUE:
