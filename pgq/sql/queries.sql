@@ -181,8 +181,8 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finishe
 -- New arguments (self.retry(args=..., kwargs=...)) replace the row's; options.eta, the next
 -- run's request.eta, is its new run_at when the retry waits (none for countdown 0, as in Celery).
 -- self.retry(queue=, priority=, time_limit=, soft_time_limit=) moves the row to that queue and
--- priority and merges the limits into its options; a task moved to another queue and due now
--- wakes that queue's workers.
+-- priority and merges the limits into its options; a task given a queue by its retry (another
+-- one, or its own again: the old value is not at hand here) and due now wakes that queue's workers.
 WITH retried AS (
     UPDATE pgq.tasks AS t
     SET state = 'RETRY', retries = t.retries + 1,
@@ -201,11 +201,11 @@ WITH retried AS (
                       %(kwargs)s::text[], %(options)s::text[])
                AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.run_at, t.queue, u.moved ? 'queue' AS moved
+    RETURNING t.id, t.run_at, t.queue, u.moved ? 'queue' AS requeued
 )
 SELECT r.id, extract(epoch FROM r.run_at)
 FROM retried AS r,
-     (SELECT count(pg_notify('pgq_tasks', queue)) FROM retried WHERE moved AND run_at <= now()) AS w;
+     (SELECT count(pg_notify('pgq_tasks', queue)) FROM retried WHERE requeued AND run_at <= now()) AS w;
 
 -- name: requeue_tasks
 -- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);
