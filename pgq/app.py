@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from pgq.ids import new_task_id, new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.settings import DEFAULT_QUEUE, Settings
-from pgq.store import COPY_THRESHOLD, NewTask, Store
+from pgq.store import COPY_THRESHOLD, Like, NewTask, Store, as_task
 
 __all__ = ["App", "Task"]
 
@@ -229,19 +230,18 @@ class Task:
         args: Sequence[Any] | None,
         kwargs: dict[str, Any] | None,
         task_id: str,
-    ) -> NewTask:
+    ) -> Like:
         """``prepare(args, kwargs, task_id=task_id)`` for a call without options, given
         ``template``, this task's ``prepare()``: only the id and the arguments differ (a
-        batch's hot path)."""
+        batch's hot path), so the row is a ``Like`` of the template."""
         args = args or ()
         kwargs = kwargs or {}
         self.check_arguments(args, kwargs)
-        return NewTask(
+        return (
             task_id,
-            template.name,
+            template,
             serialization.dumps(args) if args else "[]",
             serialization.dumps(kwargs) if kwargs else "{}",
-            *template[4:],
         )
 
 
@@ -409,7 +409,7 @@ class App:
         Each call is prepared as the store writes the one before (see ``Store.insert_many``);
         a call that fails validation raises and nothing is written.
         """
-        rows: list[NewTask] = []
+        rows: list[NewTask | Like] = []
         # A call without options differs from another of the same task only in its id and
         # arguments: prepare the rest once per task name (per call, not cached: settings change).
         templates: dict[str, tuple[Task, NewTask]] = {}
@@ -423,7 +423,8 @@ class App:
         made: list[str] = []
         results: list[Result] = []
 
-        def prepared() -> Iterator[NewTask]:
+        def prepared() -> Iterator[NewTask | Like]:
+            row: NewTask | Like
             for name, args, kwargs, options in batch:
                 if options:
                     row = self.signature_task(name).prepare(args, kwargs, **options)
@@ -437,15 +438,15 @@ class App:
                 yield row
             # The store asks past the last row while PostgreSQL is still storing the batch: the
             # results for the ids the rows were given are made meanwhile, not after.
-            made.extend(row.id for row in rows)
-            results.extend(Result(i, store) for i in made)
+            made.extend(map(operator.itemgetter(0), rows))
+            results.extend(map(Result, made, itertools.repeat(store)))
 
         done = store.insert_many(prepared(), connection)
         if done != made:  # an existing task's id stands in for a duplicate (or none were made)
             results[:] = [Result(i, store) for i in done]
         if listening("task_enqueued"):
-            for row in rows:
-                emit("task_enqueued", task_id=row.id, name=row.name, queue=row.queue)
+            for task in map(as_task, rows):
+                emit("task_enqueued", task_id=task.id, name=task.name, queue=task.queue)
         return results
 
     def send_workflow(

@@ -29,12 +29,14 @@ from pgq.sql import query
 
 __all__ = [
     "ClaimedTask",
+    "Like",
     "NewTask",
     "Outcome",
     "RetryRequest",
     "Store",
     "TaskRecord",
     "WorkerStore",
+    "as_task",
 ]
 
 T = TypeVar("T")
@@ -65,6 +67,22 @@ class NewTask(NamedTuple):
 
     def params(self) -> dict[str, Any]:
         return self._asdict()
+
+
+# A batch's plain call: (id, template, args, kwargs), the template's row with this id and these
+# arguments (JSON text). Id and arguments sit at a NewTask's indexes for them (0, 2, 3), so code
+# reading only those takes either; the store formats a Like from its template's formatted columns
+# without building the NewTask (a batch's hot path: a 14-field NamedTuple costs more to build
+# than the rest of the row).
+Like = tuple[str, NewTask, str, str]
+
+
+def as_task(t: NewTask | Like) -> NewTask:
+    """The NewTask a Like stands for (a NewTask as it is)."""
+    if isinstance(t, NewTask):
+        return t
+    task_id, template, args, kwargs = t
+    return template._replace(id=task_id, args=args, kwargs=kwargs)
 
 
 class ClaimedTask(NamedTuple):
@@ -221,7 +239,7 @@ class Store:
             raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
         return existing[0][0], False
 
-    def insert_many(self, tasks: Iterable[NewTask], connection: Any = None) -> list[str]:
+    def insert_many(self, tasks: Iterable[NewTask | Like], connection: Any = None) -> list[str]:
         """Insert many tasks in one transaction; returns each task's id (the existing one for a
         duplicate id or idempotency key).
 
@@ -229,19 +247,20 @@ class Store:
         they come, so PostgreSQL stores the first rows while the caller still prepares the last.
         """
         pending = iter(tasks)
-        taken: list[NewTask] = []
+        given: list[NewTask | Like] = []
         if connection is None:
-            taken.extend(itertools.islice(pending, COPY_THRESHOLD))
-            if len(taken) == COPY_THRESHOLD and all(map(_copyable, taken)):
+            given.extend(itertools.islice(pending, COPY_THRESHOLD))
+            if len(given) == COPY_THRESHOLD and all(map(_copyable, given)):
                 try:
-                    ids = self._copy(taken, pending)
+                    ids = self._copy(given, pending)
                     if ids is not None:
                         return ids
                 except OperationalError:
                     pass  # a dead pooled connection: the statement below retries on a fresh one
-        taken.extend(pending)
-        if not taken:
+        given.extend(pending)
+        if not given:
             return []
+        taken = list(map(as_task, given))
         inserted = {
             row[0]
             for row in self._run("insert_tasks", _insert_params(taken), connection, retry=True)
@@ -257,7 +276,9 @@ class Store:
             ids.append(existing[0][0] if existing else t.id)
         return ids
 
-    def _copy(self, taken: list[NewTask], more: Iterator[NewTask]) -> list[str] | None:
+    def _copy(
+        self, taken: list[NewTask | Like], more: Iterator[NewTask | Like]
+    ) -> list[str] | None:
         """Write ``taken`` and then every task of ``more`` (appending each to ``taken``) with
         one COPY statement, several times cheaper per row than binding arrays, then wake the
         workers of their queues; returns the tasks' ids. None, with nothing written, if an id
@@ -284,9 +305,8 @@ class Store:
                         writer.write("".join(chunk))
                         # Made while the server stores the last rows (leaving the block waits
                         # for it to finish).
-                        ids = [t.id for t in taken]
-                        queues = sorted({t.queue for t in taken})
-                    cur.execute(query("wake_queues"), {"queues": queues})
+                        ids = [t[0] for t in taken]
+                    cur.execute(query("wake_queues"), {"queues": sorted(line.queues)})
             except (psycopg.errors.UniqueViolation, _NotCopyable):
                 return None
         return ids
@@ -421,9 +441,11 @@ class _NotCopyable(Exception):
     """A task of a COPY batch needs the INSERT statement (raised to roll the COPY back)."""
 
 
-def _copyable(t: NewTask) -> bool:
+def _copyable(t: NewTask | Like) -> bool:
     """Whether a task is due now, never expires and has no idempotency key: a row COPY can
     write as it is (the table's defaults give run_at = now())."""
+    if not isinstance(t, NewTask):
+        t = t[1]
     return (
         t.eta is None
         and t.countdown is None
@@ -436,28 +458,40 @@ def _copyable(t: NewTask) -> bool:
 class _CopyLines:
     """Formats tasks as lines of the copy_tasks statement in COPY's text format. The columns
     after the arguments (name, queue, priority, options, parent and root ids), the same for
-    most tasks of a batch, are formatted once per distinct set; raises ``_NotCopyable`` for a
-    task that needs the INSERT statement."""
+    most tasks of a batch, are formatted once per distinct set (once per template for a Like);
+    raises ``_NotCopyable`` for a task that needs the INSERT statement. ``queues`` collects the
+    queues of the lines made."""
 
     def __init__(self) -> None:
+        self.queues: set[str] = set()
         self._tails: dict[tuple[str, tuple[Any, ...]], str] = {}
+        # By the template's identity (hashing a 14-field row per line would cost more than the
+        # rest of the line); the templates are kept so that no identity is reused meanwhile.
+        self._like_tails: dict[int, str] = {}
+        self._templates: list[NewTask] = []
 
-    def __call__(self, t: NewTask) -> str:
-        shared = (t.name, t[4:])
-        tail = self._tails.get(shared)
-        if tail is None:
-            tail = self._tail(t, shared)
-        head = f"{t.id}\t{t.args}\t{t.kwargs}\t"
+    def __call__(self, t: NewTask | Like) -> str:
+        if isinstance(t, NewTask):
+            shared = (t.name, t[4:])
+            tail = self._tails.get(shared)
+            if tail is None:
+                tail = self._tails[shared] = self._tail(t)
+        else:
+            tail = self._like_tails.get(id(t[1]))
+            if tail is None:
+                self._templates.append(t[1])
+                tail = self._like_tails[id(t[1])] = self._tail(t[1])
+        head = f"{t[0]}\t{t[2]}\t{t[3]}\t"
         if head.count("\t") != 3 or _COPY_SPECIAL(head):
-            head = "".join(f"{_copy_field(v)}\t" for v in (t.id, t.args, t.kwargs))
+            head = "".join(f"{_copy_field(v)}\t" for v in (t[0], t[2], t[3]))
         return head + tail
 
-    def _tail(self, t: NewTask, shared: tuple[Any, ...]) -> str:
+    def _tail(self, t: NewTask) -> str:
         if not _copyable(t):
             raise _NotCopyable
+        self.queues.add(t.queue)
         fields = (t.name, t.queue, t.priority, t.options, t.parent_id, t.root_id)
-        tail = self._tails[shared] = "\t".join(map(_copy_field, fields)) + "\n"
-        return tail
+        return "\t".join(map(_copy_field, fields)) + "\n"
 
 
 def _insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import pgq
+from pgq import hooks
 from pgq.database import Database, sqlalchemy_url
 from pgq.errors import EncodeError, TaskFailed, TaskRevokedError
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
@@ -529,6 +530,50 @@ def test_a_large_batch_goes_in_whole_and_wakes_each_queue_once(
     distinct = conn.execute("SELECT count(DISTINCT created_at) FROM pgq.tasks").fetchone()
     assert distinct == (1,)
     assert sorted(notifications_until_sentinel(listener, conn)) == ["a", "b"]
+
+
+def test_a_large_batch_of_plain_calls_to_two_tasks_keeps_each_tasks_defaults(
+    qapp: pgq.App, conn: Conn, clean: None, listener: Conn
+) -> None:
+    """Plain calls are written from their task's template (``Like`` rows): calls to two tasks
+    with their own queues, interleaved with calls that carry options, each get their own task's
+    name, queue and priority, wake both queues, and are announced with them."""
+
+    @qapp.task(name="store.left", queue="left", priority=3)
+    def left(x: int) -> int:
+        return x
+
+    @qapp.task(name="store.right", queue="right")
+    def right(x: int) -> int:
+        return x
+
+    calls: list[Any] = []
+    for i in range(150):
+        calls.append(("store.left" if i % 2 else "store.right", [i], {}, {}))
+        if i % 50 == 0:
+            calls.append(("store.left", [i], {}, {"priority": 9}))
+    announced: list[tuple[str, str, str]] = []
+
+    def record(**details: Any) -> None:
+        announced.append((details["task_id"], details["name"], details["queue"]))
+
+    hooks.connect("task_enqueued", record)
+    try:
+        results = qapp.send_many(calls)
+    finally:
+        hooks.disconnect("task_enqueued", record)
+    assert count_tasks(conn) == len(calls) == 153
+    stored = {
+        row[0]: row[1:]
+        for row in conn.execute("SELECT id, name, queue, priority, args FROM pgq.tasks")
+    }
+    for result, (name, args, _kwargs, options) in zip(results, calls, strict=True):
+        queue = "left" if name == "store.left" else "right"
+        priority = options.get("priority", 3 if name == "store.left" else 0)
+        assert stored[result.id] == (name, queue, priority, args)
+        assert (result.id, name, queue) in announced
+    assert len(announced) == len(calls)
+    assert sorted(notifications_until_sentinel(listener, conn)) == ["left", "right"]
 
 
 def test_a_large_batch_keeps_awkward_text_as_it_was_sent(
@@ -1448,6 +1493,7 @@ import atexit
 pools = []
 atexit.register(lambda: print("closed at exit:", [pool.closed for pool in pools]))
 import pgq
+from pgq import hooks
 app = pgq.App(database_url={db_url!r})
 with app.db.pooled() as conn:
     conn.execute("SELECT 1")
