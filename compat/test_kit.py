@@ -124,6 +124,26 @@ def test_retry_to_another_queue_runs_there(kit: Kit) -> None:
     assert result.get(timeout=TIMEOUT) == ["moved", 1]
 
 
+def test_a_retry_keeps_its_expiry_unless_it_is_given_a_new_one(kit: Kit) -> None:
+    before = datetime.now(timezone.utc)
+    kept = kit.tasks.retry_with_expiry.apply_async(expires=600).get(timeout=TIMEOUT)
+    after = datetime.now(timezone.utc)
+    expires = datetime.fromisoformat(kept)
+    assert before + timedelta(seconds=600) <= expires <= after + timedelta(seconds=600)
+    before = datetime.now(timezone.utc)
+    renewed = kit.tasks.retry_with_expiry.apply_async((900,), expires=600).get(timeout=TIMEOUT)
+    after = datetime.now(timezone.utc)
+    expires = datetime.fromisoformat(renewed)
+    assert before + timedelta(seconds=900) <= expires <= after + timedelta(seconds=900)
+
+
+def test_a_retry_that_expires_before_it_runs_is_revoked(kit: Kit) -> None:
+    result = kit.tasks.retry_with_expiry.delay(-1)
+    with pytest.raises(kit.exceptions.TaskRevokedError):
+        result.get(timeout=TIMEOUT)
+    assert result.state == "REVOKED"
+
+
 def test_request_shows_eta_and_expires_as_iso_text(kit: Kit) -> None:
     assert kit.tasks.when.delay().get(timeout=TIMEOUT) == {"eta": None, "expires": None}
     before = datetime.now(timezone.utc)

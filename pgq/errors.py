@@ -32,7 +32,8 @@ psycopg errors are translated into this tree at the store boundary (``pgq.store`
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
@@ -117,7 +118,7 @@ class RetryTask(TaskError):
     ``exc`` is the error that caused the retry; it is stored on the row while the task waits.
     ``max_retries`` overrides the task's own budget for this retry. ``retry_args`` and
     ``retry_kwargs``, when not None, replace the task's arguments for its next run;
-    ``retry_options`` (see ``retry_options()``) its queue, priority and time limits.
+    ``retry_options`` (see ``retry_options()``) its queue, priority, time limits and expiry.
     """
 
     retry_args: list[Any] | None = None
@@ -185,22 +186,27 @@ class ChordError(Exception):
 
 
 # The options of self.retry(...) a retried task takes with it: its queue and priority (columns of
-# its row) and its time limits (kept in its options). Celery re-sends the task with them.
-RETRY_OPTIONS = ("queue", "priority", "time_limit", "soft_time_limit")
+# its row), its time limits (kept in its options) and its expiry (a column, and its options'
+# request.expires). Celery re-sends the task with them.
+RETRY_OPTIONS = ("queue", "priority", "time_limit", "soft_time_limit", "expires")
 
 
 def retry_options(options: dict[str, Any]) -> dict[str, Any] | None:
     """The options of ``self.retry(**options)`` the retried task takes with it, checked here
     (in the task, where a bad value fails it with a clear error) so the retry cannot fail later.
 
-    Other options (broker routing, ``expires``, ...) are ignored, as the README says.
+    ``expires`` (seconds from now, a timedelta or a datetime; naive means UTC) is kept as the
+    moment it names, in ISO 8601, as Celery's ``apply_async`` fixes it when it sends the retry.
+    Other options (broker routing, headers, ...) are ignored, as the README says.
     """
     kept: dict[str, Any] = {}
     for name in RETRY_OPTIONS:
         value = options.get(name)
         if value is None:
             continue
-        if name == "queue":
+        if name == "expires":
+            value = _expiry_moment(value).isoformat()
+        elif name == "queue":
             value = getattr(value, "name", value)  # a kombu Queue object
             if not isinstance(value, str) or not value:
                 raise ValueError(f"retry queue must be a non-empty string, got {value!r}")
@@ -211,3 +217,14 @@ def retry_options(options: dict[str, Any]) -> dict[str, Any] | None:
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         kept[name] = value
     return kept or None
+
+
+def _expiry_moment(value: Any) -> datetime:
+    """The moment ``self.retry(expires=value)`` names."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expires must be seconds, a timedelta or a datetime, got {value!r}")
+    return datetime.now(timezone.utc) + timedelta(seconds=value)

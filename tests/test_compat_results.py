@@ -219,17 +219,46 @@ def test_retry_without_options_keeps_the_queue_and_priority(
     assert (row["queue"], row["priority"]) == ("celery", 3)
 
 
+def test_retry_with_expires_gives_the_row_that_expiry_and_the_next_run_its_request_expires(
+    app: Any, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # Celery's apply_async turns expires=3600 into a moment when it sends the retry.
+    result = app.tasks[f"{__name__}.moving"].apply_async(kwargs={"expires": 3600}, expires=60)
+    before = datetime.now(timezone.utc)
+    assert run_one(app, db_url) == "RETRY"
+    after = datetime.now(timezone.utc)
+    row = task_row(conn, result.id)
+    assert row is not None
+    expires_at = row["expires_at"]
+    assert before + timedelta(seconds=3600) <= expires_at <= after + timedelta(seconds=3600)
+    assert datetime.fromisoformat(row["options"]["expires"]) == expires_at
+    assert run_one(app, db_url) == "SUCCESS"
+
+
+def test_a_retry_whose_expiry_has_passed_is_claimed_as_expired(app: Any, db_url: str) -> None:
+    # The worker stores such a task REVOKED without running it (compat/test_kit.py runs it).
+    result = app.tasks[f"{__name__}.moving"].apply_async(kwargs={"expires": -1})
+    assert run_one(app, db_url) == "RETRY"
+    store = WorkerStore(app.db, "unit-worker")
+    store.connect()
+    try:
+        [job] = store.claim_ready(["celery"], 1, 30)
+    finally:
+        store.close()
+    assert (job.id, job.expired) == (result.id, True)
+
+
 @pytest.mark.parametrize(
     "options",
-    [{"priority": 999}, {"queue": ""}, {"time_limit": -1}],
-    ids=["priority", "queue", "time_limit"],
+    [{"priority": 999}, {"queue": ""}, {"time_limit": -1}, {"expires": "soon"}],
+    ids=["priority", "queue", "time_limit", "expires"],
 )
 def test_retry_with_a_bad_option_fails_the_task_with_that_error(
     app: Any, db_url: str, conn: psycopg.Connection[Any], options: dict[str, Any]
 ) -> None:
     result = app.tasks[f"{__name__}.moving"].apply_async(kwargs=options)
     assert run_one(app, db_url) == "FAILURE"
-    with pytest.raises(ValueError, match="retry|priority|time_limit"):
+    with pytest.raises(ValueError, match="retry|priority|time_limit|expires"):
         result.get(timeout=5)
     row = task_row(conn, result.id)
     assert row is not None

@@ -103,6 +103,14 @@ def retry_elsewhere(self):
     return [self.request.delivery_info["routing_key"], self.request.retries]
 
 
+@app.task(bind=True, max_retries=3)
+def retry_with_expiry(self, expires=None):
+    if self.request.retries == 0:
+        options = {} if expires is None else {"expires": expires}
+        raise self.retry(countdown=0.1, **options)
+    return self.request.expires
+
+
 @app.task(bind=True)
 def when(self):
     return {"eta": self.request.eta, "expires": self.request.expires}

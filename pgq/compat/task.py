@@ -162,8 +162,8 @@ class Task(_engine.Task):
         With no retries left it raises ``exc`` if given, else ``MaxRetriesExceededError``,
         right here, as Celery does. Otherwise it raises ``Retry`` (returns it with
         ``throw=False``: the retry then happens when the task returns). ``queue``,
-        ``priority``, ``time_limit`` and ``soft_time_limit`` among ``options`` go with the task
-        (a bad one raises ``ValueError`` here); other options are ignored.
+        ``priority``, ``time_limit``, ``soft_time_limit`` and ``expires`` among ``options`` go
+        with the task (a bad one raises ``ValueError`` here); other options are ignored.
         """
         request = self.request
         if request.called_directly:

@@ -180,15 +180,17 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finishe
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
 -- New arguments (self.retry(args=..., kwargs=...)) replace the row's; options.eta, the next
 -- run's request.eta, is its new run_at when the retry waits (none for countdown 0, as in Celery).
--- self.retry(queue=, priority=, time_limit=, soft_time_limit=) moves the row to that queue and
--- priority and merges the limits into its options; a task given a queue by its retry (another
--- one, or its own again: the old value is not at hand here) and due now wakes that queue's workers.
+-- self.retry(queue=, priority=, time_limit=, soft_time_limit=, expires=) moves the row to that
+-- queue and priority, sets its expires_at, and merges the limits and expires (the next run's
+-- request.expires) into its options; a task given a queue by its retry (another one, or its own
+-- again: the old value is not at hand here) and due now wakes that queue's workers.
 WITH retried AS (
     UPDATE pgq.tasks AS t
     SET state = 'RETRY', retries = t.retries + 1,
         run_at = u.due,
         queue = COALESCE(u.moved->>'queue', t.queue),
         priority = COALESCE((u.moved->>'priority')::smallint, t.priority),
+        expires_at = COALESCE((u.moved->>'expires')::timestamptz, t.expires_at),
         options = CASE WHEN u.eta IS NOT NULL OR u.countdown > 0
                        THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END
                   || (COALESCE(u.moved, '{}') - 'queue' - 'priority'),
