@@ -62,7 +62,7 @@ class Report(NamedTuple):
     follow_ups: tuple[NewTask, ...] = ()
     failed_steps: tuple[FailedStep, ...] = ()
     # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=),
-    # and its new queue, priority and time limits (JSON object text): self.retry(queue=, ...).
+    # and its new queue, priority, time limits and expiry (JSON object text): retry(queue=...).
     args: str | None = None
     kwargs: str | None = None
     options: str | None = None
@@ -158,7 +158,7 @@ def _run(task: Task, request: Request, started: float) -> tuple[Report, Any]:
         if _autoretries(task, exc):
             try:
                 again = _autoretry_request(task, request, exc)
-            except ValueError as bad:  # retry_kwargs with a bad queue, priority or time limit
+            except ValueError as bad:  # retry_kwargs with a bad queue, priority, limit or expiry
                 return _fail(task, request, started, bad), bad
             return _retry(task, request, started, again), exc
         return _fail(task, request, started, exc), exc
