@@ -100,3 +100,21 @@ def test_bench_runs_end_to_end_and_prints_a_table(server_url: str, tmp_path: Pat
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)
         ).fetchall()
     assert left == []
+
+
+def test_the_batch_profile_runs_and_prints_its_table(server_url: str) -> None:
+    name = f"pgqbench_profile_{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "bench.batch_profile", "--url", server_url]
+    command += ["--batches", "2", "--rounds", "1", "--perf", "0.5", "--db-name", name]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for form in ("send_many", "COPY, lines made before", "COPY into a copy: heap only"):
+        assert row(proc.stdout, form)[1][0].isdigit(), proc.stdout
+    # perf may be missing or refused: then the profile says so instead of printing its table.
+    assert "| `CopyFrom` |" in proc.stdout or "(no profile:" in proc.stdout, proc.stdout
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchall()
+    assert left == []
