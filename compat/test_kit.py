@@ -232,6 +232,29 @@ def test_revoke_a_countdown_task(kit: Kit) -> None:
     assert result.state == "REVOKED"
 
 
+def test_inspect_queries_a_countdown_task_and_lists_it_once_revoked(kit: Kit) -> None:
+    inspect = kit.app.control.inspect(timeout=5.0)
+    later = kit.tasks.add.apply_async((1, 2), countdown=120)
+
+    def answers() -> list[list]:
+        reply = inspect.query_task(later.id) or {}
+        return [tasks[later.id] for tasks in reply.values() if later.id in tasks]
+
+    [(state, info)] = wait_for(answers, what="a worker to report the countdown task")
+    assert state == "scheduled"
+    assert info["id"] == later.id
+    assert info["name"] == kit.tasks.add.name
+    assert info["args"] == [1, 2]
+
+    later.revoke()
+
+    def revoked_everywhere() -> dict | None:
+        reply = inspect.revoked()
+        return reply if reply and all(later.id in ids for ids in reply.values()) else None
+
+    wait_for(revoked_everywhere, what="every worker to list the revoked task")
+
+
 def test_soft_time_limit_is_catchable(kit: Kit) -> None:
     assert kit.tasks.soft_limited.delay().get(timeout=TIMEOUT) == "soft limit caught"
 

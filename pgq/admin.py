@@ -38,6 +38,8 @@ class Filters:
     since_at: datetime | None = None
     since_seconds: float | None = None
     limit: int | None = None
+    # Only these tasks (active and scheduled only: ``app.control.inspect().query_task``).
+    ids: tuple[str, ...] | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class Filters:
             "since_at": self.since_at,
             "since_seconds": self.since_seconds,
             "limit": self.limit,
+            "ids": None if self.ids is None else list(self.ids),
         }
 
 
@@ -74,6 +77,11 @@ class AdminStore(Store):
     def scheduled(self, filters: Filters) -> list[Row]:
         """Waiting tasks whose run_at is in the future, soonest first."""
         return self._rows("inspect_scheduled", filters.params())
+
+    def revoked(self, *, seconds: float, limit: int) -> list[str]:
+        """Ids of the tasks revoked (or expired) in the last ``seconds``, newest first."""
+        rows = self._rows("inspect_revoked", {"seconds": seconds, "limit": limit})
+        return [row["id"] for row in rows]
 
     def registered(self, filters: Filters) -> list[Row]:
         """Task names known to live workers, each with the ids of those workers."""

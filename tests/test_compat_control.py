@@ -84,6 +84,8 @@ def test_nobody_answers_without_a_live_worker(app: Any, conn: psycopg.Connection
     assert inspect.registered() is None
     assert inspect.stats() is None
     assert inspect.active_queues() is None
+    assert inspect.revoked() is None
+    assert inspect.query_task("anything") is None
 
 
 # -- a live worker --------------------------------------------------------------------------
@@ -112,6 +114,8 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert stats["pool"]["max-concurrency"] == 2
     assert inspect.reserved() == {name: []}
     assert inspect.active() == {name: []}
+    assert inspect.revoked() == {name: []}
+    assert inspect.query_task("no-such-task") == {name: {}}
 
     # scheduled(): a countdown task of a queue the worker consumes is listed under it.
     later = app.send_task(SLEEPY, args=[0.01], countdown=3600, queue="control", priority=3)
@@ -125,6 +129,9 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert entry["priority"] == 3
     eta = datetime.fromisoformat(entry["eta"])
     assert (eta - datetime.now(timezone.utc)).total_seconds() > 3000
+    # query_task(): by id, one by one or as a list; unknown ids are left out.
+    assert inspect.query_task(later.id) == {name: {later.id: ["scheduled", entry["request"]]}}
+    assert inspect.query_task([later.id, "no-such-task"]) == inspect.query_task(later.id)
 
     # active(): a task the worker is running, with Celery's Request.info() keys.
     running = app.send_task(SLEEPY, args=[60], kwargs={})
@@ -146,10 +153,23 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert info["delivery_info"]["redelivered"] is False
     assert inspect.active(safe=True)[name][0]["args"] == "[60]"
     assert app.control.inspect(destination=["celery@nobody"]).active() is None
+    both = inspect.query_task(running.id, later.id)[name]
+    assert both[running.id] == ["active", info]
+    assert both[later.id][0] == "scheduled"
+
+    # revoked(): the ids revoked, newest first: a waiting task (REVOKED at once), then a running
+    # one revoked without terminate (it runs on, marked to be skipped, as in Celery).
+    later.revoke()
+    assert inspect.revoked() == {name: [later.id]}
+    assert inspect.query_task(later.id) == {name: {}}
+    app.control.revoke(running.id)
+    assert task_row(conn, running.id)["state"] == "STARTED"  # type: ignore[index]
+    assert inspect.revoked() == {name: [running.id, later.id]}
 
     # Stop the running task, then the worker: it unregisters and nobody answers any more.
     app.control.terminate(running.id)
     wait_state(conn, running.id, "REVOKED")
+    assert inspect.revoked() == {name: [running.id, later.id]}
     assert w.stop() == 0
     assert app.control.ping() == []
     assert app.control.inspect().active() is None

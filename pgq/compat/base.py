@@ -735,25 +735,7 @@ class _Inspect:
         ``worker_pid`` is the worker's main process: the row does not record which pool process
         runs the task.
         """
-
-        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
-            reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
-            rows = admin.active(Filters())
-            arguments = admin.arguments([row["id"] for row in rows])
-            for row in rows:
-                owner = _holder(row["worker"], workers)
-                if owner is None or row["id"] not in arguments:
-                    continue  # held by a worker not asked, or finished and forgotten meanwhile
-                info = _task_info(row, arguments[row["id"]], owner, bool(safe))
-                info.update(
-                    time_start=row["started_at"].timestamp() if row["started_at"] else None,
-                    acknowledged=True,
-                    worker_pid=owner["pid"],
-                )
-                reply[owner["id"]].append(info)
-            return reply
-
-        return self._reply(build)
+        return self._reply(lambda admin, workers: _active(admin, workers, Filters(), safe))
 
     def scheduled(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]] | None:
         """Tasks waiting for their countdown/eta (or retry back-off), under each live worker
@@ -763,27 +745,40 @@ class _Inspect:
         free when it comes due runs it. So it is listed under every one of them (a task shows up
         once per such worker), in Celery's ``{"eta", "priority", "request"}`` shape.
         """
+        return self._reply(lambda admin, workers: _scheduled(admin, workers, Filters(), safe))
+
+    def query_task(self, *ids: str | Iterable[str]) -> dict[str, dict[str, list[Any]]] | None:
+        """``{worker_name: {task_id: [state, info]}}`` for those of these tasks a worker holds
+        (``"active"``) or that wait for their countdown in a queue it consumes (``"scheduled"``,
+        under every such worker, as ``scheduled()`` lists them). Other ids are left out, as a
+        Celery worker leaves out the ids it has not received. Ids may come one by one or as one
+        list."""
+        wanted = Filters(ids=tuple(_ids(ids)))
 
         def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
-            reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
-            rows = admin.scheduled(Filters())
-            arguments = admin.arguments([row["id"] for row in rows])
-            for row in rows:
-                if row["id"] not in arguments:
-                    continue  # purged or revoked and forgotten meanwhile
-                for worker in workers:
-                    if row["queue"] not in worker["queues"]:
-                        continue
-                    request = _task_info(row, arguments[row["id"]], worker, bool(safe))
-                    request.update(time_start=None, acknowledged=False, worker_pid=None)
-                    reply[worker["id"]].append(
-                        {
-                            "eta": row["run_at"].isoformat(),
-                            "priority": row["priority"],
-                            "request": request,
-                        }
-                    )
+            reply: dict[str, dict[str, list[Any]]] = {w["id"]: {} for w in workers}
+            for worker, infos in _active(admin, workers, wanted, False).items():
+                for info in infos:
+                    reply[worker][info["id"]] = ["active", info]
+            for worker, entries in _scheduled(admin, workers, wanted, False).items():
+                for entry in entries:
+                    reply[worker][entry["request"]["id"]] = ["scheduled", entry["request"]]
             return reply
+
+        return self._reply(build)
+
+    def revoked(self) -> dict[str, list[str]] | None:
+        """``{worker_name: [task_id, ...]}``: the tasks revoked in the last 3 hours, newest
+        first, at most 50,000 (what a Celery worker remembers: ``REVOKE_EXPIRES``,
+        ``REVOKES_MAX``), tasks that expired included, as in Celery.
+
+        A revocation in pgq is the task's row (``REVOKED``, or a running task marked to be
+        skipped), honoured by every worker, so each live worker answers the same list.
+        """
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            ids = admin.revoked(seconds=REVOKE_EXPIRES, limit=REVOKES_MAX)
+            return {w["id"]: list(ids) for w in workers}
 
         return self._reply(build)
 
@@ -829,6 +824,65 @@ class _Inspect:
             return {w["id"]: [_queue_info(q) for q in w["queues"]] for w in workers}
 
         return self._reply(build)
+
+
+# How long and how many revoked ids a Celery worker remembers (celery.worker.state).
+REVOKE_EXPIRES = 10800.0
+REVOKES_MAX = 50000
+
+
+def _ids(given: Iterable[str | Iterable[str]]) -> list[str]:
+    """Task ids passed one by one (``query_task(a, b)``) or as one list (``query_task([a, b])``)."""
+    ids: list[str] = []
+    for item in given:
+        if isinstance(item, str):
+            ids.append(item)
+        else:
+            ids.extend(map(str, item))
+    return ids
+
+
+def _active(
+    admin: AdminStore, workers: list[dict[str, Any]], filters: Filters, safe: bool | None
+) -> dict[str, list[dict[str, Any]]]:
+    """``inspect().active()``'s reply for these workers: the tasks each holds."""
+    reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+    rows = admin.active(filters)
+    arguments = admin.arguments([row["id"] for row in rows])
+    for row in rows:
+        owner = _holder(row["worker"], workers)
+        if owner is None or row["id"] not in arguments:
+            continue  # held by a worker not asked, or finished and forgotten meanwhile
+        info = _task_info(row, arguments[row["id"]], owner, bool(safe))
+        info.update(
+            time_start=row["started_at"].timestamp() if row["started_at"] else None,
+            acknowledged=True,
+            worker_pid=owner["pid"],
+        )
+        reply[owner["id"]].append(info)
+    return reply
+
+
+def _scheduled(
+    admin: AdminStore, workers: list[dict[str, Any]], filters: Filters, safe: bool | None
+) -> dict[str, list[dict[str, Any]]]:
+    """``inspect().scheduled()``'s reply for these workers: each waiting task with a future
+    ``run_at`` under every worker that consumes its queue."""
+    reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+    rows = admin.scheduled(filters)
+    arguments = admin.arguments([row["id"] for row in rows])
+    for row in rows:
+        if row["id"] not in arguments:
+            continue  # purged or revoked and forgotten meanwhile
+        for worker in workers:
+            if row["queue"] not in worker["queues"]:
+                continue
+            request = _task_info(row, arguments[row["id"]], worker, bool(safe))
+            request.update(time_start=None, acknowledged=False, worker_pid=None)
+            reply[worker["id"]].append(
+                {"eta": row["run_at"].isoformat(), "priority": row["priority"], "request": request}
+            )
+    return reply
 
 
 def _holder(slot: str | None, workers: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -412,6 +412,7 @@ SELECT id, name, queue, state, worker, started_at, runtime_seconds, lease_lapsed
 FROM pgq.running_tasks
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
 ORDER BY started_at, id
 LIMIT %(limit)s;
 
@@ -423,7 +424,23 @@ FROM pgq.tasks
 WHERE state IN ('PENDING', 'RETRY') AND run_at > now()
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
 ORDER BY run_at, id
+LIMIT %(limit)s;
+
+-- name: inspect_revoked
+-- (read) Ids of revoked tasks, newest first (app.control.inspect().revoked()): those a worker
+-- holds and has been told to skip (marked, not yet ended), then those that ended REVOKED (revoked
+-- or expired) in the last seconds given.
+SELECT id FROM (
+    SELECT id, now() AS revoked_at FROM pgq.tasks
+    WHERE lease_expires_at IS NOT NULL AND options @> '{"revoked": true}'
+    UNION ALL
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE finished_at > now() - make_interval(secs => %(seconds)s::double precision)
+      AND state = 'REVOKED'
+) AS r
+ORDER BY revoked_at DESC, id
 LIMIT %(limit)s;
 
 -- name: inspect_registered
