@@ -395,6 +395,14 @@ def test_link_error_runs_the_errback_in_the_worker(kit: Kit) -> None:
     assert note.read_text() == "ValueError"
 
 
+def test_map_starmap_and_chunks_run_in_the_worker(kit: Kit) -> None:
+    assert kit.tasks.tsum.map([[1, 2], [3, 4, 5]]).delay().get(timeout=TIMEOUT) == [3, 12]
+    assert ~kit.tasks.add.starmap([(1, 2), (3, 4)]) == [3, 7]
+    result = kit.tasks.add.chunks(zip(range(10), range(10), strict=True), 3)()
+    assert isinstance(result, kit.result.GroupResult)
+    assert result.get(timeout=TIMEOUT) == [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]
+
+
 def test_group_result_save_and_restore(kit: Kit) -> None:
     from celery import group
     from celery.result import GroupResult

@@ -405,6 +405,46 @@ def test_always_eager_and_propagation(app: Any) -> None:
         boom.delay()
 
 
+@pytest.fixture
+def sums(app: Any) -> types.SimpleNamespace:
+    """Two tasks of ``app`` for canvas tests: ``add(x, y)`` and ``total(values)``."""
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    return types.SimpleNamespace(add=add, total=total)
+
+
+def test_map_starmap_and_chunks_eagerly(app: Any, sums: types.SimpleNamespace) -> None:
+    add, total = sums.add, sums.total
+    app.conf.task_always_eager = True
+    assert ~total.map([[1, 2], [3]]) == [3, 3]
+    assert add.starmap([(1, 2), (3, 4)]).apply().get() == [3, 7]
+    assert ~add.s(2, 2) == 4
+    pieces = add.chunks(zip(range(5), range(5), strict=True), 2)
+    assert len(pieces.group()) == 3
+    assert pieces().get() == [[0, 2], [4, 6], [8]]
+    assert repr(add.starmap([(1, 2)])) == f"[{add.name}(x) for x in [(1, 2)]]"
+    with pytest.raises(ValueError, match="chunk size"):
+        add.chunks([(1, 2)], 0)
+    # The built-in tasks they send are registered, as in Celery.
+    assert {"celery.map", "celery.starmap"} <= set(app.tasks)
+
+
+def test_map_is_sent_as_one_task_of_the_builtin_name(sums: types.SimpleNamespace) -> None:
+    add = sums.add
+    sig = add.starmap([(1, 2), (3, 4)])
+    assert sig.name == "celery.starmap"
+    assert sig.immutable
+    assert sig.kwargs["task"]["task"] == add.name
+    assert sig.kwargs["it"] == [(1, 2), (3, 4)]
+
+
 def test_update_state_is_a_no_op_when_eager(app: Any) -> None:
     @app.task(bind=True)
     def progress(self: Any) -> str:
@@ -450,15 +490,8 @@ def test_signatures_merge_partial_arguments(app: Any) -> None:
     assert partial.apply((5,)).get() == 7
 
 
-def test_eager_chain_group_and_chord(app: Any) -> None:
-    @app.task
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @app.task
-    def total(values: list[int]) -> int:
-        return sum(values)
-
+def test_eager_chain_group_and_chord(sums: types.SimpleNamespace) -> None:
+    add, total = sums.add, sums.total
     assert (add.s(1, 1) | add.s(10)).apply().get() == 12
     assert chain(add.s(1, 1), add.s(2), add.s(3)).apply().get() == 7
     assert group(add.s(i, i) for i in range(3)).apply().get() == [0, 2, 4]

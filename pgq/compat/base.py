@@ -26,6 +26,7 @@ from typing import Any
 from pgq.admin import AdminStore, Filters
 from pgq.app import App, resolve_timezone
 from pgq.compat import _state
+from pgq.compat.canvas import builtin_map, builtin_starmap
 from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.signals import Signal
 from pgq.compat.task import Task
@@ -39,6 +40,10 @@ log = logging.getLogger("pgq.compat")
 
 # Celery names methods after classes (app.Task, app.AsyncResult): annotations use these.
 _TaskClass = Task
+
+# Celery's built-in tasks that canvas primitives send (task.map, task.starmap, task.chunks),
+# registered in every app when it is finalized or first asked for one of them.
+_BUILTINS = {"celery.map": builtin_map, "celery.starmap": builtin_starmap}
 _AsyncResultClass = AsyncResult
 
 # Celery's settings that pgq reads, with Celery's defaults. Any other key is stored as given.
@@ -429,6 +434,9 @@ class Celery(App):
         task = self._tasks.get(name)
         if task is not None:
             return task
+        if name in _BUILTINS:
+            self._register_builtins()
+            return self._tasks[name]
         stand_in = type("RemoteTask", (self.Task,), {"name": name, "typing": False})()
         stand_in.app = self
         return stand_in
@@ -451,6 +459,7 @@ class Celery(App):
             return
         self._finalizing = True
         try:
+            self._register_builtins()
             self.on_after_configure.send(sender=self, source=self._conf)
             for module in (*self._conf.get("imports", ()), *self._conf.get("include", ())):
                 importlib.import_module(module)
@@ -459,6 +468,13 @@ class Celery(App):
             self.on_after_finalize.send(sender=self)
         finally:
             self._finalizing = False
+
+    def _register_builtins(self) -> None:
+        """Celery's built-in tasks that canvas primitives send: ``celery.map`` and
+        ``celery.starmap`` (``task.map``, ``task.starmap``, ``task.chunks``)."""
+        for name, body in _BUILTINS.items():
+            if name not in self._tasks:
+                self._task_from_fun(body, name=name, bind=True, typing=False)
 
     def _import_pending(self) -> None:
         pending, self._pending_modules = self._pending_modules, []
@@ -788,7 +804,8 @@ class _Inspect:
         return self._reply(lambda admin, workers: {w["id"]: [] for w in workers})
 
     def registered(self, *taskinfoitems: str) -> dict[str, list[str]] | None:
-        """The task names each live worker registered at start-up, sorted.
+        """The task names each live worker registered at start-up, sorted, without Celery's
+        built-in tasks (``celery.*``), as Celery's ``registered()`` leaves them out.
 
         ``taskinfoitems`` is accepted and ignored: the workers record only the names.
         """
@@ -796,6 +813,8 @@ class _Inspect:
         def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
             reply: dict[str, list[str]] = {w["id"]: [] for w in workers}
             for row in admin.registered(Filters()):
+                if row["name"].startswith("celery."):
+                    continue
                 for worker_id in row["workers"]:
                     if worker_id in reply:
                         reply[worker_id].append(row["name"])

@@ -18,7 +18,17 @@ from pgq.compat._state import get_current_app
 from pgq.compat.result import AsyncResult, GroupResult
 from pgq.ids import new_task_id
 
-__all__ = ["Signature", "chain", "chord", "group", "maybe_signature", "signature"]
+__all__ = [
+    "Signature",
+    "chain",
+    "chord",
+    "chunks",
+    "group",
+    "maybe_signature",
+    "signature",
+    "xmap",
+    "xstarmap",
+]
 
 
 def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +210,10 @@ class Signature(dict):  # type: ignore[type-arg]
         if isinstance(other, Signature):
             return _chain(self, other, app=self._app)
         return NotImplemented
+
+    def __invert__(self) -> Any:
+        """``~sig``: send it and wait for its result (``sig.apply_async().get()``)."""
+        return self.apply_async().get()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
         clone = copy.copy(self)
@@ -388,3 +402,96 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         if body is None:
             return header
         return body.apply((values,), **options)
+
+
+class _basemap(Signature):  # noqa: N801 - Celery's spelling
+    """One task, run by the built-in task ``_name`` over every item of ``it`` in one worker."""
+
+    _name = ""
+
+    def __init__(self, task: Any, it: Iterable[Any], app: Any = None, **options: Any) -> None:
+        super().__init__(
+            self._name,
+            (),
+            {"task": maybe_signature(task), "it": list(it)},
+            options,
+            immutable=True,
+            app=app,
+        )
+
+    def __repr__(self) -> str:
+        kwargs = self["kwargs"]
+        return f"[{kwargs['task'].get('task')}(x) for x in {kwargs['it']!r}]"
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Sent as one task; its result is the list of the calls' results."""
+        return super().apply_async((), {}, **options)
+
+    def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        return super().apply((), {}, **options)
+
+
+class xmap(_basemap):  # noqa: N801 - Celery's spelling
+    """``task.map(it)``: ``[task(item) for item in it]``, run as one task (``celery.map``)."""
+
+    _name = "celery.map"
+
+
+class xstarmap(_basemap):  # noqa: N801 - Celery's spelling
+    """``task.starmap(it)``: ``[task(*item) for item in it]``, run as one task
+    (``celery.starmap``)."""
+
+    _name = "celery.starmap"
+
+
+class chunks(Signature):  # noqa: N801 - Celery's spelling
+    """``task.chunks(it, n)``: the calls ``task(*item)`` of ``it`` split into tasks of ``n``
+    calls each (``celery.starmap``), sent as a group; ``.get()`` gives a list per chunk."""
+
+    def __init__(self, task: Any, it: Iterable[Any], n: int, app: Any = None, **options: Any):
+        if int(n) < 1:
+            raise ValueError(f"chunks needs a chunk size of at least 1, not {n!r}")
+        super().__init__(
+            "celery.chunks",
+            (),
+            {"task": maybe_signature(task), "it": list(it), "n": int(n)},
+            options,
+            immutable=True,
+            app=app,
+        )
+
+    def __call__(self, **options: Any) -> Any:  # type: ignore[override]
+        return self.apply_async(**options)
+
+    def group(self) -> group:
+        """The group of ``celery.starmap`` tasks, one per chunk."""
+        kwargs = self["kwargs"]
+        it, n = kwargs["it"], kwargs["n"]
+        parts = [it[i : i + n] for i in range(0, len(it), n)]
+        steps = [xstarmap(kwargs["task"], part, app=self._app) for part in parts]
+        return group(steps, app=self._app)
+
+    def apply_async(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        return self.group().apply_async(**options)
+
+    def apply(
+        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        return self.group().apply(**options)
+
+
+def builtin_map(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[Any]:
+    """The built-in task ``celery.map`` (bound): ``task``'s function called on each item."""
+    fun = Signature(task, app=self.app).type
+    return [fun(item) for item in it]
+
+
+def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[Any]:
+    """The built-in task ``celery.starmap`` (bound): ``task``'s function called with each
+    item's arguments."""
+    fun = Signature(task, app=self.app).type
+    return [fun(*item) for item in it]

@@ -446,6 +446,25 @@ class Task(_engine.Task):
         """``task.si(2, 2)``: an immutable signature (ignores a parent's result)."""
         return self.signature(args, kwargs, immutable=True)
 
+    def map(self, it: Any) -> Signature:
+        """``task.map(it)``: one task that calls this one on every item (``~`` or ``.get()``
+        gives the list of results)."""
+        from pgq.compat.canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Any) -> Signature:
+        """``task.starmap(it)``: one task that calls this one with each item's arguments."""
+        from pgq.compat.canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Any, n: int) -> Signature:
+        """``task.chunks(it, n)``: the calls of ``starmap(it)`` split into tasks of ``n``."""
+        from pgq.compat.canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
     def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
         return None
 
