@@ -450,7 +450,9 @@ class chunks(Signature):  # noqa: N801 - Celery's spelling
     """``task.chunks(it, n)``: the calls ``task(*item)`` of ``it`` split into tasks of ``n``
     calls each (``celery.starmap``), sent as a group; ``.get()`` gives a list per chunk."""
 
-    def __init__(self, task: Any, it: Iterable[Any], n: int, app: Any = None, **options: Any):
+    def __init__(
+        self, task: Any, it: Iterable[Any], n: int, app: Any = None, **options: Any
+    ) -> None:
         if int(n) < 1:
             raise ValueError(f"chunks needs a chunk size of at least 1, not {n!r}")
         super().__init__(
