@@ -18,7 +18,7 @@ from pgq.database import Database, describe_server, translate_errors
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
 from pgq.schema import SCHEMA_REVISION
 from pgq.sql import query
-from pgq.store import Store
+from pgq.store import CONTROL_CHANNEL, Store
 
 __all__ = ["AdminStore", "Filters", "NotRetriable"]
 
@@ -205,6 +205,13 @@ class AdminStore(Store):
         """FAILURE -> PENDING for every dead task matching the queue/name filters."""
         rows = self._run("retry_dead", {"queue": filters.queue, "name": filters.name})
         return [row[0] for row in rows]
+
+    def ask_to_shut_down(self, worker_ids: Sequence[str]) -> None:
+        """Tell these workers to stop as on SIGTERM (finish their running tasks, then exit):
+        a pgq_control notice each, which a worker acts on if it is the one named."""
+        for worker_id in worker_ids:
+            payload = f"shutdown {worker_id}"
+            self._run("notify", {"channel": CONTROL_CHANNEL, "payload": payload}, retry=True)
 
     def count_waiting(self, queue: str | None) -> int:
         """How many tasks ``purge_waiting`` would delete now."""

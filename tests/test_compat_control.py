@@ -177,6 +177,34 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert app.control.inspect().active() is None
 
 
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+def test_shutdown_stops_the_chosen_workers_after_their_running_tasks(
+    app: Any, conn: psycopg.Connection[Any], start_worker: Any
+) -> None:
+    first = start_worker("-c", "1")
+    second = start_worker("-c", "1")
+    first_name = worker_name(conn, first.pid)
+    running = app.send_task(SLEEPY, args=[1.5])
+    wait_state(conn, running.id, "STARTED")
+    holder = task_row(conn, running.id)["worker"]  # type: ignore[index]
+    busy, idle = (first, second) if holder.startswith(first_name) else (second, first)
+
+    assert app.control.shutdown(destination=["celery@nobody"]) is None
+    assert app.control.ping(destination=[worker_name(conn, busy.pid)])  # still there
+
+    app.control.shutdown(destination=[worker_name(conn, idle.pid)])
+    assert idle.wait(timeout=30) == 0
+    assert busy.proc.poll() is None, "only the worker named stops"
+
+    app.control.shutdown()  # every live worker: the busy one finishes its task first
+    assert busy.wait(timeout=30) == 0
+    assert task_row(conn, running.id)["state"] == "SUCCESS"  # type: ignore[index]
+    assert "shutdown requested by app.control" in busy.output
+    assert app.control.ping() == []
+
+
 # -- AsyncResult.args / kwargs --------------------------------------------------------------
 
 

@@ -654,6 +654,14 @@ class _Control:
     ) -> None:
         self.revoke(task_id, terminate=True)
 
+    def shutdown(self, destination: str | Iterable[str] | None = None, **kwargs: Any) -> None:
+        """Stop the chosen live workers (every one by default; ``destination``, ``pattern``,
+        ``limit`` choose as for ``inspect``) as SIGTERM does: each finishes its running tasks
+        and exits. Returns None, as Celery's broadcast without replies does."""
+        admin = self._admin()
+        chosen = self.inspect(destination, **kwargs)._workers(admin)
+        admin.ask_to_shut_down([w["id"] for w in chosen])
+
     def purge(self, connection: Any = None) -> int:
         """Delete every waiting task (PENDING or RETRY, in every queue); returns how many.
 

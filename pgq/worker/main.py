@@ -3,7 +3,8 @@
 Each slot (a child process, or a thread for ``--pool threads|solo``) claims its own batches and
 writes its own outcomes (``pgq.worker.slot``), so the parent stays off the hot path. The parent
 is one loop in one thread. It wakes for a NOTIFY of a terminate command (it kills the slot running
-that task; idle slots hear new due tasks themselves), a slot's message (claimed and stored
+that task; idle slots hear new due tasks themselves) or of a shutdown naming it (it stops as on
+SIGTERM), a slot's message (claimed and stored
 tasks, which it announces to the hooks; a hard time limit starting), a slot that died (its
 tasks go back to the queue at once: the running one counts as a rescue, the others not), a
 maintenance job (heartbeats renew every slot's leases; orphan rescue; pruning) and a stop signal.
@@ -30,7 +31,7 @@ from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings, lost_result
 from pgq.settings import Settings
-from pgq.store import Outcome, WorkerStore
+from pgq.store import CONTROL_CHANNEL, Outcome, WorkerStore
 from pgq.worker.pool import Gone, Message, Pool, make_pool
 from pgq.worker.runner import error_json
 
@@ -203,7 +204,13 @@ class Worker:
     def _on_notifications(self) -> None:
         for channel, payload in self.store.drain_notifications():
             command, _, task_id = payload.partition(" ")
-            if channel != "pgq_control" or command not in ("terminate", "revoke"):
+            if channel != CONTROL_CHANNEL:
+                continue
+            if command == "shutdown":
+                if task_id == self.id:  # the notice names a worker, not a task
+                    self._stop_on_request()
+                continue
+            if command not in ("terminate", "revoke"):
                 continue
             # A slot that claimed it but has not started it skips it.
             self.pool.broadcast(("revoked", task_id))
@@ -338,6 +345,15 @@ class Worker:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
         return wake_r
+
+    def _stop_on_request(self) -> None:
+        """``app.control.shutdown()``: stop as on a first SIGTERM (a second signal still stops
+        at once)."""
+        if self._stop_requests == 0:
+            self._stop_requests = 1
+            log.warning("shutdown requested by app.control: finishing running tasks")
+        if not self.pool.stopping:
+            self.pool.stop()
 
     def _cold_stop(self) -> None:
         """Second signal: stop every slot now and give their tasks back to the queue."""
