@@ -4,10 +4,10 @@ Each slot (a child process, or a thread for ``--pool threads|solo``) claims its 
 writes its own outcomes (``pgq.worker.slot``), so the parent stays off the hot path. The parent
 is one loop in one thread. It wakes for a NOTIFY of a terminate command (it kills the slot running
 that task; idle slots hear new due tasks themselves) or of a shutdown naming it (it stops as on
-SIGTERM), a slot's message (claimed and stored
-tasks, which it announces to the hooks; a hard time limit starting), a slot that died (its
-tasks go back to the queue at once: the running one counts as a rescue, the others not), a
-maintenance job (heartbeats renew every slot's leases; orphan rescue; pruning) and a stop signal.
+SIGTERM), a slot's message (claimed and stored tasks, which it announces to the hooks; a hard
+time limit starting), a slot that died (its tasks go back to the queue at once: the running one
+counts as a rescue, the others not), a maintenance job (heartbeats renew every slot's leases;
+orphan rescue; pruning) and a stop signal.
 """
 
 from __future__ import annotations
