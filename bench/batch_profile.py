@@ -75,7 +75,8 @@ def probe_table(name: str) -> str:
 
 
 def copy_lines(ids: list[str]) -> str:
-    """The lines ``send_many`` writes for these ids (checked against a row it wrote)."""
+    """The lines ``send_many`` writes for no-op calls with these ids (the same text as pgq's
+    ``_CopyLines`` made for such a row when this was written; ``copy_tasks`` names the columns)."""
     return "".join(f"{i}\t[]\t{{}}\t{TASK}\tcelery\t0\t{{}}\t\\N\t\\N\n" for i in ids)
 
 

@@ -419,18 +419,12 @@ class _basemap(Signature):  # noqa: N801 - Celery's spelling
             app=app,
         )
 
+    # Immutable: sent (or applied) as one task with exactly these kwargs; its result is the list
+    # of the calls' results.
+
     def __repr__(self) -> str:
         kwargs = self["kwargs"]
         return f"[{kwargs['task'].get('task')}(x) for x in {kwargs['it']!r}]"
-
-    def apply_async(
-        self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> Any:
-        """Sent as one task; its result is the list of the calls' results."""
-        return super().apply_async((), {}, **options)
-
-    def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
-        return super().apply((), {}, **options)
 
 
 class xmap(_basemap):  # noqa: N801 - Celery's spelling
