@@ -15,6 +15,7 @@ log (the worker's, the beat's, PgBouncer's) holds an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -78,12 +79,12 @@ class PgBouncer:
             # 1.18 behaviour the issue reports (and still the default before 1.22).
             + ("max_prepared_statements = 0\n" if _version() >= (1, 21) else "")
         )
-        command = ["pgbouncer", str(folder / "pgbouncer.ini")]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            owner = pwd.getpwnam("postgres")
+        command = [str(_pgbouncer_command()), str(folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root: it drops to another user
+            owner = _unprivileged_user()
             for path in (folder, *folder.iterdir()):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-            command[1:1] = ["-u", "postgres"]
+            command[1:1] = ["-u", owner.pw_name]
         # Not daemonized, PgBouncer logs to stderr: into a file, so a full pipe never blocks it.
         self.log = folder / "pgbouncer.log"
         with self.log.open("w") as log:
@@ -116,14 +117,31 @@ class PgBouncer:
 
 
 def _version() -> tuple[int, ...]:
-    out = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(_pgbouncer_command()), "--version"], capture_output=True, text=True
+    ).stdout
     first = out.split()[1] if len(out.split()) > 1 else "0"
     return tuple(int(p) for p in first.split(".") if p.isdigit())
 
 
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    pytest.skip("running as root with neither a postgres nor a nobody user for PgBouncer")
+
+
+def _pgbouncer_command() -> str | None:
+    """The pgbouncer binary (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("pgbouncer")
+    if found is None and os.access("/usr/sbin/pgbouncer", os.X_OK):
+        found = "/usr/sbin/pgbouncer"
+    return found
+
+
 @pytest.fixture
 def pgbouncer(db_url: str) -> Iterator[PgBouncer]:
-    if shutil.which("pgbouncer") is None:
+    if _pgbouncer_command() is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     folder = Path(tempfile.mkdtemp(prefix="pgq-pgbouncer-"))
     bouncer = PgBouncer(db_url, folder)
