@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -106,18 +106,23 @@ def sqlalchemy_url(url: str) -> str:
 def split_options(url: str) -> tuple[str, dict[str, str]]:
     """Take pgq's own query options (``pgq_pooler``, ``pgq_listen_url``) out of a URL.
 
-    Returns the URL libpq accepts and the options found. A URL without a query is returned
-    unchanged, byte for byte.
+    Returns the URL libpq accepts and the options found. Every other parameter is kept byte for
+    byte (libpq decodes only %XX, not "+", so the query is not re-encoded).
     """
     parts = urlsplit(url)
     if not parts.query:
         return url, {}
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    options = {k: v for k, v in pairs if k in _OPTIONS}
+    options: dict[str, str] = {}
+    kept: list[str] = []
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) in _OPTIONS:
+            options[unquote(key)] = unquote(value)
+        else:
+            kept.append(pair)
     if not options:
         return url, {}
-    rest = urlencode([(k, v) for k, v in pairs if k not in _OPTIONS])
-    return urlunsplit(parts._replace(query=rest)), options
+    return urlunsplit(parts._replace(query="&".join(kept))), options
 
 
 def resolve_url(explicit: str | None, settings: Settings) -> str:
@@ -140,7 +145,7 @@ def resolve_url(explicit: str | None, settings: Settings) -> str:
     if not extra:
         return url
     parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(extra)) if q)
+    query = "&".join(q for q in (parts.query, urlencode(extra, quote_via=quote)) if q)
     return urlunsplit(parts._replace(query=query))
 
 

@@ -200,6 +200,9 @@ def test_pgq_options_are_taken_out_of_the_url_before_libpq_sees_them() -> None:
         {"pgq_pooler": "transaction"},
     )
     assert split_options("postgresql://u@h/db") == ("postgresql://u@h/db", {})
+    # Other parameters are kept as written: libpq decodes %XX but not "+".
+    kept = "postgresql://u@h/db?options=-c%20x%3D1&application_name=a+b"
+    assert split_options(kept + "&pgq_pooler=transaction") == (kept, {"pgq_pooler": "transaction"})
     direct = "postgresql://u@h:5432/db"
     db = Database(f"postgresql://u@h:6432/db?pgq_pooler=transaction&pgq_listen_url={direct}")
     assert (db.url, db.pooler, db.listen_url) == ("postgresql://u@h:6432/db", "transaction", direct)
