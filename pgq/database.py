@@ -31,11 +31,10 @@ from psycopg.pq import TransactionStatus
 
 from pgq.errors import ConfigurationError, DatabaseError, OperationalError, SchemaError
 from pgq.schema import SCHEMA_REVISION
-from pgq.settings import Settings
+from pgq.settings import Settings, check_pooler_mode
 from pgq.sql import query
 
 __all__ = [
-    "POOLER_MODES",
     "Database",
     "describe_server",
     "normalize_url",
@@ -74,9 +73,6 @@ _URL_PREFIXES = (
 )
 
 
-# The pooler modes pgq knows: "transaction" (PgBouncer's pool_mode = transaction, and the
-# poolers that behave like it: a client's transactions may each run on another server session).
-POOLER_MODES = ("transaction",)
 # pgq's own URL query options; libpq rejects options it does not know, so they are taken out
 # before a URL reaches psycopg (split_options).
 POOLER_OPTION = "pgq_pooler"
@@ -203,11 +199,7 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
         self.url, options = split_options(url)
         self.pooler: str | None = options.get(POOLER_OPTION) or None
-        if self.pooler is not None and self.pooler not in POOLER_MODES:
-            raise ConfigurationError(
-                f"{POOLER_OPTION}={self.pooler!r} is not a pooler mode pgq knows "
-                f"({', '.join(POOLER_MODES)})"
-            )
+        check_pooler_mode(POOLER_OPTION, self.pooler)
         direct = options.get(LISTEN_URL_OPTION)
         self.listen_url: str | None = (
             split_options(normalize_url(direct))[0]

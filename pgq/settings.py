@@ -15,9 +15,12 @@ from typing import Any
 
 from pgq.errors import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "default_home"]
+__all__ = ["ENVIRONMENT", "POOLER_MODES", "Settings", "default_home"]
 
 DEFAULT_QUEUE = "celery"
+# The pooler modes pgq knows: "transaction" (PgBouncer's pool_mode = transaction, and the
+# poolers that behave like it: a client's transactions may each run in another server session).
+POOLER_MODES = ("transaction",)
 
 
 def default_home() -> Path:
@@ -86,10 +89,7 @@ class Settings:
         for name in ("max_rescues", "prune_batch", "pool_size", "claim_batch"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.pooler is not None and self.pooler not in ("transaction",):
-            raise ConfigurationError(
-                f"pooler must be 'transaction' (or unset), got {self.pooler!r}"
-            )
+        check_pooler_mode("pooler", self.pooler)
         if self.result_expires < 0:
             raise ConfigurationError("result_expires must be >= 0")
         if self.beat_catch_up < 0:
@@ -114,6 +114,14 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def check_pooler_mode(name: str, mode: str | None) -> None:
+    """Raise ConfigurationError unless ``mode`` is None or a pooler mode pgq knows."""
+    if mode is not None and mode not in POOLER_MODES:
+        raise ConfigurationError(
+            f"{name}={mode!r} is not a pooler mode pgq knows ({', '.join(POOLER_MODES)})"
+        )
 
 
 def _parse(var: str, raw: str, type_name: Any) -> Any:
