@@ -3,6 +3,13 @@
 Selection, first match wins: a URL given in code -> ``PGQ_DATABASE_URL`` -> the embedded server
 (``pgq.embedded``). Connections are autocommit psycopg connections; every psycopg error that
 escapes is translated into ``pgq.errors`` by ``translate_errors``.
+
+Behind a transaction-mode pooler (PgBouncer ``pool_mode = transaction``), every transaction may
+run on a different server connection, so nothing may outlive one: ``pgq_pooler=transaction`` in
+the URL (or ``PGQ_POOLER``) makes every connection prepare nothing on the server (psycopg would
+prepare a statement after its fifth run, and the next server would not know it), and tells the
+store to keep no session state and to LISTEN only on a direct connection (``pgq_listen_url`` /
+``PGQ_LISTEN_URL``), or to poll when there is none (``Database.listen_url`` is then None).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -23,10 +31,17 @@ from psycopg.pq import TransactionStatus
 
 from pgq.errors import ConfigurationError, DatabaseError, OperationalError, SchemaError
 from pgq.schema import SCHEMA_REVISION
-from pgq.settings import Settings
+from pgq.settings import Settings, check_pooler_mode
 from pgq.sql import query
 
-__all__ = ["Database", "describe_server", "normalize_url", "resolve_url", "translate_errors"]
+__all__ = [
+    "Database",
+    "describe_server",
+    "normalize_url",
+    "resolve_url",
+    "split_options",
+    "translate_errors",
+]
 
 log = logging.getLogger("pgq")
 
@@ -58,6 +73,13 @@ _URL_PREFIXES = (
 )
 
 
+# pgq's own URL query options; libpq rejects options it does not know, so they are taken out
+# before a URL reaches psycopg (split_options).
+POOLER_OPTION = "pgq_pooler"
+LISTEN_URL_OPTION = "pgq_listen_url"
+_OPTIONS = (POOLER_OPTION, LISTEN_URL_OPTION)
+
+
 def normalize_url(url: str) -> str:
     """Turn any PostgreSQL URL spelling Celery or SQLAlchemy users write into a libpq URL."""
     url = url.strip()
@@ -72,25 +94,61 @@ def normalize_url(url: str) -> str:
 
 
 def sqlalchemy_url(url: str) -> str:
-    """The same server as a SQLAlchemy URL using the psycopg 3 driver."""
-    return "postgresql+psycopg://" + normalize_url(url)[len("postgresql://") :]
+    """The same server as a SQLAlchemy URL using the psycopg 3 driver (pgq's options removed)."""
+    libpq_url, _ = split_options(normalize_url(url))
+    return "postgresql+psycopg://" + libpq_url[len("postgresql://") :]
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Take pgq's own query options (``pgq_pooler``, ``pgq_listen_url``) out of a URL.
+
+    Returns the URL libpq accepts and the options found. Every other parameter is kept byte for
+    byte (libpq decodes only %XX, not "+", so the query is not re-encoded).
+    """
+    parts = urlsplit(url)
+    if not parts.query:
+        return url, {}
+    options: dict[str, str] = {}
+    kept: list[str] = []
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) in _OPTIONS:
+            options[unquote(key)] = unquote(value)
+        else:
+            kept.append(pair)
+    if not options:
+        return url, {}
+    return urlunsplit(parts._replace(query="&".join(kept))), options
 
 
 def resolve_url(explicit: str | None, settings: Settings) -> str:
-    """The URL to use: the one given in code, else PGQ_DATABASE_URL, else the embedded server."""
-    if explicit:
-        return normalize_url(explicit)
-    if settings.database_url:
-        return normalize_url(settings.database_url)
-    from pgq.embedded import embedded_url
+    """The URL to use: the one given in code, else PGQ_DATABASE_URL, else the embedded server.
 
-    return embedded_url(settings.home)
+    ``PGQ_POOLER`` and ``PGQ_LISTEN_URL`` are carried into it as ``pgq_pooler`` and
+    ``pgq_listen_url`` (a URL's own options win), so a ``Database`` built from it knows them.
+    """
+    if explicit:
+        url = normalize_url(explicit)
+    elif settings.database_url:
+        url = normalize_url(settings.database_url)
+    else:
+        from pgq.embedded import embedded_url
+
+        url = embedded_url(settings.home)
+    _, options = split_options(url)
+    wanted = ((POOLER_OPTION, settings.pooler), (LISTEN_URL_OPTION, settings.listen_url))
+    extra = [(name, value) for name, value in wanted if value and name not in options]
+    if not extra:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(extra, quote_via=quote)) if q)
+    return urlunsplit(parts._replace(query=query))
 
 
 def describe_server(url: str) -> str:
     """host:port/dbname of a URL, without credentials, for messages."""
     try:
-        info = conninfo_to_dict(url)
+        info = conninfo_to_dict(split_options(url)[0])
     except psycopg.ProgrammingError:
         return "the configured server"
     host = info.get("host") or "localhost"
@@ -129,10 +187,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 class Database:
-    """A PostgreSQL server: opens checked connections and keeps a small per-process pool."""
+    """A PostgreSQL server: opens checked connections and keeps a small per-process pool.
+
+    ``url`` may carry pgq's options (``split_options``); ``self.url`` is the URL without them.
+    ``pooler`` says a transaction-mode pooler sits in front of the server (no server-side
+    prepared statements, no session state); ``listen_url`` is where LISTEN works: the server
+    itself without a pooler, the direct URL given with one, None when LISTEN is impossible and
+    waiters must poll.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
-        self.url = url
+        self.url, options = split_options(url)
+        self.pooler: str | None = options.get(POOLER_OPTION) or None
+        check_pooler_mode(POOLER_OPTION, self.pooler)
+        direct = options.get(LISTEN_URL_OPTION)
+        self.listen_url: str | None = (
+            split_options(normalize_url(direct))[0]
+            if direct
+            else (None if self.pooler else self.url)
+        )
+        # What every connection is opened with. prepare_threshold=None: psycopg never prepares
+        # a statement on the server, where the next transaction (another server session behind
+        # the pooler) would not find it.
+        self.connect_kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pgq"}
+        if self.pooler:
+            self.connect_kwargs["prepare_threshold"] = None
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self._pool: Any = None
@@ -152,7 +231,7 @@ class Database:
     def connect(self, *, check_schema: bool = True) -> psycopg.Connection[Any]:
         """A new autocommit connection (the caller closes it)."""
         with translate_errors(self.url):
-            conn = psycopg.connect(self.url, autocommit=True, application_name="pgq")
+            conn = psycopg.connect(self.url, **self.connect_kwargs)
         if check_schema:
             try:
                 self.check_schema(conn)
@@ -160,6 +239,20 @@ class Database:
                 conn.close()
                 raise
         return conn
+
+    @property
+    def session_state(self) -> bool:
+        """Whether a connection keeps session state (SET, prepared plans) between statements:
+        not behind a transaction-mode pooler, where each transaction may get another session."""
+        return self.pooler is None
+
+    def connect_listener(self) -> psycopg.Connection[Any] | None:
+        """A new autocommit connection that can LISTEN (to ``listen_url``, the server itself
+        unless a pooler is in front), or None when LISTEN is impossible: poll instead."""
+        if self.listen_url is None:
+            return None
+        with translate_errors(self.listen_url):
+            return psycopg.connect(self.listen_url, **self.connect_kwargs)
 
     def check_schema(self, conn: psycopg.Connection[Any]) -> None:
         """Raise SchemaError unless the database is at exactly the revision this code expects."""
@@ -224,7 +317,7 @@ class Database:
                     self.url,
                     min_size=1,
                     max_size=self.pool_size,
-                    kwargs={"autocommit": True, "application_name": "pgq"},
+                    kwargs=self.connect_kwargs,
                     open=True,
                     name="pgq",
                     # How long a producer waits for a connection: long enough to ride out a

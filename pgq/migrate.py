@@ -50,6 +50,8 @@ def downgrade(url: str, *, revision: str = "base") -> None:
 
 
 def _run_online(cfg: Config, url: str, action) -> None:  # type: ignore[no-untyped-def]
+    url = _direct_url(url)
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
     try:
         with translate_errors(url), engine.connect() as connection:
@@ -64,6 +66,24 @@ def _run_online(cfg: Config, url: str, action) -> None:  # type: ignore[no-untyp
                 connection.commit()
     finally:
         engine.dispose()
+
+
+def _direct_url(url: str) -> str:
+    """The URL migrations run on: behind a transaction-mode pooler, the direct one.
+
+    The migration lock below is a session advisory lock held across transactions; through a
+    transaction pooler its unlock could run in another server session and leave the lock held
+    there, so every later `pgq migrate` would wait for ever.
+    """
+    db = Database(url)
+    if db.pooler is None:
+        return db.url
+    if db.listen_url is None:
+        raise ConfigurationError(
+            "pgq migrate cannot run through a transaction-mode pooler: give the server's own "
+            "URL (--database-url) or set PGQ_LISTEN_URL / pgq_listen_url to it"
+        )
+    return db.listen_url
 
 
 def upgrade_if_needed(url: str) -> None:

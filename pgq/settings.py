@@ -15,9 +15,12 @@ from typing import Any
 
 from pgq.errors import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "Settings", "default_home"]
+__all__ = ["ENVIRONMENT", "POOLER_MODES", "Settings", "default_home"]
 
 DEFAULT_QUEUE = "celery"
+# The pooler modes pgq knows: "transaction" (PgBouncer's pool_mode = transaction, and the
+# poolers that behave like it: a client's transactions may each run in another server session).
+POOLER_MODES = ("transaction",)
 
 
 def default_home() -> Path:
@@ -32,6 +35,12 @@ class Settings:
     """Every knob pgq has. Durations are seconds."""
 
     database_url: str | None = None
+    # "transaction" when a transaction-mode pooler (PgBouncer) sits between pgq and PostgreSQL:
+    # no server-side prepared statements, no session state, LISTEN only on listen_url.
+    pooler: str | None = None
+    # A URL that reaches PostgreSQL directly (not through the pooler), for LISTEN. Without one,
+    # behind a pooler, workers and result waiters poll instead of being woken by NOTIFY.
+    listen_url: str | None = None
     home: Path = field(default_factory=default_home)
     # How long an idle worker sleeps between polls when no NOTIFY arrives. NOTIFY is only a hint,
     # so this bounds how late a task can start if a notification is lost (or a countdown expires).
@@ -80,6 +89,7 @@ class Settings:
         for name in ("max_rescues", "prune_batch", "pool_size", "claim_batch"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        check_pooler_mode("pooler", self.pooler)
         if self.result_expires < 0:
             raise ConfigurationError("result_expires must be >= 0")
         if self.beat_catch_up < 0:
@@ -106,6 +116,14 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def check_pooler_mode(name: str, mode: str | None) -> None:
+    """Raise ConfigurationError unless ``mode`` is None or a pooler mode pgq knows."""
+    if mode is not None and mode not in POOLER_MODES:
+        raise ConfigurationError(
+            f"{name}={mode!r} is not a pooler mode pgq knows ({', '.join(POOLER_MODES)})"
+        )
+
+
 def _parse(var: str, raw: str, type_name: Any) -> Any:
     kind = str(type_name)
     try:
@@ -124,6 +142,17 @@ ENVIRONMENT: dict[str, tuple[str, str, str]] = {
         "PGQ_DATABASE_URL",
         "(embedded server)",
         "PostgreSQL URL used when the code gives none; unset means the embedded server",
+    ),
+    "pooler": (
+        "PGQ_POOLER",
+        "(none)",
+        "'transaction' behind a transaction-mode pooler such as PgBouncer "
+        "(or ?pgq_pooler=transaction in the URL)",
+    ),
+    "listen_url": (
+        "PGQ_LISTEN_URL",
+        "(none)",
+        "direct PostgreSQL URL for LISTEN behind a pooler (?pgq_listen_url=); unset: poll",
     ),
     "home": ("PGQ_HOME", "per-user data folder", "where the embedded PostgreSQL server lives"),
     "poll_interval": ("PGQ_POLL_INTERVAL", "1.0", "seconds an idle worker waits between polls"),

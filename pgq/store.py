@@ -12,6 +12,7 @@ import contextlib
 import copy
 import itertools
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -375,8 +376,13 @@ class Store:
         every ``interval`` seconds anyway because notifications are a hint, not a guarantee.
         """
         deadline = None if timeout is None else clock() + timeout
+        # Behind a transaction-mode pooler a pooled connection cannot LISTEN (its next
+        # transaction may run in another server session): read the row every interval instead.
+        # A dispatcher that LISTENs on ``self.db.listen_url`` can replace this polling.
+        listening = self.db.session_state
         with self.db.pooled() as conn:
-            conn.execute(query("listen_done"))
+            if listening:
+                conn.execute(query("listen_done"))
             try:
                 while True:
                     rows = conn.execute(query("read_task"), {"id": task_id}).fetchall()
@@ -387,9 +393,13 @@ class Store:
                     if remaining is not None and remaining <= 0:
                         return record
                     wait = interval if remaining is None else min(interval, remaining)
-                    _wait_for_ids(conn, {task_id}, wait, clock)
+                    if listening:
+                        _wait_for_ids(conn, {task_id}, wait, clock)
+                    else:
+                        time.sleep(wait)
             finally:
-                conn.execute(query("unlisten_done"))
+                if listening:
+                    conn.execute(query("unlisten_done"))
 
     def forget(self, task_id: str, connection: Any = None) -> None:
         """Delete the task's row (and so its result); an unknown id is not an error."""
@@ -548,6 +558,9 @@ class WorkerStore:
         self.worker_id = worker_id
         self._conn: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
+        # Without any connection that can LISTEN (a pooler, no direct URL): a pipe nothing
+        # writes to stands in for the LISTEN connection's descriptor (read end, write end).
+        self._no_listen: tuple[int, int] | None = None
         # When a slot's connection next drops its plans (see the slot_session query).
         self._replan_at = float("inf")
 
@@ -557,36 +570,55 @@ class WorkerStore:
         A worker's parent has a command connection and one that LISTENs for control commands
         (terminate). A slot (``slot=True``) has one connection that runs its statements and, in
         between, LISTENs for new due tasks.
+
+        Behind a transaction-mode pooler (``Database.pooler``) a connection keeps no session
+        state: a slot sets no planner settings (nothing is prepared, so each statement is
+        planned afresh anyway), and LISTEN goes to a connection of its own on the direct
+        ``Database.listen_url``. Without one nothing LISTENs: ``listen_fileno`` is a pipe that
+        never becomes readable, so the worker and its slots wake at the poll interval.
         """
         self.close()
         self._conn = self.db.connect()
         with translate_errors(self.db.url):
-            if slot:
+            if slot and self.db.session_state:
                 self._conn.execute(query("listen_tasks"))
                 self._conn.execute(query("slot_session"))
                 self._listen = self._conn
                 self._replan_at = time.monotonic() + REPLAN_SECONDS
-            else:
-                self._listen = self.db.connect(check_schema=False)
-                self._listen.execute(query("listen_control"))
+                return
+        self._listen = self.db.connect_listener()
+        if self._listen is None:
+            self._no_listen = os.pipe()
+            return
+        with translate_errors(self.db.listen_url or self.db.url):
+            self._listen.execute(query("listen_tasks" if slot else "listen_control"))
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
 
     def close(self) -> None:
-        for conn in (self._conn, self._listen):  # one connection twice for a slot: no harm
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
+        for conn in {id(c): c for c in (self._conn, self._listen) if c is not None}.values():
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
         self._conn = self._listen = None
+        if self._no_listen is not None:
+            for fd in self._no_listen:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._no_listen = None
 
     def listen_fileno(self) -> int:
+        """The descriptor that becomes readable when a notification arrives."""
+        if self._no_listen is not None:
+            return self._no_listen[0]
         assert self._listen is not None
         return self._listen.fileno()
 
     def drain_notifications(self) -> list[tuple[str, str]]:
         """Notifications received so far on the LISTEN connection, as (channel, payload)."""
+        if self._no_listen is not None:
+            return []
         assert self._listen is not None
         with translate_errors(self.db.url):
             return [(n.channel, n.payload) for n in self._listen.notifies(timeout=0)]
