@@ -3,6 +3,16 @@
 Every slot claims and runs its own tasks (``pgq.worker.slot``). The pool starts the slots,
 carries the parent's messages to them and theirs back, and notices a slot that died. The parent
 waits on ``fileobjs()`` with a selector and then calls ``events()``.
+
+No process outlives the worker, whatever its tasks do:
+
+- a prefork slot dies with the worker's process (``PR_SET_PDEATHSIG``);
+- a slot leads its own process group, and the pool kills that group whenever the slot ends, so
+  what its tasks started (``subprocess``, daemons that did not call ``setsid``) ends with it;
+- a process a task forks with ``os.fork()`` (or ``multiprocessing``) from the task's thread dies
+  with the process that forked it (the death signal is armed again after each such fork: the
+  kernel clears it in a child), and if the task function returns in that child, the child exits
+  there: it never runs the slot's loop on copies of the slot's sockets.
 """
 
 from __future__ import annotations
@@ -98,6 +108,8 @@ class Pool:
         self._ctx = multiprocessing.get_context("fork")
 
     def start(self) -> None:
+        if not self.processes:  # tasks run in this process: contain what they fork here
+            _contain_forks(os.getpid())
         for _ in range(self.concurrency):
             self.spawn()
 
@@ -124,6 +136,9 @@ class Pool:
                 target=_process_main, args=(slot, os.getpid()), name="pgq-child", daemon=True
             )
             runner.start()
+            # The child does this too: whichever runs first, the group exists before any kill.
+            with contextlib.suppress(OSError):
+                os.setpgid(runner.pid, runner.pid)
             slot_end.close()
         else:
             runner = threading.Thread(
@@ -159,6 +174,8 @@ class Pool:
     def _bury(self, slot: SlotHandle) -> Gone:
         with contextlib.suppress(AttributeError):
             slot.runner.join(0)
+        if self.processes:  # what the slot's tasks started ends with it
+            _kill_group(slot.runner.pid)
         self.slots.remove(slot)
         slot.conn.close()
         self.generation += 1
@@ -179,7 +196,7 @@ class Pool:
                 continue
             if slot.current.get() == slot.deadline_task:
                 slot.killed_for = "timeout"
-                _kill(slot.runner.pid, signal.SIGKILL)
+                _kill_group(slot.runner.pid)
             else:  # that task ended in time
                 slot.deadline = slot.deadline_task = slot.limit = None
 
@@ -205,7 +222,7 @@ class Pool:
         gone: list[Gone] = []
         for slot in list(self.slots):
             if self.processes:
-                _kill(slot.runner.pid, signal.SIGKILL)
+                _kill_group(slot.runner.pid)
                 slot.runner.join(5)
             running = slot.current.get()
             self.slots.remove(slot)
@@ -221,7 +238,16 @@ def _kill(pid: int | None, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL the process group a slot leads: the slot and everything its tasks started."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _kill(pid, signal.SIGKILL)  # in case the group was never made
+
+
+def _arm_death_signal() -> None:
+    """SIGKILL this process when the thread that forked it ends (Linux; a no-op elsewhere)."""
     try:
         import ctypes
 
@@ -229,12 +255,57 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the child instead
         pass
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    _arm_death_signal()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
 
+_forked_from_main_thread = False
+
+
+def _contain_forks(runner_pid: int) -> None:
+    """In the process that runs tasks: keep what a task forks from outliving it or running
+    the worker's code.
+
+    The death signal is armed only for forks from the main thread, where tasks run: the kernel
+    sends it when the forking *thread* ends, which would kill a process a task's helper thread
+    started too early. Those (and exec'd programs, which run no fork hooks) are covered by the
+    slot's process group instead.
+    """
+
+    def before() -> None:
+        global _forked_from_main_thread
+        _forked_from_main_thread = threading.current_thread() is threading.main_thread()
+
+    def after_in_child() -> None:
+        if _forked_from_main_thread:
+            _arm_death_signal()
+
+    def exit_if_forked(**_: Any) -> None:
+        # The task function returned (or raised) in a process it forked: the slot's state and
+        # sockets here are copies of the parent's, so writing an outcome or claiming a task
+        # would corrupt the parent's connection. Leave at once, without closing anything.
+        if os.getpid() != runner_pid:
+            os._exit(0)
+
+    from pgq.hooks import connect
+
+    os.register_at_fork(before=before, after_in_child=after_in_child)
+    # The first events a task's return reaches, on every path out of the task function.
+    for event in ("task_success", "task_failure", "task_retry", "task_postrun"):
+        connect(event, exit_if_forked)
+
+
 def _process_main(slot: Slot, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
+    # Its own process group: the pool kills the group when the slot ends (see the docstring).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    slot_pid = os.getpid()
+    _contain_forks(slot_pid)
     # The parent handles stop signals and decides what happens to running tasks; a child only
     # dies by SIGTERM when its task is revoked with terminate=True, or by SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -245,8 +316,12 @@ def _process_main(slot: Slot, parent_pid: int) -> None:
     from pgq.hooks import emit
 
     emit("worker_process_init")
-    slot.run()
-    emit("worker_process_shutdown")
+    try:
+        slot.run()
+        emit("worker_process_shutdown")
+    finally:
+        if os.getpid() != slot_pid:  # a forked child raised out of the task (SystemExit...)
+            os._exit(0)
 
 
 def _thread_main(slot: Slot) -> None:
