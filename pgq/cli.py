@@ -95,7 +95,9 @@ def worker(
         help="serve this worker's Prometheus task metrics on this port (/metrics)",
     ),
     metrics_addr: str = typer.Option(
-        "0.0.0.0", "--metrics-addr", help="address the metrics endpoint listens on"
+        "127.0.0.1",
+        "--metrics-addr",
+        help="address the metrics endpoint listens on (0.0.0.0: every interface)",
     ),
     beat: bool = typer.Option(
         False, "-B", "--beat", help="also run pgq beat in this worker (periodic tasks)"
