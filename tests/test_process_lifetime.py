@@ -7,6 +7,7 @@ remain, and no connection to the database from any process but this test's.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -109,3 +110,39 @@ def test_a_child_that_returns_from_its_task_never_runs_worker_code(app, conn, cl
     assert e2e_tasks.add.delay(1, 2).get(timeout=30) == 3
     assert w.stop() == 0, w.output
     assert "ERROR" not in w.output, w.output
+
+
+def test_a_forked_child_dies_even_when_the_worker_is_killed(app, conn, clean, start_worker):
+    """SIGKILL to the worker's parent alone: its slots die (death signal), and so do the
+    processes their tasks forked (the death signal is armed again in each fork)."""
+    import e2e_tasks
+
+    w = start_worker("-c", "1")
+    assert e2e_tasks.fork_and_sleep.delay().get(timeout=30) == "parent"
+    wait_for(lambda: recorded(conn, "fork_and_sleep"), 30, 0.05, "the sleeping child")
+    child = recorded(conn, "fork_and_sleep")[0]
+    slots = w.children()
+    os.kill(w.pid, signal.SIGKILL)  # not the process group: nothing else is signalled
+    try:
+        wait_for(
+            lambda: not any(alive(pid) for pid in [child, *slots]),
+            10,
+            0.05,
+            "the slot and its forked child to die",
+        )
+    finally:
+        for pid in [child, *slots]:
+            if alive(pid):
+                psutil.Process(pid).kill()
+
+
+def test_a_child_that_returns_in_a_thread_pool_exits(app, conn, clean, start_worker):
+    import e2e_tasks
+
+    w = start_worker("-c", "2", "--pool", "threads")
+    assert e2e_tasks.fork_and_return.delay().get(timeout=30) == "parent"
+    wait_for(lambda: recorded(conn, "fork_and_return"), 30, 0.05, "the returning child")
+    child = recorded(conn, "fork_and_return")[0]
+    wait_for(lambda: not alive(child), 10, 0.05, "the returning child to exit")
+    assert e2e_tasks.add.delay(1, 2).get(timeout=30) == 3
+    assert w.stop() == 0, w.output

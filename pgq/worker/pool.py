@@ -264,39 +264,50 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 _forked_from_main_thread = False
+# The process that runs tasks here (a prefork slot, or the worker itself with threads); None
+# until a pool starts. Module state, so hooks inherited by a later fork read the current value.
+_task_process: int | None = None
+_contained = False
 
 
-def _contain_forks(runner_pid: int) -> None:
+def _contain_forks(task_process: int) -> None:
     """In the process that runs tasks: keep what a task forks from outliving it or running
     the worker's code.
 
-    The death signal is armed only for forks from the main thread, where tasks run: the kernel
-    sends it when the forking *thread* ends, which would kill a process a task's helper thread
-    started too early. Those (and exec'd programs, which run no fork hooks) are covered by the
-    slot's process group instead.
+    The death signal is armed only for forks from the main thread, where prefork tasks run: the
+    kernel sends it when the forking *thread* ends, which would kill a process a task's helper
+    thread started too early. Those (and exec'd programs, which run no fork hooks) are covered
+    by the slot's process group instead.
     """
-
-    def before() -> None:
-        global _forked_from_main_thread
-        _forked_from_main_thread = threading.current_thread() is threading.main_thread()
-
-    def after_in_child() -> None:
-        if _forked_from_main_thread:
-            _arm_death_signal()
-
-    def exit_if_forked(**_: Any) -> None:
-        # The task function returned (or raised) in a process it forked: the slot's state and
-        # sockets here are copies of the parent's, so writing an outcome or claiming a task
-        # would corrupt the parent's connection. Leave at once, without closing anything.
-        if os.getpid() != runner_pid:
-            os._exit(0)
-
+    global _task_process, _contained
+    _task_process = task_process
+    if _contained:  # hooks and receivers are inherited by forks: install them once
+        return
+    _contained = True
     from pgq.hooks import connect
 
-    os.register_at_fork(before=before, after_in_child=after_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
     # The first events a task's return reaches, on every path out of the task function.
     for event in ("task_success", "task_failure", "task_retry", "task_postrun"):
-        connect(event, exit_if_forked)
+        connect(event, _exit_if_forked)
+
+
+def _before_fork() -> None:
+    global _forked_from_main_thread
+    _forked_from_main_thread = threading.current_thread() is threading.main_thread()
+
+
+def _after_fork_in_child() -> None:
+    if _forked_from_main_thread:
+        _arm_death_signal()
+
+
+def _exit_if_forked(**_: Any) -> None:
+    # The task function returned (or raised) in a process it forked: the slot's state and sockets
+    # here are copies of the parent's, so writing an outcome or claiming a task would corrupt the
+    # parent's connection. Leave at once, without closing anything.
+    if _task_process is not None and os.getpid() != _task_process:
+        os._exit(0)
 
 
 def _process_main(slot: Slot, parent_pid: int) -> None:
