@@ -159,6 +159,18 @@ def test_a_worker_and_a_producer_run_tasks_under_their_roles(roles: Roles, conn:
         with psycopg.connect(roles.url("producer")) as mine:
             inside = producer.send_task("e2e_tasks.add", (4, 4), connection=mine)
         assert inside.get(timeout=30) == 8
+        # a group (saved and restored) and a chord
+        from pgq.compat import chord, group
+        from pgq.compat.result import GroupResult
+
+        adds = [producer.signature("e2e_tasks.add", args=(i, i)) for i in range(3)]
+        parts = group(adds).apply_async()
+        assert parts.get(timeout=30) == [0, 2, 4]
+        parts.save()
+        restored = GroupResult.restore(parts.id, app=producer)
+        assert restored is not None and restored.get(timeout=30) == [0, 2, 4]
+        total = chord(adds)(producer.signature("e2e_tasks.tsum"))
+        assert total.get(timeout=30) == 6
         # revoke a task that waits, forget a result
         later = producer.send_task("e2e_tasks.add", (1, 2), countdown=600)
         later.revoke()
