@@ -13,7 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import HERE, WorkerProcess, pgq_command, wait_state, wait_until_worker_registered
+from conftest import (
+    HERE,
+    WorkerProcess,
+    pgq_command,
+    wait_for,
+    wait_state,
+    wait_until_worker_registered,
+)
 from conftest import worker_env as base_env
 from psycopg import sql
 
@@ -188,6 +195,25 @@ def test_a_worker_and_a_producer_run_tasks_under_their_roles(roles: Roles, conn:
         code = w.stop()
     assert code == 0, w.output
     assert "Traceback" not in w.output, w.output
+
+
+def test_a_worker_with_embedded_beat_runs_under_the_worker_role(roles: Roles, conn: Any) -> None:
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.beat_leases, pgq.beat_entries, side_effects")
+    w = WorkerProcess(["worker", "-A", "beat_app", "-B", "-c", "1"], base_env(roles.url("worker")))
+    try:
+        wait_until_worker_registered(roles.db_url, w)
+
+        def ran_twice() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM side_effects WHERE key = 'every-second'"
+            ).fetchone()
+            return bool(row and row[0] >= 2)
+
+        wait_for(ran_twice, 30, 0.1, "beat's every-second task to run twice")
+    finally:
+        code = w.stop()
+    assert code == 0, w.output
+    assert "permission denied" not in w.output, w.output
 
 
 @pytest.mark.parametrize(
