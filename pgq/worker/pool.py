@@ -175,7 +175,7 @@ class Pool:
         with contextlib.suppress(AttributeError):
             slot.runner.join(0)
         if self.processes:  # what the slot's tasks started ends with it
-            _kill_group(slot.runner.pid)
+            _kill_group(slot.runner.pid, leader_alive=False)
         self.slots.remove(slot)
         slot.conn.close()
         self.generation += 1
@@ -238,12 +238,18 @@ def _kill(pid: int | None, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _kill_group(pid: int | None) -> None:
-    """SIGKILL the process group a slot leads: the slot and everything its tasks started."""
+def _kill_group(pid: int | None, *, leader_alive: bool = True) -> None:
+    """SIGKILL the process group a slot leads: the slot and everything its tasks started.
+
+    After the slot was reaped its pid may name another process, but not while its group still
+    has members (the kernel does not reuse an id in use as a process group), so only the group
+    is signalled then.
+    """
     if pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        _kill(pid, signal.SIGKILL)  # in case the group was never made
+        if leader_alive:
+            _kill(pid, signal.SIGKILL)  # in case the group was never made
 
 
 def _arm_death_signal() -> None:
