@@ -146,3 +146,20 @@ def test_a_child_that_returns_in_a_thread_pool_exits(app, conn, clean, start_wor
     wait_for(lambda: not alive(child), 10, 0.05, "the returning child to exit")
     assert e2e_tasks.add.delay(1, 2).get(timeout=30) == 3
     assert w.stop() == 0, w.output
+
+
+def test_a_forked_child_dies_with_a_thread_pool_worker(app, conn, clean, start_worker):
+    import e2e_tasks
+
+    w = start_worker("-c", "1", "--pool", "threads")
+    assert e2e_tasks.fork_and_sleep.delay().get(timeout=30) == "parent"
+    wait_for(lambda: recorded(conn, "fork_and_sleep"), 30, 0.05, "the sleeping child")
+    child = recorded(conn, "fork_and_sleep")[0]
+    w.signal(signal.SIGTERM)
+    assert w.proc.wait(timeout=60) == 0
+    try:
+        wait_for(lambda: not alive(child), 10, 0.05, "the forked child to die with the worker")
+    finally:
+        if alive(child):
+            psutil.Process(child).kill()
+        w.wait(timeout=30)

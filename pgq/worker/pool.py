@@ -142,7 +142,7 @@ class Pool:
             slot_end.close()
         else:
             runner = threading.Thread(
-                target=_thread_main, args=(slot,), name=f"pgq-slot-{self._serial}", daemon=True
+                target=_thread_main, args=(slot,), name=f"{_SLOT_THREAD}{self._serial}", daemon=True
             )
             runner.start()
         handle = SlotHandle(worker_id, parent_end, current, runner)
@@ -269,7 +269,8 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-_forked_from_main_thread = False
+_SLOT_THREAD = "pgq-slot-"  # thread pools' slot threads are named this, then a number
+_forked_from_task_thread = False
 # The process that runs tasks here (a prefork slot, or the worker itself with threads); None
 # until a pool starts. Module state, so hooks inherited by a later fork read the current value.
 _task_process: int | None = None
@@ -280,10 +281,10 @@ def _contain_forks(task_process: int) -> None:
     """In the process that runs tasks: keep what a task forks from outliving it or running
     the worker's code.
 
-    The death signal is armed only for forks from the main thread, where prefork tasks run: the
-    kernel sends it when the forking *thread* ends, which would kill a process a task's helper
-    thread started too early. Those (and exec'd programs, which run no fork hooks) are covered
-    by the slot's process group instead.
+    The death signal is armed only for forks from the thread a task runs in (the main thread of a
+    prefork slot, a slot thread of a thread pool): the kernel sends it when the forking *thread*
+    ends, which would kill a process a task's helper thread started too early. Those (and exec'd
+    programs, which run no fork hooks) are covered by the slot's process group instead.
     """
     global _task_process, _contained
     _task_process = task_process
@@ -299,12 +300,16 @@ def _contain_forks(task_process: int) -> None:
 
 
 def _before_fork() -> None:
-    global _forked_from_main_thread
-    _forked_from_main_thread = threading.current_thread() is threading.main_thread()
+    global _forked_from_task_thread
+    current = threading.current_thread()
+    # Tasks run in the main thread of a prefork slot, or in a slot thread of a thread pool.
+    _forked_from_task_thread = current is threading.main_thread() or current.name.startswith(
+        _SLOT_THREAD
+    )
 
 
 def _after_fork_in_child() -> None:
-    if _forked_from_main_thread:
+    if _forked_from_task_thread:
         _arm_death_signal()
 
 
