@@ -194,10 +194,11 @@ def migrate(
 ) -> None:
     """Create or upgrade the pgq schema (Alembic migrations).
 
-    Run it as a superuser, the database's owner, or a member of the owner role. With --roles it
-    also creates (if missing) NOLOGIN roles PREFIX_owner (owns schema pgq and its objects: its
-    members migrate), PREFIX_worker (reads and writes pgq's tables) and PREFIX_producer
-    (enqueues, reads results, revokes, forgets) and grants them exactly that; logins join them.
+    Run it as a superuser, the database's owner, or a member of the owner role. With --roles
+    (a superuser, or the database's owner with CREATEROLE) it also creates (if missing) NOLOGIN
+    roles PREFIX_owner (owns schema pgq and its objects: its members migrate), PREFIX_worker
+    (reads and writes pgq's tables) and PREFIX_producer (enqueues, reads results, revokes,
+    forgets) and grants them exactly that; logins join them.
     """
     from pgq import roles as least_privilege
     from pgq.database import describe_server, resolve_url

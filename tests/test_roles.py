@@ -330,3 +330,51 @@ def test_migrate_roles_sql_prints_the_grants() -> None:
 def test_the_role_prefix_is_checked() -> None:
     with pytest.raises(ValueError):
         RoleNames.from_prefix('x"; DROP TABLE pgq.tasks; --')
+
+
+def test_a_database_owner_with_createrole_sets_up_the_roles(
+    server_url: str, empty_db_url: str
+) -> None:
+    """Not a superuser: the database's owner with CREATEROLE migrates and creates the roles."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    dba = f"{prefix}_dba"
+    names = RoleNames.from_prefix(prefix)
+    created = [dba, names.owner, names.worker, names.producer]
+    dbname = urlsplit(empty_db_url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(dba)))
+        c.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(dbname), sql.Identifier(dba)
+            )
+        )
+    try:
+        done = pgq("migrate", "--roles", "--role-prefix", prefix, url=as_user(empty_db_url, dba))
+        assert done.returncode == 0, done.stderr
+        with psycopg.connect(empty_db_url) as c:
+            owners = c.execute(
+                "SELECT DISTINCT pg_get_userbyid(relowner)::text FROM pg_class"
+                " WHERE relnamespace = 'pgq'::regnamespace"
+            ).fetchall()
+            assert owners == [(names.owner,)]
+            assert c.execute(
+                "SELECT has_table_privilege(%s, 'pgq.tasks', 'UPDATE')", (names.worker,)
+            ).fetchone() == (True,)
+        again = pgq("migrate", "--roles", "--role-prefix", prefix, url=as_user(empty_db_url, dba))
+        assert again.returncode == 0, again.stderr
+    finally:
+        with psycopg.connect(empty_db_url, autocommit=True) as c:
+            c.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(dbname))
+            )
+            for name in created:
+                c.execute(
+                    sql.SQL("DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {})"
+                            " THEN REASSIGN OWNED BY {} TO CURRENT_USER; DROP OWNED BY {};"
+                            " END IF; END $$").format(
+                        sql.Literal(name), sql.Identifier(name), sql.Identifier(name)
+                    )
+                )  # fmt: skip
+        with psycopg.connect(server_url, autocommit=True) as c:
+            for name in reversed(created):
+                c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
