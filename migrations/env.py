@@ -48,7 +48,13 @@ def run_migrations_online() -> None:
 
 def _run_online(connection) -> None:  # type: ignore[no-untyped-def]
     # The version table lives in the pgq schema, so the schema must exist before Alembic looks.
-    connection.execute(text("CREATE SCHEMA IF NOT EXISTS pgq"))
+    # Only when it is missing: even with IF NOT EXISTS, PostgreSQL first asks for CREATE on the
+    # database, which the schema's owner role (pgq migrate --roles) does not need to have.
+    exists = connection.execute(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": SCHEMA}
+    ).first()
+    if exists is None:
+        connection.execute(text("CREATE SCHEMA pgq"))
     connection.commit()
     _configure(connection=connection)
     with context.begin_transaction():

@@ -95,7 +95,9 @@ def worker(
         help="serve this worker's Prometheus task metrics on this port (/metrics)",
     ),
     metrics_addr: str = typer.Option(
-        "0.0.0.0", "--metrics-addr", help="address the metrics endpoint listens on"
+        "127.0.0.1",
+        "--metrics-addr",
+        help="address the metrics endpoint listens on (0.0.0.0: every interface)",
     ),
     beat: bool = typer.Option(
         False, "-B", "--beat", help="also run pgq beat in this worker (periodic tasks)"
@@ -180,22 +182,51 @@ def _make_beat(loaded: Any) -> Any:
 def migrate(
     sql: bool = typer.Option(False, "--sql", help="print the SQL instead of running it"),
     revision: str = typer.Option("head", "--revision", help="target revision"),
+    roles: bool = typer.Option(
+        False,
+        "--roles",
+        help="also create the owner, worker and producer roles and grant them least privilege",
+    ),
+    role_prefix: str = typer.Option(
+        "pgq", "--role-prefix", help="the roles are PREFIX_owner, PREFIX_worker, PREFIX_producer"
+    ),
     database_url: str | None = UrlOption,
 ) -> None:
-    """Create or upgrade the pgq schema (Alembic migrations)."""
+    """Create or upgrade the pgq schema (Alembic migrations).
+
+    Run it as a superuser, the database's owner, or a member of the owner role. With --roles
+    (a superuser, or the database's owner with CREATEROLE) it also creates (if missing) NOLOGIN
+    roles PREFIX_owner (owns schema pgq and its objects: its members migrate), PREFIX_worker
+    (reads and writes pgq's tables) and PREFIX_producer (enqueues, reads results, revokes,
+    forgets) and grants them exactly that; logins join them.
+    """
+    from pgq import roles as least_privilege
     from pgq.database import describe_server, resolve_url
-    from pgq.migrate import upgrade
+    from pgq.migrate import apply_roles, upgrade
     from pgq.schema import SCHEMA_REVISION
 
+    try:
+        names = least_privilege.RoleNames.from_prefix(role_prefix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--role-prefix") from None
     settings = Settings.from_env()
     if sql:
         # Offline SQL needs no server: use the given URL, or a placeholder one.
         url = database_url or settings.database_url or "postgresql://localhost/pgq"
         upgrade(url, revision=revision, sql=True)
+        if roles:
+            typer.echo("-- pgq migrate --roles: least-privilege roles (see pgq.roles)\n")
+            typer.echo(least_privilege.script(names), nl=False)
         return
     url = resolve_url(database_url, settings)
-    upgrade(url, revision=revision)
+    upgrade(url, revision=revision, roles=names)
     typer.echo(f"pgq schema at {describe_server(url)} is up to date ({SCHEMA_REVISION})")
+    if roles:
+        apply_roles(url, names)
+        typer.echo(
+            f"roles {names.owner}, {names.worker}, {names.producer} have their privileges on "
+            f"schema pgq: grant them to logins (GRANT {names.worker} TO my_worker_login)"
+        )
 
 
 @cli.command()

@@ -409,7 +409,9 @@ def health(
 def metrics(
     ctx: typer.Context,
     port: int = typer.Option(9808, "--port", min=0, max=65535, help="port to serve /metrics on"),
-    addr: str = typer.Option("0.0.0.0", "--addr", help="address to listen on"),
+    addr: str = typer.Option(
+        "127.0.0.1", "--addr", help="address to listen on (0.0.0.0: every interface)"
+    ),
     app: str | None = AppOption,
     database_url: str | None = UrlOption,
 ) -> None:

@@ -33,7 +33,10 @@ from pgq.errors import ConfigurationError, DatabaseError
 if TYPE_CHECKING:
     from pgq.admin import AdminStore
 
-__all__ = ["MetricsServer", "QueueCollector", "TaskMetrics", "RUNTIME_BUCKETS"]
+__all__ = ["DEFAULT_ADDR", "MetricsServer", "QueueCollector", "TaskMetrics", "RUNTIME_BUCKETS"]
+
+# Loopback unless told otherwise: metrics name tasks and queues, and nothing guards the port.
+DEFAULT_ADDR = "127.0.0.1"
 
 # Seconds: from sub-millisecond tasks to the hour-long ones.
 RUNTIME_BUCKETS = (
@@ -214,7 +217,7 @@ class MetricsServer:
     serving thread starts only with ``start()`` (the worker calls it once its pool is forked).
     """
 
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str = DEFAULT_ADDR) -> None:
         try:
             self._server = make_server(
                 addr, port, make_wsgi_app(registry), _ThreadingServer, handler_class=_QuietHandler
@@ -229,6 +232,11 @@ class MetricsServer:
     def port(self) -> int:
         """The bound port (useful with port 0)."""
         return int(self._server.server_port)
+
+    @property
+    def address(self) -> str:
+        """The address the socket is bound to."""
+        return str(self._server.socket.getsockname()[0])
 
     def start(self) -> None:
         """Serve in a daemon thread."""

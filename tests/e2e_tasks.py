@@ -164,3 +164,81 @@ def tsum(numbers: list[int]) -> int:
     """A chord body: records that it ran, returns the sum of the header's results."""
     _record("tsum")
     return sum(numbers)
+
+
+# -- hostile tasks (issue 17, defect 8): what a task may do to the process that runs it -------
+
+
+def _record_child(key: str) -> None:
+    """In a forked child: record this process's pid and its own connection's server pid."""
+    with psycopg.connect(os.environ["PGQ_DATABASE_URL"], autocommit=True) as db:
+        request = current_request()
+        backend = db.execute("SELECT pg_backend_pid()").fetchone()
+        db.execute(
+            "INSERT INTO side_effects (task_id, key, pid) VALUES (%s, %s, %s), (%s, %s, %s)",
+            (
+                request.id if request else None,
+                key,
+                os.getpid(),
+                request.id if request else None,
+                f"{key}:backend",
+                backend[0] if backend else None,
+            ),
+        )
+
+
+@app.task
+def fork_and_return() -> str:
+    """Forks; the child returns from the task too, as code that forgets to exit does."""
+    if os.fork() == 0:
+        _record_child("fork_and_return")
+        return "child"
+    return "parent"
+
+
+@app.task
+def fork_and_sleep() -> str:
+    """Forks a child that sleeps for an hour with the slot's sockets inherited."""
+    if os.fork() == 0:
+        _record_child("fork_and_sleep")
+        time.sleep(3600)
+        os._exit(0)
+    return "parent"
+
+
+@app.task
+def spawn_sleeper() -> int:
+    """Starts an exec'd program (no Python fork hooks run in it) and leaves it running."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "3600"])
+    _record("spawn_sleeper")
+    _db().execute(
+        "INSERT INTO side_effects (task_id, key, pid) VALUES (%s, %s, %s)",
+        (current_request().id if current_request() else None, "spawned", child.pid),
+    )
+    return child.pid
+
+
+_hoard: list[bytes] = []
+
+
+@app.task
+def leak(megabytes: int) -> int:
+    """Keeps memory the slot never gets back."""
+    _hoard.append(b"x" * (megabytes * 1024 * 1024))
+    return len(_hoard)
+
+
+@app.task
+def segfault() -> None:
+    import ctypes
+
+    _record("segfault")
+    ctypes.string_at(0)
+
+
+@app.task
+def hard_exit() -> None:
+    _record("hard_exit")
+    os._exit(3)

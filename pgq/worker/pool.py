@@ -3,6 +3,16 @@
 Every slot claims and runs its own tasks (``pgq.worker.slot``). The pool starts the slots,
 carries the parent's messages to them and theirs back, and notices a slot that died. The parent
 waits on ``fileobjs()`` with a selector and then calls ``events()``.
+
+No process outlives the worker, whatever its tasks do:
+
+- a prefork slot dies with the worker's process (``PR_SET_PDEATHSIG``);
+- a slot leads its own process group, and the pool kills that group whenever the slot ends, so
+  what its tasks started (``subprocess``, daemons that did not call ``setsid``) ends with it;
+- a process a task forks with ``os.fork()`` (or ``multiprocessing``) from the task's thread dies
+  with the process that forked it (the death signal is armed again after each such fork: the
+  kernel clears it in a child), and if the task function returns in that child, the child exits
+  there: it never runs the slot's loop on copies of the slot's sockets.
 """
 
 from __future__ import annotations
@@ -98,6 +108,8 @@ class Pool:
         self._ctx = multiprocessing.get_context("fork")
 
     def start(self) -> None:
+        if not self.processes:  # tasks run in this process: contain what they fork here
+            _contain_forks(os.getpid())
         for _ in range(self.concurrency):
             self.spawn()
 
@@ -124,10 +136,13 @@ class Pool:
                 target=_process_main, args=(slot, os.getpid()), name="pgq-child", daemon=True
             )
             runner.start()
+            # The child does this too: whichever runs first, the group exists before any kill.
+            with contextlib.suppress(OSError):
+                os.setpgid(runner.pid, runner.pid)
             slot_end.close()
         else:
             runner = threading.Thread(
-                target=_thread_main, args=(slot,), name=f"pgq-slot-{self._serial}", daemon=True
+                target=_thread_main, args=(slot,), name=f"{_SLOT_THREAD}{self._serial}", daemon=True
             )
             runner.start()
         handle = SlotHandle(worker_id, parent_end, current, runner)
@@ -159,6 +174,8 @@ class Pool:
     def _bury(self, slot: SlotHandle) -> Gone:
         with contextlib.suppress(AttributeError):
             slot.runner.join(0)
+        if self.processes:  # what the slot's tasks started ends with it
+            _kill_group(slot.runner.pid, leader_alive=False)
         self.slots.remove(slot)
         slot.conn.close()
         self.generation += 1
@@ -179,7 +196,7 @@ class Pool:
                 continue
             if slot.current.get() == slot.deadline_task:
                 slot.killed_for = "timeout"
-                _kill(slot.runner.pid, signal.SIGKILL)
+                _kill_group(slot.runner.pid)
             else:  # that task ended in time
                 slot.deadline = slot.deadline_task = slot.limit = None
 
@@ -205,7 +222,7 @@ class Pool:
         gone: list[Gone] = []
         for slot in list(self.slots):
             if self.processes:
-                _kill(slot.runner.pid, signal.SIGKILL)
+                _kill_group(slot.runner.pid)
                 slot.runner.join(5)
             running = slot.current.get()
             self.slots.remove(slot)
@@ -221,7 +238,22 @@ def _kill(pid: int | None, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _kill_group(pid: int | None, *, leader_alive: bool = True) -> None:
+    """SIGKILL the process group a slot leads: the slot and everything its tasks started.
+
+    After the slot was reaped its pid may name another process, but not while its group still
+    has members (the kernel does not reuse an id in use as a process group), so only the group
+    is signalled then.
+    """
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if leader_alive:
+            _kill(pid, signal.SIGKILL)  # in case the group was never made
+
+
+def _arm_death_signal() -> None:
+    """SIGKILL this process when the thread that forked it ends (Linux; a no-op elsewhere)."""
     try:
         import ctypes
 
@@ -229,12 +261,73 @@ def _die_with_parent(parent_pid: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the child instead
         pass
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    _arm_death_signal()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
 
+_SLOT_THREAD = "pgq-slot-"  # thread pools' slot threads are named this, then a number
+_forked_from_task_thread = False
+# The process that runs tasks here (a prefork slot, or the worker itself with threads); None
+# until a pool starts. Module state, so hooks inherited by a later fork read the current value.
+_task_process: int | None = None
+_contained = False
+
+
+def _contain_forks(task_process: int) -> None:
+    """In the process that runs tasks: keep what a task forks from outliving it or running
+    the worker's code.
+
+    The death signal is armed only for forks from the thread a task runs in (the main thread of a
+    prefork slot, a slot thread of a thread pool): the kernel sends it when the forking *thread*
+    ends, which would kill a process a task's helper thread started too early. Those (and exec'd
+    programs, which run no fork hooks) are covered by the slot's process group instead.
+    """
+    global _task_process, _contained
+    _task_process = task_process
+    if _contained:  # hooks and receivers are inherited by forks: install them once
+        return
+    _contained = True
+    from pgq.hooks import connect
+
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    # The first events a task's return reaches, on every path out of the task function.
+    for event in ("task_success", "task_failure", "task_retry", "task_postrun"):
+        connect(event, _exit_if_forked)
+
+
+def _before_fork() -> None:
+    global _forked_from_task_thread
+    current = threading.current_thread()
+    # Tasks run in the main thread of a prefork slot, or in a slot thread of a thread pool.
+    _forked_from_task_thread = current is threading.main_thread() or current.name.startswith(
+        _SLOT_THREAD
+    )
+
+
+def _after_fork_in_child() -> None:
+    if _forked_from_task_thread:
+        _arm_death_signal()
+
+
+def _exit_if_forked(**_: Any) -> None:
+    # The task function returned (or raised) in a process it forked: the slot's state and sockets
+    # here are copies of the parent's, so writing an outcome or claiming a task would corrupt the
+    # parent's connection. Leave at once, without closing anything.
+    if _task_process is not None and os.getpid() != _task_process:
+        os._exit(0)
+
+
 def _process_main(slot: Slot, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
+    # Its own process group: the pool kills the group when the slot ends (see the docstring).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    slot_pid = os.getpid()
+    _contain_forks(slot_pid)
     # The parent handles stop signals and decides what happens to running tasks; a child only
     # dies by SIGTERM when its task is revoked with terminate=True, or by SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -245,8 +338,12 @@ def _process_main(slot: Slot, parent_pid: int) -> None:
     from pgq.hooks import emit
 
     emit("worker_process_init")
-    slot.run()
-    emit("worker_process_shutdown")
+    try:
+        slot.run()
+        emit("worker_process_shutdown")
+    finally:
+        if os.getpid() != slot_pid:  # a forked child raised out of the task (SystemExit...)
+            os._exit(0)
 
 
 def _thread_main(slot: Slot) -> None:
