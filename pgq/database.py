@@ -21,12 +21,26 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from pgq.errors import ConfigurationError, DatabaseError, OperationalError, SchemaError
+from pgq.errors import (
+    ConfigurationError,
+    DatabaseError,
+    OperationalError,
+    PoolExhausted,
+    SchemaError,
+    ServerUnreachable,
+)
 from pgq.schema import SCHEMA_REVISION
 from pgq.settings import Settings
 from pgq.sql import query
 
-__all__ = ["Database", "describe_server", "normalize_url", "resolve_url", "translate_errors"]
+__all__ = [
+    "Database",
+    "describe_server",
+    "is_connection_failure",
+    "normalize_url",
+    "resolve_url",
+    "translate_errors",
+]
 
 log = logging.getLogger("pgq")
 
@@ -110,17 +124,44 @@ def translate_errors(url: str) -> Iterator[None]:
         raise _translate(original, url) from None
 
 
+# SQLSTATEs that mean the connection itself failed or is being refused, on top of class 08
+# (connection exception) and errors libpq raises with no SQLSTATE (connection closed or lost,
+# server unreachable): the server shutting down or killing this session, or not accepting
+# connections yet.
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+# Statement errors that may pass when the statement is sent again later: cancelled (a statement
+# timeout, or a cancel request), a lock not available (lock_timeout), and class 53, the server
+# short of resources (memory, disk, connections).
+_PASSING_SQLSTATES = frozenset({"57014", "55P03"})
+
+
+def is_connection_failure(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says the connection failed, as opposed to a statement being refused."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    code = exc.sqlstate
+    return code is None or code.startswith("08") or code in _CONNECTION_SQLSTATES
+
+
 def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
     server = describe_server(url)
     if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)):
         return SchemaError(
             f"the pgq schema is missing in {server}: run `pgq migrate` ({_first_line(exc)})"
         )
-    if isinstance(exc, pg_errors.TransactionRollback):  # deadlock, serialization: try again
+    if is_connection_failure(exc):
+        return ServerUnreachable(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
+    if (exc.sqlstate or "").startswith("40"):  # deadlock, serialization failure: try again
         return OperationalError(f"PostgreSQL at {server} rolled back: {_first_line(exc)}")
-    if isinstance(exc, psycopg.OperationalError):
-        return OperationalError(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
-    return DatabaseError(f"PostgreSQL at {server}: {_first_line(exc)}")
+    refused = f"PostgreSQL at {server} refused the statement: {_first_line(exc)}"
+    if exc.sqlstate:
+        refused += f" (SQLSTATE {exc.sqlstate})"
+    if exc.sqlstate and (exc.sqlstate in _PASSING_SQLSTATES or exc.sqlstate.startswith("53")):
+        return OperationalError(refused)
+    # Anything else (a value too long, bad data, a program limit) fails the same way every time.
+    return DatabaseError(refused)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -186,13 +227,18 @@ class Database:
         """
         pool = self._get_pool()
         if not self._held_lock.acquire(blocking=False):
-            with translate_errors(self.url), pool.connection() as conn:
+            with (
+                translate_errors(self.url),
+                self._naming_exhaustion(pool),
+                pool.connection() as conn,
+            ):
                 yield conn
             return
         try:
             with translate_errors(self.url):
                 if self._held is None:
-                    self._held = pool.getconn()
+                    with self._naming_exhaustion(pool):
+                        self._held = pool.getconn()
                     self._held_until = time.monotonic() + HELD_SECONDS
                 yield self._held
         finally:
@@ -204,6 +250,29 @@ class Database:
                 self._held = None
                 pool.putconn(held)
             self._held_lock.release()
+
+    @contextmanager
+    def _naming_exhaustion(self, pool: Any) -> Iterator[None]:
+        """Raise PoolExhausted when the pool timed out because all its connections were lent.
+
+        psycopg_pool says "couldn't get a connection" both when the server is unreachable (it
+        cannot open one) and when this process keeps every connection busy: only the first is
+        the server's fault. Any other timeout is left to ``translate_errors``.
+        """
+        from psycopg_pool import PoolTimeout
+
+        try:
+            yield
+        except PoolTimeout:
+            stats = pool.get_stats()
+            if stats.get("pool_size", 0) < pool.max_size or stats.get("pool_available", 0):
+                raise
+            raise PoolExhausted(
+                f"all {pool.max_size} connections of this process's pool to "
+                f"{describe_server(self.url)} stayed in use for {pool.timeout:g}s "
+                f"(PGQ_POOL_SIZE={pool.max_size}, {stats.get('requests_waiting', 0)} more "
+                "callers waiting): more threads use the database at once than the pool holds"
+            ) from None
 
     def _get_pool(self) -> Any:
         pid = os.getpid()

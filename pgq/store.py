@@ -23,7 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgq.database import Database, translate_errors
-from pgq.errors import OperationalError, TaskNotFound
+from pgq.errors import OperationalError, ServerUnreachable, TaskNotFound
 from pgq.serialization import loads
 from pgq.sql import query
 
@@ -189,8 +189,9 @@ class Store:
     ) -> list[Any]:
         """Run a named query on the caller's connection, or on a pooled one.
 
-        ``retry`` reruns an idempotent statement once on a fresh connection when the pooled one
-        turned out to be dead (the server restarted since it was opened).
+        ``retry`` reruns an idempotent statement on a fresh connection when the pooled one
+        turned out to be dead (the server restarted since it was opened); no other error is
+        retried.
         """
         sql = query(name)
         if connection is not None:
@@ -215,7 +216,10 @@ class Store:
                     with conn.cursor(row_factory=dict_row) if dict_rows else conn.cursor() as cur:
                         cur.execute(sql, params)
                         return cur.fetchall() if cur.description else []
-            except OperationalError:
+            except ServerUnreachable:
+                # Only a lost connection is tried again: a statement the server cancelled or
+                # refused (a timeout, a value too long, out of memory) would fail the same way,
+                # and re-sending a large argument costs the server as much each time.
                 if not acquired or attempt + 1 == attempts:
                     raise
         raise AssertionError("unreachable")
@@ -255,7 +259,7 @@ class Store:
                     ids = self._copy(given, pending)
                     if ids is not None:
                         return ids
-                except OperationalError:
+                except ServerUnreachable:
                     pass  # a dead pooled connection: the statement below retries on a fresh one
         given.extend(pending)
         if not given:
