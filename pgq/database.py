@@ -306,6 +306,11 @@ class Database:
                 self._pool_closer = weakref.finalize(self, _close_pool, self._pool, pid)
         return self._pool
 
+    @property
+    def pool_open(self) -> bool:
+        """Whether this process has its pool open (False before first use and after close())."""
+        return self._pool is not None and self._pool_pid == os.getpid()
+
     def close(self) -> None:
         """Close this process's pool, if any."""
         if self._pool is not None and self._pool_pid == os.getpid():

@@ -6,8 +6,11 @@ import a module or construct a non-exception class (Celery's CVE-2021-23727).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import wait_for
 from psycopg.types.json import Jsonb
 
 from pgq import App
@@ -169,3 +173,132 @@ def test_a_module_getattr_hook_is_not_run_for_a_row(
     with pytest.raises(Exception, match="lazy"):
         compat_app.AsyncResult(task_id).get(timeout=5)
     assert not marker.exists()
+
+
+# -- many waiters share one LISTEN connection --------------------------------------------------
+
+
+def pending_rows(conn: psycopg.Connection[Any], count: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    conn.execute("INSERT INTO pgq.tasks (id, name) SELECT unnest(%s::text[]), 'waited.on'", (ids,))
+    return ids
+
+
+def finish_rows(conn: psycopg.Connection[Any], ids: list[str]) -> None:
+    """Finish tasks as a worker does: SUCCESS with their id as result, then the NOTIFY."""
+    conn.execute(
+        "UPDATE pgq.tasks SET state = 'SUCCESS', result = to_jsonb(id), finished_at = now()"
+        " WHERE id = ANY(%s)",
+        (ids,),
+    )
+    for start in range(0, len(ids), 100):
+        conn.execute("SELECT pg_notify('pgq_done', %s)", (",".join(ids[start : start + 100]),))
+
+
+def pgq_connections(conn: psycopg.Connection[Any]) -> int:
+    """Server connections pgq opened to this database (the test's own have no pgq name)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'pgq'"
+    ).fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
+def listen_pids(conn: psycopg.Connection[Any]) -> set[int]:
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query = 'LISTEN pgq_done'"
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+@pytest.fixture
+def no_pgq_connections(conn: psycopg.Connection[Any]) -> None:
+    """Wait until earlier tests' apps have closed their connections (listeners included)."""
+    wait_for(lambda: pgq_connections(conn) == 0, 15, what="earlier apps' connections to close")
+
+
+def test_two_hundred_waiters_in_one_process_share_one_listening_connection(
+    no_pgq_connections: None, compat_app: Any, conn: psycopg.Connection[Any]
+) -> None:
+    ids = pending_rows(conn, 200)
+    got: dict[str, Any] = {}
+    failed: list[BaseException] = []
+
+    def wait(task_id: str) -> None:
+        try:
+            # interval 30: only the completion NOTIFY can wake them in time.
+            got[task_id] = compat_app.AsyncResult(task_id).get(timeout=60, interval=30)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in ids]
+    for t in threads:
+        t.start()
+    listener = compat_app.store.completions()
+    wait_for(lambda: listener.waiter_count == 200 or failed, 30, what="200 registered waiters")
+    wait_for(listener.listening.is_set, 10, what="the listener to listen")
+    assert not failed, failed[:3]
+    # One listening connection, plus at most the pool (pool_size 4) for the re-reads.
+    assert pgq_connections(conn) <= 5
+    assert len(listen_pids(conn)) == 1
+    started = time.monotonic()
+    finish_rows(conn, ids)
+    for t in threads:
+        t.join(timeout=max(0.1, 20 - (time.monotonic() - started)))
+    assert not failed, failed[:3]
+    assert got == {i: i for i in ids}
+    assert time.monotonic() - started < 20  # woken by notifications, not by the 30 s re-read
+
+
+def test_the_listener_reconnects_after_losing_its_connection(
+    no_pgq_connections: None, engine_app: App, conn: psycopg.Connection[Any]
+) -> None:
+    [task_id] = pending_rows(conn, 1)
+    got: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(engine_app.result(task_id).get(timeout=60, interval=30)),
+        daemon=True,
+    )
+    waiter.start()
+    listener = engine_app.store.completions()
+    wait_for(lambda: listener.waiter_count == 1 and listener.listening.is_set(), 10)
+    [old] = wait_for(lambda: listen_pids(conn), 10, what="the LISTEN connection")
+    conn.execute("SELECT pg_terminate_backend(%s)", (old,))
+    wait_for(lambda: listen_pids(conn) - {old}, 15, what="a new LISTEN connection")
+    finish_rows(conn, [task_id])
+    waiter.join(timeout=15)
+    assert got == [task_id]
+
+
+def test_a_forked_child_waits_with_its_own_listener(
+    no_pgq_connections: None, engine_app: App, conn: psycopg.Connection[Any]
+) -> None:
+    first, second = pending_rows(conn, 2)
+    finish_rows(conn, [first])
+    assert engine_app.result(first).get(timeout=10) == first  # the parent's listener runs
+    parent_listener = engine_app.store.completions()
+    wait_for(parent_listener.listening.is_set, 10)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 3
+        try:
+            code = 0 if engine_app.result(second).get(timeout=30, interval=30) == second else 1
+        except BaseException:  # noqa: BLE001
+            code = 2
+        finally:
+            os._exit(code)
+    try:
+        wait_for(lambda: len(listen_pids(conn)) == 2, 15, what="the child's own LISTEN")
+        finish_rows(conn, [second])
+        deadline = time.monotonic() + 20
+        while (status := os.waitpid(child, os.WNOHANG))[0] == 0:
+            assert time.monotonic() < deadline, "the child did not get its result"
+            time.sleep(0.05)
+        assert os.waitstatus_to_exitcode(status[1]) == 0
+        assert parent_listener.listening.is_set()  # the child left the parent's connection alone
+        assert engine_app.store.completions() is parent_listener
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(child, 9)
+            os.waitpid(child, 0)
