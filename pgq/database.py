@@ -48,6 +48,9 @@ log = logging.getLogger("pgq")
 # to the pool for its checks (see Database.pooled).
 HELD_SECONDS = 60.0
 
+# Guards the count of lent pool connections (Database._count_lent).
+_LENT_LOCK = threading.Lock()
+
 
 def _close_pool(pool: Any, pid: int) -> None:
     """Close a pool its Database left open, when that Database is collected or at exit.
@@ -232,13 +235,18 @@ class Database:
                 self._naming_exhaustion(pool),
                 pool.connection() as conn,
             ):
-                yield conn
+                self._count_lent(pool, 1)
+                try:
+                    yield conn
+                finally:
+                    self._count_lent(pool, -1)
             return
         try:
             with translate_errors(self.url):
                 if self._held is None:
                     with self._naming_exhaustion(pool):
                         self._held = pool.getconn()
+                    self._count_lent(pool, 1)
                     self._held_until = time.monotonic() + HELD_SECONDS
                 yield self._held
         finally:
@@ -249,7 +257,19 @@ class Database:
             ):
                 self._held = None
                 pool.putconn(held)
+                self._count_lent(pool, -1)
             self._held_lock.release()
+
+    # How many connections of ``_lent_pool`` are out (the held one included): tells a pool this
+    # process keeps busy from one that cannot connect (class defaults: no state in __init__).
+    _lent = 0
+    _lent_pool: Any = None
+
+    def _count_lent(self, pool: Any, delta: int) -> None:
+        with _LENT_LOCK:
+            if self._lent_pool is not pool:  # a new pool (after fork or close): a new count
+                self._lent_pool, self._lent = pool, 0
+            self._lent = max(0, self._lent + delta)
 
     @contextmanager
     def _naming_exhaustion(self, pool: Any) -> Iterator[None]:
@@ -264,9 +284,11 @@ class Database:
         try:
             yield
         except PoolTimeout:
-            stats = pool.get_stats()
-            if stats.get("pool_size", 0) < pool.max_size or stats.get("pool_available", 0):
+            # The pool's own counts include connections it is still trying to open, so they
+            # cannot tell the two apart: what this process has borrowed can.
+            if self._lent_pool is not pool or self._lent < pool.max_size:
                 raise
+            stats = pool.get_stats()
             raise PoolExhausted(
                 f"all {pool.max_size} connections of this process's pool to "
                 f"{describe_server(self.url)} stayed in use for {pool.timeout:g}s "

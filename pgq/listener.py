@@ -114,10 +114,9 @@ class CompletionListener:
                     log.exception("completion listener failed; reconnecting in %.1fs", delay)
                 else:
                     continue
-                lost = self._conn is not None
+                # The waiters are woken once listening again, not now: while the server is away
+                # their re-reads could only fail.
                 self._drop_connection()
-                if lost:
-                    self._wake_all()
                 time.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
         finally:
