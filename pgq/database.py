@@ -127,25 +127,27 @@ def translate_errors(url: str) -> Iterator[None]:
         raise _translate(original, url) from None
 
 
-# SQLSTATEs that mean the connection itself failed or is being refused, on top of class 08
-# (connection exception) and errors libpq raises with no SQLSTATE (connection closed or lost,
-# server unreachable): the server shutting down or killing this session, or not accepting
-# connections yet.
-_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
-
+# SQLSTATEs that end the connection itself, on top of class 08 (connection exception) and
+# errors libpq raises with no SQLSTATE (connection closed or lost, server unreachable): the
+# server shutting down, crashed or not accepting connections yet, the database dropped, and the
+# session ended by idle_session_timeout, idle_in_transaction_session_timeout or
+# transaction_timeout (all FATAL: the server closes the connection).
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25P04"})
 
 # Statement errors that may pass when the statement is sent again later: cancelled (a statement
-# timeout, or a cancel request), a lock not available (lock_timeout), and class 53, the server
-# short of resources (memory, disk, connections).
-_PASSING_SQLSTATES = frozenset({"57014", "55P03"})
+# timeout, or a cancel request), a lock not available (lock_timeout), an object in use, an
+# operator intervention, plus class 53 (the server short of memory, disk or connections) and
+# class 58 (a system or I/O error on the server).
+_PASSING_SQLSTATES = frozenset({"57014", "55P03", "55006", "57000"})
+_PASSING_CLASSES = ("53", "58")
 
 
 def is_connection_failure(exc: psycopg.Error) -> bool:
     """Whether ``exc`` says the connection failed, as opposed to a statement being refused."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
     code = exc.sqlstate
-    return code is None or code.startswith("08") or code in _CONNECTION_SQLSTATES
+    if code is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return code.startswith("08") or code in _CONNECTION_SQLSTATES
 
 
 def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
@@ -161,7 +163,9 @@ def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
     refused = f"PostgreSQL at {server} refused the statement: {_first_line(exc)}"
     if exc.sqlstate:
         refused += f" (SQLSTATE {exc.sqlstate})"
-    if exc.sqlstate and (exc.sqlstate in _PASSING_SQLSTATES or exc.sqlstate.startswith("53")):
+    if exc.sqlstate and (
+        exc.sqlstate in _PASSING_SQLSTATES or exc.sqlstate.startswith(_PASSING_CLASSES)
+    ):
         return OperationalError(refused)
     # Anything else (a value too long, bad data, a program limit) fails the same way every time.
     return DatabaseError(refused)
