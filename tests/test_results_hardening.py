@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,7 +280,9 @@ def test_a_forked_child_waits_with_its_own_listener(
     assert engine_app.result(first).get(timeout=10) == first  # the parent's listener runs
     parent_listener = engine_app.store.completions()
     wait_for(parent_listener.listening.is_set, 10)
-    child = os.fork()
+    with warnings.catch_warnings():  # Python 3.12 warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         code = 3
         try:
