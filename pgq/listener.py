@@ -54,7 +54,6 @@ class CompletionListener:
         # Waiting events by the task id they wait for.
         self._waiters: dict[str, set[threading.Event]] = {}
         self._thread: threading.Thread | None = None
-        self._conn: psycopg.Connection[Any] | None = None
         self._idle_since = time.monotonic()
         # Set while the connection is LISTENing (tests and diagnostics read it).
         self.listening = threading.Event()
@@ -68,15 +67,16 @@ class CompletionListener:
         """
         event = threading.Event()
         keys = set(ids)
-        with self._lock:
-            for key in keys:
-                self._waiters.setdefault(key, set()).add(event)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pgq-completion-listener", daemon=True
-                )
-                self._thread.start()
         try:
+            with self._lock:
+                for key in keys:
+                    self._waiters.setdefault(key, set()).add(event)
+                if self._thread is None:
+                    thread = threading.Thread(
+                        target=self._run, name="pgq-completion-listener", daemon=True
+                    )
+                    thread.start()
+                    self._thread = thread
             yield event
         finally:
             with self._lock:
@@ -97,40 +97,49 @@ class CompletionListener:
     # -- the listening thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        # The connection is this thread's alone: a thread started after this one ends (a new
+        # waiter) opens its own, so nothing here may touch another thread's connection.
+        conn: psycopg.Connection[Any] | None = None
         delay = RECONNECT_MIN_SECONDS
-        try:
-            while not self._idle_for_long():
-                try:
-                    if self._conn is None:
-                        self._conn = self._open()
-                        delay = RECONNECT_MIN_SECONDS
-                        self.listening.set()
-                        self._wake_all()  # completions announced while nobody listened
-                    for note in self._conn.notifies(timeout=TICK_SECONDS):
-                        self._dispatch(note.payload)
-                except (PgqError, psycopg.Error) as exc:
-                    log.debug("completion listener: %s; reconnecting in %.1fs", exc, delay)
-                except Exception:  # never let the thread die: waiters would only poll
-                    log.exception("completion listener failed; reconnecting in %.1fs", delay)
-                else:
-                    continue
-                # The waiters are woken once listening again, not now: while the server is away
-                # their re-reads could only fail.
-                self._drop_connection()
-                time.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-        finally:
-            self._drop_connection()
+        while True:
+            try:
+                if conn is None:
+                    conn = self._open()
+                    delay = RECONNECT_MIN_SECONDS
+                    self.listening.set()
+                    self._wake_all()  # completions announced while nobody listened
+                for note in conn.notifies(timeout=TICK_SECONDS):
+                    self._dispatch(note.payload)
+            except (PgqError, psycopg.Error) as exc:
+                log.debug("completion listener: %s; reconnecting in %.1fs", exc, delay)
+            except Exception:  # never let the thread die: waiters would only poll
+                log.exception("completion listener failed; reconnecting in %.1fs", delay)
+            else:
+                if self._end_if_idle(conn):
+                    return
+                continue
+            # The waiters are woken once listening again, not now: while the server is away
+            # their re-reads could only fail.
+            self.listening.clear()
+            _close(conn)
+            conn = None
+            if self._end_if_idle(None):
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    def _idle_for_long(self) -> bool:
-        """True, with the thread unregistered, when nobody waits and nobody has for
-        IDLE_SECONDS or the database was closed (``App.close()`` closes this connection too)."""
+    def _end_if_idle(self, conn: psycopg.Connection[Any] | None) -> bool:
+        """End this thread (True), closing ``conn``, when nobody waits and nobody has for
+        IDLE_SECONDS or the database was closed (``App.close()`` closes this connection too).
+        Decided under the lock a new waiter takes to start a thread, so none is left without."""
         with self._lock:
             if self._waiters:
                 return False
             if self.db.pool_open and time.monotonic() - self._idle_since < IDLE_SECONDS:
                 return False
             self._thread = None  # the next waiter starts a new thread
+            self.listening.clear()
+            _close(conn)
             return True
 
     def _open(self) -> psycopg.Connection[Any]:
@@ -142,13 +151,6 @@ class CompletionListener:
                 conn.close()
                 raise
         return conn
-
-    def _drop_connection(self) -> None:
-        self.listening.clear()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
 
     def _dispatch(self, payload: str) -> None:
         """Wake the waiters of the ids a notification names (an empty payload: everyone)."""
@@ -165,3 +167,9 @@ class CompletionListener:
             woken = {e for events in self._waiters.values() for e in events}
         for event in woken:
             event.set()
+
+
+def _close(conn: psycopg.Connection[Any] | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()

@@ -305,3 +305,18 @@ def test_a_forked_child_waits_with_its_own_listener(
         with contextlib.suppress(ChildProcessError, ProcessLookupError):
             os.kill(child, 9)
             os.waitpid(child, 0)
+
+
+def test_the_listener_ends_with_its_app_and_starts_again_on_the_next_wait(
+    no_pgq_connections: None, engine_app: App, conn: psycopg.Connection[Any]
+) -> None:
+    first, second = pending_rows(conn, 2)
+    finish_rows(conn, [first, second])
+    assert engine_app.result(first).get(timeout=10) == first
+    listener = engine_app.store.completions()
+    wait_for(lambda: listen_pids(conn), 10, what="the LISTEN connection")
+    engine_app.close()
+    wait_for(lambda: not listen_pids(conn), 10, what="the LISTEN connection to close")
+    assert not listener.listening.is_set()
+    assert engine_app.result(second).get(timeout=10) == second
+    wait_for(lambda: listen_pids(conn), 10, what="a LISTEN connection again")
