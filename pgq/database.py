@@ -29,7 +29,14 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 
-from pgq.errors import ConfigurationError, DatabaseError, OperationalError, SchemaError
+from pgq.errors import (
+    ConfigurationError,
+    DatabaseError,
+    OperationalError,
+    PoolExhausted,
+    SchemaError,
+    ServerUnreachable,
+)
 from pgq.schema import SCHEMA_REVISION
 from pgq.settings import Settings, check_pooler_mode
 from pgq.sql import query
@@ -37,6 +44,7 @@ from pgq.sql import query
 __all__ = [
     "Database",
     "describe_server",
+    "is_connection_failure",
     "normalize_url",
     "resolve_url",
     "split_options",
@@ -48,6 +56,9 @@ log = logging.getLogger("pgq")
 # How long a process keeps one pool connection out between borrowings before handing it back
 # to the pool for its checks (see Database.pooled).
 HELD_SECONDS = 60.0
+
+# Guards the count of lent pool connections (Database._count_lent).
+_LENT_LOCK = threading.Lock()
 
 
 def _close_pool(pool: Any, pid: int) -> None:
@@ -168,17 +179,48 @@ def translate_errors(url: str) -> Iterator[None]:
         raise _translate(original, url) from None
 
 
+# SQLSTATEs that end the connection itself, on top of class 08 (connection exception) and
+# errors libpq raises with no SQLSTATE (connection closed or lost, server unreachable): the
+# server shutting down, crashed or not accepting connections yet, the database dropped, and the
+# session ended by idle_session_timeout, idle_in_transaction_session_timeout or
+# transaction_timeout (all FATAL: the server closes the connection).
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "25P03", "25P04"})
+
+# Statement errors that may pass when the statement is sent again later: cancelled (a statement
+# timeout, or a cancel request), a lock not available (lock_timeout), an object in use, an
+# operator intervention, plus class 53 (the server short of memory, disk or connections) and
+# class 58 (a system or I/O error on the server).
+_PASSING_SQLSTATES = frozenset({"57014", "55P03", "55006", "57000"})
+_PASSING_CLASSES = ("53", "58")
+
+
+def is_connection_failure(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` says the connection failed, as opposed to a statement being refused."""
+    code = exc.sqlstate
+    if code is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return code.startswith("08") or code in _CONNECTION_SQLSTATES
+
+
 def _translate(exc: psycopg.Error, url: str) -> DatabaseError:
     server = describe_server(url)
     if isinstance(exc, (pg_errors.UndefinedTable, pg_errors.InvalidSchemaName)):
         return SchemaError(
             f"the pgq schema is missing in {server}: run `pgq migrate` ({_first_line(exc)})"
         )
-    if isinstance(exc, pg_errors.TransactionRollback):  # deadlock, serialization: try again
+    if is_connection_failure(exc):
+        return ServerUnreachable(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
+    if (exc.sqlstate or "").startswith("40"):  # deadlock, serialization failure: try again
         return OperationalError(f"PostgreSQL at {server} rolled back: {_first_line(exc)}")
-    if isinstance(exc, psycopg.OperationalError):
-        return OperationalError(f"cannot reach PostgreSQL at {server}: {_first_line(exc)}")
-    return DatabaseError(f"PostgreSQL at {server}: {_first_line(exc)}")
+    refused = f"PostgreSQL at {server} refused the statement: {_first_line(exc)}"
+    if exc.sqlstate:
+        refused += f" (SQLSTATE {exc.sqlstate})"
+    if exc.sqlstate and (
+        exc.sqlstate in _PASSING_SQLSTATES or exc.sqlstate.startswith(_PASSING_CLASSES)
+    ):
+        return OperationalError(refused)
+    # Anything else (a value too long, bad data, a program limit) fails the same way every time.
+    return DatabaseError(refused)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -279,13 +321,23 @@ class Database:
         """
         pool = self._get_pool()
         if not self._held_lock.acquire(blocking=False):
-            with translate_errors(self.url), pool.connection() as conn:
-                yield conn
+            with (
+                translate_errors(self.url),
+                self._naming_exhaustion(pool),
+                pool.connection() as conn,
+            ):
+                self._count_lent(pool, 1)
+                try:
+                    yield conn
+                finally:
+                    self._count_lent(pool, -1)
             return
         try:
             with translate_errors(self.url):
                 if self._held is None:
-                    self._held = pool.getconn()
+                    with self._naming_exhaustion(pool):
+                        self._held = pool.getconn()
+                    self._count_lent(pool, 1)
                     self._held_until = time.monotonic() + HELD_SECONDS
                 yield self._held
         finally:
@@ -296,7 +348,44 @@ class Database:
             ):
                 self._held = None
                 pool.putconn(held)
+                self._count_lent(pool, -1)
             self._held_lock.release()
+
+    # How many connections of ``_lent_pool`` are out (the held one included): tells a pool this
+    # process keeps busy from one that cannot connect (class defaults: no state in __init__).
+    _lent = 0
+    _lent_pool: Any = None
+
+    def _count_lent(self, pool: Any, delta: int) -> None:
+        with _LENT_LOCK:
+            if self._lent_pool is not pool:  # a new pool (after fork or close): a new count
+                self._lent_pool, self._lent = pool, 0
+            self._lent = max(0, self._lent + delta)
+
+    @contextmanager
+    def _naming_exhaustion(self, pool: Any) -> Iterator[None]:
+        """Raise PoolExhausted when the pool timed out because all its connections were lent.
+
+        psycopg_pool says "couldn't get a connection" both when the server is unreachable (it
+        cannot open one) and when this process keeps every connection busy: only the first is
+        the server's fault. Any other timeout is left to ``translate_errors``.
+        """
+        from psycopg_pool import PoolTimeout
+
+        try:
+            yield
+        except PoolTimeout:
+            # The pool's own counts include connections it is still trying to open, so they
+            # cannot tell the two apart: what this process has borrowed can.
+            if self._lent_pool is not pool or self._lent < pool.max_size:
+                raise
+            stats = pool.get_stats()
+            raise PoolExhausted(
+                f"all {pool.max_size} connections of this process's pool to "
+                f"{describe_server(self.url)} stayed in use for {pool.timeout:g}s "
+                f"(PGQ_POOL_SIZE={pool.max_size}, {stats.get('requests_waiting', 0)} more "
+                "callers waiting): more threads use the database at once than the pool holds"
+            ) from None
 
     def _get_pool(self) -> Any:
         pid = os.getpid()
@@ -329,6 +418,11 @@ class Database:
                     self._pool_closer.detach()
                 self._pool_closer = weakref.finalize(self, _close_pool, self._pool, pid)
         return self._pool
+
+    @property
+    def pool_open(self) -> bool:
+        """Whether this process has its pool open (False before first use and after close())."""
+        return self._pool is not None and self._pool_pid == os.getpid()
 
     def close(self) -> None:
         """Close this process's pool, if any."""

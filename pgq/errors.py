@@ -2,8 +2,10 @@
 
     PgqError
     ├── ConfigurationError        bad settings or a bad ``-A`` target
-    ├── DatabaseError             the database refused or could not be reached
-    │   ├── OperationalError      server down, restarting or unreachable (names the server)
+    ├── DatabaseError             the database refused a statement (names the server and why)
+    │   ├── OperationalError      a passing condition: try again later (workers wait, reconnect)
+    │   │   ├── ServerUnreachable server down, restarting or unreachable (names the server)
+    │   │   └── PoolExhausted     every connection of this process's pool stayed busy
     │   └── SchemaError           schema missing or older than the code: run ``pgq migrate``
     ├── EncodeError               arguments or results that are not JSON-serializable
     ├── TaskNotFound              no task with that id
@@ -27,7 +29,11 @@ Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-expor
     ├── TaskRevokedError          the task was revoked or expired
     └── ChordError                a chord's header task failed, so its body cannot run
 
-psycopg errors are translated into this tree at the store boundary (``pgq.store``).
+psycopg errors are translated into this tree at the store boundary (``pgq.database``), by
+SQLSTATE: only a lost or refused connection is a ``ServerUnreachable`` (and only that is retried,
+for idempotent statements); a statement cancelled (statement timeout), rolled back (deadlock) or
+short of server resources is an ``OperationalError`` naming its cause; a statement the server
+refuses for what it is (a value too long, bad data, a program limit) is a ``DatabaseError``.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ __all__ = [
     "Ignore",
     "OperationalError",
     "PgqError",
+    "PoolExhausted",
     "Reject",
     "RetryTask",
     "SchemaError",
+    "ServerUnreachable",
     "SoftTimeLimitExceeded",
     "TaskError",
     "TaskFailed",
@@ -74,7 +82,19 @@ class DatabaseError(PgqError):
 
 
 class OperationalError(DatabaseError):
-    """The database server cannot be reached (down, restarting, wrong address)."""
+    """A condition that may pass: the same call may succeed later (a worker waits and
+    reconnects). Its subclasses say which; itself, a statement cancelled (statement timeout),
+    rolled back (deadlock) or short of server resources."""
+
+
+class ServerUnreachable(OperationalError):
+    """The database server cannot be reached: down, restarting, wrong address, or the
+    connection was lost."""
+
+
+class PoolExhausted(OperationalError):
+    """Every connection of this process's pool stayed in use for the whole pool timeout: a
+    client-side limit (``PGQ_POOL_SIZE``), not a server problem."""
 
 
 class SchemaError(DatabaseError):

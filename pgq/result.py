@@ -58,7 +58,11 @@ class Result:
 
 
 def outcome_of(record: TaskRecord) -> Any:
-    """The value a finished row stands for: its result, or the matching exception raised."""
+    """The value a finished row stands for: its result, or the matching exception raised.
+
+    A failure is described by ``TaskFailed`` (the stored class and module names as strings),
+    never rebuilt: nothing a row names is imported or called here.
+    """
     value = serialization.loads(record.result)
     if record.state == "FAILURE":
         info = value if isinstance(value, dict) else {}

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgq.database import Database, translate_errors
-from pgq.errors import OperationalError, TaskNotFound
+from pgq.errors import OperationalError, ServerUnreachable, TaskNotFound
+from pgq.listener import CompletionListener
 from pgq.serialization import loads
 from pgq.sql import query
 
@@ -178,6 +180,8 @@ class Store:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._listener: CompletionListener | None = None
+        self._listener_lock = threading.Lock()
 
     def _run(
         self,
@@ -190,8 +194,9 @@ class Store:
     ) -> list[Any]:
         """Run a named query on the caller's connection, or on a pooled one.
 
-        ``retry`` reruns an idempotent statement once on a fresh connection when the pooled one
-        turned out to be dead (the server restarted since it was opened).
+        ``retry`` reruns an idempotent statement on a fresh connection when the pooled one
+        turned out to be dead (the server restarted since it was opened); no other error is
+        retried.
         """
         sql = query(name)
         if connection is not None:
@@ -216,7 +221,10 @@ class Store:
                     with conn.cursor(row_factory=dict_row) if dict_rows else conn.cursor() as cur:
                         cur.execute(sql, params)
                         return cur.fetchall() if cur.description else []
-            except OperationalError:
+            except ServerUnreachable:
+                # Only a lost connection is tried again: a statement the server cancelled or
+                # refused (a timeout, a value too long, out of memory) would fail the same way,
+                # and re-sending a large argument costs the server as much each time.
                 if not acquired or attempt + 1 == attempts:
                     raise
         raise AssertionError("unreachable")
@@ -256,7 +264,7 @@ class Store:
                     ids = self._copy(given, pending)
                     if ids is not None:
                         return ids
-                except OperationalError:
+                except ServerUnreachable:
                     pass  # a dead pooled connection: the statement below retries on a fresh one
         given.extend(pending)
         if not given:
@@ -372,34 +380,32 @@ class Store:
     ) -> TaskRecord | None:
         """Block until the task has finished or ``timeout`` passes; returns its last row.
 
-        Wakes on the completion NOTIFY the worker sends with the ids it finished; re-reads the row
-        every ``interval`` seconds anyway because notifications are a hint, not a guarantee.
+        Wakes on the completion NOTIFY the worker sends with the ids it finished, heard by this
+        process's one listening connection (``pgq.listener``): a waiter holds no connection
+        while it sleeps, so any number of threads can wait at once. It re-reads the row every
+        ``interval`` seconds anyway because notifications are a hint, not a guarantee.
         """
         deadline = None if timeout is None else clock() + timeout
-        # Behind a transaction-mode pooler a pooled connection cannot LISTEN (its next
-        # transaction may run in another server session): read the row every interval instead.
-        # A dispatcher that LISTENs on ``self.db.listen_url`` can replace this polling.
-        listening = self.db.session_state
-        with self.db.pooled() as conn:
-            if listening:
-                conn.execute(query("listen_done"))
-            try:
-                while True:
-                    rows = conn.execute(query("read_task"), {"id": task_id}).fetchall()
-                    record = TaskRecord(*rows[0]) if rows else None
-                    if record is not None and record.finished:
-                        return record
-                    remaining = None if deadline is None else deadline - clock()
-                    if remaining is not None and remaining <= 0:
-                        return record
-                    wait = interval if remaining is None else min(interval, remaining)
-                    if listening:
-                        _wait_for_ids(conn, {task_id}, wait, clock)
-                    else:
-                        time.sleep(wait)
-            finally:
-                if listening:
-                    conn.execute(query("unlisten_done"))
+        with self.completions().waiting((task_id,)) as woken:
+            while True:
+                record = self.read(task_id)
+                if record is not None and record.finished:
+                    return record
+                remaining = None if deadline is None else deadline - clock()
+                if remaining is not None and remaining <= 0:
+                    return record
+                woken.wait(interval if remaining is None else min(interval, remaining))
+                woken.clear()  # before the read: a completion from now on sets it again
+
+    def completions(self) -> CompletionListener:
+        """This process's listener for completions (a child process after fork makes its own)."""
+        listener = self._listener
+        if listener is None or listener.pid != os.getpid():
+            with self._listener_lock:
+                listener = self._listener
+                if listener is None or listener.pid != os.getpid():
+                    listener = self._listener = CompletionListener(self.db)
+        return listener
 
     def forget(self, task_id: str, connection: Any = None) -> None:
         """Delete the task's row (and so its result); an unknown id is not an error."""
@@ -537,17 +543,6 @@ def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
 
 def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values))
-
-
-def _wait_for_ids(
-    conn: psycopg.Connection[Any], ids: set[str], wait: float, clock: Callable[[], float]
-) -> None:
-    """Return when a completion notification names one of ``ids`` (or no ids), or after ``wait``."""
-    end = clock() + wait
-    while (left := end - clock()) > 0:
-        for note in conn.notifies(timeout=left, stop_after=1):
-            if not note.payload or not ids.isdisjoint(note.payload.split(",")):
-                return
 
 
 class WorkerStore:

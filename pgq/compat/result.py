@@ -2,15 +2,18 @@
 
 ``AsyncResult(id)`` reads the task's row afresh on every property; ``get()`` waits on the
 completion NOTIFY (``Store.wait``), not by polling tightly. An unknown id reads as PENDING.
-A failed task's exception is rebuilt from the stored module and class name, and re-raised.
+A failed task's exception is rebuilt from the stored module and class name, and re-raised:
+only an exception class of a module this process has already imported is used (see
+``_exception_class``); anything else comes back as a stand-in exception with that name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import inspect
 import sys
 import time
+import types
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -46,29 +49,48 @@ def assert_will_not_block() -> None:
 
 # -- exceptions read back from rows --------------------------------------------------------
 
+# Whoever can write a row of pgq.tasks decides the module and class names read here, so a row is
+# never allowed to import a module or to call anything but an exception class (the hole Celery
+# closed after CVE-2021-23727): names are looked up only among modules this process has already
+# imported, without running a module's or class's __getattr__ (which may import lazily), and the
+# class found must be an Exception subclass. Anything else comes back as a stand-in class with
+# the stored name and message.
+
+# Stand-in classes by (module, name), so two results naming one missing class share it; bounded,
+# since the names come from rows.
 _fallback_classes: dict[tuple[str, str], type[Exception]] = {}
+_FALLBACK_LIMIT = 1024
 
 
 def _fallback(module: str, name: str) -> type[Exception]:
-    """A stand-in exception class named like the original (which could not be imported)."""
+    """A stand-in exception class named like the original (which is not available here)."""
     key = (module, name)
     cls = _fallback_classes.get(key)
     if cls is None:
         cls = type(name.rpartition(".")[2] or "Exception", (Exception,), {"__module__": module})
+        if len(_fallback_classes) >= _FALLBACK_LIMIT:
+            _fallback_classes.clear()
         _fallback_classes[key] = cls
     return cls
 
 
 def _exception_class(module: str, name: str) -> type[BaseException] | None:
-    """The class ``module.name`` if it is an exception class, mapped to Celery's names."""
+    """The class ``module.name`` if its module is already imported and it is an exception
+    class (mapped to Celery's names); None otherwise. Never imports anything."""
     if module in {"celery.exceptions", "billiard.exceptions"}:
         module = "pgq.compat.exceptions"
-    try:
-        obj: Any = sys.modules.get(module) or importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-    except Exception:  # noqa: BLE001 - any import or lookup failure means "not available"
+    obj: Any = sys.modules.get(module)
+    if obj is None:
         return None
+    for part in name.split("."):
+        # getattr_static: no module __getattr__ (PEP 562 lazy imports), no descriptors, no
+        # metaclass hooks run on names a row chose.
+        try:
+            obj = inspect.getattr_static(obj, part)
+        except AttributeError:
+            return None
+        if not isinstance(obj, (type, types.ModuleType)):
+            return None
     if not (isinstance(obj, type) and issubclass(obj, Exception)):
         return None  # never instantiate a non-exception class named by a database row
     for engine_cls, compat_cls in ENGINE_EQUIVALENTS.items():

@@ -376,12 +376,8 @@ SET enable_seqscan = off;
 DISCARD PLANS;
 
 -- name: listen_done
--- (signal) A result waiter hears completions.
+-- (signal) A process's completion listener hears completions for all its result waiters.
 LISTEN pgq_done;
-
--- name: unlisten_done
--- (signal) A result waiter stops hearing completions before its connection goes back to the pool.
-UNLISTEN pgq_done;
 
 -- name: set_task_state
 -- STARTED -> custom state: update_state from inside a running task (meta kept in result).

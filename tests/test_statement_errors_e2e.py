@@ -1,0 +1,57 @@
+"""A real worker whose outcome the server refuses fails that task and carries on.
+
+A refused statement (here a program limit, as a result too large for jsonb gives) is a
+``DatabaseError``, not "cannot reach PostgreSQL": the worker's slot then writes the batch's
+outcomes one by one and fails the refused one, instead of reconnecting and re-sending it forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import wait_state
+
+pytestmark = pytest.mark.e2e
+
+REFUSE = """
+CREATE OR REPLACE FUNCTION refuse_big_result() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state = 'SUCCESS' AND NEW.result = '1000003'::jsonb THEN
+        RAISE EXCEPTION 'string too long to represent as jsonb string'
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS refuse_big_result ON pgq.tasks;
+CREATE TRIGGER refuse_big_result BEFORE UPDATE ON pgq.tasks
+    FOR EACH ROW EXECUTE FUNCTION refuse_big_result();
+"""
+
+
+@pytest.fixture
+def refusing(conn: psycopg.Connection[Any], clean: None) -> Iterator[None]:
+    conn.execute(REFUSE)
+    yield
+    conn.execute("DROP TRIGGER IF EXISTS refuse_big_result ON pgq.tasks")
+
+
+def test_a_refused_outcome_fails_its_task_and_the_worker_carries_on(
+    refusing: None,
+    app: Any,
+    conn: psycopg.Connection[Any],
+    start_worker: Callable[..., Any],
+) -> None:
+    import e2e_tasks
+
+    worker = start_worker("-c", "1", "--pool", "solo")
+    refused = e2e_tasks.add.delay(1_000_000, 3)
+    row = wait_state(conn, refused.id, {"FAILURE", "SUCCESS"}, timeout=30)
+    assert row["state"] == "FAILURE"
+    assert "refused the statement: string too long" in str(row["result"])
+    assert "cannot reach" not in str(row["result"])
+    fine = e2e_tasks.add.delay(1, 1)
+    assert wait_state(conn, fine.id, "SUCCESS", timeout=30)["result"] == 2
+    assert worker.proc.poll() is None
