@@ -361,3 +361,30 @@ def test_a_retry_with_a_bad_value_fails_the_task_instead_of_the_process(
     report = run_job(engine, job, "unit@host")
     assert report.state == "FAILURE"
     assert json.loads(report.result or "{}")["exc_type"] == "ValueError"
+
+
+def test_a_chord_count_written_by_hand_cannot_stop_its_header_from_finishing(
+    app: Any, conn: psycopg.Connection[Any], clean: None, start_worker: Any
+) -> None:
+    """A header task names a body whose chord_remaining is not a number: the header's outcome
+    is still stored (the body is left alone) and the worker keeps going."""
+    import e2e_tasks
+
+    w = start_worker("-c", "1")
+    body, header = str(uuid.uuid4()), str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO pgq.tasks (id, name, run_at, options) VALUES"
+        " (%s, 'e2e_tasks.tsum', now() + interval '1 day', '{\"chord_remaining\": \"abc\"}')",
+        (body,),
+    )
+    conn.execute(
+        "INSERT INTO pgq.tasks (id, name, args, options)"
+        " VALUES (%s, 'e2e_tasks.add', '[1, 2]', %s)",
+        (header, json.dumps({"chord": body})),
+    )
+    row = wait_final(conn, header)
+    assert (row["state"], row["rescues"]) == ("SUCCESS", 0)
+    assert e2e_tasks.add.delay(2, 2).get(timeout=30) == 4
+    assert w.proc.poll() is None
+    w.stop()
+    assert tracebacks(w.output) == 0, w.output[-3000:]

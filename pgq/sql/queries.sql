@@ -142,7 +142,11 @@ WITH outcomes AS MATERIALIZED (
                       ELSE b.result END
     FROM members AS m
     WHERE b.id = m.body_id AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
-      AND (b.options->>'chord_remaining')::int > 0
+      -- Only a count pgq could have written: a cast error on a body written by hand would
+      -- refuse this whole statement, the header's outcome with it, on every turn.
+      AND CASE WHEN jsonb_typeof(b.options->'chord_remaining') = 'number'
+                    AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
+               THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
