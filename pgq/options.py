@@ -40,6 +40,7 @@ __all__ = [
     "RETRY_OPTIONS",
     "call_options",
     "check_id",
+    "check_signature",
     "check_name",
     "check_priority",
     "check_queue",
@@ -171,6 +172,56 @@ def check_max_retries(value: Any) -> int | None:
 def _signatures(option: str, value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, Mapping) for s in value):
         raise ValueError(f"{option} must be a list of signatures, got {_show(value)}")
+    for sig in value:
+        check_signature(sig, option)
+
+
+def check_signature(sig: Any, option: str = "signature") -> None:
+    """Check every task of a signature (a dict in Celery's shape: a task, or a chain, group or
+    chord of them) with the rules its call will meet when the step before it finishes, so a
+    bad option of a linked or later step is refused when the workflow is sent."""
+    if not isinstance(sig, Mapping):
+        raise ValueError(f"{option} must be a signature, got {_show(sig)}")
+    kind = sig.get("subtask_type")
+    steps = sig.get("kwargs") or {}
+    if kind in ("chain", "group", "chord"):
+        if not isinstance(steps, Mapping):
+            raise ValueError(f"{option}: a {kind} without its tasks, got {_show(sig)}")
+        members = [*(steps.get("tasks") or ()), *(steps.get("header") or ())]
+        if kind == "chord":
+            members.append(steps.get("body"))
+        for member in members:
+            check_signature(member, option)
+        return
+    check_name(sig.get("task"))
+    call = sig.get("options") or {}
+    if not isinstance(call, Mapping):
+        raise ValueError(f"{option} options must be a dict, got {_show(call)}")
+    checks: dict[str, Any] = {
+        "countdown": check_countdown,
+        "expires": lambda v: check_expires(_iso(v, "expires")),
+        "eta": lambda v: check_eta(_iso(v, "eta")),
+        "queue": check_queue,
+        "priority": check_priority,
+        "idempotency_key": check_key,
+        "task_id": check_id,
+    }
+    for name, check in checks.items():
+        if call.get(name) is not None:
+            check(call[name])
+    call_options(call)
+
+
+def _iso(value: Any, option: str) -> Any:
+    """A workflow step's eta/expires may be ISO 8601 text (as Celery's signatures carry it)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option} must be a datetime or ISO 8601 text, got {_show(value)}"
+        ) from None
 
 
 def _headers(option: str, value: Any) -> None:

@@ -120,6 +120,43 @@ def test_compat_apply_async_and_retry_options_are_validated() -> None:
         add.s(1, 2).set(queue="").apply_async()
 
 
+def test_a_bad_option_of_a_later_workflow_step_is_refused_when_it_is_sent(
+    db_url: str, conn: psycopg.Connection[Any], clean: None
+) -> None:
+    from pgq.compat import chain, chord, group
+
+    capp = Celery("steps", broker=db_url)
+
+    @capp.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @capp.task
+    def tsum(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    try:
+        bad = add.s(1).set(priority=1.5)
+        with pytest.raises(ValueError, match="priority"):
+            chain(add.s(1, 2), add.s(3), bad).apply_async()
+        with pytest.raises(ValueError, match="priority"):
+            add.apply_async((1, 2), link=bad)
+        with pytest.raises(ValueError, match="time_limit"):
+            add.apply_async((1, 2), link_error=add.s(1).set(time_limit="abc"))
+        with pytest.raises(ValueError, match="queue"):
+            chain(
+                add.s(1, 2), chord([add.s(i, i) for i in range(2)], tsum.s().set(queue=""))
+            ).delay()
+        with pytest.raises(ValueError, match="countdown"):
+            group(add.s(1, 1), add.s(2, 2).set(countdown="soon")).delay()
+        assert count_tasks(conn) == 0
+        # Good workflows still go.
+        chain(add.s(1, 2), add.s(3)).apply_async()
+        assert count_tasks(conn) == 1
+    finally:
+        capp.close()
+
+
 # -- enqueue: arguments ----------------------------------------------------------------------
 
 BAD_ARGUMENTS: list[Any] = [
@@ -388,3 +425,16 @@ def test_a_chord_count_written_by_hand_cannot_stop_its_header_from_finishing(
     assert w.proc.poll() is None
     w.stop()
     assert tracebacks(w.output) == 0, w.output[-3000:]
+
+
+def test_a_bad_call_late_in_a_large_batch_writes_nothing(
+    app: Any, conn: psycopg.Connection[Any], clean: None
+) -> None:
+    import e2e_tasks
+
+    good = [(e2e_tasks.add.name, (i, i), {}, {}) for i in range(300)]
+    with pytest.raises(ValueError, match="priority"):
+        app.send_many([*good, (e2e_tasks.add.name, (1, 1), {}, {"priority": 1.5}), *good])
+    with pytest.raises(EncodeError):
+        app.send_many([*good, (e2e_tasks.add.name, (math.nan, 1), {}, {}), *good])
+    assert count_tasks(conn) == 0
