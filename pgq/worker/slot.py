@@ -406,6 +406,9 @@ class Slot:
                 ready = job
         except ValueError as exc:  # a bad value in a row written by hand
             self._finished.append(Outcome(job.id, "FAILURE", malformed(job.id, exc), None))
+        except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
+            self.current.clear()
+            raise
         if ready is None:
             self.current.clear()
         return ready
