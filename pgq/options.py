@@ -8,7 +8,7 @@ hand may hold anything, and a value no enqueue would accept makes that task fail
 
 Every refusal is a ``ValueError`` whose one-line message names the option and the value.
 
-Limits (README, "What bad input gets"):
+Limits (the README's table under "How it works, and what it guarantees"):
 
 - task ids (and ``parent_id``, ``root_id``), task names, queue names and idempotency keys: a
   non-empty string of at most 255 bytes in UTF-8, without NUL characters or lone surrogates
@@ -21,12 +21,14 @@ Limits (README, "What bad input gets"):
   at most ``MAX_SECONDS`` either way; ``expires`` may also be a timedelta or a datetime,
   ``eta`` a datetime.
 - ``max_retries``: None or an integer >= 0.
-- ``headers``: a dict; ``link``, ``link_error``: a list of signatures (dicts).
+- ``headers``: a dict; ``link``, ``link_error``: a list of signatures (dicts), each of whose
+  tasks follows these rules (``check_signature``).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -90,7 +92,7 @@ def _text(option: str, value: Any, max_bytes: int) -> str:
 
 def check_id(value: Any, option: str = "task_id") -> str:
     """A task id as stored: a string (or UUID) of at most ``MAX_ID_BYTES`` bytes."""
-    if value is not None and type(value).__name__ == "UUID":
+    if isinstance(value, uuid.UUID):
         value = str(value)
     return _text(option, value, MAX_ID_BYTES)
 
