@@ -189,6 +189,7 @@ def test_the_runner_turns_any_row_into_a_report(
 
 hand_written_rows = st.lists(
     st.tuples(
+        st.sampled_from([0, 0, 0, 200, 300, 9000]),  # extra characters in the id
         st.sampled_from(["e2e_tasks.add", "e2e_tasks.echo", "e2e_tasks.fail", "no.such.task"]),
         json_text,
         json_text,
@@ -207,9 +208,9 @@ def test_a_worker_brings_any_hand_written_row_to_a_final_state(
 
     @settings(max_examples=6, deadline=None, database=None)
     @given(rows=hand_written_rows)
-    def write(rows: list[tuple[str, str, str, str]]) -> None:
-        for name, args, kwargs, options in rows:
-            task_id = str(uuid.uuid4())
+    def write(rows: list[tuple[int, str, str, str, str]]) -> None:
+        for extra, name, args, kwargs, options in rows:
+            task_id = "é" * extra + str(uuid.uuid4())
             try:
                 conn.execute(
                     "INSERT INTO pgq.tasks (id, name, args, kwargs, options)"
