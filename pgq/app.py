@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 
+from pgq import options as rules
 from pgq import serialization
 from pgq.database import Database, resolve_url
 from pgq.errors import ConfigurationError
@@ -180,43 +181,58 @@ class Task:
         """Validate and encode one call into the row to insert (nothing is written).
 
         ``check=False`` skips the signature check (workflow steps built by the worker).
+        A bad option raises ``ValueError`` naming it (the rules: ``pgq.options``); arguments
+        JSON cannot hold raise ``EncodeError``.
         """
         args = list(args or ())
         kwargs = dict(kwargs or {})
         if check:
             self.check_arguments(args, kwargs)
+        name = rules.check_name(self.name)
         if self.time_limit is not None:
             options.setdefault("time_limit", self.time_limit)
         if self.soft_time_limit is not None:
             options.setdefault("soft_time_limit", self.soft_time_limit)
         if options:
             options = {k: v for k, v in options.items() if v is not None}
+            rules.call_options(options)
+        if countdown is not None:
+            countdown = rules.check_countdown(countdown)
+        if eta is not None:
+            eta = _aware(rules.check_eta(eta))
         expires = self.expires if expires is None else expires
+        if expires is not None:
+            expires = rules.check_expires(expires)
         expires_at, expires_in = _split_expiry(expires)
-        eta = _aware(eta)
         if eta is not None or countdown is not None or expires is not None:
             # The running task's request.eta / request.expires (ISO 8601 text, as in Celery).
             now = datetime.now(timezone.utc)
             if eta is not None or countdown is not None:
-                options["eta"] = (eta or now + timedelta(seconds=float(countdown or 0))).isoformat()
+                options["eta"] = (eta or now + timedelta(seconds=countdown or 0)).isoformat()
             if expires is not None:
                 due = expires_at or now + timedelta(seconds=expires_in or 0)
                 options["expires"] = due.isoformat()
         if priority is None:
             priority = self.priority if self.priority is not None else 0
-        if not 0 <= int(priority) <= 255:
-            raise ValueError(f"priority must be between 0 and 255, got {priority!r}")
-        new_id = str(task_id) if task_id else new_task_id()
+        priority = rules.check_priority(priority)
+        if queue is None:
+            queue = self.queue or self.app.default_queue
+        if idempotency_key is not None:
+            idempotency_key = rules.check_key(idempotency_key)
+        if parent_id is not None:
+            parent_id = rules.check_id(parent_id, "parent_id")
+        if root_id is not None:
+            root_id = rules.check_id(root_id, "root_id")
         return NewTask(
-            id=new_id,
-            name=self.name or "",
+            id=rules.check_id(task_id) if task_id else new_task_id(),
+            name=name,
             args=serialization.dumps(args) if args else "[]",
             kwargs=serialization.dumps(kwargs) if kwargs else "{}",
             options=serialization.dumps(options) if options else "{}",
-            queue=queue or self.queue or self.app.default_queue,
-            priority=int(priority),
+            queue=rules.check_queue(queue),
+            priority=priority,
             eta=eta,
-            countdown=float(countdown) if countdown is not None else None,
+            countdown=countdown,
             expires_at=expires_at,
             expires_in=expires_in,
             idempotency_key=idempotency_key,
@@ -275,7 +291,7 @@ def _split_expiry(
         return _aware(expires), None
     if isinstance(expires, timedelta):
         return None, expires.total_seconds()
-    return None, float(expires)
+    return None, float(expires)  # checked: a finite number
 
 
 class App:

@@ -38,8 +38,7 @@ refuses for what it is (a value too long, bad data, a program limit) is a ``Data
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -138,7 +137,8 @@ class RetryTask(TaskError):
     ``exc`` is the error that caused the retry; it is stored on the row while the task waits.
     ``max_retries`` overrides the task's own budget for this retry. ``retry_args`` and
     ``retry_kwargs``, when not None, replace the task's arguments for its next run;
-    ``retry_options`` (see ``retry_options()``) its queue, priority, time limits and expiry.
+    ``retry_options`` (see ``pgq.options.retry_options``) its queue, priority, time limits and
+    expiry.
     """
 
     retry_args: list[Any] | None = None
@@ -203,48 +203,3 @@ class TaskRevokedError(Exception):
 
 class ChordError(Exception):
     """A task of a chord's header failed: the chord's body ends FAILURE with this error."""
-
-
-# The options of self.retry(...) a retried task takes with it: its queue and priority (columns of
-# its row), its time limits (kept in its options) and its expiry (a column, and its options'
-# request.expires). Celery re-sends the task with them.
-RETRY_OPTIONS = ("queue", "priority", "time_limit", "soft_time_limit", "expires")
-
-
-def retry_options(options: dict[str, Any]) -> dict[str, Any] | None:
-    """The options of ``self.retry(**options)`` the retried task takes with it, checked here
-    (in the task, where a bad value fails it with a clear error) so the retry cannot fail later.
-
-    ``expires`` (seconds from now, a timedelta or a datetime; naive means UTC) is kept as the
-    moment it names, in ISO 8601, as Celery's ``apply_async`` fixes it when it sends the retry.
-    Other options (broker routing, headers, ...) are ignored, as the README says.
-    """
-    kept: dict[str, Any] = {}
-    for name in RETRY_OPTIONS:
-        value = options.get(name)
-        if value is None:
-            continue
-        if name == "expires":
-            value = _expiry_moment(value).isoformat()
-        elif name == "queue":
-            value = getattr(value, "name", value)  # a kombu Queue object
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"retry queue must be a non-empty string, got {value!r}")
-        elif name == "priority":
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-                raise ValueError(f"priority must be between 0 and 255, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        kept[name] = value
-    return kept or None
-
-
-def _expiry_moment(value: Any) -> datetime:
-    """The moment ``self.retry(expires=value)`` names."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"expires must be seconds, a timedelta or a datetime, got {value!r}")
-    return datetime.now(timezone.utc) + timedelta(seconds=value)

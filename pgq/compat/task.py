@@ -8,7 +8,7 @@ calls on a task, in the producer (``delay``/``apply_async``/``apply``) and insid
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,9 +28,10 @@ from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.errors import Ignore as EngineIgnore
 from pgq.errors import Reject as EngineReject
-from pgq.errors import RetryTask, retry_options
+from pgq.errors import RetryTask
 from pgq.hooks import emit
 from pgq.ids import new_task_id
+from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -70,10 +71,23 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def _moment(value: Any) -> Any:
+def _signature_dicts(option: str, value: Any) -> list[dict[str, Any]]:
+    """``link=`` / ``link_error=``: a signature or a list of them, as plain dicts."""
+    sigs = _as_list(value)
+    if not all(isinstance(sig, Mapping) for sig in sigs):
+        raise ValueError(f"{option} must be a signature or a list of them, got {value!r:.60}")
+    return [dict(sig) for sig in sigs]
+
+
+def _moment(name: str, value: Any) -> Any:
     """Celery accepts ISO strings for eta/expires as well as datetimes."""
     if isinstance(value, str):
-        return datetime.fromisoformat(value)
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a datetime or ISO 8601 text, got {value!r:.60}"
+            ) from None
     return value
 
 
@@ -171,8 +185,12 @@ class Task(_engine.Task):
             if exc is not None:
                 raise exc
             raise Retry("Task can be retried", None)
-        limit = self.max_retries if max_retries is None else max_retries
+        limit = self.max_retries if max_retries is None else check_max_retries(max_retries)
         moved = retry_options(options)
+        if countdown is not None:
+            countdown = check_countdown(countdown)
+        if eta is not None:
+            eta = check_eta(eta)
         if not eta and countdown is None:
             countdown = self.default_retry_delay
         new_args = list(request.args if args is None else args)
@@ -285,15 +303,18 @@ class Task(_engine.Task):
         if self.soft_time_limit is None and options.get("soft_time_limit") is None:
             options["soft_time_limit"] = conf.task_soft_time_limit
         for name in ("eta", "expires"):
-            options[name] = _moment(options.get(name))
+            options[name] = _moment(name, options.get(name))
         if link:
-            options["link"] = [dict(sig) for sig in _as_list(link)]
+            options["link"] = _signature_dicts("link", link)
         if link_error:
-            options["link_error"] = [dict(sig) for sig in _as_list(link_error)]
+            options["link_error"] = _signature_dicts("link_error", link_error)
         if shadow:
             options["shadow"] = shadow
-        if options.get("headers") is not None:
-            options["headers"] = dict(options["headers"])
+        headers = options.get("headers")
+        if headers is not None:
+            if not isinstance(headers, Mapping):
+                raise ValueError(f"headers must be a dict, got {headers!r:.60}")
+            options["headers"] = dict(headers)
         parent = current_request()
         if parent is not None and parent.id and not options.get("parent_id"):
             options["parent_id"] = parent.id

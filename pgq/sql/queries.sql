@@ -1,6 +1,9 @@
 -- Every statement pgq's engine runs, by name. Loaded once by pgq.sql.
 -- Each entry: "-- name: <name>", then one line saying what state change it makes, then the SQL.
 -- Placeholders are psycopg's %(name)s; a literal percent sign is written %%.
+-- A NOTIFY payload over 7,999 bytes fails its whole statement: a wake-up names its queue cut to
+-- 255 characters (every queue pgq writes is shorter; a longer one, written by hand, is found by
+-- polling), and the completion NOTIFY lists ids only while they fit.
 
 -- name: schema_revision
 -- Reads the Alembic revision the database is at (raises if the schema is missing).
@@ -20,7 +23,7 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
         %(idempotency_key)s, %(parent_id)s, %(root_id)s)
 ON CONFLICT DO NOTHING
-RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', queue) END;
+RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
 
 -- name: insert_tasks
 -- (nothing) -> PENDING: many tasks in one statement; conflicting ids/keys are skipped.
@@ -43,7 +46,7 @@ WITH new AS (
     ON CONFLICT DO NOTHING
     RETURNING id, queue, run_at <= now() AS due
 ), woken AS (
-    SELECT count(pg_notify('pgq_tasks', queue)) AS n
+    SELECT count(pg_notify('pgq_tasks', left(queue, 255))) AS n
     FROM (SELECT DISTINCT queue FROM new WHERE due) AS due_queues
 )
 SELECT new.id FROM new, woken;
@@ -55,7 +58,7 @@ COPY pgq.tasks (id, args, kwargs, name, queue, priority, options, parent_id, roo
 
 -- name: wake_queues
 -- (signal) Wakes the workers of these queues (delivered when the transaction commits).
-SELECT count(pg_notify('pgq_tasks', q)) FROM unnest(%(queues)s::text[]) AS q;
+SELECT count(pg_notify('pgq_tasks', left(q, 255))) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_existing
 -- (read) The task that already holds an id or an idempotency key.
@@ -84,7 +87,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- The worker's turn, one statement and one commit:
 -- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED for the outcomes of tasks this worker still holds
 -- (a NULL state, from Ignore, keeps the state and result the task set); waiters are woken by
--- one notification listing the ids (empty when too long to list);
+-- one notification listing the ids, empty (every waiter re-reads) when there are more than 150
+-- or the list would pass the 7,999 bytes PostgreSQL allows a payload (ids written by hand may
+-- be any length: a NOTIFY too long would refuse the whole statement);
 -- then PENDING/RETRY -> STARTED for up to `limit` due tasks, best priority then oldest run_at,
 -- each queue walked in index order on its own (LATERAL) so a backlog in one queue never makes
 -- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
@@ -137,14 +142,19 @@ WITH outcomes AS MATERIALIZED (
                       ELSE b.result END
     FROM members AS m
     WHERE b.id = m.body_id AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
-      AND (b.options->>'chord_remaining')::int > 0
+      -- Only a count pgq could have written: a cast error on a body written by hand would
+      -- refuse this whole statement, the header's outcome with it, on every turn.
+      AND CASE WHEN jsonb_typeof(b.options->'chord_remaining') = 'number'
+                    AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
+               THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
            CASE WHEN count(*) > 0 THEN pg_notify(
                'pgq_done',
-               CASE WHEN count(*) <= 150 THEN string_agg(id, ',') ELSE '' END) END AS notified,
-           (SELECT count(pg_notify('pgq_tasks', queue)) FROM chords WHERE due) AS fired
+               CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
+                    THEN string_agg(id, ',') ELSE '' END) END AS notified,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
     FROM done
 ), candidates AS (
     SELECT c.id, c.priority, c.run_at
@@ -207,7 +217,7 @@ WITH retried AS (
 )
 SELECT r.id, extract(epoch FROM r.run_at)
 FROM retried AS r,
-     (SELECT count(pg_notify('pgq_tasks', queue)) FROM retried WHERE requeued AND run_at <= now()) AS w;
+     (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried WHERE requeued AND run_at <= now()) AS w;
 
 -- name: requeue_tasks
 -- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);
@@ -224,7 +234,7 @@ WITH back AS (
     WHERE t.id = ANY(%(ids)s::text[]) AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.queue, t.state
 )
-SELECT back.id, back.state, pg_notify('pgq_tasks', back.queue) FROM back;
+SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
 -- name: rescue_orphans
 -- STARTED (lease lapsed) -> PENDING, or FAILURE (WorkerLostError) past max_rescues.
@@ -245,7 +255,7 @@ WITH orphans AS (
     WHERE t.id = orphans.id
     RETURNING t.id, t.queue, t.state
 )
-SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
 
 -- name: renew_leases
 -- STARTED -> STARTED: pushes the lease of every task the given slots of a live worker hold.
@@ -280,7 +290,7 @@ WITH back AS (
     WHERE t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.name, t.queue, t.state
 )
-SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', back.queue) FROM back;
+SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
 -- name: task_label
 -- (read) A task's name and queue.
@@ -350,7 +360,9 @@ RETURNING t.id, b.worker, b.was_running, NOT b.marked AS revoked;
 
 -- name: notify
 -- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.
-SELECT pg_notify(%(channel)s, %(payload)s);
+-- None for a payload past PostgreSQL's limit (an id written by hand): waiters poll, as they do
+-- for a lost notification.
+SELECT pg_notify(%(channel)s, %(payload)s::text) WHERE octet_length(%(payload)s::text) < 8000;
 
 -- name: listen_control
 -- (signal) A worker parent's LISTEN connection hears control commands (terminate).
@@ -515,7 +527,7 @@ WITH wanted AS (
     WHERE t.id = wanted.id AND allowed.ok
     RETURNING t.id, t.queue
 )
-SELECT retried.id, pg_notify('pgq_tasks', retried.queue) FROM retried;
+SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;
 
 -- name: retry_dead
 -- FAILURE -> PENDING for every dead task of a queue and/or name (history kept, budget reset).
@@ -538,7 +550,7 @@ WITH dead AS (
     WHERE t.id = dead.id
     RETURNING t.id, t.queue
 )
-SELECT retried.id, pg_notify('pgq_tasks', retried.queue) FROM retried;
+SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;
 
 -- name: count_waiting
 -- (read) How many tasks `purge` would delete: waiting (PENDING/RETRY, never claimed).

@@ -29,9 +29,15 @@ from pgq.errors import (
     Reject,
     RetryTask,
     SoftTimeLimitExceeded,
-    retry_options,
 )
 from pgq.hooks import emit
+from pgq.options import (
+    check_countdown,
+    check_eta,
+    check_max_retries,
+    retry_options,
+    row_options,
+)
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
@@ -89,23 +95,36 @@ def _failure(job_id: str, started: float, result: str, traceback: str | None = N
     return Report(FINISH, job_id, time.monotonic() - started, "FAILURE", result, traceback)
 
 
+def malformed(job_id: str, reason: object) -> str:
+    """Result JSON for a row no enqueue would have written (README: "malformed task row")."""
+    shown = job_id if len(job_id) <= 80 else f"{job_id[:60]}...({len(job_id)} characters)"
+    return error_json(ValueError(f"malformed task row {shown}: {reason}"))
+
+
 def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
     """Run one claimed task and report its outcome. Never raises."""
     started = time.monotonic()
+    try:
+        return _run_job(app, job, hostname, started)
+    except Exception as exc:  # a bug, or a row that is bad in a way nobody foresaw
+        logging.getLogger("pgq.worker").exception("task %.80s could not run", job.id)
+        return _failure(job.id, started, error_json(exc), serialization.format_traceback(exc))
+
+
+def _run_job(app: App, job: ClaimedTask, hostname: str, started: float) -> Report:
     task = app.tasks.get(job.name)
     if task is None:
         return _failure(job.id, started, error_json(NotRegistered(job.name)))
     try:
         args = serialization.loads(job.args)
         kwargs = serialization.loads(job.kwargs)
-        options = serialization.loads(job.options)
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("args must be a JSON array and kwargs a JSON object")
-        if not isinstance(options, dict):
-            raise ValueError("options must be a JSON object")
+        # Checked as an enqueue checks them: a value no enqueue would store fails the task
+        # here, before the time limits and retry budget it sets are used.
+        options = row_options(serialization.loads(job.options))
     except (ValueError, TypeError, KeyError) as exc:
-        message = f"malformed task row {job.id}: {exc}"
-        return _failure(job.id, started, error_json(ValueError(message)))
+        return _failure(job.id, started, malformed(job.id, exc))
     request = Request(
         id=job.id,
         task=job.name,
@@ -262,9 +281,16 @@ def _autoretry_request(task: Task, request: Request, exc: Exception) -> RetryTas
 
 
 def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Report:
-    limit = retry.max_retries
-    if limit is None:
-        limit = request.options.get("max_retries", task.max_retries)
+    try:  # a RetryTask made by hand may carry anything: fail the task with the reason
+        limit = check_max_retries(retry.max_retries)
+        if limit is None:
+            limit = check_max_retries(request.options.get("max_retries", task.max_retries))
+        if retry.countdown is not None:
+            check_countdown(retry.countdown)
+        if retry.eta is not None:
+            check_eta(retry.eta)
+    except ValueError as bad:
+        return _fail(task, request, started, bad)
     if limit is not None and request.retries >= limit:
         if retry.exc is not None:
             return _fail(task, request, started, retry.exc)

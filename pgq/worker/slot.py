@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 from pgq import hooks
 from pgq.context import Request
 from pgq.errors import DatabaseError, EncodeError, OperationalError, TaskRevokedError
+from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter
 from pgq.serialization import loads
 from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
-from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json, run_job
+from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json, malformed, run_job
 from pgq.workflow import FailedStep
 
 if TYPE_CHECKING:
@@ -188,10 +189,13 @@ class Slot:
     def _run(self, job: ClaimedTask) -> float:
         if self.hard_limits:
             task = self.app.tasks.get(job.name)
-            limit = _option(job.options, "time_limit", task.time_limit if task else None)
+            try:
+                limit = _option(job.options, "time_limit", task.time_limit if task else None)
+            except ValueError:
+                limit = None  # a malformed row: run_job fails it before it runs
             if limit:
                 self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
-        self.current.set(job.id)
+        self.current.set(job.id)  # set by _prepare already; the parent reads it
         report = run_job(self.app, job, self.hostname)
         self.current.clear()
         self._on_report(report)
@@ -374,20 +378,40 @@ class Slot:
             self._claims.pop(task_id, None)
 
     def _prepare(self, job: ClaimedTask) -> ClaimedTask | None:
-        """The job ready to run, or None: it expired (stored REVOKED) or its rate limit put it
-        back in the queue until its slot."""
-        if job.expired:
-            self._skip_revoked(job, expired=True)
+        """The job ready to run, or None: it expired (stored REVOKED), its rate limit put it
+        back in the queue until its slot, or its row is malformed (stored FAILURE)."""
+        if len(job.id) > MAX_ID_BYTES // 4 and len(job.id.encode()) > MAX_ID_BYTES:
+            # Written by hand (no enqueue makes such an id): it would not fit where the parent
+            # reads the running task's id, so it could not even be counted as a rescue.
+            self._finished.append(
+                Outcome(job.id, "FAILURE", malformed(job.id, "id too long"), None)
+            )
             return None
-        if '"revoked"' in job.options and _option(job.options, "revoked", None):
-            self._skip_revoked(job, expired=False)  # revoked while an earlier worker held it
-            return None
-        if self._rate_limits.defer(job) is not None:
-            self._claims.pop(job.id, None)
-            return None
-        if '"chord_header"' in job.options:
-            return self._with_chord_results(job)
-        return job
+        # From here until the task has run, a crash of this process counts as a rescue of this
+        # task (the parent gives back the slot's tasks, counting the one it reads here): a row
+        # that kills the process in a way nobody foresaw ends FAILURE after max_rescues tries
+        # instead of being claimed again forever.
+        self.current.set(job.id)
+        ready: ClaimedTask | None = None
+        try:
+            if job.expired:
+                self._skip_revoked(job, expired=True)
+            elif '"revoked"' in job.options and _option(job.options, "revoked", None):
+                self._skip_revoked(job, expired=False)  # revoked while an earlier worker held it
+            elif self._rate_limits.defer(job) is not None:
+                self._claims.pop(job.id, None)
+            elif '"chord_header"' in job.options:
+                ready = self._with_chord_results(job)
+            else:
+                ready = job
+        except ValueError as exc:  # a bad value in a row written by hand
+            self._finished.append(Outcome(job.id, "FAILURE", malformed(job.id, exc), None))
+        except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
+            self.current.clear()
+            raise
+        if ready is None:
+            self.current.clear()
+        return ready
 
     def _skip_revoked(self, job: ClaimedTask, *, expired: bool) -> None:
         """Store a claimed task REVOKED without running it (as Celery's worker drops a revoked
@@ -405,8 +429,10 @@ class Slot:
 
     def _with_chord_results(self, job: ClaimedTask) -> ClaimedTask:
         """A chord body gets its header's results (in header order) as its first argument."""
-        options = loads(job.options)
+        options = row_options(loads(job.options))
         header = options.get("chord_header") or []
+        if not isinstance(header, list) or not all(isinstance(i, str) for i in header):
+            raise ValueError(f"chord_header must be a list of task ids, got {header!r:.60}")
         results = self.store.chord_header_results(header)
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
@@ -441,11 +467,10 @@ class Slot:
             log.info("task %s %s in %.3fs", report.id, report.state or report.kind, report.runtime)
 
 
-def _option(options_json: str, name: str, default: float | None) -> float | None:
+def _option(options_json: str, name: str, default: Any) -> Any:
+    """Option ``name`` of a row (``default`` if absent); raises ValueError if the row's options
+    hold a value no enqueue would have stored (``pgq.options.row_options``)."""
     if name not in options_json:  # cheap test before decoding JSON on the hot path
         return default
-    try:
-        value = loads(options_json).get(name, default)
-    except (ValueError, AttributeError):
-        return default
-    return float(value) if value else default
+    value = row_options(loads(options_json)).get(name)
+    return default if value is None else value
