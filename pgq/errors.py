@@ -8,6 +8,7 @@
     │   │   └── PoolExhausted     every connection of this process's pool stayed busy
     │   └── SchemaError           schema missing or older than the code: run ``pgq migrate``
     ├── EncodeError               arguments or results that are not JSON-serializable
+    ├── InvalidOption             an option, id, name or queue no enqueue accepts (a ValueError)
     ├── TaskNotFound              no task with that id
     ├── WaitTimeout               a result was not ready in time (also a TimeoutError)
     ├── TaskFailed                ``Result.get()`` of a task that ended in FAILURE
@@ -52,6 +53,7 @@ __all__ = [
     "DatabaseError",
     "EncodeError",
     "Ignore",
+    "InvalidOption",
     "OperationalError",
     "PgqError",
     "PoolExhausted",
@@ -102,6 +104,10 @@ class SchemaError(DatabaseError):
 
 class EncodeError(PgqError, TypeError):
     """A value cannot be stored as JSON."""
+
+
+class InvalidOption(PgqError, ValueError):
+    """An option, id, name or queue no enqueue accepts (``pgq.options``); nothing was written."""
 
 
 class TaskNotFound(PgqError, LookupError):

@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pgq.errors import InvalidOption
+
 __all__ = [
     "MAX_ID_BYTES",
     "MAX_KEY_BYTES",
@@ -73,20 +75,22 @@ def _show(value: Any) -> str:
 
 def _text(option: str, value: Any, max_bytes: int) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{option} must be a string, got {_show(value)}")
+        raise InvalidOption(f"{option} must be a string, got {_show(value)}")
     if not value:
-        raise ValueError(f"{option} must not be empty")
+        raise InvalidOption(f"{option} must not be empty")
     if value.isascii():
         size = len(value)
     else:
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
-            raise ValueError(f"{option} {_show(value)} is not valid Unicode text") from None
+            raise InvalidOption(f"{option} {_show(value)} is not valid Unicode text") from None
     if size > max_bytes:
-        raise ValueError(f"{option} must be at most {max_bytes} bytes, got {size}: {_show(value)}")
+        raise InvalidOption(
+            f"{option} must be at most {max_bytes} bytes, got {size}: {_show(value)}"
+        )
     if "\x00" in value:
-        raise ValueError(f"{option} must not contain NUL characters, got {_show(value)}")
+        raise InvalidOption(f"{option} must not contain NUL characters, got {_show(value)}")
     return value
 
 
@@ -115,19 +119,19 @@ def check_key(value: Any) -> str:
 def check_priority(value: Any) -> int:
     """A priority: an integer from 0 (first) to 255."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise ValueError(f"priority must be an integer from 0 to 255, got {_show(value)}")
+        raise InvalidOption(f"priority must be an integer from 0 to 255, got {_show(value)}")
     return int(value)
 
 
 def _number(option: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{option} must be a number of seconds, got {_show(value)}")
+        raise InvalidOption(f"{option} must be a number of seconds, got {_show(value)}")
     try:
         seconds = float(value)
     except OverflowError:  # an integer past any float (1e400 in jsonb reads as one)
         seconds = math.inf
     if not math.isfinite(seconds) or abs(seconds) > MAX_SECONDS:
-        raise ValueError(
+        raise InvalidOption(
             f"{option} must be a finite number of seconds within {MAX_SECONDS:.0f}, "
             f"got {_show(value)}"
         )
@@ -138,7 +142,7 @@ def check_limit(option: str, value: Any) -> float:
     """A time limit: a positive number of seconds, at most ``MAX_SECONDS``."""
     seconds = _number(option, value)
     if seconds <= 0:
-        raise ValueError(f"{option} must be a positive number of seconds, got {_show(value)}")
+        raise InvalidOption(f"{option} must be a positive number of seconds, got {_show(value)}")
     return seconds
 
 
@@ -159,7 +163,7 @@ def check_expires(value: Any) -> float | timedelta | datetime:
 
 def check_eta(value: Any) -> datetime:
     if not isinstance(value, datetime):
-        raise ValueError(f"eta must be a datetime, got {_show(value)}")
+        raise InvalidOption(f"eta must be a datetime, got {_show(value)}")
     return value
 
 
@@ -167,13 +171,13 @@ def check_max_retries(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
-        raise ValueError(f"max_retries must be None or an integer >= 0, got {_show(value)}")
+        raise InvalidOption(f"max_retries must be None or an integer >= 0, got {_show(value)}")
     return value
 
 
 def _signatures(option: str, value: Any) -> None:
     if not isinstance(value, (list, tuple)) or not all(isinstance(s, Mapping) for s in value):
-        raise ValueError(f"{option} must be a list of signatures, got {_show(value)}")
+        raise InvalidOption(f"{option} must be a list of signatures, got {_show(value)}")
     for sig in value:
         check_signature(sig, option)
 
@@ -183,12 +187,12 @@ def check_signature(sig: Any, option: str = "signature") -> None:
     chord of them) with the rules its call will meet when the step before it finishes, so a
     bad option of a linked or later step is refused when the workflow is sent."""
     if not isinstance(sig, Mapping):
-        raise ValueError(f"{option} must be a signature, got {_show(sig)}")
+        raise InvalidOption(f"{option} must be a signature, got {_show(sig)}")
     kind = sig.get("subtask_type")
     steps = sig.get("kwargs") or {}
     if kind in ("chain", "group", "chord"):
         if not isinstance(steps, Mapping):
-            raise ValueError(f"{option}: a {kind} without its tasks, got {_show(sig)}")
+            raise InvalidOption(f"{option}: a {kind} without its tasks, got {_show(sig)}")
         members = [*(steps.get("tasks") or ()), *(steps.get("header") or ())]
         if kind == "chord":
             members.append(steps.get("body"))
@@ -198,7 +202,7 @@ def check_signature(sig: Any, option: str = "signature") -> None:
     check_name(sig.get("task"))
     call = sig.get("options") or {}
     if not isinstance(call, Mapping):
-        raise ValueError(f"{option} options must be a dict, got {_show(call)}")
+        raise InvalidOption(f"{option} options must be a dict, got {_show(call)}")
     checks: dict[str, Any] = {
         "countdown": check_countdown,
         "expires": lambda v: check_expires(_iso(v, "expires")),
@@ -221,14 +225,14 @@ def _iso(value: Any, option: str) -> Any:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(
+        raise InvalidOption(
             f"{option} must be a datetime or ISO 8601 text, got {_show(value)}"
         ) from None
 
 
 def _headers(option: str, value: Any) -> None:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{option} must be a dict, got {_show(value)}")
+        raise InvalidOption(f"{option} must be a dict, got {_show(value)}")
 
 
 # The options stored in a row's ``options`` that the worker reads, and how each is checked.
@@ -274,7 +278,7 @@ def retry_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
             else:
                 check_limit(name, value)
         except ValueError as exc:
-            raise ValueError(f"retry {exc}") from None
+            raise InvalidOption(f"retry {exc}") from None
         kept[name] = value
     return kept or None
 
@@ -293,6 +297,6 @@ def row_options(options: Any) -> dict[str, Any]:
     """A claimed row's decoded options, checked as an enqueue would have checked them;
     raises ValueError naming the first option no enqueue would have stored."""
     if not isinstance(options, dict):
-        raise ValueError(f"options must be a JSON object, got {_show(options)}")
+        raise InvalidOption(f"options must be a JSON object, got {_show(options)}")
     call_options(options)
     return options

@@ -261,12 +261,16 @@ def test_call_options_and_result(
         (["result", "no-such-task", "--json"], "no task with id"),
         (["call", "e2e_tasks.add", "--kwargs", "[1]"], "must be a JSON object"),
         (["call", "e2e_tasks.add", "--priority", "300"], "--priority"),
+        # Refused by pgq.options at enqueue: an InvalidOption, reported as any pgq error.
+        (["call", "e2e_tasks.add", "-Q", ""], "Error: queue must not be empty"),
+        (["call", "e2e_tasks.add", "--task-id", "x" * 300], "Error: task_id must be at most 255"),
     ],
 )
 def test_bad_input_is_one_line(db_url: str, args: list[str], needle: str) -> None:
     proc = pgq(db_url, *args)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stdout + proc.stderr
+    assert "unexpected" not in proc.stderr
     assert needle in proc.stderr, proc.stderr
 
 
