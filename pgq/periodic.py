@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
-from pgq.errors import ConfigurationError
+from pgq.errors import ConfigurationError, InvalidOption
+from pgq.options import check_signature
 
 __all__ = [
     "Every",
@@ -64,6 +65,14 @@ class PeriodicEntry:
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked when the schedule is loaded (pgq beat, worker -B start-up), with the rules
+        # every enqueue meets, not at each run when the entry fires.
+        try:
+            check_signature({"task": self.task, "options": dict(self.options)})
+        except InvalidOption as exc:
+            raise ConfigurationError(f"periodic entry {self.name!r}: {exc}") from None
 
     def schedule_text(self, tz: tzinfo) -> str:
         """The schedule as stored with the entry's cursor: a change starts the entry afresh."""

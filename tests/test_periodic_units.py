@@ -320,3 +320,21 @@ def test_a_bad_rate_limit_stops_the_worker_at_start_up() -> None:
         RateLimiter(None, app.tasks)  # type: ignore[arg-type]
     del app.tasks["bad.rate"]
     assert RateLimiter(None, app.tasks).intervals == {"good.rate": pytest.approx(0.6)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"queue": ""}, "queue must not be empty"),
+        ({"priority": 1.5}, "priority must be an integer"),
+        ({"expires": "soon"}, "expires"),
+        ({"time_limit": "abc"}, "time_limit"),
+    ],
+)
+def test_a_beat_entry_with_a_bad_option_is_refused_when_the_schedule_loads(
+    options: dict[str, object], needle: str
+) -> None:
+    app = Celery("beat-options", broker="postgresql://nobody@127.0.0.1:1/none")
+    app.add_periodic_task(10.0, "tasks.ping", name="ping", **options)
+    with pytest.raises(ConfigurationError, match=f"periodic entry 'ping': .*{needle}"):
+        app.periodic_entries()
