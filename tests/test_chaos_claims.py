@@ -25,7 +25,7 @@ from private_pg import LoggedWorker, PrivateServer, private_server
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]
 
-ROUNDS = 30
+ROUNDS = 50
 TASKS_PER_ROUND = 150
 
 
