@@ -258,7 +258,7 @@ def test_a_resumed_worker_does_not_overwrite_the_newer_outcome(
     """A worker paused past its lease loses its task to another worker, which runs and
     records it; resumed, the first one finishes the same task and must leave that row alone."""
     url = server.url
-    env = worker_env(url, PGQ_LEASE_SECONDS="2", PGQ_HEARTBEAT_INTERVAL="0.5")
+    env = worker_env(url, PGQ_LEASE_SECONDS="3", PGQ_HEARTBEAT_INTERVAL="0.5")
     first = LoggedWorker(["worker", "-A", "chaos_tasks", "-c", "1"], env, tmp_path / "a.log")
     second: LoggedWorker | None = None
     try:
