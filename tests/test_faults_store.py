@@ -138,7 +138,13 @@ def test_outcomes_and_retries_written_again_change_nothing(
     """A write that committed while its reply was lost is sent again after the reconnect: the
     repeat finds rows the slot no longer holds and changes nothing (no error either)."""
     w = store_for(stores, db_url, "faultworker/1")
+    # `done` is a chord header task: recording it counts its body down once, not twice.
+    conn.execute(
+        "INSERT INTO pgq.tasks (id, name, run_at, options) VALUES"
+        " ('body', 'faults.add', now() + interval '1 day', '{\"chord_remaining\": 2}')"
+    )
     done, retried = enqueue(qapp, 2)
+    conn.execute('UPDATE pgq.tasks SET options = \'{"chord": "body"}\' WHERE id = %s', (done,))
     w.claim_ready(["celery"], 2, 60)
     assert w.finish([Outcome(done, "SUCCESS", "3", None)]) == 1
     first = row(conn, done)
@@ -152,6 +158,7 @@ def test_outcomes_and_retries_written_again_change_nothing(
         first["finished_at"],
     )
     assert row(conn, retried)["retries"] == 1, "the retry counted once"
+    assert row(conn, "body")["options"]["chord_remaining"] == 1, "the chord counted once"
 
 
 # -- rescue of rows with no live holder -----------------------------------------------------
