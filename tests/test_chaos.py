@@ -237,7 +237,10 @@ def test_kills_pauses_and_restarts_lose_nothing(
     for _, _, pids in reruns:
         for pid in set(pids) & set(chaos.died):
             per_process[pid] = per_process.get(pid, 0) + 1
-        cause = chaos.died.get(pids[0], "pause worker" if pids[0] in chaos.paused else "?")
+        # The fault behind it: the first process of those that ran it that died or was paused
+        # (a paused one may have written its side effect after the run that replaced it).
+        faulted = [pid for pid in pids if pid in chaos.died or pid in chaos.paused]
+        cause = chaos.died.get(faulted[0], "pause worker") if faulted else "?"
         by_cause[cause] = by_cause.get(cause, 0) + 1
     print(
         f"\nCHAOS suite: {len(ids)} tasks; faults {chaos.done} ({len(chaos.died)} pool "
