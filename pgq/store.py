@@ -628,8 +628,10 @@ class WorkerStore:
         """Announce this worker in pgq.workers."""
         self._rows("register_worker", {"id": self.worker_id, **fields})
 
-    def heartbeat(self, tasks_done: int) -> None:
-        self._rows("heartbeat_worker", {"id": self.worker_id, "tasks_done": tasks_done})
+    def heartbeat(self, tasks_done: int) -> bool:
+        """Record that this worker is alive; False if its row is gone (register again)."""
+        rows = self._rows("heartbeat_worker", {"id": self.worker_id, "tasks_done": tasks_done})
+        return bool(rows)
 
     def unregister(self) -> None:
         self._rows("unregister_worker", {"id": self.worker_id})
@@ -816,3 +818,42 @@ class WorkerStore:
             {"id": task_id, "name": name, "interval": interval, "worker": self.worker_id, "at": at},
         )
         return float(rows[0][1])
+
+    def give_back_unheld(self, keep: Sequence[str]) -> list[str]:
+        """STARTED -> PENDING (not a rescue) for every task held under this (slot's) id except
+        ``keep``; returns the ids given back. For a slot that reconnected: a claim whose reply
+        was lost with the connection left rows it never received."""
+        rows = self._rows("give_back_unheld", {"worker": self.worker_id, "keep": list(keep)})
+        return [row[0] for row in rows]
+
+    def rescue_unheld(
+        self, *, max_rescues: int, lost_result: str, grace_seconds: float, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        """Held by no registered worker (claimed over ``grace_seconds`` ago) -> PENDING (or
+        FAILURE past max_rescues), however fresh the lease; returns (id, new state)."""
+        rows = self._rows(
+            "rescue_unheld",
+            {
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+                "grace_seconds": grace_seconds,
+                "limit": limit,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def rescue_stray_slots(
+        self, slots: Sequence[str], *, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str]]:
+        """Held under this worker's id by a slot not in ``slots`` -> PENDING (or FAILURE past
+        max_rescues), however fresh the lease; returns (id, new state)."""
+        rows = self._rows(
+            "rescue_stray_slots",
+            {
+                "worker": self.worker_id,
+                "slots": list(slots),
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]

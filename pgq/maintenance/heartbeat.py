@@ -28,6 +28,7 @@ class Heartbeat(Periodic):
         holders: Callable[[], list[str]],
         tasks_done: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
+        register: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(clock)
         self.store = store
@@ -35,7 +36,11 @@ class Heartbeat(Periodic):
         self.interval = settings.interval
         self._holders = holders
         self._tasks_done = tasks_done
+        self._register = register
 
     def run_once(self) -> None:
         self.store.renew_leases(self._holders(), self.settings.lease_seconds)
-        self.store.heartbeat(self._tasks_done())
+        if not self.store.heartbeat(self._tasks_done()) and self._register is not None:
+            # Our row was forgotten (we were silent too long, e.g. stopped with SIGSTOP): the
+            # rescue of rows with no registered holder would take our running tasks.
+            self._register()

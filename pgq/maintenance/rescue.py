@@ -1,5 +1,9 @@
-"""Orphan rescue: tasks whose worker stopped renewing their lease go back to the queue.
+"""Orphan rescue: tasks whose holder is gone go back to the queue.
 
+A task is an orphan when its lease lapsed (its worker stopped renewing it), and also, whatever
+its lease says, when its holder is no registered worker (claimed more than ``grace`` seconds
+ago) or, seen by its own worker, a slot that worker no longer runs: a lease renewed by someone
+who does not run the task must not keep it out of the queue.
 A task that has already lost its worker ``max_rescues`` times ends in FAILURE with
 WorkerLostError instead, so a task that kills its worker every time cannot loop forever.
 """
@@ -28,6 +32,9 @@ class RescueSettings:
     batch: int = 1000
     # Worker rows silent this long are removed from pgq.workers.
     forget_workers_after: float = 300.0
+    # A row held by no registered worker is rescued once claimed this long ago (a worker's
+    # slots may claim a moment before their parent registers).
+    grace: float = 30.0
 
 
 def lost_result(max_rescues: int) -> str:
@@ -49,20 +56,40 @@ class Rescue(Periodic):
         store: WorkerStore,
         settings: RescueSettings,
         clock: Callable[[], float] = time.monotonic,
+        slots: Callable[[], list[str]] | None = None,
     ) -> None:
+        """``slots``: the slot ids the store's worker runs now (and is giving back); given, the
+        rescue also puts back rows held under the worker's id by any other slot id."""
         super().__init__(clock)
         self.store = store
         self.settings = settings
         self.interval = settings.interval
         self._lost_result = lost_result(settings.max_rescues)
+        self._slots = slots
 
     def run_once(self) -> list[tuple[str, str]]:
+        s = self.settings
         rescued = self.store.rescue_orphans(
-            max_rescues=self.settings.max_rescues,
-            lost_result=self._lost_result,
-            limit=self.settings.batch,
+            max_rescues=s.max_rescues, lost_result=self._lost_result, limit=s.batch
         )
         for task_id, state in rescued:
             log.warning("task %s lost its worker: now %s", task_id, state)
-        self.store.forget_dead_workers(self.settings.forget_workers_after)
-        return rescued
+        self.store.forget_dead_workers(s.forget_workers_after)
+        unheld = self.store.rescue_unheld(
+            max_rescues=s.max_rescues,
+            lost_result=self._lost_result,
+            grace_seconds=s.grace,
+            limit=s.batch,
+        )
+        for task_id, state in unheld:
+            log.warning("task %s is held by no registered worker: now %s", task_id, state)
+        strays: list[tuple[str, str]] = []
+        if self._slots is not None:
+            strays = self.store.rescue_stray_slots(
+                self._slots(), max_rescues=s.max_rescues, lost_result=self._lost_result
+            )
+            for task_id, state in strays:
+                log.warning(
+                    "task %s is held by a slot this worker no longer runs: now %s", task_id, state
+                )
+        return rescued + unheld + strays

@@ -292,6 +292,72 @@ WITH back AS (
 )
 SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
+-- name: give_back_unheld
+-- STARTED -> PENDING: a slot that reconnected gives back every task held under its id except
+-- `keep` (tasks whose outcome, retry or requeue it has yet to write), not counted as a rescue.
+-- A claim can commit while its reply is lost with the connection: the slot never received those
+-- rows, and its parent would renew their leases for as long as the worker lives.
+WITH back AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING', started_at = NULL, lease_expires_at = NULL
+    WHERE t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+      AND t.id <> ALL(%(keep)s::text[])
+    RETURNING t.id, t.queue
+)
+SELECT back.id, pg_notify('pgq_tasks', back.queue) FROM back;
+
+-- name: rescue_unheld
+-- STARTED (no registered holder) -> PENDING, or FAILURE (WorkerLostError) past max_rescues: a
+-- row claimed more than `grace_seconds` ago whose holder (a worker id, or a slot id
+-- `<worker id>/<n>`) has no row in pgq.workers (it unregistered, or was forgotten after a long
+-- silence) is rescued even if its lease is still being renewed. The grace covers a worker's
+-- slots claiming before their parent has registered.
+WITH orphans AS (
+    SELECT t.id FROM pgq.tasks AS t
+    WHERE t.lease_expires_at IS NOT NULL
+      AND t.started_at < now() - make_interval(secs => %(grace_seconds)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM pgq.workers AS w
+          WHERE t.worker = w.id OR starts_with(t.worker, w.id || '/'))
+    ORDER BY t.lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE OF t SKIP LOCKED
+), rescued AS (
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
+        result = CASE WHEN t.rescues >= %(max_rescues)s THEN %(lost_result)s::jsonb ELSE t.result END,
+        finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
+        rescues = t.rescues + 1,
+        lease_expires_at = NULL
+    FROM orphans
+    WHERE t.id = orphans.id
+    RETURNING t.id, t.queue, t.state
+)
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
+
+-- name: rescue_stray_slots
+-- STARTED (held by a slot its worker no longer runs) -> PENDING, or FAILURE past max_rescues: a
+-- worker's own rescue puts back rows held under its id by a slot id not in `slots` (its current
+-- slots and those it is giving back), whoever renews them.
+WITH strays AS (
+    SELECT t.id FROM pgq.tasks AS t
+    WHERE t.lease_expires_at IS NOT NULL
+      AND starts_with(t.worker, %(worker)s || '/')
+      AND t.worker <> ALL(%(slots)s::text[])
+    FOR UPDATE OF t SKIP LOCKED
+), rescued AS (
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
+        result = CASE WHEN t.rescues >= %(max_rescues)s THEN %(lost_result)s::jsonb ELSE t.result END,
+        finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
+        rescues = t.rescues + 1,
+        lease_expires_at = NULL
+    FROM strays
+    WHERE t.id = strays.id
+    RETURNING t.id, t.queue, t.state
+)
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
+
 -- name: task_label
 -- (read) A task's name and queue.
 SELECT name, queue FROM pgq.tasks WHERE id = %(id)s;
@@ -304,8 +370,10 @@ ON CONFLICT (id) DO UPDATE
 SET last_heartbeat_at = now(), queues = excluded.queues, task_names = excluded.task_names;
 
 -- name: heartbeat_worker
--- live worker -> live worker: records that the worker is alive and how much it has done.
-UPDATE pgq.workers SET last_heartbeat_at = now(), tasks_done = %(tasks_done)s WHERE id = %(id)s;
+-- live worker -> live worker: records that the worker is alive and how much it has done; no row
+-- when the worker's row is gone (forgotten after a long silence: it must register again).
+UPDATE pgq.workers SET last_heartbeat_at = now(), tasks_done = %(tasks_done)s WHERE id = %(id)s
+RETURNING id;
 
 -- name: unregister_worker
 -- live worker -> (nothing): a worker that stops cleanly removes its row.

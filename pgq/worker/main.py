@@ -237,6 +237,13 @@ class Worker:
         self._forget_listen_fd()
         self._listen_fd = self.store.listen_fileno()
         self._selector.register(self._listen_fd, selectors.EVENT_READ, "listen")
+        self._register()
+        # Renew at once: the leases of running tasks may have run low while we were away.
+        self.store.renew_leases(self.pool.worker_ids(), self.settings.lease_seconds)
+        if first:
+            self._maintenance = self._make_maintenance()
+
+    def _register(self) -> None:
         self.store.register(
             hostname=self.hostname,
             pid=os.getpid(),
@@ -245,10 +252,12 @@ class Worker:
             pool=self.pool_kind,
             task_names=sorted(self.app.tasks),
         )
-        # Renew at once: the leases of running tasks may have run low while we were away.
-        self.store.renew_leases(self.pool.worker_ids(), self.settings.lease_seconds)
-        if first:
-            self._maintenance = self._make_maintenance()
+
+    def _slot_ids(self) -> list[str]:
+        """The slots whose rows are this worker's to keep: running, or ended and not yet
+        given back (``_give_back`` releases those, counting a rescue only for the running
+        task)."""
+        return self.pool.worker_ids() + [gone.slot.worker_id for gone in self._gone]
 
     def _make_maintenance(self) -> list[Periodic]:
         s = self.settings
@@ -258,6 +267,7 @@ class Worker:
                 HeartbeatSettings(interval=s.heartbeat_interval, lease_seconds=s.lease_seconds),
                 holders=self.pool.worker_ids,
                 tasks_done=lambda: self.tasks_done,
+                register=self._register,
             ),
             Rescue(
                 self.store,
@@ -265,7 +275,9 @@ class Worker:
                     interval=s.heartbeat_interval,
                     max_rescues=s.max_rescues,
                     forget_workers_after=max(300.0, 10 * s.lease_seconds),
+                    grace=s.lease_seconds,
                 ),
+                slots=self._slot_ids,
             ),
         ]
         if s.result_expires > 0:

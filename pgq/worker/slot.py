@@ -144,7 +144,9 @@ class Slot:
                     self._batch = 1
                     self._wait()
             except OperationalError as exc:
-                # The database went away: keep the outcomes, wait for it, carry on.
+                # The database went away: keep the outcomes, wait for it, give back what this
+                # slot holds but will not run (the rest of a batch cut short, a claim whose reply
+                # was lost), carry on.
                 log.warning("database unavailable (%s); slot reconnecting", exc)
                 self.store.close()
                 if not self._connect(holding_outcomes=True):
@@ -252,11 +254,18 @@ class Slot:
 
     def _connect(self, *, holding_outcomes: bool) -> bool:
         """Connect, retrying while the database is away; False if the slot should end instead:
-        its parent is gone, or it was told to stop and has no outcome left to write."""
+        its parent is gone, or it was told to stop and has no outcome left to write.
+
+        A reconnecting slot (``holding_outcomes``) first gives back every task held under its
+        id that it is not about to record: the parent renews the leases of all of them, so a
+        row the slot does not know it holds would stay STARTED for as long as the worker lives.
+        """
         delay = 0.1
         while not self._parent_gone and (holding_outcomes or not self._stopping):
             try:
                 self.store.connect(slot=True)
+                if holding_outcomes:
+                    self._give_back_unheld()
                 return True
             except OperationalError as exc:
                 log.warning("slot %s cannot connect (%s); retrying", self.store.worker_id, exc)
@@ -265,12 +274,32 @@ class Slot:
                 delay = min(delay * 2, 2.0)
         return False
 
+    def _give_back_unheld(self) -> None:
+        """Give back (not a rescue) what this slot holds but will not run: everything held
+        under its id except the tasks whose outcome or retry it has yet to write. The requeues
+        it has yet to write are given back here too."""
+        keep = [o.id for o in self._finished] + [r.id for r in self._retries]
+        given_back = self.store.give_back_unheld(keep)
+        if given_back:
+            log.warning(
+                "slot %s gave back %d tasks it held but was not running after reconnecting",
+                self.store.worker_id,
+                len(given_back),
+            )
+        self._announce([(task_id, "PENDING") for task_id in given_back], self._requeues)
+        self._requeues = []
+
     # -- claiming and reporting ---------------------------------------------------------------
 
     def _turn(self, limit: int) -> list[ClaimedTask]:
         """Write every collected outcome and claim up to ``limit`` tasks; each list is cleared
-        only once its write succeeded."""
-        jobs = self._finish_and_claim(limit)
+        only once its write succeeded.
+
+        Retries and requeues are written before the claim, and nothing is written after it: a
+        connection lost after the claim committed would drop the claimed batch, and a write
+        repeated after a reconnect must find its rows not yet claimed again by this slot (a
+        retry due now could be) so that the repeat changes nothing (it only touches rows this
+        slot holds)."""
         if self._retries:
             self._write_each_or_fail(
                 self._retries, lambda batch: self.store.schedule_retries(batch)
@@ -288,7 +317,7 @@ class Slot:
             )
             self._announce(given_back, self._requeues)
             self._requeues = []
-        return jobs
+        return self._finish_and_claim(limit)
 
     def _finish_and_claim(self, limit: int) -> list[ClaimedTask]:
         if not self._finished and not limit:
