@@ -55,3 +55,47 @@ def test_a_refused_outcome_fails_its_task_and_the_worker_carries_on(
     fine = e2e_tasks.add.delay(1, 1)
     assert wait_state(conn, fine.id, "SUCCESS", timeout=30)["result"] == 2
     assert worker.proc.poll() is None
+
+
+# Refuses every final outcome of a row until it has been rescued twice, the FAILURE that says
+# the outcome was refused included: the worker must count the task lost (a rescue) rather than
+# let its process die with the error and claim the task again for ever.
+REFUSE_EVERY_OUTCOME = """
+CREATE OR REPLACE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.state IN ('SUCCESS', 'FAILURE') AND NEW.name = 'e2e_tasks.echo'
+            AND OLD.rescues < 2 THEN
+        RAISE EXCEPTION 'outcome refused by a trigger' USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks;
+CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON pgq.tasks
+    FOR EACH ROW EXECUTE FUNCTION refuse_outcomes();
+"""
+
+
+@pytest.fixture
+def refusing_every_outcome(conn: psycopg.Connection[Any], clean: None) -> Iterator[None]:
+    conn.execute(REFUSE_EVERY_OUTCOME)
+    yield
+    conn.execute("DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks")
+
+
+def test_a_task_whose_every_outcome_is_refused_counts_rescues_instead_of_looping(
+    refusing_every_outcome: None,
+    app: Any,
+    conn: psycopg.Connection[Any],
+    start_worker: Callable[..., Any],
+) -> None:
+    import e2e_tasks
+
+    worker = start_worker("-c", "1")
+    task = e2e_tasks.echo.delay("x")
+    row = wait_state(conn, task.id, {"FAILURE", "SUCCESS"}, timeout=60)
+    assert row["state"] == "SUCCESS"
+    rescues = conn.execute("SELECT rescues FROM pgq.tasks WHERE id = %s", (task.id,)).fetchone()
+    assert rescues is not None and rescues[0] == 2
+    fine = e2e_tasks.add.delay(1, 1)
+    assert wait_state(conn, fine.id, "SUCCESS", timeout=30)["result"] == 2
+    assert worker.proc.poll() is None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pgq import hooks
 from pgq.context import Request
 from pgq.errors import DatabaseError, EncodeError, OperationalError, TaskRevokedError
+from pgq.maintenance.rescue import lost_result
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter
 from pgq.serialization import loads
@@ -385,8 +386,32 @@ class Slot:
             except OperationalError:
                 raise
             except DatabaseError as exc:
-                refused = EncodeError(f"the outcome could not be stored: {exc}")
-                self.store.finish([Outcome(item.id, "FAILURE", error_json(refused), None)])
+                self._fail_refused(item.id, exc)
+
+    def _fail_refused(self, task_id: str, exc: DatabaseError) -> None:
+        """The database refused this task's outcome: store a FAILURE that says so. If it refuses
+        that too, give the task back as lost (a rescue), so that whatever the cause the task
+        ends FAILURE after ``max_rescues`` tries instead of crashing this process and being
+        claimed again for ever."""
+        refused = EncodeError(f"the outcome could not be stored: {exc}")
+        try:
+            self.store.finish([Outcome(task_id, "FAILURE", error_json(refused), None)])
+            return
+        except OperationalError:
+            raise
+        except DatabaseError as again:
+            log.error("task %s: its failure could not be stored either (%s): lost", task_id, again)
+        try:
+            self.store.requeue(
+                [task_id],
+                lost=True,
+                max_rescues=self.settings.max_rescues,
+                lost_result=lost_result(self.settings.max_rescues),
+            )
+        except OperationalError:
+            raise
+        except DatabaseError as last:
+            log.error("task %s: PostgreSQL refuses every change to its row (%s)", task_id, last)
 
     def _pending(self) -> bool:
         return bool(self._finished or self._retries or self._requeues)
