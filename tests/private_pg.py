@@ -162,9 +162,16 @@ class LoggedWorker:
         return [int(p) for p in out.split()]
 
     def signal_group(self, sig: int) -> None:
-        """Signal the worker and its children (its own process group)."""
+        """Signal the worker and every process under it. Its process group is not enough: each
+        pool process leads a group of its own (so what its tasks start dies with it)."""
+        import psutil
+
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(sig)
 
     def kill(self) -> None:
         if self.alive():
