@@ -18,13 +18,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from psycopg import sql
 
 from pgq.schema import metadata
+from pgq.sql import named_statements
 
 __all__ = ["RoleNames", "VIEWS", "grant_statements", "relations_in_code", "roles_query"]
 
@@ -32,24 +31,12 @@ __all__ = ["RoleNames", "VIEWS", "grant_statements", "relations_in_code", "roles
 # to what `upgrade head` leaves in the schema.
 VIEWS = ("dead_tasks", "queue_stats", "running_tasks")
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-@cache
-def _statements() -> dict[str, str]:
-    text = resources.files("pgq.sql").joinpath("roles.sql").read_text(encoding="utf-8")
-    parts = _HEADER.split(text)
-    found: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
-        found[name] = "\n".join(lines).strip().rstrip(";")
-    return found
 
 
 def roles_query(name: str) -> str:
     """The SQL of a named statement of roles.sql (KeyError for an unknown name)."""
-    return _statements()[name]
+    return named_statements("roles.sql")[name]
 
 
 def _compose(name: str, **identifiers: str) -> sql.Composed:

@@ -16,18 +16,26 @@ from conftest import wait_state
 
 pytestmark = pytest.mark.e2e
 
+# Refuses the outcome of add(1_000_000, 3) as a result too large for jsonb would be; and every
+# final outcome of an echo task until its row has been rescued twice, the FAILURE that says the
+# outcome was refused included (the worker must then count the task lost, a rescue, rather than
+# let its process die with the error and claim the task again for ever).
 REFUSE = """
-CREATE OR REPLACE FUNCTION refuse_big_result() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.state = 'SUCCESS' AND NEW.result = '1000003'::jsonb THEN
         RAISE EXCEPTION 'string too long to represent as jsonb string'
             USING ERRCODE = 'program_limit_exceeded';
     END IF;
+    IF NEW.state IN ('SUCCESS', 'FAILURE') AND NEW.name = 'e2e_tasks.echo'
+            AND OLD.rescues < 2 THEN
+        RAISE EXCEPTION 'outcome refused by a trigger' USING ERRCODE = 'check_violation';
+    END IF;
     RETURN NEW;
 END $$;
-DROP TRIGGER IF EXISTS refuse_big_result ON pgq.tasks;
-CREATE TRIGGER refuse_big_result BEFORE UPDATE ON pgq.tasks
-    FOR EACH ROW EXECUTE FUNCTION refuse_big_result();
+DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks;
+CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON pgq.tasks
+    FOR EACH ROW EXECUTE FUNCTION refuse_outcomes();
 """
 
 
@@ -35,7 +43,7 @@ CREATE TRIGGER refuse_big_result BEFORE UPDATE ON pgq.tasks
 def refusing(conn: psycopg.Connection[Any], clean: None) -> Iterator[None]:
     conn.execute(REFUSE)
     yield
-    conn.execute("DROP TRIGGER IF EXISTS refuse_big_result ON pgq.tasks")
+    conn.execute("DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks")
 
 
 def test_a_refused_outcome_fails_its_task_and_the_worker_carries_on(
@@ -57,33 +65,8 @@ def test_a_refused_outcome_fails_its_task_and_the_worker_carries_on(
     assert worker.proc.poll() is None
 
 
-# Refuses every final outcome of a row until it has been rescued twice, the FAILURE that says
-# the outcome was refused included: the worker must count the task lost (a rescue) rather than
-# let its process die with the error and claim the task again for ever.
-REFUSE_EVERY_OUTCOME = """
-CREATE OR REPLACE FUNCTION refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.state IN ('SUCCESS', 'FAILURE') AND NEW.name = 'e2e_tasks.echo'
-            AND OLD.rescues < 2 THEN
-        RAISE EXCEPTION 'outcome refused by a trigger' USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks;
-CREATE TRIGGER refuse_outcomes BEFORE UPDATE ON pgq.tasks
-    FOR EACH ROW EXECUTE FUNCTION refuse_outcomes();
-"""
-
-
-@pytest.fixture
-def refusing_every_outcome(conn: psycopg.Connection[Any], clean: None) -> Iterator[None]:
-    conn.execute(REFUSE_EVERY_OUTCOME)
-    yield
-    conn.execute("DROP TRIGGER IF EXISTS refuse_outcomes ON pgq.tasks")
-
-
 def test_a_task_whose_every_outcome_is_refused_counts_rescues_instead_of_looping(
-    refusing_every_outcome: None,
+    refusing: None,
     app: Any,
     conn: psycopg.Connection[Any],
     start_worker: Callable[..., Any],

@@ -1,4 +1,4 @@
-"""The named queries of ``queries.sql``, parsed once on first use."""
+"""The named statements of ``queries.sql`` (and ``roles.sql``), parsed once on first use."""
 
 from __future__ import annotations
 
@@ -6,22 +6,24 @@ import re
 from functools import cache
 from importlib import resources
 
-__all__ = ["query"]
+__all__ = ["named_statements", "query"]
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 @cache
-def _all() -> dict[str, str]:
-    text = resources.files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+def named_statements(filename: str) -> dict[str, str]:
+    """The statements of one ``.sql`` file of this package, by the ``-- name:`` that heads each
+    (its comment lines dropped)."""
+    text = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
     parts = _HEADER.split(text)
-    queries: dict[str, str] = {}
+    statements: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
-        queries[name] = "\n".join(lines).strip().rstrip(";")
-    return queries
+        statements[name] = "\n".join(lines).strip().rstrip(";")
+    return statements
 
 
 def query(name: str) -> str:
-    """The SQL of the named query (KeyError for an unknown name)."""
-    return _all()[name]
+    """The SQL of the named query of queries.sql (KeyError for an unknown name)."""
+    return named_statements("queries.sql")[name]
