@@ -67,7 +67,8 @@ def attempts(conn: psycopg.Connection[Any]) -> int:
 @pytest.fixture
 def store(db_url: str) -> Iterator[Store]:
     # A statement timeout for every connection of the pool, as a server or role setting would.
-    db = Database(db_url + "?options=-c%20statement_timeout%3D300", pool_size=4)
+    separator = "&" if "?" in db_url else "?"  # the embedded server's URL has ?host=<socket dir>
+    db = Database(f"{db_url}{separator}options=-c%20statement_timeout%3D300", pool_size=4)
     yield Store(db)
     db.close()
 

@@ -81,7 +81,7 @@ class PgBouncer:
         )
         command = [str(_pgbouncer_command()), str(folder / "pgbouncer.ini")]
         if os.geteuid() == 0:  # PgBouncer refuses to run as root: it drops to another user
-            owner = _unprivileged_user()
+            owner = _unprivileged_user(str(info.get("host") or ""))
             for path in (folder, *folder.iterdir()):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
             command[1:1] = ["-u", owner.pw_name]
@@ -124,7 +124,13 @@ def _version() -> tuple[int, ...]:
     return tuple(int(p) for p in first.split(".") if p.isdigit())
 
 
-def _unprivileged_user() -> pwd.struct_passwd:
+def _unprivileged_user(host: str) -> pwd.struct_passwd:
+    """Who PgBouncer runs as: behind a Unix socket (the embedded server listens on no TCP port)
+    the user that owns the socket's folder, the only one that may reach it; else postgres."""
+    if host.startswith("/"):
+        owner = pwd.getpwuid(os.stat(host).st_uid)
+        if owner.pw_uid != 0:
+            return owner
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)

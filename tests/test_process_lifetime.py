@@ -77,6 +77,9 @@ def test_no_process_outlives_the_worker_after_hostile_tasks(app, conn, clean, st
     w.signal(signal.SIGTERM)
     # Not w.wait(): a survivor holding the worker's stdout would keep that waiting forever.
     assert w.proc.wait(timeout=60) == 0
+    # This process's own connections (the app's pool and completion listener) go too, so that
+    # whatever is left is foreign even where client ports cannot tell (a Unix socket's is -1).
+    app.close()
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

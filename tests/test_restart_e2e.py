@@ -6,7 +6,9 @@ a shared server would disturb everything else using it).
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,8 +55,11 @@ class PrivateServer:
 
 
 @pytest.fixture
-def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
-    server = PrivateServer(tmp_path)
+def private_server() -> Iterator[PrivateServer]:
+    # Outside pytest's temporary root: a pytest started meanwhile resets that root to mode 0700,
+    # which locks the server's own (non-root) user out of its folder when it restarts.
+    folder = Path(tempfile.mkdtemp(prefix="pgq-test-restart-"))
+    server = PrivateServer(folder)
     from pgq.migrate import upgrade
 
     upgrade(server.url)
@@ -70,6 +75,7 @@ def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
         server.stop()
     finally:
         server.server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_database_restart_mid_run_loses_nothing(private_server: PrivateServer) -> None:

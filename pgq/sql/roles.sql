@@ -44,9 +44,11 @@ DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NUL
 
 -- name: join_owner
 -- (setting) The role running this may hand objects to the owner role (a non-superuser must be
--- able to SET ROLE to the new owner of what it gives away), unless it already can.
+-- able to SET ROLE to the new owner of what it gives away), unless it already can. Membership
+-- alone is not enough: from PostgreSQL 16 a CREATEROLE role is a member of the roles it creates
+-- (with ADMIN) but may neither SET ROLE to them nor use their privileges until granted.
 DO $$ BEGIN
-    IF NOT pg_has_role(current_user, {owner_name}, 'MEMBER') THEN GRANT {owner} TO CURRENT_USER; END IF;
+    IF NOT pg_has_role(current_user, {owner_name}, 'USAGE') THEN GRANT {owner} TO CURRENT_USER; END IF;
 END $$;
 
 -- name: own_schema
