@@ -282,6 +282,17 @@ def test_sigterm_drains_running_tasks_then_exits(app, conn, clean, start_worker)
     assert conn.execute("SELECT count(*) FROM pgq.workers").fetchone()[0] == 0
 
 
+def test_an_idle_worker_stops_without_waiting_for_its_next_heartbeat(
+    app, conn, clean, db_url, start_worker
+):
+    """Once its pool processes have ended the loop ends, rather than sleeping until its next
+    maintenance job (the heartbeat, here a minute away)."""
+    env = {**worker_env(db_url), "PGQ_HEARTBEAT_INTERVAL": "60", "PGQ_LEASE_SECONDS": "120"}
+    w = start_worker("-c", "2", env=env)
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=30) == 0
+
+
 def test_second_signal_requeues_running_tasks_at_once(app, conn, clean, start_worker):
     import e2e_tasks
 

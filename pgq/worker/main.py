@@ -136,7 +136,7 @@ class Worker:
 
     def _timeout(self) -> float:
         """How long the loop may sleep: until the next maintenance job or hard time limit."""
-        if self._gone:
+        if self._gone or not self.pool.slots:  # the last slot's tasks given back: the loop ends
             return 0.0
         wake = [job.next_run for job in self._maintenance]
         deadline = self.pool.next_deadline()
