@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from pgq.admin import AdminStore
+    from pgq.store.admin import AdminStore
 
 __all__ = ["AppOption", "UrlOption", "admin_store", "load"]
 
@@ -35,6 +35,6 @@ def load(ctx: typer.Context, app: str | None, database_url: str | None = None) -
 
 def admin_store(loaded: Any) -> AdminStore:
     """The admin store of a loaded app; a worker counts as live within one lease."""
-    from pgq.admin import AdminStore
+    from pgq.store.admin import AdminStore
 
     return AdminStore(loaded.db, live_seconds=loaded.settings.lease_seconds)

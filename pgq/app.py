@@ -23,14 +23,15 @@ from typing import Any, ClassVar
 
 from pgq import options as rules
 from pgq import serialization
-from pgq.database import Database, resolve_url
 from pgq.errors import ConfigurationError
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_id, new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
+from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import COPY_THRESHOLD, Like, NewTask, Store, as_task
+from pgq.store.database import Database
 
 __all__ = ["App", "Task"]
 

@@ -200,10 +200,11 @@ def migrate(
     (reads and writes pgq's tables) and PREFIX_producer (enqueues, reads results, revokes,
     forgets) and grants them exactly that; logins join them.
     """
-    from pgq import roles as least_privilege
-    from pgq.database import describe_server, resolve_url
-    from pgq.migrate import apply_roles, upgrade
-    from pgq.schema import SCHEMA_REVISION
+    from pgq.server import resolve_url
+    from pgq.server.migrate import apply_roles, upgrade
+    from pgq.store import roles as least_privilege
+    from pgq.store.database import describe_server
+    from pgq.store.revision import SCHEMA_REVISION
 
     try:
         names = least_privilege.RoleNames.from_prefix(role_prefix)
@@ -215,7 +216,7 @@ def migrate(
         url = database_url or settings.database_url or "postgresql://localhost/pgq"
         upgrade(url, revision=revision, sql=True)
         if roles:
-            typer.echo("-- pgq migrate --roles: least-privilege roles (see pgq.roles)\n")
+            typer.echo("-- pgq migrate --roles: least-privilege roles (see pgq.store.roles)\n")
             typer.echo(least_privilege.script(names), nl=False)
         return
     url = resolve_url(database_url, settings)

@@ -16,8 +16,8 @@ import typer
 
 from pgq._cli_common import AppOption, UrlOption, admin_store, load
 from pgq._format import Column, age, clock, parse_since, table, to_json, truncate
-from pgq.admin import AdminStore, Filters
 from pgq.errors import TaskNotFound
+from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["register_operations"]
 

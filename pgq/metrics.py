@@ -31,7 +31,7 @@ from pgq import hooks
 from pgq.errors import ConfigurationError, DatabaseError
 
 if TYPE_CHECKING:
-    from pgq.admin import AdminStore
+    from pgq.store.admin import AdminStore
 
 __all__ = ["DEFAULT_ADDR", "MetricsServer", "QueueCollector", "TaskMetrics", "RUNTIME_BUCKETS"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgq._format import Column, age, clock, table, truncate
-from pgq.admin import AdminStore, Filters
 from pgq.errors import ConfigurationError, DatabaseError
+from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["Snapshot", "render", "run_top", "take_snapshot"]
 

@@ -16,11 +16,11 @@ import pytest
 from conftest import task_row
 
 import pgq
-from pgq.database import Database
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings
 from pgq.settings import Settings
 from pgq.store import Outcome, RetryRequest, WorkerStore
+from pgq.store.database import Database
 from pgq.worker.slot import CurrentTask, Slot
 
 Conn = psycopg.Connection[Any]

@@ -71,4 +71,4 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "pgq/_migrations/env.py" in names
     assert any(n.startswith("pgq/_migrations/versions/0001_") for n in names)
-    assert "pgq/sql/queries.sql" in names
+    assert "pgq/store/sql/queries.sql" in names

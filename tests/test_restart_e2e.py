@@ -55,7 +55,7 @@ class PrivateServer:
 @pytest.fixture
 def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
     server = PrivateServer(tmp_path)
-    from pgq.migrate import upgrade
+    from pgq.server.migrate import upgrade
 
     upgrade(server.url)
     with psycopg.connect(server.url, autocommit=True) as conn:

@@ -27,15 +27,15 @@ from sqlalchemy.pool import NullPool
 
 import pgq
 from pgq import hooks
-from pgq.database import Database, sqlalchemy_url
 from pgq.errors import EncodeError, TaskFailed, TaskRevokedError
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings
 from pgq.serialization import dumps, exception_to_json
 from pgq.settings import Settings
-from pgq.sql import query
 from pgq.store import Outcome, RetryRequest, WorkerStore
+from pgq.store.database import Database, sqlalchemy_url
+from pgq.store.sql import query
 
 Conn = psycopg.Connection[Any]
 
@@ -877,9 +877,9 @@ def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_
 def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
     qapp: pgq.App, db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch, replan_seconds: float
 ) -> None:
-    import pgq.store
+    import pgq.store.worker
 
-    monkeypatch.setattr(pgq.store, "REPLAN_SECONDS", replan_seconds)
+    monkeypatch.setattr(pgq.store.worker, "REPLAN_SECONDS", replan_seconds)
     slot = WorkerStore(Database(db_url), "w1/1")
     slot.connect(slot=True)
     assert slot._conn is not None
@@ -1544,7 +1544,7 @@ def test_the_connection_kept_at_hand_goes_back_to_the_pool_in_time(
     qapp: pgq.App, conn: Conn, clean: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # So that the pool's own checks (a connection's maximum lifetime) still reach it.
-    from pgq import database
+    from pgq.store import database
 
     enqueue(qapp)
     assert qapp.db._held is not None  # kept between borrowings

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from conftest import task_row, wait_for, wait_state, worker_env
 
-from pgq.database import Database
 from pgq.store import WorkerStore
+from pgq.store.database import Database
 
 pytestmark = pytest.mark.e2e
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from pgq.beat_store import BeatStore, EntryCursor, LostLease
 from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
 from pgq.maintenance import Periodic
 from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
+from pgq.store.beat import BeatStore, EntryCursor, LostLease
 
 if TYPE_CHECKING:
     from pgq.app import App

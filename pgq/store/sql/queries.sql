@@ -1,4 +1,4 @@
--- Every statement pgq's engine runs, by name. Loaded once by pgq.sql.
+-- Every statement pgq's engine runs, by name. Loaded once by pgq.store.sql.
 -- Each entry: "-- name: <name>", then one line saying what state change it makes, then the SQL.
 -- Placeholders are psycopg's %(name)s; a literal percent sign is written %%.
 -- A NOTIFY payload over 7,999 bytes fails its whole statement: a wake-up names its queue cut to

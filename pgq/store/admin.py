@@ -1,8 +1,8 @@
 """The operators' half of the store: what ``pgq inspect``, ``retry``, ``purge``, ``health``,
 ``top`` and the metrics collector read and change.
 
-Like ``pgq.store`` it runs only named queries of ``pgq/sql/queries.sql`` and its operations are
-named after the state change they make (``retry_dead``, ``purge_waiting``). Rows come back as
+Like ``Store`` it runs only named queries of ``pgq/store/sql/queries.sql`` and its operations
+are named after the state change they make (``retry_dead``, ``purge_waiting``). Rows come back as
 dictionaries keyed by the queries' column names: those names are the stable keys of
 ``pgq inspect --json``.
 """
@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pgq.database import Database, describe_server, translate_errors
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
-from pgq.schema import SCHEMA_REVISION
-from pgq.sql import query
-from pgq.store import CONTROL_CHANNEL, Store
+from pgq.store.database import Database, describe_server, translate_errors
+from pgq.store.producer import Store
+from pgq.store.records import CONTROL_CHANNEL
+from pgq.store.revision import SCHEMA_REVISION
+from pgq.store.sql import query
 
 __all__ = ["AdminStore", "Filters", "NotRetriable"]
 

