@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from pgq._cli_common import AppOption, UrlOption, admin_store, load
-from pgq._format import Column, age, clock, parse_since, table, to_json, truncate
+from pgq.cli._common import AppOption, UrlOption, admin_store, load
+from pgq.cli._format import Column, age, clock, parse_since, table, to_json, truncate
 from pgq.errors import TaskNotFound
 from pgq.store.admin import AdminStore, Filters
 
@@ -447,7 +447,7 @@ def top(
     database_url: str | None = UrlOption,
 ) -> None:
     """A live view of queues, states, rates, workers and the latest failures (q quits)."""
-    from pgq.top import run_top
+    from pgq.cli.top import run_top
 
     run_top(_store(ctx, app, database_url), interval=interval, queue=queue)
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq._format import Column, age, clock, table, truncate
+from pgq.cli._format import Column, age, clock, table, truncate
 from pgq.errors import ConfigurationError, DatabaseError
 from pgq.store.admin import AdminStore, Filters
 
