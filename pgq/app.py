@@ -20,9 +20,10 @@ import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import options as rules
-from pgq import serialization
+from pgq import serialization, workflow
 from pgq.errors import ConfigurationError
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_id, new_task_ids
@@ -268,8 +269,6 @@ def resolve_timezone(value: str | tzinfo | None) -> tzinfo:
         return timezone.utc
     if isinstance(value, tzinfo):
         return value
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         return ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
@@ -475,8 +474,6 @@ class App:
         Every step's id is fixed here (kept where the signature already has one). See
         ``pgq.workflow`` for how the steps follow each other.
         """
-        from pgq import workflow
-
         plain = serialization.loads(serialization.dumps(sig))
         result_id = workflow.freeze(plain)
         rows = workflow.expand(self, plain, prepend=list(args))

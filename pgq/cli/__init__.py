@@ -14,10 +14,15 @@ from typing import Any
 import typer
 
 from pgq.cli._common import AppOption, UrlOption, admin_store, load
+from pgq.cli._format import to_json
 from pgq.cli.ops import register_operations
 from pgq.cli.worker import register_worker_commands
 from pgq.errors import PgqError
+from pgq.serialization import loads
+from pgq.server import resolve_url
 from pgq.settings import ENVIRONMENT, Settings
+from pgq.store.database import describe_server
+from pgq.store.revision import SCHEMA_REVISION
 
 __all__ = ["main"]
 
@@ -76,11 +81,9 @@ def migrate(
     (reads and writes pgq's tables) and PREFIX_producer (enqueues, reads results, revokes,
     forgets) and grants them exactly that; logins join them.
     """
-    from pgq.server import resolve_url
+    # Alembic and SQLAlchemy (about 190 ms) load only for this command.
     from pgq.server.migrate import apply_roles, upgrade
     from pgq.store import roles as least_privilege
-    from pgq.store.database import describe_server
-    from pgq.store.revision import SCHEMA_REVISION
 
     try:
         names = least_privilege.RoleNames.from_prefix(role_prefix)
@@ -150,9 +153,6 @@ def result(
     database_url: str | None = UrlOption,
 ) -> None:
     """Show a task's state and its result or traceback."""
-    from pgq.cli._format import to_json
-    from pgq.serialization import loads
-
     loaded = load(ctx, app, database_url)
     admin = admin_store(loaded)
     record = admin.require(task_id)

@@ -16,7 +16,7 @@ import typer
 
 from pgq.cli._common import AppOption, UrlOption, admin_store, load
 from pgq.cli._format import Column, age, clock, parse_since, table, to_json, truncate
-from pgq.errors import TaskNotFound
+from pgq.errors import PgqError, TaskNotFound, TaskRevokedError
 from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["register_operations"]
@@ -337,7 +337,7 @@ def revoke(
     not started it yet, and lets it finish if it has. Every id is checked first: an unknown id
     or a finished task is an error and nothing is revoked.
     """
-    from pgq.errors import PgqError, TaskRevokedError
+    # The worker's runner (6 ms) loads only for this command.
     from pgq.worker.runner import error_json
 
     store = _store(ctx, app, database_url)
@@ -374,8 +374,6 @@ def purge(
     database_url: str | None = UrlOption,
 ) -> None:
     """Delete waiting tasks (PENDING and RETRY); running and finished tasks are never touched."""
-    from pgq.errors import PgqError
-
     store = _store(ctx, app, database_url)
     where = f"queue {queue!r}" if queue else "all queues"
     count = store.count_waiting(queue)
@@ -417,6 +415,7 @@ def metrics(
 ) -> None:
     """Serve the database-wide Prometheus gauges (queue depth, oldest waiting age, running
     tasks, live workers), read from PostgreSQL at each scrape. Stops on SIGTERM or Ctrl-C."""
+    # prometheus_client (16 ms) loads only for the commands that serve metrics.
     from prometheus_client import CollectorRegistry
 
     from pgq.metrics import MetricsServer, QueueCollector
@@ -447,7 +446,7 @@ def top(
     database_url: str | None = UrlOption,
 ) -> None:
     """A live view of queues, states, rates, workers and the latest failures (q quits)."""
-    from pgq.cli.top import run_top
+    from pgq.cli.top import run_top  # curses (20 ms) loads only for `pgq top`
 
     run_top(_store(ctx, app, database_url), interval=interval, queue=queue)
 

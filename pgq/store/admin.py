@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
+from pgq.serialization import loads
 from pgq.store.database import Database, describe_server, translate_errors
 from pgq.store.producer import Store
 from pgq.store.records import CONTROL_CHANNEL
@@ -134,8 +135,6 @@ class AdminStore(Store):
 
     def failures(self, task_id: str) -> list[Any]:
         """The failure history ``pgq retry`` kept for a task (oldest first)."""
-        from pgq.serialization import loads
-
         rows = self._rows("read_failures", {"id": task_id})
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")

@@ -346,7 +346,7 @@ class Database:
         cannot open one) and when this process keeps every connection busy: only the first is
         the server's fault. Any other timeout is left to ``translate_errors``.
         """
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool import PoolTimeout  # see _get_pool
 
         try:
             yield
@@ -369,6 +369,7 @@ class Database:
             return self._pool
         with self._lock:
             if self._pool is None or self._pool_pid != pid:
+                # psycopg_pool (8 ms) loads only in a process that pools: workers do not.
                 from psycopg_pool import ConnectionPool
 
                 if not self._schema_checked or self._pool_pid != pid:

@@ -138,12 +138,6 @@ class WorkerStore:
     def forget_dead_workers(self, seconds: float) -> None:
         self._rows("forget_dead_workers", {"seconds": seconds})
 
-    def claim_ready(
-        self, queues: Sequence[str], limit: int, lease_seconds: float
-    ) -> list[ClaimedTask]:
-        """PENDING/RETRY -> STARTED for up to ``limit`` due tasks of ``queues``."""
-        return self.finish_and_claim((), queues, limit, lease_seconds)
-
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """STARTED -> final state for the given outcomes (ignores tasks this worker lost);
         returns how many were recorded."""
