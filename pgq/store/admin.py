@@ -188,7 +188,7 @@ class AdminStore(Store):
     def retry_tasks(self, ids: Sequence[str]) -> list[str]:
         """FAILURE -> PENDING for exactly these ids, or NotRetriable and nothing changed."""
         wanted = list(dict.fromkeys(ids))
-        rows = self._run("retry_tasks", {"ids": wanted})
+        rows = self._run("retry_failed", {"ids": wanted, "queue": None, "name": None})
         if len(rows) == len(wanted):
             return [row[0] for row in rows]
         problems = []
@@ -203,7 +203,8 @@ class AdminStore(Store):
 
     def retry_dead(self, filters: Filters) -> list[str]:
         """FAILURE -> PENDING for every dead task matching the queue/name filters."""
-        rows = self._run("retry_dead", {"queue": filters.queue, "name": filters.name})
+        params = {"ids": None, "queue": filters.queue, "name": filters.name}
+        rows = self._run("retry_failed", params)
         return [row[0] for row in rows]
 
     def ask_to_shut_down(self, worker_ids: Sequence[str]) -> None:
