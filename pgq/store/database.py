@@ -241,7 +241,7 @@ class Database:
         self._schema_checked = False
         self._lock = threading.Lock()
         # Closes the pool if this Database is dropped (or the process exits) with it open.
-        self._pool_closer: weakref.finalize | None = None
+        self._pool_closer: weakref.finalize[[Any, int], Database] | None = None
 
     def __repr__(self) -> str:
         return f"<Database {describe_server(self.url)}>"
