@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     url = scratch_database(args.url, args.db_name)
     from bench.noop_tasks import app
     from pgq.ids import new_task_ids
-    from pgq.sql import query
+    from pgq.store.sql import query
 
     app.database_url = url
     calls: list[tuple[str, tuple[()], dict[str, Any], dict[str, Any]]]

@@ -31,7 +31,7 @@ def scratch_database(server_url: str, name: str = "pgq_bench") -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    from pgq.migrate import upgrade
+    from pgq.server.migrate import upgrade
 
     upgrade(url)
     return url

@@ -146,7 +146,7 @@ def kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iterator[Kit]:
-    from pgq.migrate import upgrade
+    from pgq.server.migrate import upgrade
 
     server = _server_url(tmp_path_factory)
     dbname = f"pgq_kit_{uuid.uuid4().hex[:10]}"

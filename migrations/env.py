@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from pgq.schema import SCHEMA, metadata
+from pgq.store.schema import SCHEMA, metadata
 
 config = context.config
 

@@ -20,17 +20,19 @@ import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import options as rules
-from pgq import serialization
-from pgq.database import Database, resolve_url
+from pgq import serialization, workflow
 from pgq.errors import ConfigurationError
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_id, new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
+from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import COPY_THRESHOLD, Like, NewTask, Store, as_task
+from pgq.store.database import Database
 
 __all__ = ["App", "Task"]
 
@@ -267,8 +269,6 @@ def resolve_timezone(value: str | tzinfo | None) -> tzinfo:
         return timezone.utc
     if isinstance(value, tzinfo):
         return value
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         return ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
@@ -474,8 +474,6 @@ class App:
         Every step's id is fixed here (kept where the signature already has one). See
         ``pgq.workflow`` for how the steps follow each other.
         """
-        from pgq import workflow
-
         plain = serialization.loads(serialization.dumps(sig))
         result_id = workflow.freeze(plain)
         rows = workflow.expand(self, plain, prepend=list(args))

@@ -30,7 +30,7 @@ Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-expor
     ├── TaskRevokedError          the task was revoked or expired
     └── ChordError                a chord's header task failed, so its body cannot run
 
-psycopg errors are translated into this tree at the store boundary (``pgq.database``), by
+psycopg errors are translated into this tree at the store boundary (``pgq.store.database``), by
 SQLSTATE: only a lost or refused connection is a ``ServerUnreachable`` (and only that is retried,
 for idempotent statements); a statement cancelled (statement timeout), rolled back (deadlock) or
 short of server resources is an ``OperationalError`` naming its cause; a statement the server

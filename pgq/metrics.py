@@ -4,10 +4,12 @@ Two sources, two endpoints:
 
 * ``TaskMetrics``: counters and a run-time histogram fed by the ``pgq.hooks`` seam
   (``task_enqueued``, ``task_started``, ``task_finished``). ``pgq worker --metrics-port`` serves
-  them. The worker's parent claims every task and stores every outcome its pool reports, so the
-  parent alone sees every start and end: no prometheus multiprocess mode (and no shared
-  directory of files) is needed for prefork workers. Receivers ignore events emitted in any
-  other process than the one that installed them (a prefork child inherits the receivers).
+  them. Each pool process (slot) claims its own tasks and writes their outcomes itself, and
+  reports the starts and the stored outcomes to the worker's parent over its pipe; the parent
+  emits ``task_started`` and ``task_finished`` for them, so the parent alone counts every start
+  and end: no prometheus multiprocess mode (and no shared directory of files) is needed for
+  prefork workers. Receivers ignore events emitted in any other process than the one that
+  installed them (a prefork child inherits the receivers).
 * ``QueueCollector``: database-wide gauges (queue depth, oldest waiting age, running tasks, live
   workers) computed by querying PostgreSQL at scrape time. ``pgq metrics --port`` serves them
   on their own, once for the whole installation (every worker serving them would multiply them
@@ -31,7 +33,7 @@ from pgq import hooks
 from pgq.errors import ConfigurationError, DatabaseError
 
 if TYPE_CHECKING:
-    from pgq.admin import AdminStore
+    from pgq.store.admin import AdminStore
 
 __all__ = ["DEFAULT_ADDR", "MetricsServer", "QueueCollector", "TaskMetrics", "RUNTIME_BUCKETS"]
 

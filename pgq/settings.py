@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from pgq.errors import ConfigurationError
 
 __all__ = ["ENVIRONMENT", "POOLER_MODES", "Settings", "default_home"]
@@ -25,8 +27,6 @@ POOLER_MODES = ("transaction",)
 
 def default_home() -> Path:
     """The per-user data folder that holds the embedded server when ``PGQ_HOME`` is unset."""
-    import platformdirs
-
     return Path(platformdirs.user_data_dir("pgq", appauthor=False))
 
 

@@ -101,7 +101,7 @@ def embedded_server(folder: Path) -> Any:
 @pytest.fixture(scope="session")
 def template_url(server_url: str) -> Iterator[str]:
     """A migrated database that module databases are cloned from."""
-    from pgq.migrate import upgrade
+    from pgq.server.migrate import upgrade
 
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')

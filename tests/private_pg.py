@@ -100,7 +100,7 @@ def private_server() -> Iterator[PrivateServer]:
     server = None
     try:
         server = PrivateServer(folder)
-        from pgq.migrate import upgrade
+        from pgq.server.migrate import upgrade
 
         upgrade(server.url)
         with psycopg.connect(server.url, autocommit=True) as conn:

@@ -244,7 +244,7 @@ def claimed(beat_app: pgq.App, store: WorkerStore, n: int) -> list[str]:
             for i in range(n)
         ]
     )
-    got = store.claim_ready(["celery"], n, 30)
+    got = store.finish_and_claim((), ["celery"], n, 30)
     assert {j.id for j in got} == set(ids)
     return ids
 

@@ -64,7 +64,7 @@ def run_one(app: Any, db_url: str, queues: tuple[str, ...] = ("celery",)) -> str
     store = WorkerStore(app.db, "unit-worker")
     store.connect()
     try:
-        [job] = store.claim_ready(list(queues), 1, 30)
+        [job] = store.finish_and_claim((), list(queues), 1, 30)
         report = run_job(app, job, "unit@host")
         if report.kind == FINISH:
             store.finish([Outcome(report.id, report.state, report.result, report.traceback)])
@@ -242,7 +242,7 @@ def test_a_retry_whose_expiry_has_passed_is_claimed_as_expired(app: Any, db_url:
     store = WorkerStore(app.db, "unit-worker")
     store.connect()
     try:
-        [job] = store.claim_ready(["celery"], 1, 30)
+        [job] = store.finish_and_claim((), ["celery"], 1, 30)
     finally:
         store.close()
     assert (job.id, job.expired) == (result.id, True)

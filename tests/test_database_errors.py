@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from pgq.database import Database, _translate
 from pgq.errors import DatabaseError, OperationalError, PoolExhausted, ServerUnreachable
 from pgq.store import NewTask, Store
+from pgq.store.database import Database, _translate
 
 TRAP = """
 CREATE SEQUENCE IF NOT EXISTS hardening_attempts;

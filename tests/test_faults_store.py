@@ -16,11 +16,11 @@ import pytest
 from conftest import task_row
 
 import pgq
-from pgq.database import Database
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings
 from pgq.settings import Settings
 from pgq.store import Outcome, RetryRequest, WorkerStore
+from pgq.store.database import Database
 from pgq.worker.slot import CurrentTask, Slot
 
 Conn = psycopg.Connection[Any]
@@ -105,8 +105,9 @@ def test_reconnecting_slot_gives_back_what_it_holds_but_does_not_run(
     elsewhere = enqueue(qapp, 1)[0]
     try:
         slot.store.connect(slot=True)
-        assert {t.id for t in slot.store.claim_ready(["celery"], 4, 60)} == {ran, to_retry, *lost}
-        assert [t.id for t in other.claim_ready(["celery"], 1, 60)] == [elsewhere]
+        claimed = slot.store.finish_and_claim((), ["celery"], 4, 60)
+        assert {t.id for t in claimed} == {ran, to_retry, *lost}
+        assert [t.id for t in other.finish_and_claim((), ["celery"], 1, 60)] == [elsewhere]
         slot._finished.append(Outcome(ran, "SUCCESS", "3", None))
         slot._retries.append(RetryRequest(to_retry, None, 0, None, None))
         slot.store.close()  # the connection is lost: the slot never learnt of `lost`
@@ -145,7 +146,7 @@ def test_outcomes_and_retries_written_again_change_nothing(
     )
     done, retried = enqueue(qapp, 2)
     conn.execute('UPDATE pgq.tasks SET options = \'{"chord": "body"}\' WHERE id = %s', (done,))
-    w.claim_ready(["celery"], 2, 60)
+    w.finish_and_claim((), ["celery"], 2, 60)
     assert w.finish([Outcome(done, "SUCCESS", "3", None)]) == 1
     first = row(conn, done)
     w.schedule_retries([RetryRequest(retried, None, 3600, None, None)])
@@ -172,9 +173,9 @@ def test_rows_of_an_unregistered_holder_are_rescued_though_renewed(
     ghost_slot = store_for(stores, db_url, "ghostworker/1")
     live_slot = store_for(stores, db_url, "liveworker/1")
     ghosts = enqueue(qapp, 2)
-    ghost_slot.claim_ready(["celery"], 2, 600)
+    ghost_slot.finish_and_claim((), ["celery"], 2, 600)
     kept = enqueue(qapp, 1)[0]
-    live_slot.claim_ready(["celery"], 1, 600)
+    live_slot.finish_and_claim((), ["celery"], 1, 600)
     # Someone renews every lease: no lease lapses.
     ghost_slot.renew_leases(["ghostworker/1", "liveworker/1"], 600)
 
@@ -194,13 +195,13 @@ def test_a_worker_rescues_rows_held_by_a_slot_it_no_longer_runs(
     register(parent)
     current, old = store_for(stores, db_url, "w/2"), store_for(stores, db_url, "w/1")
     mine = enqueue(qapp, 1)[0]
-    current.claim_ready(["celery"], 1, 600)
+    current.finish_and_claim((), ["celery"], 1, 600)
     stray = enqueue(qapp, 1)[0]
-    old.claim_ready(["celery"], 1, 600)
+    old.finish_and_claim((), ["celery"], 1, 600)
     parent.renew_leases(["w/1", "w/2"], 600)
     other = store_for(stores, db_url, "wx/1")  # another worker's id that starts alike
     foreign = enqueue(qapp, 1)[0]
-    other.claim_ready(["celery"], 1, 600)
+    other.finish_and_claim((), ["celery"], 1, 600)
 
     rescue = Rescue(parent, RescueSettings(grace=600), slots=lambda: ["w/2"])
     assert rescue.run_once() == [(stray, "PENDING")]

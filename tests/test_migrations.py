@@ -1,4 +1,5 @@
-"""The schema's one source of truth: Alembic migrations produce exactly ``pgq.schema.metadata``.
+"""The schema's one source of truth: Alembic migrations produce exactly the metadata of
+``pgq.store.schema``.
 
 Also what a user meets around migrations: ``pgq migrate --sql`` without a server, and the
 ``SchemaError`` naming ``pgq migrate`` that a producer or worker gets on an unmigrated database.
@@ -22,12 +23,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 import pgq
-from pgq.database import Database, sqlalchemy_url
 from pgq.errors import SchemaError
-from pgq.migrate import alembic_config, downgrade, upgrade, upgrade_if_needed
-from pgq.schema import SCHEMA_REVISION
+from pgq.server.migrate import alembic_config, downgrade, upgrade, upgrade_if_needed
 from pgq.settings import Settings
 from pgq.store import WorkerStore
+from pgq.store.database import Database, sqlalchemy_url
+from pgq.store.revision import SCHEMA_REVISION
 
 
 def alembic_check(url: str) -> None:
@@ -85,7 +86,7 @@ def test_schema_revision_is_the_alembic_head(empty_db_url: str) -> None:
 def test_upgrade_head_matches_the_metadata(empty_db_url: str) -> None:
     upgrade(empty_db_url)
     assert revision_of(empty_db_url) == SCHEMA_REVISION
-    alembic_check(empty_db_url)  # raises if the migrations and pgq.schema disagree
+    alembic_check(empty_db_url)  # raises if the migrations and pgq.store.schema disagree
 
 
 def test_alembic_check_notices_a_difference(empty_db_url: str) -> None:

@@ -201,7 +201,7 @@ def test_views_answer_the_operators_questions(
 def test_downgrade_to_0001_drops_the_views_and_history(empty_db_url: str) -> None:
     from test_migrations import alembic_check, regclass
 
-    from pgq.migrate import downgrade, upgrade
+    from pgq.server.migrate import downgrade, upgrade
 
     upgrade(empty_db_url)
     assert regclass(empty_db_url, "pgq.queue_stats") == "pgq.queue_stats"

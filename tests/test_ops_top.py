@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from conftest import HERE, pgq_command, wait_for, wait_state, worker_env
 
-from pgq.top import Snapshot, render
+from pgq.cli.top import Snapshot, render
 
 pytestmark = pytest.mark.e2e
 

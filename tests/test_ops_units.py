@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pgq._format import Column, age, parse_since, table
+from pgq.cli._format import Column, age, parse_since, table
 
 
 @pytest.mark.parametrize(

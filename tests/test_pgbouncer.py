@@ -34,10 +34,11 @@ import pytest
 from conftest import HERE, WorkerProcess, wait_for, worker_env
 from psycopg.conninfo import conninfo_to_dict
 
-from pgq.database import Database, describe_server, resolve_url, split_options
 from pgq.errors import ConfigurationError
-from pgq.migrate import upgrade
+from pgq.server import resolve_url
+from pgq.server.migrate import upgrade
 from pgq.settings import Settings
+from pgq.store.database import Database, describe_server, split_options
 
 TASKS = 400  # many more than psycopg's prepare threshold (5) per connection
 SPAWNED = 100  # enqueued by a task running in the worker, through the worker's own pool

@@ -71,4 +71,26 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "pgq/_migrations/env.py" in names
     assert any(n.startswith("pgq/_migrations/versions/0001_") for n in names)
-    assert "pgq/sql/queries.sql" in names
+    assert "pgq/store/sql/queries.sql" in names
+
+
+def test_import_pgq_loads_neither_sqlalchemy_nor_alembic() -> None:
+    # Every producer, worker and CLI call pays for what `import pgq` loads: SQLAlchemy and
+    # Alembic belong to migrations (pgq.server.migrate, pgq.store.schema) only.
+    code = "import sys, pgq, pgq.cli; print(sorted({'sqlalchemy', 'alembic'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_store_imports_nothing_above_it() -> None:
+    # The store is the bottom layer: nothing in pgq/store imports the engine, the server
+    # start-up policy, the CLI or the compat layer.
+    above = re.compile(r"^\s*(from|import) pgq\.(app|worker|maintenance|server|cli|compat)\b", re.M)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "pgq" / "store").rglob("*.py")
+        if above.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

@@ -60,7 +60,7 @@ def private_server() -> Iterator[PrivateServer]:
     # which locks the server's own (non-root) user out of its folder when it restarts.
     folder = Path(tempfile.mkdtemp(prefix="pgq-test-restart-"))
     server = PrivateServer(folder)
-    from pgq.migrate import upgrade
+    from pgq.server.migrate import upgrade
 
     upgrade(server.url)
     with psycopg.connect(server.url, autocommit=True) as conn:

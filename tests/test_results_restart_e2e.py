@@ -18,9 +18,9 @@ from conftest import wait_for
 from test_restart_e2e import PrivateServer
 
 from pgq import App
-from pgq.database import Database
 from pgq.errors import ServerUnreachable
 from pgq.store import NewTask, Store
+from pgq.store.database import Database
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def private_server() -> Iterator[PrivateServer]:
     folder = Path(tempfile.mkdtemp(prefix="pgq-test-restart-"))
     server = PrivateServer(folder)
     try:
-        from pgq.migrate import upgrade
+        from pgq.server.migrate import upgrade
 
         upgrade(server.url)
         yield server

@@ -24,7 +24,7 @@ from conftest import (
 from conftest import worker_env as base_env
 from psycopg import sql
 
-from pgq.roles import RoleNames, relations_in_code
+from pgq.store.roles import RoleNames, relations_in_code
 
 pytestmark = pytest.mark.e2e
 
@@ -293,7 +293,7 @@ def test_migrate_on_an_empty_database_without_create_says_so(
 
 def test_a_member_of_the_owner_role_migrates_down_and_up(roles: Roles, conn: Any) -> None:
     """Migrations run as the owner role: what they create belongs to it and reaches workers."""
-    from pgq.migrate import downgrade
+    from pgq.server.migrate import downgrade
 
     url = roles.url("owner")
     downgrade(url, revision="0002", roles=roles.names)

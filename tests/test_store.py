@@ -27,15 +27,15 @@ from sqlalchemy.pool import NullPool
 
 import pgq
 from pgq import hooks
-from pgq.database import Database, sqlalchemy_url
 from pgq.errors import EncodeError, TaskFailed, TaskRevokedError
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings
 from pgq.serialization import dumps, exception_to_json
 from pgq.settings import Settings
-from pgq.sql import query
 from pgq.store import Outcome, RetryRequest, WorkerStore
+from pgq.store.database import Database, sqlalchemy_url
+from pgq.store.sql import query
 
 Conn = psycopg.Connection[Any]
 
@@ -732,7 +732,7 @@ def test_claim_marks_rows_started_by_this_worker(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp, queue="q")
-    (claimed,) = w1.claim_ready(["q"], 10, 30)
+    (claimed,) = w1.finish_and_claim((), ["q"], 10, 30)
     assert claimed.id == task_id
     assert claimed.name == "store.add"
     assert claimed.queue == "q"
@@ -745,7 +745,7 @@ def test_claim_marks_rows_started_by_this_worker(
     assert row["worker"] == "w1"
     assert row["started_at"] is not None
     assert row["lease_expires_at"] - row["started_at"] == timedelta(seconds=30)
-    assert w1.claim_ready(["q"], 10, 30) == []  # a started task is not claimed twice
+    assert w1.finish_and_claim((), ["q"], 10, 30) == []  # a started task is not claimed twice
 
 
 def test_claim_honours_priority_then_run_at(qapp: pgq.App, clean: None, w1: WorkerStore) -> None:
@@ -754,9 +754,9 @@ def test_claim_honours_priority_then_run_at(qapp: pgq.App, clean: None, w1: Work
     high_old = enqueue(qapp, priority=1, eta=past(200))
     top = enqueue(qapp, priority=0, eta=past(1))
     mid = enqueue(qapp, priority=3, eta=past(100))
-    order = [w1.claim_ready(["celery"], 1, 30)[0].id for _ in range(5)]
+    order = [w1.finish_and_claim((), ["celery"], 1, 30)[0].id for _ in range(5)]
     assert order == [top, high_old, high_new, mid, low_old]
-    assert w1.claim_ready(["celery"], 1, 30) == []
+    assert w1.finish_and_claim((), ["celery"], 1, 30) == []
 
 
 def test_claim_batch_takes_the_best_rows_across_queues(
@@ -767,7 +767,7 @@ def test_claim_batch_takes_the_best_rows_across_queues(
     for _ in range(3):
         enqueue(qapp, queue="a", priority=9)
         enqueue(qapp, queue="b", priority=9)
-    claimed = w1.claim_ready(["a", "b"], 2, 30)
+    claimed = w1.finish_and_claim((), ["a", "b"], 2, 30)
     assert {c.id for c in claimed} == {best_a, best_b}
 
 
@@ -776,9 +776,9 @@ def test_claim_never_returns_more_than_limit(
 ) -> None:
     for _ in range(7):
         enqueue(qapp)
-    assert len(w1.claim_ready(["celery"], 3, 30)) == 3
-    assert len(w1.claim_ready(["celery"], 3, 30)) == 3
-    assert len(w1.claim_ready(["celery"], 3, 30)) == 1
+    assert len(w1.finish_and_claim((), ["celery"], 3, 30)) == 3
+    assert len(w1.finish_and_claim((), ["celery"], 3, 30)) == 3
+    assert len(w1.finish_and_claim((), ["celery"], 3, 30)) == 1
     started = conn.execute("SELECT count(*) FROM pgq.tasks WHERE state = 'STARTED'").fetchone()
     assert started == (7,)
 
@@ -786,26 +786,26 @@ def test_claim_never_returns_more_than_limit(
 def test_claim_only_the_given_queues(qapp: pgq.App, clean: None, w1: WorkerStore) -> None:
     enqueue(qapp, queue="mine")
     other = enqueue(qapp, queue="theirs")
-    assert [c.queue for c in w1.claim_ready(["mine"], 10, 30)] == ["mine"]
-    assert w1.claim_ready(["mine"], 10, 30) == []
-    assert [c.id for c in w1.claim_ready(["theirs"], 10, 30)] == [other]
+    assert [c.queue for c in w1.finish_and_claim((), ["mine"], 10, 30)] == ["mine"]
+    assert w1.finish_and_claim((), ["mine"], 10, 30) == []
+    assert [c.id for c in w1.finish_and_claim((), ["theirs"], 10, 30)] == [other]
 
 
 def test_claim_skips_tasks_not_due(qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore) -> None:
     later = enqueue(qapp, countdown=3600)
-    assert w1.claim_ready(["celery"], 10, 30) == []
+    assert w1.finish_and_claim((), ["celery"], 10, 30) == []
     row = task_row(conn, later)
     assert row is not None and row["state"] == "PENDING"
     conn.execute(
         "UPDATE pgq.tasks SET run_at = now() - interval '1 second' WHERE id = %s", (later,)
     )
-    assert [c.id for c in w1.claim_ready(["celery"], 10, 30)] == [later]
+    assert [c.id for c in w1.finish_and_claim((), ["celery"], 10, 30)] == [later]
 
 
 def test_claim_reports_expired_tasks(qapp: pgq.App, clean: None, w1: WorkerStore) -> None:
     expired = enqueue(qapp, expires=datetime(2000, 1, 1, tzinfo=timezone.utc))
     fresh = enqueue(qapp, expires=3600)
-    claimed = {c.id: c.expired for c in w1.claim_ready(["celery"], 10, 30)}
+    claimed = {c.id: c.expired for c in w1.finish_and_claim((), ["celery"], 10, 30)}
     assert claimed == {expired: True, fresh: False}
 
 
@@ -817,9 +817,9 @@ def test_claim_skips_rows_locked_by_another_transaction(
     with psycopg.connect(db_url) as holder:
         holder.execute("SELECT 1 FROM pgq.tasks WHERE id = %s FOR UPDATE", (locked,))
         # SKIP LOCKED: the claim neither waits for the lock nor takes the locked row.
-        assert {c.id for c in w1.claim_ready(["celery"], 10, 30)} == others
+        assert {c.id for c in w1.finish_and_claim((), ["celery"], 10, 30)} == others
         holder.rollback()
-    assert [c.id for c in w1.claim_ready(["celery"], 10, 30)] == [locked]
+    assert [c.id for c in w1.finish_and_claim((), ["celery"], 10, 30)] == [locked]
 
 
 def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the_statistics(
@@ -829,7 +829,7 @@ def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the
     # finish must still look its outcomes up through the primary key: a scan of the whole
     # table per turn made every turn slower as the table grew (pg_stat showed one per turn).
     qapp.send_many([("store.anything", [i], {}, {}) for i in range(5000)])
-    claimed = w1.claim_ready(["celery"], 200, 30)
+    claimed = w1.finish_and_claim((), ["celery"], 200, 30)
     assert len(claimed) == 200
     outcomes = json.dumps([[c.id, "SUCCESS", "null", None] for c in claimed])
     params = {
@@ -877,9 +877,9 @@ def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_
 def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
     qapp: pgq.App, db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch, replan_seconds: float
 ) -> None:
-    import pgq.store
+    import pgq.store.worker
 
-    monkeypatch.setattr(pgq.store, "REPLAN_SECONDS", replan_seconds)
+    monkeypatch.setattr(pgq.store.worker, "REPLAN_SECONDS", replan_seconds)
     slot = WorkerStore(Database(db_url), "w1/1")
     slot.connect(slot=True)
     assert slot._conn is not None
@@ -936,7 +936,7 @@ def test_concurrent_workers_claim_disjoint_rows(
     def drain(store: WorkerStore) -> None:
         try:
             start.wait(timeout=30)
-            while batch := store.claim_ready(["celery"], 7, 30):
+            while batch := store.finish_and_claim((), ["celery"], 7, 30):
                 claimed[store.worker_id].extend(c.id for c in batch)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -962,7 +962,7 @@ def test_finish_records_the_outcome(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     ok, bad = enqueue(qapp), enqueue(qapp)
-    w1.claim_ready(["celery"], 10, 30)
+    w1.finish_and_claim((), ["celery"], 10, 30)
     done = w1.finish(
         [
             Outcome(ok, "SUCCESS", "3", None),
@@ -985,7 +985,7 @@ def test_finish_by_another_worker_is_ignored(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, w2: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w2.finish([Outcome(task_id, "SUCCESS", '"w2 says"', None)]) == 0
     row = task_row(conn, task_id)
     assert row is not None
@@ -1000,7 +1000,7 @@ def test_finish_twice_changes_nothing_the_second_time(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w1.finish([Outcome(task_id, "SUCCESS", "1", None)]) == 1
     assert w1.finish([Outcome(task_id, "FAILURE", "2", None)]) == 0
     row = task_row(conn, task_id)
@@ -1017,7 +1017,7 @@ def test_schedule_retries_sets_retry_state_and_future_run_at(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     error = dumps(exception_to_json(ConnectionError("flap")))
     (run_at_epoch,) = w1.schedule_retries([RetryRequest(task_id, None, 120, error, "tb")])
     row = task_row(conn, task_id)
@@ -1030,7 +1030,7 @@ def test_schedule_retries_sets_retry_state_and_future_run_at(
     assert row["result"]["exc_type"] == "ConnectionError"
     assert row["traceback"] == "tb"
     assert row["lease_expires_at"] is None and row["finished_at"] is None
-    assert w1.claim_ready(["celery"], 1, 30) == []  # not due yet
+    assert w1.finish_and_claim((), ["celery"], 1, 30) == []  # not due yet
 
 
 def test_a_retry_moved_to_another_queue_wakes_that_queue_when_due(
@@ -1039,7 +1039,7 @@ def test_a_retry_moved_to_another_queue_wakes_that_queue_when_due(
     # self.retry(queue=...): the row moves, and an idle worker of the new queue is woken (a
     # retry that stays in its queue is found by the worker that is running it).
     ids = [enqueue(qapp) for _ in range(3)]
-    w1.claim_ready(["celery"], 3, 30)
+    w1.finish_and_claim((), ["celery"], 3, 30)
     notifications_until_sentinel(listener, conn)  # the enqueues' own
     moved = json.dumps({"queue": "elsewhere", "priority": 4, "time_limit": 9})
     later = json.dumps({"queue": "tomorrow"})
@@ -1065,13 +1065,13 @@ def test_schedule_retries_with_eta_and_claim_again(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     eta = past(1)
     w1.schedule_retries([RetryRequest(task_id, eta, None, None, None)])
     row = task_row(conn, task_id)
     assert row is not None
     assert (row["state"], row["run_at"]) == ("RETRY", eta)
-    (again,) = w1.claim_ready(["celery"], 1, 30)
+    (again,) = w1.finish_and_claim((), ["celery"], 1, 30)
     assert again.id == task_id
     assert again.retries == 1
 
@@ -1080,7 +1080,7 @@ def test_schedule_retries_by_another_worker_is_ignored(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, w2: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w2.schedule_retries([RetryRequest(task_id, None, 1, None, None)]) == []
     row = task_row(conn, task_id)
     assert row is not None
@@ -1091,14 +1091,14 @@ def test_requeue_not_lost_returns_to_pending(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w1.requeue([task_id], lost=False, max_rescues=0, lost_result="{}") == [
         (task_id, "PENDING")
     ]
     row = task_row(conn, task_id)
     assert row is not None
     assert (row["state"], row["rescues"], row["lease_expires_at"]) == ("PENDING", 0, None)
-    assert [c.id for c in w1.claim_ready(["celery"], 1, 30)] == [task_id]
+    assert [c.id for c in w1.finish_and_claim((), ["celery"], 1, 30)] == [task_id]
 
 
 def test_requeue_lost_counts_rescues_and_fails_past_the_limit(
@@ -1106,13 +1106,13 @@ def test_requeue_lost_counts_rescues_and_fails_past_the_limit(
 ) -> None:
     task_id = enqueue(qapp)
     lost = dumps(exception_to_json(RuntimeError("lost")))
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w1.requeue([task_id], lost=True, max_rescues=1, lost_result=lost) == [
         (task_id, "PENDING")
     ]
     row = task_row(conn, task_id)
     assert row is not None and row["rescues"] == 1
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert w1.requeue([task_id], lost=True, max_rescues=1, lost_result=lost) == [
         (task_id, "FAILURE")
     ]
@@ -1128,9 +1128,9 @@ def test_rescue_puts_a_lapsed_lease_back_in_the_queue(
 ) -> None:
     task_id = enqueue(qapp)
     healthy = enqueue(qapp)
-    (orphan,) = w1.claim_ready(["celery"], 1, -1)  # the lease lapses at once
+    (orphan,) = w1.finish_and_claim((), ["celery"], 1, -1)  # the lease lapses at once
     assert orphan.id == task_id
-    w1.claim_ready(["celery"], 1, 600)  # a healthy lease: left alone
+    w1.finish_and_claim((), ["celery"], 1, 600)  # a healthy lease: left alone
     rescued = Rescue(w2, RescueSettings(max_rescues=1)).run_once()
     assert rescued == [(task_id, "PENDING")]
     row = task_row(conn, task_id)
@@ -1140,7 +1140,7 @@ def test_rescue_puts_a_lapsed_lease_back_in_the_queue(
     assert row is not None and row["state"] == "STARTED"
     # The worker that lost it cannot finish it any more.
     assert w1.finish([Outcome(task_id, "SUCCESS", "1", None)]) == 0
-    assert [c.id for c in w2.claim_ready(["celery"], 1, 30)] == [task_id]
+    assert [c.id for c in w2.finish_and_claim((), ["celery"], 1, 30)] == [task_id]
 
 
 def test_rescue_past_max_rescues_fails_with_worker_lost_error(
@@ -1148,7 +1148,7 @@ def test_rescue_past_max_rescues_fails_with_worker_lost_error(
 ) -> None:
     task_id = enqueue(qapp)
     conn.execute("UPDATE pgq.tasks SET rescues = 1 WHERE id = %s", (task_id,))
-    w1.claim_ready(["celery"], 1, -1)
+    w1.finish_and_claim((), ["celery"], 1, -1)
     assert Rescue(w1, RescueSettings(max_rescues=1)).run_once() == [(task_id, "FAILURE")]
     row = task_row(conn, task_id)
     assert row is not None
@@ -1157,7 +1157,7 @@ def test_rescue_past_max_rescues_fails_with_worker_lost_error(
     assert row["result"]["exc_module"] == "pgq.errors"
     assert row["finished_at"] is not None
     assert row["lease_expires_at"] is None
-    assert w1.claim_ready(["celery"], 1, 30) == []
+    assert w1.finish_and_claim((), ["celery"], 1, 30) == []
 
 
 def test_rescue_twice_in_a_row_with_max_one(
@@ -1165,9 +1165,9 @@ def test_rescue_twice_in_a_row_with_max_one(
 ) -> None:
     task_id = enqueue(qapp)
     rescue = Rescue(w1, RescueSettings(max_rescues=1))
-    w1.claim_ready(["celery"], 1, -1)
+    w1.finish_and_claim((), ["celery"], 1, -1)
     assert rescue.run_once() == [(task_id, "PENDING")]
-    w1.claim_ready(["celery"], 1, -1)
+    w1.finish_and_claim((), ["celery"], 1, -1)
     assert rescue.run_once() == [(task_id, "FAILURE")]
     assert rescue.run_once() == []
 
@@ -1178,7 +1178,7 @@ def test_rescue_twice_in_a_row_with_max_one(
 
 
 def finish_all(w: WorkerStore, ids: list[str]) -> None:
-    claimed = {c.id for c in w.claim_ready(["celery"], len(ids) + 10, 30)}
+    claimed = {c.id for c in w.finish_and_claim((), ["celery"], len(ids) + 10, 30)}
     assert set(ids) <= claimed
     assert w.finish([Outcome(i, "SUCCESS", "null", None) for i in ids]) == len(ids)
 
@@ -1254,7 +1254,7 @@ def test_heartbeat_pushes_the_lease_and_the_worker_row(
 ) -> None:
     register(w1)
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 5)
+    w1.finish_and_claim((), ["celery"], 1, 5)
     before = task_row(conn, task_id)
     assert before is not None
     Heartbeat(
@@ -1277,7 +1277,7 @@ def test_heartbeat_does_not_renew_another_workers_lease(
 ) -> None:
     register(w2)
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 5)
+    w1.finish_and_claim((), ["celery"], 1, 5)
     before = task_row(conn, task_id)
     assert before is not None
     Heartbeat(
@@ -1294,7 +1294,7 @@ def test_lease_renewal_never_waits_for_a_row_its_slot_is_writing(
     """A slot finishing its batch holds its rows' locks; renewal skips them instead of waiting
     (waiting, in another row order than the slot's, could deadlock)."""
     busy, idle = enqueue(qapp), enqueue(qapp)
-    w1.claim_ready(["celery"], 2, 5)
+    w1.finish_and_claim((), ["celery"], 2, 5)
     before = task_row(conn, idle)
     assert before is not None
     with psycopg.connect(db_url) as slot:  # the slot's open transaction, mid-write
@@ -1313,7 +1313,7 @@ def test_heartbeat_keeps_a_task_from_being_rescued(
 ) -> None:
     register(w1)
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, -1)
+    w1.finish_and_claim((), ["celery"], 1, -1)
     Heartbeat(
         w1, HeartbeatSettings(interval=1, lease_seconds=600), lambda: ["w1"], lambda: 0
     ).run_once()
@@ -1339,7 +1339,7 @@ def test_revoke_pending_task_makes_it_unclaimable(
     assert row["state"] == "REVOKED"
     assert row["finished_at"] is not None
     assert row["result"]["exc_type"] == "TaskRevokedError"
-    assert w1.claim_ready(["celery"], 10, 30) == []
+    assert w1.finish_and_claim((), ["celery"], 10, 30) == []
     assert qapp.result(task_id).state == "REVOKED"
 
 
@@ -1349,7 +1349,7 @@ def test_revoke_held_task_asks_its_worker_and_marks_it_without_terminate(
     """Without terminate a claimed task stays its worker's: the worker is told to skip it, and
     the mark makes any later claimer skip it too (after a give-back)."""
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     w1.drain_notifications()
     assert qapp.store.revoke(task_id, terminate=False, result=REVOKED_RESULT) is False
     row = task_row(conn, task_id)
@@ -1360,7 +1360,7 @@ def test_revoke_held_task_asks_its_worker_and_marks_it_without_terminate(
     assert w1.requeue([task_id], lost=False, max_rescues=5, lost_result="null") == [
         (task_id, "PENDING")
     ]
-    (again,) = w2.claim_ready(["celery"], 1, 30)
+    (again,) = w2.finish_and_claim((), ["celery"], 1, 30)
     assert json.loads(again.options)["revoked"] is True
 
 
@@ -1368,7 +1368,7 @@ def test_revoke_running_task_needs_terminate(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     assert qapp.store.revoke(task_id, terminate=False, result=REVOKED_RESULT) is False
     row = task_row(conn, task_id)
     assert row is not None and row["state"] == "STARTED"
@@ -1396,7 +1396,7 @@ def test_wait_returns_when_another_connection_finishes_the_task(
     qapp: pgq.App, clean: None, w1: WorkerStore
 ) -> None:
     task_id = enqueue(qapp)
-    w1.claim_ready(["celery"], 1, 30)
+    w1.finish_and_claim((), ["celery"], 1, 30)
     waiting = threading.Event()
     calls = 0
 
@@ -1458,7 +1458,7 @@ def test_result_get_returns_the_value_or_raises_the_failure(
     qapp: pgq.App, clean: None, w1: WorkerStore
 ) -> None:
     ok, bad = enqueue(qapp), enqueue(qapp)
-    w1.claim_ready(["celery"], 10, 30)
+    w1.finish_and_claim((), ["celery"], 10, 30)
     w1.finish(
         [
             Outcome(ok, "SUCCESS", '{"total": 3}', None),
@@ -1544,7 +1544,7 @@ def test_the_connection_kept_at_hand_goes_back_to_the_pool_in_time(
     qapp: pgq.App, conn: Conn, clean: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # So that the pool's own checks (a connection's maximum lifetime) still reach it.
-    from pgq import database
+    from pgq.store import database
 
     enqueue(qapp)
     assert qapp.db._held is not None  # kept between borrowings

@@ -25,7 +25,6 @@ import pgq
 from pgq import serialization
 from pgq.backoff import exponential_backoff, retry_countdown
 from pgq.context import current_request
-from pgq.database import normalize_url
 from pgq.errors import (
     ConfigurationError,
     EncodeError,
@@ -36,8 +35,9 @@ from pgq.errors import (
 )
 from pgq.ids import new_task_id, new_task_ids
 from pgq.settings import Settings
-from pgq.sql import query
 from pgq.store import ClaimedTask
+from pgq.store.database import normalize_url
+from pgq.store.sql import query
 from pgq.worker.runner import run_job
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_normalize_url_rejects_other_brokers(url: str) -> None:
 
 
 def _query_names() -> list[str]:
-    text = resources.files("pgq.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = resources.files("pgq.store.sql").joinpath("queries.sql").read_text(encoding="utf-8")
     return re.findall(r"^-- name: (\w+)\s*$", text, flags=re.MULTILINE)
 
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from conftest import task_row, wait_for, wait_state, worker_env
 
-from pgq.database import Database
 from pgq.store import WorkerStore
+from pgq.store.database import Database
 
 pytestmark = pytest.mark.e2e
 
@@ -425,7 +425,7 @@ def test_a_revoked_task_its_worker_gave_back_is_not_run_by_the_next(
     ghost = WorkerStore(Database(db_url), "ghost")
     ghost.connect()
     try:
-        assert [c.id for c in ghost.claim_ready(["celery"], 1, 30)] == [result.id]
+        assert [c.id for c in ghost.finish_and_claim((), ["celery"], 1, 30)] == [result.id]
         assert app.store.revoke(result.id, terminate=False, result="null") is False
         ghost.requeue([result.id], lost=False, max_rescues=5, lost_result="null")
     finally:

@@ -38,7 +38,7 @@ class PgqSystem(PostgresSystem):
     unsettled_query = "SELECT count(*) FROM pgq.tasks WHERE finished_at IS NULL"
 
     def install_schema(self) -> None:
-        from pgq.migrate import upgrade
+        from pgq.server.migrate import upgrade
 
         upgrade(self.url)
 
@@ -82,7 +82,7 @@ class PgqSystem(PostgresSystem):
 
     def _app(self) -> Any:
         from bench.noop_tasks import app
-        from pgq.migrate import upgrade_if_needed
+        from pgq.server.migrate import upgrade_if_needed
 
         # The checkout may have gained a migration since set-up (a long run, a pull).
         upgrade_if_needed(self.url)

@@ -23,7 +23,6 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from types import ModuleType
 from typing import Any
 
-from pgq.admin import AdminStore, Filters
 from pgq.app import App, resolve_timezone
 from pgq.compat import _state
 from pgq.compat.canvas import builtin_map, builtin_starmap
@@ -33,6 +32,7 @@ from pgq.compat.task import Task
 from pgq.errors import ConfigurationError
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
+from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["Celery", "Settings", "shared_task"]
 

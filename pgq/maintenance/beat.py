@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from pgq.beat_store import BeatStore, EntryCursor, LostLease
 from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
 from pgq.maintenance import Periodic
 from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
+from pgq.store.beat import BeatStore, EntryCursor, LostLease
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -82,11 +82,10 @@ class Beat(Periodic):
         now: Callable[[], datetime] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(clock)
+        super().__init__(settings.renew_interval, clock)
         self.app = app
         self.entries = {e.name: e for e in entries}
         self.settings = settings
-        self.interval = settings.renew_interval
         self.tz = tz
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.store = BeatStore(app.db, settings.scheduler, self.holder)

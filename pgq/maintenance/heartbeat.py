@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgq.maintenance import Periodic
+from pgq.maintenance import WorkerJob
 from pgq.store import WorkerStore
 
 __all__ = ["Heartbeat", "HeartbeatSettings"]
@@ -18,7 +18,7 @@ class HeartbeatSettings:
     lease_seconds: float = 30.0
 
 
-class Heartbeat(Periodic):
+class Heartbeat(WorkerJob[HeartbeatSettings]):
     """Renews the lease of every task this worker's slots hold, and its pgq.workers row."""
 
     def __init__(
@@ -30,10 +30,7 @@ class Heartbeat(Periodic):
         clock: Callable[[], float] = time.monotonic,
         register: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(clock)
-        self.store = store
-        self.settings = settings
-        self.interval = settings.interval
+        super().__init__(store, settings, clock)
         self._holders = holders
         self._tasks_done = tasks_done
         self._register = register

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgq.maintenance import Periodic
-from pgq.store import WorkerStore
+from pgq.maintenance import WorkerJob
 
 __all__ = ["Prune", "PruneSettings"]
 
@@ -21,19 +18,8 @@ class PruneSettings:
     max_batches: int = 10
 
 
-class Prune(Periodic):
+class Prune(WorkerJob[PruneSettings]):
     """Deletes up to ``batch * max_batches`` expired rows per pass, oldest first."""
-
-    def __init__(
-        self,
-        store: WorkerStore,
-        settings: PruneSettings,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(clock)
-        self.store = store
-        self.settings = settings
-        self.interval = settings.interval
 
     def run_once(self) -> int:
         total = 0

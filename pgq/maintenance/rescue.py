@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgq.errors import WorkerLostError
-from pgq.maintenance import Periodic
+from pgq.maintenance import WorkerJob
 from pgq.serialization import dumps, exception_to_json
 from pgq.store import WorkerStore
 
@@ -48,7 +48,7 @@ def lost_result(max_rescues: int) -> str:
     )
 
 
-class Rescue(Periodic):
+class Rescue(WorkerJob[RescueSettings]):
     """Puts tasks with a lapsed lease back in the queue."""
 
     def __init__(
@@ -60,10 +60,7 @@ class Rescue(Periodic):
     ) -> None:
         """``slots``: the slot ids the store's worker runs now (and is giving back); given, the
         rescue also puts back rows held under the worker's id by any other slot id."""
-        super().__init__(clock)
-        self.store = store
-        self.settings = settings
-        self.interval = settings.interval
+        super().__init__(store, settings, clock)
         self._lost_result = lost_result(settings.max_rescues)
         self._slots = slots
 

@@ -18,6 +18,7 @@ No process outlives the worker, whatever its tasks do:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pgq.hooks import connect, emit
 from pgq.worker.slot import CurrentTask, Slot
 
 if TYPE_CHECKING:
@@ -255,8 +257,6 @@ def _kill_group(pid: int | None, *, leader_alive: bool = True) -> None:
 def _arm_death_signal() -> None:
     """SIGKILL this process when the thread that forked it ends (Linux; a no-op elsewhere)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the child instead
@@ -291,8 +291,6 @@ def _contain_forks(task_process: int) -> None:
     if _contained:  # hooks and receivers are inherited by forks: install them once
         return
     _contained = True
-    from pgq.hooks import connect
-
     os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
     # The first events a task's return reaches, on every path out of the task function.
     for event in ("task_success", "task_failure", "task_retry", "task_postrun"):
@@ -335,8 +333,6 @@ def _process_main(slot: Slot, parent_pid: int) -> None:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    from pgq.hooks import emit
-
     emit("worker_process_init")
     try:
         slot.run()

@@ -1,8 +1,9 @@
 """Running one claimed task where it executes (a child process or a pool thread).
 
-``run_job`` turns a claimed row into a ``Report``: what happened, encoded and ready for the
-worker's parent to write back in a batch. It never raises: a bad row, an unknown name or a task
-that blows up all become a FAILURE report, so the process running tasks keeps going.
+``run_job`` turns a claimed row into a ``Report``: what happened, encoded and ready for the slot
+that claimed it to write back with its next claim (``finish_and_claim``). It never raises: a bad
+row, an unknown name or a task that blows up all become a FAILURE report, so the process running
+tasks keeps going.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ REQUEUE = "requeue"  # back to the queue as it was (Reject(requeue=True))
 
 
 class Report(NamedTuple):
-    """What a task run produced, in the form the parent writes to the database."""
+    """What a task run produced, in the form its slot writes to the database."""
 
     kind: str
     id: str
@@ -333,8 +334,6 @@ def _safely(hook: Callable[..., Any], *args: Any) -> None:
     try:
         hook(*args)
     except Exception:  # noqa: BLE001 - a broken hook must not lose the task's outcome
-        import logging
-
         logging.getLogger("pgq.worker").error(
             "error in task hook %s:\n%s", getattr(hook, "__name__", hook), tb_module.format_exc()
         )

@@ -19,7 +19,9 @@ Messages on the slot's pipe (tuples):
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import select
 import time
 from collections.abc import Callable, Sequence
@@ -60,9 +62,6 @@ class CurrentTask:
     SIZE = 512
 
     def __init__(self) -> None:
-        import ctypes
-        import multiprocessing
-
         self._buf: Any = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
 
     def set(self, task_id: str) -> None:

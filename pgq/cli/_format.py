@@ -9,7 +9,18 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["Column", "age", "clock", "parse_since", "table", "to_json", "truncate"]
+__all__ = [
+    "QUEUE_COLUMNS",
+    "WORKER_COLUMNS",
+    "Column",
+    "age",
+    "clock",
+    "parse_since",
+    "pick",
+    "table",
+    "to_json",
+    "truncate",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -95,3 +106,36 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
+
+
+def pick(columns: Sequence[Column], *keys: str) -> list[Column]:
+    """The columns of these keys, in this order (a narrower view of a table, as ``pgq top``)."""
+    by_key = {c.key: c for c in columns}
+    return [by_key[key] for key in keys]
+
+
+# The tables of the admin store's queue and worker rows (`pgq inspect queues|workers`; `pgq top`
+# picks from them).
+QUEUE_COLUMNS = [
+    Column("queue"),
+    Column("waiting"),
+    Column("scheduled"),
+    Column("running"),
+    Column("succeeded"),
+    Column("failed"),
+    Column("revoked"),
+    Column("oldest_waiting_seconds", "OLDEST", age),
+    Column("finished_last_minute", "DONE/1M"),
+    Column("finished_last_5_minutes", "DONE/5M"),
+]
+
+WORKER_COLUMNS = [
+    Column("hostname", "HOST"),
+    Column("pid"),
+    Column("queues", "QUEUES", lambda qs: ",".join(qs)),
+    Column("pool"),
+    Column("concurrency", "SLOTS"),
+    Column("running", "BUSY"),
+    Column("tasks_done", "DONE"),
+    Column("heartbeat_age_seconds", "HEARTBEAT", lambda s: f"{age(s)} ago"),
+]

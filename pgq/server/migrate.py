@@ -15,9 +15,9 @@ from psycopg import sql
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from pgq.database import Database, describe_server, sqlalchemy_url, translate_errors
 from pgq.errors import ConfigurationError, DatabaseError, SchemaError
-from pgq.roles import RoleNames, grant_statements, roles_query
+from pgq.store.database import Database, describe_server, sqlalchemy_url, translate_errors
+from pgq.store.roles import RoleNames, grant_statements, roles_query
 
 __all__ = [
     "alembic_config",
@@ -31,7 +31,7 @@ __all__ = [
 
 def migrations_dir() -> Path:
     """The Alembic tree: pgq/_migrations in a wheel, or migrations/ in a source checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # pgq/
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
@@ -76,7 +76,7 @@ def downgrade(url: str, *, revision: str = "base", roles: RoleNames | None = Non
 
 def apply_roles(url: str, roles: RoleNames) -> None:
     """Create the owner, worker and producer roles if missing and grant them their privileges
-    on the schema as it is now (``pgq migrate --roles``; see pgq.roles)."""
+    on the schema as it is now (``pgq migrate --roles``; see pgq.store.roles)."""
     url = _direct_url(url)
     engine = create_engine(sqlalchemy_url(url), poolclass=NullPool)
     try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
-if TYPE_CHECKING:
-    from pgq.admin import AdminStore
+from pgq.app import App
+from pgq.loader import load_app
+from pgq.store.admin import AdminStore
 
 __all__ = ["AppOption", "UrlOption", "admin_store", "load"]
 
@@ -23,9 +24,6 @@ UrlOption = typer.Option(
 
 def load(ctx: typer.Context, app: str | None, database_url: str | None = None) -> Any:
     """The app named by -A (here or before the command), or a bare App; --database-url wins."""
-    from pgq.app import App
-    from pgq.loader import load_app
-
     target = app or (ctx.obj or {}).get("app")
     loaded = load_app(target) if target else App()
     if database_url:
@@ -35,6 +33,4 @@ def load(ctx: typer.Context, app: str | None, database_url: str | None = None) -
 
 def admin_store(loaded: Any) -> AdminStore:
     """The admin store of a loaded app; a worker counts as live within one lease."""
-    from pgq.admin import AdminStore
-
     return AdminStore(loaded.db, live_seconds=loaded.settings.lease_seconds)

@@ -1,8 +1,9 @@
-"""Which PostgreSQL server pgq talks to, and how it opens connections to it.
+"""How pgq opens connections to its PostgreSQL server.
 
-Selection, first match wins: a URL given in code -> ``PGQ_DATABASE_URL`` -> the embedded server
-(``pgq.embedded``). Connections are autocommit psycopg connections; every psycopg error that
-escapes is translated into ``pgq.errors`` by ``translate_errors``.
+Which server to use is start-up policy, in ``pgq.server`` (it may start the embedded server and
+migrate it); this module only connects to the URL it is given. Connections are autocommit
+psycopg connections; every psycopg error that escapes is translated into ``pgq.errors`` by
+``translate_errors``.
 
 Behind a transaction-mode pooler (PgBouncer ``pool_mode = transaction``), every transaction may
 run on a different server connection, so nothing may outlive one: ``pgq_pooler=transaction`` in
@@ -22,7 +23,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -37,16 +38,15 @@ from pgq.errors import (
     SchemaError,
     ServerUnreachable,
 )
-from pgq.schema import SCHEMA_REVISION
-from pgq.settings import Settings, check_pooler_mode
-from pgq.sql import query
+from pgq.settings import check_pooler_mode
+from pgq.store.revision import SCHEMA_REVISION
+from pgq.store.sql import query
 
 __all__ = [
     "Database",
     "describe_server",
     "is_connection_failure",
     "normalize_url",
-    "resolve_url",
     "split_options",
     "translate_errors",
 ]
@@ -130,30 +130,6 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
     if not options:
         return url, {}
     return urlunsplit(parts._replace(query="&".join(kept))), options
-
-
-def resolve_url(explicit: str | None, settings: Settings) -> str:
-    """The URL to use: the one given in code, else PGQ_DATABASE_URL, else the embedded server.
-
-    ``PGQ_POOLER`` and ``PGQ_LISTEN_URL`` are carried into it as ``pgq_pooler`` and
-    ``pgq_listen_url`` (a URL's own options win), so a ``Database`` built from it knows them.
-    """
-    if explicit:
-        url = normalize_url(explicit)
-    elif settings.database_url:
-        url = normalize_url(settings.database_url)
-    else:
-        from pgq.embedded import embedded_url
-
-        url = embedded_url(settings.home)
-    _, options = split_options(url)
-    wanted = ((POOLER_OPTION, settings.pooler), (LISTEN_URL_OPTION, settings.listen_url))
-    extra = [(name, value) for name, value in wanted if value and name not in options]
-    if not extra:
-        return url
-    parts = urlsplit(url)
-    query = "&".join(q for q in (parts.query, urlencode(extra, quote_via=quote)) if q)
-    return urlunsplit(parts._replace(query=query))
 
 
 def describe_server(url: str) -> str:
@@ -265,7 +241,7 @@ class Database:
         self._schema_checked = False
         self._lock = threading.Lock()
         # Closes the pool if this Database is dropped (or the process exits) with it open.
-        self._pool_closer: weakref.finalize | None = None
+        self._pool_closer: weakref.finalize[[Any, int], Database] | None = None
 
     def __repr__(self) -> str:
         return f"<Database {describe_server(self.url)}>"
@@ -370,7 +346,7 @@ class Database:
         cannot open one) and when this process keeps every connection busy: only the first is
         the server's fault. Any other timeout is left to ``translate_errors``.
         """
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool import PoolTimeout  # see _get_pool
 
         try:
             yield
@@ -393,6 +369,7 @@ class Database:
             return self._pool
         with self._lock:
             if self._pool is None or self._pool_pid != pid:
+                # psycopg_pool (8 ms) loads only in a process that pools: workers do not.
                 from psycopg_pool import ConnectionPool
 
                 if not self._schema_checked or self._pool_pid != pid:

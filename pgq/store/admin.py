@@ -1,8 +1,8 @@
 """The operators' half of the store: what ``pgq inspect``, ``retry``, ``purge``, ``health``,
 ``top`` and the metrics collector read and change.
 
-Like ``pgq.store`` it runs only named queries of ``pgq/sql/queries.sql`` and its operations are
-named after the state change they make (``retry_dead``, ``purge_waiting``). Rows come back as
+Like ``Store`` it runs only named queries of ``pgq/store/sql/queries.sql`` and its operations
+are named after the state change they make (``retry_dead``, ``purge_waiting``). Rows come back as
 dictionaries keyed by the queries' column names: those names are the stable keys of
 ``pgq inspect --json``.
 """
@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pgq.database import Database, describe_server, translate_errors
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
-from pgq.schema import SCHEMA_REVISION
-from pgq.sql import query
-from pgq.store import CONTROL_CHANNEL, Store
+from pgq.serialization import loads
+from pgq.store.database import Database, describe_server, translate_errors
+from pgq.store.producer import Store
+from pgq.store.records import CONTROL_CHANNEL
+from pgq.store.revision import SCHEMA_REVISION
+from pgq.store.sql import query
 
 __all__ = ["AdminStore", "Filters", "NotRetriable"]
 
@@ -133,8 +135,6 @@ class AdminStore(Store):
 
     def failures(self, task_id: str) -> list[Any]:
         """The failure history ``pgq retry`` kept for a task (oldest first)."""
-        from pgq.serialization import loads
-
         rows = self._rows("read_failures", {"id": task_id})
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
@@ -188,7 +188,7 @@ class AdminStore(Store):
     def retry_tasks(self, ids: Sequence[str]) -> list[str]:
         """FAILURE -> PENDING for exactly these ids, or NotRetriable and nothing changed."""
         wanted = list(dict.fromkeys(ids))
-        rows = self._run("retry_tasks", {"ids": wanted})
+        rows = self._run("retry_failed", {"ids": wanted, "queue": None, "name": None})
         if len(rows) == len(wanted):
             return [row[0] for row in rows]
         problems = []
@@ -203,7 +203,8 @@ class AdminStore(Store):
 
     def retry_dead(self, filters: Filters) -> list[str]:
         """FAILURE -> PENDING for every dead task matching the queue/name filters."""
-        rows = self._run("retry_dead", {"queue": filters.queue, "name": filters.name})
+        params = {"ids": None, "queue": filters.queue, "name": filters.name}
+        rows = self._run("retry_failed", params)
         return [row[0] for row in rows]
 
     def ask_to_shut_down(self, worker_ids: Sequence[str]) -> None:

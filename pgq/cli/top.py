@@ -14,31 +14,33 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq._format import Column, age, clock, table, truncate
-from pgq.admin import AdminStore, Filters
+from pgq.cli._format import QUEUE_COLUMNS, WORKER_COLUMNS, Column, age, clock, pick, table, truncate
 from pgq.errors import ConfigurationError, DatabaseError
+from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["Snapshot", "render", "run_top", "take_snapshot"]
 
-_QUEUES = [
-    Column("queue"),
-    Column("waiting"),
-    Column("scheduled"),
-    Column("running"),
-    Column("succeeded"),
-    Column("failed"),
-    Column("oldest_waiting_seconds", "OLDEST", age),
-    Column("finished_last_minute", "DONE/1M"),
-]
-_WORKERS = [
-    Column("hostname", "HOST"),
-    Column("pid"),
-    Column("queues", "QUEUES", lambda qs: ",".join(qs)),
-    Column("concurrency", "SLOTS"),
-    Column("running", "BUSY"),
-    Column("tasks_done", "DONE"),
-    Column("heartbeat_age_seconds", "HEARTBEAT", lambda s: f"{age(s)} ago"),
-]
+_QUEUES = pick(
+    QUEUE_COLUMNS,
+    "queue",
+    "waiting",
+    "scheduled",
+    "running",
+    "succeeded",
+    "failed",
+    "oldest_waiting_seconds",
+    "finished_last_minute",
+)
+_WORKERS = pick(
+    WORKER_COLUMNS,
+    "hostname",
+    "pid",
+    "queues",
+    "concurrency",
+    "running",
+    "tasks_done",
+    "heartbeat_age_seconds",
+)
 _FAILURES = [
     Column("finished_at", "FINISHED", clock),
     Column("name"),

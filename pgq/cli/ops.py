@@ -10,14 +10,25 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from pgq._cli_common import AppOption, UrlOption, admin_store, load
-from pgq._format import Column, age, clock, parse_since, table, to_json, truncate
-from pgq.admin import AdminStore, Filters
-from pgq.errors import TaskNotFound
+from pgq.cli._common import AppOption, UrlOption, admin_store, load
+from pgq.cli._format import (
+    QUEUE_COLUMNS,
+    WORKER_COLUMNS,
+    Column,
+    age,
+    clock,
+    parse_since,
+    table,
+    to_json,
+    truncate,
+)
+from pgq.errors import PgqError, TaskNotFound, TaskRevokedError
+from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["register_operations"]
 
@@ -103,21 +114,29 @@ def dead(
     )
 
 
-@inspect_cli.command()
-def active(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
-    limit: int = LimitOption,
-    queue: str | None = QueueFilter,
-    name: str | None = NameFilter,
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
-) -> None:
-    """Tasks running now: their worker and how long they have run."""
-    rows = _store(ctx, app, database_url).active(Filters(queue, name, limit=limit))
-    _print(
-        rows,
-        as_json,
+def _listing(
+    fetch: Callable[[AdminStore, Filters], list[dict[str, Any]]], empty: str, columns: list[Column]
+) -> Callable[..., None]:
+    """An ``inspect`` command that lists the rows ``fetch`` reads, filtered by queue and name."""
+
+    def command(
+        ctx: typer.Context,
+        as_json: bool = JsonOption,
+        limit: int = LimitOption,
+        queue: str | None = QueueFilter,
+        name: str | None = NameFilter,
+        app: str | None = AppOption,
+        database_url: str | None = UrlOption,
+    ) -> None:
+        rows = fetch(_store(ctx, app, database_url), Filters(queue, name, limit=limit))
+        _print(rows, as_json, empty, columns)
+
+    return command
+
+
+inspect_cli.command("active", help="Tasks running now: their worker and how long they have run.")(
+    _listing(
+        AdminStore.active,
         "no task is running",
         [
             Column("id"),
@@ -129,23 +148,13 @@ def active(
             Column("lease_lapsed", "LEASE", lambda v: "lapsed" if v else "held"),
         ],
     )
-
-
-@inspect_cli.command()
-def scheduled(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
-    limit: int = LimitOption,
-    queue: str | None = QueueFilter,
-    name: str | None = NameFilter,
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
-) -> None:
-    """Waiting tasks due in the future (countdown, eta, retry back-off), soonest first."""
-    rows = _store(ctx, app, database_url).scheduled(Filters(queue, name, limit=limit))
-    _print(
-        rows,
-        as_json,
+)
+inspect_cli.command(
+    "scheduled",
+    help="Waiting tasks due in the future (countdown, eta, retry back-off), soonest first.",
+)(
+    _listing(
+        AdminStore.scheduled,
         "no scheduled tasks",
         [
             Column("id"),
@@ -157,6 +166,7 @@ def scheduled(
             Column("retries"),
         ],
     )
+)
 
 
 RESERVED_NOTE = (
@@ -247,31 +257,6 @@ def queues(
     _print(rows, as_json, "no queues: the tasks table is empty", QUEUE_COLUMNS)
 
 
-QUEUE_COLUMNS = [
-    Column("queue"),
-    Column("waiting"),
-    Column("scheduled"),
-    Column("running"),
-    Column("succeeded"),
-    Column("failed"),
-    Column("revoked"),
-    Column("oldest_waiting_seconds", "OLDEST", age),
-    Column("finished_last_minute", "DONE/1M"),
-    Column("finished_last_5_minutes", "DONE/5M"),
-]
-
-WORKER_COLUMNS = [
-    Column("hostname", "HOST"),
-    Column("pid"),
-    Column("queues", "QUEUES", lambda qs: ",".join(qs)),
-    Column("pool"),
-    Column("concurrency", "SLOTS"),
-    Column("running", "BUSY"),
-    Column("tasks_done", "DONE"),
-    Column("heartbeat_age_seconds", "HEARTBEAT", lambda s: f"{age(s)} ago"),
-]
-
-
 @inspect_cli.command()
 def workers(
     ctx: typer.Context,
@@ -337,7 +322,7 @@ def revoke(
     not started it yet, and lets it finish if it has. Every id is checked first: an unknown id
     or a finished task is an error and nothing is revoked.
     """
-    from pgq.errors import PgqError, TaskRevokedError
+    # The worker's runner (6 ms) loads only for this command.
     from pgq.worker.runner import error_json
 
     store = _store(ctx, app, database_url)
@@ -374,8 +359,6 @@ def purge(
     database_url: str | None = UrlOption,
 ) -> None:
     """Delete waiting tasks (PENDING and RETRY); running and finished tasks are never touched."""
-    from pgq.errors import PgqError
-
     store = _store(ctx, app, database_url)
     where = f"queue {queue!r}" if queue else "all queues"
     count = store.count_waiting(queue)
@@ -417,6 +400,7 @@ def metrics(
 ) -> None:
     """Serve the database-wide Prometheus gauges (queue depth, oldest waiting age, running
     tasks, live workers), read from PostgreSQL at each scrape. Stops on SIGTERM or Ctrl-C."""
+    # prometheus_client (16 ms) loads only for the commands that serve metrics.
     from prometheus_client import CollectorRegistry
 
     from pgq.metrics import MetricsServer, QueueCollector
@@ -447,7 +431,7 @@ def top(
     database_url: str | None = UrlOption,
 ) -> None:
     """A live view of queues, states, rates, workers and the latest failures (q quits)."""
-    from pgq.top import run_top
+    from pgq.cli.top import run_top  # curses (20 ms) loads only for `pgq top`
 
     run_top(_store(ctx, app, database_url), interval=interval, queue=queue)
 

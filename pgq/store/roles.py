@@ -9,7 +9,7 @@ app_worker``):
 - the producer enqueues, reads results, revokes and forgets: ``SELECT, INSERT, DELETE`` and
   ``UPDATE`` of the columns a revoke writes, on ``pgq.tasks`` only.
 
-The statements live in ``pgq/sql/roles.sql``; role and table names go in through
+The statements live in ``pgq/store/sql/roles.sql``; role and table names go in through
 ``psycopg.sql.Identifier``.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 
 from psycopg import sql
 
-from pgq.schema import metadata
-from pgq.sql import named_statements
+from pgq.store.schema import metadata
+from pgq.store.sql import named_statements
 
 __all__ = ["RoleNames", "VIEWS", "grant_statements", "relations_in_code", "roles_query"]
 
-# The views migrations create (tables come from pgq.schema's metadata); a test holds this list
+# The views migrations create (tables come from pgq.store.schema's metadata); a test holds this list
 # to what `upgrade head` leaves in the schema.
 VIEWS = ("dead_tasks", "queue_stats", "running_tasks")
 

@@ -1,0 +1,321 @@
+"""The producer's store: enqueue, read, wait for, revoke and forget tasks.
+
+Every operation runs one named query of ``pgq/store/sql/queries.sql`` and is named after the state
+change it makes. ``Store`` serves producers, results and admin calls from a small per-process
+pool (or from the caller's own connection). psycopg errors leave this module as ``pgq.errors``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgq.errors import OperationalError, ServerUnreachable, TaskNotFound
+from pgq.serialization import loads
+from pgq.store._copy import (
+    COPY_CHUNK,
+    COPY_THRESHOLD,
+    CopyLines,
+    NotCopyable,
+    copyable,
+    insert_params,
+)
+from pgq.store.database import Database, translate_errors
+from pgq.store.listener import CompletionListener
+from pgq.store.records import CONTROL_CHANNEL, DONE_CHANNEL, Like, NewTask, TaskRecord, as_task
+from pgq.store.sql import query
+
+__all__ = ["Store"]
+
+
+def _cursor(connection: Any) -> Any:
+    """A DB-API cursor on the caller's connection: psycopg, SQLAlchemy Connection or Session."""
+    if isinstance(connection, psycopg.Connection):
+        return connection.cursor()
+    # SQLAlchemy (about 100 ms) loads only for a caller that passes a connection of its own.
+    try:
+        from sqlalchemy.engine import Connection as SAConnection
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        SAConnection = Session = ()  # type: ignore[assignment,misc]
+    if isinstance(connection, Session):
+        connection = connection.connection()
+    if isinstance(connection, SAConnection):
+        # Going under SQLAlchemy skips its autobegin: begin here so the caller's commit() counts.
+        if not connection.in_transaction():
+            connection.begin()
+        return connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    if hasattr(connection, "cursor"):
+        return connection.cursor()
+    raise TypeError(
+        "connection= takes a psycopg connection, a SQLAlchemy Connection or Session, "
+        f"not {type(connection).__name__}"
+    )
+
+
+class Store:
+    """Producer, result and admin operations."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._listener: CompletionListener | None = None
+        self._listener_lock = threading.Lock()
+
+    def _run(
+        self,
+        name: str,
+        params: dict[str, Any],
+        connection: Any = None,
+        *,
+        retry: bool = False,
+        dict_rows: bool = False,
+    ) -> list[Any]:
+        """Run a named query on the caller's connection, or on a pooled one.
+
+        ``retry`` reruns an idempotent statement on a fresh connection when the pooled one
+        turned out to be dead (the server restarted since it was opened); no other error is
+        retried.
+        """
+        sql = query(name)
+        if connection is not None:
+            with translate_errors(self.db.url):
+                cur = _cursor(connection)
+                try:
+                    cur.execute(sql, params)
+                    return list(cur.fetchall()) if cur.description else []
+                finally:
+                    cur.close()
+        # After a server restart every idle pooled connection is dead, and each one only shows
+        # it when used (the pool then drops it). An idempotent statement moves on to the next
+        # connection, at most once per pooled connection plus a new one; no check is paid on
+        # the hot path. A failure to get a connection at all (server down) is not retried here:
+        # the pool already waited its timeout for one.
+        attempts = self.db.pool_size + 1 if retry else 1
+        for attempt in range(attempts):
+            acquired = False
+            try:
+                with self.db.pooled() as conn:
+                    acquired = True
+                    with conn.cursor(row_factory=dict_row) if dict_rows else conn.cursor() as cur:
+                        cur.execute(sql, params)
+                        return cur.fetchall() if cur.description else []
+            except ServerUnreachable:
+                # Only a lost connection is tried again: a statement the server cancelled or
+                # refused (a timeout, a value too long, out of memory) would fail the same way,
+                # and re-sending a large argument costs the server as much each time.
+                if not acquired or attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def insert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
+        """Insert one task; returns (id, created). An existing id or key returns that task's id."""
+        params = task.params()
+        rows = self._run("insert_task", params, connection, retry=True)
+        if rows:
+            return rows[0][0], True
+        existing = self._run(
+            "find_existing",
+            {"id": task.id, "idempotency_key": task.idempotency_key},
+            connection,
+            retry=True,
+        )
+        if not existing:  # the holder was deleted between the two statements: try once more
+            rows = self._run("insert_task", params, connection, retry=True)
+            if rows:
+                return rows[0][0], True
+            raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
+        return existing[0][0], False
+
+    def insert_many(self, tasks: Iterable[NewTask | Like], connection: Any = None) -> list[str]:
+        """Insert many tasks in one transaction; returns each task's id (the existing one for a
+        duplicate id or idempotency key).
+
+        ``tasks`` may be a generator. Batches of plain calls go through COPY and are written as
+        they come, so PostgreSQL stores the first rows while the caller still prepares the last.
+        """
+        pending = iter(tasks)
+        given: list[NewTask | Like] = []
+        if connection is None:
+            given.extend(itertools.islice(pending, COPY_THRESHOLD))
+            if len(given) == COPY_THRESHOLD and all(map(copyable, given)):
+                try:
+                    ids = self._copy(given, pending)
+                    if ids is not None:
+                        return ids
+                except ServerUnreachable:
+                    pass  # a dead pooled connection: the statement below retries on a fresh one
+        given.extend(pending)
+        if not given:
+            return []
+        taken = list(map(as_task, given))
+        inserted = {
+            row[0]
+            for row in self._run("insert_tasks", insert_params(taken), connection, retry=True)
+        }
+        ids = []
+        for t in taken:
+            if t.id in inserted:
+                ids.append(t.id)
+                continue
+            existing = self._run(
+                "find_existing", {"id": t.id, "idempotency_key": t.idempotency_key}, connection
+            )
+            ids.append(existing[0][0] if existing else t.id)
+        return ids
+
+    def _copy(
+        self, taken: list[NewTask | Like], more: Iterator[NewTask | Like]
+    ) -> list[str] | None:
+        """Write ``taken`` and then every task of ``more`` (appending each to ``taken``) with
+        one COPY statement, several times cheaper per row than binding arrays, then wake the
+        workers of their queues; returns the tasks' ids. None, with nothing written, if an id
+        exists already or a task of ``more`` is not a plain call (``taken`` then holds it and
+        every task before).
+
+        Rows go out ``COPY_CHUNK`` at a time, so the server stores one chunk while this process
+        formats the next. The COPY is its own transaction (the pooled connection autocommits:
+        no BEGIN and COMMIT round trips); the NOTIFY follows it, so a worker it wakes finds
+        the rows, and a NOTIFY lost with the connection only leaves them to the workers' poll."""
+        line = CopyLines()
+        with self.db.pooled() as conn:
+            try:
+                with conn.cursor() as cur:
+                    with cur.copy(query("copy_tasks")) as writer:
+                        writer.write("".join(map(line, taken)))
+                        chunk: list[str] = []
+                        for t in more:
+                            taken.append(t)
+                            chunk.append(line(t))
+                            if len(chunk) == COPY_CHUNK:
+                                writer.write("".join(chunk))
+                                chunk.clear()
+                        writer.write("".join(chunk))
+                        # Made while the server stores the last rows (leaving the block waits
+                        # for it to finish).
+                        ids = [t[0] for t in taken]
+                    cur.execute(query("wake_queues"), {"queues": sorted(line.queues)})
+            except (psycopg.errors.UniqueViolation, NotCopyable):
+                return None
+        return ids
+
+    def arguments(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored ``args``, ``kwargs`` (decoded) and ``priority`` of these tasks, by id.
+
+        Unknown ids are left out. Arguments are returned as stored, even when a row inserted by
+        hand holds something other than a list and an object.
+        """
+        if not ids:
+            return {}
+        rows = self._run("task_arguments", {"ids": list(ids)}, retry=True, dict_rows=True)
+        return {
+            row["id"]: {
+                "args": loads(row["args"]),
+                "kwargs": loads(row["kwargs"]),
+                "priority": row["priority"],
+            }
+            for row in rows
+        }
+
+    def read(self, task_id: str, connection: Any = None) -> TaskRecord | None:
+        """The task's row, or None for an unknown id."""
+        rows = self._run("read_task", {"id": task_id}, connection, retry=True)
+        return TaskRecord(*rows[0]) if rows else None
+
+    def revoke(self, task_id: str, *, terminate: bool, result: str, connection: Any = None) -> bool:
+        """Mark a task REVOKED; True if it is. A task a worker holds is REVOKED only with
+        ``terminate`` (its process is killed); without, its worker is asked to skip it if it
+        has not started it yet (False: it is still the worker's, see the revoke_task query)."""
+        rows = self._run(
+            "revoke_task",
+            {"id": task_id, "terminate": terminate, "result": result},
+            connection,
+        )
+        if not rows:
+            return False
+        _id, _worker, was_running, revoked = rows[0]
+        if was_running:
+            command = "terminate" if revoked else "revoke"
+            self._run(
+                "notify",
+                {"channel": CONTROL_CHANNEL, "payload": f"{command} {task_id}"},
+                connection,
+            )
+        if revoked:
+            self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
+        return bool(revoked)
+
+    def set_state(self, task_id: str, state: str, meta: str | None) -> None:
+        """Set a running task's (custom) state and meta, as update_state does."""
+        self._run("set_task_state", {"id": task_id, "state": state, "result": meta}, retry=True)
+
+    def wait(
+        self,
+        task_id: str,
+        timeout: float | None,
+        *,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TaskRecord | None:
+        """Block until the task has finished or ``timeout`` passes; returns its last row.
+
+        Wakes on the completion NOTIFY the worker sends with the ids it finished, heard by this
+        process's one listening connection (``pgq.store.listener``): a waiter holds no connection
+        while it sleeps, so any number of threads can wait at once. It re-reads the row every
+        ``interval`` seconds anyway because notifications are a hint, not a guarantee.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        with self.completions().waiting((task_id,)) as woken:
+            while True:
+                record = self.read(task_id)
+                if record is not None and record.finished:
+                    return record
+                remaining = None if deadline is None else deadline - clock()
+                if remaining is not None and remaining <= 0:
+                    return record
+                woken.wait(interval if remaining is None else min(interval, remaining))
+                woken.clear()  # before the read: a completion from now on sets it again
+
+    def completions(self) -> CompletionListener:
+        """This process's listener for completions (a child process after fork makes its own)."""
+        listener = self._listener
+        if listener is None or listener.pid != os.getpid():
+            with self._listener_lock:
+                listener = self._listener
+                if listener is None or listener.pid != os.getpid():
+                    listener = self._listener = CompletionListener(self.db)
+        return listener
+
+    def forget(self, task_id: str, connection: Any = None) -> None:
+        """Delete the task's row (and so its result); an unknown id is not an error."""
+        self._run("forget_task", {"id": task_id}, connection, retry=True)
+
+    def children(self, task_id: str, connection: Any = None) -> list[str]:
+        """Ids of the tasks enqueued by this task while it ran (their ``parent_id``)."""
+        return [row[0] for row in self._run("task_children", {"id": task_id}, connection)]
+
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        """Store a group's member ids under its id (GroupResult.save)."""
+        members = json.dumps(list(member_ids))
+        self._run("save_group", {"id": group_id, "members": members}, retry=True)
+
+    def restore_group(self, group_id: str) -> list[str] | None:
+        """The member ids saved for a group, or None."""
+        rows = self._run("restore_group", {"id": group_id}, retry=True)
+        if not rows or rows[0][0] is None:
+            return None
+        return [str(m) for m in json.loads(rows[0][0])]
+
+    def require(self, task_id: str) -> TaskRecord:
+        """The task's row, or TaskNotFound."""
+        record = self.read(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return record

@@ -1,0 +1,352 @@
+"""The worker's store: a worker's (or slot's) dedicated connections and its state changes.
+
+Claims, outcomes, retries, leases, rescues and pruning, each one named query of
+``pgq/store/sql/queries.sql`` on the worker's own connection; psycopg errors leave this module as
+``pgq.errors``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from pgq.store._copy import insert_params
+from pgq.store.database import Database, translate_errors
+from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
+from pgq.store.sql import query
+
+__all__ = ["REPLAN_SECONDS", "WorkerStore"]
+
+# How long a slot keeps its statements' plans (see the slot_session query).
+REPLAN_SECONDS = 120.0
+
+
+def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
+    return {
+        "ids": [s.id for s in steps],
+        "names": [s.name for s in steps],
+        "queues": [s.queue for s in steps],
+        "results": [s.result for s in steps],
+        "parent_ids": [s.parent_id for s in steps],
+        "root_ids": [s.root_id for s in steps],
+    }
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return json.dumps(list(values))
+
+
+class WorkerStore:
+    """A worker's connections: one for commands, one that LISTENs for wake-ups."""
+
+    def __init__(self, db: Database, worker_id: str) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        # Without any connection that can LISTEN (a pooler, no direct URL): a pipe nothing
+        # writes to stands in for the LISTEN connection's descriptor (read end, write end).
+        self._no_listen: tuple[int, int] | None = None
+        # When a slot's connection next drops its plans (see the slot_session query).
+        self._replan_at = float("inf")
+
+    def connect(self, *, slot: bool = False) -> None:
+        """Open the connections, check the schema, and start listening.
+
+        A worker's parent has a command connection and one that LISTENs for control commands
+        (terminate). A slot (``slot=True``) has one connection that runs its statements and, in
+        between, LISTENs for new due tasks.
+
+        Behind a transaction-mode pooler (``Database.pooler``) a connection keeps no session
+        state: a slot sets no planner settings (nothing is prepared, so each statement is
+        planned afresh anyway), and LISTEN goes to a connection of its own on the direct
+        ``Database.listen_url``. Without one nothing LISTENs: ``listen_fileno`` is a pipe that
+        never becomes readable, so the worker and its slots wake at the poll interval.
+        """
+        self.close()
+        self._conn = self.db.connect()
+        with translate_errors(self.db.url):
+            if slot and self.db.session_state:
+                self._conn.execute(query("listen_tasks"))
+                self._conn.execute(query("slot_session"))
+                self._listen = self._conn
+                self._replan_at = time.monotonic() + REPLAN_SECONDS
+                return
+        self._listen = self.db.connect_listener()
+        if self._listen is None:
+            self._no_listen = os.pipe()
+            return
+        with translate_errors(self.db.listen_url or self.db.url):
+            self._listen.execute(query("listen_tasks" if slot else "listen_control"))
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def close(self) -> None:
+        for conn in {id(c): c for c in (self._conn, self._listen) if c is not None}.values():
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        self._conn = self._listen = None
+        if self._no_listen is not None:
+            for fd in self._no_listen:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._no_listen = None
+
+    def listen_fileno(self) -> int:
+        """The descriptor that becomes readable when a notification arrives."""
+        if self._no_listen is not None:
+            return self._no_listen[0]
+        assert self._listen is not None
+        return self._listen.fileno()
+
+    def drain_notifications(self) -> list[tuple[str, str]]:
+        """Notifications received so far on the LISTEN connection, as (channel, payload)."""
+        if self._no_listen is not None:
+            return []
+        assert self._listen is not None
+        with translate_errors(self.db.url):
+            return [(n.channel, n.payload) for n in self._listen.notifies(timeout=0)]
+
+    def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        assert self._conn is not None, "WorkerStore.connect() first"
+        with translate_errors(self.db.url):
+            cur = self._conn.execute(query(name), params)
+            return cur.fetchall() if cur.description else []
+
+    def register(self, **fields: Any) -> None:
+        """Announce this worker in pgq.workers."""
+        self._rows("register_worker", {"id": self.worker_id, **fields})
+
+    def heartbeat(self, tasks_done: int) -> bool:
+        """Record that this worker is alive; False if its row is gone (register again)."""
+        rows = self._rows("heartbeat_worker", {"id": self.worker_id, "tasks_done": tasks_done})
+        return bool(rows)
+
+    def unregister(self) -> None:
+        self._rows("unregister_worker", {"id": self.worker_id})
+
+    def forget_dead_workers(self, seconds: float) -> None:
+        self._rows("forget_dead_workers", {"seconds": seconds})
+
+    def finish(self, outcomes: Sequence[Outcome]) -> int:
+        """STARTED -> final state for the given outcomes (ignores tasks this worker lost);
+        returns how many were recorded."""
+        if not outcomes:
+            return 0
+        return self._turn(outcomes, (), 0, 0.0)[1]
+
+    def finish_and_claim(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        *,
+        follow_ups: Sequence[NewTask] = (),
+        failed_steps: Sequence[Any] = (),
+    ) -> list[ClaimedTask]:
+        """Record outcomes, enqueue the workflow steps they start, then claim up to ``limit``
+        tasks, in one transaction.
+
+        The worker's hot path: without workflow steps this is one statement (one round trip,
+        one commit, one WAL flush) per loop turn. If anything fails, nothing takes effect.
+        """
+        if not outcomes and not limit and not follow_ups and not failed_steps:
+            return []
+        return self._turn(outcomes, queues, limit, lease_seconds, follow_ups, failed_steps)[0]
+
+    def _turn(
+        self,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_seconds: float,
+        follow_ups: Sequence[NewTask] = (),
+        failed_steps: Sequence[Any] = (),
+    ) -> tuple[list[ClaimedTask], int]:
+        assert self._conn is not None, "WorkerStore.connect() first"
+        params = {
+            "outcomes": json.dumps(outcomes),  # each Outcome a 4-item JSON array
+            "queues": list(queues),
+            "limit": limit,
+            "worker": self.worker_id,
+            "lease_seconds": lease_seconds,
+        }
+        conn = self._conn
+        with translate_errors(self.db.url):
+            if time.monotonic() >= self._replan_at:
+                conn.execute(query("replan"), prepare=False)
+                self._replan_at = time.monotonic() + REPLAN_SECONDS
+            if follow_ups or failed_steps:
+                with conn.transaction():
+                    if follow_ups:
+                        conn.execute(query("insert_tasks"), insert_params(follow_ups))
+                    if failed_steps:
+                        conn.execute(
+                            query("insert_failed_steps"), _failed_step_params(failed_steps)
+                        )
+                    rows = conn.execute(query("finish_and_claim"), params).fetchall()
+            else:
+                rows = conn.execute(query("finish_and_claim"), params).fetchall()
+        claimed = [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]
+        finished = next(int(row[-1]) for row in rows if row[0] is None)
+        return claimed, finished
+
+    def chord_header_results(self, header_ids: Sequence[str]) -> str:
+        """The JSON array of a chord header's results, in header order."""
+        rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
+        return str(rows[0][0]) if rows else "[]"
+
+    def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
+        """STARTED -> RETRY; returns the new run_at of each as a Unix time."""
+        items = list(retries)
+        if not items:
+            return []
+        rows = self._rows(
+            "schedule_retries",
+            {
+                "ids": [r.id for r in items],
+                "etas": [r.eta for r in items],
+                "countdowns": [r.countdown for r in items],
+                "results": [r.result for r in items],
+                "tracebacks": [r.traceback for r in items],
+                "args": [r.args for r in items],
+                "kwargs": [r.kwargs for r in items],
+                "options": [r.options for r in items],
+                "worker": self.worker_id,
+            },
+        )
+        return [float(row[1]) for row in rows]
+
+    def requeue(
+        self, ids: Sequence[str], *, lost: bool, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str]]:
+        """STARTED -> PENDING (or FAILURE for a task lost too often); returns (id, new state)."""
+        if not ids:
+            return []
+        rows = self._rows(
+            "requeue_tasks",
+            {
+                "ids": list(ids),
+                "lost": lost,
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+                "worker": self.worker_id,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def renew_leases(self, holders: Sequence[str], lease_seconds: float) -> None:
+        """Renew the lease of every task the ``holders`` (this worker's slots) hold."""
+        if holders:
+            self._rows("renew_leases", {"workers": list(holders), "lease_seconds": lease_seconds})
+
+    def as_worker(self, worker_id: str) -> WorkerStore:
+        """This store's connections acting for another worker id (one of this worker's slots)."""
+        other = copy.copy(self)
+        other.worker_id = worker_id
+        return other
+
+    def release(
+        self, *, lost_id: str | None, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str, str, str]]:
+        """Every task this (slot's) worker id holds back to the queue; ``lost_id`` counts as a
+        rescue. Returns (id, name, queue, new state)."""
+        rows = self._rows(
+            "release_slot",
+            {
+                "worker": self.worker_id,
+                "lost_id": lost_id,
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+            },
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def task_label(self, task_id: str) -> tuple[str, str] | None:
+        """A task's (name, queue), or None if there is no such task."""
+        rows = self._rows("task_label", {"id": task_id})
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def rescue_orphans(
+        self, *, max_rescues: int, lost_result: str, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        """Lapsed lease -> PENDING (or FAILURE past max_rescues); returns (id, new state)."""
+        rows = self._rows(
+            "rescue_orphans",
+            {"max_rescues": max_rescues, "lost_result": lost_result, "limit": limit},
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def prune_finished(self, older_than: float, limit: int) -> int:
+        """Delete up to ``limit`` tasks finished more than ``older_than`` seconds ago."""
+        assert self._conn is not None
+        with translate_errors(self.db.url):
+            cur = self._conn.execute(
+                query("prune_finished"), {"seconds": older_than, "limit": limit}
+            )
+            return cur.rowcount
+
+    def take_rate_slot(
+        self, task_id: str, name: str, interval: float, at: datetime | None = None
+    ) -> float:
+        """Reserve the next slot of ``name``'s rate limit for a claimed task.
+
+        Returns the seconds until that slot: <= 0 means run it now; > 0 means the task went
+        back to the queue with ``run_at`` = its slot (STARTED -> PENDING, not a retry or a
+        rescue). ``at`` stands in for the database clock (tests).
+        """
+        rows = self._rows(
+            "take_rate_slot",
+            {"id": task_id, "name": name, "interval": interval, "worker": self.worker_id, "at": at},
+        )
+        return float(rows[0][1])
+
+    def give_back_unheld(self, keep: Sequence[str]) -> list[str]:
+        """STARTED -> PENDING (not a rescue) for every task held under this (slot's) id except
+        ``keep``; returns the ids given back. For a slot that reconnected: a claim whose reply
+        was lost with the connection left rows it never received."""
+        rows = self._rows("give_back_unheld", {"worker": self.worker_id, "keep": list(keep)})
+        return [row[0] for row in rows]
+
+    def rescue_unheld(
+        self, *, max_rescues: int, lost_result: str, grace_seconds: float, limit: int = 1000
+    ) -> list[tuple[str, str]]:
+        """Held by no registered worker (claimed over ``grace_seconds`` ago) -> PENDING (or
+        FAILURE past max_rescues), however fresh the lease; returns (id, new state)."""
+        rows = self._rows(
+            "rescue_unheld",
+            {
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+                "grace_seconds": grace_seconds,
+                "limit": limit,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def rescue_stray_slots(
+        self, slots: Sequence[str], *, max_rescues: int, lost_result: str
+    ) -> list[tuple[str, str]]:
+        """Held under this worker's id by a slot not in ``slots`` -> PENDING (or FAILURE past
+        max_rescues), however fresh the lease; returns (id, new state)."""
+        rows = self._rows(
+            "rescue_stray_slots",
+            {
+                "worker": self.worker_id,
+                "slots": list(slots),
+                "max_rescues": max_rescues,
+                "lost_result": lost_result,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
