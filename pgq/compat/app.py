@@ -133,10 +133,7 @@ class Celery(App):
 
     @database_url.setter
     def database_url(self, url: str | None) -> None:
-        self.close()
-        self._database_url = url
-        self._db = None
-        self._store = None
+        App.database_url.fset(self, url)  # type: ignore[attr-defined]
 
     @property
     def db(self) -> Any:
