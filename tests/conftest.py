@@ -10,42 +10,49 @@ much faster than migrating). End-to-end tests start the real ``pgq worker`` in a
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-HERE = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parent / "support"
+sys.path.insert(0, str(SUPPORT))  # the task modules and harness.py (see its docstring)
+
+from harness import (  # noqa: E402 - after the path it is found on
+    HERE,
+    WorkerProcess,
+    pgq_command,
+    task_row,
+    wait_for,
+    wait_state,
+    wait_until_worker_registered,
+    with_dbname,
+    worker_env,
+)
+
+__all__ = [
+    "HERE",
+    "WorkerProcess",
+    "pgq_command",
+    "task_row",
+    "wait_for",
+    "wait_state",
+    "wait_until_worker_registered",
+    "with_dbname",
+    "worker_env",
+]
+
 # Unique per run: two test runs on one server must not drop each other's template.
 TEMPLATE_DB = f"pgq_test_template_{uuid.uuid4().hex[:8]}"
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 def _docker_answers() -> bool:
@@ -57,12 +64,6 @@ def _docker_answers() -> bool:
         return True
     except Exception:
         return False
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +110,7 @@ def template_url(server_url: str) -> Iterator[str]:
     url = with_dbname(server_url, TEMPLATE_DB)
     upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        # Tasks of tests/e2e_tasks.py record what they did here, so tests can count side effects.
+        # Tasks of support/e2e_tasks.py record what they did here, so tests can count side effects.
         conn.execute(
             "CREATE TABLE side_effects (seq bigserial PRIMARY KEY, task_id text, key text,"
             " pid int, at timestamptz NOT NULL DEFAULT clock_timestamp())"
@@ -174,88 +175,6 @@ def app(db_url: str) -> Iterator[Any]:
     e2e_tasks.app.close()
 
 
-class WorkerProcess:
-    """A real ``pgq worker`` subprocess."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(
-            [*pgq_command(), *args],
-            cwd=str(HERE),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.output = ""
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        self.output += out or ""
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its children (its own process group)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        out, _ = self.proc.communicate(timeout=10)
-        self.output += out or ""
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-        try:
-            return self.wait(timeout=30)
-        finally:
-            if self.proc.poll() is None:
-                self.kill()
-
-    def children(self) -> list[int]:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.pid)], capture_output=True, text=True
-        ).stdout
-        return [int(p) for p in out.split()]
-
-
-def pgq_command() -> list[str]:
-    """The installed ``pgq`` command (the one a user runs), or the module if not on PATH.
-
-    pgqueuer also installs a command named ``pgq``: a script that is not ours is passed over.
-    """
-    for candidate in (Path(sys.executable).parent / "pgq", shutil.which("pgq")):
-        if candidate and Path(candidate).is_file() and "pgq.cli" in Path(candidate).read_text():
-            return [str(candidate)]
-    return [sys.executable, "-m", "pgq.cli"]
-
-
-def worker_env(db_url: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "PGQ_DATABASE_URL": db_url,
-            "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
-            "PGQ_POLL_INTERVAL": "0.5",
-            "PGQ_HEARTBEAT_INTERVAL": "0.5",
-            "PGQ_LEASE_SECONDS": "5",
-        }
-    )
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def start_worker(db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``pgq worker -A e2e_tasks`` with extra arguments; every worker is stopped after."""
@@ -272,35 +191,3 @@ def start_worker(db_url: str) -> Iterator[Callable[..., WorkerProcess]]:
     for w in started:
         if w.proc.poll() is None:
             w.kill()
-
-
-def wait_until_worker_registered(db_url: str, w: WorkerProcess, timeout: float = 30) -> None:
-    def registered() -> bool:
-        if w.proc.poll() is not None:
-            w.wait()
-            raise AssertionError(f"worker exited with {w.proc.returncode}:\n{w.output}")
-        with psycopg.connect(db_url, autocommit=True) as c:
-            row = c.execute("SELECT 1 FROM pgq.workers WHERE pid = %s", (w.pid,)).fetchone()
-        return row is not None
-
-    wait_for(registered, timeout, 0.05, "the worker to register")
-
-
-def task_row(conn: psycopg.Connection[Any], task_id: str) -> dict[str, Any] | None:
-    cur = conn.execute("SELECT * FROM pgq.tasks WHERE id = %s", (task_id,))
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return dict(zip([d.name for d in cur.description or []], row, strict=True))
-
-
-def wait_state(
-    conn: psycopg.Connection[Any], task_id: str, states: set[str] | str, timeout: float = 30
-) -> dict[str, Any]:
-    wanted = {states} if isinstance(states, str) else states
-
-    def reached() -> dict[str, Any] | None:
-        row = task_row(conn, task_id)
-        return row if row is not None and row["state"] in wanted else None
-
-    return wait_for(reached, timeout, 0.05, f"task {task_id} to reach {wanted}")  # type: ignore[no-any-return]

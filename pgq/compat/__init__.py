@@ -14,7 +14,7 @@ Submodules mirror Celery's: ``result``, ``exceptions``, ``states``, ``schedules`
 
 from pgq.compat import exceptions, result, schedules, signals, states
 from pgq.compat._state import current_app, current_task
-from pgq.compat.base import Celery, shared_task
+from pgq.compat.app import Celery, shared_task
 from pgq.compat.canvas import Signature, chain, chord, group, maybe_signature, signature
 from pgq.compat.result import AsyncResult, EagerResult, GroupResult
 from pgq.compat.task import Task

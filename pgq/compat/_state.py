@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pgq.context import current_request
 
 if TYPE_CHECKING:
-    from pgq.compat.base import Celery
+    from pgq.compat.app import Celery
 
 __all__ = ["Proxy", "current_app", "current_task", "get_current_app", "get_current_task"]
 
@@ -52,7 +52,7 @@ def get_current_app() -> Celery:
         return _current
     with _lock:
         if _default is None:
-            from pgq.compat.base import Celery
+            from pgq.compat.app import Celery
 
             _default = Celery("default", set_as_current=False)
         return _default

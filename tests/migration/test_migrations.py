@@ -224,3 +224,21 @@ def test_pgq_migrate_applies_the_schema(empty_db_url: str, tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert revision_of(empty_db_url) == SCHEMA_REVISION
+
+
+def test_downgrade_to_0001_drops_the_views_and_history(empty_db_url: str) -> None:
+    from pgq.server.migrate import downgrade, upgrade
+
+    upgrade(empty_db_url)
+    assert regclass(empty_db_url, "pgq.queue_stats") == "pgq.queue_stats"
+    downgrade(empty_db_url, revision="0001")
+    for view in ("pgq.queue_stats", "pgq.dead_tasks", "pgq.running_tasks"):
+        assert regclass(empty_db_url, view) is None
+    with psycopg.connect(empty_db_url, autocommit=True) as c:
+        columns = c.execute(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_schema = 'pgq' AND table_name = 'tasks' AND column_name = 'failures'"
+        ).fetchone()
+    assert columns == (0,)
+    upgrade(empty_db_url)
+    alembic_check(empty_db_url)

@@ -1,29 +1,20 @@
-"""What the kit's tests share: the ``Kit`` a backend yields, and waiting with a deadline."""
+"""What the kit's tests share: the ``Kit`` a backend yields, and waiting with a deadline
+(``wait_for``, the one of ``tests/support/harness.py``)."""
 
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from harness import wait_for
+
+__all__ = ["TIMEOUT", "Kit", "wait_for"]
+
 TIMEOUT = 30.0
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(0.05)
 
 
 @dataclass

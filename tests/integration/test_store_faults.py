@@ -1,7 +1,7 @@
 """Issue 17, defect 1, at the store and slot level: what a slot holds after a lost connection,
 repeated writes, and the rescue of rows with no live holder.
 
-The fault suite (tests/test_chaos*.py) shows the same on a real worker and a crashing server;
+The fault suite (tests/e2e/test_chaos*.py) shows the same on a real worker and a crashing server;
 these tests pin each rule down on the shared test server, one statement at a time.
 """
 

@@ -1,7 +1,7 @@
 """Integration tests of beat and rate limits on a real database, in this process.
 
 Beats here get an injected clock (``now=``) so due times are exact; the lease and the enqueue go
-through the real named queries. The subprocess tests are in test_beat_e2e.py.
+through the real named queries. The subprocess tests are in e2e/test_beat_processes.py.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from conftest import HERE, pgq_command, wait_for
+from harness import HERE, pgq_command, wait_for
 
 __all__ = ["SIDE_EFFECTS_DDL", "LoggedWorker", "PrivateServer", "private_server"]
 

@@ -13,7 +13,7 @@ import yaml
 
 from pgq.settings import ENVIRONMENT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme() -> str:

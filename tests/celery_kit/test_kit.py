@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from compat.kit_support import TIMEOUT, Kit, wait_for
+from celery_kit.kit_support import TIMEOUT, Kit, wait_for
 
 
 def test_delay_returns_the_result(kit: Kit) -> None:

@@ -13,7 +13,7 @@ from conftest import task_row, wait_for, wait_state
 
 from pgq.compat import Celery
 
-SLEEPY = "e2e_tasks.sleepy"  # tests/e2e_tasks.py: records a side effect, then sleeps
+SLEEPY = "e2e_tasks.sleepy"  # support/e2e_tasks.py: records a side effect, then sleeps
 
 
 @pytest.fixture

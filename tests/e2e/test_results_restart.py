@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import wait_for
-from test_restart_e2e import PrivateServer
+from test_worker_restart import PrivateServer
 
 from pgq import App
 from pgq.errors import ServerUnreachable

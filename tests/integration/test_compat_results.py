@@ -236,7 +236,7 @@ def test_retry_with_expires_gives_the_row_that_expiry_and_the_next_run_its_reque
 
 
 def test_a_retry_whose_expiry_has_passed_is_claimed_as_expired(app: Any, db_url: str) -> None:
-    # The worker stores such a task REVOKED without running it (compat/test_kit.py runs it).
+    # The worker stores such a task REVOKED without running it (celery_kit/test_kit.py runs it).
     result = app.tasks[f"{__name__}.moving"].apply_async(kwargs={"expires": -1})
     assert run_one(app, db_url) == "RETRY"
     store = WorkerStore(app.db, "unit-worker")

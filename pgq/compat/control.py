@@ -1,0 +1,368 @@
+"""``app.control`` and ``app.control.inspect()``: Celery's remote control, from pgq's tables."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pgq.store.admin import AdminStore, Filters
+
+if TYPE_CHECKING:
+    from pgq.compat.app import Celery
+
+__all__ = ["REVOKES_MAX", "REVOKE_EXPIRES", "Control", "Inspect"]
+
+
+class Control:
+    """``app.control``: revoking tasks, purging waiting ones, and ``inspect``/``ping``.
+
+    Celery broadcasts these to the workers and gathers the replies for ``timeout`` seconds. pgq
+    reads the answers from its tables instead: the workers' heartbeat rows (``pgq.workers``) and
+    the task rows. Replies come at once, ``timeout`` is accepted and ignored, and a worker counts
+    as live while its last heartbeat is younger than one lease (``PGQ_LEASE_SECONDS``), as for
+    ``pgq inspect workers``.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def _admin(self) -> AdminStore:
+        return AdminStore(self.app.db, live_seconds=self.app.settings.lease_seconds)
+
+    def revoke(
+        self,
+        task_id: str | Iterable[str],
+        destination: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        for one in ids:
+            self.app.AsyncResult(one).revoke(terminate=terminate, signal=signal)
+
+    def terminate(
+        self, task_id: str | Iterable[str], destination: Any = None, **kwargs: Any
+    ) -> None:
+        self.revoke(task_id, terminate=True)
+
+    def shutdown(self, destination: str | Iterable[str] | None = None, **kwargs: Any) -> None:
+        """Stop the chosen live workers (every one by default; ``destination``, ``pattern``,
+        ``limit`` choose as for ``inspect``) as SIGTERM does: each finishes its running tasks
+        and exits. Returns None, as Celery's broadcast without replies does."""
+        admin = self._admin()
+        chosen = self.inspect(destination, **kwargs)._workers(admin)
+        admin.ask_to_shut_down([w["id"] for w in chosen])
+
+    def purge(self, connection: Any = None) -> int:
+        """Delete every waiting task (PENDING or RETRY, in every queue); returns how many.
+
+        Tasks a worker has claimed and finished tasks stay.
+        """
+        return self._admin().purge_waiting(None)
+
+    discard_all = purge
+
+    def inspect(
+        self,
+        destination: str | Iterable[str] | None = None,
+        timeout: float = 1.0,
+        callback: Any = None,
+        connection: Any = None,
+        limit: int | None = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+        **kwargs: Any,
+    ) -> Inspect:
+        """What the live workers hold and serve, keyed by worker name (see ``Inspect``)."""
+        return Inspect(self, destination, limit=limit, pattern=pattern, matcher=matcher)
+
+    def ping(
+        self, destination: str | Iterable[str] | None = None, timeout: float = 1.0, **kwargs: Any
+    ) -> list[dict[str, dict[str, str]]]:
+        """``[{worker_name: {"ok": "pong"}}, ...]``, one entry per live worker (none: ``[]``)."""
+        replies = self.inspect(destination, **kwargs).ping() or {}
+        return [{name: reply} for name, reply in replies.items()]
+
+
+class Inspect:
+    """``app.control.inspect()``: Celery's replies, built from pgq's tables.
+
+    Each method returns ``{worker_name: reply}`` for the live workers chosen by ``destination``
+    (worker names or host names: ``celery@host`` selects every worker of that host), ``pattern``
+    (with ``matcher`` ``"glob"``, the default, or ``"pcre"``) and ``limit``; or None when no
+    worker is live, as Celery returns None when nobody replies. Worker names are pgq's
+    ``celery@<host>/<pid>-<random>``.
+    """
+
+    def __init__(
+        self,
+        control: Control,
+        destination: str | Iterable[str] | None = None,
+        *,
+        limit: int | None = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+    ) -> None:
+        self.control = control
+        self.destination = destination
+        self.limit = limit
+        self.pattern = pattern
+        self.matcher = matcher
+
+    # -- which workers answer -----------------------------------------------------------------
+
+    def _chosen(self, worker: Mapping[str, Any]) -> bool:
+        names = {worker["id"], worker["hostname"]}
+        if self.destination:
+            wanted = (
+                {self.destination} if isinstance(self.destination, str) else set(self.destination)
+            )
+            if not names & wanted:
+                return False
+        if self.pattern:
+            if self.matcher == "pcre":
+                return any(re.search(self.pattern, name) for name in names)
+            return any(fnmatch.fnmatchcase(name, self.pattern) for name in names)
+        return True
+
+    def _workers(self, admin: AdminStore) -> list[dict[str, Any]]:
+        chosen = [w for w in admin.workers(Filters()) if self._chosen(w)]
+        return chosen[: self.limit] if self.limit else chosen
+
+    def _reply(self, build: Callable[[AdminStore, list[dict[str, Any]]], dict[str, Any]]) -> Any:
+        admin = self.control._admin()
+        workers = self._workers(admin)
+        if not workers:
+            return None
+        return build(admin, workers)
+
+    # -- Celery's inspect commands --------------------------------------------------------------
+
+    def ping(self, destination: str | Iterable[str] | None = None) -> dict[str, Any] | None:
+        """``{worker_name: {"ok": "pong"}}`` for each live worker: its heartbeat is recent."""
+        if destination:
+            self.destination = destination
+        return self._reply(lambda admin, workers: {w["id"]: {"ok": "pong"} for w in workers})
+
+    def active(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]] | None:
+        """The tasks each worker holds now (claimed tasks read STARTED in pgq).
+
+        ``worker_pid`` is the worker's main process: the row does not record which pool process
+        runs the task.
+        """
+        return self._reply(lambda admin, workers: _active(admin, workers, Filters(), safe))
+
+    def scheduled(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]] | None:
+        """Tasks waiting for their countdown/eta (or retry back-off), under each live worker
+        that consumes their queue.
+
+        In pgq such a task is a row no worker holds: whichever worker consuming its queue is
+        free when it comes due runs it. So it is listed under every one of them (a task shows up
+        once per such worker), in Celery's ``{"eta", "priority", "request"}`` shape.
+        """
+        return self._reply(lambda admin, workers: _scheduled(admin, workers, Filters(), safe))
+
+    def query_task(self, *ids: str | Iterable[str]) -> dict[str, dict[str, list[Any]]] | None:
+        """``{worker_name: {task_id: [state, info]}}`` for those of these tasks a worker holds
+        (``"active"``) or that wait for their countdown in a queue it consumes (``"scheduled"``,
+        under every such worker, as ``scheduled()`` lists them). Other ids are left out, as a
+        Celery worker leaves out the ids it has not received. Ids may come one by one or as one
+        list."""
+        wanted = Filters(ids=tuple(_ids(ids)))
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            reply: dict[str, dict[str, list[Any]]] = {w["id"]: {} for w in workers}
+            for worker, infos in _active(admin, workers, wanted, False).items():
+                for info in infos:
+                    reply[worker][info["id"]] = ["active", info]
+            for worker, entries in _scheduled(admin, workers, wanted, False).items():
+                for entry in entries:
+                    reply[worker][entry["request"]["id"]] = ["scheduled", entry["request"]]
+            return reply
+
+        return self._reply(build)
+
+    def revoked(self) -> dict[str, list[str]] | None:
+        """``{worker_name: [task_id, ...]}``: the tasks revoked in the last 3 hours, newest
+        first, at most 50,000 (what a Celery worker remembers: ``REVOKE_EXPIRES``,
+        ``REVOKES_MAX``), tasks that expired included, as in Celery.
+
+        A revocation in pgq is the task's row (``REVOKED``, or a running task marked to be
+        skipped), honoured by every worker, so each live worker answers the same list.
+        """
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            ids = admin.revoked(seconds=REVOKE_EXPIRES, limit=REVOKES_MAX)
+            return {w["id"]: list(ids) for w in workers}
+
+        return self._reply(build)
+
+    def reserved(self, safe: bool | None = None) -> dict[str, list[dict[str, Any]]] | None:
+        """``{worker_name: []}``: in pgq a claimed task is STARTED at once, so the tasks a
+        worker has taken but not begun are listed by ``active()``."""
+        return self._reply(lambda admin, workers: {w["id"]: [] for w in workers})
+
+    def registered(self, *taskinfoitems: str) -> dict[str, list[str]] | None:
+        """The task names each live worker registered at start-up, sorted, without Celery's
+        built-in tasks (``celery.*``), as Celery's ``registered()`` leaves them out.
+
+        ``taskinfoitems`` is accepted and ignored: the workers record only the names.
+        """
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            reply: dict[str, list[str]] = {w["id"]: [] for w in workers}
+            for row in admin.registered(Filters()):
+                if row["name"].startswith("celery."):
+                    continue
+                for worker_id in row["workers"]:
+                    if worker_id in reply:
+                        reply[worker_id].append(row["name"])
+            return reply
+
+        return self._reply(build)
+
+    registered_tasks = registered
+
+    def stats(self) -> dict[str, dict[str, Any]] | None:
+        """What ``pgq.workers`` knows of each live worker, with Celery's ``pid`` and ``pool``.
+
+        There is no per-task-name ``total``: the workers count the tasks they finished
+        (``tasks_done``), not by name.
+        """
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            return {w["id"]: _worker_stats(w) for w in workers}
+
+        return self._reply(build)
+
+    def active_queues(self) -> dict[str, list[dict[str, Any]]] | None:
+        """The queues each live worker consumes, one ``{"name": queue, ...}`` per queue."""
+
+        def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
+            return {w["id"]: [_queue_info(q) for q in w["queues"]] for w in workers}
+
+        return self._reply(build)
+
+
+# How long and how many revoked ids a Celery worker remembers (celery.worker.state).
+REVOKE_EXPIRES = 10800.0
+REVOKES_MAX = 50000
+
+
+def _ids(given: Iterable[str | Iterable[str]]) -> list[str]:
+    """Task ids passed one by one (``query_task(a, b)``) or as one list (``query_task([a, b])``)."""
+    ids: list[str] = []
+    for item in given:
+        if isinstance(item, str):
+            ids.append(item)
+        else:
+            ids.extend(map(str, item))
+    return ids
+
+
+def _active(
+    admin: AdminStore, workers: list[dict[str, Any]], filters: Filters, safe: bool | None
+) -> dict[str, list[dict[str, Any]]]:
+    """``inspect().active()``'s reply for these workers: the tasks each holds."""
+    reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+    rows = admin.active(filters)
+    arguments = admin.arguments([row["id"] for row in rows])
+    for row in rows:
+        owner = _holder(row["worker"], workers)
+        if owner is None or row["id"] not in arguments:
+            continue  # held by a worker not asked, or finished and forgotten meanwhile
+        info = _task_info(row, arguments[row["id"]], owner, bool(safe))
+        info.update(
+            time_start=row["started_at"].timestamp() if row["started_at"] else None,
+            acknowledged=True,
+            worker_pid=owner["pid"],
+        )
+        reply[owner["id"]].append(info)
+    return reply
+
+
+def _scheduled(
+    admin: AdminStore, workers: list[dict[str, Any]], filters: Filters, safe: bool | None
+) -> dict[str, list[dict[str, Any]]]:
+    """``inspect().scheduled()``'s reply for these workers: each waiting task with a future
+    ``run_at`` under every worker that consumes its queue."""
+    reply: dict[str, list[dict[str, Any]]] = {w["id"]: [] for w in workers}
+    rows = admin.scheduled(filters)
+    arguments = admin.arguments([row["id"] for row in rows])
+    for row in rows:
+        if row["id"] not in arguments:
+            continue  # purged or revoked and forgotten meanwhile
+        for worker in workers:
+            if row["queue"] not in worker["queues"]:
+                continue
+            request = _task_info(row, arguments[row["id"]], worker, bool(safe))
+            request.update(time_start=None, acknowledged=False, worker_pid=None)
+            reply[worker["id"]].append(
+                {"eta": row["run_at"].isoformat(), "priority": row["priority"], "request": request}
+            )
+    return reply
+
+
+def _holder(slot: str | None, workers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The worker whose pool slot (``<worker name>/<n>``) or self holds a task, if asked."""
+    if not slot:
+        return None
+    for worker in workers:
+        if slot == worker["id"] or slot.startswith(worker["id"] + "/"):
+            return worker
+    return None
+
+
+def _task_info(
+    row: Mapping[str, Any], arguments: Mapping[str, Any], worker: Mapping[str, Any], safe: bool
+) -> dict[str, Any]:
+    """Celery's description of one task (``Request.info()``) from its row."""
+    args, kwargs = arguments["args"], arguments["kwargs"]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "args": repr(args) if safe else args,
+        "kwargs": repr(kwargs) if safe else kwargs,
+        "type": row["name"],
+        "hostname": worker["id"],
+        "delivery_info": {
+            "exchange": "",
+            "routing_key": row["queue"],
+            "priority": arguments["priority"],
+            "redelivered": False,
+        },
+    }
+
+
+def _worker_stats(worker: Mapping[str, Any]) -> dict[str, Any]:
+    heartbeat = worker["last_heartbeat_at"]
+    uptime = (heartbeat - worker["started_at"]).total_seconds() + worker["heartbeat_age_seconds"]
+    return {
+        "pid": worker["pid"],
+        "hostname": worker["hostname"],
+        "pool": {"implementation": worker["pool"], "max-concurrency": worker["concurrency"]},
+        "uptime": int(uptime),
+        "queues": list(worker["queues"]),
+        "started_at": worker["started_at"].isoformat(),
+        "last_heartbeat_at": heartbeat.isoformat(),
+        "heartbeat_age_seconds": worker["heartbeat_age_seconds"],
+        "tasks_done": int(worker["tasks_done"]),
+        "running": int(worker["running"]),
+        "broker": {"transport": "postgresql"},
+    }
+
+
+def _queue_info(queue: str) -> dict[str, Any]:
+    """A queue as Celery's ``active_queues`` describes it (a direct exchange named after it)."""
+    return {
+        "name": queue,
+        "routing_key": queue,
+        "exchange": {"name": queue, "type": "direct"},
+        "durable": True,
+        "exclusive": False,
+        "auto_delete": False,
+        "no_ack": False,
+    }
