@@ -1,23 +1,40 @@
 """pgq's settings: one typed object, validated when built.
 
-Environment variables are read here and nowhere else, and only when ``Settings.from_env`` is
-called (never at import time). Each field's ``PGQ_*`` name, default and meaning is listed in
-``ENVIRONMENT`` so the CLI's ``--help`` and the README show the same table.
+Each setting is declared once, as a field of ``Settings``: its type, default, ``PGQ_*``
+environment variable and one-line meaning (the field's metadata). From that declaration
+``Settings.from_env`` reads the environment, ``pgq --help`` lists the variables, and
+``python -m pgq.settings --markdown`` prints the table in ``docs/reference/configuration.md``
+(``--write docs/reference/configuration.md`` rewrites it there; a unit test keeps the two
+equal). Environment variables are read here and nowhere else, and only when asked
+(``Settings.from_env``, ``debug_requested``), never at import time.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import platformdirs
 
 from pgq.errors import ConfigurationError
 
-__all__ = ["ENVIRONMENT", "POOLER_MODES", "Settings", "default_home"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "POOLER_MODES",
+    "Settings",
+    "Variable",
+    "debug_requested",
+    "default",
+    "default_home",
+    "environment_help",
+    "environment_variables",
+    "markdown_table",
+]
 
 DEFAULT_QUEUE = "celery"
 # The pooler modes pgq knows: "transaction" (PgBouncer's pool_mode = transaction, and the
@@ -30,45 +47,141 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("pgq", appauthor=False))
 
 
+def _env(var: str, meaning: str, shown: str | None = None) -> dict[str, str | None]:
+    """A field's declaration: its variable, its meaning (Markdown, one line), and how its
+    default reads in the table when the value itself does not say it (``shown``)."""
+    return {"env": var, "help": meaning, "shown": shown}
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob pgq has. Durations are seconds."""
 
-    database_url: str | None = None
+    database_url: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_DATABASE_URL",
+            "PostgreSQL URL used when the code gives none",
+            shown="(embedded server)",
+        ),
+    )
     # "transaction" when a transaction-mode pooler (PgBouncer) sits between pgq and PostgreSQL:
     # no server-side prepared statements, no session state, LISTEN only on listen_url.
-    pooler: str | None = None
+    pooler: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_POOLER",
+            "`transaction` behind a transaction-mode pooler such as PgBouncer (same as "
+            "`?pgq_pooler=transaction` in the URL); see [Connection poolers (PgBouncer)]"
+            "(../operations/deployment.md#connection-poolers-pgbouncer)",
+        ),
+    )
     # A URL that reaches PostgreSQL directly (not through the pooler), for LISTEN. Without one,
     # behind a pooler, workers and result waiters poll instead of being woken by NOTIFY.
-    listen_url: str | None = None
-    home: Path = field(default_factory=default_home)
+    listen_url: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_LISTEN_URL",
+            "behind a pooler: a URL that reaches PostgreSQL directly, used for LISTEN (same as "
+            "`?pgq_listen_url=`); unset, workers and `get()` poll",
+        ),
+    )
+    home: Path = field(
+        default_factory=default_home,
+        metadata=_env(
+            "PGQ_HOME", "where the embedded PostgreSQL server lives", shown="per-user data folder"
+        ),
+    )
     # How long an idle worker sleeps between polls when no NOTIFY arrives. NOTIFY is only a hint,
     # so this bounds how late a task can start if a notification is lost (or a countdown expires).
-    poll_interval: float = 1.0
+    poll_interval: float = field(
+        default=1.0,
+        metadata=_env(
+            "PGQ_POLL_INTERVAL",
+            "seconds an idle worker waits between polls (NOTIFY is only a hint)",
+        ),
+    )
     # A claimed task's lease: a worker renews it every heartbeat_interval; once it lapses the task
     # is an orphan and any worker puts it back in the queue.
-    lease_seconds: float = 30.0
-    heartbeat_interval: float = 5.0
+    lease_seconds: float = field(
+        default=30.0,
+        metadata=_env(
+            "PGQ_LEASE_SECONDS",
+            "a claimed task's lease; renewed by heartbeats, rescued once it lapses",
+        ),
+    )
+    heartbeat_interval: float = field(
+        default=5.0,
+        metadata=_env(
+            "PGQ_HEARTBEAT_INTERVAL",
+            "seconds between heartbeats (must be shorter than the lease)",
+        ),
+    )
     # How many times a task may lose its worker before it ends in FAILURE (WorkerLostError)
     # instead of going back to the queue again.
-    max_rescues: int = 3
+    max_rescues: int = field(
+        default=3,
+        metadata=_env(
+            "PGQ_MAX_RESCUES",
+            "times a task may lose its worker before it fails with `WorkerLostError`",
+        ),
+    )
     # Finished tasks older than this are deleted (Celery's result_expires, one day by default).
-    result_expires: float = 86400.0
-    prune_interval: float = 60.0
-    prune_batch: int = 1000
-    pool_size: int = 4
-    # How long a producer waits for a pooled connection before raising OperationalError: long
-    # enough to ride out a server restart, short enough to report a server that is down.
-    connect_timeout: float = 10.0
-    # pgq beat: how long a beat's leadership lasts unless renewed (a standby takes over at most
-    # this long after the leader died), and how far back a beat enqueues every run it finds
-    # not yet enqueued (older missed runs collapse into one run, as in Celery).
-    beat_lease_seconds: float = 10.0
-    beat_catch_up: float = 30.0
+    result_expires: float = field(
+        default=86400.0,
+        metadata=_env(
+            "PGQ_RESULT_EXPIRES", "seconds finished tasks are kept; `0` keeps them forever"
+        ),
+    )
+    prune_interval: float = field(
+        default=60.0, metadata=_env("PGQ_PRUNE_INTERVAL", "seconds between pruning passes")
+    )
+    prune_batch: int = field(
+        default=1000, metadata=_env("PGQ_PRUNE_BATCH", "rows deleted per pruning statement")
+    )
     # The most tasks one pool process claims in one statement. Each process sizes its batches
     # to about 50 ms of work from the run times it sees (quick tasks: big batches, slow tasks:
     # one at a time), never above this; 1 claims one task at a time.
-    claim_batch: int = 200
+    claim_batch: int = field(
+        default=200,
+        metadata=_env(
+            "PGQ_CLAIM_BATCH",
+            "most tasks a pool process claims in one statement; while a backlog lasts it sizes "
+            "batches to about 50 ms of work below this (one task at a time otherwise); `1` "
+            "claims one task at a time",
+        ),
+    )
+    pool_size: int = field(
+        default=4,
+        metadata=_env("PGQ_POOL_SIZE", "connections in a producer process's pool"),
+    )
+    # How long a producer waits for a pooled connection before raising OperationalError: long
+    # enough to ride out a server restart, short enough to report a server that is down.
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=_env(
+            "PGQ_CONNECT_TIMEOUT",
+            "seconds a producer waits for a connection (rides out a restart) before raising "
+            "`OperationalError`",
+        ),
+    )
+    # pgq beat: how long a beat's leadership lasts unless renewed (a standby takes over at most
+    # this long after the leader died), and how far back a beat enqueues every run it finds
+    # not yet enqueued (older missed runs collapse into one run, as in Celery).
+    beat_lease_seconds: float = field(
+        default=10.0,
+        metadata=_env(
+            "PGQ_BEAT_LEASE_SECONDS",
+            "a beat leader's lease: a standby beat takes over at most this long after it died",
+        ),
+    )
+    beat_catch_up: float = field(
+        default=30.0,
+        metadata=_env(
+            "PGQ_BEAT_CATCH_UP",
+            "seconds back a beat still enqueues every late run; older missed runs run once",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -100,12 +213,12 @@ class Settings:
         """Build settings from ``PGQ_*`` variables, then apply ``overrides`` (None = unset)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, (var, _default, _help) in ENVIRONMENT.items():
+        for f in fields(cls):
+            var = f.metadata["env"]
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            values[name] = _parse(var, raw, types[name])
+            values[f.name] = _parse(var, raw, f.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "home" in values:
             values["home"] = Path(values["home"]).expanduser()
@@ -114,6 +227,24 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default(name: str) -> Any:
+    """The declared default of setting ``name`` (for code that takes the same setting as a
+    parameter, so the default is written once)."""
+    for f in fields(Settings):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    raise KeyError(name)
+
+
+def debug_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``PGQ_DEBUG`` asks the CLI to show the traceback of an unexpected error."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("PGQ_DEBUG"))
 
 
 def check_pooler_mode(name: str, mode: str | None) -> None:
@@ -136,59 +267,91 @@ def _parse(var: str, raw: str, type_name: Any) -> Any:
     return raw
 
 
-# field name -> (environment variable, default shown in help, meaning)
-ENVIRONMENT: dict[str, tuple[str, str, str]] = {
-    "database_url": (
-        "PGQ_DATABASE_URL",
-        "(embedded server)",
-        "PostgreSQL URL used when the code gives none; unset means the embedded server",
+class Variable(NamedTuple):
+    """One environment variable as documented: name, default as shown, meaning (Markdown)."""
+
+    env: str
+    default: str
+    help: str
+
+
+# Variables that are not settings (not read into ``Settings``), declared here so that they too
+# appear in ``pgq --help`` and the docs table.
+_OTHER_VARIABLES = (
+    Variable("PGQ_DEBUG", "unset", "when set, the CLI shows the traceback of an unexpected error"),
+    Variable(
+        "PGQ_TEST_DATABASE_URL",
+        "unset",
+        "tests only: a server URL the suite creates its databases on",
     ),
-    "pooler": (
-        "PGQ_POOLER",
-        "(none)",
-        "'transaction' behind a transaction-mode pooler such as PgBouncer "
-        "(or ?pgq_pooler=transaction in the URL)",
-    ),
-    "listen_url": (
-        "PGQ_LISTEN_URL",
-        "(none)",
-        "direct PostgreSQL URL for LISTEN behind a pooler (?pgq_listen_url=); unset: poll",
-    ),
-    "home": ("PGQ_HOME", "per-user data folder", "where the embedded PostgreSQL server lives"),
-    "poll_interval": ("PGQ_POLL_INTERVAL", "1.0", "seconds an idle worker waits between polls"),
-    "lease_seconds": ("PGQ_LEASE_SECONDS", "30", "a claimed task's lease, renewed by heartbeats"),
-    "heartbeat_interval": ("PGQ_HEARTBEAT_INTERVAL", "5", "seconds between worker heartbeats"),
-    "max_rescues": (
-        "PGQ_MAX_RESCUES",
-        "3",
-        "times a task may lose its worker before it fails with WorkerLostError",
-    ),
-    "result_expires": (
-        "PGQ_RESULT_EXPIRES",
-        "86400",
-        "seconds finished tasks are kept before pruning",
-    ),
-    "prune_interval": ("PGQ_PRUNE_INTERVAL", "60", "seconds between pruning passes"),
-    "prune_batch": ("PGQ_PRUNE_BATCH", "1000", "rows deleted per pruning statement"),
-    "claim_batch": (
-        "PGQ_CLAIM_BATCH",
-        "200",
-        "most tasks a pool process claims at once (it adapts below this; 1: one at a time)",
-    ),
-    "pool_size": ("PGQ_POOL_SIZE", "4", "connections in a producer process's pool"),
-    "connect_timeout": (
-        "PGQ_CONNECT_TIMEOUT",
-        "10",
-        "seconds a producer waits for a connection before raising OperationalError",
-    ),
-    "beat_lease_seconds": (
-        "PGQ_BEAT_LEASE_SECONDS",
-        "10",
-        "a beat leader's lease: a standby beat takes over at most this long after it died",
-    ),
-    "beat_catch_up": (
-        "PGQ_BEAT_CATCH_UP",
-        "30",
-        "seconds back a beat still enqueues every late run; older missed runs run once",
-    ),
-}
+)
+
+
+def _shown_default(f: Any) -> str:
+    if f.metadata.get("shown"):
+        return str(f.metadata["shown"])
+    if f.default is None:
+        return "unset"
+    value = f.default
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"`{text}`"
+
+
+def environment_variables() -> list[Variable]:
+    """Every ``PGQ_*`` variable pgq reads, in documentation order, from the declarations."""
+    settings = [
+        Variable(f.metadata["env"], _shown_default(f), f.metadata["help"]) for f in fields(Settings)
+    ]
+    return settings + list(_OTHER_VARIABLES)
+
+
+def markdown_table() -> str:
+    """The table of ``docs/reference/configuration.md`` (between its settings-table markers)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for var in environment_variables():
+        lines.append(f"| `{var.env}` | {var.default} | {var.help} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(markdown: str) -> str:
+    """Markdown to terminal text: a "; see [page](link)" pointer goes (a terminal cannot follow
+    it), other links keep their text, code loses its backticks."""
+    text = re.sub(r"; see \[[^\]]*\]\([^)]*\)", "", markdown)
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text).replace("`", "")
+
+
+def environment_help() -> str:
+    """The ``Environment variables:`` epilog of ``pgq --help``."""
+    lines = ["Environment variables:", ""]
+    for var in environment_variables():
+        lines.append(f"{var.env} (default {_plain(var.default)}): {_plain(var.help)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+TABLE_START = "<!-- settings-table:start -->"
+TABLE_END = "<!-- settings-table:end -->"
+
+
+def with_table(document: str) -> str:
+    """``document`` with the text between its settings-table markers replaced by the table."""
+    start, end = document.index(TABLE_START), document.index(TABLE_END)
+    return document[: start + len(TABLE_START)] + "\n" + markdown_table() + document[end:]
+
+
+def _main(argv: list[str]) -> int:
+    if argv == ["--markdown"]:
+        sys.stdout.write(markdown_table())
+        return 0
+    if len(argv) == 2 and argv[0] == "--write":
+        path = Path(argv[1])
+        path.write_text(with_table(path.read_text()))
+        return 0
+    sys.stderr.write(
+        "usage: python -m pgq.settings --markdown | --write docs/reference/configuration.md\n"
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -7,7 +7,6 @@ user for an expected error (bad input, unreachable database, missing schema).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -20,25 +19,17 @@ from pgq.cli.worker import register_worker_commands
 from pgq.errors import PgqError
 from pgq.serialization import loads
 from pgq.server import resolve_url
-from pgq.settings import ENVIRONMENT, Settings
+from pgq.settings import Settings, debug_requested, environment_help
 from pgq.store.database import describe_server
 from pgq.store.revision import SCHEMA_REVISION
 
 __all__ = ["main"]
 
 
-def _environment_help() -> str:
-    lines = ["Environment variables:", ""]
-    for var, default, meaning in ENVIRONMENT.values():
-        lines.append(f"{var} (default {default}): {meaning}")
-        lines.append("")
-    return "\n".join(lines)
-
-
 cli = typer.Typer(
     name="pgq",
     help="pgq: a Celery-compatible task queue that keeps its tasks in PostgreSQL.",
-    epilog=_environment_help(),
+    epilog=environment_help(),
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -219,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exit_code)
         if type(exc).__name__ == "Abort":
             sys.exit(1)
-        if os.environ.get("PGQ_DEBUG"):
+        if debug_requested():
             raise
         print(
             f"Error: unexpected {type(exc).__name__}: {exc} (set PGQ_DEBUG=1 for the traceback)",

@@ -11,6 +11,7 @@ import typer
 from pgq import hooks
 from pgq.cli._common import AppOption, UrlOption, load
 from pgq.maintenance.beat import Beat, BeatSettings, serve
+from pgq.settings import DEFAULT_QUEUE
 
 __all__ = ["register_worker_commands"]
 
@@ -42,7 +43,7 @@ def worker(
         None, "-c", "--concurrency", min=1, help="worker slots (default: number of CPUs)"
     ),
     queues: str | None = typer.Option(
-        None, "-Q", "--queues", help="comma-separated queues to consume (default: celery)"
+        None, "-Q", "--queues", help=f"comma-separated queues to consume (default: {DEFAULT_QUEUE})"
     ),
     loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
     pool: str = typer.Option("prefork", "-P", "--pool", help="prefork, threads or solo"),

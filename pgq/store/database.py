@@ -38,7 +38,7 @@ from pgq.errors import (
     SchemaError,
     ServerUnreachable,
 )
-from pgq.settings import check_pooler_mode
+from pgq.settings import check_pooler_mode, default
 from pgq.store.revision import SCHEMA_REVISION
 from pgq.store.sql import query
 
@@ -214,7 +214,13 @@ class Database:
     waiters must poll.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = default("pool_size"),
+        connect_timeout: float = default("connect_timeout"),
+    ) -> None:
         self.url, options = split_options(url)
         self.pooler: str | None = options.get(POOLER_OPTION) or None
         check_pooler_mode(POOLER_OPTION, self.pooler)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from pgq.settings import DEFAULT_QUEUE
+
 __all__ = [
     "CONTROL_CHANNEL",
     "DONE_CHANNEL",
@@ -36,7 +38,7 @@ class NewTask(NamedTuple):
     args: str = "[]"
     kwargs: str = "{}"
     options: str = "{}"
-    queue: str = "celery"
+    queue: str = DEFAULT_QUEUE
     priority: int = 0
     eta: datetime | None = None
     countdown: float | None = None
