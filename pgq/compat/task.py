@@ -21,7 +21,7 @@ from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.ids import new_task_id
 from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
-from pgq.worker.runner import execute
+from pgq.worker.runner import Steps, execute
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -79,6 +79,24 @@ def _moment(name: str, value: Any) -> Any:
                 f"{name} must be a datetime or ISO 8601 text, got {value!r:.60}"
             ) from None
     return value
+
+
+class _EagerSteps(Steps):
+    """An eager run's steps: ``link`` callbacks get the result before the success hooks, as
+    Celery's tracer applies them (eagerly too with ``task_always_eager``; else they are sent)."""
+
+    def __init__(self, app: Any, link: Any) -> None:
+        self.app = app
+        self.link = link
+
+    def returned(self, task: Any, request: Request, retval: Any) -> None:
+        from pgq.compat.canvas import signature  # canvas imports this module
+
+        for callback in _as_list(self.link):
+            signature(callback, app=self.app).apply_async((retval,))
+
+
+_NO_LINKS = Steps()
 
 
 class Task(_engine.Task):
@@ -357,7 +375,7 @@ class Task(_engine.Task):
         )
         token = set_current_request(request)
         try:
-            execution = execute(self, request)
+            execution = execute(self, request, _EagerSteps(self.app, link) if link else _NO_LINKS)
         finally:
             reset_current_request(token)
         if execution.state == states.RETRY:

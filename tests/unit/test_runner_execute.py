@@ -159,3 +159,24 @@ def test_eager_reject_is_rejected_without_hooks(app: Any) -> None:
     result = task.apply()
     assert result.state == states.REJECTED
     assert calls == ["before_start"]
+
+
+def test_eager_link_callbacks_get_the_result(app: Any) -> None:
+    """Was a bug: eager apply() dropped ``link``; Celery's tracer applies callbacks (with
+    ``task_always_eager`` they run here too), before the success hooks."""
+    got: list[Any] = []
+
+    @app.task(name="runner.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="runner.record")
+    def record(value: Any, tag: str = "") -> None:
+        got.append((value, tag))
+
+    app.conf.task_always_eager = True
+    result = add.apply_async((1, 2), link=[record.s(tag="a"), record.si("fixed")])
+    assert result.get() == 3
+    assert got == [(3, "a"), ("fixed", "")]
+    assert add.apply((2, 2), link=record.s()).get() == 4
+    assert got[-1] == (4, "")
