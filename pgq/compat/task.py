@@ -21,7 +21,7 @@ from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.ids import new_task_id
 from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
-from pgq.worker.runner import Steps, execute
+from pgq.worker.runner import ExceptionInfo, Steps, execute, run_local_errbacks
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -82,18 +82,32 @@ def _moment(name: str, value: Any) -> Any:
 
 
 class _EagerSteps(Steps):
-    """An eager run's steps: ``link`` callbacks get the result before the success hooks, as
-    Celery's tracer applies them (eagerly too with ``task_always_eager``; else they are sent)."""
+    """An eager run's workflow steps, as Celery's tracer takes them: ``link`` callbacks get the
+    result before the success hooks (run here with ``task_always_eager``, else sent); on a
+    failure that is not re-raised, new-style errbacks ``(request, exc, traceback)`` are called
+    and old-style ones applied here with the task's id."""
 
-    def __init__(self, app: Any, link: Any) -> None:
+    def __init__(self, app: Any, link: Any, link_error: Any, throw: bool) -> None:
         self.app = app
         self.link = link
+        self.link_error = link_error
+        self.throw = throw
 
     def returned(self, task: Any, request: Request, retval: Any) -> None:
         from pgq.compat.canvas import signature  # canvas imports this module
 
         for callback in _as_list(self.link):
             signature(callback, app=self.app).apply_async((retval,))
+
+    def failed(self, task: Any, request: Request, exc: BaseException, einfo: ExceptionInfo) -> None:
+        from pgq.compat.canvas import signature  # canvas imports this module
+
+        if self.throw or not self.link_error:
+            return
+        errbacks = [signature(sig, app=self.app) for sig in _as_list(self.link_error)]
+        old_style = run_local_errbacks(task, request, exc, einfo, errbacks)
+        for errback in old_style:
+            signature(errback, app=self.app).apply((request.id,))
 
 
 _NO_LINKS = Steps()
@@ -373,9 +387,10 @@ class Task(_engine.Task):
             options=options,
             is_eager=True,
         )
+        steps = _EagerSteps(self.app, link, link_error, throw) if link or link_error else _NO_LINKS
         token = set_current_request(request)
         try:
-            execution = execute(self, request, _EagerSteps(self.app, link) if link else _NO_LINKS)
+            execution = execute(self, request, steps)
         finally:
             reset_current_request(token)
         if execution.state == states.RETRY:

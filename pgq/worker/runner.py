@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import traceback as tb_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -302,7 +302,7 @@ class _RowSteps(Steps):
         if not (request.options.get("link") or request.options.get("link_error")):
             return
         error = error_json(exc)
-        options = {**request.options, "link_error": _run_local_errbacks(task, request, exc, einfo)}
+        options = {**request.options, "link_error": run_local_errbacks(task, request, exc, einfo)}
         try:
             enqueued, doomed = workflow.on_failure(
                 task.app, options, request.id, request.root_id, error
@@ -349,13 +349,20 @@ class _RowSteps(Steps):
         )
 
 
-def _run_local_errbacks(
-    task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
-) -> list[dict[str, Any]]:
+def run_local_errbacks(
+    task: Task,
+    request: Request,
+    exc: BaseException,
+    einfo: ExceptionInfo,
+    errbacks: Iterable[Mapping[str, Any]] | None = None,
+) -> list[Mapping[str, Any]]:
     """Call new-style errbacks ``(request, exc, traceback)`` here, as Celery does (they take
-    objects that cannot travel as JSON); return the old-style ones, to enqueue with the id."""
+    objects that cannot travel as JSON); return the old-style ones, to enqueue with the id.
+    ``errbacks`` defaults to the request's ``link_error`` option."""
+    if errbacks is None:
+        errbacks = request.options.get("link_error") or ()
     remaining = []
-    for sig in request.options.get("link_error") or ():
+    for sig in errbacks:
         target = task.app.tasks.get(str(sig.get("task")))
         if target is not None and _positional_arity(target.run) > 1:
             _safely(target.run, request, exc, einfo.traceback, *(sig.get("args") or ()))

@@ -180,3 +180,30 @@ def test_eager_link_callbacks_get_the_result(app: Any) -> None:
     assert got == [(3, "a"), ("fixed", "")]
     assert add.apply((2, 2), link=record.s()).get() == 4
     assert got[-1] == (4, "")
+
+
+def test_eager_errbacks_run_on_failure_unless_propagating(app: Any) -> None:
+    """Was a bug: eager apply() dropped ``link_error``; Celery's tracer calls new-style
+    errbacks with (request, exc, traceback) and applies old-style ones with the task id,
+    eagerly too, except when the exception propagates."""
+    got: list[Any] = []
+
+    @app.task(name="runner.fails")
+    def fails() -> None:
+        raise ValueError("boom")
+
+    @app.task(name="runner.new_style")
+    def new_style(request: Any, exc: Any, traceback: Any) -> None:
+        got.append(("new", request.id, type(exc).__name__))
+
+    @app.task(name="runner.old_style")
+    def old_style(task_id: str) -> None:
+        got.append(("old", task_id))
+
+    result = fails.apply(link_error=[new_style.s(), old_style.s()])
+    assert result.state == states.FAILURE
+    assert got == [("new", result.id, "ValueError"), ("old", result.id)]
+    got.clear()
+    with pytest.raises(ValueError):
+        fails.apply(link_error=old_style.s(), throw=True)
+    assert got == []
