@@ -1,8 +1,8 @@
 """Celery's ``Task`` on pgq's: ``request``, ``retry``, ``update_state``, ``apply``, signatures.
 
-The worker runs ``run`` through ``pgq.worker.runner``; the methods here are what Celery code
-calls on a task, in the producer (``delay``/``apply_async``/``apply``) and inside a running task
-(``self.request``, ``self.retry``, ``self.update_state``).
+The worker and ``apply()`` both run a task through ``pgq.worker.runner.execute``; the methods
+here are what Celery code calls on a task, in the producer (``delay``/``apply_async``/``apply``)
+and inside a running task (``self.request``, ``self.retry``, ``self.update_state``).
 """
 
 from __future__ import annotations

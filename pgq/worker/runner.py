@@ -1,4 +1,9 @@
-"""Running one claimed task where it executes (a child process or a pool thread).
+"""Running a task: ``execute`` is the one task run; ``run_job`` runs a claimed row with it.
+
+``execute(task, request, steps)`` calls the task with its signals and hooks, handles
+``Retry``/``Ignore``/``Reject``/autoretry and the retry budget, and returns an ``Execution``
+(the outcome as data). The worker's ``run_job`` and compat's eager ``apply()`` both call it;
+each adds its own ``Steps`` (the worker: encoding, workflow follow-ups, the ``Report``).
 
 ``run_job`` turns a claimed row into a ``Report``: what happened, encoded and ready for the slot
 that claimed it to write back with its next claim (``finish_and_claim``). It never raises: a bad
