@@ -1,8 +1,8 @@
 """Celery's ``Task`` on pgq's: ``request``, ``retry``, ``update_state``, ``apply``, signatures.
 
-The worker runs ``run`` through ``pgq.worker.runner``; the methods here are what Celery code
-calls on a task, in the producer (``delay``/``apply_async``/``apply``) and inside a running task
-(``self.request``, ``self.retry``, ``self.update_state``).
+The worker and ``apply()`` both run a task through ``pgq.worker.runner.execute``; the methods
+here are what Celery code calls on a task, in the producer (``delay``/``apply_async``/``apply``)
+and inside a running task (``self.request``, ``self.retry``, ``self.update_state``).
 """
 
 from __future__ import annotations
@@ -14,24 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pgq import app as _engine
 from pgq import serialization
-from pgq.backoff import retry_countdown
 from pgq.compat import states
 from pgq.compat._state import get_current_app
-from pgq.compat.exceptions import (
-    Ignore,
-    ImproperlyConfigured,
-    MaxRetriesExceededError,
-    Reject,
-    Retry,
-)
+from pgq.compat.exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
 from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
-from pgq.errors import Ignore as EngineIgnore
-from pgq.errors import Reject as EngineReject
-from pgq.errors import RetryTask
-from pgq.hooks import emit
 from pgq.ids import new_task_id
 from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
+from pgq.worker.runner import ExceptionInfo, Steps, execute, run_local_errbacks
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -89,6 +79,38 @@ def _moment(name: str, value: Any) -> Any:
                 f"{name} must be a datetime or ISO 8601 text, got {value!r:.60}"
             ) from None
     return value
+
+
+class _EagerSteps(Steps):
+    """An eager run's workflow steps, as Celery's tracer takes them: ``link`` callbacks get the
+    result before the success hooks (run here with ``task_always_eager``, else sent); on a
+    failure that is not re-raised, new-style errbacks ``(request, exc, traceback)`` are called
+    and old-style ones applied here with the task's id."""
+
+    def __init__(self, app: Any, link: Any, link_error: Any, throw: bool) -> None:
+        self.app = app
+        self.link = link
+        self.link_error = link_error
+        self.throw = throw
+
+    def returned(self, task: Any, request: Request, retval: Any) -> None:
+        from pgq.compat.canvas import signature  # canvas imports this module
+
+        for callback in _as_list(self.link):
+            signature(callback, app=self.app).apply_async((retval,))
+
+    def failed(self, task: Any, request: Request, exc: BaseException, einfo: ExceptionInfo) -> None:
+        from pgq.compat.canvas import signature  # canvas imports this module
+
+        if self.throw or not self.link_error:
+            return
+        errbacks = [signature(sig, app=self.app) for sig in _as_list(self.link_error)]
+        old_style = run_local_errbacks(task, request, exc, einfo, errbacks)
+        for errback in old_style:
+            signature(errback, app=self.app).apply((request.id,))
+
+
+_NO_LINKS = Steps()
 
 
 class Task(_engine.Task):
@@ -365,17 +387,18 @@ class Task(_engine.Task):
             options=options,
             is_eager=True,
         )
+        steps = _EagerSteps(self.app, link, link_error, throw) if link or link_error else _NO_LINKS
         token = set_current_request(request)
         try:
-            outcome = self._run_eagerly(request, throw)
+            execution = execute(self, request, steps)
         finally:
             reset_current_request(token)
-        if isinstance(outcome, RetryTask):
-            new_args = args if outcome.retry_args is None else outcome.retry_args
-            new_kwargs = kwargs if outcome.retry_kwargs is None else outcome.retry_kwargs
+        if execution.state == states.RETRY:
+            assert execution.retry is not None
+            retry = execution.retry
             return self.apply(
-                new_args,
-                new_kwargs,
+                args if retry.retry_args is None else retry.retry_args,
+                kwargs if retry.retry_kwargs is None else retry.retry_kwargs,
                 link=link,
                 link_error=link_error,
                 task_id=task_id,
@@ -384,65 +407,11 @@ class Task(_engine.Task):
                 headers=headers,
                 **options,
             )
-        return outcome
-
-    def _run_eagerly(self, request: Request, throw: bool) -> EagerResult | RetryTask:
-        from pgq.worker.runner import ExceptionInfo
-
-        args, kwargs, task_id = request.args, request.kwargs, request.id
-        emit("task_prerun", task=self, request=request)
-        state, retval, einfo = states.SUCCESS, None, None
-        try:
-            try:
-                self.before_start(task_id, args, kwargs)
-                retval = self.run(*args, **kwargs)
-                if request.retry_requested is not None:
-                    raise request.retry_requested
-            except RetryTask:
-                raise
-            except (EngineIgnore, EngineReject):
-                raise
-            except Exception as exc:
-                if not self._autoretries(exc):
-                    raise
-                kwargs_for_retry = dict(self.retry_kwargs)
-                if self.retry_backoff:
-                    kwargs_for_retry["countdown"] = retry_countdown(self, request.retries)
-                self.retry(exc=exc, **kwargs_for_retry)  # raises Retry or the final error
-        except RetryTask as retry:
-            cause = retry.exc if retry.exc is not None else retry
-            einfo = ExceptionInfo(cause)
-            self.on_retry(cause, task_id, args, kwargs, einfo)
-            emit("task_retry", task=self, request=request, reason=cause, einfo=einfo)
-            self.after_return(states.RETRY, cause, task_id, args, kwargs, einfo)
-            emit("task_postrun", task=self, request=request, retval=retry, state=states.RETRY)
-            return retry
-        except (Ignore, EngineIgnore) as ignored:
-            state, retval = states.IGNORED, ignored
-        except (Reject, EngineReject) as rejected:
-            state, retval = states.REJECTED, rejected
-        except Exception as exc:
-            state, retval, einfo = states.FAILURE, exc, ExceptionInfo(exc)
-            self.on_failure(exc, task_id, args, kwargs, einfo)
-            emit("task_failure", task=self, request=request, exc=exc, einfo=einfo)
-            self.after_return(state, exc, task_id, args, kwargs, einfo)
-            emit("task_postrun", task=self, request=request, retval=exc, state=state)
-            if throw:
-                raise
-            return EagerResult(task_id, exc, state, traceback=einfo.traceback, name=self.name)
-        if state == states.SUCCESS:
-            self.on_success(retval, task_id, args, kwargs)
-            emit("task_success", task=self, request=request, retval=retval)
-            self.after_return(state, retval, task_id, args, kwargs, None)
-        emit("task_postrun", task=self, request=request, retval=retval, state=state)
-        return EagerResult(task_id, retval, state, name=self.name)
-
-    def _autoretries(self, exc: Exception) -> bool:
-        return (
-            bool(self.autoretry_for)
-            and isinstance(exc, self.autoretry_for)
-            and not (self.dont_autoretry_for and isinstance(exc, self.dont_autoretry_for))
-        )
+        state, einfo = execution.state, execution.einfo
+        if state == states.FAILURE and throw:
+            raise execution.retval
+        traceback = einfo.traceback if state == states.FAILURE and einfo is not None else None
+        return EagerResult(task_id, execution.retval, state, traceback=traceback, name=self.name)
 
     # -- results and signatures --------------------------------------------------------------
 

@@ -1,4 +1,9 @@
-"""Running one claimed task where it executes (a child process or a pool thread).
+"""Running a task: ``execute`` is the one task run; ``run_job`` runs a claimed row with it.
+
+``execute(task, request, steps)`` calls the task with its signals and hooks, handles
+``Retry``/``Ignore``/``Reject``/autoretry and the retry budget, and returns an ``Execution``
+(the outcome as data). The worker's ``run_job`` and compat's eager ``apply()`` both call it;
+each adds its own ``Steps`` (the worker: encoding, workflow follow-ups, the ``Report``).
 
 ``run_job`` turns a claimed row into a ``Report``: what happened, encoded and ready for the slot
 that claimed it to write back with its next claim (``finish_and_claim``). It never raises: a bad
@@ -15,7 +20,7 @@ import signal
 import threading
 import time
 import traceback as tb_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -45,7 +50,7 @@ if TYPE_CHECKING:
     from pgq.store import ClaimedTask, NewTask
     from pgq.workflow import FailedStep
 
-__all__ = ["ExceptionInfo", "Report", "error_json", "run_job"]
+__all__ = ["Execution", "ExceptionInfo", "Report", "Steps", "error_json", "execute", "run_job"]
 
 # Report kinds
 FINISH = "finish"  # state (None: keep the state the task set), result, traceback
@@ -152,96 +157,217 @@ def _run_job(app: App, job: ClaimedTask, hostname: str, started: float) -> Repor
         reset_current_request(token)
 
 
-def _call(task: Task, request: Request, started: float) -> Report:
+class Execution(NamedTuple):
+    """How one task run ended, as data: what the worker turns into rows and ``apply()`` into an
+    ``EagerResult``."""
+
+    # SUCCESS, FAILURE, REJECTED, IGNORED, RETRY or REQUEUE (Reject(requeue=True))
+    state: str
+    retval: Any  # the value the task returned, or the exception it ended with
+    einfo: ExceptionInfo | None = None  # FAILURE, REJECTED, RETRY
+    retry: RetryTask | None = None  # RETRY: the retry, checked against the task's budget
+    countdown: float | None = None  # RETRY: seconds to wait (None when retry.eta is set)
+    report: Any = None  # what the caller's Steps made of it (the worker: a Report)
+
+
+class Steps:
+    """What a caller adds to a task run; this base adds nothing (compat's eager ``apply()``).
+
+    The worker's steps encode the result and the retry's arguments, work out the workflow's
+    follow-up tasks, and build the ``Report`` its slot writes.
+    """
+
+    def returned(self, task: Task, request: Request, retval: Any) -> None:
+        """The task returned ``retval``; before its success hooks. Raising fails the task."""
+
+    def retrying(self, task: Task, request: Request, retry: RetryTask) -> None:
+        """The task will run again; before the retry hooks. ``EncodeError`` fails the task."""
+
+    def failed(
+        self, task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
+    ) -> None:
+        """The task failed (or was rejected); after the failure hooks."""
+
+    def report(self, execution: Execution) -> Any:
+        """What the ``task_postrun`` signal carries as ``report`` (and ``Execution.report``)."""
+        return None
+
+
+_NO_STEPS = Steps()
+
+
+def execute(task: Task, request: Request, steps: Steps = _NO_STEPS) -> Execution:
+    """Run ``task`` for ``request`` (already the current request): the ONE task run.
+
+    Signals and hooks in Celery's order, ``Retry``/``Ignore``/``Reject``/autoretry, the retry
+    budget; the outcome comes back as data. The worker (``run_job``) and compat's eager
+    ``apply()`` both call it. In an eager run (``request.is_eager``) an error in a hook
+    propagates, as in Celery's eager tracer; in the worker it is logged and the outcome kept.
+    """
     emit("task_prerun", task=task, request=request)
-    report, retval = _run(task, request, started)
-    state = report.state if report.kind == FINISH else report.kind.upper()
-    emit("task_postrun", task=task, request=request, report=report, retval=retval, state=state)
-    return report
+    execution = _run(task, request, steps)
+    execution = execution._replace(report=steps.report(execution))
+    emit(
+        "task_postrun",
+        task=task,
+        request=request,
+        report=execution.report,
+        retval=execution.retval,
+        state=execution.state,
+    )
+    return execution
 
 
-def _run(task: Task, request: Request, started: float) -> tuple[Report, Any]:
-    """Run the task and its hooks; returns the report and the value (or exception) it ended with."""
+def _call(task: Task, request: Request, started: float) -> Report:
+    return execute(task, request, _RowSteps(request.id, started)).report  # type: ignore[no-any-return]
+
+
+def _run(task: Task, request: Request, steps: Steps) -> Execution:
+    """Run the task and its hooks; the Execution it ended with."""
     args, kwargs, task_id = request.args, request.kwargs, request.id
     try:
         task.before_start(task_id, args, kwargs)
         retval = task.run(*args, **kwargs)
     except RetryTask as retry:
-        return _retry(task, request, started, retry), retry
+        return _retry(task, request, steps, retry)
     except Ignore as ignore:
-        return Report(FINISH, task_id, time.monotonic() - started), ignore
+        return Execution("IGNORED", ignore)
     except Reject as reject:
+        if request.is_eager:  # no queue to go back to; Celery runs no hooks for a rejection
+            return Execution("REJECTED", reject)
         if reject.requeue:
-            return Report(REQUEUE, task_id, time.monotonic() - started), reject
-        return _fail(task, request, started, reject, state="REJECTED"), reject
+            return Execution("REQUEUE", reject)
+        return _fail(task, request, steps, reject, state="REJECTED")
     except Exception as exc:
         if _autoretries(task, exc):
             try:
                 again = _autoretry_request(task, request, exc)
             except ValueError as bad:  # retry_kwargs with a bad queue, priority, limit or expiry
-                return _fail(task, request, started, bad), bad
-            return _retry(task, request, started, again), exc
-        return _fail(task, request, started, exc), exc
+                return _fail(task, request, steps, bad)
+            return _retry(task, request, steps, again)
+        return _fail(task, request, steps, exc)
     if request.retry_requested is not None:  # self.retry(throw=False) and then returned
-        return _retry(task, request, started, request.retry_requested), retval
+        return _retry(task, request, steps, request.retry_requested)
     try:
-        ignore_result = request.options.get("ignore_result", task.ignore_result)
-        encoded = None if ignore_result else serialization.dumps(retval)
-    except EncodeError as exc:
-        return _fail(task, request, started, exc), exc
-    follow_ups: tuple[NewTask, ...] = ()
-    if request.options.get("link"):
-        try:
-            follow_ups = tuple(
-                workflow.on_success(task.app, request.options, task_id, request.root_id, retval)
-            )
-        except Exception as exc:  # a broken link cannot continue the workflow: say so
-            return _fail(task, request, started, exc), exc
-    _safely(task.on_success, retval, task_id, args, kwargs)
+        steps.returned(task, request, retval)
+    except Exception as exc:  # an unencodable result, a broken link: say so
+        return _fail(task, request, steps, exc)
+    hook = _hook_runner(request)
+    hook(task.on_success, retval, task_id, args, kwargs)
     emit("task_success", task=task, request=request, retval=retval)
-    _safely(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
-    runtime = time.monotonic() - started
-    return Report(FINISH, task_id, runtime, "SUCCESS", encoded, follow_ups=follow_ups), retval
+    hook(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
+    return Execution("SUCCESS", retval)
 
 
 def _fail(
-    task: Task, request: Request, started: float, exc: BaseException, *, state: str = "FAILURE"
-) -> Report:
+    task: Task, request: Request, steps: Steps, exc: BaseException, *, state: str = "FAILURE"
+) -> Execution:
     einfo = ExceptionInfo(exc)
-    _safely(task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
+    hook = _hook_runner(request)
+    hook(task.on_failure, exc, request.id, request.args, request.kwargs, einfo)
     emit("task_failure", task=task, request=request, exc=exc, einfo=einfo)
-    _safely(task.after_return, state, exc, request.id, request.args, request.kwargs, einfo)
-    error = error_json(exc)
-    errbacks: tuple[NewTask, ...] = ()
-    failed_steps: tuple[FailedStep, ...] = ()
-    if request.options.get("link") or request.options.get("link_error"):
-        options = {**request.options, "link_error": _run_local_errbacks(task, request, exc, einfo)}
+    hook(task.after_return, state, exc, request.id, request.args, request.kwargs, einfo)
+    steps.failed(task, request, exc, einfo)
+    return Execution(state, exc, einfo)
+
+
+class _RowSteps(Steps):
+    """The worker's steps: encode what the slot writes, work out follow-ups, build the Report."""
+
+    def __init__(self, task_id: str, started: float) -> None:
+        self.task_id = task_id
+        self.started = started
+        self.encoded: str | None = None
+        self.follow_ups: tuple[NewTask, ...] = ()
+        self.failed_steps: tuple[FailedStep, ...] = ()
+        self.new_args: str | None = None
+        self.new_kwargs: str | None = None
+        self.new_options: str | None = None
+
+    def returned(self, task: Task, request: Request, retval: Any) -> None:
+        ignore_result = request.options.get("ignore_result", task.ignore_result)
+        self.encoded = None if ignore_result else serialization.dumps(retval)
+        if request.options.get("link"):
+            self.follow_ups = tuple(
+                workflow.on_success(task.app, request.options, request.id, request.root_id, retval)
+            )
+
+    def retrying(self, task: Task, request: Request, retry: RetryTask) -> None:
+        self.new_args = None if retry.retry_args is None else serialization.dumps(retry.retry_args)
+        self.new_kwargs = (
+            None if retry.retry_kwargs is None else serialization.dumps(retry.retry_kwargs)
+        )
+        moved = retry.retry_options
+        self.new_options = serialization.dumps(moved) if moved else None
+
+    def failed(
+        self, task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
+    ) -> None:
+        self.follow_ups, self.failed_steps = (), ()
+        if not (request.options.get("link") or request.options.get("link_error")):
+            return
+        error = error_json(exc)
+        options = {**request.options, "link_error": run_local_errbacks(task, request, exc, einfo)}
         try:
             enqueued, doomed = workflow.on_failure(
                 task.app, options, request.id, request.root_id, error
             )
-            errbacks, failed_steps = tuple(enqueued), tuple(doomed)
+            self.follow_ups, self.failed_steps = tuple(enqueued), tuple(doomed)
         except Exception:  # the failure itself must still be recorded
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
-    return Report(
-        FINISH,
-        request.id,
-        time.monotonic() - started,
-        state,
-        error,
-        einfo.traceback,
-        follow_ups=errbacks,
-        failed_steps=failed_steps,
-    )
+
+    def report(self, execution: Execution) -> Report:
+        runtime = time.monotonic() - self.started
+        task_id = self.task_id
+        state, retval = execution.state, execution.retval
+        if state == "SUCCESS":
+            return Report(FINISH, task_id, runtime, state, self.encoded, follow_ups=self.follow_ups)
+        if state == "IGNORED":
+            return Report(FINISH, task_id, runtime)
+        if state == "REQUEUE":
+            return Report(REQUEUE, task_id, runtime)
+        einfo = execution.einfo
+        assert einfo is not None
+        if state == "RETRY":
+            assert execution.retry is not None
+            return Report(
+                RETRY,
+                task_id,
+                runtime,
+                result=error_json(einfo.exception),
+                traceback=einfo.traceback,
+                eta=execution.retry.eta,
+                countdown=execution.countdown,
+                args=self.new_args,
+                kwargs=self.new_kwargs,
+                options=self.new_options,
+            )
+        return Report(
+            FINISH,
+            task_id,
+            runtime,
+            state,
+            error_json(retval),
+            einfo.traceback,
+            follow_ups=self.follow_ups,
+            failed_steps=self.failed_steps,
+        )
 
 
-def _run_local_errbacks(
-    task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
-) -> list[dict[str, Any]]:
+def run_local_errbacks(
+    task: Task,
+    request: Request,
+    exc: BaseException,
+    einfo: ExceptionInfo,
+    errbacks: Iterable[Mapping[str, Any]] | None = None,
+) -> list[Mapping[str, Any]]:
     """Call new-style errbacks ``(request, exc, traceback)`` here, as Celery does (they take
-    objects that cannot travel as JSON); return the old-style ones, to enqueue with the id."""
+    objects that cannot travel as JSON); return the old-style ones, to enqueue with the id.
+    ``errbacks`` defaults to the request's ``link_error`` option."""
+    if errbacks is None:
+        errbacks = request.options.get("link_error") or ()
     remaining = []
-    for sig in request.options.get("link_error") or ():
+    for sig in errbacks:
         target = task.app.tasks.get(str(sig.get("task")))
         if target is not None and _positional_arity(target.run) > 1:
             _safely(target.run, request, exc, einfo.traceback, *(sig.get("args") or ()))
@@ -281,7 +407,7 @@ def _autoretry_request(task: Task, request: Request, exc: Exception) -> RetryTas
     return again
 
 
-def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Report:
+def _retry(task: Task, request: Request, steps: Steps, retry: RetryTask) -> Execution:
     try:  # a RetryTask made by hand may carry anything: fail the task with the reason
         limit = check_max_retries(retry.max_retries)
         if limit is None:
@@ -291,42 +417,37 @@ def _retry(task: Task, request: Request, started: float, retry: RetryTask) -> Re
         if retry.eta is not None:
             check_eta(retry.eta)
     except ValueError as bad:
-        return _fail(task, request, started, bad)
+        return _fail(task, request, steps, bad)
     if limit is not None and request.retries >= limit:
         if retry.exc is not None:
-            return _fail(task, request, started, retry.exc)
+            return _fail(task, request, steps, retry.exc)
         exhausted = MaxRetriesExceededError(
             f"Can't retry {task.name}[{request.id}] args:{tuple(request.args)} "
             f"kwargs:{request.kwargs}"
         )
-        return _fail(task, request, started, exhausted)
+        return _fail(task, request, steps, exhausted)
     countdown = retry.countdown
     if countdown is None and retry.eta is None:
         countdown = task.default_retry_delay
     try:
-        new_args = None if retry.retry_args is None else serialization.dumps(retry.retry_args)
-        new_kwargs = None if retry.retry_kwargs is None else serialization.dumps(retry.retry_kwargs)
-        moved = retry.retry_options
-        new_options = serialization.dumps(moved) if moved else None
+        steps.retrying(task, request, retry)
     except EncodeError as exc:
-        return _fail(task, request, started, exc)
+        return _fail(task, request, steps, exc)
     cause = retry.exc if retry.exc is not None else retry
     einfo = ExceptionInfo(cause)
-    _safely(task.on_retry, cause, request.id, request.args, request.kwargs, einfo)
+    hook = _hook_runner(request)
+    hook(task.on_retry, cause, request.id, request.args, request.kwargs, einfo)
     emit("task_retry", task=task, request=request, reason=cause, einfo=einfo)
-    _safely(task.after_return, "RETRY", cause, request.id, request.args, request.kwargs, einfo)
-    return Report(
-        RETRY,
-        request.id,
-        time.monotonic() - started,
-        result=error_json(cause),
-        traceback=einfo.traceback,
-        eta=retry.eta,
-        countdown=None if countdown is None else float(countdown),
-        args=new_args,
-        kwargs=new_kwargs,
-        options=new_options,
-    )
+    hook(task.after_return, "RETRY", cause, request.id, request.args, request.kwargs, einfo)
+    return Execution("RETRY", retry, einfo, retry, None if countdown is None else float(countdown))
+
+
+def _hook_runner(request: Request) -> Callable[..., None]:
+    return _call_hook if request.is_eager else _safely
+
+
+def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    hook(*args)
 
 
 def _safely(hook: Callable[..., Any], *args: Any) -> None:
