@@ -18,7 +18,7 @@ import itertools
 import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import timezone, tzinfo
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import serialization, workflow
@@ -115,13 +115,23 @@ class App:
             self._store = Store(self.db)
         return self._store
 
+    @overload
+    def task(
+        self, fn: Callable[..., Any], *, base: type[Task] | None = None, **options: Any
+    ) -> Task: ...
+
+    @overload
+    def task(
+        self, fn: None = None, *, base: type[Task] | None = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
     def task(
         self,
         fn: Callable[..., Any] | None = None,
         *,
         base: type[Task] | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register ``fn`` as a task (usable bare, ``@app.task``, or with options)."""
 
         def register(func: Callable[..., Any]) -> Task:
@@ -154,7 +164,8 @@ class App:
         task = self.tasks.get(name)
         if task is not None:
             return task
-        stand_in = type("RemoteTask", (self.task_base,), {"name": name, "typing": False})()
+        remote: type[Task] = type("RemoteTask", (self.task_base,), {"name": name, "typing": False})
+        stand_in = remote()
         stand_in.app = self
         return stand_in
 

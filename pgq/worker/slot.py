@@ -61,7 +61,7 @@ class CurrentTask:
     SIZE = 512
 
     def __init__(self) -> None:
-        self._buf: Any = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
+        self._buf: ctypes.Array[ctypes.c_char] = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
 
     def set(self, task_id: str) -> None:
         self._buf.value = task_id.encode()[: self.SIZE - 1]
