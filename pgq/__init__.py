@@ -3,9 +3,10 @@
 The core API is ``App``, ``Task`` and ``Result``; Celery's API lives in ``pgq.compat``.
 """
 
-from pgq.app import App, Task
+from pgq.app import App
 from pgq.errors import PgqError
 from pgq.result import Result
+from pgq.task import Task
 
 __all__ = ["App", "PgqError", "Result", "Task"]
 __version__ = "0.1.0"

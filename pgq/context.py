@@ -6,6 +6,8 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgq.errors import RetryTask
+
 __all__ = ["Request", "current_request"]
 
 
@@ -34,7 +36,7 @@ class Request:
     called_directly: bool = False
     # Set by a retry that was asked for without raising (Celery's ``retry(throw=False)``): the
     # worker schedules it once the task returns, instead of recording the returned value.
-    retry_requested: Any = None
+    retry_requested: RetryTask | None = None
 
     @property
     def delivery_info(self) -> dict[str, Any]:

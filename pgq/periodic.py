@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, Protocol, cast
 
 from pgq.errors import ConfigurationError, InvalidOption
 from pgq.options import check_signature
@@ -28,6 +28,8 @@ from pgq.options import check_signature
 __all__ = [
     "Every",
     "PeriodicEntry",
+    "Schedule",
+    "WallClockSchedule",
     "as_schedule",
     "idempotency_key",
     "latest_due",
@@ -55,13 +57,25 @@ class Every:
         return f"every {self.interval.total_seconds():g}s"
 
 
+class WallClockSchedule(Protocol):
+    """A schedule read on the wall clock of the app's timezone, such as ``crontab``."""
+
+    def next_run_after(self, moment: datetime) -> datetime:
+        """The first due time strictly after ``moment`` (aware, in the app's timezone)."""
+        ...
+
+
+# What an entry runs on: a fixed interval, or a wall-clock schedule (see the module docstring).
+Schedule = Every | WallClockSchedule
+
+
 @dataclass(frozen=True)
 class PeriodicEntry:
     """One periodic task: enqueue ``task`` with these arguments and options on ``schedule``."""
 
     name: str
     task: str
-    schedule: Any  # Every, or an object with next_run_after(moment) such as crontab
+    schedule: Schedule
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -81,7 +95,7 @@ class PeriodicEntry:
         return f"{self.schedule!r} in {tz}"
 
 
-def as_schedule(value: Any, entry: str = "") -> Any:
+def as_schedule(value: object, entry: str = "") -> Schedule:
     """An ``Every`` for seconds, a timedelta or an interval object; a crontab as it is."""
     if isinstance(value, Every):
         return value
@@ -95,14 +109,14 @@ def as_schedule(value: Any, entry: str = "") -> Any:
     if isinstance(run_every, timedelta):
         return Every(run_every)
     if callable(getattr(value, "next_run_after", None)):
-        return value
+        return cast(WallClockSchedule, value)
     raise ConfigurationError(
         f"periodic entry {entry!r}: {value!r} is not a schedule pgq can run "
         "(seconds, a timedelta, schedule(...) or crontab(...))"
     )
 
 
-def next_due(schedule: Any, anchor: datetime, after: datetime, tz: tzinfo) -> datetime:
+def next_due(schedule: Schedule, anchor: datetime, after: datetime, tz: tzinfo) -> datetime:
     """The first due time strictly after ``after`` (UTC in, UTC out)."""
     if isinstance(schedule, Every):
         steps = (after - anchor) // schedule.interval + 1  # exact: integer microseconds
@@ -120,7 +134,7 @@ def next_due(schedule: Any, anchor: datetime, after: datetime, tz: tzinfo) -> da
 
 
 def latest_due(
-    schedule: Any, anchor: datetime, after: datetime, until: datetime, tz: tzinfo
+    schedule: Schedule, anchor: datetime, after: datetime, until: datetime, tz: tzinfo
 ) -> datetime | None:
     """The last due time in ``(after, until]``, or None if there is none."""
     if until <= after:
@@ -141,7 +155,7 @@ def latest_due(
 
 
 def plan_runs(
-    schedule: Any,
+    schedule: Schedule,
     anchor: datetime,
     cursor: datetime,
     now: datetime,

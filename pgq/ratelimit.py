@@ -21,7 +21,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pgq.errors import ConfigurationError, DatabaseError, OperationalError
 from pgq.serialization import loads
@@ -64,13 +64,19 @@ def parse_rate(value: Any) -> float | None:
     return count / period if count else None
 
 
+class Limited(Protocol):
+    """A task as the rate limiter sees it: Celery's ``rate_limit`` ('10/s'; None: unlimited)."""
+
+    rate_limit: str | None
+
+
 class RateLimiter:
     """The worker parent's side of global rate limits: admit a claimed task now, or defer it."""
 
     def __init__(
         self,
         store: WorkerStore,
-        tasks: Mapping[str, Any],
+        tasks: Mapping[str, Limited],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
@@ -79,7 +85,7 @@ class RateLimiter:
         # at start-up with a message instead of failing later.
         self.intervals: dict[str, float] = {}
         for name, task in tasks.items():
-            rate = parse_rate(getattr(task, "rate_limit", None))
+            rate = parse_rate(task.rate_limit)
             if rate:
                 self.intervals[name] = 1.0 / rate
         self._wakes: list[float] = []

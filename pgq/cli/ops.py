@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from inspect import Parameter, Signature, signature
 from typing import Any
 
 import typer
@@ -57,6 +58,49 @@ def _store(ctx: typer.Context, app: str | None, database_url: str | None) -> Adm
     return admin_store(load(ctx, app, database_url))
 
 
+# What every inspect command takes, declared once here: the context, --json first, then the
+# command's own options, then -A and --database-url (the order --help lists them in).
+_HEAD = [
+    Parameter("ctx", Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    Parameter("as_json", Parameter.KEYWORD_ONLY, default=JsonOption, annotation=bool),
+]
+_TAIL = [
+    Parameter("app", Parameter.KEYWORD_ONLY, default=AppOption, annotation=str | None),
+    Parameter("database_url", Parameter.KEYWORD_ONLY, default=UrlOption, annotation=str | None),
+]
+
+
+def _inspect_command(
+    name: str | None = None, help: str | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``fn(store, as_json, **own_options)`` as ``pgq inspect NAME``: the command takes
+    ``fn``'s own options plus --json, -A and --database-url, and ``fn`` gets the opened store."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        own = list(signature(fn, eval_str=True).parameters.values())[2:]
+
+        def command(
+            ctx: typer.Context,
+            *,
+            as_json: bool,
+            app: str | None,
+            database_url: str | None,
+            **options: Any,
+        ) -> None:
+            fn(_store(ctx, app, database_url), as_json, **options)
+
+        # typer reads the parameters from the signature (annotations already evaluated).
+        command.__signature__ = Signature(  # type: ignore[attr-defined]
+            [*_HEAD, *(p.replace(kind=Parameter.KEYWORD_ONLY) for p in own), *_TAIL]
+        )
+        command.__name__ = fn.__name__
+        command.__doc__ = fn.__doc__
+        inspect_cli.command(name or fn.__name__.replace("_", "-"), help=help)(command)
+        return fn
+
+    return register
+
+
 def _print(rows: Any, as_json: bool, empty: str, columns: list[Column]) -> None:
     if as_json:
         typer.echo(to_json(rows))
@@ -75,18 +119,16 @@ def _error(row: dict[str, Any]) -> str:
 # -- inspect ---------------------------------------------------------------------------------
 
 
-@inspect_cli.command()
+@_inspect_command()
 def dead(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
+    store: AdminStore,
+    as_json: bool,
     limit: int = LimitOption,
     queue: str | None = QueueFilter,
     name: str | None = NameFilter,
     since: str | None = typer.Option(
         None, "--since", help="finished since: 30s, 15m, 2h, 1d, or an ISO date/time"
     ),
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
 ) -> None:
     """Tasks that ended in FAILURE (retries exhausted or an error not retried), newest first."""
     since_at = since_seconds = None
@@ -96,7 +138,7 @@ def dead(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--since") from None
     filters = Filters(queue, name, since_at, since_seconds, limit)
-    rows = _store(ctx, app, database_url).dead(filters)
+    rows = store.dead(filters)
     if not as_json:
         rows = [{**r, "error": _error(r)} for r in rows]
     _print(
@@ -115,57 +157,55 @@ def dead(
 
 
 def _listing(
-    fetch: Callable[[AdminStore, Filters], list[dict[str, Any]]], empty: str, columns: list[Column]
-) -> Callable[..., None]:
+    command: str,
+    help: str,
+    fetch: Callable[[AdminStore, Filters], list[dict[str, Any]]],
+    empty: str,
+    columns: list[Column],
+) -> None:
     """An ``inspect`` command that lists the rows ``fetch`` reads, filtered by queue and name."""
 
-    def command(
-        ctx: typer.Context,
-        as_json: bool = JsonOption,
+    def listing(
+        store: AdminStore,
+        as_json: bool,
         limit: int = LimitOption,
         queue: str | None = QueueFilter,
         name: str | None = NameFilter,
-        app: str | None = AppOption,
-        database_url: str | None = UrlOption,
     ) -> None:
-        rows = fetch(_store(ctx, app, database_url), Filters(queue, name, limit=limit))
-        _print(rows, as_json, empty, columns)
+        _print(fetch(store, Filters(queue, name, limit=limit)), as_json, empty, columns)
 
-    return command
+    _inspect_command(command, help=help)(listing)
 
 
-inspect_cli.command("active", help="Tasks running now: their worker and how long they have run.")(
-    _listing(
-        AdminStore.active,
-        "no task is running",
-        [
-            Column("id"),
-            Column("name"),
-            Column("queue"),
-            Column("state"),
-            Column("worker"),
-            Column("runtime_seconds", "RUNNING FOR", age),
-            Column("lease_lapsed", "LEASE", lambda v: "lapsed" if v else "held"),
-        ],
-    )
+_listing(
+    "active",
+    "Tasks running now: their worker and how long they have run.",
+    AdminStore.active,
+    "no task is running",
+    [
+        Column("id"),
+        Column("name"),
+        Column("queue"),
+        Column("state"),
+        Column("worker"),
+        Column("runtime_seconds", "RUNNING FOR", age),
+        Column("lease_lapsed", "LEASE", lambda v: "lapsed" if v else "held"),
+    ],
 )
-inspect_cli.command(
+_listing(
     "scheduled",
-    help="Waiting tasks due in the future (countdown, eta, retry back-off), soonest first.",
-)(
-    _listing(
-        AdminStore.scheduled,
-        "no scheduled tasks",
-        [
-            Column("id"),
-            Column("name"),
-            Column("queue"),
-            Column("state"),
-            Column("due_in_seconds", "DUE IN", age),
-            Column("run_at", "RUN AT", clock),
-            Column("retries"),
-        ],
-    )
+    "Waiting tasks due in the future (countdown, eta, retry back-off), soonest first.",
+    AdminStore.scheduled,
+    "no scheduled tasks",
+    [
+        Column("id"),
+        Column("name"),
+        Column("queue"),
+        Column("state"),
+        Column("due_in_seconds", "DUE IN", age),
+        Column("run_at", "RUN AT", clock),
+        Column("retries"),
+    ],
 )
 
 
@@ -176,14 +216,8 @@ RESERVED_NOTE = (
 )
 
 
-@inspect_cli.command()
-def reserved(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
-    queue: str | None = QueueFilter,
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
-) -> None:
+@_inspect_command()
+def reserved(store: AdminStore, as_json: bool, queue: str | None = QueueFilter) -> None:
     """Claimed but not yet started: listed by `inspect active` in pgq (the claim starts them)."""
     if as_json:
         typer.echo("[]")
@@ -191,16 +225,10 @@ def reserved(
         typer.echo(RESERVED_NOTE)
 
 
-@inspect_cli.command()
-def registered(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
-    name: str | None = NameFilter,
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
-) -> None:
+@_inspect_command()
+def registered(store: AdminStore, as_json: bool, name: str | None = NameFilter) -> None:
     """Task names the live workers know, with the workers that know each."""
-    rows = _store(ctx, app, database_url).registered(Filters(name=name))
+    rows = store.registered(Filters(name=name))
     _print(
         rows,
         as_json,
@@ -209,19 +237,17 @@ def registered(
     )
 
 
-@inspect_cli.command()
+@_inspect_command()
 def stats(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
+    store: AdminStore,
+    as_json: bool,
     queue: str | None = QueueFilter,
     minutes: float = typer.Option(
         5.0, "--minutes", min=0.1, help="throughput over this many past minutes"
     ),
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
 ) -> None:
     """Counts per state and per queue, the oldest waiting age, throughput, live workers."""
-    result = _store(ctx, app, database_url).stats(Filters(queue), window=minutes * 60.0)
+    result = store.stats(Filters(queue), window=minutes * 60.0)
     if as_json:
         typer.echo(to_json(result))
         return
@@ -244,29 +270,21 @@ def stats(
         typer.echo(table(result["by_queue_state"], columns))
 
 
-@inspect_cli.command()
-def queues(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
-    queue: str | None = QueueFilter,
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
-) -> None:
+@_inspect_command()
+def queues(store: AdminStore, as_json: bool, queue: str | None = QueueFilter) -> None:
     """One line per queue: waiting, scheduled, running, finished counts, oldest waiting age."""
-    rows = _store(ctx, app, database_url).queues(Filters(queue))
+    rows = store.queues(Filters(queue))
     _print(rows, as_json, "no queues: the tasks table is empty", QUEUE_COLUMNS)
 
 
-@inspect_cli.command()
+@_inspect_command()
 def workers(
-    ctx: typer.Context,
-    as_json: bool = JsonOption,
+    store: AdminStore,
+    as_json: bool,
     queue: str | None = typer.Option(None, "-Q", "--queue", help="only workers of this queue"),
-    app: str | None = AppOption,
-    database_url: str | None = UrlOption,
 ) -> None:
     """Live workers: pid, host, queues, concurrency, busy slots, tasks done, last heartbeat."""
-    rows = _store(ctx, app, database_url).workers(Filters(queue))
+    rows = store.workers(Filters(queue))
     _print(rows, as_json, "no live workers", WORKER_COLUMNS)
 
 

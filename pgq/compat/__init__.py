@@ -18,6 +18,7 @@ from pgq.compat.app import Celery, shared_task
 from pgq.compat.canvas import Signature, chain, chord, group, maybe_signature, signature
 from pgq.compat.result import AsyncResult, EagerResult, GroupResult
 from pgq.compat.task import Task
+from pgq.ids import new_task_id
 
 __all__ = [
     "AsyncResult",
@@ -48,6 +49,4 @@ subtask = signature
 
 def uuid() -> str:
     """A new task id (Celery's ``celery.uuid``), as pgq makes them: see ``pgq.ids``."""
-    from pgq.ids import new_task_id
-
     return new_task_id()

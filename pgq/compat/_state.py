@@ -52,6 +52,7 @@ def get_current_app() -> Celery:
         return _current
     with _lock:
         if _default is None:
+            # Here, not at the top: pgq.compat.app imports this module.
             from pgq.compat.app import Celery
 
             _default = Celery("default", set_as_current=False)

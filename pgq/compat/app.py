@@ -21,7 +21,7 @@ from typing import Any
 
 from pgq.app import App, resolve_timezone
 from pgq.compat import _state
-from pgq.compat.canvas import builtin_map, builtin_starmap
+from pgq.compat.canvas import builtin_map, builtin_starmap, signature
 from pgq.compat.conf import Settings, load_config
 from pgq.compat.control import Control
 from pgq.compat.loader import django_installed_apps, import_object, import_related
@@ -402,8 +402,6 @@ class Celery(App):
         return AsyncResult(task_id, app=self)
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
-        from pgq.compat.canvas import signature
-
         kwargs.setdefault("app", self)
         return signature(*args, **kwargs)
 

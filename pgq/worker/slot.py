@@ -24,20 +24,19 @@ import logging
 import multiprocessing
 import select
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from pgq import hooks
 from pgq.context import Request
-from pgq.errors import DatabaseError, EncodeError, OperationalError, TaskRevokedError
-from pgq.maintenance.rescue import lost_result
+from pgq.errors import OperationalError, TaskRevokedError
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter
 from pgq.serialization import loads
-from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
-from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json, malformed, run_job
-from pgq.workflow import FailedStep
+from pgq.store import ClaimedTask, Outcome, WorkerStore
+from pgq.worker.outbox import Outbox
+from pgq.worker.runner import error_json, malformed, run_job
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -62,7 +61,7 @@ class CurrentTask:
     SIZE = 512
 
     def __init__(self) -> None:
-        self._buf: Any = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
+        self._buf: ctypes.Array[ctypes.c_char] = multiprocessing.RawArray(ctypes.c_char, self.SIZE)
 
     def set(self, task_id: str) -> None:
         self._buf.value = task_id.encode()[: self.SIZE - 1]
@@ -75,8 +74,8 @@ class CurrentTask:
         return value.decode() if value else None
 
 
-class Slot:
-    """The loop of one pool process or thread."""
+class Slot(Outbox):
+    """The loop of one pool process or thread (what it writes and claims: ``Outbox``)."""
 
     def __init__(
         self,
@@ -90,14 +89,12 @@ class Slot:
         current: CurrentTask,
         hard_limits: bool,
     ) -> None:
+        super().__init__(WorkerStore(app.db, worker_id), queues, settings)
         self.app = app
         self.conn = conn
         self.hostname = hostname
-        self.queues = list(queues)
-        self.settings = settings
         self.current = current
         self.hard_limits = hard_limits
-        self.store = WorkerStore(app.db, worker_id)
         self._rate_limits = RateLimiter(self.store, app.tasks)
         self._batch = 1
         self._stopping = False
@@ -108,19 +105,6 @@ class Slot:
         # time (~4 us idle, ~10% of a busy slot's time in a py-spy profile of no-op tasks).
         self._mail = select.poll()
         self._mail.register(conn.fileno(), select.POLLIN)
-        # Outcomes waiting for the next statement, and what they start (workflow steps).
-        self._finished: list[Outcome] = []
-        self._retries: list[RetryRequest] = []
-        self._requeues: list[str] = []
-        self._follow_ups: list[NewTask] = []
-        self._failed_steps: list[FailedStep] = []
-        # name, queue and run time of each claimed task until its outcome is stored, for the
-        # task_started / task_finished hooks the parent emits (metrics listen there).
-        self._claims: dict[str, tuple[str, str, float | None]] = {}
-        self._tell_hooks = hooks.listening("task_started") or hooks.listening("task_finished")
-        self._started: list[tuple[str, str, str]] = []
-        self._stored: list[tuple[str, str, str, str | None, float | None]] = []
-        self._ran = 0
         self._next_count = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
@@ -274,161 +258,7 @@ class Slot:
                 delay = min(delay * 2, 2.0)
         return False
 
-    def _give_back_unheld(self) -> None:
-        """Give back (not a rescue) what this slot holds but will not run: everything held
-        under its id except the tasks whose outcome or retry it has yet to write. The requeues
-        it has yet to write are given back here too."""
-        keep = [o.id for o in self._finished] + [r.id for r in self._retries]
-        given_back = self.store.give_back_unheld(keep)
-        if given_back:
-            log.warning(
-                "slot %s gave back %d tasks it held but was not running after reconnecting",
-                self.store.worker_id,
-                len(given_back),
-            )
-        self._announce([(task_id, "PENDING") for task_id in given_back], self._requeues)
-        self._requeues = []
-
-    # -- claiming and reporting ---------------------------------------------------------------
-
-    def _turn(self, limit: int) -> list[ClaimedTask]:
-        """Write every collected outcome and claim up to ``limit`` tasks; each list is cleared
-        only once its write succeeded.
-
-        Retries and requeues are written before the claim, and nothing is written after it: a
-        connection lost after the claim committed would drop the claimed batch, and a write
-        repeated after a reconnect must find its rows not yet claimed again by this slot (a
-        retry due now could be) so that the repeat changes nothing (it only touches rows this
-        slot holds)."""
-        if self._retries:
-            self._write_each_or_fail(
-                self._retries, lambda batch: self.store.schedule_retries(batch)
-            )
-            self._announce([(r.id, "RETRY") for r in self._retries])
-            self._retries = []
-        if self._requeues:
-            # Not lost, so no task ends FAILURE and lost_result is unused; it must still be JSON
-            # (the statement casts it whichever branch runs).
-            given_back = self.store.requeue(
-                self._requeues,
-                lost=False,
-                max_rescues=self.settings.max_rescues,
-                lost_result="null",
-            )
-            self._announce(given_back, self._requeues)
-            self._requeues = []
-        return self._finish_and_claim(limit)
-
-    def _finish_and_claim(self, limit: int) -> list[ClaimedTask]:
-        if not self._finished and not limit:
-            return []
-        try:
-            jobs = self.store.finish_and_claim(
-                self._finished,
-                self.queues,
-                limit,
-                self.settings.lease_seconds,
-                follow_ups=self._follow_ups,
-                failed_steps=self._failed_steps,
-            )
-        except OperationalError:
-            raise
-        except DatabaseError:
-            if not self._finished:
-                raise
-            # The outcomes were refused (and the claim with them): sort them out row by row,
-            # claim on the next turn.
-            self._write_each_or_fail(self._finished, lambda batch: self.store.finish(batch))
-            self._write_workflow_steps_alone()
-            jobs = []
-        self._announce([(o.id, o.state) for o in self._finished])
-        self._finished, self._follow_ups, self._failed_steps = [], [], []
-        if self._tell_hooks:
-            for job in jobs:
-                self._claims[job.id] = (job.name, job.queue, None)
-                self._started.append((job.id, job.name, job.queue))
-        return jobs
-
-    def _write_workflow_steps_alone(self) -> None:
-        if not (self._follow_ups or self._failed_steps):
-            return
-        try:
-            self.store.finish_and_claim(
-                [],
-                self.queues,
-                0,
-                self.settings.lease_seconds,
-                follow_ups=self._follow_ups,
-                failed_steps=self._failed_steps,
-            )
-        except OperationalError:
-            raise
-        except DatabaseError as exc:
-            log.error("could not enqueue %d workflow steps: %s", len(self._follow_ups), exc)
-
-    def _write_each_or_fail(
-        self, items: Sequence[Outcome | RetryRequest], write: Callable[[list[Any]], object]
-    ) -> None:
-        """Write ``items`` in one statement; if the database refuses the batch (not a lost
-        connection: a value it cannot store, such as a NUL character in JSON), write them one
-        by one and fail the ones it refuses, so one bad result cannot stop the worker."""
-        try:
-            write(list(items))
-            return
-        except OperationalError:
-            raise
-        except DatabaseError as exc:
-            log.error("writing %d outcomes failed (%s): writing them one by one", len(items), exc)
-        for item in items:
-            try:
-                write([item])
-            except OperationalError:
-                raise
-            except DatabaseError as exc:
-                self._fail_refused(item.id, exc)
-
-    def _fail_refused(self, task_id: str, exc: DatabaseError) -> None:
-        """The database refused this task's outcome: store a FAILURE that says so. If it refuses
-        that too, give the task back as lost (a rescue), so that whatever the cause the task
-        ends FAILURE after ``max_rescues`` tries instead of crashing this process and being
-        claimed again for ever."""
-        refused = EncodeError(f"the outcome could not be stored: {exc}")
-        try:
-            self.store.finish([Outcome(task_id, "FAILURE", error_json(refused), None)])
-            return
-        except OperationalError:
-            raise
-        except DatabaseError as again:
-            log.error("task %s: its failure could not be stored either (%s): lost", task_id, again)
-        try:
-            self.store.requeue(
-                [task_id],
-                lost=True,
-                max_rescues=self.settings.max_rescues,
-                lost_result=lost_result(self.settings.max_rescues),
-            )
-        except OperationalError:
-            raise
-        except DatabaseError as last:
-            log.error("task %s: PostgreSQL refuses every change to its row (%s)", task_id, last)
-
-    def _pending(self) -> bool:
-        return bool(self._finished or self._retries or self._requeues)
-
-    def _announce(
-        self, stored: Sequence[tuple[str, str | None]], handled: Sequence[str] = ()
-    ) -> None:
-        """Queue task_finished for the parent, for runs whose outcome was just stored."""
-        self._ran += sum(1 for _, state in stored if state != "PENDING")
-        if not self._tell_hooks:
-            return
-        for task_id, state in stored:
-            claim = self._claims.pop(task_id, None)
-            if claim is not None:
-                name, queue, runtime = claim
-                self._stored.append((task_id, name, queue, state, runtime))
-        for task_id in handled:
-            self._claims.pop(task_id, None)
+    # -- before a run ------------------------------------------------------------------------
 
     def _prepare(self, job: ClaimedTask) -> ClaimedTask | None:
         """The job ready to run, or None: it expired (stored REVOKED), its rate limit put it
@@ -490,34 +320,6 @@ class Slot:
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
         return job._replace(args=merged)
-
-    def _on_report(self, report: Report) -> None:
-        if self._tell_hooks and report.id in self._claims:
-            name, queue, _ = self._claims[report.id]
-            self._claims[report.id] = (name, queue, report.runtime)
-        if report.kind == FINISH:
-            self._finished.append(Outcome(report.id, report.state, report.result, report.traceback))
-            if report.follow_ups:
-                self._follow_ups.extend(report.follow_ups)
-            if report.failed_steps:
-                self._failed_steps.extend(report.failed_steps)
-        elif report.kind == RETRY:
-            self._retries.append(
-                RetryRequest(
-                    report.id,
-                    report.eta,
-                    report.countdown,
-                    report.result,
-                    report.traceback,
-                    report.args,
-                    report.kwargs,
-                    report.options,
-                )
-            )
-        elif report.kind == REQUEUE:
-            self._requeues.append(report.id)
-        if log.isEnabledFor(logging.INFO):
-            log.info("task %s %s in %.3fs", report.id, report.state or report.kind, report.runtime)
 
 
 def _option(options_json: str, name: str, default: Any) -> Any:

@@ -352,7 +352,7 @@ def test_every_named_query_loads() -> None:
         "finish_and_claim",
         "schedule_retries",
         "requeue_tasks",
-        "rescue_orphans",
+        "rescue_lost",
         "prune_finished",
         "read_task",
         "revoke_task",

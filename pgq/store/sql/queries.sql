@@ -236,14 +236,44 @@ WITH back AS (
 )
 SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
--- name: rescue_orphans
--- STARTED (lease lapsed) -> PENDING, or FAILURE (WorkerLostError) past max_rescues.
+-- name: rescue_lost
+-- STARTED -> PENDING, or FAILURE (WorkerLostError) past max_rescues: the rows of one `selection`
+-- (each has its own CTE below; the other two are skipped, their condition false from the start).
+-- The rescue counts against max_rescues; queue of each row rescued is notified.
 WITH orphans AS (
+    -- 'orphans': the lease lapsed (its holder stopped renewing it), oldest lease first.
     SELECT id FROM pgq.tasks
-    WHERE lease_expires_at IS NOT NULL AND lease_expires_at < now()
+    WHERE %(selection)s = 'orphans'
+      AND lease_expires_at IS NOT NULL AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), unheld AS (
+    -- 'unheld': a row claimed more than `grace_seconds` ago whose holder (a worker id, or a slot
+    -- id `<worker id>/<n>`) has no row in pgq.workers (it unregistered, or was forgotten after a
+    -- long silence) is rescued even if its lease is still being renewed. The grace covers a
+    -- worker's slots claiming before their parent has registered.
+    SELECT t.id FROM pgq.tasks AS t
+    WHERE %(selection)s = 'unheld'
+      AND t.lease_expires_at IS NOT NULL
+      AND t.started_at < now() - make_interval(secs => %(grace_seconds)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM pgq.workers AS w
+          WHERE t.worker = w.id OR starts_with(t.worker, w.id || '/'))
+    ORDER BY t.lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE OF t SKIP LOCKED
+), strays AS (
+    -- 'strays': a worker's own rescue puts back rows held under its id (`worker`) by a slot id
+    -- not in `slots` (its current slots and those it is giving back), whoever renews them.
+    SELECT t.id FROM pgq.tasks AS t
+    WHERE %(selection)s = 'strays'
+      AND t.lease_expires_at IS NOT NULL
+      AND starts_with(t.worker, %(worker)s::text || '/')
+      AND t.worker <> ALL(%(slots)s::text[])
+    FOR UPDATE OF t SKIP LOCKED
+), lost AS (
+    SELECT id FROM orphans UNION ALL SELECT id FROM unheld UNION ALL SELECT id FROM strays
 ), rescued AS (
     UPDATE pgq.tasks AS t
     SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
@@ -251,8 +281,8 @@ WITH orphans AS (
         finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
         rescues = t.rescues + 1,
         lease_expires_at = NULL
-    FROM orphans
-    WHERE t.id = orphans.id
+    FROM lost
+    WHERE t.id = lost.id
     RETURNING t.id, t.queue, t.state
 )
 SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
@@ -305,58 +335,6 @@ WITH back AS (
     RETURNING t.id, t.queue
 )
 SELECT back.id, pg_notify('pgq_tasks', back.queue) FROM back;
-
--- name: rescue_unheld
--- STARTED (no registered holder) -> PENDING, or FAILURE (WorkerLostError) past max_rescues: a
--- row claimed more than `grace_seconds` ago whose holder (a worker id, or a slot id
--- `<worker id>/<n>`) has no row in pgq.workers (it unregistered, or was forgotten after a long
--- silence) is rescued even if its lease is still being renewed. The grace covers a worker's
--- slots claiming before their parent has registered.
-WITH orphans AS (
-    SELECT t.id FROM pgq.tasks AS t
-    WHERE t.lease_expires_at IS NOT NULL
-      AND t.started_at < now() - make_interval(secs => %(grace_seconds)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM pgq.workers AS w
-          WHERE t.worker = w.id OR starts_with(t.worker, w.id || '/'))
-    ORDER BY t.lease_expires_at
-    LIMIT %(limit)s
-    FOR UPDATE OF t SKIP LOCKED
-), rescued AS (
-    UPDATE pgq.tasks AS t
-    SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
-        result = CASE WHEN t.rescues >= %(max_rescues)s THEN %(lost_result)s::jsonb ELSE t.result END,
-        finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
-        rescues = t.rescues + 1,
-        lease_expires_at = NULL
-    FROM orphans
-    WHERE t.id = orphans.id
-    RETURNING t.id, t.queue, t.state
-)
-SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
-
--- name: rescue_stray_slots
--- STARTED (held by a slot its worker no longer runs) -> PENDING, or FAILURE past max_rescues: a
--- worker's own rescue puts back rows held under its id by a slot id not in `slots` (its current
--- slots and those it is giving back), whoever renews them.
-WITH strays AS (
-    SELECT t.id FROM pgq.tasks AS t
-    WHERE t.lease_expires_at IS NOT NULL
-      AND starts_with(t.worker, %(worker)s || '/')
-      AND t.worker <> ALL(%(slots)s::text[])
-    FOR UPDATE OF t SKIP LOCKED
-), rescued AS (
-    UPDATE pgq.tasks AS t
-    SET state = CASE WHEN t.rescues >= %(max_rescues)s THEN 'FAILURE' ELSE 'PENDING' END,
-        result = CASE WHEN t.rescues >= %(max_rescues)s THEN %(lost_result)s::jsonb ELSE t.result END,
-        finished_at = CASE WHEN t.rescues >= %(max_rescues)s THEN now() END,
-        rescues = t.rescues + 1,
-        lease_expires_at = NULL
-    FROM strays
-    WHERE t.id = strays.id
-    RETURNING t.id, t.queue, t.state
-)
-SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', rescued.queue) FROM rescued;
 
 -- name: task_label
 -- (read) A task's name and queue.
