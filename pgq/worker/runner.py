@@ -107,17 +107,24 @@ def malformed(job_id: str, reason: object) -> str:
     return error_json(ValueError(f"malformed task row {shown}: {reason}"))
 
 
-def run_job(app: App, job: ClaimedTask, hostname: str) -> Report:
-    """Run one claimed task and report its outcome. Never raises."""
+def run_job(
+    app: App, job: ClaimedTask, hostname: str, options: dict[str, Any] | None = None
+) -> Report:
+    """Run one claimed task and report its outcome. Never raises.
+
+    ``options`` are the row's options already decoded and checked (``pgq.options.row_options``)
+    by a caller that needed them first (the slot): a task's options are decoded once."""
     started = time.monotonic()
     try:
-        return _run_job(app, job, hostname, started)
+        return _run_job(app, job, hostname, started, options)
     except Exception as exc:  # a bug, or a row that is bad in a way nobody foresaw
         logging.getLogger("pgq.worker").exception("task %.80s could not run", job.id)
         return _failure(job.id, started, error_json(exc), serialization.format_traceback(exc))
 
 
-def _run_job(app: App, job: ClaimedTask, hostname: str, started: float) -> Report:
+def _run_job(
+    app: App, job: ClaimedTask, hostname: str, started: float, options: dict[str, Any] | None
+) -> Report:
     task = app.tasks.get(job.name)
     if task is None:
         return _failure(job.id, started, error_json(NotRegistered(job.name)))
@@ -128,7 +135,8 @@ def _run_job(app: App, job: ClaimedTask, hostname: str, started: float) -> Repor
             raise ValueError("args must be a JSON array and kwargs a JSON object")
         # Checked as an enqueue checks them: a value no enqueue would store fails the task
         # here, before the time limits and retry budget it sets are used.
-        options = row_options(serialization.loads(job.options))
+        if options is None:
+            options = row_options(serialization.loads(job.options))
     except (ValueError, TypeError, KeyError) as exc:
         return _failure(job.id, started, malformed(job.id, exc))
     request = Request(

@@ -151,7 +151,7 @@ class Slot(Outbox):
                 continue
             prepared = self._prepare(job)
             if prepared is not None:
-                runtime = self._run(prepared)
+                runtime = self._run(*prepared)
                 slowest = max(slowest, runtime)
                 if runtime > GIVE_BACK_AFTER and index + 1 < len(jobs):
                     # The batch was sized for quicker tasks: give back the rest now, so idle
@@ -172,17 +172,14 @@ class Slot(Outbox):
         ideal = int(BATCH_SECONDS / slowest) if slowest > 0 else self.settings.claim_batch
         return max(1, min(ideal, 2 * limit, self.settings.claim_batch))
 
-    def _run(self, job: ClaimedTask) -> float:
+    def _run(self, job: ClaimedTask, options: dict[str, Any]) -> float:
         if self.hard_limits:
             task = self.app.tasks.get(job.name)
-            try:
-                limit = _option(job.options, "time_limit", task.time_limit if task else None)
-            except ValueError:
-                limit = None  # a malformed row: run_job fails it before it runs
+            limit = options.get("time_limit") or (task.time_limit if task else None)
             if limit:
                 self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
         self.current.set(job.id)  # set by _prepare already; the parent reads it
-        report = run_job(self.app, job, self.hostname)
+        report = run_job(self.app, job, self.hostname, options)
         self.current.clear()
         self._on_report(report)
         return report.runtime
@@ -260,9 +257,10 @@ class Slot(Outbox):
 
     # -- before a run ------------------------------------------------------------------------
 
-    def _prepare(self, job: ClaimedTask) -> ClaimedTask | None:
-        """The job ready to run, or None: it expired (stored REVOKED), its rate limit put it
-        back in the queue until its slot, or its row is malformed (stored FAILURE)."""
+    def _prepare(self, job: ClaimedTask) -> tuple[ClaimedTask, dict[str, Any]] | None:
+        """The job ready to run with its options (decoded and checked once, here), or None: it
+        expired (stored REVOKED), its rate limit put it back in the queue until its slot, or its
+        row is malformed (stored FAILURE)."""
         if len(job.id) > MAX_ID_BYTES // 4 and len(job.id.encode()) > MAX_ID_BYTES:
             # Written by hand (no enqueue makes such an id): it would not fit where the parent
             # reads the running task's id, so it could not even be counted as a rescue.
@@ -275,18 +273,20 @@ class Slot(Outbox):
         # that kills the process in a way nobody foresaw ends FAILURE after max_rescues tries
         # instead of being claimed again forever.
         self.current.set(job.id)
-        ready: ClaimedTask | None = None
+        ready: tuple[ClaimedTask, dict[str, Any]] | None = None
         try:
+            # Decoded and checked once here; the run and its time limit use the same dict.
+            options = row_options(loads(job.options))
             if job.expired:
                 self._skip_revoked(job, expired=True)
-            elif '"revoked"' in job.options and _option(job.options, "revoked", None):
+            elif options.get("revoked"):
                 self._skip_revoked(job, expired=False)  # revoked while an earlier worker held it
             elif self._rate_limits.defer(job) is not None:
                 self._claims.pop(job.id, None)
-            elif '"chord_header"' in job.options:
-                ready = self._with_chord_results(job)
+            elif "chord_header" in options:
+                ready = self._with_chord_results(job, options), options
             else:
-                ready = job
+                ready = job, options
         except ValueError as exc:  # a bad value in a row written by hand
             self._finished.append(Outcome(job.id, "FAILURE", malformed(job.id, exc), None))
         except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
@@ -310,9 +310,8 @@ class Slot(Outbox):
             expired=expired,
         )
 
-    def _with_chord_results(self, job: ClaimedTask) -> ClaimedTask:
+    def _with_chord_results(self, job: ClaimedTask, options: dict[str, Any]) -> ClaimedTask:
         """A chord body gets its header's results (in header order) as its first argument."""
-        options = row_options(loads(job.options))
         header = options.get("chord_header") or []
         if not isinstance(header, list) or not all(isinstance(i, str) for i in header):
             raise ValueError(f"chord_header must be a list of task ids, got {header!r:.60}")
@@ -320,12 +319,3 @@ class Slot(Outbox):
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
         return job._replace(args=merged)
-
-
-def _option(options_json: str, name: str, default: Any) -> Any:
-    """Option ``name`` of a row (``default`` if absent); raises ValueError if the row's options
-    hold a value no enqueue would have stored (``pgq.options.row_options``)."""
-    if name not in options_json:  # cheap test before decoding JSON on the hot path
-        return default
-    value = row_options(loads(options_json)).get(name)
-    return default if value is None else value

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 import pgq
 from pgq.errors import EncodeError, RetryTask
+from pgq.options import row_options
+from pgq.serialization import loads
 from pgq.store import ClaimedTask
-from pgq.worker import slot as slot_module
 from pgq.worker.runner import FINISH, REQUEUE, RETRY, run_job
 
 FAST = settings(
@@ -176,9 +177,8 @@ def test_the_runner_turns_any_row_into_a_report(
     )
     # What the slot reads before the run: a bad value is a ValueError (the row fails), never
     # another exception (the process would die).
-    for option in ("time_limit", "revoked"):
-        with contextlib.suppress(ValueError):
-            slot_module._option(options, option, None)
+    with contextlib.suppress(ValueError):
+        row_options(loads(options))
     report = run_job(fuzz_app, job, "fuzz@host")
     assert report.kind in (FINISH, RETRY, REQUEUE)
     if report.state == "FAILURE" and name != "no.such":
