@@ -91,7 +91,12 @@ class PgBouncer:
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         self.url = f"postgresql://{quote(self.user)}@127.0.0.1:{self.port}/{self.dbname}"
-        wait_for(self._answers, 20, 0.1, "PgBouncer to accept connections")
+        try:
+            wait_for(self._answers, 20, 0.1, "PgBouncer to accept connections")
+        except BaseException:  # no fixture will stop a PgBouncer that never answered
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
 
     def _answers(self) -> bool:
         if self.proc.poll() is not None:
