@@ -334,7 +334,7 @@ WITH back AS (
       AND t.id <> ALL(%(keep)s::text[])
     RETURNING t.id, t.queue
 )
-SELECT back.id, pg_notify('pgq_tasks', back.queue) FROM back;
+SELECT back.id, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
 -- name: task_label
 -- (read) A task's name and queue.
