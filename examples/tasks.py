@@ -34,3 +34,8 @@ def flaky(fail_times: int) -> str:
 @app.task
 def broken() -> None:
     raise ValueError("this task always fails")
+
+
+# Run by `pgq beat` (docker-compose.yml's beat service) and listed on the dashboard's
+# periodic page; a worker alone never enqueues it.
+app.add_periodic_task(60.0, add, args=(2, 3), name="add-every-minute")

@@ -1,4 +1,7 @@
-"""The repository's promises that are not code: packaging, CI, compose file, README tables."""
+"""The repository's promises that are not code: packaging, CI, README tables.
+
+The Dockerfile and docker-compose.yml have their own module, test_docker_files.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pgq.settings import TABLE_END, TABLE_START, environment_variables, markdown_table
 
@@ -48,18 +50,6 @@ def test_every_environment_variable_named_in_code_or_docs_is_declared() -> None:
     for path in [*(ROOT / "pgq").rglob("*.py"), *(ROOT / "docs").rglob("*.md")]:
         named.update(re.findall(r"\bPGQ_[A-Z_]*[A-Z]\b", path.read_text()))
     assert named <= declared, f"declare these in pgq/settings.py: {sorted(named - declared)}"
-
-
-def test_docker_compose_file_is_valid() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert services["postgres"]["image"].startswith("postgres:")
-    worker = services["worker"]
-    assert worker["environment"]["PGQ_DATABASE_URL"].startswith("postgresql://")
-    assert "pgq migrate" in worker["command"] and "pgq worker" in worker["command"]
-    assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for volume in compose.get("volumes", {}):
-        assert any(volume + ":" in v for v in services["postgres"]["volumes"])
 
 
 def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
