@@ -4,6 +4,7 @@
     python -m bench run --full           # the issue's sizes (10,000-task drains, 1M rows)
     python -m bench run --quick --systems pgq raw-sql --trials 1
     python -m bench list                 # the systems and whether they can run here
+    python -m bench web                  # the dashboard: page times, share of DB load (issue 24)
 
 Prints the Markdown report and writes bench/results/latest.md, latest.json, throughput.png and
 latency.png (or under --out).
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency", type=int, nargs="+", metavar="N", help="override the drain's -c values"
     )
+    # Its own options (python -m bench web --help): main() hands it the rest of the line.
+    sub.add_parser("web", add_help=False, help="the dashboard's page times and share of DB load")
     for sub_parser in (run, sub.add_parser("list", help="list the systems and their status")):
         sub_parser.add_argument(
             "--server-url", default=DEFAULT_ENV.server_url, help="PostgreSQL server (%(default)s)"
@@ -65,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["web"]:
+        from bench import web
+
+        return web.main(argv[1:])
     args = _parser().parse_args(argv)
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, amqp_url=args.amqp_url)
     if args.command == "list":
