@@ -160,8 +160,12 @@ FROM generate_series(1, 4) AS g
 """
 
 
-def fill(url: str, finished: int, waiting: int, span_seconds: float) -> float:
-    """Write the fixture rows into a migrated database; returns the seconds it took."""
+def fill(url: str, finished: int, waiting: int, span_seconds: float, workers: bool = True) -> float:
+    """Write the fixture rows into a migrated database; returns the seconds it took.
+
+    ``workers=False`` leaves pgq.workers alone (tests/web/test_browser.py's screenshots fill
+    a history next to a real worker).
+    """
     started = time.perf_counter()
     params = {
         "span": span_seconds,
@@ -178,7 +182,8 @@ def fill(url: str, finished: int, waiting: int, span_seconds: float) -> float:
         with conn.transaction():
             conn.execute(FILL_FINISHED, {**params, "rows": finished})
             conn.execute(FILL_WAITING, {**params, "rows": waiting})
-            conn.execute(FILL_WORKERS)
+            if workers:
+                conn.execute(FILL_WORKERS)
         conn.execute("VACUUM ANALYZE pgq.tasks")
         conn.execute("VACUUM ANALYZE pgq.workers")
     return time.perf_counter() - started
