@@ -414,6 +414,10 @@ def measure_pages(url: str, requests: int, logs: Path) -> list[dict[str, Any]]:
     try:
         rows = []
         for label, path in endpoints(client, url):
+            status = client.get(path)[0]
+            if status != 200:  # e.g. the HTML pages of a server without them
+                say(f"  {label}: {path} answers {status}, not timed")
+                continue
             rows.append(time_endpoint(client, label, path, requests).row())
             say(f"  {rows[-1]['label']}: server {fmt(rows[-1]['server_median_ms'])} ms")
         return rows
@@ -478,7 +482,8 @@ def measure_share(
             started = time.monotonic()
             done_before = done(conn)
             polls = 0
-            while time.monotonic() - started < seconds:
+            # Until the window ends or the worker runs out of tasks (then it is no longer busy).
+            while time.monotonic() - started < seconds and done(conn) - done_before < tasks:
                 client.get_json("/api/v1/overview")
                 polls += 1
                 time.sleep(max(0.0, started + polls * refresh - time.monotonic()))
@@ -616,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=7.0, help="finished rows span (%(default)s)")
     parser.add_argument("--requests", type=int, default=30, help="per endpoint (%(default)s)")
     parser.add_argument("--no-share", action="store_true", help="skip the load-share measure")
-    parser.add_argument("--share-tasks", type=int, default=200_000, help="no-ops to drain")
+    parser.add_argument(
+        "--share-tasks", type=int, default=300_000, help="no-ops to drain (%(default)s)"
+    )
     parser.add_argument("--share-seconds", type=float, default=30.0, help="window (%(default)s)")
     parser.add_argument("--refresh", type=float, default=3.0, help="overview period (%(default)s)")
     parser.add_argument("--keep", action="store_true", help=f"keep the database {DB_NAME}")
