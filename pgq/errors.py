@@ -10,6 +10,8 @@
     ├── EncodeError               arguments or results that are not JSON-serializable
     ├── InvalidOption             an option, id, name or queue no enqueue accepts (a ValueError)
     ├── TaskNotFound              no task with that id
+    ├── StateConflict             an operator action on a task in a state it does not apply to
+    ├── InvalidFilter             a filter or cursor of the dashboard's task list is malformed
     ├── WaitTimeout               a result was not ready in time (also a TimeoutError)
     ├── TaskFailed                ``Result.get()`` of a task that ended in FAILURE
     ├── TaskRevoked               ``Result.get()`` of a task that was revoked or expired
@@ -53,6 +55,7 @@ __all__ = [
     "DatabaseError",
     "EncodeError",
     "Ignore",
+    "InvalidFilter",
     "InvalidOption",
     "OperationalError",
     "PgqError",
@@ -62,6 +65,7 @@ __all__ = [
     "SchemaError",
     "ServerUnreachable",
     "SoftTimeLimitExceeded",
+    "StateConflict",
     "TaskError",
     "TaskFailed",
     "TaskNotFound",
@@ -112,6 +116,15 @@ class InvalidOption(PgqError, ValueError):
 
 class TaskNotFound(PgqError, LookupError):
     """No task has that id."""
+
+
+class StateConflict(PgqError):
+    """An operator action (retry, revoke, terminate, run now) does not apply to the task in the
+    state it is in now (retry a SUCCESS task, terminate a finished one); nothing was changed."""
+
+
+class InvalidFilter(PgqError, ValueError):
+    """A filter, cursor or page size of the dashboard's task list is malformed."""
 
 
 class WaitTimeout(PgqError, TimeoutError):

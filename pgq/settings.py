@@ -183,6 +183,25 @@ class Settings:
         ),
     )
 
+    # pgq web: Basic-auth credentials for every page and API route, and how often the live
+    # parts of the pages refresh themselves.
+    web_auth: str | None = field(
+        default=None,
+        repr=False,  # a password: never in a repr or a log line
+        metadata=_env(
+            "PGQ_WEB_AUTH",
+            "`USER:PASSWORD`: `pgq web` asks for HTTP Basic authentication on every route "
+            "(same as `--auth`)",
+        ),
+    )
+    web_refresh: float = field(
+        default=3.0,
+        metadata=_env(
+            "PGQ_WEB_REFRESH",
+            "seconds between refreshes of the live parts of `pgq web`'s pages",
+        ),
+    )
+
     def __post_init__(self) -> None:
         for name in (
             "poll_interval",
@@ -191,6 +210,7 @@ class Settings:
             "prune_interval",
             "beat_lease_seconds",
             "connect_timeout",
+            "web_refresh",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -185,15 +185,16 @@ class AdminStore(Store):
 
     # -- changing -----------------------------------------------------------------------------
 
-    def retry_tasks(self, ids: Sequence[str]) -> list[str]:
+    def retry_tasks(self, ids: Sequence[str], connection: Any = None) -> list[str]:
         """FAILURE -> PENDING for exactly these ids, or NotRetriable and nothing changed."""
         wanted = list(dict.fromkeys(ids))
-        rows = self._run("retry_failed", {"ids": wanted, "queue": None, "name": None})
+        params = {"ids": wanted, "queue": None, "name": None}
+        rows = self._run("retry_failed", params, connection)
         if len(rows) == len(wanted):
             return [row[0] for row in rows]
         problems = []
         for task_id in wanted:
-            record = self.read(task_id)
+            record = self.read(task_id, connection)
             if record is None:
                 problems.append(f"no task with id {task_id}")
             elif record.state != "FAILURE":
@@ -207,18 +208,24 @@ class AdminStore(Store):
         rows = self._run("retry_failed", params)
         return [row[0] for row in rows]
 
-    def ask_to_shut_down(self, worker_ids: Sequence[str]) -> None:
+    def ask_to_shut_down(self, worker_ids: Sequence[str], connection: Any = None) -> None:
         """Tell these workers to stop as on SIGTERM (finish their running tasks, then exit):
-        a pgq_control notice each, which a worker acts on if it is the one named."""
+        a pgq_control notice each, which a worker acts on if it is the one named (given a
+        connection in a transaction, the notices go when it commits)."""
         for worker_id in worker_ids:
-            payload = f"shutdown {worker_id}"
-            self._run("notify", {"channel": CONTROL_CHANNEL, "payload": payload}, retry=True)
+            params = {"channel": CONTROL_CHANNEL, "payload": f"shutdown {worker_id}"}
+            self._run("notify", params, connection, retry=connection is None)
 
     def count_waiting(self, queue: str | None) -> int:
         """How many tasks ``purge_waiting`` would delete now."""
         return int(self._run("count_waiting", {"queue": queue}, retry=True)[0][0])
 
-    def purge_waiting(self, queue: str | None) -> int:
-        """PENDING/RETRY -> deleted, in one queue or all; returns how many rows went."""
+    def purge_waiting(self, queue: str | None, connection: Any = None) -> int:
+        """PENDING/RETRY -> deleted, in one queue or all; returns how many rows went (in the
+        caller's transaction when given its connection)."""
+        if connection is not None:
+            with translate_errors(self.db.url), connection.cursor() as cur:
+                cur.execute(query("purge_waiting"), {"queue": queue})
+                return int(cur.rowcount)
         with self.db.pooled() as conn:
             return conn.execute(query("purge_waiting"), {"queue": queue}).rowcount

@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -25,6 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, DOUBLE_PRECISION, JSONB
 
 __all__ = [
     "SCHEMA",
+    "audit_log",
     "beat_entries",
     "beat_leases",
     "metadata",
@@ -121,6 +123,15 @@ Index(
     postgresql_where=text("finished_at IS NOT NULL"),
 )
 
+# Dead tasks (FAILURE) by when they died: the dashboard's dead list and its "failed" filter walk
+# it instead of the whole finished_at index. Partial, so no enqueue and no success writes it:
+# only a task that dies (rare next to the rest) adds an entry.
+Index(
+    "tasks_failed_idx",
+    tasks.c.finished_at,
+    postgresql_where=text("state = 'FAILURE'"),
+)
+
 workers = Table(
     "workers",
     metadata,
@@ -181,4 +192,24 @@ rate_limits = Table(
     Column("interval_seconds", DOUBLE_PRECISION, nullable=False),
     Column("next_slot_at", _ts, nullable=False),
     CheckConstraint("interval_seconds > 0", name="rate_limits_interval_positive"),
+)
+
+# pgq web: every action the dashboard or its JSON API took (retry, revoke, purge, ...), one row
+# each, written in the same transaction as the change it describes. Newest first is id order.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("at", _ts, nullable=False, server_default=text("now()")),
+    # The Basic-auth user, or "anonymous" when the dashboard runs without --auth.
+    Column("actor", Text, nullable=False),
+    # What was done: retry, revoke, terminate, bulk_retry, bulk_delete, purge, shutdown, run.
+    Column("action", Text, nullable=False),
+    # What it was done to: a task id, a queue, a worker id, a periodic entry; NULL for a filter.
+    Column("target", Text),
+    # The ids or the filter a bulk action was given, as given.
+    Column("details", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # How many rows the action changed.
+    Column("rows", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("action <> ''", name="audit_log_action_not_empty"),
 )

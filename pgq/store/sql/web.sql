@@ -1,0 +1,280 @@
+-- The statements of `pgq web` (the dashboard and its JSON API), one named entry each, loaded by
+-- pgq.store.web through pgq.store.sql.named_statements("web.sql").
+--
+-- Cost rule: a dashboard refresh never counts the whole history. It reads the partial indexes
+-- (tasks_claim_idx: waiting rows; tasks_lease_idx: running rows; tasks_failed_idx: dead rows),
+-- a bounded window of tasks_finished_idx (finished in the last hour, or only since the last
+-- minute it already has), the primary key (task ids are version 7 UUIDs: id order is creation
+-- order) and the planner's row estimate (pg_class.reltuples) for "how many rows in all".
+-- Actions that change tasks reuse the named queries of queries.sql (pgq.store.admin) where one
+-- exists; those here run inside the action's transaction, next to its audit row.
+
+-- name: web_waiting
+-- (read) Per queue: due and future waiting tasks, the oldest due one's age (claim index only).
+SELECT queue,
+       count(*) FILTER (WHERE run_at <= now()) AS waiting,
+       count(*) FILTER (WHERE run_at > now()) AS scheduled,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::double precision
+           AS oldest_waiting_seconds
+FROM pgq.tasks
+WHERE state IN ('PENDING', 'RETRY')
+GROUP BY queue;
+
+-- name: web_running
+-- (read) Per queue: tasks a worker holds now (lease index only).
+SELECT queue, count(*) AS running
+FROM pgq.tasks
+WHERE lease_expires_at IS NOT NULL
+GROUP BY queue;
+
+-- name: web_dead_counts
+-- (read) Per queue: dead tasks (FAILURE) kept in the table, all of them (failed index only).
+SELECT queue, count(*) AS dead
+FROM pgq.tasks
+WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+GROUP BY queue;
+
+-- name: web_finished_minutes
+-- (read) Tasks finished per minute, queue and final state since `since` (the finished index,
+-- a window of at most an hour): the throughput and failure series and the last hour's counts.
+SELECT date_trunc('minute', finished_at) AS minute, queue, state, count(*) AS count
+FROM pgq.tasks
+WHERE finished_at >= %(since)s
+GROUP BY 1, 2, 3;
+
+-- name: web_clock
+-- (read) The database's clock: windows are cut on it, not on the web server's.
+SELECT now() AS now;
+
+-- name: web_latency
+-- (read) Enqueue-to-start latency (from when the task was due: its enqueue, or its ETA) of the
+-- newest `sample` tasks that finished in the last `seconds` (finished index, bounded sample).
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY wait) AS p95,
+       count(*) AS sample
+FROM (
+    SELECT extract(epoch FROM started_at - greatest(created_at, run_at))::double precision AS wait
+    FROM pgq.tasks
+    WHERE finished_at > now() - make_interval(secs => %(seconds)s::double precision)
+      AND started_at IS NOT NULL
+    ORDER BY finished_at DESC
+    LIMIT %(sample)s
+) AS recent;
+
+-- name: web_estimated_rows
+-- (read) The planner's estimate of how many rows pgq.tasks holds (no scan; -1 before the first
+-- ANALYZE or autovacuum, shown as unknown).
+SELECT reltuples::bigint AS estimated_rows FROM pg_class WHERE oid = 'pgq.tasks'::regclass;
+
+-- name: web_tasks_by_id
+-- (read) A page of the task browser in creation order (the primary key: ids are version 7 UUIDs
+-- and sort by creation time), newest first, after the cursor's id; filters are composable.
+SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
+       finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
+FROM pgq.tasks
+WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
+  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: web_tasks_by_finished
+-- (read) A page of the task browser by finish time, newest first, after the cursor's
+-- (finished_at, id) (the finished index; only finished tasks have a place in this order).
+SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
+       finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
+FROM pgq.tasks
+WHERE finished_at IS NOT NULL
+  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+  AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
+ORDER BY finished_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: web_dead_by_finished
+-- (read) A page of dead tasks (FAILURE) by finish time, newest first (the failed index): the
+-- browser's sort=finished with state=FAILURE.
+SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
+       finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
+FROM pgq.tasks
+WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+  AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
+ORDER BY finished_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: web_task
+-- (read) Everything the task detail shows about one task.
+SELECT id, name, queue, state, priority, run_at, expires_at, args::text AS args,
+       kwargs::text AS kwargs, options::text AS options, result::text AS result, traceback,
+       retries, rescues, idempotency_key, parent_id, root_id, created_at, started_at,
+       finished_at, worker, lease_expires_at, failures::text AS failures
+FROM pgq.tasks WHERE id = %(id)s;
+
+-- name: web_task_family
+-- (read) A task's relatives: its parent, its root, its children, and every task of its workflow
+-- (same root), oldest first, at most `limit` (primary key and ids; no index on root_id, so the
+-- workflow is read only for a root the task names).
+SELECT id, name, queue, state, parent_id, root_id, created_at, finished_at,
+       CASE WHEN id = %(parent_id)s THEN 'parent'
+            WHEN id = %(root_id)s THEN 'root'
+            WHEN parent_id = %(id)s THEN 'child'
+            ELSE 'step' END AS relation
+FROM pgq.tasks
+WHERE id <> %(id)s
+  AND (id = %(parent_id)s OR id = %(root_id)s OR parent_id = %(id)s
+       OR (%(root_id)s::text IS NOT NULL AND root_id = %(root_id)s))
+ORDER BY created_at, id
+LIMIT %(limit)s;
+
+-- name: web_dead_groups
+-- (read) Dead tasks grouped by task name and exception type (failed index): how many, in which
+-- queues, the latest death and its message.
+SELECT name, result ->> 'exc_type' AS exc_type, count(*) AS count,
+       array_agg(DISTINCT queue ORDER BY queue) AS queues,
+       max(finished_at) AS latest_at,
+       (array_agg(id ORDER BY finished_at DESC, id DESC))[1] AS latest_id
+FROM pgq.tasks
+WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+GROUP BY 1, 2
+ORDER BY latest_at DESC, name, exc_type
+LIMIT %(limit)s;
+
+-- name: web_workers
+-- (read) Workers heard from in the last `recent_seconds` (live ones and the recently dead),
+-- with their heartbeat age and whether they are live.
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.pool, w.started_at,
+       w.last_heartbeat_at, w.tasks_done, w.task_names,
+       extract(epoch FROM now() - w.last_heartbeat_at)::double precision AS heartbeat_age_seconds,
+       w.last_heartbeat_at > now() - make_interval(secs => %(live_seconds)s::double precision)
+           AS live
+FROM pgq.workers AS w
+WHERE w.last_heartbeat_at > now() - make_interval(secs => %(recent_seconds)s::double precision)
+ORDER BY live DESC, w.hostname, w.pid, w.id;
+
+-- name: web_worker_slots
+-- (read) What every worker runs now: the tasks held under a lease (lease index only). A slot's
+-- worker name is the worker's id followed by "/<slot>".
+SELECT id, name, queue, state, worker, started_at,
+       extract(epoch FROM now() - started_at)::double precision AS runtime_seconds
+FROM pgq.tasks
+WHERE lease_expires_at IS NOT NULL
+ORDER BY worker, started_at, id;
+
+-- name: web_worker_exists
+-- (read) Whether a worker row exists (the shutdown action's 404).
+SELECT id FROM pgq.workers WHERE id = %(id)s;
+
+-- name: web_periodic
+-- (read) Every periodic entry's cursor: its task, schedule, last due time and run, total runs.
+SELECT scheduler, name, task, schedule, anchor_at, last_due_at, last_run_at, total_runs
+FROM pgq.beat_entries
+ORDER BY scheduler, name;
+
+-- name: web_beat_leases
+-- (read) Who leads each scheduler's beat, since when, and whether the lease is still held.
+SELECT scheduler, holder, acquired_at, lease_expires_at, lease_expires_at > now() AS held
+FROM pgq.beat_leases
+ORDER BY scheduler;
+
+-- name: web_rate_limits
+-- (read) Every global rate limit's cursor: the interval and when the next run may start.
+SELECT name, interval_seconds, next_slot_at,
+       greatest(extract(epoch FROM next_slot_at - now()), 0)::double precision AS wait_seconds
+FROM pgq.rate_limits
+ORDER BY name;
+
+-- name: web_audit
+-- (read) The audit trail, newest first, after the cursor's id.
+SELECT id, at, actor, action, target, details::text AS details, rows
+FROM pgq.audit_log
+WHERE (%(after_id)s::bigint IS NULL OR id < %(after_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: web_write_audit
+-- (nothing) -> audit row: what an action did, written in the action's own transaction.
+INSERT INTO pgq.audit_log (actor, action, target, details, rows)
+VALUES (%(actor)s, %(action)s, %(target)s, %(details)s::jsonb, %(rows)s)
+RETURNING id;
+
+-- name: web_lock_task
+-- (read, locks) A task's state and whether a worker holds it, locked for the action that follows
+-- in the same transaction (so the state checked is the state changed).
+SELECT id, state, finished_at IS NOT NULL AS finished, lease_expires_at IS NOT NULL AS running
+FROM pgq.tasks WHERE id = %(id)s FOR UPDATE;
+
+-- name: web_retry_batch
+-- FAILURE -> PENDING for at most `batch` dead tasks matching the filter (or these ids), as
+-- retry_failed does (the failure appended to `failures`, a fresh retry budget); skips rows
+-- locked right now. Run repeatedly until it changes fewer than `batch` rows.
+WITH wanted AS (
+    SELECT id FROM pgq.tasks
+    WHERE state = 'FAILURE'
+      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+      AND (%(exc_type)s::text IS NULL OR result ->> 'exc_type' = %(exc_type)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+      AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0
+           OR strpos(kwargs::text, %(q)s) > 0)
+    ORDER BY finished_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING',
+        failures = t.failures || jsonb_build_array(jsonb_build_object(
+            'failed_at', t.finished_at, 'retried_at', now(), 'started_at', t.started_at,
+            'worker', t.worker, 'retries', t.retries, 'rescues', t.rescues,
+            'result', t.result, 'traceback', t.traceback)),
+        retries = 0, rescues = 0, result = NULL, traceback = NULL, run_at = now(),
+        expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
+    FROM wanted
+    WHERE t.id = wanted.id
+    RETURNING t.id, t.queue
+)
+SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;
+
+-- name: web_delete_finished_batch
+-- finished -> (deleted): at most `batch` finished tasks (SUCCESS, FAILURE, REVOKED, ...)
+-- matching the filter (or these ids); rows still waiting or running are never deleted. Run
+-- repeatedly until it deletes fewer than `batch` rows.
+DELETE FROM pgq.tasks
+WHERE id IN (
+    SELECT id FROM pgq.tasks
+    WHERE finished_at IS NOT NULL
+      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+      AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+      AND (%(name)s::text IS NULL OR name = %(name)s)
+      AND (%(exc_type)s::text IS NULL OR result ->> 'exc_type' = %(exc_type)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+      AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0
+           OR strpos(kwargs::text, %(q)s) > 0)
+    ORDER BY finished_at, id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+);

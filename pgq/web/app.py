@@ -1,0 +1,74 @@
+"""``create_app``: the ASGI application of ``pgq web`` (the pages and the JSON API).
+
+It serves one pgq database, named by ``source``; the same app runs standalone (``pgq web``) or
+mounted in the user's own ASGI application under any prefix (docs/reference/web-api.md shows a
+Starlette/FastAPI mount), so a team can put it behind its own login.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from pgq.web.api import install_error_handlers, router
+from pgq.web.data import Dashboard
+from pgq.web.security import Credentials, SecurityMiddleware, parse_credentials
+
+__all__ = ["create_app"]
+
+TITLE = "pgq web"
+API_VERSION = "1"
+
+
+def create_app(
+    source: Any = None,
+    *,
+    read_only: bool = False,
+    auth: str | Credentials | None = None,
+    root_path: str = "",
+) -> FastAPI:
+    """The dashboard and ``/api/v1`` JSON API as an ASGI app.
+
+    ``source``: a ``pgq.App``, a Celery app from ``pgq.compat``, a database URL, or None (the
+    ``PGQ_DATABASE_URL`` setting, else the embedded server). ``auth``: ``"USER:PASSWORD"`` turns
+    on HTTP Basic authentication for every route. ``read_only``: every action answers 403 and
+    the pages show none. ``root_path``: serve everything under this prefix (``/pgq``); leave it
+    empty when mounting the app yourself (the mount gives the prefix).
+    """
+    credentials = parse_credentials(auth)
+    prefix = root_path.rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    app = FastAPI(
+        title=TITLE,
+        version=API_VERSION,
+        description="The dashboard and JSON API of pgq (see docs/reference/web-api.md).",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.dashboard = Dashboard(source)
+    app.state.read_only = read_only
+    app.state.auth_user = credentials.user if credentials else None
+    install_error_handlers(app)
+    app.include_router(router)
+    if importlib.util.find_spec("pgq.web.pages") is not None:
+        from pgq.web.pages import router as pages_router  # the HTML pages (pgq.web.pages)
+
+        app.include_router(pages_router)
+    app.add_middleware(SecurityMiddleware, credentials=credentials, read_only=read_only)
+    if not prefix:
+        return app
+    outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    outer.state.dashboard = app.state.dashboard
+    outer.state.read_only = read_only
+    outer.mount(prefix, app)
+
+    async def outside(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"not found: pgq web is served under {prefix}/"}, 404)
+
+    outer.add_exception_handler(404, outside)
+    return outer

@@ -1,0 +1,657 @@
+"""Everything ``pgq web`` reads and does, as plain dicts and lists (the pages and the JSON API
+both call ``Dashboard``; neither touches the database).
+
+Reads stay cheap on a table with millions of finished rows (see ``pgq/store/sql/web.sql``):
+
+- waiting, scheduled, running and dead counts are exact, read through partial indexes that hold
+  only those rows;
+- succeeded / failed / revoked per queue, and the throughput and failure series, cover the
+  last hour (``WINDOW_SECONDS``), read from the finished-time index; each process keeps the
+  per-minute counts of the minutes that are over, so a refresh reads only the current minute;
+- the table's total row count is the planner's estimate (``pg_class.reltuples``);
+- the task browser pages with a keyset cursor, so page 500 costs what page 1 costs.
+
+Every action is one transaction that changes the rows and writes its ``pgq.audit_log`` row (who,
+what, target, the ids or filter given, how many rows). An action that does not apply (retry a
+task that is not dead, terminate a finished one) raises ``StateConflict`` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import re
+import threading
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pgq.app import App
+from pgq.errors import InvalidFilter, StateConflict, TaskNotFound
+from pgq.periodic import next_due
+from pgq.serialization import loads
+from pgq.store.web import TaskQuery, WebStore
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "WINDOW_SECONDS",
+    "Dashboard",
+    "TaskFilter",
+    "resolve_app",
+]
+
+UTC = timezone.utc
+
+# The overview's window: counts of finished tasks and the per-minute series cover this long.
+WINDOW_SECONDS = 3600
+# Task list page sizes: the default, and the largest a caller may ask for.
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+# Workers shown as "recently dead": those whose last heartbeat is at most this old.
+RECENT_WORKER_SECONDS = 3600.0
+# Enqueue-to-start latency: the newest this many tasks finished in the last five minutes.
+LATENCY_SAMPLE = 10_000
+LATENCY_SECONDS = 300.0
+
+SORTS = ("created", "finished")
+_STATE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_TEXT_LIMIT = 1000
+
+
+def resolve_app(source: Any = None) -> App:
+    """The pgq App behind ``source``: an App (a ``pgq.compat`` Celery app is one), a database
+    URL, or None (the settings' URL, else the embedded server)."""
+    if source is None:
+        return App()
+    if isinstance(source, App):
+        return source
+    if isinstance(source, str):
+        return App(database_url=source)
+    raise TypeError(
+        f"create_app() takes a pgq App, a Celery app from pgq.compat, a database URL or None, "
+        f"not {type(source).__name__}"
+    )
+
+
+def _parse_time(value: str, key: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidFilter(
+            f"{key}={value!r} is not an ISO 8601 time (e.g. 2026-12-03T12:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _text(value: str | None, key: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if len(value) > _TEXT_LIMIT or "\x00" in value:
+        raise InvalidFilter(f"{key} must be at most {_TEXT_LIMIT} characters, without NUL")
+    return value
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """The task browser's filters (None: any); also what a bulk action on a filter takes.
+
+    ``state`` is one state or several separated by commas; ``since``/``until`` bound the
+    creation time (``sort="created"``) or the finish time (``sort="finished"``, and for bulk
+    actions, which only touch finished tasks); ``q`` is a substring of the args or kwargs JSON;
+    ``exc_type`` (bulk actions and the dead page) the stored exception's type.
+    """
+
+    state: tuple[str, ...] | None = None
+    queue: str | None = None
+    name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str | None = None
+    id: str | None = None
+    exc_type: str | None = None
+    sort: str = "created"
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> TaskFilter:
+        """Build from query parameters or a JSON object; InvalidFilter names what is wrong."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise InvalidFilter(f"unknown filter key(s): {', '.join(map(str, unknown))}")
+        for key, value in params.items():
+            if value is not None and not isinstance(value, str):
+                if (
+                    key == "state"
+                    and isinstance(value, list)
+                    and all(isinstance(v, str) for v in value)
+                ):
+                    continue
+                raise InvalidFilter(f"filter {key} must be a string")
+        raw_state = params.get("state")
+        states: tuple[str, ...] | None = None
+        if raw_state:
+            parts = raw_state if isinstance(raw_state, list) else raw_state.split(",")
+            states = tuple(s.strip().upper() for s in parts if s.strip())
+            bad = [s for s in states if not _STATE.match(s)]
+            if bad:
+                raise InvalidFilter(f"state={bad[0]!r} is not a task state")
+            states = states or None
+        sort = params.get("sort") or "created"
+        if sort not in SORTS:
+            raise InvalidFilter(f"sort={sort!r}: use created or finished")
+        since = _text(params.get("since"), "since")
+        until = _text(params.get("until"), "until")
+        return cls(
+            state=states,
+            queue=_text(params.get("queue"), "queue"),
+            name=_text(params.get("name"), "name"),
+            since=_parse_time(since, "since") if since else None,
+            until=_parse_time(until, "until") if until else None,
+            q=_text(params.get("q"), "q"),
+            id=_text(params.get("id"), "id"),
+            exc_type=_text(params.get("exc_type"), "exc_type"),
+            sort=sort,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether no filter is set (a bulk action on it would touch every finished task)."""
+        return all(getattr(self, f.name) is None for f in fields(self) if f.name != "sort")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The filter as given, for the audit row and JSON."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or (f.name == "sort" and value == "created"):
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            out[f.name] = value
+        return out
+
+    def query(self) -> TaskQuery:
+        return TaskQuery.of(
+            state=list(self.state) if self.state else None,
+            queue=self.queue,
+            name=self.name,
+            task_id=self.id,
+            since=self.since,
+            until=self.until,
+            q=self.q,
+            exc_type=self.exc_type,
+        )
+
+
+def encode_cursor(*parts: Any) -> str:
+    """An opaque cursor for the row a page ended on."""
+    raw = json.dumps([p.isoformat() if isinstance(p, datetime) else p for p in parts])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str) -> list[Any]:
+    """The parts of a cursor made by ``encode_cursor`` for this sort; InvalidFilter if not."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        parts = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+        if not isinstance(parts, list) or not parts or parts[0] != sort:
+            raise ValueError
+        if sort == "created" and len(parts) == 2 and isinstance(parts[1], str):
+            return parts
+        if sort == "finished" and len(parts) == 3 and all(isinstance(p, str) for p in parts):
+            return [sort, _parse_time(parts[1], "after"), parts[2]]
+        if sort == "audit" and len(parts) == 2 and isinstance(parts[1], int):
+            return parts
+    except (ValueError, UnicodeError, binascii.Error, InvalidFilter):
+        pass
+    raise InvalidFilter("after= is not a cursor of this list (use the `next` value returned)")
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else loads(text)
+
+
+def _page_size(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_PAGE
+    if limit < 1 or limit > MAX_PAGE:
+        raise InvalidFilter(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    return limit
+
+
+class _MinuteCounts:
+    """Finished tasks per (minute, queue, state) over the last hour, kept between refreshes.
+
+    A minute that is over does not change any more (save for a task deleted or retried later),
+    so a refresh asks the database only for the minutes since the last complete one it holds.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[datetime, dict[tuple[str, str], int]] = {}
+        self.complete_until: datetime | None = None
+
+    def refresh(self, store: WebStore, now: datetime) -> dict[datetime, dict[tuple[str, str], int]]:
+        start = (now - timedelta(seconds=WINDOW_SECONDS)).replace(second=0, microsecond=0)
+        current = now.replace(second=0, microsecond=0)
+        with self.lock:
+            since = start
+            if self.complete_until is not None and self.complete_until > start:
+                since = self.complete_until
+            rows = store.fetch("web_finished_minutes", {"since": since})
+            fresh: dict[datetime, dict[tuple[str, str], int]] = {}
+            for row in rows:
+                bucket = fresh.setdefault(row["minute"], {})
+                bucket[(row["queue"], row["state"])] = int(row["count"])
+            kept = {m: c for m, c in self.counts.items() if start <= m < since}
+            kept.update(fresh)
+            self.counts = kept
+            self.complete_until = current
+            return dict(kept)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.counts, self.complete_until = {}, None
+
+
+class Dashboard:
+    """Every read and action of ``pgq web`` over one pgq database."""
+
+    def __init__(self, source: Any = None) -> None:
+        self.app = resolve_app(source)
+        self._store: WebStore | None = None
+        self._minutes = _MinuteCounts()
+
+    @property
+    def store(self) -> WebStore:
+        if self._store is None:
+            self._store = WebStore(self.app.db, live_seconds=self.app.settings.lease_seconds)
+        return self._store
+
+    def close(self) -> None:
+        """Close the connections this dashboard opened."""
+        self.app.close()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        """A one-line description of the database (SchemaError if it is not usable)."""
+        return self.store.check_health(workers=False)
+
+    def queues(self) -> list[dict[str, Any]]:
+        """One row per queue: waiting, scheduled, running, dead (exact, via partial indexes);
+        succeeded, failed, revoked finished in the last hour; the oldest waiting task's age."""
+        return self._queues(self._minutes.refresh(self.store, self._now()))
+
+    def _now(self) -> datetime:
+        return self.store.fetch("web_clock")[0]["now"]  # type: ignore[no-any-return]
+
+    def _queues(self, minutes: dict[datetime, dict[tuple[str, str], int]]) -> list[dict[str, Any]]:
+        by_queue: dict[str, dict[str, Any]] = {}
+
+        def queue_row(name: str) -> dict[str, Any]:
+            return by_queue.setdefault(
+                name,
+                {
+                    "queue": name,
+                    "waiting": 0,
+                    "scheduled": 0,
+                    "running": 0,
+                    "succeeded": 0,
+                    "failed": 0,
+                    "revoked": 0,
+                    "dead": 0,
+                    "oldest_waiting_seconds": None,
+                },
+            )
+
+        for row in self.store.fetch("web_waiting"):
+            q = queue_row(row["queue"])
+            q["waiting"], q["scheduled"] = int(row["waiting"]), int(row["scheduled"])
+            q["oldest_waiting_seconds"] = row["oldest_waiting_seconds"]
+        for row in self.store.fetch("web_running"):
+            queue_row(row["queue"])["running"] = int(row["running"])
+        for row in self.store.fetch("web_dead_counts"):
+            queue_row(row["queue"])["dead"] = int(row["dead"])
+        column = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
+        for counts in minutes.values():
+            for (queue, state), count in counts.items():
+                key = column.get(state)
+                if key:
+                    queue_row(queue)[key] += count
+        return [by_queue[name] for name in sorted(by_queue)]
+
+    def overview(self) -> dict[str, Any]:
+        """Queues, the last hour's throughput and failures per minute, latency p50/p95, live
+        workers and the table's estimated size."""
+        now = self._now()
+        minutes = self._minutes.refresh(self.store, now)
+        current = now.replace(second=0, microsecond=0)
+        series: list[dict[str, Any]] = []
+        for i in range(WINDOW_SECONDS // 60 - 1, -1, -1):
+            minute = current - timedelta(minutes=i)
+            counts = minutes.get(minute, {})
+            finished = sum(counts.values())
+            failed = sum(c for (_q, state), c in counts.items() if state == "FAILURE")
+            series.append({"minute": minute, "finished": finished, "failed": failed})
+        latency = self.store.fetch(
+            "web_latency", {"seconds": LATENCY_SECONDS, "sample": LATENCY_SAMPLE}
+        )[0]
+        estimated = int(self.store.fetch("web_estimated_rows")[0]["estimated_rows"])
+        workers = [w for w in self.workers() if w["live"]]
+        finished_hour = sum(s["finished"] for s in series)
+        failed_hour = sum(s["failed"] for s in series)
+        return {
+            "now": now,
+            "window_seconds": WINDOW_SECONDS,
+            "queues": self._queues(minutes),
+            "series": series,
+            "finished_last_hour": finished_hour,
+            "failed_last_hour": failed_hour,
+            "latency": {
+                "p50_seconds": latency["p50"],
+                "p95_seconds": latency["p95"],
+                "sample": int(latency["sample"]),
+                "window_seconds": LATENCY_SECONDS,
+            },
+            "workers": workers,
+            "estimated_rows": estimated if estimated >= 0 else None,
+        }
+
+    def tasks(
+        self,
+        filters: TaskFilter | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
+        filters = filters or TaskFilter()
+        size = _page_size(limit)
+        params: dict[str, Any] = {**filters.query(), "limit": size + 1}
+        params.pop("exc_type")
+        params.pop("ids")
+        if filters.sort == "created":
+            params["after_id"] = decode_cursor(after, "created")[1] if after else None
+            rows = self.store.fetch("web_tasks_by_id", params)
+        else:
+            if after:
+                _sort, params["after_at"], params["after_id"] = decode_cursor(after, "finished")
+            else:
+                params["after_at"] = params["after_id"] = None
+            if filters.state == ("FAILURE",):
+                params.pop("state")
+                rows = self.store.fetch("web_dead_by_finished", params)
+            else:
+                rows = self.store.fetch("web_tasks_by_finished", params)
+        more = len(rows) > size
+        rows = rows[:size]
+        next_cursor = None
+        if more and rows:
+            last = rows[-1]
+            next_cursor = (
+                encode_cursor("created", last["id"])
+                if filters.sort == "created"
+                else encode_cursor("finished", last["finished_at"], last["id"])
+            )
+        return {"tasks": rows, "next": next_cursor}
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """Everything about one task, with its failure history and family; TaskNotFound."""
+        rows = self.store.fetch("web_task", {"id": task_id})
+        if not rows:
+            raise TaskNotFound(f"no task with id {task_id}")
+        row = dict(rows[0])
+        for key in ("args", "kwargs", "options", "result"):
+            row[key] = _json(row[key])
+        failures = _json(row.pop("failures"))
+        row["failures"] = failures if isinstance(failures, list) else []
+        result = row["result"]
+        row["exception"] = None
+        if row["state"] == "FAILURE" and isinstance(result, dict) and "exc_type" in result:
+            row["exception"] = {
+                "type": result.get("exc_type"),
+                "module": result.get("exc_module"),
+                "message": result.get("exc_message"),
+            }
+        row["eta"] = row["run_at"]
+        row["family"] = self.family(row)
+        return row
+
+    def family(self, task: dict[str, Any]) -> dict[str, Any]:
+        """A task's parent, root, children, and the steps of its workflow with their states."""
+        rows = self.store.fetch(
+            "web_task_family",
+            {
+                "id": task["id"],
+                "parent_id": task.get("parent_id"),
+                "root_id": task.get("root_id"),
+                "limit": MAX_PAGE,
+            },
+        )
+        parent = next((r for r in rows if r["relation"] == "parent"), None)
+        root = next((r for r in rows if r["id"] == task.get("root_id")), None)
+        children = [r for r in rows if r["parent_id"] == task["id"]]
+        return {
+            "parent": parent,
+            "root": root,
+            "children": children,
+            "steps": rows if task.get("root_id") else children,
+        }
+
+    def dead(self, *, queue: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Dead tasks grouped by task name and exception type, latest death first."""
+        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue"), "limit": limit})
+        return [{**row, "count": int(row["count"])} for row in rows]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live and recently dead workers, each with the tasks its slots run now."""
+        rows = self.store.fetch(
+            "web_workers",
+            {"live_seconds": self.store.live_seconds, "recent_seconds": RECENT_WORKER_SECONDS},
+        )
+        slots = self.store.fetch("web_worker_slots")
+        out = []
+        for row in rows:
+            worker_id = row["id"]
+            running = [
+                s
+                for s in slots
+                if s["worker"] == worker_id or str(s["worker"]).startswith(worker_id + "/")
+            ]
+            out.append({**row, "running": running, "tasks_done": int(row["tasks_done"])})
+        return out
+
+    def periodic(self) -> dict[str, Any]:
+        """Every periodic entry (its schedule, last and next run) and each scheduler's leader."""
+        entries = {(r["scheduler"], r["name"]): dict(r) for r in self.store.fetch("web_periodic")}
+        declared = {e.name: e for e in self.app.periodic_entries()}
+        tz = self.app.tzinfo
+        for entry in entries.values():
+            known = declared.get(entry["name"])
+            entry["next_run_at"] = None
+            entry["declared_here"] = known is not None
+            if known is not None:
+                with contextlib.suppress(ValueError, ArithmeticError):
+                    entry["next_run_at"] = next_due(
+                        known.schedule, entry["anchor_at"], entry["last_due_at"], tz
+                    )
+        names = {name for _s, name in entries}
+        for name, known in declared.items():
+            if name not in names:  # declared in this app, never scheduled by a beat yet
+                entries[("", name)] = {
+                    "scheduler": None,
+                    "name": name,
+                    "task": known.task,
+                    "schedule": known.schedule_text(tz),
+                    "anchor_at": None,
+                    "last_due_at": None,
+                    "last_run_at": None,
+                    "total_runs": 0,
+                    "next_run_at": None,
+                    "declared_here": True,
+                }
+        leaders = self.store.fetch("web_beat_leases")
+        return {
+            "entries": [entries[k] for k in sorted(entries, key=lambda k: (k[0] or "", k[1]))],
+            "leaders": leaders,
+        }
+
+    def rate_limits(self) -> list[dict[str, Any]]:
+        """Every global rate limit: the interval between runs and when the next may start."""
+        return self.store.fetch("web_rate_limits")
+
+    def audit(self, *, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
+        """The audit trail, newest first, and the cursor of the next page."""
+        size = _page_size(limit)
+        after_id = decode_cursor(after, "audit")[1] if after else None
+        rows = self.store.fetch("web_audit", {"after_id": after_id, "limit": size + 1})
+        more = len(rows) > size
+        entries = [{**r, "details": _json(r["details"])} for r in rows[:size]]
+        next_cursor = encode_cursor("audit", entries[-1]["id"]) if more and entries else None
+        return {"entries": entries, "next": next_cursor}
+
+    # -- actions (each one transaction with its audit row) ------------------------------------
+
+    def retry(self, task_id: str, *, actor: str) -> dict[str, Any]:
+        """FAILURE -> PENDING (as ``pgq retry ID``); StateConflict if the task is not dead."""
+        with self.store.transaction() as conn:
+            self.store.retry_one(conn, task_id)
+            self.store.audit(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
+        return {"id": task_id, "state": "PENDING", "count": 1}
+
+    def revoke(self, task_id: str, *, actor: str, terminate: bool = False) -> dict[str, Any]:
+        """Revoke a task (as ``pgq revoke``); with ``terminate``, kill the process running it.
+
+        A task a worker holds, revoked without terminate, is marked: its worker skips it if it
+        has not started it, one already running runs to its end (``revoked`` is False then).
+        """
+        from pgq.errors import TaskRevokedError
+        from pgq.worker.runner import error_json
+
+        result = error_json(TaskRevokedError("terminated" if terminate else "revoked"))
+        action = "terminate" if terminate else "revoke"
+        with self.store.transaction() as conn:
+            revoked = self.store.revoke_one(conn, task_id, terminate=terminate, result=result)
+            self.store.audit(
+                conn,
+                actor=actor,
+                action=action,
+                target=task_id,
+                details={"revoked": revoked},
+                rows=1,
+            )
+        return {"id": task_id, "revoked": revoked, "count": 1}
+
+    def terminate(self, task_id: str, *, actor: str) -> dict[str, Any]:
+        """Revoke a running task and kill the process running it (StateConflict if none)."""
+        return self.revoke(task_id, actor=actor, terminate=True)
+
+    def _bulk(
+        self,
+        action: str,
+        statement: str,
+        *,
+        ids: list[str] | None,
+        filters: TaskFilter | None,
+        actor: str,
+    ) -> int:
+        if (ids is None) == (filters is None):
+            raise InvalidFilter('give either "ids" or "filter"')
+        if ids is not None:
+            if not ids:
+                raise InvalidFilter('"ids" is empty')
+            query = TaskQuery.of(ids=list(dict.fromkeys(ids)))
+            details: dict[str, Any] = {"ids": list(dict.fromkeys(ids))}
+        else:
+            assert filters is not None
+            query = filters.query()
+            details = {"filter": filters.as_dict(), "all": filters.empty}
+        if statement == "web_retry_batch":
+            query.pop("state")
+        with self.store.transaction() as conn:
+            count = self.store.batches(conn, statement, query, limit=None)
+            self.store.audit(
+                conn, actor=actor, action=action, target=None, details=details, rows=count
+            )
+        return count
+
+    def bulk_retry(
+        self, *, ids: list[str] | None = None, filters: TaskFilter | None = None, actor: str
+    ) -> int:
+        """FAILURE -> PENDING for these ids or every dead task matching ``filters`` (other
+        states in the selection are left alone); returns how many were retried."""
+        return self._bulk("bulk_retry", "web_retry_batch", ids=ids, filters=filters, actor=actor)
+
+    def bulk_delete(
+        self, *, ids: list[str] | None = None, filters: TaskFilter | None = None, actor: str
+    ) -> int:
+        """Delete these finished tasks, or every finished task matching ``filters`` (waiting and
+        running tasks are never deleted), in batches; returns how many were deleted."""
+        return self._bulk(
+            "bulk_delete", "web_delete_finished_batch", ids=ids, filters=filters, actor=actor
+        )
+
+    def purge(self, queue: str, *, actor: str) -> int:
+        """Delete the waiting tasks of a queue (as ``pgq purge -Q``); returns how many."""
+        with self.store.transaction() as conn:
+            count = self.store.purge_in(conn, queue)
+            self.store.audit(
+                conn, actor=actor, action="purge", target=queue, details={}, rows=count
+            )
+        return count
+
+    def shutdown(self, worker_id: str, *, actor: str) -> dict[str, Any]:
+        """Ask a worker to stop as on SIGTERM (it finishes its tasks); TaskNotFound-like 404
+        for an unknown worker."""
+        if not self.store.worker_exists(worker_id):
+            raise WorkerNotFound(f"no worker with id {worker_id}")
+        with self.store.transaction() as conn:
+            self.store.notify_shutdown(conn, [worker_id])
+            self.store.audit(
+                conn, actor=actor, action="shutdown", target=worker_id, details={}, rows=1
+            )
+        return {"id": worker_id, "count": 1}
+
+    def run_periodic(self, name: str, *, actor: str) -> dict[str, Any]:
+        """Enqueue a periodic entry's task now, with the entry's arguments and options when
+        this app declares it (else, known only from a beat's table, with none)."""
+        from pgq.maintenance.beat import _OWN_OPTIONS
+
+        declared = {e.name: e for e in self.app.periodic_entries()}
+        entry = declared.get(name)
+        if entry is not None:
+            task, args, kwargs = entry.task, list(entry.args), dict(entry.kwargs)
+            options = {k: v for k, v in entry.options.items() if k not in _OWN_OPTIONS}
+        else:
+            known = [e for e in self.store.fetch("web_periodic") if e["name"] == name]
+            if not known:
+                raise EntryNotFound(f"no periodic entry named {name}")
+            task, args, kwargs, options = known[0]["task"], [], {}, {}
+        with self.store.transaction() as conn:
+            result = self.app.send(task, args, kwargs, connection=conn, **options)
+            self.store.audit(
+                conn,
+                actor=actor,
+                action="run",
+                target=name,
+                details={"task": task, "task_id": str(result.id)},
+                rows=1,
+            )
+        return {"entry": name, "task": task, "id": str(result.id), "count": 1}
+
+
+class WorkerNotFound(TaskNotFound):
+    """No worker has that id."""
+
+
+class EntryNotFound(TaskNotFound):
+    """No periodic entry has that name."""
+
+
+__all__ += ["EntryNotFound", "StateConflict", "WorkerNotFound", "decode_cursor", "encode_cursor"]

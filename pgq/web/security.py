@@ -1,0 +1,164 @@
+"""What every request to ``pgq web`` goes through, pages and API alike: HTTP Basic auth (when
+configured), the read-only guard, JSON-only API actions, a body size limit and a
+``Server-Timing`` header.
+
+One ASGI middleware does it all, before any route runs, so a refused request changes nothing.
+Its refusals are JSON ``{"error": ...}`` like every other error of the app. CSRF protection of
+the HTML forms is the pages' (``pgq.web.csrf``); API actions need ``Content-Type:
+application/json``, which a cross-site HTML form cannot send.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from pgq.errors import ConfigurationError
+
+__all__ = [
+    "ANONYMOUS",
+    "MAX_BODY_BYTES",
+    "Credentials",
+    "SecurityMiddleware",
+    "current_user",
+    "parse_credentials",
+]
+
+ANONYMOUS = "anonymous"
+# The largest request body accepted (a bulk action's list of ids fits many times over).
+MAX_BODY_BYTES = 1_000_000
+# Methods that change something: refused in read-only mode.
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The one user name and password that Basic auth accepts."""
+
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"Credentials(user={self.user!r}, password='***')"
+
+    def accepts(self, header: str | None) -> str | None:
+        """The user name if the Authorization header carries these credentials, else None."""
+        if not header or header[:6].lower() != "basic ":
+            return None
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        user, sep, password = decoded.partition(":")
+        # Both compared in constant time, and both always compared (no early exit on the user).
+        user_ok = hmac.compare_digest(user.encode(), self.user.encode())
+        password_ok = hmac.compare_digest(password.encode(), self.password.encode())
+        return user if sep and user_ok and password_ok else None
+
+
+def parse_credentials(value: str | Credentials | None) -> Credentials | None:
+    """``USER:PASSWORD`` as Credentials (None stays None); ConfigurationError if malformed."""
+    if value is None or isinstance(value, Credentials):
+        return value
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigurationError("--auth / PGQ_WEB_AUTH must be USER:PASSWORD, both non-empty")
+    return Credentials(user, password)
+
+
+def current_user(request: Any) -> str:
+    """The Basic-auth user of a request, or ``"anonymous"`` when auth is off."""
+    return str(request.scope.get("state", {}).get("pgq_user", ANONYMOUS))
+
+
+def _route_path(scope: Scope) -> str:
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class SecurityMiddleware:
+    """Auth, read-only, JSON-only API actions, body size, and ``Server-Timing``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        credentials: Credentials | None,
+        read_only: bool,
+        api_prefix: str = "/api/",
+    ) -> None:
+        self.app = app
+        self.credentials = credentials
+        self.read_only = read_only
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - started) * 1000.0
+                headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"app;dur={ms:.1f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            status, text, extra = refusal
+            await _send_json(timed_send, status, {"error": text}, extra)
+            return
+        await self.app(scope, receive, timed_send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        state = scope.setdefault("state", {})
+        state["pgq_user"] = ANONYMOUS
+        state["pgq_read_only"] = self.read_only
+        if self.credentials is not None:
+            user = self.credentials.accepts(headers.get("authorization"))
+            if user is None:
+                challenge = [(b"www-authenticate", b'Basic realm="pgq", charset="UTF-8"')]
+                return 401, "authentication required", challenge
+            state["pgq_user"] = user
+        method = str(scope.get("method", "GET")).upper()
+        if method in _WRITES:
+            if self.read_only:
+                return 403, "pgq web runs read-only: actions are disabled", []
+            length = headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                return 413, f"request body larger than {MAX_BODY_BYTES} bytes", []
+            if _route_path(scope).startswith(self.api_prefix):
+                kind = headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind != "application/json":
+                    return 415, "API actions take a JSON body: Content-Type: application/json", []
+        return None
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
