@@ -1,0 +1,132 @@
+"""Server-side SVG charts for the dashboard: no JavaScript, no chart library.
+
+``throughput_chart`` draws tasks finished per minute over a window (the last hour on the
+overview): successes as bars, failures as a line over them, with both axes labelled. Every
+text that goes into the SVG is escaped, and the result is returned as ``markupsafe.Markup`` so
+Jinja2 inserts it as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from html import escape
+
+from markupsafe import Markup
+
+__all__ = ["Minute", "nice_ceiling", "throughput_chart"]
+
+# Drawing area, in SVG user units (the chart scales to its container through the viewBox).
+_WIDTH, _HEIGHT = 720, 200
+_LEFT, _RIGHT, _TOP, _BOTTOM = 46, 12, 14, 40
+
+
+@dataclass(frozen=True, slots=True)
+class Minute:
+    """One bucket of the chart: tasks that finished in the minute starting at ``at``."""
+
+    at: datetime
+    succeeded: int
+    failed: int
+
+
+def nice_ceiling(value: float) -> int:
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``value`` (at least 1)."""
+    if value <= 1:
+        return 1
+    magnitude = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * magnitude >= value:
+                return step * magnitude
+        magnitude *= 10
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def throughput_chart(
+    minutes: Sequence[Minute], *, element_id: str = "throughput-chart", title: str = ""
+) -> Markup:
+    """An SVG of ``minutes`` (oldest first): succeeded per minute as bars, failed as a line."""
+    count = max(len(minutes), 1)
+    peak = nice_ceiling(max([m.succeeded for m in minutes] + [m.failed for m in minutes] + [0]))
+    plot_w = _WIDTH - _LEFT - _RIGHT
+    plot_h = _HEIGHT - _TOP - _BOTTOM
+    slot = plot_w / count
+    bottom = _TOP + plot_h
+
+    def y(value: int) -> float:
+        return bottom - plot_h * value / peak
+
+    total_ok = sum(m.succeeded for m in minutes)
+    total_failed = sum(m.failed for m in minutes)
+    label = title or (
+        f"Tasks finished per minute over the last {len(minutes)} minutes: "
+        f"{total_ok} succeeded, {total_failed} failed"
+    )
+    parts = [
+        f'<svg id="{escape(element_id)}" class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
+        f' role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg"'
+        f' data-succeeded="{total_ok}" data-failed="{total_failed}">',
+        f"<title>{escape(label)}</title>",
+    ]
+    # Horizontal grid lines and the y axis labels: 0, half, peak.
+    for value in sorted({0, peak // 2, peak}):
+        gy = y(value)
+        parts.append(
+            f'<line class="grid" x1="{_LEFT}" y1="{_fmt(gy)}" x2="{_WIDTH - _RIGHT}"'
+            f' y2="{_fmt(gy)}"/>'
+            f'<text class="tick" x="{_LEFT - 6}" y="{_fmt(gy + 4)}"'
+            f' text-anchor="end">{value}</text>'
+        )
+    parts.append(
+        f'<text class="axis-title" x="12" y="{_fmt(_TOP + plot_h / 2)}" text-anchor="middle"'
+        f' transform="rotate(-90 12 {_fmt(_TOP + plot_h / 2)})">tasks / min</text>'
+    )
+    # Bars: one per minute, succeeded.
+    for index, minute in enumerate(minutes):
+        x = _LEFT + index * slot
+        top = y(minute.succeeded)
+        tip = f"{minute.at:%H:%M}: {minute.succeeded} succeeded, {minute.failed} failed"
+        parts.append(
+            f'<rect class="bar ok" x="{_fmt(x + slot * 0.12)}" y="{_fmt(top)}"'
+            f' width="{_fmt(slot * 0.76)}" height="{_fmt(bottom - top)}">'
+            f"<title>{escape(tip)}</title></rect>"
+        )
+    # The failures line, drawn over the bars.
+    if minutes:
+        points = " ".join(
+            f"{_fmt(_LEFT + (i + 0.5) * slot)},{_fmt(y(m.failed))}" for i, m in enumerate(minutes)
+        )
+        parts.append(f'<polyline class="line failed" points="{points}"/>')
+    # The x axis, with a label every quarter of the window and at its ends.
+    parts.append(
+        f'<line class="axis" x1="{_LEFT}" y1="{bottom}" x2="{_WIDTH - _RIGHT}" y2="{bottom}"/>'
+    )
+    if minutes:
+        marks = sorted({0, count // 4, count // 2, 3 * count // 4, count - 1})
+        for index in marks:
+            x = _LEFT + (index + 0.5) * slot
+            ago = count - 1 - index
+            text = "now" if ago == 0 else f"-{ago}m"
+            parts.append(
+                f'<text class="tick" x="{_fmt(x)}" y="{bottom + 14}" text-anchor="middle">'
+                f"{text}</text>"
+            )
+    parts.append(
+        f'<text class="axis-title" x="{_LEFT + plot_w / 2:.0f}" y="{_HEIGHT - 6}"'
+        ' text-anchor="middle">minutes ago</text>'
+    )
+    # Legend.
+    lx = _WIDTH - _RIGHT - 190
+    parts.append(
+        f'<rect class="bar ok" x="{lx}" y="2" width="10" height="10"/>'
+        f'<text class="legend" x="{lx + 14}" y="11">succeeded</text>'
+        f'<line class="line failed" x1="{lx + 90}" y1="7" x2="{lx + 104}" y2="7"/>'
+        f'<text class="legend" x="{lx + 108}" y="11">failed</text>'
+    )
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -1,0 +1,148 @@
+"""Fixtures of the ``pgq web`` tests (the JSON API, the pages, the browser tests).
+
+``web_db``: the module's database (``db_url``) filled by really running things: a real
+``pgq worker -A web_tasks`` (prefork, two slots) runs tasks to SUCCESS and FAILURE and keeps one
+running; waiting, scheduled and revoked tasks are enqueued and revoked through pgq's own API;
+a chain gives a family; a beat pass records the periodic entry. ``web_db.ids`` names a task in
+each state. ``client``: a FastAPI TestClient on ``create_app(web_tasks.app)`` against it.
+
+Tests that need FastAPI import it with ``pytest.importorskip`` (the ``web`` extra is optional),
+so without it they skip instead of erroring; this file imports nothing of it at module level.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from harness import WorkerProcess, task_row, wait_for, wait_until_worker_registered, worker_env
+
+WEB_TESTS = Path(__file__).resolve().parent
+if str(WEB_TESTS) not in sys.path:
+    sys.path.insert(0, str(WEB_TESTS))
+
+
+def web_worker_env(db_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a worker on ``web_tasks`` (this folder on its PYTHONPATH)."""
+    env = worker_env(db_url, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(WEB_TESTS), env["PYTHONPATH"]])
+    # One task per claim: a slot never holds a task behind the long one it runs.
+    env.setdefault("PGQ_CLAIM_BATCH", "1")
+    return env
+
+
+def start_web_worker(db_url: str, *args: str) -> WorkerProcess:
+    """A real ``pgq worker -A web_tasks`` on the database, registered when this returns."""
+    w = WorkerProcess(["worker", "-A", "web_tasks", *args], web_worker_env(db_url), cwd=WEB_TESTS)
+    wait_until_worker_registered(db_url, w)
+    return w
+
+
+def wait_row(db_url: str, task_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    """Wait until the task's row is in one of ``states``; returns the row."""
+
+    def reached() -> dict[str, Any] | None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = task_row(conn, task_id)
+        return row if row is not None and row["state"] in states else None
+
+    return wait_for(reached, timeout, 0.05, f"task {task_id} to reach {states}")  # type: ignore[no-any-return]
+
+
+@dataclass
+class WebDatabase:
+    """The populated database: its URL, the worker, the Celery app and a task id per state."""
+
+    url: str
+    worker: WorkerProcess
+    app: Any
+    ids: dict[str, str] = field(default_factory=dict)
+
+    def row(self, task_id: str) -> dict[str, Any] | None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return task_row(conn, task_id)
+
+    def sql(self, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def wait(self, task_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
+        return wait_row(self.url, task_id, set(states), timeout)
+
+
+@pytest.fixture(scope="module")
+def web_db(db_url: str) -> Iterator[WebDatabase]:
+    """The module's database with tasks in every state, made by a real worker and pgq's API."""
+    import web_tasks
+
+    from pgq.compat import chain
+    from pgq.maintenance.beat import Beat, BeatSettings
+
+    app = web_tasks.app
+    app.conf.broker_url = db_url
+    worker = start_web_worker(db_url, "-c", "2")
+    db = WebDatabase(db_url, worker, app)
+    try:
+        ids = db.ids
+        ids["success"] = web_tasks.add.delay(2, 3).id
+        ids["dead"] = web_tasks.fail.delay("boom").id
+        ids["dead2"] = web_tasks.fail.delay("bang").id
+        ids["dead_unknown"] = app.send_task("web_tasks.missing").id
+        ids["scheduled"] = web_tasks.add.apply_async((1, 1), countdown=3600).id
+        ids["waiting"] = web_tasks.add.apply_async((1, 2), queue="idle").id
+        ids["revoked"] = web_tasks.add.apply_async((5, 5), countdown=3600).id
+        app.AsyncResult(ids["revoked"]).revoke()
+        result = chain(web_tasks.add.s(1, 2), web_tasks.add.s(10)).apply_async()
+        ids["chain_last"] = result.id
+        ids["chain_first"] = result.parent.id if result.parent else result.id
+        for key in ("success", "chain_last"):
+            db.wait(ids[key], "SUCCESS")
+        for key in ("dead", "dead2", "dead_unknown"):
+            db.wait(ids[key], "FAILURE")
+        # Last, once the rest is done: a slot that claimed it with others would hold them.
+        ids["running"] = web_tasks.sleepy.delay(300).id
+        db.wait(ids["running"], "STARTED")
+        beat = Beat(app, app.periodic_entries(), BeatSettings(scheduler="web_tasks"), app.tzinfo)
+        try:
+            beat.run_once()
+        finally:
+            beat.close()
+        yield db
+    finally:
+        worker.kill()
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def make_client() -> Iterator[Callable[..., Any]]:
+    """Build TestClients on ``create_app(...)``; each is closed after the module."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from pgq.web import create_app
+
+    clients: list[Any] = []
+
+    def make(source: Any, *, raise_errors: bool = False, **options: Any) -> Any:
+        client = TestClient(create_app(source, **options), raise_server_exceptions=raise_errors)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.app.state.dashboard.close()
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def client(web_db: WebDatabase, make_client: Callable[..., Any]) -> Any:
+    """A TestClient on the dashboard of ``web_db`` (no auth, actions allowed)."""
+    return make_client(web_db.app)

@@ -1,0 +1,738 @@
+"""The HTML pages of ``pgq web`` against a real database (Starlette's TestClient in process).
+
+Every page renders and shows the rows it should; filters narrow the task list and its cursor
+pages on; the detail shows the failure history and the family; every action form, given a valid
+CSRF token, changes the rows and writes an audit row; a forged POST (no token, a wrong one, a
+token without its cookie) is refused and changes nothing; read-only mode renders no action form
+and refuses POSTs; user data (arguments, results, tracebacks) is escaped.
+
+The tasks are written as rows (one per state, a failure history, a workflow), so each test knows
+exactly what the pages must show. The browser tests (test_browser.py) drive the real server.
+"""
+
+from __future__ import annotations
+
+import html as htmllib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("jinja2")
+pytest.importorskip("httpx")  # Starlette's TestClient
+pytest.importorskip("python_multipart")  # form parsing
+
+from starlette.testclient import TestClient  # noqa: E402 - after the skips
+
+from pgq.ids import new_task_id  # noqa: E402
+from pgq.web import create_app  # noqa: E402
+
+UTC = timezone.utc
+TOKEN = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+XSS = "<script>alert('pgq')</script>"
+
+
+@dataclass
+class World:
+    """The ids of the rows a test starts with."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    worker_id: str = "worker-live@host"
+    dead_worker_id: str = "worker-gone@host"
+
+    def __getitem__(self, key: str) -> str:
+        return self.ids[key]
+
+
+def _insert(conn: psycopg.Connection[Any], **row: Any) -> str:
+    row.setdefault("id", new_task_id())
+    for key in ("args", "kwargs", "options", "result", "failures"):
+        if key in row:
+            row[key] = json.dumps(row[key])
+    columns = ", ".join(row)
+    values = ", ".join(f"%({k})s" for k in row)
+    conn.execute(f"INSERT INTO pgq.tasks ({columns}) VALUES ({values})", row)
+    return str(row["id"])
+
+
+def _failure(exc_type: str, message: str) -> dict[str, Any]:
+    return {"exc_type": exc_type, "exc_module": "builtins", "exc_message": [message]}
+
+
+def seed(conn: psycopg.Connection[Any]) -> World:
+    """Tasks in every state, a failure history, a workflow, workers, beat, a rate limit."""
+    conn.execute(
+        "TRUNCATE pgq.tasks, pgq.workers, pgq.audit_log, pgq.beat_entries, pgq.beat_leases,"
+        " pgq.rate_limits"
+    )
+    now = datetime.now(UTC)
+    w = World()
+    add = "e2e_tasks.add"
+    w.ids["pending"] = _insert(
+        conn, name=add, queue="celery", args=[1, 2], run_at=now - timedelta(seconds=5)
+    )
+    w.ids["scheduled"] = _insert(
+        conn, name=add, queue="celery", args=[3, 4], run_at=now + timedelta(hours=1)
+    )
+    w.ids["retry"] = _insert(
+        conn, name="e2e_tasks.flaky", queue="celery", state="RETRY", retries=1, run_at=now
+    )
+    w.ids["started"] = _insert(
+        conn,
+        name="e2e_tasks.sleepy",
+        queue="celery",
+        state="STARTED",
+        started_at=now - timedelta(seconds=3),
+        worker=w.worker_id + "/1",
+        lease_expires_at=now + timedelta(seconds=60),
+    )
+    w.ids["success"] = _insert(
+        conn,
+        name=add,
+        queue="celery",
+        state="SUCCESS",
+        args=[2, 3],
+        result=5,
+        started_at=now - timedelta(seconds=61),
+        finished_at=now - timedelta(seconds=60),
+    )
+    w.ids["failure"] = _insert(
+        conn,
+        name="e2e_tasks.boom",
+        queue="celery",
+        state="FAILURE",
+        args=["first"],
+        result=_failure("ValueError", "boom again"),
+        traceback="Traceback (most recent call last):\nValueError: boom again",
+        started_at=now - timedelta(seconds=31),
+        finished_at=now - timedelta(seconds=30),
+        retries=3,
+        failures=[
+            {
+                "failed_at": (now - timedelta(hours=1)).isoformat(),
+                "retried_at": (now - timedelta(minutes=50)).isoformat(),
+                "worker": "old-worker@host/0",
+                "retries": 3,
+                "rescues": 0,
+                "result": _failure("ValueError", "the first boom"),
+                "traceback": "Traceback (most recent call last):\nValueError: the first boom",
+            }
+        ],
+    )
+    w.ids["failure2"] = _insert(
+        conn,
+        name="e2e_tasks.boom",
+        queue="celery",
+        state="FAILURE",
+        args=["second"],
+        result=_failure("ValueError", "boom"),
+        finished_at=now - timedelta(seconds=20),
+    )
+    w.ids["keyerror"] = _insert(
+        conn,
+        name="e2e_tasks.lookup",
+        queue="emails",
+        state="FAILURE",
+        args=["third"],
+        result=_failure("KeyError", "missing"),
+        finished_at=now - timedelta(seconds=10),
+    )
+    w.ids["revoked"] = _insert(
+        conn,
+        name=add,
+        queue="emails",
+        state="REVOKED",
+        result=_failure("TaskRevokedError", "revoked"),
+        finished_at=now - timedelta(seconds=5),
+    )
+    w.ids["xss"] = _insert(
+        conn,
+        name=add,
+        queue="celery",
+        state="FAILURE",
+        args=[XSS],
+        kwargs={"note": "<b>bold</b>"},
+        result=_failure("RuntimeError", XSS),
+        traceback=f"Traceback (most recent call last):\nRuntimeError: {XSS}",
+        finished_at=now - timedelta(seconds=2),
+    )
+    # A workflow: root -> child (a chain's next step) -> grandchild, and a second child.
+    root = new_task_id()
+    w.ids["root"] = _insert(
+        conn,
+        id=root,
+        root_id=root,
+        name="e2e_tasks.first",
+        state="SUCCESS",
+        result=1,
+        finished_at=now - timedelta(seconds=50),
+    )
+    w.ids["child"] = _insert(
+        conn,
+        name="e2e_tasks.second",
+        parent_id=root,
+        root_id=root,
+        state="SUCCESS",
+        result=2,
+        finished_at=now - timedelta(seconds=40),
+    )
+    w.ids["grandchild"] = _insert(
+        conn, name="e2e_tasks.third", parent_id=w.ids["child"], root_id=root, state="PENDING"
+    )
+    w.ids["sibling"] = _insert(
+        conn,
+        name="e2e_tasks.side",
+        parent_id=root,
+        root_id=root,
+        state="FAILURE",
+        result=_failure("OSError", "disk"),
+        finished_at=now - timedelta(seconds=45),
+    )
+    conn.execute(
+        "INSERT INTO pgq.workers (id, hostname, pid, queues, concurrency, pool, last_heartbeat_at,"
+        " tasks_done) VALUES (%s, 'host', 4242, '{celery,emails}', 4, 'prefork', now(), 17),"
+        " (%s, 'host', 4243, '{celery}', 2, 'threads', now() - interval '10 minutes', 3)",
+        (w.worker_id, w.dead_worker_id),
+    )
+    conn.execute(
+        "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at,"
+        " last_run_at, total_runs) VALUES ('celery', 'add-every-minute', %s, 'every 60.0 seconds',"
+        " now() - interval '1 hour', now() - interval '30 seconds', now() - interval '30 seconds',"
+        " 60)",
+        (add,),
+    )
+    conn.execute(
+        "INSERT INTO pgq.beat_leases (scheduler, holder, acquired_at, lease_expires_at)"
+        " VALUES ('celery', 'beat-1@host', now() - interval '1 hour', now() + interval '10 s')"
+    )
+    conn.execute(
+        "INSERT INTO pgq.rate_limits (name, interval_seconds, next_slot_at)"
+        " VALUES ('e2e_tasks.limited', 0.1, now())"
+    )
+    return w
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(conn: psycopg.Connection[Any]) -> World:
+    return seed(conn)
+
+
+def _client(db_url: str, **options: Any) -> Iterator[TestClient]:
+    app = create_app(db_url, **options)
+    try:
+        with TestClient(app, follow_redirects=False) as client:
+            yield client
+    finally:
+        app.state.dashboard.close()
+
+
+@pytest.fixture
+def client(db_url: str, world: World) -> Iterator[TestClient]:
+    """A client of a fresh app (its per-minute counts start empty) over the seeded rows."""
+    yield from _client(db_url)
+
+
+@pytest.fixture
+def read_only_client(db_url: str, world: World) -> Iterator[TestClient]:
+    yield from _client(db_url, read_only=True)
+
+
+def token_of(client: TestClient, path: str = "/") -> str:
+    """GET a page (which sets the CSRF cookie) and return the token of its forms."""
+    page = client.get(path)
+    assert page.status_code == 200, page.text
+    match = TOKEN.search(page.text)
+    assert match, f"no csrf_token on {path}"
+    return match.group(1)
+
+
+def post(client: TestClient, path: str, data: dict[str, Any], *, page: str = "/") -> Any:
+    """POST a form with the token of ``page`` and follow the 303 to the page with the flash."""
+    answer = client.post(path, data={**data, "csrf_token": token_of(client, page)})
+    assert answer.status_code == 303, answer.text
+    back = client.get(answer.headers["location"])
+    assert back.status_code == 200, back.text
+    return back
+
+
+def flash(html: str) -> str:
+    match = re.search(r'<div class="flash[^"]*"[^>]*>(.*?)</div>', html, re.S)
+    assert match, "no flash message"
+    return match.group(1)
+
+
+def state_of(conn: psycopg.Connection[Any], task_id: str) -> str | None:
+    row = conn.execute("SELECT state FROM pgq.tasks WHERE id = %s", (task_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def audit_rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT action, target, rows, details FROM pgq.audit_log ORDER BY id"
+    ).fetchall()
+
+
+def snapshot(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    """Every task's id and state and every audit row: what a refused request must not change."""
+    tasks = conn.execute("SELECT id, state, retries FROM pgq.tasks ORDER BY id").fetchall()
+    return [*tasks, *audit_rows(conn)]
+
+
+def rows_of(html: str, attribute: str) -> list[str]:
+    return re.findall(rf'<tr {attribute}="([^"]*)"', html)
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world: World) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.text
+    row = re.search(r'<tr data-queue="celery">(.*?)</tr>', html, re.S)
+    assert row, html
+    cells = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row.group(1)))
+    # celery: pending + retry (+ the workflow's waiting grandchild) due, one scheduled, one running
+    assert cells["waiting"] == "3"
+    assert cells["scheduled"] == "1"
+    assert cells["running"] == "1"
+    assert cells["succeeded"] == "3"  # success, root, child
+    assert cells["failed"] == "4"  # failure, failure2, xss, sibling
+    emails = re.search(r'<tr data-queue="emails">(.*?)</tr>', html, re.S)
+    assert emails
+    assert dict(re.findall(r'data-col="(\w+)">([^<]*)<', emails.group(1)))["revoked"] == "1"
+    assert '<svg id="throughput-chart"' in html
+    assert 'data-failed="5"' in html  # the last hour's failures, drawn
+    live = re.search(r'id="workers-live">(.*?)</section>', html, re.S)
+    assert live
+    assert f'data-worker-id="{world.worker_id}"' in live.group(1)
+    assert world.dead_worker_id not in live.group(1)
+    # The live part refreshes itself from a fragment route.
+    assert 'data-refresh="/_partials/overview"' in html
+    assert "live.js" in html
+    fragment = client.get("/_partials/overview")
+    assert fragment.status_code == 200
+    assert '<tr data-queue="celery">' in fragment.text
+    assert "<html" not in fragment.text
+    assert client.get("/static/live.js").status_code == 200
+    assert client.get("/static/pgq.css").headers["content-type"].startswith("text/css")
+    assert client.get("/static/..%2Fpages.py").status_code == 404
+
+
+def test_tasks_page_lists_and_filters(client: TestClient, world: World) -> None:
+    everything = client.get("/tasks")
+    assert everything.status_code == 200
+    listed = rows_of(everything.text, "data-task-id")
+    assert set(world.ids.values()) <= set(listed)
+    assert listed == sorted(listed, reverse=True)  # newest first
+    assert 'form id="task-filters"' in everything.text
+    for name in ("state", "queue", "name", "since", "until", "q", "id", "sort"):
+        assert f'name="{name}"' in everything.text
+
+    dead = rows_of(client.get("/tasks", params={"state": "FAILURE"}).text, "data-task-id")
+    assert set(dead) == {world[k] for k in ("failure", "failure2", "keyerror", "xss", "sibling")}
+    both = client.get("/tasks", params={"state": "FAILURE", "queue": "emails"}).text
+    assert rows_of(both, "data-task-id") == [world["keyerror"]]
+    assert re.search(r'data-col="state">.*?FAILURE', both, re.S)
+    by_name = client.get("/tasks", params={"name": "e2e_tasks.boom"}).text
+    assert set(rows_of(by_name, "data-task-id")) == {world["failure"], world["failure2"]}
+    by_text = client.get("/tasks", params={"q": "second"}).text
+    assert rows_of(by_text, "data-task-id") == [world["failure2"]]
+    by_id = client.get("/tasks", params={"id": world["started"]}).text
+    assert rows_of(by_id, "data-task-id") == [world["started"]]
+    assert f'href="/tasks/{world["started"]}"' in by_id
+    assert 'class="task-link' in by_id
+    # sort by finished: only finished tasks, the latest finish first
+    finished = rows_of(client.get("/tasks", params={"sort": "finished"}).text, "data-task-id")
+    assert finished[:3] == [world["xss"], world["revoked"], world["keyerror"]]
+    assert world["pending"] not in finished
+    future = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    assert rows_of(client.get("/tasks", params={"since": future}).text, "data-task-id") == []
+    empty = client.get("/tasks", params={"name": "nothing.like.this"})
+    assert "No task matches these filters" in empty.text
+
+
+def test_tasks_bad_filter_is_a_400_page(client: TestClient) -> None:
+    for params in ({"since": "yesterday-ish"}, {"sort": "sideways"}, {"after": "garbage"}):
+        page = client.get("/tasks", params=params)
+        assert page.status_code == 400, params
+        assert 'id="filter-error"' in page.text
+        assert "Traceback" not in page.text
+
+
+def test_next_page_cursor_walks_every_task_once(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    for i in range(60):
+        _insert(conn, name="e2e_tasks.many", queue="bulk", args=[i])
+    seen: list[str] = []
+    url: str | None = "/tasks?queue=bulk"
+    pages = 0
+    while url:
+        html = client.get(url).text
+        seen += rows_of(html, "data-task-id")
+        match = re.search(r'<a id="next-page" href="([^"]+)"', html)
+        url = match.group(1).replace("&amp;", "&") if match else None
+        pages += 1
+    assert pages == 2  # 50 a page
+    assert len(seen) == 60 == len(set(seen))
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_task_detail_shows_everything(client: TestClient, world: World) -> None:
+    page = client.get(f"/tasks/{world['failure']}")
+    assert page.status_code == 200
+    html = page.text
+    assert re.search(r'id="task-state" data-state="FAILURE"', html)
+    args = re.search(r'<pre id="task-args">(.*?)</pre>', html, re.S)
+    assert args and json.loads(htmllib.unescape(args.group(1))) == ["first"]
+    assert 'id="task-kwargs"' in html
+    result = re.search(r'<pre id="task-result">(.*?)</pre>', html, re.S)
+    assert result and "boom again" in result.group(1)
+    assert re.search(r'id="task-traceback">Traceback.*ValueError: boom again', html, re.S)
+    failures = re.search(r'id="task-failures" data-count="(\d+)"(.*?)</section>', html, re.S)
+    assert failures and failures.group(1) == "1"
+    assert "the first boom" in failures.group(2)
+    assert "old-worker@host/0" in failures.group(2)
+    assert 'form class="inline" method="post" action="/tasks/' in html
+    assert 'data-action="retry"' in html
+    assert 'data-action="revoke"' not in html  # finished: nothing to revoke
+
+    running = client.get(f"/tasks/{world['started']}").text
+    assert 'data-action="revoke"' in running and 'data-action="terminate"' in running
+    assert 'data-action="retry"' not in running
+
+
+def test_task_detail_shows_the_family(client: TestClient, world: World) -> None:
+    html = client.get(f"/tasks/{world['child']}").text
+    family = re.search(r'id="task-family">(.*?)</section>', html, re.S)
+    assert family
+    text = family.group(1)
+    parent = re.search(r"<dt>Parent</dt><dd>(.*?)</dd>", text, re.S)
+    assert parent and world["root"] in parent.group(1)
+    children = re.search(r'id="task-children">(.*?)</ul>', text, re.S)
+    assert children and world["grandchild"] in children.group(1)
+    assert world["sibling"] not in children.group(1)
+    # The workflow: root -> (child -> grandchild, sibling), each with its state.
+    workflow = re.search(r'<ul class="family" id="task-workflow">(.*)</ul>', text, re.S)
+    assert workflow
+    steps = re.findall(r'data-step-id="([^"]+)" data-state="([A-Z]+)"', workflow.group(1))
+    assert dict(steps) == {
+        world["root"]: "SUCCESS",
+        world["child"]: "SUCCESS",
+        world["grandchild"]: "PENDING",
+        world["sibling"]: "FAILURE",
+    }
+    assert [s for s, _ in steps][0] == world["root"]  # drawn from the root down
+    nested = workflow.group(1)
+    # the grandchild is drawn inside the child's item, the child inside the root's
+    assert nested.index(world["child"]) < nested.index(world["grandchild"])
+    assert re.search(
+        rf'data-step-id="{world["child"]}".*?<ul>.*?data-step-id="{world["grandchild"]}"',
+        nested,
+        re.S,
+    )
+
+
+def test_unknown_task_is_a_404_page(client: TestClient) -> None:
+    page = client.get("/tasks/no-such-task")
+    assert page.status_code == 404
+    assert "text/html" in page.headers["content-type"]
+    assert "no task with id no-such-task" in page.text
+    assert "Traceback" not in page.text
+
+
+def test_dead_page_groups_by_name_and_exception(client: TestClient, world: World) -> None:
+    html = client.get("/dead").text
+    groups = dict(re.findall(r'<tr data-group="([^"]+)" data-count="(\d+)"', html))
+    assert groups == {
+        "e2e_tasks.boom|ValueError": "2",
+        "e2e_tasks.lookup|KeyError": "1",
+        "e2e_tasks.add|RuntimeError": "1",
+        "e2e_tasks.side|OSError": "1",
+    }
+    assert 'data-action="bulk-retry"' in html and 'data-action="bulk-delete"' in html
+    assert re.search(r'id="dead-total">5<', html)
+    narrowed = client.get("/dead", params={"queue": "emails"}).text
+    assert list(re.findall(r'<tr data-group="([^"]+)"', narrowed)) == ["e2e_tasks.lookup|KeyError"]
+    assert rows_of(narrowed, "data-task-id") == [world["keyerror"]]
+
+
+def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) -> None:
+    workers = client.get("/workers").text
+    assert rows_of(workers, "data-worker-id") == [world.worker_id, world.dead_worker_id]
+    live_row = re.search(rf'data-worker-id="{world.worker_id}"(.*?)</tr>', workers, re.S)
+    assert live_row and 'data-action="shutdown"' in live_row.group(1)
+    assert world["started"] in live_row.group(1)  # what its slot runs now
+    gone_row = re.search(rf'data-worker-id="{world.dead_worker_id}"(.*?)</tr>', workers, re.S)
+    assert gone_row and 'data-action="shutdown"' not in gone_row.group(1)
+
+    periodic = client.get("/periodic").text
+    assert rows_of(periodic, "data-entry") == ["add-every-minute"]
+    assert 'data-action="run-now"' in periodic
+    assert 'data-leader="beat-1@host"' in periodic
+
+    limits = client.get("/rate-limits").text
+    assert rows_of(limits, "data-rate-limit") == ["e2e_tasks.limited"]
+    assert "10/s" in limits
+
+    audit = client.get("/audit")
+    assert audit.status_code == 200
+    assert 'id="audit"' in audit.text
+    assert "No action has been taken" in audit.text
+
+
+def test_empty_database_pages(db_url: str, conn: psycopg.Connection[Any]) -> None:
+    seed(conn)
+    conn.execute(
+        "TRUNCATE pgq.tasks, pgq.workers, pgq.audit_log, pgq.beat_entries, pgq.beat_leases,"
+        " pgq.rate_limits"
+    )
+    for client in _client(db_url):
+        for path, text in (
+            ("/", "nothing has been enqueued"),
+            ("/tasks", "No task matches"),
+            ("/dead", "No dead task"),
+            ("/workers", "No worker has registered"),
+            ("/periodic", "No periodic entry"),
+            ("/rate-limits", "No task with a"),
+            ("/audit", "No action has been taken"),
+        ):
+            page = client.get(path)
+            assert page.status_code == 200, path
+            assert text in page.text, path
+        assert 'data-action="bulk-retry"' not in client.get("/dead").text
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+def test_retry_revoke_terminate_forms(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    page = post(client, f"/tasks/{world['failure']}/retry", {}, page=f"/tasks/{world['failure']}")
+    assert "is back in its queue" in flash(page.text)
+    assert state_of(conn, world["failure"]) == "PENDING"
+    page = post(client, f"/tasks/{world['pending']}/revoke", {}, page=f"/tasks/{world['pending']}")
+    assert "was revoked" in flash(page.text)
+    assert state_of(conn, world["pending"]) == "REVOKED"
+    page = post(
+        client, f"/tasks/{world['started']}/terminate", {}, page=f"/tasks/{world['started']}"
+    )
+    assert "terminated" in flash(page.text)
+    assert state_of(conn, world["started"]) == "REVOKED"
+    assert [(a, t, n) for a, t, n, _d in audit_rows(conn)] == [
+        ("retry", world["failure"], 1),
+        ("revoke", world["pending"], 1),
+        ("terminate", world["started"], 1),
+    ]
+    # The audit page shows them, newest first.
+    audit = client.get("/audit").text
+    assert re.findall(r'data-audit-action="(\w+)"', audit) == ["terminate", "revoke", "retry"]
+
+
+def test_action_in_the_wrong_state_changes_nothing(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    before = snapshot(conn)
+    page = post(client, f"/tasks/{world['success']}/retry", {}, page=f"/tasks/{world['success']}")
+    assert 'class="flash error"' in page.text
+    assert "not FAILURE" in flash(page.text)
+    assert snapshot(conn) == before
+    missing = client.post("/tasks/no-such-task/retry", data={"csrf_token": token_of(client)})
+    assert missing.status_code == 404
+    assert snapshot(conn) == before
+
+
+def test_bulk_retry_and_delete_of_a_selection(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    picked = [world["failure2"], world["keyerror"]]
+    page = post(
+        client, "/tasks/bulk/retry", {"scope": "ids", "ids": picked, "back": "/dead"}, page="/dead"
+    )
+    assert flash(page.text) == "Retried 2 dead tasks."
+    assert [state_of(conn, i) for i in picked] == ["PENDING", "PENDING"]
+    assert state_of(conn, world["failure"]) == "FAILURE"
+    page = post(
+        client,
+        "/tasks/bulk/delete",
+        {"scope": "ids", "ids": [world["xss"]], "back": "/dead"},
+        page="/dead",
+    )
+    assert flash(page.text) == "Deleted 1 task."
+    assert state_of(conn, world["xss"]) is None
+    rows = audit_rows(conn)
+    assert [(a, n) for a, _t, n, _d in rows] == [("bulk_retry", 2), ("bulk_delete", 1)]
+    assert sorted(rows[0][3]["ids"]) == sorted(picked)
+    nothing = post(client, "/tasks/bulk/retry", {"scope": "ids", "back": "/dead"}, page="/dead")
+    assert "Select at least one task" in flash(nothing.text)
+
+
+def test_bulk_retry_and_delete_of_everything_matching(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    html = client.get("/dead", params={"name": "e2e_tasks.boom"}).text
+    form = re.search(r'<form[^>]*data-action="bulk-retry">(.*?)</form>', html, re.S)
+    assert form
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form.group(1)))
+    assert fields["scope"] == "filter" and fields["name"] == "e2e_tasks.boom"
+    answer = client.post("/tasks/bulk/retry", data=fields)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/dead?name=e2e_tasks.boom"
+    assert flash(client.get(answer.headers["location"]).text) == "Retried 2 dead tasks."
+    assert state_of(conn, world["failure"]) == "PENDING"
+    assert state_of(conn, world["failure2"]) == "PENDING"
+    assert state_of(conn, world["keyerror"]) == "FAILURE"  # another name: untouched
+    # Delete every dead task of one group (name + exception type) from its row's form.
+    html = client.get("/dead").text
+    row = re.search(r'<tr data-group="e2e_tasks.lookup\|KeyError".*?</tr>', html, re.S)
+    assert row
+    form = re.search(r'data-action="group-delete">(.*?)</form>', row.group(0), re.S)
+    assert form
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form.group(1)))
+    assert fields["exc_type"] == "KeyError"
+    answer = client.post("/tasks/bulk/delete", data=fields)
+    assert flash(client.get(answer.headers["location"]).text) == "Deleted 1 task."
+    assert state_of(conn, world["keyerror"]) is None
+    assert state_of(conn, world["xss"]) == "FAILURE"
+    rows = audit_rows(conn)
+    assert [(a, n) for a, _t, n, _d in rows] == [("bulk_retry", 2), ("bulk_delete", 1)]
+    assert rows[0][3]["filter"]["name"] == "e2e_tasks.boom"
+
+
+def test_purge_needs_the_confirmation(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    html = client.get("/").text
+    form = re.search(
+        r'<form[^>]*action="/queues/celery/purge" data-action="purge">(.*?)</form>', html, re.S
+    )
+    assert form and re.search(r'<input type="checkbox" name="confirm"[^>]*required', form.group(1))
+    before = snapshot(conn)
+    page = post(client, "/queues/celery/purge", {})
+    assert "tick the confirmation box" in flash(page.text)
+    assert snapshot(conn) == before
+    page = post(client, "/queues/celery/purge", {"confirm": "yes"})
+    assert flash(page.text) == "Purged 4 waiting tasks from queue celery."
+    waiting = conn.execute(
+        "SELECT count(*) FROM pgq.tasks WHERE queue = 'celery' AND state IN ('PENDING', 'RETRY')"
+    ).fetchone()
+    assert waiting == (0,)
+    assert state_of(conn, world["started"]) == "STARTED"
+    assert [(a, t, n) for a, t, n, _d in audit_rows(conn)] == [("purge", "celery", 4)]
+
+
+def test_shutdown_and_run_now(
+    client: TestClient, conn: psycopg.Connection[Any], db_url: str, world: World
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN pgq_control")
+        page = post(client, f"/workers/{world.worker_id}/shutdown", {}, page="/workers")
+        assert "Asked worker" in flash(page.text)
+        notices = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert notices == [f"shutdown {world.worker_id}"]
+    page = post(client, "/periodic/add-every-minute/run", {}, page="/periodic")
+    message = flash(page.text)
+    assert "Enqueued e2e_tasks.add for entry add-every-minute" in message
+    new_id = message.rsplit("task ", 1)[1].rstrip(".")
+    assert state_of(conn, new_id) == "PENDING"
+    assert [(a, t) for a, t, _n, _d in audit_rows(conn)] == [
+        ("shutdown", world.worker_id),
+        ("run", "add-every-minute"),
+    ]
+    gone = post(client, "/periodic/no-such-entry/run", {}, page="/periodic")
+    assert "no periodic entry named no-such-entry" in flash(gone.text)
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+
+def test_forged_posts_are_refused(
+    client: TestClient, conn: psycopg.Connection[Any], db_url: str, world: World
+) -> None:
+    before = snapshot(conn)
+    good = token_of(client)
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    attempts = [
+        (f"/tasks/{world['failure']}/retry", {}),  # no token at all
+        (f"/tasks/{world['failure']}/retry", {"csrf_token": ""}),
+        (f"/tasks/{world['failure']}/retry", {"csrf_token": forged}),
+        ("/tasks/bulk/retry", {"scope": "filter", "csrf_token": "x.y"}),
+        ("/queues/celery/purge", {"confirm": "yes", "csrf_token": forged}),
+        (f"/workers/{world.worker_id}/shutdown", {"csrf_token": "nope"}),
+        ("/periodic/add-every-minute/run", {}),
+    ]
+    for path, data in attempts:
+        answer = client.post(path, data=data)
+        assert answer.status_code == 403, (path, data)
+        assert "Traceback" not in answer.text
+    # A valid token from another browser (its own cookie) does not match this cookie...
+    other_app_token = None
+    for other in _client(db_url):
+        other_app_token = token_of(other)
+    assert other_app_token
+    answer = client.post(f"/tasks/{world['failure']}/retry", data={"csrf_token": other_app_token})
+    assert answer.status_code == 403
+    # ...and a form field without the cookie is refused too (a cross-site form has no cookie).
+    cookieless = create_app(db_url)
+    try:
+        with TestClient(cookieless, follow_redirects=False) as bare:
+            answer = bare.post(f"/tasks/{world['failure']}/retry", data={"csrf_token": good})
+            assert answer.status_code == 403
+    finally:
+        cookieless.state.dashboard.close()
+    assert snapshot(conn) == before
+
+
+def test_read_only_renders_no_forms_and_refuses_posts(
+    read_only_client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    client = read_only_client
+    for path in (
+        "/",
+        "/tasks",
+        f"/tasks/{world['failure']}",
+        f"/tasks/{world['started']}",
+        "/dead",
+        "/workers",
+        "/periodic",
+        "/rate-limits",
+        "/audit",
+    ):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        assert not re.search(r"<form[^>]*data-action=", page.text), path
+        assert 'method="post"' not in page.text, path
+    assert 'id="read-only"' in client.get("/").text
+    before = snapshot(conn)
+    for path in (
+        f"/tasks/{world['failure']}/retry",
+        "/tasks/bulk/retry",
+        "/tasks/bulk/delete",
+        "/queues/celery/purge",
+        f"/workers/{world.worker_id}/shutdown",
+        "/periodic/add-every-minute/run",
+    ):
+        assert client.post(path, data={"csrf_token": "x", "confirm": "yes"}).status_code == 403
+    assert snapshot(conn) == before
+
+
+def test_user_data_is_escaped(client: TestClient, world: World) -> None:
+    for path in (f"/tasks/{world['xss']}", "/tasks", "/dead"):
+        html = client.get(path).text
+        assert "<script>alert" not in html, path
+    detail = client.get(f"/tasks/{world['xss']}").text
+    assert "&lt;script&gt;alert(" in detail
+    assert "&lt;b&gt;bold&lt;/b&gt;" in detail
+    traceback = re.search(r'<pre id="task-traceback">(.*?)</pre>', detail, re.S)
+    assert traceback and "RuntimeError: &lt;script&gt;" in traceback.group(1)
