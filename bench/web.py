@@ -401,7 +401,14 @@ def endpoints(client: Client, url: str) -> list[tuple[str, str]]:
         ("dead groups", "/api/v1/dead"),
         ("workers", "/api/v1/workers"),
         ("overview page (HTML)", "/"),
+        ("overview refresh (HTML fragment)", REFRESHED),
         ("tasks page (HTML)", "/tasks"),
+        (
+            f"tasks page {DEEP_PAGE} (HTML)",
+            "/tasks" + (deep or first).removeprefix("/api/v1/tasks"),
+        ),
+        ("task detail page (HTML)", f"/tasks/{failed[0]}"),
+        ("dead page (HTML)", "/dead"),
     ]
     if deep is None:
         listed[3] = (f"tasks, page {DEEP_PAGE}: not reached (fewer rows)", first)
@@ -459,7 +466,9 @@ def measure_share(
         dashboard_url = with_user(server.url, "pgq_dashboard")
         web, port = start_web(dashboard_url, logs)
         client = Client(port)
-        client.get_json("/api/v1/overview")  # warm: its first requests plan the statements
+        # What an open overview page fetches by itself (pgq/web/static/live.js), else its JSON.
+        refreshed = REFRESHED if client.get(REFRESHED)[0] == 200 else "/api/v1/overview"
+        client.get(refreshed)  # warm: the first requests plan the statements
         worker = Process(
             [
                 *pgq_cli(),
@@ -484,7 +493,8 @@ def measure_share(
             polls = 0
             # Until the window ends or the worker runs out of tasks (then it is no longer busy).
             while time.monotonic() - started < seconds and done(conn) - done_before < tasks:
-                client.get_json("/api/v1/overview")
+                status = client.get(refreshed)[0]
+                assert status == 200, f"GET {refreshed}: {status}"
                 polls += 1
                 time.sleep(max(0.0, started + polls * refresh - time.monotonic()))
             elapsed = time.monotonic() - started
@@ -507,6 +517,7 @@ def measure_share(
         return {
             "seconds": round(elapsed, 1),
             "refresh_seconds": refresh,
+            "refreshed": refreshed,
             "overview_requests": polls,
             "tasks_drained": drained,
             "worker_tasks_per_second": round(drained / elapsed, 1),
@@ -524,6 +535,9 @@ def measure_share(
             server.close()
         shutil.rmtree(folder, ignore_errors=True)
 
+
+# The fragment an open overview page fetches every 2.5 s (data-every in overview.html).
+REFRESHED = "/_partials/overview"
 
 ENQUEUE_NOOPS = """
 INSERT INTO pgq.tasks (id, name, queue, args)
@@ -589,7 +603,7 @@ def markdown(results: dict[str, Any]) -> str:
     if share:
         lines += [
             "",
-            f"Share of database time over {share['seconds']} s, overview every "
+            f"Share of database time over {share['seconds']} s, `{share['refreshed']}` every "
             f"{share['refresh_seconds']} s ({share['overview_requests']} requests) while a "
             f"`pgq worker -c 2` drained {share['tasks_drained']:,} no-op tasks "
             f"({share['worker_tasks_per_second']:,}/s):",
@@ -625,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "--share-tasks", type=int, default=300_000, help="no-ops to drain (%(default)s)"
     )
     parser.add_argument("--share-seconds", type=float, default=30.0, help="window (%(default)s)")
-    parser.add_argument("--refresh", type=float, default=3.0, help="overview period (%(default)s)")
+    parser.add_argument("--refresh", type=float, default=2.5, help="overview period (%(default)s)")
     parser.add_argument("--keep", action="store_true", help=f"keep the database {DB_NAME}")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--report", type=Path, help="also write the Markdown table here")
