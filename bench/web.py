@@ -326,9 +326,17 @@ class Client:
 
     def get(self, path: str) -> tuple[int, bytes, float | None, float]:
         """Status, body, server ms (Server-Timing), client ms."""
-        started = time.perf_counter()
-        self.conn.request("GET", path)
-        response = self.conn.getresponse()
+        try:
+            started = time.perf_counter()
+            self.conn.request("GET", path)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # uvicorn closes a connection idle for 5 s: open another one and ask again.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            started = time.perf_counter()
+            self.conn.request("GET", path)
+            response = self.conn.getresponse()
         body = response.read()
         client_ms = (time.perf_counter() - started) * 1000
         return (
@@ -510,6 +518,16 @@ def measure_share(
                 GROUP BY 1
                 """
             ).fetchall()
+            statements = conn.execute(
+                """
+                SELECT regexp_replace(left(s.query, 160), '\\s+', ' ', 'g'), s.calls,
+                       s.total_exec_time, s.mean_exec_time
+                FROM pg_stat_statements AS s JOIN pg_roles AS r ON r.oid = s.userid
+                WHERE r.rolname = 'pgq_dashboard'
+                ORDER BY s.total_exec_time DESC
+                LIMIT 8
+                """
+            ).fetchall()
         client.close()
         by_role = {bool(row[0]): (float(row[1] or 0), int(row[2] or 0)) for row in times}
         dashboard_ms, dashboard_calls = by_role.get(True, (0.0, 0))
@@ -526,6 +544,10 @@ def measure_share(
             "worker_db_ms": round(others_ms, 1),
             "worker_calls": others_calls,
             "dashboard_share": dashboard_ms / (dashboard_ms + others_ms) if others_ms else None,
+            "dashboard_statements": [
+                {"query": q, "calls": c, "total_ms": round(t, 1), "mean_ms": round(m, 2)}
+                for q, c, t, m in statements
+            ],
         }
     finally:
         for process in (worker, web):
@@ -586,14 +608,16 @@ def fmt(value: float | None) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"Rows: {results['finished']:,} finished + {results['waiting']:,} waiting "
-        f"(filled in {results['fill_seconds']:.0f} s); {results['requests']} requests per "
-        f"endpoint after 2 warm-ups; page size {PAGE_SIZE}.",
+        f"Rows: {results['finished']:,} finished + {results['waiting']:,} waiting; "
+        f"{results['requests']} requests per endpoint after 2 warm-ups; page size {PAGE_SIZE}.",
         "",
-        "| endpoint | server median (ms) | server p95 (ms) | client median (ms)"
-        " | client p95 (ms) |",
-        "|---|---:|---:|---:|---:|",
     ]
+    if results["pages"]:
+        lines += [
+            "| endpoint | server median (ms) | server p95 (ms) | client median (ms)"
+            " | client p95 (ms) |",
+            "|---|---:|---:|---:|---:|",
+        ]
     for row in results["pages"]:
         lines.append(
             f"| {row['label']} | {fmt(row['server_median_ms'])} | {fmt(row['server_p95_ms'])} "
@@ -615,7 +639,17 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Dashboard share: **{100 * (share['dashboard_share'] or 0):.2f}%** "
             f"(target < {100 * TARGET_SHARE:.0f}%).",
+            "",
+            "The dashboard's statements by DB time:",
+            "",
+            "| statement (start) | calls | total ms | mean ms |",
+            "|---|---:|---:|---:|",
         ]
+        for row in share["dashboard_statements"]:
+            query = row["query"].replace("|", "\\|")
+            lines.append(
+                f"| `{query}` | {row['calls']} | {row['total_ms']:,} | {row['mean_ms']:,} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -635,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=7.0, help="finished rows span (%(default)s)")
     parser.add_argument("--requests", type=int, default=30, help="per endpoint (%(default)s)")
     parser.add_argument("--no-share", action="store_true", help="skip the load-share measure")
+    parser.add_argument("--no-pages", action="store_true", help="skip the page times")
     parser.add_argument(
         "--share-tasks", type=int, default=300_000, help="no-ops to drain (%(default)s)"
     )
@@ -654,11 +689,13 @@ def main(argv: list[str] | None = None) -> int:
         "requests": args.requests,
         "command": "python -m bench web " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    say(f"filling {DB_NAME}: {args.finished:,} finished + {args.waiting:,} waiting rows")
-    with scratch_database(args.server_url, DB_NAME, args.keep) as url:
-        results["fill_seconds"] = fill(url, args.finished, args.waiting, span)
-        say(f"  filled in {results['fill_seconds']:.0f} s; timing the endpoints")
-        results["pages"] = measure_pages(url, args.requests, logs)
+    results["pages"] = []
+    if not args.no_pages:
+        say(f"filling {DB_NAME}: {args.finished:,} finished + {args.waiting:,} waiting rows")
+        with scratch_database(args.server_url, DB_NAME, args.keep) as url:
+            results["fill_seconds"] = fill(url, args.finished, args.waiting, span)
+            say(f"  filled in {results['fill_seconds']:.0f} s; timing the endpoints")
+            results["pages"] = measure_pages(url, args.requests, logs)
     if not args.no_share:
         say("share of database load (private server with pg_stat_statements)")
         results["share"] = measure_share(
