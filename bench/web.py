@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -445,9 +446,19 @@ def measure_pages(url: str, requests: int, logs: Path) -> list[dict[str, Any]]:
 
 
 def measure_share(
-    finished: int, waiting: int, span: float, tasks: int, seconds: float, refresh: float, logs: Path
+    finished: int,
+    waiting: int,
+    span: float,
+    backlog: int,
+    seconds: float,
+    refresh: float,
+    logs: Path,
 ) -> dict[str, Any]:
-    """The dashboard's database time against a busy worker's, by pg_stat_statements."""
+    """The dashboard's database time against a busy worker's, by pg_stat_statements.
+
+    The worker, the dashboard and the feeder that keeps ``backlog`` tasks waiting for the worker
+    each connect as a role of their own, so pg_stat_statements splits the time between them.
+    """
     support = str(ROOT / "tests" / "support")
     if support not in sys.path:
         sys.path.insert(0, support)
@@ -456,6 +467,7 @@ def measure_share(
     folder = Path(tempfile.mkdtemp(prefix="pgq-webbench-"))
     server = None
     worker = web = None
+    feeder: Feeder | None = None
     try:
         server = PrivateServer(folder)
         with psycopg.connect(server.url, autocommit=True) as conn:
@@ -464,92 +476,88 @@ def measure_share(
         server.restart("fast")
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            conn.execute("CREATE ROLE pgq_dashboard LOGIN SUPERUSER")
+            for role in ROLES.values():
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(role)))
         migrate(server.url)
         say(f"  private server: filling {finished:,} finished + {waiting:,} waiting rows")
         fill(server.url, finished, waiting, span)
-        with psycopg.connect(server.url, autocommit=True) as conn:
-            conn.execute(ENQUEUE_NOOPS, {"rows": tasks})
-            conn.execute("ANALYZE pgq.tasks")
-        dashboard_url = with_user(server.url, "pgq_dashboard")
-        web, port = start_web(dashboard_url, logs)
+        feeder = Feeder(with_user(server.url, ROLES["feeder"]), backlog)
+        feeder.top_up()
+        web, port = start_web(with_user(server.url, ROLES["dashboard"]), logs)
         client = Client(port)
         # What an open overview page fetches by itself (pgq/web/static/live.js), else its JSON.
         refreshed = REFRESHED if client.get(REFRESHED)[0] == 200 else "/api/v1/overview"
         client.get(refreshed)  # warm: the first requests plan the statements
+        worker_url = with_user(server.url, ROLES["worker"])
         worker = Process(
-            [
-                *pgq_cli(),
-                "worker",
-                "-A",
-                "bench.noop_tasks",
-                "-c",
-                "2",
-                "-Q",
-                "bench",
-                "-b",
-                server.url,
-            ],
+            [*pgq_cli(), "worker", "-A", "bench.noop_tasks", "-c", "2", "-Q", "bench"],
             logs / "share-worker.log",
-            child_env(),
+            child_env(PGQ_DATABASE_URL=worker_url),
         )
         with psycopg.connect(server.url, autocommit=True) as conn:
             wait_started(conn, worker)
+            feeder.start()
             conn.execute("SELECT pg_stat_statements_reset()")
             started = time.monotonic()
-            done_before = done(conn)
+            window_start = db_now(conn)
             polls = 0
-            # Until the window ends or the worker runs out of tasks (then it is no longer busy).
-            while time.monotonic() - started < seconds and done(conn) - done_before < tasks:
+            while time.monotonic() - started < seconds:
                 status = client.get(refreshed)[0]
                 assert status == 200, f"GET {refreshed}: {status}"
                 polls += 1
                 time.sleep(max(0.0, started + polls * refresh - time.monotonic()))
             elapsed = time.monotonic() - started
-            drained = done(conn) - done_before
-            times = conn.execute(
-                """
-                SELECT r.rolname = 'pgq_dashboard' AS dashboard,
-                       sum(s.total_exec_time), sum(s.calls)
-                FROM pg_stat_statements AS s JOIN pg_roles AS r ON r.oid = s.userid
-                WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND s.query NOT ILIKE '%%pg_stat_statements%%'
-                  AND s.query NOT ILIKE '%%count(*) FILTER (WHERE finished_at%%'
-                GROUP BY 1
-                """
-            ).fetchall()
+            window_end = db_now(conn)
+            feeder.stop()
+            by_role = {
+                role: (float(total or 0), int(calls or 0))
+                for role, total, calls in conn.execute(
+                    """
+                    SELECT r.rolname, sum(s.total_exec_time), sum(s.calls)
+                    FROM pg_stat_statements AS s JOIN pg_roles AS r ON r.oid = s.userid
+                    GROUP BY 1
+                    """
+                ).fetchall()
+            }
             statements = conn.execute(
                 """
                 SELECT regexp_replace(left(s.query, 160), '\\s+', ' ', 'g'), s.calls,
                        s.total_exec_time, s.mean_exec_time
                 FROM pg_stat_statements AS s JOIN pg_roles AS r ON r.oid = s.userid
-                WHERE r.rolname = 'pgq_dashboard'
+                WHERE r.rolname = %s
                 ORDER BY s.total_exec_time DESC
                 LIMIT 8
-                """
+                """,
+                (ROLES["dashboard"],),
             ).fetchall()
+            drained = done_between(conn, window_start, window_end)
         client.close()
-        by_role = {bool(row[0]): (float(row[1] or 0), int(row[2] or 0)) for row in times}
-        dashboard_ms, dashboard_calls = by_role.get(True, (0.0, 0))
-        others_ms, others_calls = by_role.get(False, (0.0, 0))
+        dashboard_ms, dashboard_calls = by_role.get(ROLES["dashboard"], (0.0, 0))
+        worker_ms, worker_calls = by_role.get(ROLES["worker"], (0.0, 0))
+        feeder_ms, feeder_calls = by_role.get(ROLES["feeder"], (0.0, 0))
         return {
             "seconds": round(elapsed, 1),
             "refresh_seconds": refresh,
             "refreshed": refreshed,
             "overview_requests": polls,
+            "backlog": backlog,
             "tasks_drained": drained,
             "worker_tasks_per_second": round(drained / elapsed, 1),
             "dashboard_db_ms": round(dashboard_ms, 1),
             "dashboard_calls": dashboard_calls,
-            "worker_db_ms": round(others_ms, 1),
-            "worker_calls": others_calls,
-            "dashboard_share": dashboard_ms / (dashboard_ms + others_ms) if others_ms else None,
+            "worker_db_ms": round(worker_ms, 1),
+            "worker_calls": worker_calls,
+            "feeder_db_ms": round(feeder_ms, 1),
+            "feeder_calls": feeder_calls,
+            "dashboard_share": dashboard_ms / (dashboard_ms + worker_ms) if worker_ms else None,
             "dashboard_statements": [
                 {"query": q, "calls": c, "total_ms": round(t, 1), "mean_ms": round(m, 2)}
                 for q, c, t, m in statements
             ],
         }
     finally:
+        if feeder is not None:
+            feeder.stop()
         for process in (worker, web):
             if process is not None:
                 process.stop()
@@ -558,28 +566,78 @@ def measure_share(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# The roles of the share measure: pg_stat_statements keeps each statement's time per role.
+ROLES = {"dashboard": "pgq_dashboard", "worker": "pgq_bench_worker", "feeder": "pgq_bench_feeder"}
+
+
+class Feeder:
+    """Keeps about ``backlog`` no-op tasks waiting in queue ``bench`` (a thread, 5 checks/s)."""
+
+    def __init__(self, url: str, backlog: int) -> None:
+        self.url = url
+        self.backlog = backlog
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def top_up(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(psycopg.connect(self.url, autocommit=True))
+            row = conn.execute(WAITING_NOOPS).fetchone()
+            missing = self.backlog - (int(row[0]) if row else 0)
+            if missing > self.backlog // 5:
+                conn.execute(ENQUEUE_NOOPS, {"first": self.sent + 1, "last": self.sent + missing})
+                self.sent += missing
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.wait(0.2):
+                self.top_up(conn)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+
 # The fragment an open overview page fetches every 2.5 s (data-every in overview.html).
 REFRESHED = "/_partials/overview"
 
 ENQUEUE_NOOPS = """
 INSERT INTO pgq.tasks (id, name, queue, args)
 SELECT 'noop-' || g, 'bench.noop_tasks.noop', 'bench', '[]'::jsonb
-FROM generate_series(1, %(rows)s) AS g
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
+WAITING_NOOPS = "SELECT count(*) FROM pgq.tasks WHERE queue = 'bench' AND state = 'PENDING'"
 
 
-def done(conn: psycopg.Connection[Any]) -> int:
-    """Bench tasks finished so far (the bench's own statement, left out of the split)."""
+def done_between(conn: psycopg.Connection[Any], since: datetime, until: datetime) -> int:
+    """Bench tasks finished in a window of the database's clock (read after the window)."""
     row = conn.execute(
-        "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL) FROM pgq.tasks"
-        " WHERE queue = 'bench'"
+        "SELECT count(*) FROM pgq.tasks WHERE queue = 'bench' AND finished_at >= %s"
+        " AND finished_at < %s",
+        (since, until),
     ).fetchone()
     return int(row[0]) if row else 0
 
 
+def db_now(conn: psycopg.Connection[Any]) -> datetime:
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    value: datetime = row[0]
+    return value
+
+
 def wait_started(conn: psycopg.Connection[Any], worker: Process) -> None:
     deadline = time.monotonic() + 60
-    while done(conn) == 0:
+    started = (
+        "SELECT EXISTS (SELECT FROM pgq.tasks WHERE queue = 'bench' AND finished_at IS NOT NULL)"
+    )
+    while not conn.execute(started).fetchone()[0]:  # type: ignore[index]
         if worker.proc.poll() is not None:
             raise RuntimeError(f"the worker exited:\n{worker.output()}")
         if time.monotonic() > deadline:
@@ -629,13 +687,15 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Share of database time over {share['seconds']} s, `{share['refreshed']}` every "
             f"{share['refresh_seconds']} s ({share['overview_requests']} requests) while a "
-            f"`pgq worker -c 2` drained {share['tasks_drained']:,} no-op tasks "
-            f"({share['worker_tasks_per_second']:,}/s):",
+            f"`pgq worker -c 2` ran {share['tasks_drained']:,} no-op tasks "
+            f"({share['worker_tasks_per_second']:,}/s), a feeder keeping about "
+            f"{share['backlog']:,} waiting:",
             "",
             "| | DB time (ms, pg_stat_statements) | statements |",
             "|---|---:|---:|",
             f"| dashboard | {share['dashboard_db_ms']:,} | {share['dashboard_calls']:,} |",
             f"| worker | {share['worker_db_ms']:,} | {share['worker_calls']:,} |",
+            f"| feeder (not counted) | {share['feeder_db_ms']:,} | {share['feeder_calls']:,} |",
             "",
             f"Dashboard share: **{100 * (share['dashboard_share'] or 0):.2f}%** "
             f"(target < {100 * TARGET_SHARE:.0f}%).",
@@ -671,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-share", action="store_true", help="skip the load-share measure")
     parser.add_argument("--no-pages", action="store_true", help="skip the page times")
     parser.add_argument(
-        "--share-tasks", type=int, default=300_000, help="no-ops to drain (%(default)s)"
+        "--backlog", type=int, default=10_000, help="tasks kept waiting for the worker"
     )
     parser.add_argument("--share-seconds", type=float, default=30.0, help="window (%(default)s)")
     parser.add_argument("--refresh", type=float, default=2.5, help="overview period (%(default)s)")
@@ -702,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             args.finished,
             args.waiting,
             span,
-            args.share_tasks,
+            args.backlog,
             args.share_seconds,
             args.refresh,
             logs,
