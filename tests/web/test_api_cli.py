@@ -105,6 +105,13 @@ def test_pgq_web_serves_the_api_and_stops_on_sigterm(web_process: Any, db_url: s
     status, _, body = web.request("/api/v1/queues/nothing/purge", method="POST", body={})
     assert status == 200 and body["count"] == 0
     assert web.stop() == 0
+    # The operator sees the action in the audit trail from the CLI too.
+    done = run_pgq("inspect", "audit", "--json", "-b", db_url, env=worker_env(db_url))
+    assert done.returncode == 0, done.stderr
+    (entry,) = [e for e in json.loads(done.stdout) if e["target"] == "nothing"]
+    assert (entry["actor"], entry["action"], entry["rows"]) == ("anonymous", "purge", 0)
+    table = run_pgq("inspect", "audit", "-b", db_url, env=worker_env(db_url)).stdout
+    assert "purge" in table and "nothing" in table
 
 
 def test_pgq_web_auth_read_only_and_root_path(web_process: Any, db_url: str) -> None:
