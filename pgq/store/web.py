@@ -86,7 +86,7 @@ class WebStore(AdminStore):
             cur.execute(web_query(name), params)
             return cur.fetchall() if cur.description else []
 
-    def audit(
+    def record_action(
         self,
         conn: psycopg.Connection[Any],
         *,

@@ -510,7 +510,7 @@ class Dashboard:
         """The audit trail, newest first, and the cursor of the next page."""
         size = _page_size(limit)
         after_id = decode_cursor(after, "audit")[1] if after else None
-        rows = self.store.fetch("web_audit", {"after_id": after_id, "limit": size + 1})
+        rows = self.store.audit(limit=size + 1, after_id=after_id)
         more = len(rows) > size
         entries = [{**r, "details": _json(r["details"])} for r in rows[:size]]
         next_cursor = encode_cursor("audit", entries[-1]["id"]) if more and entries else None
@@ -522,7 +522,7 @@ class Dashboard:
         """FAILURE -> PENDING (as ``pgq retry ID``); StateConflict if the task is not dead."""
         with self.store.transaction() as conn:
             self.store.retry_one(conn, task_id)
-            self.store.audit(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
+            self.store.record_action(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
         return {"id": task_id, "state": "PENDING", "count": 1}
 
     def revoke(self, task_id: str, *, actor: str, terminate: bool = False) -> dict[str, Any]:
@@ -538,7 +538,7 @@ class Dashboard:
         action = "terminate" if terminate else "revoke"
         with self.store.transaction() as conn:
             revoked = self.store.revoke_one(conn, task_id, terminate=terminate, result=result)
-            self.store.audit(
+            self.store.record_action(
                 conn,
                 actor=actor,
                 action=action,
@@ -576,7 +576,7 @@ class Dashboard:
             query.pop("state")
         with self.store.transaction() as conn:
             count = self.store.batches(conn, statement, query, limit=None)
-            self.store.audit(
+            self.store.record_action(
                 conn, actor=actor, action=action, target=None, details=details, rows=count
             )
         return count
@@ -601,7 +601,7 @@ class Dashboard:
         """Delete the waiting tasks of a queue (as ``pgq purge -Q``); returns how many."""
         with self.store.transaction() as conn:
             count = self.store.purge_in(conn, queue)
-            self.store.audit(
+            self.store.record_action(
                 conn, actor=actor, action="purge", target=queue, details={}, rows=count
             )
         return count
@@ -613,7 +613,7 @@ class Dashboard:
             raise WorkerNotFound(f"no worker with id {worker_id}")
         with self.store.transaction() as conn:
             self.store.notify_shutdown(conn, [worker_id])
-            self.store.audit(
+            self.store.record_action(
                 conn, actor=actor, action="shutdown", target=worker_id, details={}, rows=1
             )
         return {"id": worker_id, "count": 1}
@@ -635,7 +635,7 @@ class Dashboard:
             task, args, kwargs, options = known[0]["task"], [], {}, {}
         with self.store.transaction() as conn:
             result = self.app.send(task, args, kwargs, connection=conn, **options)
-            self.store.audit(
+            self.store.record_action(
                 conn,
                 actor=actor,
                 action="run",
