@@ -736,3 +736,72 @@ def test_user_data_is_escaped(client: TestClient, world: World) -> None:
     assert "&lt;b&gt;bold&lt;/b&gt;" in detail
     traceback = re.search(r'<pre id="task-traceback">(.*?)</pre>', detail, re.S)
     assert traceback and "RuntimeError: &lt;script&gt;" in traceback.group(1)
+
+
+def test_under_a_root_path_with_auth(
+    db_url: str, conn: psycopg.Connection[Any], world: World
+) -> None:
+    """Links, the refresh URL, cookies and redirects carry the prefix; the actor is the user."""
+    app = create_app(db_url, root_path="/pgq", auth="admin:s3cret")
+    try:
+        with TestClient(app, follow_redirects=False) as client:
+            assert client.get("/pgq/").status_code == 401
+            client.auth = ("admin", "s3cret")
+            page = client.get("/pgq/")
+            assert page.status_code == 200
+            links = re.findall(r'(?:href|src|action|data-refresh)="(/[^"]*)"', page.text)
+            assert links and all(link.startswith("/pgq/") for link in links), links
+            assert "Path=/pgq" in page.headers["set-cookie"]
+            token = TOKEN.search(page.text)
+            assert token
+            answer = client.post(
+                f"/pgq/tasks/{world['failure']}/retry", data={"csrf_token": token.group(1)}
+            )
+            assert answer.status_code == 303
+            assert answer.headers["location"] == f"/pgq/tasks/{world['failure']}"
+            assert "is back in its queue" in flash(client.get(answer.headers["location"]).text)
+    finally:
+        app.state.dashboard.close()
+    assert state_of(conn, world["failure"]) == "PENDING"
+    actor = conn.execute("SELECT actor FROM pgq.audit_log").fetchall()
+    assert actor == [("admin",)]
+
+
+def test_redirects_stay_on_the_dashboard(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    """A ``back`` field naming another site is ignored (no open redirect)."""
+    for back in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        answer = client.post(
+            "/tasks/bulk/retry",
+            data={
+                "scope": "ids",
+                "ids": [world["xss"]],
+                "back": back,
+                "csrf_token": token_of(client),
+            },
+        )
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/dead"
+
+
+# -- the chart ----------------------------------------------------------------------------------
+
+
+def test_chart_scales_labels_and_escapes() -> None:
+    from pgq.web.charts import Minute, nice_ceiling, throughput_chart
+
+    assert [nice_ceiling(v) for v in (0, 1, 3, 7, 11, 99, 101, 4000)] == [
+        1, 1, 5, 10, 20, 100, 200, 5000
+    ]  # fmt: skip
+    start = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    minutes = [Minute(start + timedelta(minutes=i), i, i % 3) for i in range(60)]
+    svg = str(throughput_chart(minutes, title="<b>x</b>"))
+    assert svg.startswith('<svg id="throughput-chart"')
+    assert svg.count('<rect class="bar ok"') == 61  # 60 bars and the legend's swatch
+    assert 'data-succeeded="1770"' in svg and 'data-failed="60"' in svg
+    assert ">-59m<" in svg and ">now<" in svg and "minutes ago" in svg and "tasks / min" in svg
+    assert ">100<" in svg  # the y axis tops at the next nice number over 59
+    assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
+    empty = str(throughput_chart([]))
+    assert "<polyline" not in empty and 'data-succeeded="0"' in empty
