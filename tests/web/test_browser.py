@@ -570,17 +570,31 @@ def test_screenshots(
             0.2,
             "the worker to run the screenshot's tasks",
         )
-        detail = conn.execute(
+        detail, retried = conn.execute(
             "SELECT id FROM pgq.tasks WHERE name = 'app.images.resize' AND state = 'FAILURE'"
-            " ORDER BY created_at DESC LIMIT 1"
+            " ORDER BY created_at DESC LIMIT 2"
+        ).fetchall()
+        scheduled = conn.execute(
+            "SELECT id FROM pgq.tasks WHERE state = 'PENDING' AND run_at > now() LIMIT 1"
         ).fetchone()
     folder = Path(SCREENSHOTS or ".")
     folder.mkdir(parents=True, exist_ok=True)
     page = new_page(viewport={"width": 1280, "height": 860})
+    # A few actions through the pages, for the audit trail: a retry, a revoke, a group retried
+    # from the dead page (its tasks wait in queues no worker here reads).
+    goto(page, f"{web.url}/tasks/{retried[0]}")
+    submit(page, "retry")
+    if scheduled:
+        goto(page, f"{web.url}/tasks/{scheduled[0]}")
+        submit(page, "revoke")
+    goto(page, web.url + "/dead")
+    group = page.locator("tr[data-group]").filter(has_text="app.reports.export_csv").first
+    with page.expect_navigation():
+        group.locator('form[data-action="group-retry"] button').click()
     shots = {
         "overview": "/",
         "tasks": "/tasks",
-        "task-detail": f"/tasks/{detail[0] if detail else seeded['failed'][0]}",
+        "task-detail": f"/tasks/{detail[0]}",
         "dead": "/dead",
         "workers": "/workers",
         "periodic": "/periodic",
