@@ -735,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--share-seconds", type=float, default=30.0, help="window (%(default)s)")
     parser.add_argument("--refresh", type=float, default=2.5, help="overview period (%(default)s)")
-    parser.add_argument("--keep", action="store_true", help=f"keep the database {DB_NAME}")
+    parser.add_argument("--db-name", default=DB_NAME, help="scratch database (%(default)s)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--report", type=Path, help="also write the Markdown table here")
     args = parser.parse_args(argv)
@@ -751,8 +752,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["pages"] = []
     if not args.no_pages:
-        say(f"filling {DB_NAME}: {args.finished:,} finished + {args.waiting:,} waiting rows")
-        with scratch_database(args.server_url, DB_NAME, args.keep) as url:
+        say(f"filling {args.db_name}: {args.finished:,} finished + {args.waiting:,} waiting rows")
+        with scratch_database(args.server_url, args.db_name, args.keep) as url:
             results["fill_seconds"] = fill(url, args.finished, args.waiting, span)
             say(f"  filled in {results['fill_seconds']:.0f} s; timing the endpoints")
             results["pages"] = measure_pages(url, args.requests, logs)
