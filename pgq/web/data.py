@@ -310,13 +310,14 @@ class Dashboard:
                 },
             )
 
-        for row in self.store.fetch("web_waiting"):
+        waiting, running, dead = self.store.queue_counts()
+        for row in waiting:
             q = queue_row(row["queue"])
             q["waiting"], q["scheduled"] = int(row["waiting"]), int(row["scheduled"])
             q["oldest_waiting_seconds"] = row["oldest_waiting_seconds"]
-        for row in self.store.fetch("web_running"):
+        for row in running:
             queue_row(row["queue"])["running"] = int(row["running"])
-        for row in self.store.fetch("web_dead_counts"):
+        for row in dead:
             queue_row(row["queue"])["dead"] = int(row["dead"])
         column = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
         for counts in minutes.values():
@@ -522,7 +523,9 @@ class Dashboard:
         """FAILURE -> PENDING (as ``pgq retry ID``); StateConflict if the task is not dead."""
         with self.store.transaction() as conn:
             self.store.retry_one(conn, task_id)
-            self.store.record_action(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
+            self.store.record_action(
+                conn, actor=actor, action="retry", target=task_id, details={}, rows=1
+            )
         return {"id": task_id, "state": "PENDING", "count": 1}
 
     def revoke(self, task_id: str, *, actor: str, terminate: bool = False) -> dict[str, Any]:
@@ -555,7 +558,6 @@ class Dashboard:
     def _bulk(
         self,
         action: str,
-        statement: str,
         *,
         ids: list[str] | None,
         filters: TaskFilter | None,
@@ -572,12 +574,10 @@ class Dashboard:
             assert filters is not None
             query = filters.query()
             details = {"filter": filters.as_dict(), "all": filters.empty}
-        if statement == "web_retry_batch":
-            query.pop("state")
         with self.store.transaction() as conn:
-            count = self.store.batches(conn, statement, query, limit=None)
+            count = self.store.bulk(conn, action, query)
             self.store.record_action(
-                conn, actor=actor, action=action, target=None, details=details, rows=count
+                conn, actor=actor, action=f"bulk_{action}", target=None, details=details, rows=count
             )
         return count
 
@@ -586,16 +586,14 @@ class Dashboard:
     ) -> int:
         """FAILURE -> PENDING for these ids or every dead task matching ``filters`` (other
         states in the selection are left alone); returns how many were retried."""
-        return self._bulk("bulk_retry", "web_retry_batch", ids=ids, filters=filters, actor=actor)
+        return self._bulk("retry", ids=ids, filters=filters, actor=actor)
 
     def bulk_delete(
         self, *, ids: list[str] | None = None, filters: TaskFilter | None = None, actor: str
     ) -> int:
         """Delete these finished tasks, or every finished task matching ``filters`` (waiting and
         running tasks are never deleted), in batches; returns how many were deleted."""
-        return self._bulk(
-            "bulk_delete", "web_delete_finished_batch", ids=ids, filters=filters, actor=actor
-        )
+        return self._bulk("delete", ids=ids, filters=filters, actor=actor)
 
     def purge(self, queue: str, *, actor: str) -> int:
         """Delete the waiting tasks of a queue (as ``pgq purge -Q``); returns how many."""
