@@ -52,6 +52,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 # Workers shown as "recently dead": those whose last heartbeat is at most this old.
 RECENT_WORKER_SECONDS = 3600.0
+# The overview counts a finished row once it is this old and keeps the count (see _MinuteCounts).
+SETTLE_SECONDS = 10.0
 # Enqueue-to-start latency: the newest this many tasks finished in the last five minutes.
 LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
@@ -227,36 +229,45 @@ def _page_size(limit: int | None) -> int:
 class _MinuteCounts:
     """Finished tasks per (minute, queue, state) over the last hour, kept between refreshes.
 
-    A minute that is over does not change any more (save for a task deleted or retried later),
-    so a refresh asks the database only for the minutes since the last complete one it holds.
+    Rows that finished before the "settled" point (``SETTLE_SECONDS`` ago) are counted once and
+    kept; a refresh reads only the rows finished since the last settled point (a few seconds'
+    worth), so its cost follows the recent finish rate, not the hour's. ``finished_at`` is set
+    when a worker records the outcome, so a row appears with a time at most a transaction's
+    length in the past: the margin covers that. A task deleted or retried after it was counted
+    stays counted until its minute leaves the window.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[datetime, dict[tuple[str, str], int]] = {}
-        self.complete_until: datetime | None = None
+        self.settled_until: datetime | None = None
 
     def refresh(self, store: WebStore, now: datetime) -> dict[datetime, dict[tuple[str, str], int]]:
         start = (now - timedelta(seconds=WINDOW_SECONDS)).replace(second=0, microsecond=0)
-        current = now.replace(second=0, microsecond=0)
+        settle = now - timedelta(seconds=SETTLE_SECONDS)
         with self.lock:
             since = start
-            if self.complete_until is not None and self.complete_until > start:
-                since = self.complete_until
-            rows = store.fetch("web_finished_minutes", {"since": since})
-            fresh: dict[datetime, dict[tuple[str, str], int]] = {}
-            for row in rows:
-                bucket = fresh.setdefault(row["minute"], {})
-                bucket[(row["queue"], row["state"])] = int(row["count"])
-            kept = {m: c for m, c in self.counts.items() if start <= m < since}
-            kept.update(fresh)
-            self.counts = kept
-            self.complete_until = current
-            return dict(kept)
+            if self.settled_until is not None and self.settled_until > start:
+                since = self.settled_until
+            else:
+                self.counts = {}
+            self.counts = {m: c for m, c in self.counts.items() if m >= start}
+            if since < settle:
+                _add(
+                    self.counts,
+                    store.fetch("web_finished_minutes", {"since": since, "until": settle}),
+                )
+                self.settled_until = since = settle
+            merged = {m: dict(c) for m, c in self.counts.items()}
+        _add(merged, store.fetch("web_finished_minutes", {"since": since, "until": None}))
+        return merged
 
-    def clear(self) -> None:
-        with self.lock:
-            self.counts, self.complete_until = {}, None
+
+def _add(counts: dict[datetime, dict[tuple[str, str], int]], rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        bucket = counts.setdefault(row["minute"], {})
+        key = (row["queue"], row["state"])
+        bucket[key] = bucket.get(key, 0) + int(row["count"])
 
 
 class Dashboard:

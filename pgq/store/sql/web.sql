@@ -17,11 +17,13 @@ WHERE state = 'FAILURE' AND finished_at IS NOT NULL
 GROUP BY queue;
 
 -- name: web_finished_minutes
--- (read) Tasks finished per minute, queue and final state since `since` (the finished index,
--- a window of at most an hour): the throughput and failure series and the last hour's counts.
+-- (read) Tasks finished per minute, queue and final state from `since` to `until` (or now):
+-- the throughput and failure series and the last hour's counts (the finished index; at most an
+-- hour on a dashboard's first read, then only the seconds since its last one).
 SELECT date_trunc('minute', finished_at) AS minute, queue, state, count(*) AS count
 FROM pgq.tasks
 WHERE finished_at >= %(since)s
+  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
 GROUP BY 1, 2, 3;
 
 -- name: web_clock
