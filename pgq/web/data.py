@@ -52,6 +52,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 # Workers shown as "recently dead": those whose last heartbeat is at most this old.
 RECENT_WORKER_SECONDS = 3600.0
+# The overview counts a finished row once it is this old and keeps the count (see _MinuteCounts).
+SETTLE_SECONDS = 10.0
 # Enqueue-to-start latency: the newest this many tasks finished in the last five minutes.
 LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
@@ -227,36 +229,45 @@ def _page_size(limit: int | None) -> int:
 class _MinuteCounts:
     """Finished tasks per (minute, queue, state) over the last hour, kept between refreshes.
 
-    A minute that is over does not change any more (save for a task deleted or retried later),
-    so a refresh asks the database only for the minutes since the last complete one it holds.
+    Rows that finished before the "settled" point (``SETTLE_SECONDS`` ago) are counted once and
+    kept; a refresh reads only the rows finished since the last settled point (a few seconds'
+    worth), so its cost follows the recent finish rate, not the hour's. ``finished_at`` is set
+    when a worker records the outcome, so a row appears with a time at most a transaction's
+    length in the past: the margin covers that. A task deleted or retried after it was counted
+    stays counted until its minute leaves the window.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[datetime, dict[tuple[str, str], int]] = {}
-        self.complete_until: datetime | None = None
+        self.settled_until: datetime | None = None
 
     def refresh(self, store: WebStore, now: datetime) -> dict[datetime, dict[tuple[str, str], int]]:
         start = (now - timedelta(seconds=WINDOW_SECONDS)).replace(second=0, microsecond=0)
-        current = now.replace(second=0, microsecond=0)
+        settle = now - timedelta(seconds=SETTLE_SECONDS)
         with self.lock:
             since = start
-            if self.complete_until is not None and self.complete_until > start:
-                since = self.complete_until
-            rows = store.fetch("web_finished_minutes", {"since": since})
-            fresh: dict[datetime, dict[tuple[str, str], int]] = {}
-            for row in rows:
-                bucket = fresh.setdefault(row["minute"], {})
-                bucket[(row["queue"], row["state"])] = int(row["count"])
-            kept = {m: c for m, c in self.counts.items() if start <= m < since}
-            kept.update(fresh)
-            self.counts = kept
-            self.complete_until = current
-            return dict(kept)
+            if self.settled_until is not None and self.settled_until > start:
+                since = self.settled_until
+            else:
+                self.counts = {}
+            self.counts = {m: c for m, c in self.counts.items() if m >= start}
+            if since < settle:
+                _add(
+                    self.counts,
+                    store.fetch("web_finished_minutes", {"since": since, "until": settle}),
+                )
+                self.settled_until = since = settle
+            merged = {m: dict(c) for m, c in self.counts.items()}
+        _add(merged, store.fetch("web_finished_minutes", {"since": since, "until": None}))
+        return merged
 
-    def clear(self) -> None:
-        with self.lock:
-            self.counts, self.complete_until = {}, None
+
+def _add(counts: dict[datetime, dict[tuple[str, str], int]], rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        bucket = counts.setdefault(row["minute"], {})
+        key = (row["queue"], row["state"])
+        bucket[key] = bucket.get(key, 0) + int(row["count"])
 
 
 class Dashboard:
@@ -310,13 +321,14 @@ class Dashboard:
                 },
             )
 
-        for row in self.store.fetch("web_waiting"):
+        waiting, running, dead = self.store.queue_counts()
+        for row in waiting:
             q = queue_row(row["queue"])
             q["waiting"], q["scheduled"] = int(row["waiting"]), int(row["scheduled"])
             q["oldest_waiting_seconds"] = row["oldest_waiting_seconds"]
-        for row in self.store.fetch("web_running"):
+        for row in running:
             queue_row(row["queue"])["running"] = int(row["running"])
-        for row in self.store.fetch("web_dead_counts"):
+        for row in dead:
             queue_row(row["queue"])["dead"] = int(row["dead"])
         column = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
         for counts in minutes.values():
@@ -445,9 +457,33 @@ class Dashboard:
         }
 
     def dead(self, *, queue: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        """Dead tasks grouped by task name and exception type, latest death first."""
-        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue"), "limit": limit})
-        return [{**row, "count": int(row["count"])} for row in rows]
+        """Dead tasks grouped by task name and exception type, latest death first: how many,
+        in which queues, the latest death and the newest task's id (ids sort by creation)."""
+        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue")})
+        groups: dict[tuple[str, str | None], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["name"], row["exc_type"])
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = {
+                    "name": row["name"],
+                    "exc_type": row["exc_type"],
+                    "count": 0,
+                    "queues": [],
+                    "latest_at": row["latest_at"],
+                    "latest_id": row["latest_id"],
+                }
+            group["count"] += int(row["count"])
+            group["queues"].append(row["queue"])
+            group["latest_at"] = max(group["latest_at"], row["latest_at"])
+            group["latest_id"] = max(group["latest_id"], row["latest_id"])
+        ordered = sorted(
+            groups.values(),
+            key=lambda g: (-g["latest_at"].timestamp(), g["name"], g["exc_type"] or ""),
+        )
+        for group in ordered:
+            group["queues"].sort()
+        return ordered[:limit]
 
     def workers(self) -> list[dict[str, Any]]:
         """Live and recently dead workers, each with the tasks its slots run now."""
@@ -522,7 +558,9 @@ class Dashboard:
         """FAILURE -> PENDING (as ``pgq retry ID``); StateConflict if the task is not dead."""
         with self.store.transaction() as conn:
             self.store.retry_one(conn, task_id)
-            self.store.record_action(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
+            self.store.record_action(
+                conn, actor=actor, action="retry", target=task_id, details={}, rows=1
+            )
         return {"id": task_id, "state": "PENDING", "count": 1}
 
     def revoke(self, task_id: str, *, actor: str, terminate: bool = False) -> dict[str, Any]:
@@ -555,7 +593,6 @@ class Dashboard:
     def _bulk(
         self,
         action: str,
-        statement: str,
         *,
         ids: list[str] | None,
         filters: TaskFilter | None,
@@ -572,12 +609,10 @@ class Dashboard:
             assert filters is not None
             query = filters.query()
             details = {"filter": filters.as_dict(), "all": filters.empty}
-        if statement == "web_retry_batch":
-            query.pop("state")
         with self.store.transaction() as conn:
-            count = self.store.batches(conn, statement, query, limit=None)
+            count = self.store.bulk(conn, action, query)
             self.store.record_action(
-                conn, actor=actor, action=action, target=None, details=details, rows=count
+                conn, actor=actor, action=f"bulk_{action}", target=None, details=details, rows=count
             )
         return count
 
@@ -586,16 +621,14 @@ class Dashboard:
     ) -> int:
         """FAILURE -> PENDING for these ids or every dead task matching ``filters`` (other
         states in the selection are left alone); returns how many were retried."""
-        return self._bulk("bulk_retry", "web_retry_batch", ids=ids, filters=filters, actor=actor)
+        return self._bulk("retry", ids=ids, filters=filters, actor=actor)
 
     def bulk_delete(
         self, *, ids: list[str] | None = None, filters: TaskFilter | None = None, actor: str
     ) -> int:
         """Delete these finished tasks, or every finished task matching ``filters`` (waiting and
         running tasks are never deleted), in batches; returns how many were deleted."""
-        return self._bulk(
-            "bulk_delete", "web_delete_finished_batch", ids=ids, filters=filters, actor=actor
-        )
+        return self._bulk("delete", ids=ids, filters=filters, actor=actor)
 
     def purge(self, queue: str, *, actor: str) -> int:
         """Delete the waiting tasks of a queue (as ``pgq purge -Q``); returns how many."""
