@@ -67,9 +67,8 @@ def _short_time(value: Any) -> str:
     """A timestamp as the page shows it: UTC, to the second."""
     if not isinstance(value, datetime):
         return str(value or "")
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%d %H:%M:%S")
+    moment: datetime = value.astimezone(timezone.utc) if value.tzinfo is not None else value
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _seconds(value: Any) -> str:
@@ -216,9 +215,7 @@ def static(name: str) -> Response:
 def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
     data = dashboard.overview()
     queues = [{**q, "name": q["queue"]} for q in data["queues"]]
-    minutes = [
-        Minute(s["minute"], s["finished"] - s["failed"], s["failed"]) for s in data["series"]
-    ]
+    minutes = [Minute(s["minute"], s["finished"], s["failed"]) for s in data["series"]]
     workers = [{**w, "heartbeat_age": w.get("heartbeat_age_seconds")} for w in data["workers"]]
     return {
         "queues": queues,
@@ -229,7 +226,8 @@ def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
             "p95": data["latency"]["p95_seconds"],
         },
         "hour": {
-            "succeeded": data["finished_last_hour"] - data["failed_last_hour"],
+            "finished": data["finished_last_hour"],
+            "succeeded": sum(int(q["succeeded"]) for q in queues),
             "failed": data["failed_last_hour"],
         },
         "workers": workers,
