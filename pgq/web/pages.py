@@ -64,7 +64,13 @@ def _iso(value: Any) -> str:
 
 
 def _short_time(value: Any) -> str:
-    """A timestamp as the page shows it: UTC, to the second."""
+    """A timestamp as the page shows it: UTC, to the second (ISO text, as the failure
+    history stores it, too)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
     if not isinstance(value, datetime):
         return str(value or "")
     moment: datetime = value.astimezone(timezone.utc) if value.tzinfo is not None else value
@@ -94,6 +100,16 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=False)
 
 
+def _exception(result: Any) -> str:
+    """A stored exception (``{"exc_type", "exc_message", ...}``) as one line: ``Type: message``."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return ""
+    message = result.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        message = ", ".join(str(m) for m in message)
+    return f"{result['exc_type']}: {message}" if message else str(result["exc_type"])
+
+
 def _compact(value: Any) -> str:
     if value is None or value == {}:
         return ""
@@ -113,6 +129,7 @@ def _environment() -> Environment:
         seconds=_seconds,
         pretty=_pretty,
         compact=_compact,
+        exception=_exception,
         urlpart=lambda value: quote(str(value), safe=""),
     )
     return env

@@ -403,10 +403,14 @@ def test_task_detail_shows_everything(client: TestClient, world: World) -> None:
     assert 'id="task-kwargs"' in html
     result = re.search(r'<pre id="task-result">(.*?)</pre>', html, re.S)
     assert result and "boom again" in result.group(1)
+    assert re.search(r'id="task-exception"><b>ValueError: boom again</b>', html)
     assert re.search(r'id="task-traceback">Traceback.*ValueError: boom again', html, re.S)
     failures = re.search(r'id="task-failures" data-count="(\d+)"(.*?)</section>', html, re.S)
     assert failures and failures.group(1) == "1"
-    assert "the first boom" in failures.group(2)
+    assert "ValueError: the first boom" in failures.group(2)
+    # its times shown as the page shows every time (not as the stored ISO text)
+    assert re.search(r">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</time>", failures.group(2))
+    assert not re.search(r">\d{4}-\d\d-\d\dT", failures.group(2))
     assert "old-worker@host/0" in failures.group(2)
     assert 'form class="inline" method="post" action="/tasks/' in html
     assert 'data-action="retry"' in html
