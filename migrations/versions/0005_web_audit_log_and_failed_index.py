@@ -4,14 +4,17 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-03
 
-Generated from pgq.schema by Alembic autogenerate against a database at 0004, then hand-checked.
+Generated from pgq.schema by Alembic autogenerate against a database at 0004, then hand-checked;
+the index is created by hand-written SQL (``IF NOT EXISTS``, see below).
 
 - ``pgq.audit_log``: one row per action taken through ``pgq web`` (who, what, target, the ids
   or filter given, how many rows changed, when), written in the action's own transaction. New
   and empty: instant both ways.
-- ``tasks_failed_idx`` on ``pgq.tasks (finished_at) WHERE state = 'FAILURE'``: the dashboard's
-  dead-task groups, its FAILURE filter and ``pgq.dead_tasks`` read only dead rows through it
-  instead of walking every finished row of ``tasks_finished_idx``. It is partial on purpose: an
+- ``tasks_failed_idx`` on ``pgq.tasks (finished_at) INCLUDE (queue) WHERE state = 'FAILURE'``:
+  the dashboard's dead-task groups, its FAILURE filter and ``pgq.dead_tasks`` read only dead rows
+  through it instead of walking every finished row of ``tasks_finished_idx``, and its dead count
+  per queue is an index-only scan (20,000 dead rows in a table of 1,010,000: 86 ms through the
+  heap without ``queue`` included). It is partial on purpose: an
   enqueue, a claim and a success never write it (the row is not FAILURE), so the hot path pays
   nothing; only the rare write that makes a task dead (or retries one) adds or drops an entry.
   No other index is added: the task browser sorts by ``id`` (version 7 ids sort by creation
@@ -57,7 +60,7 @@ def upgrade() -> None:
         schema="pgq",
     )
     op.execute(
-        "CREATE INDEX IF NOT EXISTS tasks_failed_idx ON pgq.tasks (finished_at)"
+        "CREATE INDEX IF NOT EXISTS tasks_failed_idx ON pgq.tasks (finished_at) INCLUDE (queue)"
         " WHERE state = 'FAILURE'"
     )
 

@@ -29,6 +29,7 @@ from pgq.cli._format import (
     truncate,
 )
 from pgq.errors import PgqError, TaskNotFound, TaskRevokedError
+from pgq.serialization import loads
 from pgq.store.admin import AdminStore, Filters
 
 __all__ = ["register_operations"]
@@ -44,7 +45,7 @@ _SETTINGS: dict[str, Any] = {
 inspect_cli = typer.Typer(
     name="inspect",
     help="Look at the queue: dead, active, scheduled, reserved, registered, stats, queues, "
-    "workers. Tables for people by default, --json for scripts.",
+    "workers, audit. Tables for people by default, --json for scripts.",
     **_SETTINGS,
 )
 
@@ -286,6 +287,29 @@ def workers(
     """Live workers: pid, host, queues, concurrency, busy slots, tasks done, last heartbeat."""
     rows = store.workers(Filters(queue))
     _print(rows, as_json, "no live workers", WORKER_COLUMNS)
+
+
+_AUDIT = [
+    Column("at", "AT", clock),
+    Column("actor"),
+    Column("action"),
+    Column("target"),
+    Column("rows"),
+    Column("details"),
+]
+
+
+@_inspect_command()
+def audit(store: AdminStore, as_json: bool, limit: int = LimitOption) -> None:
+    """The actions taken through pgq web (who, what, target, rows changed), newest first."""
+    rows = store.audit(limit=limit)
+    if as_json:
+        typer.echo(to_json([{**r, "details": loads(r["details"])} for r in rows]))
+        return
+    shown = [
+        {**r, "target": r["target"] or "", "details": truncate(r["details"], 60)} for r in rows
+    ]
+    _print(shown, False, "no actions recorded (pgq web writes them)", _AUDIT)
 
 
 # -- control ---------------------------------------------------------------------------------

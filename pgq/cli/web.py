@@ -114,6 +114,14 @@ def _server_class() -> Any:
             shown = f"[{host}]" if ":" in host else host
             print(f"pgq web listening on http://{shown}:{port}{self.path} {self.note}", flush=True)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            # uvicorn re-raises the SIGTERM/SIGINT it stopped on once it is done, so the process
+            # would end killed by it; a stop asked for is a clean exit here, as for pgq worker.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
     return Server
 
 

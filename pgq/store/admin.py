@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.rows import dict_row
+
 from pgq.errors import OperationalError, SchemaError, TaskNotFound
 from pgq.serialization import loads
 from pgq.store.database import Database, describe_server, translate_errors
 from pgq.store.producer import Store
 from pgq.store.records import CONTROL_CHANNEL
 from pgq.store.revision import SCHEMA_REVISION
-from pgq.store.sql import query
+from pgq.store.sql import named_statements, query
 
 __all__ = ["AdminStore", "Filters", "NotRetriable"]
 
@@ -127,6 +129,15 @@ class AdminStore(Store):
             },
             "live_workers": self.live_worker_count(),
         }
+
+    def audit(self, *, limit: int, after_id: int | None = None) -> list[Row]:
+        """The audit trail of ``pgq web``'s actions (``pgq.audit_log``), newest first."""
+        # The statement is the dashboard's own (web.sql), so both read the trail the same way.
+        with self.db.pooled() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                named_statements("web.sql")["web_audit"], {"after_id": after_id, "limit": limit}
+            )
+            return cur.fetchall()
 
     def live_worker_count(self) -> int:
         """How many workers heartbeat within ``live_seconds``."""

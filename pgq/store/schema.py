@@ -124,12 +124,14 @@ Index(
 )
 
 # Dead tasks (FAILURE) by when they died: the dashboard's dead list and its "failed" filter walk
-# it instead of the whole finished_at index. Partial, so no enqueue and no success writes it:
-# only a task that dies (rare next to the rest) adds an entry.
+# it instead of the whole finished_at index, and its dead count per queue is an index-only scan
+# (queue is included). Partial, so no enqueue and no success writes it: only a task that dies
+# (rare next to the rest) adds an entry.
 Index(
     "tasks_failed_idx",
     tasks.c.finished_at,
     postgresql_where=text("state = 'FAILURE'"),
+    postgresql_include=["queue"],
 )
 
 workers = Table(

@@ -86,7 +86,7 @@ class WebStore(AdminStore):
             cur.execute(web_query(name), params)
             return cur.fetchall() if cur.description else []
 
-    def audit(
+    def record_action(
         self,
         conn: psycopg.Connection[Any],
         *,
@@ -138,22 +138,34 @@ class WebStore(AdminStore):
             )
         return self.revoke(task_id, terminate=terminate, result=result, connection=conn)
 
-    def batches(
-        self, conn: psycopg.Connection[Any], name: str, query: TaskQuery, *, limit: int | None
-    ) -> int:
-        """Run a bulk statement of web.sql in batches of ``BULK_BATCH`` until it changes fewer;
-        at most ``limit`` rows in all (None: no limit). Returns how many rows changed."""
+    def bulk(self, conn: psycopg.Connection[Any], action: str, query: TaskQuery) -> int:
+        """Retry (``"retry"``: dead tasks only) or delete (``"delete"``: finished tasks only)
+        every task matching ``query``, ``BULK_BATCH`` rows per statement, in the caller's
+        transaction; returns how many changed. Retry is ``pgq retry``'s own statement."""
+        params = dict(query)
+        if action == "retry":
+            params["state"] = ["FAILURE"]
         total = 0
         while True:
-            batch = BULK_BATCH if limit is None else min(BULK_BATCH, limit - total)
-            if batch <= 0:
+            rows = self._in(conn, "web_finished_batch", {**params, "batch": BULK_BATCH})
+            ids = [row["id"] for row in rows]
+            if ids and action == "retry":
+                total += len(self.retry_tasks(ids, connection=conn))
+            elif ids:
+                with translate_errors(self.db.url), conn.cursor() as cur:
+                    cur.execute(web_query("web_delete_finished"), {"ids": ids})
+                    total += max(cur.rowcount, 0)
+            if len(ids) < BULK_BATCH:
                 return total
-            with translate_errors(self.db.url), conn.cursor() as cur:
-                cur.execute(web_query(name), {**query, "batch": batch})
-                changed = cur.rowcount
-            total += max(changed, 0)
-            if changed < batch:
-                return total
+
+    def queue_counts(self) -> tuple[list[Row], list[Row], list[Row]]:
+        """Per queue: waiting and scheduled with the oldest due age (the metrics' statement,
+        claim index), running (lease index), dead (failed index)."""
+        return (
+            self._rows("metrics_waiting", {}),
+            self._rows("metrics_running", {}),
+            self.fetch("web_dead_counts"),
+        )
 
     def purge_in(self, conn: psycopg.Connection[Any], queue: str) -> int:
         """PENDING/RETRY -> deleted in one queue, in the caller's transaction."""

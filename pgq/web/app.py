@@ -8,10 +8,12 @@ Starlette/FastAPI mount), so a team can put it behind its own login.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from pgq.web.api import install_error_handlers, router
 from pgq.web.data import Dashboard
@@ -50,15 +52,21 @@ def create_app(
         docs_url="/api/docs",
         redoc_url=None,
     )
-    app.state.dashboard = Dashboard(source)
+    dashboard = Dashboard(source)
+    app.state.dashboard = dashboard
     app.state.read_only = read_only
     app.state.auth_user = credentials.user if credentials else None
+    # How often the pages' live parts refresh (PGQ_WEB_REFRESH).
+    app.state.refresh_seconds = dashboard.app.settings.web_refresh
     install_error_handlers(app)
     app.include_router(router)
     if importlib.util.find_spec("pgq.web.pages") is not None:
         from pgq.web.pages import router as pages_router  # the HTML pages (pgq.web.pages)
 
         app.include_router(pages_router)
+    static = Path(__file__).with_name("static")
+    if static.is_dir():  # the pages' CSS and JS (pgq/web/static)
+        app.mount("/static", StaticFiles(directory=static), name="static")
     app.add_middleware(SecurityMiddleware, credentials=credentials, read_only=read_only)
     if not prefix:
         return app

@@ -52,6 +52,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 500
 # Workers shown as "recently dead": those whose last heartbeat is at most this old.
 RECENT_WORKER_SECONDS = 3600.0
+# The overview counts a finished row once it is this old and keeps the count (see _MinuteCounts).
+SETTLE_SECONDS = 10.0
 # Enqueue-to-start latency: the newest this many tasks finished in the last five minutes.
 LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
@@ -227,36 +229,45 @@ def _page_size(limit: int | None) -> int:
 class _MinuteCounts:
     """Finished tasks per (minute, queue, state) over the last hour, kept between refreshes.
 
-    A minute that is over does not change any more (save for a task deleted or retried later),
-    so a refresh asks the database only for the minutes since the last complete one it holds.
+    Rows that finished before the "settled" point (``SETTLE_SECONDS`` ago) are counted once and
+    kept; a refresh reads only the rows finished since the last settled point (a few seconds'
+    worth), so its cost follows the recent finish rate, not the hour's. ``finished_at`` is set
+    when a worker records the outcome, so a row appears with a time at most a transaction's
+    length in the past: the margin covers that. A task deleted or retried after it was counted
+    stays counted until its minute leaves the window.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: dict[datetime, dict[tuple[str, str], int]] = {}
-        self.complete_until: datetime | None = None
+        self.settled_until: datetime | None = None
 
     def refresh(self, store: WebStore, now: datetime) -> dict[datetime, dict[tuple[str, str], int]]:
         start = (now - timedelta(seconds=WINDOW_SECONDS)).replace(second=0, microsecond=0)
-        current = now.replace(second=0, microsecond=0)
+        settle = now - timedelta(seconds=SETTLE_SECONDS)
         with self.lock:
             since = start
-            if self.complete_until is not None and self.complete_until > start:
-                since = self.complete_until
-            rows = store.fetch("web_finished_minutes", {"since": since})
-            fresh: dict[datetime, dict[tuple[str, str], int]] = {}
-            for row in rows:
-                bucket = fresh.setdefault(row["minute"], {})
-                bucket[(row["queue"], row["state"])] = int(row["count"])
-            kept = {m: c for m, c in self.counts.items() if start <= m < since}
-            kept.update(fresh)
-            self.counts = kept
-            self.complete_until = current
-            return dict(kept)
+            if self.settled_until is not None and self.settled_until > start:
+                since = self.settled_until
+            else:
+                self.counts = {}
+            self.counts = {m: c for m, c in self.counts.items() if m >= start}
+            if since < settle:
+                _add(
+                    self.counts,
+                    store.fetch("web_finished_minutes", {"since": since, "until": settle}),
+                )
+                self.settled_until = since = settle
+            merged = {m: dict(c) for m, c in self.counts.items()}
+        _add(merged, store.fetch("web_finished_minutes", {"since": since, "until": None}))
+        return merged
 
-    def clear(self) -> None:
-        with self.lock:
-            self.counts, self.complete_until = {}, None
+
+def _add(counts: dict[datetime, dict[tuple[str, str], int]], rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        bucket = counts.setdefault(row["minute"], {})
+        key = (row["queue"], row["state"])
+        bucket[key] = bucket.get(key, 0) + int(row["count"])
 
 
 class Dashboard:
@@ -310,13 +321,14 @@ class Dashboard:
                 },
             )
 
-        for row in self.store.fetch("web_waiting"):
+        waiting, running, dead = self.store.queue_counts()
+        for row in waiting:
             q = queue_row(row["queue"])
             q["waiting"], q["scheduled"] = int(row["waiting"]), int(row["scheduled"])
             q["oldest_waiting_seconds"] = row["oldest_waiting_seconds"]
-        for row in self.store.fetch("web_running"):
+        for row in running:
             queue_row(row["queue"])["running"] = int(row["running"])
-        for row in self.store.fetch("web_dead_counts"):
+        for row in dead:
             queue_row(row["queue"])["dead"] = int(row["dead"])
         column = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
         for counts in minutes.values():
@@ -510,7 +522,7 @@ class Dashboard:
         """The audit trail, newest first, and the cursor of the next page."""
         size = _page_size(limit)
         after_id = decode_cursor(after, "audit")[1] if after else None
-        rows = self.store.fetch("web_audit", {"after_id": after_id, "limit": size + 1})
+        rows = self.store.audit(limit=size + 1, after_id=after_id)
         more = len(rows) > size
         entries = [{**r, "details": _json(r["details"])} for r in rows[:size]]
         next_cursor = encode_cursor("audit", entries[-1]["id"]) if more and entries else None
@@ -522,7 +534,9 @@ class Dashboard:
         """FAILURE -> PENDING (as ``pgq retry ID``); StateConflict if the task is not dead."""
         with self.store.transaction() as conn:
             self.store.retry_one(conn, task_id)
-            self.store.audit(conn, actor=actor, action="retry", target=task_id, details={}, rows=1)
+            self.store.record_action(
+                conn, actor=actor, action="retry", target=task_id, details={}, rows=1
+            )
         return {"id": task_id, "state": "PENDING", "count": 1}
 
     def revoke(self, task_id: str, *, actor: str, terminate: bool = False) -> dict[str, Any]:
@@ -538,7 +552,7 @@ class Dashboard:
         action = "terminate" if terminate else "revoke"
         with self.store.transaction() as conn:
             revoked = self.store.revoke_one(conn, task_id, terminate=terminate, result=result)
-            self.store.audit(
+            self.store.record_action(
                 conn,
                 actor=actor,
                 action=action,
@@ -555,7 +569,6 @@ class Dashboard:
     def _bulk(
         self,
         action: str,
-        statement: str,
         *,
         ids: list[str] | None,
         filters: TaskFilter | None,
@@ -572,12 +585,10 @@ class Dashboard:
             assert filters is not None
             query = filters.query()
             details = {"filter": filters.as_dict(), "all": filters.empty}
-        if statement == "web_retry_batch":
-            query.pop("state")
         with self.store.transaction() as conn:
-            count = self.store.batches(conn, statement, query, limit=None)
-            self.store.audit(
-                conn, actor=actor, action=action, target=None, details=details, rows=count
+            count = self.store.bulk(conn, action, query)
+            self.store.record_action(
+                conn, actor=actor, action=f"bulk_{action}", target=None, details=details, rows=count
             )
         return count
 
@@ -586,22 +597,20 @@ class Dashboard:
     ) -> int:
         """FAILURE -> PENDING for these ids or every dead task matching ``filters`` (other
         states in the selection are left alone); returns how many were retried."""
-        return self._bulk("bulk_retry", "web_retry_batch", ids=ids, filters=filters, actor=actor)
+        return self._bulk("retry", ids=ids, filters=filters, actor=actor)
 
     def bulk_delete(
         self, *, ids: list[str] | None = None, filters: TaskFilter | None = None, actor: str
     ) -> int:
         """Delete these finished tasks, or every finished task matching ``filters`` (waiting and
         running tasks are never deleted), in batches; returns how many were deleted."""
-        return self._bulk(
-            "bulk_delete", "web_delete_finished_batch", ids=ids, filters=filters, actor=actor
-        )
+        return self._bulk("delete", ids=ids, filters=filters, actor=actor)
 
     def purge(self, queue: str, *, actor: str) -> int:
         """Delete the waiting tasks of a queue (as ``pgq purge -Q``); returns how many."""
         with self.store.transaction() as conn:
             count = self.store.purge_in(conn, queue)
-            self.store.audit(
+            self.store.record_action(
                 conn, actor=actor, action="purge", target=queue, details={}, rows=count
             )
         return count
@@ -613,7 +622,7 @@ class Dashboard:
             raise WorkerNotFound(f"no worker with id {worker_id}")
         with self.store.transaction() as conn:
             self.store.notify_shutdown(conn, [worker_id])
-            self.store.audit(
+            self.store.record_action(
                 conn, actor=actor, action="shutdown", target=worker_id, details={}, rows=1
             )
         return {"id": worker_id, "count": 1}
@@ -635,7 +644,7 @@ class Dashboard:
             task, args, kwargs, options = known[0]["task"], [], {}, {}
         with self.store.transaction() as conn:
             result = self.app.send(task, args, kwargs, connection=conn, **options)
-            self.store.audit(
+            self.store.record_action(
                 conn,
                 actor=actor,
                 action="run",

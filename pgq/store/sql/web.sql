@@ -9,24 +9,6 @@
 -- Actions that change tasks reuse the named queries of queries.sql (pgq.store.admin) where one
 -- exists; those here run inside the action's transaction, next to its audit row.
 
--- name: web_waiting
--- (read) Per queue: due and future waiting tasks, the oldest due one's age (claim index only).
-SELECT queue,
-       count(*) FILTER (WHERE run_at <= now()) AS waiting,
-       count(*) FILTER (WHERE run_at > now()) AS scheduled,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::double precision
-           AS oldest_waiting_seconds
-FROM pgq.tasks
-WHERE state IN ('PENDING', 'RETRY')
-GROUP BY queue;
-
--- name: web_running
--- (read) Per queue: tasks a worker holds now (lease index only).
-SELECT queue, count(*) AS running
-FROM pgq.tasks
-WHERE lease_expires_at IS NOT NULL
-GROUP BY queue;
-
 -- name: web_dead_counts
 -- (read) Per queue: dead tasks (FAILURE) kept in the table, all of them (failed index only).
 SELECT queue, count(*) AS dead
@@ -35,11 +17,13 @@ WHERE state = 'FAILURE' AND finished_at IS NOT NULL
 GROUP BY queue;
 
 -- name: web_finished_minutes
--- (read) Tasks finished per minute, queue and final state since `since` (the finished index,
--- a window of at most an hour): the throughput and failure series and the last hour's counts.
+-- (read) Tasks finished per minute, queue and final state from `since` to `until` (or now):
+-- the throughput and failure series and the last hour's counts (the finished index; at most an
+-- hour on a dashboard's first read, then only the seconds since its last one).
 SELECT date_trunc('minute', finished_at) AS minute, queue, state, count(*) AS count
 FROM pgq.tasks
 WHERE finished_at >= %(since)s
+  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
 GROUP BY 1, 2, 3;
 
 -- name: web_clock
@@ -222,59 +206,26 @@ RETURNING id;
 SELECT id, state, finished_at IS NOT NULL AS finished, lease_expires_at IS NOT NULL AS running
 FROM pgq.tasks WHERE id = %(id)s FOR UPDATE;
 
--- name: web_retry_batch
--- FAILURE -> PENDING for at most `batch` dead tasks matching the filter (or these ids), as
--- retry_failed does (the failure appended to `failures`, a fresh retry budget); skips rows
--- locked right now. Run repeatedly until it changes fewer than `batch` rows.
-WITH wanted AS (
-    SELECT id FROM pgq.tasks
-    WHERE state = 'FAILURE'
-      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-      AND (%(name)s::text IS NULL OR name = %(name)s)
-      AND (%(exc_type)s::text IS NULL OR result ->> 'exc_type' = %(exc_type)s)
-      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
-      AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0
-           OR strpos(kwargs::text, %(q)s) > 0)
-    ORDER BY finished_at, id
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-), retried AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'PENDING',
-        failures = t.failures || jsonb_build_array(jsonb_build_object(
-            'failed_at', t.finished_at, 'retried_at', now(), 'started_at', t.started_at,
-            'worker', t.worker, 'retries', t.retries, 'rescues', t.rescues,
-            'result', t.result, 'traceback', t.traceback)),
-        retries = 0, rescues = 0, result = NULL, traceback = NULL, run_at = now(),
-        expires_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL
-    FROM wanted
-    WHERE t.id = wanted.id
-    RETURNING t.id, t.queue
-)
-SELECT retried.id, pg_notify('pgq_tasks', left(retried.queue, 255)) FROM retried;
+-- name: web_finished_batch
+-- (read, locks) The ids of at most `batch` finished tasks matching the filter (or these ids),
+-- oldest finish first, locked for the bulk action that follows in the same transaction (rows a
+-- worker has locked right now are skipped). Run again after each batch until it returns fewer.
+SELECT id FROM pgq.tasks
+WHERE finished_at IS NOT NULL
+  AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(exc_type)s::text IS NULL OR result ->> 'exc_type' = %(exc_type)s)
+  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+  AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
+ORDER BY finished_at, id
+LIMIT %(batch)s
+FOR UPDATE SKIP LOCKED;
 
--- name: web_delete_finished_batch
--- finished -> (deleted): at most `batch` finished tasks (SUCCESS, FAILURE, REVOKED, ...)
--- matching the filter (or these ids); rows still waiting or running are never deleted. Run
--- repeatedly until it deletes fewer than `batch` rows.
-DELETE FROM pgq.tasks
-WHERE id IN (
-    SELECT id FROM pgq.tasks
-    WHERE finished_at IS NOT NULL
-      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
-      AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
-      AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-      AND (%(name)s::text IS NULL OR name = %(name)s)
-      AND (%(exc_type)s::text IS NULL OR result ->> 'exc_type' = %(exc_type)s)
-      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
-      AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0
-           OR strpos(kwargs::text, %(q)s) > 0)
-    ORDER BY finished_at, id
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-);
+-- name: web_delete_finished
+-- finished -> (deleted): the given tasks, if finished (a bulk delete's batch, locked by
+-- web_finished_batch in the same transaction).
+DELETE FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]) AND finished_at IS NOT NULL;
