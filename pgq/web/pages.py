@@ -10,7 +10,8 @@ and ``data-*`` attributes named in the web contract (``docs/reference/web-api.md
 the browser tests rely on; keep them stable.
 
 The overview's live part is a fragment (``/_partials/overview``) that ``static/live.js`` fetches
-every 2.5 s and swaps in place.
+every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_app`` serves
+``pgq/web/static`` (the stylesheet and that script) at ``/static``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
@@ -39,8 +40,9 @@ HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "pgq_flash"
 # Dead tasks listed (with a checkbox each) under the groups of the dead page.
 DEAD_LIST = 100
-# The overview fragment is fetched this often (milliseconds) by static/live.js.
-REFRESH_MS = 2500
+# The overview fragment is fetched this often by static/live.js, unless the app says otherwise
+# (``app.state.refresh_seconds``: PGQ_WEB_REFRESH).
+REFRESH_SECONDS = 2.5
 STATES = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
 NAV = (
     ("/", "Overview"),
@@ -51,7 +53,6 @@ NAV = (
     ("/rate-limits", "Rate limits"),
     ("/audit", "Audit"),
 )
-_STATIC = {"pgq.css": "text/css", "live.js": "text/javascript"}
 
 router = APIRouter(include_in_schema=False)
 
@@ -67,10 +68,11 @@ def _short_time(value: Any) -> str:
     """A timestamp as the page shows it: UTC, to the second (ISO text, as the failure
     history stores it, too)."""
     if isinstance(value, str):
+        text: str = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            return value
+            return text
     if not isinstance(value, datetime):
         return str(value or "")
     moment: datetime = value.astimezone(timezone.utc) if value.tzinfo is not None else value
@@ -211,21 +213,6 @@ def _safe_read(request: Request, read: Callable[[], HTMLResponse]) -> HTMLRespon
         return _error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
 
 
-# -- static files -------------------------------------------------------------------------------
-
-
-@router.get("/static/{name}")
-def static(name: str) -> Response:
-    """The stylesheet and the refresh script (only these two files are served)."""
-    if name not in _STATIC:
-        return Response("not found", status_code=404, media_type="text/plain")
-    return FileResponse(
-        HERE / "static" / name,
-        media_type=_STATIC[name],
-        headers={"Cache-Control": "public, max-age=300"},
-    )
-
-
 # -- overview -----------------------------------------------------------------------------------
 
 
@@ -249,8 +236,12 @@ def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
         },
         "workers": workers,
         "now": data["now"],
-        "refresh_ms": REFRESH_MS,
     }
+
+
+def _refresh_ms(request: Request) -> int:
+    seconds = getattr(request.app.state, "refresh_seconds", None) or REFRESH_SECONDS
+    return max(250, int(float(seconds) * 1000))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -259,7 +250,10 @@ def overview(request: Request) -> HTMLResponse:
     return _safe_read(
         request,
         lambda: _render(
-            request, "overview.html", _overview_context(_dashboard(request)), current="/"
+            request,
+            "overview.html",
+            {**_overview_context(_dashboard(request)), "refresh_ms": _refresh_ms(request)},
+            current="/",
         ),
     )
 

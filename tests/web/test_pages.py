@@ -322,7 +322,7 @@ def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world:
     assert f'data-worker-id="{world.worker_id}"' in live.group(1)
     assert world.dead_worker_id not in live.group(1)
     # The live part refreshes itself from a fragment route.
-    assert 'data-refresh="/_partials/overview"' in html
+    assert 'data-refresh="/_partials/overview" data-every="3000"' in html  # PGQ_WEB_REFRESH
     assert "live.js" in html
     fragment = client.get("/_partials/overview")
     assert fragment.status_code == 200

@@ -2,7 +2,7 @@
 // (the server renders the fragment; no build step, no library).
 (function () {
   document.querySelectorAll("[data-refresh]").forEach(function (part) {
-    var every = parseInt(part.getAttribute("data-every") || "2500", 10);
+    var every = parseInt(part.getAttribute("data-every") || "3000", 10);
     var busy = false;
     setInterval(function () {
       if (busy || document.hidden) return;
