@@ -522,6 +522,20 @@ def test_empty_database_pages(db_url: str, conn: psycopg.Connection[Any]) -> Non
         assert 'data-action="bulk-retry"' not in client.get("/dead").text
 
 
+def test_unreachable_database_is_a_503_page() -> None:
+    app = create_app("postgresql://postgres@127.0.0.1:1/nothing")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            for path in ("/", "/tasks", "/tasks/some-id", "/dead", "/workers", "/audit"):
+                page = client.get(path)
+                assert page.status_code == 503, path
+                assert "text/html" in page.headers["content-type"], path
+                assert "cannot reach PostgreSQL" in page.text, path
+                assert "Traceback" not in page.text, path
+    finally:
+        app.state.dashboard.close()
+
+
 # -- actions ------------------------------------------------------------------------------------
 
 

@@ -11,9 +11,14 @@
         .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
         .then(function (html) {
           part.innerHTML = html;
+          part.classList.remove("stale");
           part.setAttribute("data-refreshed-at", String(Date.now()));
         })
-        .catch(function () { part.setAttribute("data-refresh-error", String(Date.now())); })
+        .catch(function () {
+          // Keep the last view, dimmed, until the server answers again.
+          part.classList.add("stale");
+          part.setAttribute("data-refresh-error", String(Date.now()));
+        })
         .finally(function () { busy = false; });
     }, every);
   });
