@@ -29,6 +29,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from pgq.errors import DatabaseError, InvalidFilter, StateConflict, TaskNotFound
+from pgq.web import family as workflow
 from pgq.web.charts import Minute, throughput_chart
 from pgq.web.csrf import COOKIE, FIELD, signer_for
 from pgq.web.data import Dashboard, TaskFilter
@@ -312,32 +313,13 @@ def tasks(request: Request) -> HTMLResponse:
     return _render(request, "tasks.html", context, status=status, current="/tasks")
 
 
-def _tree(task: dict[str, Any], family: dict[str, Any]) -> list[dict[str, Any]]:
-    """The workflow as a forest: every step under its parent (by ``parent_id``), the task
-    itself included; steps whose parent is not in the workflow are roots."""
-    steps = {s["id"]: {**s, "children": []} for s in family.get("steps") or ()}
-    if not steps:
-        return []
-    steps[task["id"]] = {
-        **{k: task.get(k) for k in ("id", "name", "queue", "state", "parent_id", "root_id")},
-        "children": [],
-    }
-    roots: list[dict[str, Any]] = []
-    for step in sorted(steps.values(), key=lambda s: (str(s.get("created_at") or ""), s["id"])):
-        parent = steps.get(step.get("parent_id") or "")
-        if parent is not None and parent is not step:
-            parent["children"].append(step)
-        else:
-            roots.append(step)
-    return roots
-
-
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 def task_detail(request: Request, task_id: str) -> HTMLResponse:
     """Everything about one task: fields, arguments, result, traceback, failures, family."""
 
     def read() -> HTMLResponse:
-        task = _dashboard(request).task(task_id)
+        dashboard = _dashboard(request)
+        task = dashboard.task(task_id)
         family = task.get("family") or {}
         state = task["state"]
         context = {
@@ -348,7 +330,10 @@ def task_detail(request: Request, task_id: str) -> HTMLResponse:
                 "parent": family.get("parent"),
                 "root": family.get("root"),
                 "children": family.get("children") or [],
-                "workflow": _tree(task, family),
+                "workflow": workflow.tree(task, family.get("steps") or ()),
+                "chord": workflow.chord_of(dashboard, task),
+                "group": workflow.group_of(task),
+                "next": workflow.next_steps(dashboard, task),
             },
             "can": {
                 "retry": state == "FAILURE",

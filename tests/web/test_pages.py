@@ -452,6 +452,91 @@ def test_task_detail_shows_the_family(client: TestClient, world: World) -> None:
     )
 
 
+def test_task_detail_draws_chords_groups_and_the_steps_to_come(
+    client: TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    """Rows as pgq.workflow writes them: a chord (body and header linked by options only), a
+    group member, and a chain's head whose rest is in options.link, not enqueued yet."""
+    body, h1, h2, later, last = (new_task_id() for _ in range(5))
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    _insert(
+        conn,
+        id=body,
+        name="e2e_tasks.total",
+        queue="flows",
+        run_at=datetime(9999, 1, 1, tzinfo=UTC),
+        options={"chord_header": [h1, h2], "chord_remaining": 1},
+    )
+    _insert(
+        conn,
+        id=h1,
+        name="e2e_tasks.part",
+        queue="flows",
+        state="SUCCESS",
+        result=1,
+        finished_at=old,
+        options={"chord": body},
+    )
+    _insert(conn, id=h2, name="e2e_tasks.part", queue="flows", options={"chord": body})
+    member = _insert(
+        conn, name="e2e_tasks.part", queue="flows", options={"group_id": "g-1", "group_index": 2}
+    )
+    head = _insert(
+        conn,
+        name="e2e_tasks.first",
+        queue="flows",
+        run_at=datetime.now(UTC) + timedelta(hours=1),
+        options={
+            "link": [
+                {
+                    "task": "e2e_tasks.second",
+                    "args": [],
+                    "kwargs": {},
+                    "options": {
+                        "task_id": later,
+                        "link": [{"task": "e2e_tasks.third", "options": {"task_id": last}}],
+                    },
+                }
+            ]
+        },
+    )
+
+    def part(html: str, element: str) -> str:
+        """The element's list: from its id to the next heading or the section's end."""
+        start = html.index(f'id="{element}"')
+        return html[
+            start : min(
+                i for i in (html.find("<h2>", start), html.find("</section>", start)) if i > 0
+            )
+        ]
+
+    def steps(html: str, element: str) -> dict[str, str]:
+        return dict(
+            re.findall(r'data-step-id="([^"]+)" data-state="([A-Z ]+)"', part(html, element))
+        )
+
+    # From a header task, and from the body: the body over its header, each in its state.
+    for seen_from in (h2, body):
+        html = client.get(f"/tasks/{seen_from}").text
+        assert steps(html, "task-chord") == {body: "PENDING", h1: "SUCCESS", h2: "PENDING"}
+        assert "after 1 of 2 header tasks succeeded" in html
+    assert re.search(
+        r'id="task-group">Member 3 of group <span class="mono">g-1',
+        client.get(f"/tasks/{member}").text,
+    )
+    # A chain's head: the rest of the chain, in order, not enqueued yet.
+    html = client.get(f"/tasks/{head}").text
+    assert steps(html, "task-next") == {later: "NOT ENQUEUED", last: "NOT ENQUEUED"}
+    assert part(html, "task-next").index(later) < part(html, "task-next").index(last)
+    # Once a step exists, its state and a link to it are shown.
+    _insert(conn, id=later, name="e2e_tasks.second", queue="flows", parent_id=head, root_id=head)
+    html = client.get(f"/tasks/{head}").text
+    assert steps(html, "task-next") == {later: "PENDING", last: "NOT ENQUEUED"}
+    assert f'href="/tasks/{later}"' in html and f'href="/tasks/{last}"' not in html
+    lone = client.get("/tasks/" + _insert(conn, name="e2e_tasks.alone", queue="flows")).text
+    assert "This task is not part of a workflow." in lone
+
+
 def test_unknown_task_is_a_404_page(client: TestClient) -> None:
     page = client.get("/tasks/no-such-task")
     assert page.status_code == 404
