@@ -457,9 +457,33 @@ class Dashboard:
         }
 
     def dead(self, *, queue: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        """Dead tasks grouped by task name and exception type, latest death first."""
-        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue"), "limit": limit})
-        return [{**row, "count": int(row["count"])} for row in rows]
+        """Dead tasks grouped by task name and exception type, latest death first: how many,
+        in which queues, the latest death and the newest task's id (ids sort by creation)."""
+        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue")})
+        groups: dict[tuple[str, str | None], dict[str, Any]] = {}
+        for row in rows:
+            key = (row["name"], row["exc_type"])
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = {
+                    "name": row["name"],
+                    "exc_type": row["exc_type"],
+                    "count": 0,
+                    "queues": [],
+                    "latest_at": row["latest_at"],
+                    "latest_id": row["latest_id"],
+                }
+            group["count"] += int(row["count"])
+            group["queues"].append(row["queue"])
+            group["latest_at"] = max(group["latest_at"], row["latest_at"])
+            group["latest_id"] = max(group["latest_id"], row["latest_id"])
+        ordered = sorted(
+            groups.values(),
+            key=lambda g: (-g["latest_at"].timestamp(), g["name"], g["exc_type"] or ""),
+        )
+        for group in ordered:
+            group["queues"].sort()
+        return ordered[:limit]
 
     def workers(self) -> list[dict[str, Any]]:
         """Live and recently dead workers, each with the tasks its slots run now."""

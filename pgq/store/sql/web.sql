@@ -129,18 +129,14 @@ ORDER BY created_at, id
 LIMIT %(limit)s;
 
 -- name: web_dead_groups
--- (read) Dead tasks grouped by task name and exception type (failed index): how many, in which
--- queues, the latest death and its message.
-SELECT name, result ->> 'exc_type' AS exc_type, count(*) AS count,
-       array_agg(DISTINCT queue ORDER BY queue) AS queues,
-       max(finished_at) AS latest_at,
-       (array_agg(id ORDER BY finished_at DESC, id DESC))[1] AS latest_id
+-- (read) Dead tasks counted per task name, exception type and queue (failed index; plain
+-- aggregates, so one hash aggregation): how many, the latest death, the newest task's id.
+SELECT name, result ->> 'exc_type' AS exc_type, queue, count(*) AS count,
+       max(finished_at) AS latest_at, max(id) AS latest_id
 FROM pgq.tasks
 WHERE state = 'FAILURE' AND finished_at IS NOT NULL
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-GROUP BY 1, 2
-ORDER BY latest_at DESC, name, exc_type
-LIMIT %(limit)s;
+GROUP BY 1, 2, 3;
 
 -- name: web_workers
 -- (read) Workers heard from in the last `recent_seconds` (live ones and the recently dead),
