@@ -1,7 +1,8 @@
 """Server-side SVG charts for the dashboard: no JavaScript, no chart library.
 
 ``throughput_chart`` draws tasks finished per minute over a window (the last hour on the
-overview): successes as bars, failures as a line over them, with both axes labelled. Every
+overview): every finished task (whatever its outcome) as bars, the failures among them as a line
+over the bars, with both axes labelled. Every
 text that goes into the SVG is escaped, and the result is returned as ``markupsafe.Markup`` so
 Jinja2 inserts it as is.
 """
@@ -24,10 +25,11 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 46, 12, 14, 40
 
 @dataclass(frozen=True, slots=True)
 class Minute:
-    """One bucket of the chart: tasks that finished in the minute starting at ``at``."""
+    """One bucket of the chart: tasks that finished in the minute starting at ``at`` (in any
+    final state), and how many of them failed."""
 
     at: datetime
-    succeeded: int
+    finished: int
     failed: int
 
 
@@ -50,9 +52,9 @@ def _fmt(value: float) -> str:
 def throughput_chart(
     minutes: Sequence[Minute], *, element_id: str = "throughput-chart", title: str = ""
 ) -> Markup:
-    """An SVG of ``minutes`` (oldest first): succeeded per minute as bars, failed as a line."""
+    """An SVG of ``minutes`` (oldest first): finished per minute as bars, failed as a line."""
     count = max(len(minutes), 1)
-    peak = nice_ceiling(max([m.succeeded for m in minutes] + [m.failed for m in minutes] + [0]))
+    peak = nice_ceiling(max([m.finished for m in minutes] + [m.failed for m in minutes] + [0]))
     plot_w = _WIDTH - _LEFT - _RIGHT
     plot_h = _HEIGHT - _TOP - _BOTTOM
     slot = plot_w / count
@@ -61,16 +63,16 @@ def throughput_chart(
     def y(value: int) -> float:
         return bottom - plot_h * value / peak
 
-    total_ok = sum(m.succeeded for m in minutes)
+    total_finished = sum(m.finished for m in minutes)
     total_failed = sum(m.failed for m in minutes)
     label = title or (
         f"Tasks finished per minute over the last {len(minutes)} minutes: "
-        f"{total_ok} succeeded, {total_failed} failed"
+        f"{total_finished} finished, {total_failed} of them failed"
     )
     parts = [
         f'<svg id="{escape(element_id)}" class="chart" viewBox="0 0 {_WIDTH} {_HEIGHT}"'
         f' role="img" aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg"'
-        f' data-succeeded="{total_ok}" data-failed="{total_failed}">',
+        f' data-finished="{total_finished}" data-failed="{total_failed}">',
         f"<title>{escape(label)}</title>",
     ]
     # Horizontal grid lines and the y axis labels: 0, half, peak.
@@ -86,11 +88,11 @@ def throughput_chart(
         f'<text class="axis-title" x="12" y="{_fmt(_TOP + plot_h / 2)}" text-anchor="middle"'
         f' transform="rotate(-90 12 {_fmt(_TOP + plot_h / 2)})">tasks / min</text>'
     )
-    # Bars: one per minute, succeeded.
+    # Bars: one per minute, every finished task.
     for index, minute in enumerate(minutes):
         x = _LEFT + index * slot
-        top = y(minute.succeeded)
-        tip = f"{minute.at:%H:%M}: {minute.succeeded} succeeded, {minute.failed} failed"
+        top = y(minute.finished)
+        tip = f"{minute.at:%H:%M}: {minute.finished} finished, {minute.failed} failed"
         parts.append(
             f'<rect class="bar ok" x="{_fmt(x + slot * 0.12)}" y="{_fmt(top)}"'
             f' width="{_fmt(slot * 0.76)}" height="{_fmt(bottom - top)}">'
@@ -124,7 +126,7 @@ def throughput_chart(
     lx = _WIDTH - _RIGHT - 190
     parts.append(
         f'<rect class="bar ok" x="{lx}" y="2" width="10" height="10"/>'
-        f'<text class="legend" x="{lx + 14}" y="11">succeeded</text>'
+        f'<text class="legend" x="{lx + 14}" y="11">finished</text>'
         f'<line class="line failed" x1="{lx + 90}" y1="7" x2="{lx + 104}" y2="7"/>'
         f'<text class="legend" x="{lx + 108}" y="11">failed</text>'
     )

@@ -10,7 +10,8 @@ and ``data-*`` attributes named in the web contract (``docs/reference/web-api.md
 the browser tests rely on; keep them stable.
 
 The overview's live part is a fragment (``/_partials/overview``) that ``static/live.js`` fetches
-every 2.5 s and swaps in place.
+every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_app`` serves
+``pgq/web/static`` (the stylesheet and that script) at ``/static``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from pgq.errors import DatabaseError, InvalidFilter, StateConflict, TaskNotFound
+from pgq.web import family as workflow
 from pgq.web.charts import Minute, throughput_chart
 from pgq.web.csrf import COOKIE, FIELD, signer_for
 from pgq.web.data import Dashboard, TaskFilter
@@ -39,8 +41,9 @@ HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "pgq_flash"
 # Dead tasks listed (with a checkbox each) under the groups of the dead page.
 DEAD_LIST = 100
-# The overview fragment is fetched this often (milliseconds) by static/live.js.
-REFRESH_MS = 2500
+# The overview fragment is fetched this often by static/live.js, unless the app says otherwise
+# (``app.state.refresh_seconds``: PGQ_WEB_REFRESH).
+REFRESH_SECONDS = 2.5
 STATES = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
 NAV = (
     ("/", "Overview"),
@@ -51,7 +54,6 @@ NAV = (
     ("/rate-limits", "Rate limits"),
     ("/audit", "Audit"),
 )
-_STATIC = {"pgq.css": "text/css", "live.js": "text/javascript"}
 
 router = APIRouter(include_in_schema=False)
 
@@ -64,12 +66,18 @@ def _iso(value: Any) -> str:
 
 
 def _short_time(value: Any) -> str:
-    """A timestamp as the page shows it: UTC, to the second."""
+    """A timestamp as the page shows it: UTC, to the second (ISO text, as the failure
+    history stores it, too)."""
+    if isinstance(value, str):
+        text: str = value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return text
     if not isinstance(value, datetime):
         return str(value or "")
-    if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%d %H:%M:%S")
+    moment: datetime = value.astimezone(timezone.utc) if value.tzinfo is not None else value
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _seconds(value: Any) -> str:
@@ -95,6 +103,16 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=False)
 
 
+def _exception(result: Any) -> str:
+    """A stored exception (``{"exc_type", "exc_message", ...}``) as one line: ``Type: message``."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return ""
+    message = result.get("exc_message")
+    if isinstance(message, (list, tuple)):
+        message = ", ".join(str(m) for m in message)
+    return f"{result['exc_type']}: {message}" if message else str(result["exc_type"])
+
+
 def _compact(value: Any) -> str:
     if value is None or value == {}:
         return ""
@@ -114,6 +132,7 @@ def _environment() -> Environment:
         seconds=_seconds,
         pretty=_pretty,
         compact=_compact,
+        exception=_exception,
         urlpart=lambda value: quote(str(value), safe=""),
     )
     return env
@@ -195,30 +214,13 @@ def _safe_read(request: Request, read: Callable[[], HTMLResponse]) -> HTMLRespon
         return _error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
 
 
-# -- static files -------------------------------------------------------------------------------
-
-
-@router.get("/static/{name}")
-def static(name: str) -> Response:
-    """The stylesheet and the refresh script (only these two files are served)."""
-    if name not in _STATIC:
-        return Response("not found", status_code=404, media_type="text/plain")
-    return FileResponse(
-        HERE / "static" / name,
-        media_type=_STATIC[name],
-        headers={"Cache-Control": "public, max-age=300"},
-    )
-
-
 # -- overview -----------------------------------------------------------------------------------
 
 
 def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
     data = dashboard.overview()
     queues = [{**q, "name": q["queue"]} for q in data["queues"]]
-    minutes = [
-        Minute(s["minute"], s["finished"] - s["failed"], s["failed"]) for s in data["series"]
-    ]
+    minutes = [Minute(s["minute"], s["finished"], s["failed"]) for s in data["series"]]
     workers = [{**w, "heartbeat_age": w.get("heartbeat_age_seconds")} for w in data["workers"]]
     return {
         "queues": queues,
@@ -229,13 +231,18 @@ def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
             "p95": data["latency"]["p95_seconds"],
         },
         "hour": {
-            "succeeded": data["finished_last_hour"] - data["failed_last_hour"],
+            "finished": data["finished_last_hour"],
+            "succeeded": sum(int(q["succeeded"]) for q in queues),
             "failed": data["failed_last_hour"],
         },
         "workers": workers,
         "now": data["now"],
-        "refresh_ms": REFRESH_MS,
     }
+
+
+def _refresh_ms(request: Request) -> int:
+    seconds = getattr(request.app.state, "refresh_seconds", None) or REFRESH_SECONDS
+    return max(250, int(float(seconds) * 1000))
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -244,7 +251,10 @@ def overview(request: Request) -> HTMLResponse:
     return _safe_read(
         request,
         lambda: _render(
-            request, "overview.html", _overview_context(_dashboard(request)), current="/"
+            request,
+            "overview.html",
+            {**_overview_context(_dashboard(request)), "refresh_ms": _refresh_ms(request)},
+            current="/",
         ),
     )
 
@@ -303,32 +313,13 @@ def tasks(request: Request) -> HTMLResponse:
     return _render(request, "tasks.html", context, status=status, current="/tasks")
 
 
-def _tree(task: dict[str, Any], family: dict[str, Any]) -> list[dict[str, Any]]:
-    """The workflow as a forest: every step under its parent (by ``parent_id``), the task
-    itself included; steps whose parent is not in the workflow are roots."""
-    steps = {s["id"]: {**s, "children": []} for s in family.get("steps") or ()}
-    if not steps:
-        return []
-    steps[task["id"]] = {
-        **{k: task.get(k) for k in ("id", "name", "queue", "state", "parent_id", "root_id")},
-        "children": [],
-    }
-    roots: list[dict[str, Any]] = []
-    for step in sorted(steps.values(), key=lambda s: (str(s.get("created_at") or ""), s["id"])):
-        parent = steps.get(step.get("parent_id") or "")
-        if parent is not None and parent is not step:
-            parent["children"].append(step)
-        else:
-            roots.append(step)
-    return roots
-
-
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 def task_detail(request: Request, task_id: str) -> HTMLResponse:
     """Everything about one task: fields, arguments, result, traceback, failures, family."""
 
     def read() -> HTMLResponse:
-        task = _dashboard(request).task(task_id)
+        dashboard = _dashboard(request)
+        task = dashboard.task(task_id)
         family = task.get("family") or {}
         state = task["state"]
         context = {
@@ -339,7 +330,10 @@ def task_detail(request: Request, task_id: str) -> HTMLResponse:
                 "parent": family.get("parent"),
                 "root": family.get("root"),
                 "children": family.get("children") or [],
-                "workflow": _tree(task, family),
+                "workflow": workflow.tree(task, family.get("steps") or ()),
+                "chord": workflow.chord_of(dashboard, task),
+                "group": workflow.group_of(task),
+                "next": workflow.next_steps(dashboard, task),
             },
             "can": {
                 "retry": state == "FAILURE",

@@ -52,6 +52,9 @@ class World:
 
 def _insert(conn: psycopg.Connection[Any], **row: Any) -> str:
     row.setdefault("id", new_task_id())
+    started = row.get("started_at") or row.get("finished_at")
+    if started is not None:  # enqueued a second before it started (a latency that makes sense)
+        row.setdefault("created_at", started - timedelta(seconds=1))
     for key in ("args", "kwargs", "options", "result", "failures"):
         if key in row:
             row[key] = json.dumps(row[key])
@@ -298,6 +301,7 @@ def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world:
     page = client.get("/")
     assert page.status_code == 200
     html = page.text
+    assert html.count('<tr data-queue="celery">') == 1  # the hook names one row
     row = re.search(r'<tr data-queue="celery">(.*?)</tr>', html, re.S)
     assert row, html
     cells = dict(re.findall(r'data-col="(\w+)">([^<]*)<', row.group(1)))
@@ -311,13 +315,14 @@ def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world:
     assert emails
     assert dict(re.findall(r'data-col="(\w+)">([^<]*)<', emails.group(1)))["revoked"] == "1"
     assert '<svg id="throughput-chart"' in html
-    assert 'data-failed="5"' in html  # the last hour's failures, drawn
+    # the last hour: 9 finished (3 + 4 in celery, 2 in emails), 5 of them failed
+    assert 'data-finished="9" data-failed="5"' in html
     live = re.search(r'id="workers-live">(.*?)</section>', html, re.S)
     assert live
     assert f'data-worker-id="{world.worker_id}"' in live.group(1)
     assert world.dead_worker_id not in live.group(1)
     # The live part refreshes itself from a fragment route.
-    assert 'data-refresh="/_partials/overview"' in html
+    assert 'data-refresh="/_partials/overview" data-every="3000"' in html  # PGQ_WEB_REFRESH
     assert "live.js" in html
     fragment = client.get("/_partials/overview")
     assert fragment.status_code == 200
@@ -398,10 +403,14 @@ def test_task_detail_shows_everything(client: TestClient, world: World) -> None:
     assert 'id="task-kwargs"' in html
     result = re.search(r'<pre id="task-result">(.*?)</pre>', html, re.S)
     assert result and "boom again" in result.group(1)
+    assert re.search(r'id="task-exception"><b>ValueError: boom again</b>', html)
     assert re.search(r'id="task-traceback">Traceback.*ValueError: boom again', html, re.S)
     failures = re.search(r'id="task-failures" data-count="(\d+)"(.*?)</section>', html, re.S)
     assert failures and failures.group(1) == "1"
-    assert "the first boom" in failures.group(2)
+    assert "ValueError: the first boom" in failures.group(2)
+    # its times shown as the page shows every time (not as the stored ISO text)
+    assert re.search(r">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</time>", failures.group(2))
+    assert not re.search(r">\d{4}-\d\d-\d\dT", failures.group(2))
     assert "old-worker@host/0" in failures.group(2)
     assert 'form class="inline" method="post" action="/tasks/' in html
     assert 'data-action="retry"' in html
@@ -441,6 +450,91 @@ def test_task_detail_shows_the_family(client: TestClient, world: World) -> None:
         nested,
         re.S,
     )
+
+
+def test_task_detail_draws_chords_groups_and_the_steps_to_come(
+    client: TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    """Rows as pgq.workflow writes them: a chord (body and header linked by options only), a
+    group member, and a chain's head whose rest is in options.link, not enqueued yet."""
+    body, h1, h2, later, last = (new_task_id() for _ in range(5))
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    _insert(
+        conn,
+        id=body,
+        name="e2e_tasks.total",
+        queue="flows",
+        run_at=datetime(9999, 1, 1, tzinfo=UTC),
+        options={"chord_header": [h1, h2], "chord_remaining": 1},
+    )
+    _insert(
+        conn,
+        id=h1,
+        name="e2e_tasks.part",
+        queue="flows",
+        state="SUCCESS",
+        result=1,
+        finished_at=old,
+        options={"chord": body},
+    )
+    _insert(conn, id=h2, name="e2e_tasks.part", queue="flows", options={"chord": body})
+    member = _insert(
+        conn, name="e2e_tasks.part", queue="flows", options={"group_id": "g-1", "group_index": 2}
+    )
+    head = _insert(
+        conn,
+        name="e2e_tasks.first",
+        queue="flows",
+        run_at=datetime.now(UTC) + timedelta(hours=1),
+        options={
+            "link": [
+                {
+                    "task": "e2e_tasks.second",
+                    "args": [],
+                    "kwargs": {},
+                    "options": {
+                        "task_id": later,
+                        "link": [{"task": "e2e_tasks.third", "options": {"task_id": last}}],
+                    },
+                }
+            ]
+        },
+    )
+
+    def part(html: str, element: str) -> str:
+        """The element's list: from its id to the next heading or the section's end."""
+        start = html.index(f'id="{element}"')
+        return html[
+            start : min(
+                i for i in (html.find("<h2>", start), html.find("</section>", start)) if i > 0
+            )
+        ]
+
+    def steps(html: str, element: str) -> dict[str, str]:
+        return dict(
+            re.findall(r'data-step-id="([^"]+)" data-state="([A-Z ]+)"', part(html, element))
+        )
+
+    # From a header task, and from the body: the body over its header, each in its state.
+    for seen_from in (h2, body):
+        html = client.get(f"/tasks/{seen_from}").text
+        assert steps(html, "task-chord") == {body: "PENDING", h1: "SUCCESS", h2: "PENDING"}
+        assert "after 1 of 2 header tasks succeeded" in html
+    assert re.search(
+        r'id="task-group">Member 3 of group <span class="mono">g-1',
+        client.get(f"/tasks/{member}").text,
+    )
+    # A chain's head: the rest of the chain, in order, not enqueued yet.
+    html = client.get(f"/tasks/{head}").text
+    assert steps(html, "task-next") == {later: "NOT ENQUEUED", last: "NOT ENQUEUED"}
+    assert part(html, "task-next").index(later) < part(html, "task-next").index(last)
+    # Once a step exists, its state and a link to it are shown.
+    _insert(conn, id=later, name="e2e_tasks.second", queue="flows", parent_id=head, root_id=head)
+    html = client.get(f"/tasks/{head}").text
+    assert steps(html, "task-next") == {later: "PENDING", last: "NOT ENQUEUED"}
+    assert f'href="/tasks/{later}"' in html and f'href="/tasks/{last}"' not in html
+    lone = client.get("/tasks/" + _insert(conn, name="e2e_tasks.alone", queue="flows")).text
+    assert "This task is not part of a workflow." in lone
 
 
 def test_unknown_task_is_a_404_page(client: TestClient) -> None:
@@ -511,6 +605,20 @@ def test_empty_database_pages(db_url: str, conn: psycopg.Connection[Any]) -> Non
             assert page.status_code == 200, path
             assert text in page.text, path
         assert 'data-action="bulk-retry"' not in client.get("/dead").text
+
+
+def test_unreachable_database_is_a_503_page() -> None:
+    app = create_app("postgresql://postgres@127.0.0.1:1/nothing")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            for path in ("/", "/tasks", "/tasks/some-id", "/dead", "/workers", "/audit"):
+                page = client.get(path)
+                assert page.status_code == 503, path
+                assert "text/html" in page.headers["content-type"], path
+                assert "cannot reach PostgreSQL" in page.text, path
+                assert "Traceback" not in page.text, path
+    finally:
+        app.state.dashboard.close()
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -799,9 +907,9 @@ def test_chart_scales_labels_and_escapes() -> None:
     svg = str(throughput_chart(minutes, title="<b>x</b>"))
     assert svg.startswith('<svg id="throughput-chart"')
     assert svg.count('<rect class="bar ok"') == 61  # 60 bars and the legend's swatch
-    assert 'data-succeeded="1770"' in svg and 'data-failed="60"' in svg
+    assert 'data-finished="1770"' in svg and 'data-failed="60"' in svg
     assert ">-59m<" in svg and ">now<" in svg and "minutes ago" in svg and "tasks / min" in svg
     assert ">100<" in svg  # the y axis tops at the next nice number over 59
     assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
     empty = str(throughput_chart([]))
-    assert "<polyline" not in empty and 'data-succeeded="0"' in empty
+    assert "<polyline" not in empty and 'data-finished="0"' in empty

@@ -108,3 +108,36 @@ def test_the_overview_fragment_follows_the_worker(client: Any, web_db: WebDataba
     for result in results:
         web_db.wait(result.id, "SUCCESS")
     assert succeeded() == before + 3
+
+
+def test_workflows_sent_through_the_api_are_drawn(client: Any, web_db: WebDatabase) -> None:
+    from web_tasks import add
+
+    from pgq.compat import chain, chord
+
+    def steps(html: str, element: str) -> dict[str, str]:
+        start = html.index(f'id="{element}"')
+        end = min(i for i in (html.find("<h2>", start), html.find("</section>", start)) if i > 0)
+        return dict(re.findall(r'data-step-id="([^"]+)" data-state="([A-Z ]+)"', html[start:end]))
+
+    # A chord run by the worker: from a header task, the body over both header tasks.
+    body = chord([add.s(1, 1), add.s(2, 2)], add.si(5, 5)).apply_async()
+    # (pgq hands the header's results to the body even when immutable: it may fail; either
+    # way the page draws the state it ended in.)
+    ended = web_db.wait(body.id, "SUCCESS", "FAILURE")["state"]
+    header = [
+        r[0] for r in web_db.sql("SELECT id FROM pgq.tasks WHERE options->>'chord' = %s", body.id)
+    ]
+    assert len(header) == 2
+    drawn = steps(client.get(f"/tasks/{header[0]}").text, "task-chord")
+    assert drawn == {body.id: ended, header[0]: "SUCCESS", header[1]: "SUCCESS"}
+
+    # A chain whose head waits an hour: the rest is shown, not enqueued yet.
+    last = chain(add.si(7, 7).set(countdown=3600), add.si(2, 2), add.si(3, 3)).apply_async()
+    head = web_db.sql(
+        "SELECT id FROM pgq.tasks WHERE name = 'web_tasks.add' AND args = '[7, 7]'::jsonb"
+        " AND run_at > now() + interval '30 minutes'"
+    )[0][0]
+    upcoming = steps(client.get(f"/tasks/{head}").text, "task-next")
+    assert len(upcoming) == 2 and set(upcoming.values()) == {"NOT ENQUEUED"}
+    assert last.id in upcoming

@@ -2,7 +2,7 @@
 // (the server renders the fragment; no build step, no library).
 (function () {
   document.querySelectorAll("[data-refresh]").forEach(function (part) {
-    var every = parseInt(part.getAttribute("data-every") || "2500", 10);
+    var every = parseInt(part.getAttribute("data-every") || "3000", 10);
     var busy = false;
     setInterval(function () {
       if (busy || document.hidden) return;
@@ -11,9 +11,14 @@
         .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
         .then(function (html) {
           part.innerHTML = html;
+          part.classList.remove("stale");
           part.setAttribute("data-refreshed-at", String(Date.now()));
         })
-        .catch(function () { part.setAttribute("data-refresh-error", String(Date.now())); })
+        .catch(function () {
+          // Keep the last view, dimmed, until the server answers again.
+          part.classList.add("stale");
+          part.setAttribute("data-refresh-error", String(Date.now()));
+        })
         .finally(function () { busy = false; });
     }, every);
   });
