@@ -604,7 +604,7 @@ class Feeder:
             self._thread.join(timeout=30)
 
 
-# The fragment an open overview page fetches every 2.5 s (data-every in overview.html).
+# The fragment an open overview page fetches every PGQ_WEB_REFRESH seconds (3 by default).
 REFRESHED = "/_partials/overview"
 
 ENQUEUE_NOOPS = """
@@ -734,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
         "--backlog", type=int, default=10_000, help="tasks kept waiting for the worker"
     )
     parser.add_argument("--share-seconds", type=float, default=30.0, help="window (%(default)s)")
-    parser.add_argument("--refresh", type=float, default=2.5, help="overview period (%(default)s)")
+    parser.add_argument(
+        "--refresh", type=float, default=3.0, help="overview period (%(default)s: PGQ_WEB_REFRESH)"
+    )
     parser.add_argument("--db-name", default=DB_NAME, help="scratch database (%(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
