@@ -72,6 +72,10 @@ def test_task_list_filters_compose(client: Any, web_db: WebDatabase) -> None:
     assert [t["id"] for t in idle] == [web_db.ids["waiting"]]
     by_id = client.get("/api/v1/tasks", params={"id": web_db.ids["running"]}).json()["tasks"]
     assert [t["state"] for t in by_id] == ["STARTED"]
+    running = client.get("/api/v1/tasks", params={"state": "STARTED"}).json()
+    assert web_db.ids["running"] in [t["id"] for t in running["tasks"]]
+    assert {t["state"] for t in running["tasks"]} == {"STARTED"}
+    assert client.get("/api/v1/tasks", params={"state": "RETRY"}).json()["tasks"] == []
     several = client.get("/api/v1/tasks", params={"state": "started,revoked"}).json()["tasks"]
     assert {t["state"] for t in several} == {"STARTED", "REVOKED"}
     future = client.get("/api/v1/tasks", params={"since": "2999-01-01T00:00:00Z"}).json()
