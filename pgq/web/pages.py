@@ -395,6 +395,8 @@ def dead(request: Request) -> HTMLResponse:
             "total": (
                 len(listing["tasks"]) if "q" in given else sum(int(g["count"]) for g in groups)
             ),
+            # The text filter is not counted by the groups: past one page, say "more than".
+            "more": "q" in given and listing["next"] is not None,
             "tasks": listing["tasks"],
             "queue_names": _queue_names(dashboard),
             "filter_fields": [*sorted(given.items()), ("back", back)],

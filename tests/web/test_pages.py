@@ -559,6 +559,12 @@ def test_dead_page_groups_by_name_and_exception(client: TestClient, world: World
     narrowed = client.get("/dead", params={"queue": "emails"}).text
     assert list(re.findall(r'<tr data-group="([^"]+)"', narrowed)) == ["e2e_tasks.lookup|KeyError"]
     assert rows_of(narrowed, "data-task-id") == [world["keyerror"]]
+    # A text filter narrows the listing and the count (the groups do not know it).
+    by_text = client.get("/dead", params={"q": "second"}).text
+    assert rows_of(by_text, "data-task-id") == [world["failure2"]]
+    assert re.search(r'id="dead-total">1<', by_text)
+    form = re.search(r'<form[^>]*data-action="bulk-retry">(.*?)</form>', by_text, re.S)
+    assert form and '<input type="hidden" name="q" value="second">' in form.group(1)
 
 
 def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) -> None:
