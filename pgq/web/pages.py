@@ -5,9 +5,29 @@ is an HTML form POST carrying a CSRF token (``pgq.web.csrf``) that goes through 
 action (one transaction with its audit row), then redirects (303) back to the page with a flash
 message. Read-only mode renders no action form, and the security middleware refuses every POST.
 
-Templates are autoescaped: task arguments, results and tracebacks are user data. The element ids
-and ``data-*`` attributes named in the web contract (``docs/reference/web-api.md``) are the hooks
-the browser tests rely on; keep them stable.
+Templates are autoescaped: task arguments, results and tracebacks are user data.
+
+The element ids and ``data-*`` attributes below are the hooks the browser tests
+(``tests/web/test_browser.py``) and scripts rely on; keep them stable:
+
+- overview: ``table#queues`` rows ``tr[data-queue=NAME]``, cells
+  ``td[data-col=waiting|scheduled|running|succeeded|failed|revoked]``; ``svg#throughput-chart``;
+  ``#workers-live [data-worker-id]``; purge forms ``form[data-action=purge]`` (rows
+  ``tr[data-purge-queue]``) with a required ``input[name=confirm]``;
+- tasks: ``form#task-filters`` (inputs ``state queue name since until q id sort``),
+  ``table#tasks tr[data-task-id] td[data-col=state]``, ``a.task-link``, ``a#next-page``;
+- detail: ``#task-state`` (``data-state``), ``#task-args``, ``#task-kwargs``, ``#task-result``,
+  ``#task-exception``, ``#task-traceback``, ``#task-failures`` (``data-count``), ``#task-family``
+  (``#task-workflow``, ``#task-chord``, ``#task-next``: ``[data-step-id][data-state]``), forms
+  ``form[data-action=retry|revoke|terminate]``;
+- dead: ``tr[data-group="NAME|EXCEPTION"]`` (``data-count``), ``form[data-action=bulk-retry]``
+  and ``bulk-delete`` (everything matching the filter), ``group-retry`` / ``group-delete`` (one
+  group), ``bulk-selection`` (the ticked ``input[name=ids]``);
+- workers ``tr[data-worker-id]`` + ``form[data-action=shutdown]``; periodic
+  ``tr[data-entry=NAME]`` + ``form[data-action=run-now]``; rate limits
+  ``tr[data-rate-limit]``; audit ``table#audit tr[data-audit-id]``;
+- every page: ``.flash`` (``.flash.error`` for a refusal), ``meta[name=csrf-token]``; read-only
+  mode renders no ``form[data-action]``.
 
 The overview's live part is a fragment (``/_partials/overview``) that ``static/live.js`` fetches
 every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_app`` serves
