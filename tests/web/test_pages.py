@@ -26,7 +26,10 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
 pytest.importorskip("httpx")  # Starlette's TestClient
-pytest.importorskip("python_multipart")  # form parsing
+try:  # form parsing: python-multipart (its module was named multipart before 0.0.13)
+    import python_multipart  # noqa: F401
+except ImportError:
+    pytest.importorskip("multipart")
 
 from starlette.testclient import TestClient  # noqa: E402 - after the skips
 
