@@ -195,7 +195,7 @@ def _render(
         flash_error, flash = flash[0] == "!", flash[2:]
     root = _root(request)
     html = _env.get_template(template).render(
-        **context,
+        **{"title": dict(NAV).get(current, "pgq"), **context},
         u=lambda path: root + path,
         nav=NAV,
         current=current,

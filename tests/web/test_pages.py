@@ -575,6 +575,7 @@ def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) ->
     assert rows_of(workers, "data-worker-id") == [world.worker_id, world.dead_worker_id]
     live_row = re.search(rf'data-worker-id="{world.worker_id}"(.*?)</tr>', workers, re.S)
     assert live_row and 'data-action="shutdown"' in live_row.group(1)
+    assert "<title>Workers · pgq</title>" in workers
     assert world["started"] in live_row.group(1)  # what its slot runs now
     gone_row = re.search(rf'data-worker-id="{world.dead_worker_id}"(.*?)</tr>', workers, re.S)
     assert gone_row and 'data-action="shutdown"' not in gone_row.group(1)
