@@ -847,8 +847,14 @@ def test_read_only_renders_no_forms_and_refuses_posts(
 
 def test_user_data_is_escaped(client: TestClient, world: World) -> None:
     for path in (f"/tasks/{world['xss']}", "/tasks", "/dead"):
-        html = client.get(path).text
+        page = client.get(path)
+        html = page.text
         assert "<script>alert" not in html, path
+        # and no inline script could run anyway, nor another site frame the page
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'self'" in policy
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert " style=" not in html and " on" + "click=" not in html, path
     detail = client.get(f"/tasks/{world['xss']}").text
     assert "&lt;script&gt;alert(" in detail
     assert "&lt;b&gt;bold&lt;/b&gt;" in detail
