@@ -659,7 +659,10 @@ def _task_action(verb: str) -> Callable[[Request, str], Any]:
             done = dashboard.revoke(task_id, actor=actor)
             if done.get("revoked"):
                 return f"Task {task_id} was revoked."
-            return f"Task {task_id} is running: it was marked revoked and will not run again."
+            return (
+                f"Task {task_id} is running: it is marked revoked, and the run in progress"
+                " goes on to its end (Terminate stops it)."
+            )
 
         return await _act(request, run, back, not_found_page=True)
 

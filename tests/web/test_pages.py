@@ -658,6 +658,14 @@ def test_retry_revoke_terminate_forms(
     assert re.findall(r'data-audit-action="(\w+)"', audit) == ["terminate", "revoke", "retry"]
 
 
+def test_revoking_a_running_task_says_it_runs_on(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    page = post(client, f"/tasks/{world['started']}/revoke", {}, page=f"/tasks/{world['started']}")
+    assert "the run in progress goes on to its end" in flash(page.text)
+    assert [(a, t) for a, t, _n, _d in audit_rows(conn)] == [("revoke", world["started"])]
+
+
 def test_action_in_the_wrong_state_changes_nothing(
     client: TestClient, conn: psycopg.Connection[Any], world: World
 ) -> None:
