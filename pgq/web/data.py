@@ -59,6 +59,9 @@ LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
 
 SORTS = ("created", "finished")
+# States that only waiting or held tasks have and that are few at any time: listed through the
+# partial claim and lease indexes (PENDING, usually the newest rows, walks the primary key).
+UNFINISHED_STATES = frozenset({"RETRY", "STARTED"})
 _STATE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _TEXT_LIMIT = 1000
 
@@ -390,7 +393,9 @@ class Dashboard:
         params.pop("ids")
         if filters.sort == "created":
             params["after_id"] = decode_cursor(after, "created")[1] if after else None
-            rows = self.store.fetch("web_tasks_by_id", params)
+            unfinished = filters.state and set(filters.state) <= UNFINISHED_STATES
+            statement = "web_unfinished_tasks_by_id" if unfinished else "web_tasks_by_id"
+            rows = self.store.fetch(statement, params)
         else:
             if after:
                 _sort, params["after_at"], params["after_id"] = decode_cursor(after, "finished")

@@ -120,6 +120,12 @@ class SecurityMiddleware:
             await send(message)
 
         refusal = self._refusal(scope)
+        if refusal is None and _is_write(scope) and not _has_length(scope):
+            # A body sent without Content-Length (chunked) is read here, up to the limit, and
+            # handed on whole: the limit holds however the body is sent.
+            receive, too_large = await _buffered(receive)
+            if too_large:
+                refusal = 413, f"request body larger than {MAX_BODY_BYTES} bytes", []
         if refusal is not None:
             status, text, extra = refusal
             await _send_json(timed_send, status, {"error": text}, extra)
@@ -137,8 +143,7 @@ class SecurityMiddleware:
                 challenge = [(b"www-authenticate", b'Basic realm="pgq", charset="UTF-8"')]
                 return 401, "authentication required", challenge
             state["pgq_user"] = user
-        method = str(scope.get("method", "GET")).upper()
-        if method in _WRITES:
+        if _is_write(scope):
             if self.read_only:
                 return 403, "pgq web runs read-only: actions are disabled", []
             length = headers.get("content-length")
@@ -149,6 +154,43 @@ class SecurityMiddleware:
                 if kind != "application/json":
                     return 415, "API actions take a JSON body: Content-Type: application/json", []
         return None
+
+
+def _is_write(scope: Scope) -> bool:
+    return str(scope.get("method", "GET")).upper() in _WRITES
+
+
+def _has_length(scope: Scope) -> bool:
+    return any(k.lower() == b"content-length" for k, _v in scope["headers"])
+
+
+async def _buffered(receive: Receive) -> tuple[Receive, bool]:
+    """Read a request body of at most ``MAX_BODY_BYTES``; a receive that replays it, and
+    whether the body was larger (then it is not read further)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away: the app sees the same
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return receive, True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay, False
 
 
 async def _send_json(

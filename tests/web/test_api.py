@@ -72,6 +72,10 @@ def test_task_list_filters_compose(client: Any, web_db: WebDatabase) -> None:
     assert [t["id"] for t in idle] == [web_db.ids["waiting"]]
     by_id = client.get("/api/v1/tasks", params={"id": web_db.ids["running"]}).json()["tasks"]
     assert [t["state"] for t in by_id] == ["STARTED"]
+    running = client.get("/api/v1/tasks", params={"state": "STARTED"}).json()
+    assert web_db.ids["running"] in [t["id"] for t in running["tasks"]]
+    assert {t["state"] for t in running["tasks"]} == {"STARTED"}
+    assert client.get("/api/v1/tasks", params={"state": "RETRY"}).json()["tasks"] == []
     several = client.get("/api/v1/tasks", params={"state": "started,revoked"}).json()["tasks"]
     assert {t["state"] for t in several} == {"STARTED", "REVOKED"}
     future = client.get("/api/v1/tasks", params={"since": "2999-01-01T00:00:00Z"}).json()
@@ -247,14 +251,43 @@ def test_malformed_bulk_bodies_change_nothing(client: Any, web_db: WebDatabase, 
     assert task_count(web_db) == count
 
 
-def test_oversized_body_is_413(client: Any) -> None:
-    response = client.post(
-        "/api/v1/tasks/bulk/delete",
-        content=b'{"ids": ["' + b"x" * 1_100_000 + b'"]}',
-        headers={"content-type": "application/json"},
-    )
+def test_oversized_body_is_413(client: Any, web_db: WebDatabase) -> None:
+    body = b'{"ids": ["' + b"x" * 1_100_000 + b'"]}'
+    headers = {"content-type": "application/json"}
+    response = client.post("/api/v1/tasks/bulk/delete", content=body, headers=headers)
     assert response.status_code == 413
     assert response.json()["error"]
+
+    def chunked(data: bytes) -> Any:  # no Content-Length: sent in chunks
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    response = client.post("/api/v1/tasks/bulk/delete", content=chunked(body), headers=headers)
+    assert response.status_code == 413
+    dead = web_db.app.send_task("web_tasks.missing_too").id
+    web_db.wait(dead, "FAILURE")
+    small = b'{"ids": ["' + dead.encode() + b'"]}'
+    response = client.post("/api/v1/tasks/bulk/retry", content=chunked(small), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"count": 1}
+    assert len(web_db.wait(dead, "FAILURE")["failures"]) == 1
+
+
+def test_the_default_source_is_the_settings_database(
+    web_db: WebDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from pgq.web import create_app
+
+    monkeypatch.setenv("PGQ_DATABASE_URL", web_db.url)
+    app = create_app()
+    try:
+        with TestClient(app) as client:
+            names = [q["queue"] for q in client.get("/api/v1/queues").json()["queues"]]
+        assert "idle" in names
+    finally:
+        app.state.dashboard.close()
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -313,7 +346,10 @@ def test_bulk_retry_of_a_filter_touches_exactly_the_matching_rows(
     other = web_tasks.fail.delay("other-message").id
     for task_id in [*targets, other]:
         web_db.wait(task_id, "FAILURE")
-    dead_before = {r[0] for r in web_db.sql("SELECT id FROM pgq.tasks WHERE state = 'FAILURE'")}
+    history = (
+        "SELECT id, state, jsonb_array_length(failures) FROM pgq.tasks WHERE state = 'FAILURE'"
+    )
+    dead_before = {r[0]: r for r in web_db.sql(history)}
     response = client.post(
         "/api/v1/tasks/bulk/retry",
         json={"filter": {"name": "web_tasks.fail", "q": '"bulk"', "exc_type": "ValueError"}},
@@ -323,12 +359,9 @@ def test_bulk_retry_of_a_filter_touches_exactly_the_matching_rows(
     for task_id in targets:  # retried, then failed again by the worker with a history
         row = web_db.wait(task_id, "FAILURE")
         assert len(row["failures"]) == 1
-    untouched = dead_before - set(targets)
-    rows = web_db.sql(
-        "SELECT id, jsonb_array_length(failures) FROM pgq.tasks WHERE id = ANY(%s)",
-        list(untouched),
-    )
-    assert {r[1] for r in rows} == {0}
+    untouched = {i: r for i, r in dead_before.items() if i not in targets}
+    assert other in untouched
+    assert {r[0]: r for r in web_db.sql(history) if r[0] in untouched} == untouched
     (audit,) = web_db.sql(
         "SELECT details, rows FROM pgq.audit_log WHERE action = 'bulk_retry' ORDER BY id DESC"
         " LIMIT 1"

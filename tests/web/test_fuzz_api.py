@@ -18,6 +18,9 @@ schemathesis = pytest.importorskip("schemathesis")
 from conftest import WebDatabase  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+# About a minute or more on a 2-core machine: deselect with -m "not slow".
+pytestmark = pytest.mark.slow
+
 # Per operation; about twenty operations, so a few hundred requests in all.
 EXAMPLES = 15
 
@@ -71,3 +74,32 @@ def test_api_never_fails_and_refusals_change_nothing(case: Any, web_db: WebDatab
     if response.status_code >= 400:
         assert isinstance(response.json()["error"], str)
         assert fingerprint(web_db) == before, (case.method, case.formatted_path, response.text)
+
+
+@pytest.fixture(scope="module")
+def read_only_schema(fuzz_app: Any, web_db: WebDatabase) -> Any:
+    from pgq.web import create_app
+
+    app = create_app(web_db.app, read_only=True)
+    yield schemathesis.openapi.from_asgi("/api/openapi.json", app)
+    app.state.dashboard.close()
+
+
+read_only = schemathesis.pytest.from_fixture("read_only_schema")
+
+
+@read_only.parametrize()
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
+def test_read_only_api_refuses_every_action(case: Any, web_db: WebDatabase) -> None:
+    before = fingerprint(web_db)
+    response = case.call()
+    assert response.status_code < 500, (case.method, case.formatted_path, response.text)
+    assert "Traceback" not in response.text
+    if case.method.upper() == "POST":
+        assert response.status_code == 403, (case.formatted_path, response.text)
+        assert fingerprint(web_db) == before

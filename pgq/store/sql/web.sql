@@ -67,6 +67,25 @@ WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
+-- name: web_unfinished_tasks_by_id
+-- (read) web_tasks_by_id for states that only waiting or held tasks have (RETRY, STARTED): reads
+-- the partial claim and lease indexes, which hold only unfinished rows, instead of walking the
+-- primary key past every finished row when few or none match.
+SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
+       finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
+FROM pgq.tasks
+WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
+  AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
+  AND state = ANY(%(state)s::text[])
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+  AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
+  AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
 -- name: web_tasks_by_finished
 -- (read) A page of the task browser by finish time, newest first, after the cursor's
 -- (finished_at, id) (the finished index; only finished tasks have a place in this order).
