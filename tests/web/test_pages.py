@@ -31,6 +31,7 @@ try:  # form parsing: python-multipart (its module was named multipart before 0.
 except ImportError:
     pytest.importorskip("multipart")
 
+from harness import wait_for  # noqa: E402 - tests/support, put on the path by tests/conftest.py
 from starlette.testclient import TestClient  # noqa: E402 - after the skips
 
 from pgq.ids import new_task_id  # noqa: E402
@@ -762,10 +763,13 @@ def test_shutdown_and_run_now(
     client: TestClient, conn: psycopg.Connection[Any], db_url: str, world: World
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
+        notices: list[str] = []
+        listener.add_notify_handler(lambda notice: notices.append(notice.payload))
         listener.execute("LISTEN pgq_control")
         page = post(client, f"/workers/{world.worker_id}/shutdown", {}, page="/workers")
         assert "Asked worker" in flash(page.text)
-        notices = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+        # each statement hands over the notices that arrived meanwhile
+        wait_for(lambda: listener.execute("SELECT 1") and notices, what="the shutdown notice")
     assert notices == [f"shutdown {world.worker_id}"]
     page = post(client, "/periodic/add-every-minute/run", {}, page="/periodic")
     message = flash(page.text)
