@@ -701,6 +701,8 @@ def test_bulk_retry_and_delete_of_a_selection(
     rows = audit_rows(conn)
     assert [(a, n) for a, _t, n, _d in rows] == [("bulk_retry", 2), ("bulk_delete", 1)]
     assert sorted(rows[0][3]["ids"]) == sorted(picked)
+    audit = client.get("/audit").text
+    assert "bulk_delete" in audit and ">None<" not in audit  # a bulk action has no one target
     nothing = post(client, "/tasks/bulk/retry", {"scope": "ids", "back": "/dead"}, page="/dead")
     assert "Select at least one task" in flash(nothing.text)
 
