@@ -5,9 +5,29 @@ is an HTML form POST carrying a CSRF token (``pgq.web.csrf``) that goes through 
 action (one transaction with its audit row), then redirects (303) back to the page with a flash
 message. Read-only mode renders no action form, and the security middleware refuses every POST.
 
-Templates are autoescaped: task arguments, results and tracebacks are user data. The element ids
-and ``data-*`` attributes named in the web contract (``docs/reference/web-api.md``) are the hooks
-the browser tests rely on; keep them stable.
+Templates are autoescaped: task arguments, results and tracebacks are user data.
+
+The element ids and ``data-*`` attributes below are the hooks the browser tests
+(``tests/web/test_browser.py``) and scripts rely on; keep them stable:
+
+- overview: ``table#queues`` rows ``tr[data-queue=NAME]``, cells
+  ``td[data-col=waiting|scheduled|running|succeeded|failed|revoked]``; ``svg#throughput-chart``;
+  ``#workers-live [data-worker-id]``; purge forms ``form[data-action=purge]`` (rows
+  ``tr[data-purge-queue]``) with a required ``input[name=confirm]``;
+- tasks: ``form#task-filters`` (inputs ``state queue name since until q id sort``),
+  ``table#tasks tr[data-task-id] td[data-col=state]``, ``a.task-link``, ``a#next-page``;
+- detail: ``#task-state`` (``data-state``), ``#task-args``, ``#task-kwargs``, ``#task-result``,
+  ``#task-exception``, ``#task-traceback``, ``#task-failures`` (``data-count``), ``#task-family``
+  (``#task-workflow``, ``#task-chord``, ``#task-next``: ``[data-step-id][data-state]``), forms
+  ``form[data-action=retry|revoke|terminate]``;
+- dead: ``tr[data-group="NAME|EXCEPTION"]`` (``data-count``), ``form[data-action=bulk-retry]``
+  and ``bulk-delete`` (everything matching the filter), ``group-retry`` / ``group-delete`` (one
+  group), ``bulk-selection`` (the ticked ``input[name=ids]``);
+- workers ``tr[data-worker-id]`` + ``form[data-action=shutdown]``; periodic
+  ``tr[data-entry=NAME]`` + ``form[data-action=run-now]``; rate limits
+  ``tr[data-rate-limit]``; audit ``table#audit tr[data-audit-id]``;
+- every page: ``.flash`` (``.flash.error`` for a refusal), ``meta[name=csrf-token]``; read-only
+  mode renders no ``form[data-action]``.
 
 The overview's live part is a fragment (``/_partials/overview``) that ``static/live.js`` fetches
 every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_app`` serves
@@ -39,6 +59,17 @@ __all__ = ["router"]
 
 HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "pgq_flash"
+# Every page: scripts and styles only from the app's own files (no inline script can run, so
+# a value that escaped escaping still could not), forms post only to the app, and no other
+# site may frame the pages (a framed action button could be clicked by a trick).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 # Dead tasks listed (with a checkbox each) under the groups of the dead page.
 DEAD_LIST = 100
 # The overview fragment is fetched this often by static/live.js, unless the app says otherwise
@@ -175,7 +206,7 @@ def _render(
         flash_error, flash = flash[0] == "!", flash[2:]
     root = _root(request)
     html = _env.get_template(template).render(
-        **context,
+        **{"title": dict(NAV).get(current, "pgq"), **context},
         u=lambda path: root + path,
         nav=NAV,
         current=current,
@@ -184,7 +215,7 @@ def _render(
         flash=flash,
         flash_error=flash_error,
     )
-    response = HTMLResponse(html, status_code=status)
+    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
     response.headers["Cache-Control"] = "no-store"
     cookie_path = root or "/"
     secure = request.url.scheme == "https"
@@ -280,10 +311,6 @@ def _given(params: Mapping[str, str], keys: Iterable[str]) -> dict[str, str]:
     return {k: params[k].strip() for k in keys if params.get(k, "").strip()}
 
 
-def _queue_names(dashboard: Dashboard) -> list[str]:
-    return [q["queue"] for q in dashboard.queues()]
-
-
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks(request: Request) -> HTMLResponse:
     """The task browser: composable filters, keyset pages, sorted by created or finished."""
@@ -294,7 +321,6 @@ def tasks(request: Request) -> HTMLResponse:
     context: dict[str, Any] = {"f": shown, "states": STATES, "tasks": [], "error": None}
     status = 200
     try:
-        context["queue_names"] = _queue_names(dashboard)
         page = dashboard.tasks(TaskFilter.parse(given), after=after)
     except InvalidFilter as exc:
         context["error"] = str(exc)
@@ -302,7 +328,6 @@ def tasks(request: Request) -> HTMLResponse:
         page = {"tasks": [], "next": None}
     except DatabaseError as exc:
         return _error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
-    context["queue_names"] = context.get("queue_names", [])
     context["tasks"] = page["tasks"]
     base = _root(request) + "/tasks"
     query = urlencode(given)
@@ -395,8 +420,11 @@ def dead(request: Request) -> HTMLResponse:
             "total": (
                 len(listing["tasks"]) if "q" in given else sum(int(g["count"]) for g in groups)
             ),
+            # The text filter is not counted by the groups: past one page, say "more than".
+            "more": "q" in given and listing["next"] is not None,
             "tasks": listing["tasks"],
-            "queue_names": _queue_names(dashboard),
+            # The dead tasks' own queues (no extra query for the filter's suggestions).
+            "queue_names": sorted({q for g in groups for q in g.get("queues") or ()}),
             "filter_fields": [*sorted(given.items()), ("back", back)],
             "back": back,
         }
@@ -631,7 +659,10 @@ def _task_action(verb: str) -> Callable[[Request, str], Any]:
             done = dashboard.revoke(task_id, actor=actor)
             if done.get("revoked"):
                 return f"Task {task_id} was revoked."
-            return f"Task {task_id} is running: it was marked revoked and will not run again."
+            return (
+                f"Task {task_id} is running: it is marked revoked, and the run in progress"
+                " goes on to its end (Terminate stops it)."
+            )
 
         return await _act(request, run, back, not_found_page=True)
 

@@ -26,8 +26,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
 pytest.importorskip("httpx")  # Starlette's TestClient
-pytest.importorskip("python_multipart")  # form parsing
+try:  # form parsing: python-multipart (its module was named multipart before 0.0.13)
+    import python_multipart  # noqa: F401
+except ImportError:
+    pytest.importorskip("multipart")
 
+from harness import wait_for  # noqa: E402 - tests/support, put on the path by tests/conftest.py
 from starlette.testclient import TestClient  # noqa: E402 - after the skips
 
 from pgq.ids import new_task_id  # noqa: E402
@@ -559,6 +563,12 @@ def test_dead_page_groups_by_name_and_exception(client: TestClient, world: World
     narrowed = client.get("/dead", params={"queue": "emails"}).text
     assert list(re.findall(r'<tr data-group="([^"]+)"', narrowed)) == ["e2e_tasks.lookup|KeyError"]
     assert rows_of(narrowed, "data-task-id") == [world["keyerror"]]
+    # A text filter narrows the listing and the count (the groups do not know it).
+    by_text = client.get("/dead", params={"q": "second"}).text
+    assert rows_of(by_text, "data-task-id") == [world["failure2"]]
+    assert re.search(r'id="dead-total">1<', by_text)
+    form = re.search(r'<form[^>]*data-action="bulk-retry">(.*?)</form>', by_text, re.S)
+    assert form and '<input type="hidden" name="q" value="second">' in form.group(1)
 
 
 def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) -> None:
@@ -566,6 +576,7 @@ def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) ->
     assert rows_of(workers, "data-worker-id") == [world.worker_id, world.dead_worker_id]
     live_row = re.search(rf'data-worker-id="{world.worker_id}"(.*?)</tr>', workers, re.S)
     assert live_row and 'data-action="shutdown"' in live_row.group(1)
+    assert "<title>Workers · pgq</title>" in workers
     assert world["started"] in live_row.group(1)  # what its slot runs now
     gone_row = re.search(rf'data-worker-id="{world.dead_worker_id}"(.*?)</tr>', workers, re.S)
     assert gone_row and 'data-action="shutdown"' not in gone_row.group(1)
@@ -648,6 +659,14 @@ def test_retry_revoke_terminate_forms(
     assert re.findall(r'data-audit-action="(\w+)"', audit) == ["terminate", "revoke", "retry"]
 
 
+def test_revoking_a_running_task_says_it_runs_on(
+    client: TestClient, conn: psycopg.Connection[Any], world: World
+) -> None:
+    page = post(client, f"/tasks/{world['started']}/revoke", {}, page=f"/tasks/{world['started']}")
+    assert "the run in progress goes on to its end" in flash(page.text)
+    assert [(a, t) for a, t, _n, _d in audit_rows(conn)] == [("revoke", world["started"])]
+
+
 def test_action_in_the_wrong_state_changes_nothing(
     client: TestClient, conn: psycopg.Connection[Any], world: World
 ) -> None:
@@ -682,6 +701,8 @@ def test_bulk_retry_and_delete_of_a_selection(
     rows = audit_rows(conn)
     assert [(a, n) for a, _t, n, _d in rows] == [("bulk_retry", 2), ("bulk_delete", 1)]
     assert sorted(rows[0][3]["ids"]) == sorted(picked)
+    audit = client.get("/audit").text
+    assert "bulk_delete" in audit and ">None<" not in audit  # a bulk action has no one target
     nothing = post(client, "/tasks/bulk/retry", {"scope": "ids", "back": "/dead"}, page="/dead")
     assert "Select at least one task" in flash(nothing.text)
 
@@ -744,10 +765,13 @@ def test_shutdown_and_run_now(
     client: TestClient, conn: psycopg.Connection[Any], db_url: str, world: World
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as listener:
+        notices: list[str] = []
+        listener.add_notify_handler(lambda notice: notices.append(notice.payload))
         listener.execute("LISTEN pgq_control")
         page = post(client, f"/workers/{world.worker_id}/shutdown", {}, page="/workers")
         assert "Asked worker" in flash(page.text)
-        notices = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+        # each statement hands over the notices that arrived meanwhile
+        wait_for(lambda: listener.execute("SELECT 1") and notices, what="the shutdown notice")
     assert notices == [f"shutdown {world.worker_id}"]
     page = post(client, "/periodic/add-every-minute/run", {}, page="/periodic")
     message = flash(page.text)
@@ -837,8 +861,14 @@ def test_read_only_renders_no_forms_and_refuses_posts(
 
 def test_user_data_is_escaped(client: TestClient, world: World) -> None:
     for path in (f"/tasks/{world['xss']}", "/tasks", "/dead"):
-        html = client.get(path).text
+        page = client.get(path)
+        html = page.text
         assert "<script>alert" not in html, path
+        # and no inline script could run anyway, nor another site frame the page
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'self'" in policy
+        assert not re.search(r"<script(?![^>]*\bsrc=)", html), path
+        assert " style=" not in html and " on" + "click=" not in html, path
     detail = client.get(f"/tasks/{world['xss']}").text
     assert "&lt;script&gt;alert(" in detail
     assert "&lt;b&gt;bold&lt;/b&gt;" in detail

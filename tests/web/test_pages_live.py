@@ -14,7 +14,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
-pytest.importorskip("python_multipart")
+try:  # form parsing: python-multipart (its module was named multipart before 0.0.13)
+    import python_multipart  # noqa: F401
+except ImportError:
+    pytest.importorskip("multipart")
 
 from conftest import WebDatabase  # noqa: E402 - tests/web/conftest.py, after the skips
 
