@@ -176,11 +176,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def seeded(db_url: str) -> Iterator[dict[str, Any]]:
+def seeded(db_url: str, browser: Any) -> Iterator[dict[str, Any]]:
     """The module's database with tasks in every state, a live worker, beat entries, a rate limit.
 
     Yields the ids the tests use; the worker (``pgq worker -A e2e_tasks -c 2``) runs for the
-    whole module.
+    whole module. It asks for the browser first: without one, nothing is started.
     """
     import e2e_tasks
 
