@@ -325,8 +325,7 @@ def test_tasks_page_lists_tasks_with_links_to_their_detail(
     expect()(page.locator("#task-traceback")).to_contain_text("ValueError: no stock for item 0")
     for hook in ("#task-kwargs", "#task-result", "#task-failures", "#task-family"):
         expect()(page.locator(hook)).to_have_count(1)
-    for action in ("retry", "revoke", "terminate"):
-        assert page.locator(f'form[data-action="{action}"]').count() <= 1
+    expect()(page.locator('form[data-action="retry"]')).to_have_count(1)  # a dead task
 
 
 def test_task_detail_shows_arguments_and_result(
