@@ -143,6 +143,13 @@ class SecurityMiddleware:
                 challenge = [(b"www-authenticate", b'Basic realm="pgq", charset="UTF-8"')]
                 return 401, "authentication required", challenge
             state["pgq_user"] = user
+        else:
+            # Mounted behind the host application's own login (Starlette's
+            # AuthenticationMiddleware sets scope["user"]): the audit trail names that user.
+            host_user = scope.get("user")
+            if getattr(host_user, "is_authenticated", False):
+                name = str(getattr(host_user, "display_name", "") or "")
+                state["pgq_user"] = name or ANONYMOUS
         if _is_write(scope):
             if self.read_only:
                 return 403, "pgq web runs read-only: actions are disabled", []
