@@ -569,3 +569,29 @@ def test_mounted_behind_the_host_login_the_audit_names_its_user(web_db: WebDatab
         assert ("anonymous", "purge", "no-login", 0) in audit_rows(web_db)
     finally:
         dashboard.state.dashboard.close()
+
+
+def test_a_bug_is_a_logged_json_500_without_traceback(
+    web_db: WebDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from pgq.web import create_app
+
+    app = create_app(web_db.url)
+
+    @app.get("/api/v1/planted-bug")
+    def planted() -> None:
+        raise RuntimeError("planted")
+
+    try:
+        with TestClient(app, raise_server_exceptions=True) as client:
+            response = client.get("/api/v1/planted-bug")
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": "internal error (RuntimeError); the server log has the details"
+        }
+        assert "app;dur=" in response.headers["server-timing"]
+        assert "planted" in caplog.text and "Traceback" in caplog.text
+    finally:
+        app.state.dashboard.close()
