@@ -268,6 +268,8 @@ def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
         },
         "workers": workers,
         "now": data["now"],
+        # The planner's estimate (no count of the whole table on a refresh); None before ANALYZE.
+        "estimated_rows": data.get("estimated_rows"),
     }
 
 

@@ -315,6 +315,7 @@ def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world:
     assert cells["running"] == "1"
     assert cells["succeeded"] == "3"  # success, root, child
     assert cells["failed"] == "4"  # failure, failure2, xss, sibling
+    assert re.search(r'data-col="dead"><a href="/dead\?queue=celery">4</a>', row.group(1))
     emails = re.search(r'<tr data-queue="emails">(.*?)</tr>', html, re.S)
     assert emails
     assert dict(re.findall(r'data-col="(\w+)">([^<]*)<', emails.group(1)))["revoked"] == "1"
