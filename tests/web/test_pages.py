@@ -980,3 +980,16 @@ def test_csrf_tokens_and_flashes_are_bound_to_the_key(
         for app in apps:
             app.state.dashboard.close()
     assert state_of(conn, world["failure"]) == "PENDING"
+
+
+def test_rate_limits_are_written_as_celery_writes_them() -> None:
+    from pgq.web.pages import _rate
+
+    assert [_rate(x) for x in (0.1, 0.5, 1.0, 60.0, 1.5, 7200.0)] == [
+        "10/s",
+        "2/s",
+        "1/s",
+        "1/m",
+        "40/m",
+        "1 every 2 h 0 min",
+    ]
