@@ -7,9 +7,11 @@ Reads stay cheap on a table with millions of finished rows (see ``pgq/store/sql/
   only those rows;
 - succeeded / failed / revoked per queue, and the throughput and failure series, cover the
   last hour (``WINDOW_SECONDS``), read from the finished-time index; each process keeps the
-  per-minute counts of the minutes that are over, so a refresh reads only the current minute;
+  per-minute counts of rows finished over ``SETTLE_SECONDS`` ago, so a refresh reads only the
+  seconds since its last one;
 - the table's total row count is the planner's estimate (``pg_class.reltuples``);
-- the task browser pages with a keyset cursor, so page 500 costs what page 1 costs.
+- the task browser pages with a keyset cursor (``pgq.web.filters``), so page 500 costs what
+  page 1 costs.
 
 Every action is one transaction that changes the rows and writes its ``pgq.audit_log`` row (who,
 what, target, the ids or filter given, how many rows). An action that does not apply (retry a
@@ -18,28 +20,39 @@ task that is not dead, terminate a finished one) raises ``StateConflict`` and ch
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
-import re
 import threading
-from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pgq.app import App
-from pgq.errors import InvalidFilter, StateConflict, TaskNotFound
+from pgq.errors import InvalidFilter, StateConflict, TaskNotFound, TaskRevokedError
+from pgq.maintenance.beat import _OWN_OPTIONS as BEAT_OWN_OPTIONS
 from pgq.periodic import next_due
 from pgq.serialization import loads
 from pgq.store.web import TaskQuery, WebStore
+from pgq.web.filters import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    TaskFilter,
+    decode_cursor,
+    encode_cursor,
+    page_size,
+    text_filter,
+)
+from pgq.worker.runner import error_json
 
 __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
     "WINDOW_SECONDS",
     "Dashboard",
+    "EntryNotFound",
+    "StateConflict",
     "TaskFilter",
+    "WorkerNotFound",
+    "decode_cursor",
+    "encode_cursor",
     "resolve_app",
 ]
 
@@ -47,9 +60,6 @@ UTC = timezone.utc
 
 # The overview's window: counts of finished tasks and the per-minute series cover this long.
 WINDOW_SECONDS = 3600
-# Task list page sizes: the default, and the largest a caller may ask for.
-DEFAULT_PAGE = 50
-MAX_PAGE = 500
 # Workers shown as "recently dead": those whose last heartbeat is at most this old.
 RECENT_WORKER_SECONDS = 3600.0
 # The overview counts a finished row once it is this old and keeps the count (see _MinuteCounts).
@@ -58,12 +68,9 @@ SETTLE_SECONDS = 10.0
 LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
 
-SORTS = ("created", "finished")
 # States that only waiting or held tasks have and that are few at any time: listed through the
 # partial claim and lease indexes (PENDING, usually the newest rows, walks the primary key).
 UNFINISHED_STATES = frozenset({"RETRY", "STARTED"})
-_STATE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_TEXT_LIMIT = 1000
 
 
 def resolve_app(source: Any = None) -> App:
@@ -81,152 +88,8 @@ def resolve_app(source: Any = None) -> App:
     )
 
 
-def _parse_time(value: str, key: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidFilter(
-            f"{key}={value!r} is not an ISO 8601 time (e.g. 2026-12-03T12:00:00Z)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _text(value: str | None, key: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if len(value) > _TEXT_LIMIT or "\x00" in value:
-        raise InvalidFilter(f"{key} must be at most {_TEXT_LIMIT} characters, without NUL")
-    return value
-
-
-@dataclass(frozen=True)
-class TaskFilter:
-    """The task browser's filters (None: any); also what a bulk action on a filter takes.
-
-    ``state`` is one state or several separated by commas; ``since``/``until`` bound the
-    creation time (``sort="created"``) or the finish time (``sort="finished"``, and for bulk
-    actions, which only touch finished tasks); ``q`` is a substring of the args or kwargs JSON;
-    ``exc_type`` (bulk actions and the dead page) the stored exception's type.
-    """
-
-    state: tuple[str, ...] | None = None
-    queue: str | None = None
-    name: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    q: str | None = None
-    id: str | None = None
-    exc_type: str | None = None
-    sort: str = "created"
-
-    @classmethod
-    def parse(cls, params: dict[str, Any]) -> TaskFilter:
-        """Build from query parameters or a JSON object; InvalidFilter names what is wrong."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise InvalidFilter(f"unknown filter key(s): {', '.join(map(str, unknown))}")
-        for key, value in params.items():
-            if value is not None and not isinstance(value, str):
-                if (
-                    key == "state"
-                    and isinstance(value, list)
-                    and all(isinstance(v, str) for v in value)
-                ):
-                    continue
-                raise InvalidFilter(f"filter {key} must be a string")
-        raw_state = params.get("state")
-        states: tuple[str, ...] | None = None
-        if raw_state:
-            parts = raw_state if isinstance(raw_state, list) else raw_state.split(",")
-            states = tuple(s.strip().upper() for s in parts if s.strip())
-            bad = [s for s in states if not _STATE.match(s)]
-            if bad:
-                raise InvalidFilter(f"state={bad[0]!r} is not a task state")
-            states = states or None
-        sort = params.get("sort") or "created"
-        if sort not in SORTS:
-            raise InvalidFilter(f"sort={sort!r}: use created or finished")
-        since = _text(params.get("since"), "since")
-        until = _text(params.get("until"), "until")
-        return cls(
-            state=states,
-            queue=_text(params.get("queue"), "queue"),
-            name=_text(params.get("name"), "name"),
-            since=_parse_time(since, "since") if since else None,
-            until=_parse_time(until, "until") if until else None,
-            q=_text(params.get("q"), "q"),
-            id=_text(params.get("id"), "id"),
-            exc_type=_text(params.get("exc_type"), "exc_type"),
-            sort=sort,
-        )
-
-    @property
-    def empty(self) -> bool:
-        """Whether no filter is set (a bulk action on it would touch every finished task)."""
-        return all(getattr(self, f.name) is None for f in fields(self) if f.name != "sort")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The filter as given, for the audit row and JSON."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or (f.name == "sort" and value == "created"):
-                continue
-            if isinstance(value, tuple):
-                value = ",".join(value)
-            elif isinstance(value, datetime):
-                value = value.isoformat()
-            out[f.name] = value
-        return out
-
-    def query(self) -> TaskQuery:
-        return TaskQuery.of(
-            state=list(self.state) if self.state else None,
-            queue=self.queue,
-            name=self.name,
-            task_id=self.id,
-            since=self.since,
-            until=self.until,
-            q=self.q,
-            exc_type=self.exc_type,
-        )
-
-
-def encode_cursor(*parts: Any) -> str:
-    """An opaque cursor for the row a page ended on."""
-    raw = json.dumps([p.isoformat() if isinstance(p, datetime) else p for p in parts])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, sort: str) -> list[Any]:
-    """The parts of a cursor made by ``encode_cursor`` for this sort; InvalidFilter if not."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        parts = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
-        if not isinstance(parts, list) or not parts or parts[0] != sort:
-            raise ValueError
-        if sort == "created" and len(parts) == 2 and isinstance(parts[1], str):
-            return parts
-        if sort == "finished" and len(parts) == 3 and all(isinstance(p, str) for p in parts):
-            return [sort, _parse_time(parts[1], "after"), parts[2]]
-        if sort == "audit" and len(parts) == 2 and isinstance(parts[1], int):
-            return parts
-    except (ValueError, UnicodeError, binascii.Error, InvalidFilter):
-        pass
-    raise InvalidFilter("after= is not a cursor of this list (use the `next` value returned)")
-
-
 def _json(text: str | None) -> Any:
     return None if text is None else loads(text)
-
-
-def _page_size(limit: int | None) -> int:
-    if limit is None:
-        return DEFAULT_PAGE
-    if limit < 1 or limit > MAX_PAGE:
-        raise InvalidFilter(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-    return limit
 
 
 class _MinuteCounts:
@@ -387,7 +250,7 @@ class Dashboard:
     ) -> dict[str, Any]:
         """A page of tasks, newest first, and the cursor of the next page (None at the end)."""
         filters = filters or TaskFilter()
-        size = _page_size(limit)
+        size = page_size(limit)
         params: dict[str, Any] = {**filters.query(), "limit": size + 1}
         params.pop("exc_type")
         params.pop("ids")
@@ -464,7 +327,7 @@ class Dashboard:
     def dead(self, *, queue: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Dead tasks grouped by task name and exception type, latest death first: how many,
         in which queues, the latest death and the newest task's id (ids sort by creation)."""
-        rows = self.store.fetch("web_dead_groups", {"queue": _text(queue, "queue")})
+        rows = self.store.fetch("web_dead_groups", {"queue": text_filter(queue, "queue")})
         groups: dict[tuple[str, str | None], dict[str, Any]] = {}
         for row in rows:
             key = (row["name"], row["exc_type"])
@@ -549,7 +412,7 @@ class Dashboard:
 
     def audit(self, *, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
         """The audit trail, newest first, and the cursor of the next page."""
-        size = _page_size(limit)
+        size = page_size(limit)
         after_id = decode_cursor(after, "audit")[1] if after else None
         rows = self.store.audit(limit=size + 1, after_id=after_id)
         more = len(rows) > size
@@ -574,9 +437,6 @@ class Dashboard:
         A task a worker holds, revoked without terminate, is marked: its worker skips it if it
         has not started it, one already running runs to its end (``revoked`` is False then).
         """
-        from pgq.errors import TaskRevokedError
-        from pgq.worker.runner import error_json
-
         result = error_json(TaskRevokedError("terminated" if terminate else "revoked"))
         action = "terminate" if terminate else "revoke"
         with self.store.transaction() as conn:
@@ -659,13 +519,11 @@ class Dashboard:
     def run_periodic(self, name: str, *, actor: str) -> dict[str, Any]:
         """Enqueue a periodic entry's task now, with the entry's arguments and options when
         this app declares it (else, known only from a beat's table, with none)."""
-        from pgq.maintenance.beat import _OWN_OPTIONS
-
         declared = {e.name: e for e in self.app.periodic_entries()}
         entry = declared.get(name)
         if entry is not None:
             task, args, kwargs = entry.task, list(entry.args), dict(entry.kwargs)
-            options = {k: v for k, v in entry.options.items() if k not in _OWN_OPTIONS}
+            options = {k: v for k, v in entry.options.items() if k not in BEAT_OWN_OPTIONS}
         else:
             known = [e for e in self.store.fetch("web_periodic") if e["name"] == name]
             if not known:
@@ -690,6 +548,3 @@ class WorkerNotFound(TaskNotFound):
 
 class EntryNotFound(TaskNotFound):
     """No periodic entry has that name."""
-
-
-__all__ += ["EntryNotFound", "StateConflict", "WorkerNotFound", "decode_cursor", "encode_cursor"]

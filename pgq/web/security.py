@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ __all__ = [
     "current_user",
     "parse_credentials",
 ]
+
+log = logging.getLogger("pgq.web")
 
 ANONYMOUS = "anonymous"
 # The largest request body accepted (a bulk action's list of ids fits many times over).
@@ -110,9 +113,12 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        responded = False
 
         async def timed_send(message: Message) -> None:
+            nonlocal responded
             if message["type"] == "http.response.start":
+                responded = True
                 ms = (time.perf_counter() - started) * 1000.0
                 headers = list(message.get("headers", []))
                 headers.append((b"server-timing", f"app;dur={ms:.1f}".encode()))
@@ -130,7 +136,16 @@ class SecurityMiddleware:
             status, text, extra = refusal
             await _send_json(timed_send, status, {"error": text}, extra)
             return
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, receive, timed_send)
+        except Exception as exc:
+            # A bug: logged with its traceback here, answered as JSON without it (and with the
+            # Server-Timing header, which an answer from Starlette's last-resort handler lacks).
+            if responded:
+                raise
+            log.exception("pgq web: %s %s failed", scope.get("method"), scope.get("path"))
+            text = f"internal error ({type(exc).__name__}); the server log has the details"
+            await _send_json(timed_send, 500, {"error": text}, [])
 
     def _refusal(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -143,6 +158,13 @@ class SecurityMiddleware:
                 challenge = [(b"www-authenticate", b'Basic realm="pgq", charset="UTF-8"')]
                 return 401, "authentication required", challenge
             state["pgq_user"] = user
+        else:
+            # Mounted behind the host application's own login (Starlette's
+            # AuthenticationMiddleware sets scope["user"]): the audit trail names that user.
+            host_user = scope.get("user")
+            if getattr(host_user, "is_authenticated", False):
+                name = str(getattr(host_user, "display_name", "") or "")
+                state["pgq_user"] = name or ANONYMOUS
         if _is_write(scope):
             if self.read_only:
                 return 403, "pgq web runs read-only: actions are disabled", []

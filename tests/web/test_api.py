@@ -536,3 +536,62 @@ def test_an_unreachable_database_is_503_json(make_client: Any) -> None:
     response = client.get("/api/v1/queues")
     assert response.status_code == 503
     assert response.json()["error"] and "Traceback" not in response.text
+
+
+def test_mounted_behind_the_host_login_the_audit_names_its_user(web_db: WebDatabase) -> None:
+    from fastapi.testclient import TestClient
+    from starlette.applications import Starlette
+    from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+    from starlette.routing import Mount
+
+    from pgq.web import create_app
+
+    class HeaderLogin(AuthenticationBackend):
+        async def authenticate(self, conn: Any) -> Any:
+            name = conn.headers.get("x-user")
+            return (AuthCredentials(["authenticated"]), SimpleUser(name)) if name else None
+
+    dashboard = create_app(web_db.url)
+    host = Starlette(
+        routes=[Mount("/ops/pgq", app=dashboard)],
+        middleware=[Middleware(AuthenticationMiddleware, backend=HeaderLogin())],
+    )
+    try:
+        with TestClient(host) as client:
+            response = client.post(
+                "/ops/pgq/api/v1/queues/host-login/purge", json={}, headers={"x-user": "carol"}
+            )
+            assert response.status_code == 200
+            client.post("/ops/pgq/api/v1/queues/no-login/purge", json={})
+        assert ("carol", "purge", "host-login", 0) in audit_rows(web_db)
+        assert ("anonymous", "purge", "no-login", 0) in audit_rows(web_db)
+    finally:
+        dashboard.state.dashboard.close()
+
+
+def test_a_bug_is_a_logged_json_500_without_traceback(
+    web_db: WebDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from pgq.web import create_app
+
+    app = create_app(web_db.url)
+
+    @app.get("/api/v1/planted-bug")
+    def planted() -> None:
+        raise RuntimeError("planted")
+
+    try:
+        with TestClient(app, raise_server_exceptions=True) as client:
+            response = client.get("/api/v1/planted-bug")
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": "internal error (RuntimeError); the server log has the details"
+        }
+        assert "app;dur=" in response.headers["server-timing"]
+        assert "planted" in caplog.text and "Traceback" in caplog.text
+    finally:
+        app.state.dashboard.close()

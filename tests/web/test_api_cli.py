@@ -124,6 +124,22 @@ def test_pgq_web_auth_read_only_and_root_path(web_process: Any, db_url: str) -> 
     assert status == 403 and "read-only" in body["error"]
 
 
+def test_pgq_web_with_an_app_knows_its_periodic_entries(web_process: Any, db_url: str) -> None:
+    from conftest import web_worker_env
+
+    web = web_process("-A", "web_tasks", env=web_worker_env(db_url))
+    status, _, body = web.request("/api/v1/periodic")
+    assert status == 200
+    (entry,) = body["entries"]
+    assert (entry["name"], entry["task"], entry["declared_here"]) == (
+        "hourly-add",
+        "web_tasks.add",
+        True,
+    )
+    status, _, body = web.request("/api/v1/periodic/hourly-add/run", method="POST", body={})
+    assert status == 200 and body["task"] == "web_tasks.add"
+
+
 def run_pgq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*pgq_command(), *args],
