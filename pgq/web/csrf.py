@@ -78,13 +78,14 @@ class CsrfSigner:
 
 
 def signer_for(state: Any) -> CsrfSigner:
-    """The signer of an application (its ``state``): keyed by ``csrf_secret`` if configured."""
-    signer = getattr(state, "_pgq_csrf_signer", None)
-    if signer is None:
-        secret = getattr(state, "csrf_secret", None)
-        if isinstance(secret, str):
-            secret = secret.encode()
-        key = hashlib.sha256(b"pgq-web-csrf:" + secret).digest() if secret else _PROCESS_KEY
-        signer = CsrfSigner(key)
-        state._pgq_csrf_signer = signer
+    """The signer of an application (its ``state``): keyed by ``csrf_secret`` if configured,
+    else by this process's random key."""
+    secret = getattr(state, "csrf_secret", None)
+    cached = getattr(state, "_pgq_csrf_signer", None)
+    if cached is not None and cached[0] == secret:
+        return cached[1]  # type: ignore[no-any-return]
+    raw = secret.encode() if isinstance(secret, str) else secret
+    key = hashlib.sha256(b"pgq-web-csrf:" + raw).digest() if raw else _PROCESS_KEY
+    signer = CsrfSigner(key)
+    state._pgq_csrf_signer = (secret, signer)
     return signer

@@ -1,11 +1,12 @@
 """The HTML pages of ``pgq web``: server-rendered with Jinja2, no JavaScript build step.
 
-Every page reads through the app's ``Dashboard`` (``request.app.state.dashboard``); every action
-is an HTML form POST carrying a CSRF token (``pgq.web.csrf``) that goes through a ``Dashboard``
-action (one transaction with its audit row), then redirects (303) back to the page with a flash
-message. Read-only mode renders no action form, and the security middleware refuses every POST.
-
-Templates are autoescaped: task arguments, results and tracebacks are user data.
+Every page reads through the app's ``Dashboard`` (``request.app.state.dashboard``). Every action
+is an HTML form POST carrying a CSRF token (``pgq.web.csrf``), served by ``pgq.web.forms`` on the
+same router: it goes through a ``Dashboard`` action (one transaction with its audit row), then
+redirects (303) back to the page with a flash message. Read-only mode renders no action form, and
+the security middleware refuses every POST. ``pgq.web.render`` frames the pages (templates
+autoescaped: task arguments, results and tracebacks are user data); ``pgq.web.charts`` draws
+the SVG chart and ``pgq.web.family`` the workflow of a task.
 
 The element ids and ``data-*`` attributes below are the hooks the browser tests
 (``tests/web/test_browser.py``) and scripts rely on; keep them stable:
@@ -36,213 +37,38 @@ every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_ap
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
 
-from pgq.errors import DatabaseError, InvalidFilter, StateConflict, TaskNotFound
+from pgq.errors import DatabaseError, InvalidFilter
 from pgq.web import family as workflow
+from pgq.web import forms
 from pgq.web.charts import Minute, throughput_chart
-from pgq.web.csrf import COOKIE, FIELD, signer_for
 from pgq.web.data import Dashboard, TaskFilter
-from pgq.web.security import current_user
+from pgq.web.render import (
+    dashboard_of,
+    error_page,
+    fragment,
+    render,
+    root_of,
+    safe_read,
+    seconds,
+)
 
 __all__ = ["router"]
 
-HERE = Path(__file__).resolve().parent
-FLASH_COOKIE = "pgq_flash"
-# Every page: scripts and styles only from the app's own files (no inline script can run, so
-# a value that escaped escaping still could not), forms post only to the app, and no other
-# site may frame the pages (a framed action button could be clicked by a trick).
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-}
 # Dead tasks listed (with a checkbox each) under the groups of the dead page.
 DEAD_LIST = 100
 # The overview fragment is fetched this often by static/live.js, unless the app says otherwise
 # (``app.state.refresh_seconds``: PGQ_WEB_REFRESH).
 REFRESH_SECONDS = 2.5
 STATES = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
-NAV = (
-    ("/", "Overview"),
-    ("/tasks", "Tasks"),
-    ("/dead", "Dead"),
-    ("/workers", "Workers"),
-    ("/periodic", "Periodic"),
-    ("/rate-limits", "Rate limits"),
-    ("/audit", "Audit"),
-)
 
 router = APIRouter(include_in_schema=False)
-
-
-# -- template helpers ---------------------------------------------------------------------------
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value or "")
-
-
-def _short_time(value: Any) -> str:
-    """A timestamp as the page shows it: UTC, to the second (ISO text, as the failure
-    history stores it, too)."""
-    if isinstance(value, str):
-        text: str = value
-        try:
-            value = datetime.fromisoformat(text)
-        except ValueError:
-            return text
-    if not isinstance(value, datetime):
-        return str(value or "")
-    moment: datetime = value.astimezone(timezone.utc) if value.tzinfo is not None else value
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _seconds(value: Any) -> str:
-    """A duration in seconds, short: 850 ms, 4.2 s, 3 min 5 s, 2 h 10 min."""
-    if value is None:
-        return "–"
-    s = float(value)
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60)} s"
-    if s < 86400:
-        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
-    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
-
-
-def _pretty(value: Any) -> str:
-    """JSON as a reader wants it: indented, non-ASCII kept."""
-    if value is None:
-        return "null"
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=False)
-
-
-def _exception(result: Any) -> str:
-    """A stored exception (``{"exc_type", "exc_message", ...}``) as one line: ``Type: message``."""
-    if not isinstance(result, dict) or "exc_type" not in result:
-        return ""
-    message = result.get("exc_message")
-    if isinstance(message, (list, tuple)):
-        message = ", ".join(str(m) for m in message)
-    return f"{result['exc_type']}: {message}" if message else str(result["exc_type"])
-
-
-def _compact(value: Any) -> str:
-    if value is None or value == {}:
-        return ""
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(HERE / "templates")),
-        autoescape=select_autoescape(["html"], default_for_string=True, default=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(
-        iso=_iso,
-        short_time=_short_time,
-        seconds=_seconds,
-        pretty=_pretty,
-        compact=_compact,
-        exception=_exception,
-        urlpart=lambda value: quote(str(value), safe=""),
-    )
-    return env
-
-
-_env = _environment()
-
-
-def _root(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/")
-
-
-def _dashboard(request: Request) -> Dashboard:
-    return request.app.state.dashboard  # type: ignore[no-any-return]
-
-
-def _read_only(request: Request) -> bool:
-    return bool(getattr(request.app.state, "read_only", False))
-
-
-def _render(
-    request: Request,
-    template: str,
-    context: Mapping[str, Any],
-    *,
-    status: int = 200,
-    current: str = "",
-) -> HTMLResponse:
-    """Render a page with its CSRF token (minted and set as a cookie if the browser has none
-    that is valid) and the flash message handed on by the last action (then cleared)."""
-    signer = signer_for(request.app.state)
-    token = request.cookies.get(COOKIE)
-    minted = not signer.valid_token(token)
-    if minted:
-        token = signer.new_token()
-    flash_cookie = request.cookies.get(FLASH_COOKIE)
-    flash = signer.unsign(flash_cookie)
-    flash_error = False
-    if flash and flash[:2] in ("!:", "=:"):
-        flash_error, flash = flash[0] == "!", flash[2:]
-    root = _root(request)
-    html = _env.get_template(template).render(
-        **{"title": dict(NAV).get(current, "pgq"), **context},
-        u=lambda path: root + path,
-        nav=NAV,
-        current=current,
-        read_only=_read_only(request),
-        csrf_token=token,
-        flash=flash,
-        flash_error=flash_error,
-    )
-    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
-    response.headers["Cache-Control"] = "no-store"
-    cookie_path = root or "/"
-    secure = request.url.scheme == "https"
-    if minted:
-        response.set_cookie(
-            COOKIE, token or "", path=cookie_path, httponly=True, samesite="lax", secure=secure
-        )
-    if flash_cookie is not None:
-        response.delete_cookie(FLASH_COOKIE, path=cookie_path)
-    return response
-
-
-def _error_page(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    return _render(request, "error.html", {"title": title, "message": message}, status=status)
-
-
-def _safe_read(request: Request, read: Callable[[], HTMLResponse]) -> HTMLResponse:
-    """Run a page: a bad filter is a 400 page, an unknown id a 404 page, a database that
-    refuses a 503 page; never a traceback."""
-    try:
-        return read()
-    except TaskNotFound as exc:
-        return _error_page(request, 404, "Not found", str(exc))
-    except InvalidFilter as exc:
-        return _error_page(request, 400, "Bad request", str(exc))
-    except DatabaseError as exc:
-        return _error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
 
 
 # -- overview -----------------------------------------------------------------------------------
@@ -268,6 +94,8 @@ def _overview_context(dashboard: Dashboard) -> dict[str, Any]:
         },
         "workers": workers,
         "now": data["now"],
+        # The planner's estimate (no count of the whole table on a refresh); None before ANALYZE.
+        "estimated_rows": data.get("estimated_rows"),
     }
 
 
@@ -279,12 +107,12 @@ def _refresh_ms(request: Request) -> int:
 @router.get("/", response_class=HTMLResponse)
 def overview(request: Request) -> HTMLResponse:
     """Queues, the last hour's chart, latency, live workers; the live part refreshes itself."""
-    return _safe_read(
+    return safe_read(
         request,
-        lambda: _render(
+        lambda: render(
             request,
             "overview.html",
-            {**_overview_context(_dashboard(request)), "refresh_ms": _refresh_ms(request)},
+            {**_overview_context(dashboard_of(request)), "refresh_ms": _refresh_ms(request)},
             current="/",
         ),
     )
@@ -293,12 +121,7 @@ def overview(request: Request) -> HTMLResponse:
 @router.get("/_partials/overview", response_class=HTMLResponse)
 def overview_partial(request: Request) -> HTMLResponse:
     """The overview's live fragment, fetched by static/live.js."""
-    html = _env.get_template("_overview.html").render(
-        **_overview_context(_dashboard(request)),
-        u=lambda path: _root(request) + path,
-        read_only=_read_only(request),
-    )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return fragment(request, "_overview.html", _overview_context(dashboard_of(request)))
 
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -314,7 +137,7 @@ def _given(params: Mapping[str, str], keys: Iterable[str]) -> dict[str, str]:
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks(request: Request) -> HTMLResponse:
     """The task browser: composable filters, keyset pages, sorted by created or finished."""
-    dashboard = _dashboard(request)
+    dashboard = dashboard_of(request)
     given = _given(request.query_params, _FILTER_KEYS)
     shown = {k: given.get(k, "") for k in _FILTER_KEYS}
     after = request.query_params.get("after") or None
@@ -327,15 +150,15 @@ def tasks(request: Request) -> HTMLResponse:
         status = 400
         page = {"tasks": [], "next": None}
     except DatabaseError as exc:
-        return _error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
+        return error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
     context["tasks"] = page["tasks"]
-    base = _root(request) + "/tasks"
+    base = root_of(request) + "/tasks"
     query = urlencode(given)
     context["next_page_url"] = (
         f"{base}?{urlencode({**given, 'after': page['next']})}" if page["next"] else None
     )
     context["first_page_url"] = (f"{base}?{query}" if query else base) if after else None
-    return _render(request, "tasks.html", context, status=status, current="/tasks")
+    return render(request, "tasks.html", context, status=status, current="/tasks")
 
 
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
@@ -343,7 +166,7 @@ def task_detail(request: Request, task_id: str) -> HTMLResponse:
     """Everything about one task: fields, arguments, result, traceback, failures, family."""
 
     def read() -> HTMLResponse:
-        dashboard = _dashboard(request)
+        dashboard = dashboard_of(request)
         task = dashboard.task(task_id)
         family = task.get("family") or {}
         state = task["state"]
@@ -367,9 +190,9 @@ def task_detail(request: Request, task_id: str) -> HTMLResponse:
                 and task.get("lease_expires_at") is not None,
             },
         }
-        return _render(request, "task.html", context, current="/tasks")
+        return render(request, "task.html", context, current="/tasks")
 
-    return _safe_read(request, read)
+    return safe_read(request, read)
 
 
 # -- dead tasks ---------------------------------------------------------------------------------
@@ -400,7 +223,7 @@ def dead(request: Request) -> HTMLResponse:
     everything matching the filter."""
 
     def read() -> HTMLResponse:
-        dashboard = _dashboard(request)
+        dashboard = dashboard_of(request)
         given = _given(request.query_params, _DEAD_KEYS)
         back = _back_of(request)
         groups = dashboard.dead(queue=given.get("queue"))
@@ -428,15 +251,15 @@ def dead(request: Request) -> HTMLResponse:
             "filter_fields": [*sorted(given.items()), ("back", back)],
             "back": back,
         }
-        return _render(request, "dead.html", context, current="/dead")
+        return render(request, "dead.html", context, current="/dead")
 
-    return _safe_read(request, read)
+    return safe_read(request, read)
 
 
 def _back_of(request: Request) -> str:
     """This page's path and query (without the root path): where an action redirects back to."""
     path = request.url.path
-    root = _root(request)
+    root = root_of(request)
     if root and path.startswith(root):
         path = path[len(root) :]
     return path + (f"?{request.url.query}" if request.url.query else "")
@@ -456,11 +279,11 @@ def workers(request: Request) -> HTMLResponse:
                 "heartbeat_age": w.get("heartbeat_age_seconds"),
                 "running": [{**r, "runtime": r.get("runtime_seconds")} for r in w["running"]],
             }
-            for w in _dashboard(request).workers()
+            for w in dashboard_of(request).workers()
         ]
-        return _render(request, "workers.html", {"workers": rows}, current="/workers")
+        return render(request, "workers.html", {"workers": rows}, current="/workers")
 
-    return _safe_read(request, read)
+    return safe_read(request, read)
 
 
 @router.get("/periodic", response_class=HTMLResponse)
@@ -468,23 +291,23 @@ def periodic(request: Request) -> HTMLResponse:
     """Every periodic entry with its schedule, last and next run, and the beat leader."""
 
     def read() -> HTMLResponse:
-        data = _dashboard(request).periodic()
+        data = dashboard_of(request).periodic()
         leaders = [{**lead, "live": lead.get("held")} for lead in data["leaders"]]
         context = {"entries": data["entries"], "leaders": leaders}
-        return _render(request, "periodic.html", context, current="/periodic")
+        return render(request, "periodic.html", context, current="/periodic")
 
-    return _safe_read(request, read)
+    return safe_read(request, read)
 
 
 def _rate(interval: float) -> str:
     """A rate limit as Celery writes it, from the seconds between two runs."""
     if interval <= 0:
         return "–"
-    for unit, seconds in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        per = seconds / interval
+    for unit, span in (("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        per = span / interval
         if per >= 1 and abs(per - round(per)) < 1e-6:
             return f"{round(per)}/{unit}"
-    return f"1 every {_seconds(interval)}"
+    return f"1 every {seconds(interval)}"
 
 
 @router.get("/rate-limits", response_class=HTMLResponse)
@@ -494,11 +317,11 @@ def rate_limits(request: Request) -> HTMLResponse:
     def read() -> HTMLResponse:
         rows = [
             {**r, "rate": _rate(float(r["interval_seconds"]))}
-            for r in _dashboard(request).rate_limits()
+            for r in dashboard_of(request).rate_limits()
         ]
-        return _render(request, "rate_limits.html", {"limits": rows}, current="/rate-limits")
+        return render(request, "rate_limits.html", {"limits": rows}, current="/rate-limits")
 
-    return _safe_read(request, read)
+    return safe_read(request, read)
 
 
 @router.get("/audit", response_class=HTMLResponse)
@@ -507,224 +330,19 @@ def audit(request: Request) -> HTMLResponse:
 
     def read() -> HTMLResponse:
         after = request.query_params.get("after") or None
-        page = _dashboard(request).audit(after=after)
+        page = dashboard_of(request).audit(after=after)
         entries = [{**a, "count": a.get("rows")} for a in page["entries"]]
-        base = _root(request) + "/audit"
+        base = root_of(request) + "/audit"
         context = {
             "entries": entries,
             "next_page_url": f"{base}?{urlencode({'after': page['next']})}"
             if page["next"]
             else None,
         }
-        return _render(request, "audit.html", context, current="/audit")
+        return render(request, "audit.html", context, current="/audit")
 
-    return _safe_read(request, read)
-
-
-# -- actions ------------------------------------------------------------------------------------
+    return safe_read(request, read)
 
 
-def _back(request: Request, given: str | None, default: str) -> str:
-    """Where to redirect after an action: ``given`` if it is a path of this app, else
-    ``default`` (never another site: no scheme, no host, no ``//``)."""
-    target = default
-    if (
-        given
-        and given.startswith("/")
-        and not given.startswith("//")
-        and "\\" not in given
-        and len(given) < 2000
-    ):
-        target = given
-    return _root(request) + target
-
-
-def _redirect(request: Request, target: str, message: str, *, error: bool = False) -> Response:
-    """303 to ``target`` with ``message`` in a signed flash cookie."""
-    response = RedirectResponse(target, status_code=303)
-    signer = signer_for(request.app.state)
-    response.set_cookie(
-        FLASH_COOKIE,
-        signer.sign(("!:" if error else "=:") + message[:500]),
-        path=_root(request) or "/",
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-    )
-    return response
-
-
-async def _checked_form(request: Request) -> tuple[Any, Response | None]:
-    """The POSTed form, or the 403 answer when the app is read-only or the CSRF token is
-    missing or wrong (then nothing is done)."""
-    if _read_only(request):
-        return None, _error_page(request, 403, "Forbidden", "pgq web runs read-only.")
-    form = await request.form()
-    field = form.get(FIELD)
-    if not signer_for(request.app.state).check(
-        request.cookies.get(COOKIE), field if isinstance(field, str) else None
-    ):
-        return None, _error_page(
-            request,
-            403,
-            "Forbidden",
-            "The form's security token is missing or stale: reload the page and try again.",
-        )
-    return form, None
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-async def _act(
-    request: Request,
-    action: Callable[[], str],
-    back: str,
-    *,
-    not_found_page: bool = False,
-) -> Response:
-    """Run a ``Dashboard`` action (in a thread: it blocks on the database) and redirect back
-    with its message, or with the reason it changed nothing."""
-    try:
-        message = await run_in_threadpool(action)
-    except TaskNotFound as exc:
-        if not_found_page:
-            return _error_page(request, 404, "Not found", str(exc))
-        return _redirect(request, back, str(exc), error=True)
-    except (StateConflict, InvalidFilter) as exc:
-        return _redirect(request, back, str(exc), error=True)
-    except DatabaseError as exc:
-        return _redirect(request, back, str(exc).splitlines()[0], error=True)
-    return _redirect(request, back, message)
-
-
-def _bulk_action(verb: str) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response:
-        form, refused = await _checked_form(request)
-        if refused is not None:
-            return refused
-        dashboard, actor = _dashboard(request), current_user(request)
-        back = _back(request, _str(form.get("back")), "/dead")
-        scope = _str(form.get("scope")) or "ids"
-        ids = [i for i in form.getlist("ids") if isinstance(i, str) and i]
-        if scope == "ids" and not ids:
-            return _redirect(request, back, "Select at least one task first.", error=True)
-        filters: TaskFilter | None = None
-        if scope == "filter":
-            given = {
-                k: v.strip()
-                for k in ("queue", "name", "q", "exc_type", "since", "until")
-                if isinstance(v := form.get(k), str) and v.strip()
-            }
-            try:
-                filters = TaskFilter.parse({**given, "state": "FAILURE"})
-            except InvalidFilter as exc:
-                return _redirect(request, back, str(exc), error=True)
-
-        def run() -> str:
-            kwargs: dict[str, Any] = {"filters": filters} if filters is not None else {"ids": ids}
-            if verb == "retry":
-                count = dashboard.bulk_retry(actor=actor, **kwargs)
-                return f"Retried {_plural(count, 'dead task')}."
-            count = dashboard.bulk_delete(actor=actor, **kwargs)
-            return f"Deleted {_plural(count, 'task')}."
-
-        return await _act(request, run, back)
-
-    endpoint.__name__ = f"bulk_{verb}"
-    endpoint.__doc__ = f"Bulk {verb} of dead tasks: the ids selected or every one matching."
-    return endpoint
-
-
-for _verb in ("retry", "delete"):
-    router.add_api_route(f"/tasks/bulk/{_verb}", _bulk_action(_verb), methods=["POST"])
-
-
-def _task_action(verb: str) -> Callable[[Request, str], Any]:
-    async def endpoint(request: Request, task_id: str) -> Response:
-        form, refused = await _checked_form(request)
-        if refused is not None:
-            return refused
-        dashboard, actor = _dashboard(request), current_user(request)
-        back = _back(request, None, f"/tasks/{quote(task_id, safe='')}")
-
-        def run() -> str:
-            if verb == "retry":
-                dashboard.retry(task_id, actor=actor)
-                return f"Task {task_id} is back in its queue."
-            if verb == "terminate":
-                dashboard.terminate(task_id, actor=actor)
-                return f"Task {task_id} was revoked and its process terminated."
-            done = dashboard.revoke(task_id, actor=actor)
-            if done.get("revoked"):
-                return f"Task {task_id} was revoked."
-            return (
-                f"Task {task_id} is running: it is marked revoked, and the run in progress"
-                " goes on to its end (Terminate stops it)."
-            )
-
-        return await _act(request, run, back, not_found_page=True)
-
-    endpoint.__name__ = f"task_{verb}"
-    endpoint.__doc__ = f"{verb.capitalize()} one task (form POST)."
-    return endpoint
-
-
-# After the bulk routes: /tasks/bulk/retry is not the retry of a task named "bulk".
-for _verb in ("retry", "revoke", "terminate"):
-    router.add_api_route(f"/tasks/{{task_id}}/{_verb}", _task_action(_verb), methods=["POST"])
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-@router.post("/queues/{name}/purge")
-async def purge(request: Request, name: str) -> Response:
-    """Delete a queue's waiting tasks; only with the confirmation box ticked."""
-    form, refused = await _checked_form(request)
-    if refused is not None:
-        return refused
-    back = _back(request, None, "/")
-    if not _str(form.get("confirm")):
-        return _redirect(
-            request, back, f"Queue {name} was not purged: tick the confirmation box.", error=True
-        )
-    dashboard, actor = _dashboard(request), current_user(request)
-
-    def run() -> str:
-        count = dashboard.purge(name, actor=actor)
-        return f"Purged {_plural(count, 'waiting task')} from queue {name}."
-
-    return await _act(request, run, back)
-
-
-@router.post("/workers/{worker_id}/shutdown")
-async def shutdown(request: Request, worker_id: str) -> Response:
-    """Ask a worker to finish its tasks and stop, as on SIGTERM."""
-    form, refused = await _checked_form(request)
-    if refused is not None:
-        return refused
-    dashboard, actor = _dashboard(request), current_user(request)
-
-    def run() -> str:
-        dashboard.shutdown(worker_id, actor=actor)
-        return f"Asked worker {worker_id} to shut down: it finishes its tasks first."
-
-    return await _act(request, run, _back(request, None, "/workers"))
-
-
-@router.post("/periodic/{name}/run")
-async def run_now(request: Request, name: str) -> Response:
-    """Enqueue a periodic entry's task now (its schedule is unchanged)."""
-    form, refused = await _checked_form(request)
-    if refused is not None:
-        return refused
-    dashboard, actor = _dashboard(request), current_user(request)
-
-    def run() -> str:
-        done = dashboard.run_periodic(name, actor=actor)
-        return f"Enqueued {done['task']} for entry {name} now: task {done['id']}."
-
-    return await _act(request, run, _back(request, None, "/periodic"))
+# The actions (form POSTs) are served by the same router.
+router.include_router(forms.router)

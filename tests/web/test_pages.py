@@ -315,6 +315,7 @@ def test_overview_shows_queues_chart_and_live_workers(client: TestClient, world:
     assert cells["running"] == "1"
     assert cells["succeeded"] == "3"  # success, root, child
     assert cells["failed"] == "4"  # failure, failure2, xss, sibling
+    assert re.search(r'data-col="dead"><a href="/dead\?queue=celery">4</a>', row.group(1))
     emails = re.search(r'<tr data-queue="emails">(.*?)</tr>', html, re.S)
     assert emails
     assert dict(re.findall(r'data-col="(\w+)">([^<]*)<', emails.group(1)))["revoked"] == "1"
@@ -943,3 +944,52 @@ def test_chart_scales_labels_and_escapes() -> None:
     assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
     empty = str(throughput_chart([]))
     assert "<polyline" not in empty and 'data-finished="0"' in empty
+
+
+# -- the CSRF token -----------------------------------------------------------------------------
+
+
+def test_csrf_tokens_and_flashes_are_bound_to_the_key(
+    db_url: str, conn: psycopg.Connection[Any], world: World
+) -> None:
+    from pgq.web.csrf import CsrfSigner
+
+    one, other = CsrfSigner(b"k" * 32), CsrfSigner(b"j" * 32)
+    token = one.new_token()
+    assert one.valid_token(token) and one.check(token, token)
+    assert not other.valid_token(token)  # another key (another process, another secret)
+    assert not one.check(token, one.new_token())  # cookie and field must be the same token
+    nonce, mac = token.split(".")
+    assert not one.valid_token(f"{nonce}x.{mac}") and not one.valid_token(nonce)
+    assert one.unsign(one.sign("Retried 2 dead tasks.")) == "Retried 2 dead tasks."
+    assert one.unsign(other.sign("forged")) is None and one.unsign("bm8.x") is None
+    # A configured secret keys the app: a token of one secret is refused by another.
+    apps = [create_app(db_url), create_app(db_url)]
+    apps[0].state.csrf_secret, apps[1].state.csrf_secret = "first secret", "second secret"
+    try:
+        with TestClient(apps[0]) as first, TestClient(apps[1], follow_redirects=False) as second:
+            minted = token_of(first)
+            second.cookies.set("pgq_csrf", minted)
+            path = f"/tasks/{world['failure']}/retry"
+            assert second.post(path, data={"csrf_token": minted}).status_code == 403
+            apps[1].state.csrf_secret = "first secret"
+            second.cookies.clear()  # (the refusal page had set a cookie of its own key)
+            second.cookies.set("pgq_csrf", minted)
+            assert second.post(path, data={"csrf_token": minted}).status_code == 303
+    finally:
+        for app in apps:
+            app.state.dashboard.close()
+    assert state_of(conn, world["failure"]) == "PENDING"
+
+
+def test_rate_limits_are_written_as_celery_writes_them() -> None:
+    from pgq.web.pages import _rate
+
+    assert [_rate(x) for x in (0.1, 0.5, 1.0, 60.0, 1.5, 7200.0)] == [
+        "10/s",
+        "2/s",
+        "1/s",
+        "1/m",
+        "40/m",
+        "1 every 2 h 0 min",
+    ]
