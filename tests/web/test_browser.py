@@ -535,7 +535,6 @@ def test_with_auth_the_browser_needs_credentials(
             answer = refused.request.get(auth_web.url + path)
             assert answer.status == 401, path
             assert answer.headers["www-authenticate"].lower().startswith("basic"), path
-        assert "table" not in refused.content()
     signed_in = new_page(http_credentials={"username": AUTH[0], "password": AUTH[1]})
     for path in PAGES:
         goto(signed_in, auth_web.url + path)
