@@ -776,7 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     if args.report:
         args.report.write_text(text)
-    say(f"logs: {logs}")
+    if args.keep:
+        say(f"logs: {logs}")
+    else:  # kept only when something failed (the traceback names the log to read)
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
 
 
