@@ -1,0 +1,208 @@
+"""The ``django.tasks`` tasks a pgq worker knows, and how it runs them.
+
+A row names its task by the task's ``module_path`` (``shop.tasks.send_receipt``). The worker never
+imports a module a row names (a row is data anybody with INSERT can write): it knows exactly the
+``django.tasks`` tasks defined when these modules were imported, once, at start:
+
+- the ``tasks`` module of each installed Django app (``<app>.tasks``, as Celery's
+  ``autodiscover_tasks()`` finds them), when it exists;
+- the modules listed in a pgq backend's ``OPTIONS["modules"]`` (for tasks kept elsewhere);
+- and any other module imported by then (the project's Celery app, its ``imports``).
+
+Each task built for a pgq backend is noted when Django validates it (``Task.__post_init__``
+calls the backend's ``validate_task``, which calls ``remember``), so a task defined anywhere in
+those modules, or in a module they import, is found without scanning module globals.
+
+``install(app)`` registers each one in a pgq app as a ``pgq.Task`` (``DjangoTaskRunner``) named
+after its ``module_path``: the worker then runs it beside the app's Celery-API tasks. A row
+naming a task the worker does not know ends ``FAILURE`` with pgq's ``NotRegistered`` error,
+nothing imported; ``get_result`` shows it as an "unknown django task" error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pgq.errors import ConfigurationError
+from pgq.task import Task as PgqTask
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+__all__ = ["DjangoTaskRunner", "discover", "install", "known_tasks", "remember", "runner_for"]
+
+log = logging.getLogger("pgq.django")
+
+# The django.tasks Task objects seen by a pgq backend in this process, by module_path. The first
+# one seen is kept: ``task.using(...)`` makes copies (same function, other defaults) whose
+# priority, queue and run_after travel in the row, not here.
+_seen: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def remember(task: Any) -> None:
+    """Note a ``django.tasks`` Task built for a pgq backend (called by its ``validate_task``)."""
+    path = task.module_path
+    if path not in _seen:
+        with _lock:
+            _seen.setdefault(path, task)
+
+
+def known_tasks() -> dict[str, Any]:
+    """The ``django.tasks`` tasks seen so far in this process, by ``module_path``."""
+    return dict(_seen)
+
+
+def task_modules() -> list[str]:
+    """The modules the worker imports to find tasks: each installed app's ``tasks`` module that
+    exists, then each pgq backend's ``OPTIONS["modules"]``."""
+    from django.apps import apps
+    from django.conf import settings
+
+    names = []
+    for config in apps.get_app_configs():
+        candidate = f"{config.name}.tasks"
+        if _module_exists(candidate):
+            names.append(candidate)
+    for params in (getattr(settings, "TASKS", None) or {}).values():
+        if not _is_pgq_backend(params.get("BACKEND")):
+            continue
+        modules = (params.get("OPTIONS") or {}).get("modules") or ()
+        names.extend(str(m) for m in modules)
+    return list(dict.fromkeys(names))
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that is a plain module, or broken
+        return False
+
+
+def _is_pgq_backend(path: Any) -> bool:
+    return isinstance(path, str) and path in {
+        "pgq.django.TaskBackend",
+        "pgq.django.backend.TaskBackend",
+    }
+
+
+def discover(modules: Sequence[str] | None = None) -> dict[str, Any]:
+    """Import the task modules (``task_modules()`` by default) and return every known task.
+
+    A module that exists but fails to import is a ``ConfigurationError`` naming it and why: a
+    worker that silently lacked a project's tasks would fail each of them at run time instead.
+    """
+    for name in task_modules() if modules is None else modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot import the django.tasks module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return known_tasks()
+
+
+class DjangoTaskRunner(PgqTask):
+    """A ``django.tasks`` task as the pgq worker runs it (one subclass per task).
+
+    ``run`` calls the task's function (with a ``TaskContext`` first when it ``takes_context``) and
+    returns its value normalised to JSON as Django's own backends do (a value JSON cannot hold
+    fails the task with Django's ``TypeError``/``ValueError``). The backend's pgq options
+    (retries, time limits) are class attributes set by ``runner_for``.
+    """
+
+    django_task: Any = None
+    backend_alias: str = "default"
+    typing = True
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        from pgq.django.backend import normalize_json
+
+        task = self.django_task
+        if task.takes_context:
+            context = _context(self.backend_alias, task)
+            value = task.call(context, *args, **kwargs)
+        else:
+            value = task.call(*args, **kwargs)
+        return normalize_json(value)
+
+    def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError, nothing written, if the function cannot take these arguments (its
+        ``context`` parameter aside)."""
+        signature = self._call_signature
+        if signature is None:
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}() {exc}") from None
+
+    @property
+    def _call_signature(self) -> Any:
+        import inspect
+
+        try:
+            signature = inspect.signature(self.django_task.func)
+        except (TypeError, ValueError):
+            return None
+        if self.django_task.takes_context:
+            params = list(signature.parameters.values())[1:]
+            signature = signature.replace(parameters=params)
+        return signature
+
+
+def _context(alias: str, task: Any) -> Any:
+    """The ``TaskContext`` of the running task: its ``TaskResult`` read from its row (so
+    ``attempt`` counts the runs before this one, retries and rescues included)."""
+    from pgq.context import current_request
+    from pgq.django._tasks_api import TaskContext, task_backends
+
+    request = current_request()
+    if request is None:
+        raise RuntimeError("a takes_context task can only run in a pgq worker")
+    backend = task_backends[alias]
+    result = backend.get_result(request.id)
+    return TaskContext(task_result=result)
+
+
+def runner_for(task: Any, backend: Any) -> DjangoTaskRunner:
+    """The pgq task that runs (and enqueues) ``task`` with ``backend``'s pgq options."""
+    attrs: dict[str, Any] = {
+        "name": task.module_path,
+        "django_task": task,
+        "backend_alias": backend.alias,
+        "__module__": getattr(task.func, "__module__", __name__),
+        "__doc__": getattr(task.func, "__doc__", None),
+        **backend.pgq_task_attributes(),
+    }
+    cls = type(task.func.__name__, (DjangoTaskRunner,), attrs)
+    return cls()
+
+
+def install(app: App, tasks: Iterable[Any] | None = None) -> list[str]:
+    """Register the ``django.tasks`` tasks (``discover()`` by default) in ``app``; returns their
+    names. A Celery-API task already registered under the same name is a ``ConfigurationError``
+    (a name must mean one function). Calling it again registers what is new."""
+    from pgq.django._tasks_api import task_backends
+
+    found = list(discover().values() if tasks is None else tasks)
+    names = []
+    registered = app.tasks
+    for task in found:
+        name = task.module_path
+        existing = registered.get(name)
+        if existing is not None and not isinstance(existing, DjangoTaskRunner):
+            raise ConfigurationError(
+                f"task name {name!r} is both a Celery-API task and a django.tasks task"
+            )
+        if existing is None:
+            app.register(runner_for(task, task_backends[task.backend]))
+        names.append(name)
+    if names:
+        log.info("django.tasks tasks registered: %s", ", ".join(sorted(names)))
+    return names
