@@ -1,0 +1,62 @@
+"""The Django app ``"pgq.django"`` (label ``pgq``): what switching it on does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.apps import AppConfig
+from django.core import checks
+
+__all__ = ["PgqConfig"]
+
+
+class PgqConfig(AppConfig):
+    """pgq inside a Django project: transactional enqueue, one ``migrate``, the system checks."""
+
+    name = "pgq.django"
+    label = "pgq"
+    verbose_name = "pgq tasks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from pgq import hooks
+        from pgq.django.db import provide_connection
+        from pgq.django.migrate import upgrade_after_migrate
+
+        # Every enqueue that passes no connection= asks here first (pgq.django.db).
+        hooks.add_connection_provider(provide_connection)
+        post_migrate.connect(upgrade_after_migrate, sender=self)
+        checks.register(check_database, checks.Tags.database)
+
+
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """pgq.W001: the database tasks join inside ``atomic()`` is not PostgreSQL on psycopg 3."""
+    from django.db import connections
+
+    from pgq.django.db import default_alias, is_psycopg3_postgresql, transactional
+
+    if not transactional():
+        return []
+    alias = default_alias()
+    if alias not in connections:
+        return [
+            checks.Error(
+                f"PGQ_DJANGO_DATABASE names {alias!r}, which is not in DATABASES",
+                id="pgq.E001",
+            )
+        ]
+    wrapper = connections[alias]
+    if is_psycopg3_postgresql(wrapper):
+        return []
+    return [
+        checks.Warning(
+            f"database {alias!r} is {wrapper.vendor} ({wrapper.settings_dict.get('ENGINE')}), "
+            "not PostgreSQL on psycopg 3: tasks sent inside its atomic() blocks are committed "
+            "at once, outside the transaction",
+            hint="Use django.db.backends.postgresql with psycopg 3, or set "
+            "PGQ_DJANGO_TRANSACTIONAL = False to silence this.",
+            id="pgq.W001",
+        )
+    ]

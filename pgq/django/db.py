@@ -1,0 +1,137 @@
+"""Transactional enqueue on Django's own connection.
+
+Inside ``transaction.atomic()`` a task sent with ``delay()``/``apply_async()`` (or Django's
+``enqueue()`` through pgq's backend) is inserted on the connection Django's transaction is open
+on: rolled back, the task never existed; committed, the insert's NOTIFY wakes the workers at once.
+Outside ``atomic()`` nothing changes: the task is inserted and committed on pgq's own pool.
+
+Django's connection is used only when all of these hold, else pgq's pool is (as without Django):
+
+- the feature is on: ``PGQ_DJANGO_TRANSACTIONAL`` (Django setting, default True);
+- the alias (``using=``, else ``PGQ_DJANGO_DATABASE``, else ``"default"``) is PostgreSQL on
+  psycopg 3, and is inside ``atomic()``;
+- it points at pgq's database: the same host, port and database name as pgq's URL. A Django
+  database elsewhere would hold no pgq tables, or the wrong ones: pgq then enqueues on its own
+  URL, outside the transaction, and logs a warning once per alias.
+
+``enqueue_connection(using)`` is the one lookup; ``pgq.django.apps`` registers it with the engine
+(``pgq.hooks.add_connection_provider``), so every enqueue path asks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+__all__ = ["enqueue_connection", "provide_connection", "same_database", "transactional"]
+
+log = logging.getLogger("pgq.django")
+
+# Aliases already warned about (a Django database that is not pgq's): once per process each.
+_warned: set[str] = set()
+
+_LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
+
+
+def transactional() -> bool:
+    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ_DJANGO_TRANSACTIONAL``,
+    or ``CELERY_PGQ_DJANGO_TRANSACTIONAL``; default True)."""
+    from django.conf import settings
+
+    for name in ("PGQ_DJANGO_TRANSACTIONAL", "CELERY_PGQ_DJANGO_TRANSACTIONAL"):
+        value = getattr(settings, name, None)
+        if value is not None:
+            return bool(value)
+    return True
+
+
+def default_alias() -> str:
+    """The Django database alias pgq's tasks join when the caller names none."""
+    from django.conf import settings
+    from django.db import DEFAULT_DB_ALIAS
+
+    return str(getattr(settings, "PGQ_DJANGO_DATABASE", None) or DEFAULT_DB_ALIAS)
+
+
+def is_psycopg3_postgresql(wrapper: Any) -> bool:
+    """Whether a Django connection wrapper is PostgreSQL driven by psycopg 3."""
+    if wrapper.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)
+
+
+def _server(params: dict[str, Any]) -> tuple[str, str, str]:
+    host = str(params.get("host") or "")
+    if host in _LOCAL_HOSTS or host.startswith("/"):  # a Unix socket is this machine too
+        host = "localhost"
+    port = str(params.get("port") or "5432")
+    return host, port, str(params.get("dbname") or params.get("NAME") or "")
+
+
+def same_database(wrapper: Any, database_url: str) -> bool:
+    """Whether a Django connection wrapper's settings name the database of ``database_url``
+    (host, port and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket
+    count as one host)."""
+    ours = conninfo_to_dict(database_url)
+    ours = {k: v for k, v in ours.items() if not k.startswith("pgq_")}
+    settings = wrapper.settings_dict
+    theirs = {
+        "host": settings.get("HOST"),
+        "port": settings.get("PORT"),
+        "dbname": settings.get("NAME"),
+    }
+    options = settings.get("OPTIONS") or {}
+    if options.get("service") or ours.get("service"):
+        return False  # a service file's target cannot be compared: be safe, pgq's own pool
+    return _server(theirs) == _server(ours)
+
+
+def enqueue_connection(
+    using: str | None = None, *, database_url: str | None = None
+) -> psycopg.Connection[Any] | None:
+    """Django's psycopg 3 connection when the alias is inside ``transaction.atomic()`` and the
+    feature is on, else None (enqueue on pgq's own pool, committed at once).
+
+    ``using`` is the alias (default ``PGQ_DJANGO_DATABASE`` or ``"default"``). With
+    ``database_url`` (pgq's), a Django database that is not that one gives None and a warning.
+    Inside an ``atomic()`` block that an error has broken, Django's ``TransactionManagementError``
+    is raised: the task could not be inserted, as no query could.
+    """
+    from django.db import connections
+
+    alias = using or default_alias()
+    wrapper = connections[alias]
+    if not transactional() or not wrapper.in_atomic_block:
+        return None
+    if not is_psycopg3_postgresql(wrapper):
+        return None
+    if database_url is not None and not same_database(wrapper, database_url):
+        if alias not in _warned:
+            _warned.add(alias)
+            log.warning(
+                "Django database %r is not pgq's database: tasks sent inside its atomic() "
+                "blocks are committed at once on pgq's own connection (point CELERY_BROKER_URL "
+                "or PGQ_DATABASE_URL at the same database to enqueue in the transaction)",
+                alias,
+            )
+        return None
+    wrapper.validate_no_broken_transaction()
+    wrapper.ensure_connection()
+    connection: psycopg.Connection[Any] = wrapper.connection
+    return connection
+
+
+def provide_connection(database_url: str, using: str | None) -> psycopg.Connection[Any] | None:
+    """The engine's connection provider (``pgq.hooks.add_connection_provider``)."""
+    from django.apps import apps
+
+    if not apps.ready:  # Django is not set up in this process (yet): nothing to join
+        if using is not None:
+            raise LookupError(f"using={using!r}: Django is not set up (django.setup())")
+        return None
+    return enqueue_connection(using, database_url=database_url)
