@@ -313,7 +313,7 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
             check_queue(task.queue_name)
         except ValueError as exc:
             raise InvalidTask(str(exc)) from None
-        remember(task)
+        remember(task, self)
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> Any:
         """Insert the task's row (in Django's transaction inside ``atomic()``); its result.

@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,15 @@ from pgq.task import Task as PgqTask
 if TYPE_CHECKING:
     from pgq.app import App
 
-__all__ = ["DjangoTaskRunner", "discover", "install", "known_tasks", "remember", "runner_for"]
+__all__ = [
+    "DjangoTaskRunner",
+    "discover",
+    "install",
+    "known_tasks",
+    "remember",
+    "runner_for",
+    "watch",
+]
 
 log = logging.getLogger("pgq.django")
 
@@ -42,15 +51,76 @@ log = logging.getLogger("pgq.django")
 # one seen is kept: ``task.using(...)`` makes copies (same function, other defaults) whose
 # priority, queue and run_after travel in the row, not here.
 _seen: dict[str, Any] = {}
-_lock = threading.Lock()
+# The pgq.compat Celery apps of this process: each gets every task seen, as a shared_task does.
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+_watching = False
+_lock = threading.RLock()
 
 
-def remember(task: Any) -> None:
-    """Note a ``django.tasks`` Task built for a pgq backend (called by its ``validate_task``)."""
+def remember(task: Any, backend: Any) -> None:
+    """Note a ``django.tasks`` Task built for a pgq backend (called by its ``validate_task``)
+    and register it in every Celery app of this process (``watch``)."""
     path = task.module_path
-    if path not in _seen:
-        with _lock:
-            _seen.setdefault(path, task)
+    if path in _seen:
+        return
+    with _lock:
+        if path in _seen:
+            return
+        _seen[path] = task
+        apps = list(_apps)
+    watch()
+    for app in apps:
+        _register(app, task, backend)
+
+
+def watch() -> None:
+    """Give every ``pgq.compat`` Celery app of this process, existing and future, the tasks seen
+    (as ``shared_task`` does), and make each app import the task modules when it is finalized
+    (after its own ``autodiscover_tasks()``): ``pgq worker -A proj`` then knows them."""
+    global _watching
+    with _lock:
+        if _watching:
+            return
+        _watching = True
+    from pgq.compat import _state
+
+    _state.on_every_app(_adopt)
+
+
+def _adopt(app: Any) -> None:
+    from pgq.django._tasks_api import task_backends
+
+    with _lock:
+        if app in _apps:
+            return
+        _apps.add(app)
+        tasks = list(_seen.values())
+    signal = getattr(app, "on_after_finalize", None)
+    if signal is not None:
+        signal.connect(_discover_on_finalize, weak=False)
+    for task in tasks:
+        _register(app, task, task_backends[task.backend])
+
+
+def _discover_on_finalize(sender: Any = None, **kwargs: Any) -> None:
+    from django.apps import apps
+
+    if apps.ready:
+        discover()
+
+
+def _register(app: Any, task: Any, backend: Any) -> None:
+    """Register ``task``'s runner in ``app`` unless it has it (without finalizing the app)."""
+    registered = getattr(app, "_tasks", None)
+    if registered is None:
+        registered = app.tasks
+    name = task.module_path
+    existing = registered.get(name)
+    if existing is None:
+        app.register(runner_for(task, backend))
+    elif not isinstance(existing, DjangoTaskRunner):
+        log.error("task name %r is both a Celery-API task and a django.tasks task: the "
+                  "Celery-API task keeps the name", name)
 
 
 def known_tasks() -> dict[str, Any]:
