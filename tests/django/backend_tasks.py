@@ -1,0 +1,74 @@
+"""``django.tasks`` tasks for the backend and admin tests (tests/django/test_backend.py,
+test_admin.py), run by a real ``pgq worker -A proj`` whose settings (``settings_backend``) list
+this module in the backend's ``OPTIONS["modules"]``: the worker imports it at start, never
+because a row names it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+try:
+    from django.tasks import task  # Django 6.0+
+except ImportError:  # Django 5.2: the django-tasks backport
+    from django_tasks import task
+
+from djtest.models import Mark
+
+
+def _mark(label: str) -> None:
+    Mark.objects.create(label=label, pid=os.getpid(), backend_pid=0)
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task()
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@task()
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@task(takes_context=True)
+def context_info(context: Any, x: int) -> dict[str, Any]:
+    result = context.task_result
+    return {
+        "id": result.id,
+        "attempt": context.attempt,
+        "status": str(result.status),
+        "args": result.args,
+        "x": x,
+    }
+
+
+@task()
+def mark(label: str) -> str:
+    """Write a Mark (their ids give the order the tasks ran in)."""
+    _mark(label)
+    return label
+
+
+@task()
+def wait_for_mark(label: str, timeout: float = 30.0) -> str:
+    """Hold the worker's slot until a Mark ``label`` exists (written by the test), or fail."""
+    deadline = time.monotonic() + timeout
+    while not Mark.objects.filter(label=label).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no mark {label!r} within {timeout}s")
+        time.sleep(0.05)
+    return label
+
+
+@task()
+def fail_unless_marked(label: str) -> str:
+    """Fail until a Mark ``label`` exists: a dead task the admin's retry can bring back."""
+    if not Mark.objects.filter(label=label).exists():
+        raise RuntimeError(f"no mark {label!r} yet")
+    return "ok"
