@@ -26,7 +26,13 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["enqueue_connection", "provide_connection", "same_database", "transactional"]
+__all__ = [
+    "database_settings",
+    "enqueue_connection",
+    "provide_connection",
+    "same_database",
+    "transactional",
+]
 
 log = logging.getLogger("pgq.django")
 
@@ -135,3 +141,28 @@ def provide_connection(database_url: str, using: str | None) -> psycopg.Connecti
             raise LookupError(f"using={using!r}: Django is not set up (django.setup())")
         return None
     return enqueue_connection(using, database_url=database_url)
+
+
+def database_settings(url: str, **extra: Any) -> dict[str, Any]:
+    """A Django ``DATABASES`` entry for a ``postgresql://`` URL (psycopg 3), so one URL can name
+    both Django's database and pgq's: ``DATABASES = {"default": database_settings(URL)}`` and
+    ``CELERY_BROKER_URL = URL``. ``extra`` adds keys (``CONN_MAX_AGE=60``...)."""
+    from pgq.store.database import normalize_url, split_options
+
+    libpq_url, _ = split_options(normalize_url(url))
+    params = conninfo_to_dict(libpq_url)
+    options = {
+        k: v for k, v in params.items() if k not in {"dbname", "user", "password", "host", "port"}
+    }
+    entry: dict[str, Any] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": params.get("dbname", ""),
+        "USER": params.get("user", ""),
+        "PASSWORD": params.get("password", ""),
+        "HOST": params.get("host", ""),
+        "PORT": params.get("port", ""),
+    }
+    if options:
+        entry["OPTIONS"] = options
+    entry.update(extra)
+    return entry

@@ -1,0 +1,166 @@
+"""The Django suite: the example project (examples/django) on a real PostgreSQL server.
+
+One database per test session, created empty and brought up by ``manage.py migrate`` (Django's
+tables and pgq's schema in one command), is Django's ``default`` alias and pgq's database; the
+aliases ``other`` (the same database through a second connection), ``elsewhere`` (another
+database, migrated for pgq) and ``fresh`` (an empty database for ``test_migrate``) sit beside it.
+Django is set up once in the test process with ``tests/django/djsettings.py`` (the example's
+settings plus the test app ``djtest``); ``DJANGO_SETTINGS_MODULE`` is set only while Django sets
+up, so the rest of the suite and its workers never see it. Workers are the real
+``pgq worker -A proj`` started in examples/django (``start_worker``).
+
+Skipped as a whole when Django is not installed (``pip install -e '.[dev]'`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+pytest.importorskip("django")
+if sys.version_info < (3, 12):
+    pytest.importorskip("django_tasks")
+
+from harness import (  # noqa: E402 - tests/conftest.py puts tests/support on sys.path
+    WorkerProcess,
+    wait_until_worker_registered,
+    with_dbname,
+    worker_env,
+)
+
+HERE = Path(__file__).resolve().parent
+EXAMPLE = HERE.parents[1] / "examples" / "django"
+ROOT = HERE.parents[1]
+SETTINGS = "djsettings"
+# Environment variables djsettings.py reads for the aliases beside "default".
+ALIAS_VARIABLES = {
+    "other": "PGQ_TEST_DJANGO_OTHER_URL",
+    "elsewhere": "PGQ_TEST_DJANGO_ELSEWHERE_URL",
+    "fresh": "PGQ_TEST_DJANGO_FRESH_URL",
+}
+
+for folder in (EXAMPLE, HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+def _setup_django(env: dict[str, str]) -> None:
+    """``django.setup()`` with ``env`` in the environment only while the settings are read."""
+    import django
+    from django.apps import apps
+
+    if apps.ready:
+        raise RuntimeError("Django is set up already: the Django suite needs its own settings")
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        django.setup()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _create_database(server_url: str, template: str | None = None) -> str:
+    name = f"pgq_test_django_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+    return with_dbname(server_url, name)
+
+
+def _drop_database(server_url: str, url: str) -> None:
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def django_urls(server_url: str, template_url: str) -> Iterator[dict[str, str]]:
+    """The databases of the session: ``default`` (empty, then ``migrate``), ``elsewhere``
+    (pgq's schema only) and ``fresh`` (empty); Django set up on them, ``migrate`` run."""
+    urls = {
+        "default": _create_database(server_url),
+        "elsewhere": _create_database(server_url, conninfo_to_dict(template_url)["dbname"]),
+        "fresh": _create_database(server_url),
+    }
+    urls["other"] = urls["default"]
+    try:
+        env = {"DJANGO_SETTINGS_MODULE": SETTINGS, "PGQ_DATABASE_URL": urls["default"]}
+        env.update({ALIAS_VARIABLES[a]: urls[a] for a in ALIAS_VARIABLES})
+        _setup_django(env)
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        yield urls
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        for alias in ("default", "elsewhere", "fresh"):
+            _drop_database(server_url, urls[alias])
+
+
+@pytest.fixture(scope="session")
+def django_db_url(django_urls: dict[str, str]) -> str:
+    """Django's default database, also pgq's (CELERY_BROKER_URL)."""
+    return django_urls["default"]
+
+
+@pytest.fixture
+def pg(django_db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit psycopg connection to the session's database (to look at rows)."""
+    with psycopg.connect(django_db_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def clean(pg: psycopg.Connection[Any]) -> None:
+    """No tasks, workers, orders or reports at the start of the test."""
+    pg.execute("TRUNCATE pgq.tasks, pgq.workers, shop_order, reports_report, djtest_mark")
+
+
+def django_env(db_url: str, urls: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """A worker's environment: the example project and the test app importable, the database."""
+    env = worker_env(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(HERE), str(ROOT), env["PYTHONPATH"]])
+    for alias, variable in ALIAS_VARIABLES.items():
+        if urls and alias in urls:
+            env[variable] = urls[alias]
+    return env
+
+
+@pytest.fixture
+def start_worker(
+    django_urls: dict[str, str],
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``pgq worker -A proj`` in examples/django; every worker is stopped after."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, db_url: str | None = None, ready: bool = True) -> WorkerProcess:
+        url = db_url or django_urls["default"]
+        w = WorkerProcess(["worker", "-A", "proj", *args], django_env(url, django_urls), EXAMPLE)
+        started.append(w)
+        if ready:
+            wait_until_worker_registered(url, w)
+        return w
+
+    yield start
+    for w in started:
+        if w.proc.poll() is None:
+            w.stop()

@@ -1,0 +1,40 @@
+"""Celery's "First steps with Django" layout, unchanged but for the import: the app reads the
+CELERY_ settings, autodiscover_tasks() finds each installed app's tasks.py, the worker runs them."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_config_from_django_settings(django_db_url: str) -> None:
+    from proj.celery import app
+
+    assert app.conf.broker_url == django_db_url
+    assert app.conf.task_track_started is True
+    assert app.conf.task_time_limit == 30 * 60
+
+
+def test_autodiscover_finds_both_apps_tasks(django_db_url: str) -> None:
+    import sys
+
+    from proj.celery import app
+
+    names = set(app.tasks)
+    assert {"shop.tasks.confirm_order", "proj.celery.debug_task", "djtest.tasks.mark"} <= names
+    assert "reports.tasks" in sys.modules  # the django.tasks app's module was imported too
+
+
+@pytest.mark.e2e
+def test_worker_runs_a_task_writing_through_the_orm(clean: None, start_worker, pg) -> None:
+    from harness import wait_state
+    from shop.models import Order
+    from shop.tasks import place_order
+
+    worker = start_worker("-c", "1")
+    order = place_order("ann", "12.50")
+    row = wait_state(pg, order.task_id, "SUCCESS")
+    assert row["result"] == "confirmed"
+    order.refresh_from_db()
+    assert order.status == "confirmed"
+    assert order.confirmed_by in worker.children()  # written by the pool child, through the ORM
+    assert Order.objects.count() == 1
