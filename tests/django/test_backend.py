@@ -30,7 +30,8 @@ def backend_worker(django_db_url: str, clean: None) -> Any:
     started = []
 
     def start(*args: str) -> Any:
-        worker = start_backend_worker(django_db_url, *args)
+        # Django's default queue is "default", Celery's "celery": this worker takes both.
+        worker = start_backend_worker(django_db_url, "-Q", "celery,default", *args)
         started.append(worker)
         return worker
 
@@ -221,7 +222,10 @@ def test_check_refuses_a_database_that_is_not_postgresql() -> None:
 
     alias = "lite"
     connections.settings[alias] = connections.configure_settings(
-        {alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+        {
+            "default": {"ENGINE": "django.db.backends.dummy"},
+            alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        }
     )[alias]
     try:
         errors = TaskBackend("x", {"OPTIONS": {"database": alias}}).check()
