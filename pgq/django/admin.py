@@ -54,7 +54,9 @@ def _alias() -> str:
 
 
 def _pretty(value: Any) -> str:
-    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    return format_html(
+        "<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -82,9 +84,18 @@ class PgqTaskAdmin(ReadOnlyAdmin):
     """The tasks: filters by state, queue, name and date; search by id and name; actions retry,
     revoke, terminate and forget through pgq's operations."""
 
-    list_display = ("id", "name", "queue", "state", "priority", "created_at", "finished_at", "retries")
+    list_display = (
+        "id",
+        "name",
+        "queue",
+        "state",
+        "priority",
+        "created_at",
+        "finished_at",
+        "retries",
+    )
     list_filter = ("state", "queue", "name", "created_at", "finished_at")
-    search_fields = ("=id", "name")
+    search_fields = ("id__exact", "name")
     date_hierarchy = "created_at"
     list_per_page = 50
     show_full_result_count = False  # a count(*) of a large pgq.tasks on every page is slow
@@ -170,7 +181,8 @@ class PgqTaskAdmin(ReadOnlyAdmin):
             self.message_user(request, f"{len(done)} task(s) back in the queue", messages.SUCCESS)
         if skipped:
             self.message_user(
-                request, f"{skipped} selected task(s) are not dead (FAILURE): left as they are",
+                request,
+                f"{skipped} selected task(s) are not dead (FAILURE): left as they are",
                 messages.WARNING,
             )
 
@@ -206,11 +218,15 @@ class PgqTaskAdmin(ReadOnlyAdmin):
     def revoke_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         self._revoke(request, queryset, terminate=False)
 
-    @admin.action(description="Terminate selected tasks (kill running ones)", permissions=["operate"])
+    @admin.action(
+        description="Terminate selected tasks (kill running ones)", permissions=["operate"]
+    )
     def terminate_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         self._revoke(request, queryset, terminate=True)
 
-    @admin.action(description="Forget selected finished tasks (delete their rows)", permissions=["operate"])
+    @admin.action(
+        description="Forget selected finished tasks (delete their rows)", permissions=["operate"]
+    )
     def forget_tasks(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         store = admin_store(queryset.db)
         ids = list(queryset.filter(state__in=_FINISHED_STATES).values_list("id", flat=True))
@@ -261,7 +277,15 @@ class PgqWorkerAdmin(ReadOnlyAdmin):
 class PgqBeatEntryAdmin(ReadOnlyAdmin):
     """Periodic entries' cursors (read-only; ``pgq periodic`` changes them)."""
 
-    list_display = ("scheduler", "name", "task", "schedule", "last_run_at", "last_due_at", "total_runs")
+    list_display = (
+        "scheduler",
+        "name",
+        "task",
+        "schedule",
+        "last_run_at",
+        "last_due_at",
+        "total_runs",
+    )
     list_display_links = None  # the key is (scheduler, name): no page per entry
     list_filter = ("scheduler",)
     search_fields = ("name", "task")

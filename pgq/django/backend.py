@@ -37,24 +37,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from pgq import serialization
 from pgq.django import _tasks_api
 from pgq.django._tasks_api import (
     BaseTaskBackend,
-    TaskContext,
     TaskError,
     TaskResult,
     TaskResultDoesNotExist,
     TaskResultStatus,
 )
-from pgq.django.registry import DjangoTaskRunner, known_tasks, remember, runner_for
+from pgq.django.registry import known_tasks, remember, runner_for
 from pgq.errors import PgqError
 from pgq.ids import new_task_id
 from pgq.options import MAX_RETRIES, MAX_SECONDS, check_queue
@@ -63,8 +61,8 @@ __all__ = ["InvalidTask", "TaskBackend", "normalize_json", "pgq_priority"]
 
 # Django 6 names it InvalidTask, the django-tasks backport InvalidTaskError: the same exception.
 _exceptions = _tasks_api.tasks_submodule("exceptions")
-InvalidTask: type[Exception] = getattr(_exceptions, "InvalidTask", None) or getattr(
-    _exceptions, "InvalidTaskError"
+InvalidTask: type[Exception] = (
+    getattr(_exceptions, "InvalidTask", None) or _exceptions.InvalidTaskError
 )
 _signals = _tasks_api.tasks_submodule("signals")
 
@@ -170,9 +168,7 @@ def parse_options(options: Mapping[str, Any]) -> BackendOptions:
             except ImportError as exc:
                 raise ImproperlyConfigured(f"OPTIONS['retry_on']: {exc}") from None
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise ImproperlyConfigured(
-                f"OPTIONS['retry_on']: {item!r} is not an exception class"
-            )
+            raise ImproperlyConfigured(f"OPTIONS['retry_on']: {item!r} is not an exception class")
         classes.append(cls)
     kept["retry_on"] = tuple(f"{c.__module__}.{c.__qualname__}" for c in classes)
     kept["retry_classes"] = tuple(classes)
@@ -189,7 +185,9 @@ def parse_options(options: Mapping[str, Any]) -> BackendOptions:
             kept[name] = _seconds(name, options[name])
     modules = options.get("modules", ())
     if isinstance(modules, str) or not all(isinstance(m, str) and m for m in modules):
-        raise ImproperlyConfigured(f"OPTIONS['modules'] must be a list of module names, got {modules!r}")
+        raise ImproperlyConfigured(
+            f"OPTIONS['modules'] must be a list of module names, got {modules!r}"
+        )
     kept["modules"] = tuple(modules)
     return BackendOptions(**kept)
 
@@ -268,9 +266,7 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
         try:
             options = parse_options(self.options)
         except ImproperlyConfigured as exc:
-            return [
-                checks.Error(f"TASKS[{self.alias!r}]: {exc}", obj=self, id="pgq.E101")
-            ]
+            return [checks.Error(f"TASKS[{self.alias!r}]: {exc}", obj=self, id="pgq.E101")]
         for queue in sorted(self.queues):
             try:
                 check_queue(queue)

@@ -119,8 +119,11 @@ def _register(app: Any, task: Any, backend: Any) -> None:
     if existing is None:
         app.register(runner_for(task, backend))
     elif not isinstance(existing, DjangoTaskRunner):
-        log.error("task name %r is both a Celery-API task and a django.tasks task: the "
-                  "Celery-API task keeps the name", name)
+        log.error(
+            "task name %r is both a Celery-API task and a django.tasks task: the "
+            "Celery-API task keeps the name",
+            name,
+        )
 
 
 def known_tasks() -> dict[str, Any]:

@@ -50,7 +50,9 @@ def _statuses() -> Any:
 # -- enqueue and the row it writes -----------------------------------------------------------
 
 
-def test_enqueue_writes_one_row_mapped_from_the_task(clean: None, pg: psycopg.Connection[Any]) -> None:
+def test_enqueue_writes_one_row_mapped_from_the_task(
+    clean: None, pg: psycopg.Connection[Any]
+) -> None:
     from backend_tasks import add
 
     from pgq.django.backend import TaskBackend
@@ -313,9 +315,9 @@ def test_run_after_defers_the_task(backend_worker: Any, pg: psycopg.Connection[A
     due = timezone.now() + timedelta(seconds=2)
     result = add.using(run_after=due).enqueue(1, 2)
     assert add.get_result(result.id).task.run_after == due
-    assert pg.execute("SELECT run_at FROM pgq.tasks WHERE id = %s", (result.id,)).fetchone()[
-        0
-    ] == due
+    assert (
+        pg.execute("SELECT run_at FROM pgq.tasks WHERE id = %s", (result.id,)).fetchone()[0] == due
+    )
     done = finished(add, result.id)
     assert done.status == _statuses().SUCCESSFUL
     assert done.started_at >= due  # claimed no earlier than run_after
@@ -336,9 +338,7 @@ def test_higher_priority_runs_first(backend_worker: Any, pg: psycopg.Connection[
     Mark.objects.create(label="go", pid=0, backend_pid=0)
     for result in enqueued:
         assert finished(mark, result.id).status == _statuses().SUCCESSFUL
-    ran = list(
-        Mark.objects.exclude(label="go").order_by("id").values_list("label", flat=True)
-    )
+    ran = list(Mark.objects.exclude(label="go").order_by("id").values_list("label", flat=True))
     assert ran == ["top", "high", "default", "low"]
 
 
@@ -351,9 +351,7 @@ def test_a_task_the_worker_does_not_know_fails_without_an_import(
     backend_worker("-c", "1")
     # A row naming a module the worker has not imported (this test module): never imported.
     result = add.enqueue(1, 1)
-    pg.execute(
-        "UPDATE pgq.tasks SET name = 'test_backend.not_a_task' WHERE id = %s", (result.id,)
-    )
+    pg.execute("UPDATE pgq.tasks SET name = 'test_backend.not_a_task' WHERE id = %s", (result.id,))
     row = wait_state(pg, result.id, "FAILURE")
     assert row["result"]["exc_type"] == "NotRegistered"
     # The same row read back: the error says what happened.
@@ -364,7 +362,9 @@ def test_a_task_the_worker_does_not_know_fails_without_an_import(
 
 
 @pytest.mark.e2e
-def test_django_and_celery_tasks_share_one_worker(backend_worker: Any, pg: psycopg.Connection[Any]) -> None:
+def test_django_and_celery_tasks_share_one_worker(
+    backend_worker: Any, pg: psycopg.Connection[Any]
+) -> None:
     from backend_tasks import add
     from djtest.tasks import mark as celery_mark
 
@@ -376,7 +376,8 @@ def test_django_and_celery_tasks_share_one_worker(backend_worker: Any, pg: psyco
     workers = {
         r[0]
         for r in pg.execute(
-            "SELECT worker FROM pgq.tasks WHERE id = ANY(%s)", ([django_result.id, celery_result.id],)
+            "SELECT worker FROM pgq.tasks WHERE id = ANY(%s)",
+            ([django_result.id, celery_result.id],),
         )
     }
     assert len(workers) >= 1 and all(w.startswith("celery@") for w in workers)
