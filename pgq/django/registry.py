@@ -13,8 +13,11 @@ Each task built for a pgq backend is noted when Django validates it (``Task.__po
 calls the backend's ``validate_task``, which calls ``remember``), so a task defined anywhere in
 those modules, or in a module they import, is found without scanning module globals.
 
-``install(app)`` registers each one in a pgq app as a ``pgq.Task`` (``DjangoTaskRunner``) named
-after its ``module_path``: the worker then runs it beside the app's Celery-API tasks. A row
+Each one is registered, as a ``pgq.Task`` (``DjangoTaskRunner``) named after its
+``module_path``, in every ``pgq.compat`` Celery app of the process as a ``shared_task`` is
+(``watch``), and each such app imports the task modules above when it is finalized, after its
+own ``autodiscover_tasks()``: ``pgq worker -A proj`` then runs them beside the Celery-API tasks.
+A worker on a plain ``pgq.App`` calls ``install(app)``. A row
 naming a task the worker does not know ends ``FAILURE`` with pgq's ``NotRegistered`` error,
 nothing imported; ``get_result`` shows it as an "unknown django task" error.
 """
@@ -105,8 +108,13 @@ def _adopt(app: Any) -> None:
 def _discover_on_finalize(sender: Any = None, **kwargs: Any) -> None:
     from django.apps import apps
 
-    if apps.ready:
+    if not apps.ready:
+        return
+    try:
         discover()
+    except ConfigurationError as exc:
+        # A Celery signal cannot stop the app: say it plainly; its tasks then fail as unknown.
+        log.error("%s: its django.tasks tasks are unknown to this process", exc)
 
 
 def _register(app: Any, task: Any, backend: Any) -> None:

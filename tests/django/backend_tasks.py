@@ -72,3 +72,11 @@ def fail_unless_marked(label: str) -> str:
     if not Mark.objects.filter(label=label).exists():
         raise RuntimeError(f"no mark {label!r} yet")
     return "ok"
+
+
+@task(takes_context=True)
+def flaky(context: Any, succeed_at: int) -> int:
+    """Raise ConnectionError (the workers' settings retry it) until attempt ``succeed_at``."""
+    if context.attempt < succeed_at:
+        raise ConnectionError(f"attempt {context.attempt}")
+    return int(context.attempt)

@@ -382,3 +382,28 @@ def test_django_and_celery_tasks_share_one_worker(
     }
     assert len(workers) >= 1 and all(w.startswith("celery@") for w in workers)
     assert worker.proc.poll() is None
+
+
+@pytest.mark.e2e
+def test_retry_options_retry_the_task(backend_worker: Any) -> None:
+    from backend_tasks import flaky
+
+    backend_worker("-c", "1")
+    result = flaky.enqueue(3)
+    done = finished(flaky, result.id)
+    assert done.status == _statuses().SUCCESSFUL, done.errors
+    assert done.return_value == 3  # attempts 1 and 2 raised ConnectionError and were retried
+    assert done.attempts == 3
+
+
+@pytest.mark.e2e
+def test_retries_exhausted_fail_with_the_last_error(backend_worker: Any) -> None:
+    from backend_tasks import flaky
+
+    backend_worker("-c", "1")
+    result = flaky.enqueue(99)
+    done = finished(flaky, result.id)
+    assert done.status == _statuses().FAILED
+    assert done.attempts == 6  # the first run and max_retries = 5 retries
+    assert [e.exception_class_path for e in done.errors] == ["builtins.ConnectionError"]
+    assert "attempt 6" in done.errors[0].traceback
