@@ -348,10 +348,11 @@ def test_a_task_the_worker_does_not_know_fails_without_an_import(
 ) -> None:
     from backend_tasks import add
 
-    backend_worker("-c", "1")
-    # A row naming a module the worker has not imported (this test module): never imported.
+    # A row naming a module the worker has not imported (this test module), written before the
+    # worker starts (so it cannot run the task under its first name): never imported.
     result = add.enqueue(1, 1)
     pg.execute("UPDATE pgq.tasks SET name = 'test_backend.not_a_task' WHERE id = %s", (result.id,))
+    backend_worker("-c", "1")
     row = wait_state(pg, result.id, "FAILURE")
     assert row["result"]["exc_type"] == "NotRegistered"
     # The same row read back: the error says what happened.
