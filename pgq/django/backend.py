@@ -211,6 +211,8 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
         super().__init__(alias, params)
         self._options: BackendOptions | None = None
         self._app: Any = None
+        # The pgq task that enqueues each django.tasks task, by module_path (made once: a class).
+        self._runners: dict[str, Any] = {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -260,13 +262,22 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         """System checks: ``OPTIONS`` are valid, the database is PostgreSQL, queue names fit."""
+        from django.apps import apps
         from django.db import connections
 
         errors: list[checks.CheckMessage] = []
+        if not apps.is_installed("pgq.django"):
+            errors.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}] is pgq's backend, but 'pgq.django' is not in "
+                    "INSTALLED_APPS (it reads results through its models)",
+                    id="pgq.E105",
+                )
+            )
         try:
             options = parse_options(self.options)
         except ImproperlyConfigured as exc:
-            return [checks.Error(f"TASKS[{self.alias!r}]: {exc}", obj=self, id="pgq.E101")]
+            return [*errors, checks.Error(f"TASKS[{self.alias!r}]: {exc}", id="pgq.E101")]
         for queue in sorted(self.queues):
             try:
                 check_queue(queue)
@@ -337,8 +348,10 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
             errors=[],
             worker_ids=[],
         )
-        runner = runner_for(task, self)
-        runner.app = self.app
+        runner = self._runners.get(task.module_path)
+        if runner is None:
+            runner = self._runners[task.module_path] = runner_for(task, self)
+            runner.app = self.app
         options: dict[str, Any] = {"django_backend": self.alias}
         if task.run_after is not None:
             options["eta"] = task.run_after
@@ -347,6 +360,7 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
             result.args,
             result.kwargs,
             connection=connection,
+            using=self.database_alias,
             task_id=task_id,
             queue=task.queue_name,
             priority=pgq_priority(task.priority),
