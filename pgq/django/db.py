@@ -14,6 +14,10 @@ Django's connection is used only when all of these hold, else pgq's pool is (as 
   database elsewhere would hold no pgq tables, or the wrong ones: pgq then enqueues on its own
   URL, outside the transaction, and logs a warning once per alias.
 
+An explicit ``using=`` is a request to join that alias's transaction: when it cannot be honoured
+inside ``atomic()`` (not PostgreSQL on psycopg 3, or not pgq's database) the enqueue fails with
+``ConfigurationError`` and writes nothing, rather than commit the task at once.
+
 ``enqueue_connection(using)`` is the one lookup; ``pgq.django.apps`` registers it with the engine
 (``pgq.hooks.add_connection_provider``), so every enqueue path asks it.
 """
@@ -25,6 +29,9 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from pgq.errors import ConfigurationError
+from pgq.store.database import describe_server, normalize_url, split_options
 
 __all__ = [
     "database_settings",
@@ -83,8 +90,7 @@ def same_database(wrapper: Any, database_url: str) -> bool:
     """Whether a Django connection wrapper's settings name the database of ``database_url``
     (host, port and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket
     count as one host)."""
-    ours = conninfo_to_dict(database_url)
-    ours = {k: v for k, v in ours.items() if not k.startswith("pgq_")}
+    ours = conninfo_to_dict(split_options(database_url)[0])
     settings = wrapper.settings_dict
     theirs = {
         "host": settings.get("HOST"),
@@ -115,8 +121,19 @@ def enqueue_connection(
     if not transactional() or not wrapper.in_atomic_block:
         return None
     if not is_psycopg3_postgresql(wrapper):
+        if using is not None:
+            raise ConfigurationError(
+                f"using={using!r}: database {using!r} is {wrapper.vendor}, not PostgreSQL on "
+                "psycopg 3, so a task cannot join its transaction (nothing was enqueued)"
+            )
         return None
     if database_url is not None and not same_database(wrapper, database_url):
+        if using is not None:
+            raise ConfigurationError(
+                f"using={using!r}: database {using!r} is not pgq's database "
+                f"({describe_server(database_url)}), so a task cannot join its transaction "
+                "(nothing was enqueued)"
+            )
         if alias not in _warned:
             _warned.add(alias)
             log.warning(
@@ -147,8 +164,6 @@ def database_settings(url: str, **extra: Any) -> dict[str, Any]:
     """A Django ``DATABASES`` entry for a ``postgresql://`` URL (psycopg 3), so one URL can name
     both Django's database and pgq's: ``DATABASES = {"default": database_settings(URL)}`` and
     ``CELERY_BROKER_URL = URL``. ``extra`` adds keys (``CONN_MAX_AGE=60``...)."""
-    from pgq.store.database import normalize_url, split_options
-
     libpq_url, _ = split_options(normalize_url(url))
     params = conninfo_to_dict(libpq_url)
     options = {

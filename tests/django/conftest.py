@@ -152,9 +152,15 @@ def start_worker(
     """Start ``pgq worker -A proj`` in examples/django; every worker is stopped after."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, db_url: str | None = None, ready: bool = True) -> WorkerProcess:
+    def start(
+        *args: str,
+        db_url: str | None = None,
+        ready: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         url = db_url or django_urls["default"]
-        w = WorkerProcess(["worker", "-A", "proj", *args], django_env(url, django_urls), EXAMPLE)
+        env = django_env(url, django_urls, **(extra_env or {}))
+        w = WorkerProcess(["worker", "-A", "proj", *args], env, EXAMPLE)
         started.append(w)
         if ready:
             wait_until_worker_registered(url, w)

@@ -18,3 +18,6 @@ for _alias, _variable in (
 ):
     if os.environ.get(_variable):
         DATABASES[_alias] = database_settings(os.environ[_variable], CONN_MAX_AGE=None)
+
+# Not PostgreSQL: a task cannot join its transactions (tests of the bad-input path).
+DATABASES["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
