@@ -27,7 +27,8 @@ class PgqConfig(AppConfig):
 
         # Every enqueue that passes no connection= asks here first (pgq.django.db).
         hooks.add_connection_provider(provide_connection)
-        post_migrate.connect(upgrade_after_migrate, sender=self)
+        # Django sends post_migrate once per app with models (pgq.django may have none).
+        post_migrate.connect(upgrade_after_migrate, dispatch_uid="pgq.django.upgrade")
         checks.register(check_database, checks.Tags.database)
 
 

@@ -30,27 +30,19 @@ pytest.importorskip("django")
 if sys.version_info < (3, 12):
     pytest.importorskip("django_tasks")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from djsupport import (  # noqa: E402
+    ALIAS_VARIABLES,
+    EXAMPLE,  # noqa: E402
+    SETTINGS,
+    django_env,
+)
 from harness import (  # noqa: E402 - tests/conftest.py puts tests/support on sys.path
     WorkerProcess,
     wait_until_worker_registered,
     with_dbname,
-    worker_env,
 )
-
-HERE = Path(__file__).resolve().parent
-EXAMPLE = HERE.parents[1] / "examples" / "django"
-ROOT = HERE.parents[1]
-SETTINGS = "djsettings"
-# Environment variables djsettings.py reads for the aliases beside "default".
-ALIAS_VARIABLES = {
-    "other": "PGQ_TEST_DJANGO_OTHER_URL",
-    "elsewhere": "PGQ_TEST_DJANGO_ELSEWHERE_URL",
-    "fresh": "PGQ_TEST_DJANGO_FRESH_URL",
-}
-
-for folder in (EXAMPLE, HERE):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 
 def _setup_django(env: dict[str, str]) -> None:
@@ -133,16 +125,6 @@ def pg(django_db_url: str) -> Iterator[psycopg.Connection[Any]]:
 def clean(pg: psycopg.Connection[Any]) -> None:
     """No tasks, workers, orders or reports at the start of the test."""
     pg.execute("TRUNCATE pgq.tasks, pgq.workers, shop_order, reports_report, djtest_mark")
-
-
-def django_env(db_url: str, urls: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """A worker's environment: the example project and the test app importable, the database."""
-    env = worker_env(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **extra)
-    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(HERE), str(ROOT), env["PYTHONPATH"]])
-    for alias, variable in ALIAS_VARIABLES.items():
-        if urls and alias in urls:
-            env[variable] = urls[alias]
-    return env
 
 
 @pytest.fixture
