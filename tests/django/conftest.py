@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 pytest.importorskip("django")
@@ -34,14 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from djsupport import (  # noqa: E402
     ALIAS_VARIABLES,
-    EXAMPLE,  # noqa: E402
+    EXAMPLE,
     SETTINGS,
+    create_database,
     django_env,
+    drop_database,
 )
 from harness import (  # noqa: E402 - tests/conftest.py puts tests/support on sys.path
     WorkerProcess,
     wait_until_worker_registered,
-    with_dbname,
 )
 
 
@@ -64,32 +63,14 @@ def _setup_django(env: dict[str, str]) -> None:
                 os.environ[name] = value
 
 
-def _create_database(server_url: str, template: str | None = None) -> str:
-    name = f"pgq_test_django_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-        conn.execute(statement)
-    return with_dbname(server_url, name)
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    name = conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
 @pytest.fixture(scope="session")
 def django_urls(server_url: str, template_url: str) -> Iterator[dict[str, str]]:
     """The databases of the session: ``default`` (empty, then ``migrate``), ``elsewhere``
     (pgq's schema only) and ``fresh`` (empty); Django set up on them, ``migrate`` run."""
     urls = {
-        "default": _create_database(server_url),
-        "elsewhere": _create_database(server_url, conninfo_to_dict(template_url)["dbname"]),
-        "fresh": _create_database(server_url),
+        "default": create_database(server_url),
+        "elsewhere": create_database(server_url, conninfo_to_dict(template_url)["dbname"]),
+        "fresh": create_database(server_url),
     }
     urls["other"] = urls["default"]
     try:
@@ -105,7 +86,7 @@ def django_urls(server_url: str, template_url: str) -> Iterator[dict[str, str]]:
 
         connections.close_all()
         for alias in ("default", "elsewhere", "fresh"):
-            _drop_database(server_url, urls[alias])
+            drop_database(server_url, urls[alias])
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
-from harness import worker_env
+import psycopg
+from harness import with_dbname, worker_env
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parents[1] / "examples" / "django"
@@ -28,9 +32,27 @@ for folder in (EXAMPLE, HERE):
 
 def django_env(db_url: str, urls: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
     """A worker's environment: the example project and the test app importable, the database."""
-    env = worker_env(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **extra)
+    env = worker_env(db_url, **{"DJANGO_SETTINGS_MODULE": SETTINGS, **extra})
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(HERE), str(ROOT), env["PYTHONPATH"]])
     for alias, variable in ALIAS_VARIABLES.items():
         if urls and alias in urls:
             env[variable] = urls[alias]
     return env
+
+
+def create_database(server_url: str, template: str | None = None) -> str:
+    name = f"pgq_test_django_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+    return with_dbname(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
