@@ -44,7 +44,7 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if alias not in connections:
         return [
             checks.Error(
-                f"PGQ_DJANGO_DATABASE names {alias!r}, which is not in DATABASES",
+                f"PGQ['DATABASE'] names {alias!r}, which is not in DATABASES",
                 id="pgq.E001",
             )
         ]
@@ -57,7 +57,7 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             "not PostgreSQL on psycopg 3: tasks sent inside its atomic() blocks are committed "
             "at once, outside the transaction",
             hint="Use django.db.backends.postgresql with psycopg 3, or set "
-            "PGQ_DJANGO_TRANSACTIONAL = False to silence this.",
+            'PGQ = {"TRANSACTIONAL": False} to silence this.',
             id="pgq.W001",
         )
     ]

@@ -7,8 +7,9 @@ Outside ``atomic()`` nothing changes: the task is inserted and committed on pgq'
 
 Django's connection is used only when all of these hold, else pgq's pool is (as without Django):
 
-- the feature is on: ``PGQ_DJANGO_TRANSACTIONAL`` (Django setting, default True);
-- the alias (``using=``, else ``PGQ_DJANGO_DATABASE``, else ``"default"``) is PostgreSQL on
+- the feature is on: ``PGQ["TRANSACTIONAL"]`` (the Django setting ``PGQ``, a dict; default
+  True);
+- the alias (``using=``, else ``PGQ["DATABASE"]``, else ``"default"``) is PostgreSQL on
   psycopg 3, and is inside ``atomic()``;
 - it points at pgq's database: the same host, port and database name as pgq's URL. A Django
   database elsewhere would hold no pgq tables, or the wrong ones: pgq then enqueues on its own
@@ -49,24 +50,24 @@ _warned: set[str] = set()
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
 
-def transactional() -> bool:
-    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ_DJANGO_TRANSACTIONAL``,
-    or ``CELERY_PGQ_DJANGO_TRANSACTIONAL``; default True)."""
+def pgq_settings() -> dict[str, Any]:
+    """The Django setting ``PGQ`` (a dict: ``TRANSACTIONAL``, ``DATABASE``); ``{}`` if unset."""
     from django.conf import settings
 
-    for name in ("PGQ_DJANGO_TRANSACTIONAL", "CELERY_PGQ_DJANGO_TRANSACTIONAL"):
-        value = getattr(settings, name, None)
-        if value is not None:
-            return bool(value)
-    return True
+    return dict(getattr(settings, "PGQ", None) or {})
+
+
+def transactional() -> bool:
+    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ["TRANSACTIONAL"]``,
+    default True)."""
+    return bool(pgq_settings().get("TRANSACTIONAL", True))
 
 
 def default_alias() -> str:
     """The Django database alias pgq's tasks join when the caller names none."""
-    from django.conf import settings
     from django.db import DEFAULT_DB_ALIAS
 
-    return str(getattr(settings, "PGQ_DJANGO_DATABASE", None) or DEFAULT_DB_ALIAS)
+    return str(pgq_settings().get("DATABASE") or DEFAULT_DB_ALIAS)
 
 
 def is_psycopg3_postgresql(wrapper: Any) -> bool:
@@ -109,7 +110,7 @@ def enqueue_connection(
     """Django's psycopg 3 connection when the alias is inside ``transaction.atomic()`` and the
     feature is on, else None (enqueue on pgq's own pool, committed at once).
 
-    ``using`` is the alias (default ``PGQ_DJANGO_DATABASE`` or ``"default"``). With
+    ``using`` is the alias (default ``PGQ["DATABASE"]`` or ``"default"``). With
     ``database_url`` (pgq's), a Django database that is not that one gives None and a warning.
     Inside an ``atomic()`` block that an error has broken, Django's ``TransactionManagementError``
     is raised: the task could not be inserted, as no query could.

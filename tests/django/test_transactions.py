@@ -102,7 +102,7 @@ def test_the_feature_can_be_turned_off(pg) -> None:
     from djtest.tasks import mark
 
     with (
-        override_settings(PGQ_DJANGO_TRANSACTIONAL=False),
+        override_settings(PGQ={"TRANSACTIONAL": False}),
         pytest.raises(Rollback),
         transaction.atomic(),
     ):
@@ -169,7 +169,7 @@ def test_another_database_is_never_written_to(
     with transaction.atomic(using="elsewhere"):
         with pytest.raises(ConfigurationError, match="not pgq's database"):
             mark.apply_async(("refused",), using="elsewhere")
-        with override_settings(PGQ_DJANGO_DATABASE="elsewhere"), caplog.at_level(logging.WARNING):
+        with override_settings(PGQ={"DATABASE": "elsewhere"}), caplog.at_level(logging.WARNING):
             fell_back = mark.delay("fell back")
     assert _row(pg, fell_back.id) is not None
     assert "is not pgq's database" in caplog.text
@@ -194,9 +194,9 @@ def test_a_non_postgresql_alias(pg) -> None:
         mark.apply_async(("refused",), using="lite")
     assert pg.execute("SELECT count(*) FROM pgq.tasks").fetchone() == (0,)
     assert check_database() == []
-    with override_settings(PGQ_DJANGO_DATABASE="lite"):
+    with override_settings(PGQ={"DATABASE": "lite"}):
         assert [m.id for m in check_database()] == ["pgq.W001"]
-    with override_settings(PGQ_DJANGO_DATABASE="nope"):
+    with override_settings(PGQ={"DATABASE": "nope"}):
         assert [m.id for m in check_database()] == ["pgq.E001"]
 
 
