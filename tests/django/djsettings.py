@@ -21,3 +21,6 @@ for _alias, _variable in (
 
 # Not PostgreSQL: a task cannot join its transactions (tests of the bad-input path).
 DATABASES["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+
+if os.environ.get("PGQ_TEST_DJANGO_BROKEN_APP"):
+    INSTALLED_APPS = [*INSTALLED_APPS, "djbroken"]  # its tasks.py fails to import

@@ -66,3 +66,21 @@ def test_the_example_runs_in_two_commands(server_url: str, django_db_url: str) -
         assert "report (SUCCESSFUL)" in done.stdout
     finally:
         drop_database(server_url, url)
+
+
+@pytest.mark.e2e
+def test_a_task_module_that_cannot_be_imported_stops_the_worker_in_one_line(
+    django_urls: dict[str, str],
+) -> None:
+    from djsupport import EXAMPLE, django_env
+    from harness import WorkerProcess
+
+    env = django_env(django_urls["default"], PGQ_TEST_DJANGO_BROKEN_APP="1")
+    worker = WorkerProcess(["worker", "-A", "proj", "-c", "1"], env, EXAMPLE)
+    assert worker.wait(timeout=60) != 0
+    lines = worker.output.strip().splitlines()
+    assert lines[-1] == (
+        "Error: task module 'djbroken.tasks' cannot be imported: "
+        "No module named 'a_module_that_does_not_exist'"
+    ), worker.output
+    assert "Traceback" not in worker.output
