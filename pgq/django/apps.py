@@ -27,7 +27,8 @@ class PgqConfig(AppConfig):
 
         # Every enqueue that passes no connection= asks here first (pgq.django.db).
         hooks.add_connection_provider(provide_connection)
-        post_migrate.connect(upgrade_after_migrate, sender=self)
+        # Django sends post_migrate once per app with models (pgq.django may have none).
+        post_migrate.connect(upgrade_after_migrate, dispatch_uid="pgq.django.upgrade")
         checks.register(check_database, checks.Tags.database)
 
 
@@ -43,7 +44,7 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if alias not in connections:
         return [
             checks.Error(
-                f"PGQ_DJANGO_DATABASE names {alias!r}, which is not in DATABASES",
+                f"PGQ['DATABASE'] names {alias!r}, which is not in DATABASES",
                 id="pgq.E001",
             )
         ]
@@ -56,7 +57,7 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             "not PostgreSQL on psycopg 3: tasks sent inside its atomic() blocks are committed "
             "at once, outside the transaction",
             hint="Use django.db.backends.postgresql with psycopg 3, or set "
-            "PGQ_DJANGO_TRANSACTIONAL = False to silence this.",
+            'PGQ = {"TRANSACTIONAL": False} to silence this.',
             id="pgq.W001",
         )
     ]

@@ -7,12 +7,17 @@ Outside ``atomic()`` nothing changes: the task is inserted and committed on pgq'
 
 Django's connection is used only when all of these hold, else pgq's pool is (as without Django):
 
-- the feature is on: ``PGQ_DJANGO_TRANSACTIONAL`` (Django setting, default True);
-- the alias (``using=``, else ``PGQ_DJANGO_DATABASE``, else ``"default"``) is PostgreSQL on
+- the feature is on: ``PGQ["TRANSACTIONAL"]`` (the Django setting ``PGQ``, a dict; default
+  True);
+- the alias (``using=``, else ``PGQ["DATABASE"]``, else ``"default"``) is PostgreSQL on
   psycopg 3, and is inside ``atomic()``;
 - it points at pgq's database: the same host, port and database name as pgq's URL. A Django
   database elsewhere would hold no pgq tables, or the wrong ones: pgq then enqueues on its own
   URL, outside the transaction, and logs a warning once per alias.
+
+An explicit ``using=`` is a request to join that alias's transaction: when it cannot be honoured
+inside ``atomic()`` (not PostgreSQL on psycopg 3, or not pgq's database) the enqueue fails with
+``ConfigurationError`` and writes nothing, rather than commit the task at once.
 
 ``enqueue_connection(using)`` is the one lookup; ``pgq.django.apps`` registers it with the engine
 (``pgq.hooks.add_connection_provider``), so every enqueue path asks it.
@@ -25,6 +30,9 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from pgq.errors import ConfigurationError
+from pgq.store.database import describe_server, normalize_url, split_options
 
 __all__ = [
     "database_settings",
@@ -42,24 +50,24 @@ _warned: set[str] = set()
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
 
-def transactional() -> bool:
-    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ_DJANGO_TRANSACTIONAL``,
-    or ``CELERY_PGQ_DJANGO_TRANSACTIONAL``; default True)."""
+def pgq_settings() -> dict[str, Any]:
+    """The Django setting ``PGQ`` (a dict: ``TRANSACTIONAL``, ``DATABASE``); ``{}`` if unset."""
     from django.conf import settings
 
-    for name in ("PGQ_DJANGO_TRANSACTIONAL", "CELERY_PGQ_DJANGO_TRANSACTIONAL"):
-        value = getattr(settings, name, None)
-        if value is not None:
-            return bool(value)
-    return True
+    return dict(getattr(settings, "PGQ", None) or {})
+
+
+def transactional() -> bool:
+    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ["TRANSACTIONAL"]``,
+    default True)."""
+    return bool(pgq_settings().get("TRANSACTIONAL", True))
 
 
 def default_alias() -> str:
     """The Django database alias pgq's tasks join when the caller names none."""
-    from django.conf import settings
     from django.db import DEFAULT_DB_ALIAS
 
-    return str(getattr(settings, "PGQ_DJANGO_DATABASE", None) or DEFAULT_DB_ALIAS)
+    return str(pgq_settings().get("DATABASE") or DEFAULT_DB_ALIAS)
 
 
 def is_psycopg3_postgresql(wrapper: Any) -> bool:
@@ -83,8 +91,7 @@ def same_database(wrapper: Any, database_url: str) -> bool:
     """Whether a Django connection wrapper's settings name the database of ``database_url``
     (host, port and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket
     count as one host)."""
-    ours = conninfo_to_dict(database_url)
-    ours = {k: v for k, v in ours.items() if not k.startswith("pgq_")}
+    ours = conninfo_to_dict(split_options(database_url)[0])
     settings = wrapper.settings_dict
     theirs = {
         "host": settings.get("HOST"),
@@ -103,7 +110,7 @@ def enqueue_connection(
     """Django's psycopg 3 connection when the alias is inside ``transaction.atomic()`` and the
     feature is on, else None (enqueue on pgq's own pool, committed at once).
 
-    ``using`` is the alias (default ``PGQ_DJANGO_DATABASE`` or ``"default"``). With
+    ``using`` is the alias (default ``PGQ["DATABASE"]`` or ``"default"``). With
     ``database_url`` (pgq's), a Django database that is not that one gives None and a warning.
     Inside an ``atomic()`` block that an error has broken, Django's ``TransactionManagementError``
     is raised: the task could not be inserted, as no query could.
@@ -115,8 +122,19 @@ def enqueue_connection(
     if not transactional() or not wrapper.in_atomic_block:
         return None
     if not is_psycopg3_postgresql(wrapper):
+        if using is not None:
+            raise ConfigurationError(
+                f"using={using!r}: database {using!r} is {wrapper.vendor}, not PostgreSQL on "
+                "psycopg 3, so a task cannot join its transaction (nothing was enqueued)"
+            )
         return None
     if database_url is not None and not same_database(wrapper, database_url):
+        if using is not None:
+            raise ConfigurationError(
+                f"using={using!r}: database {using!r} is not pgq's database "
+                f"({describe_server(database_url)}), so a task cannot join its transaction "
+                "(nothing was enqueued)"
+            )
         if alias not in _warned:
             _warned.add(alias)
             log.warning(
@@ -147,8 +165,6 @@ def database_settings(url: str, **extra: Any) -> dict[str, Any]:
     """A Django ``DATABASES`` entry for a ``postgresql://`` URL (psycopg 3), so one URL can name
     both Django's database and pgq's: ``DATABASES = {"default": database_settings(URL)}`` and
     ``CELERY_BROKER_URL = URL``. ``extra`` adds keys (``CONN_MAX_AGE=60``...)."""
-    from pgq.store.database import normalize_url, split_options
-
     libpq_url, _ = split_options(normalize_url(url))
     params = conninfo_to_dict(libpq_url)
     options = {

@@ -73,15 +73,24 @@ def downgrade_schema(apps: Any, schema_editor: Any) -> None:
         downgrade(alias_url(alias), revision="base")
 
 
-def upgrade_after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
+# The last migrate run upgrade_after_migrate looked at: Django sends post_migrate once per app
+# of the run, with the same plan object (held here, so its identity is not reused).
+_seen: tuple[str, Any] | None = None
+
+
+def upgrade_after_migrate(
+    sender: Any, using: str = "default", plan: Any = None, **kwargs: Any
+) -> None:
     """``post_migrate``: a pgq release's new Alembic revisions, where pgq's schema is installed."""
     from django.db import connections
     from django.db.migrations.recorder import MigrationRecorder
 
     from pgq.server.migrate import upgrade_if_needed
 
-    if not _postgresql(using):
+    global _seen
+    if (_seen is not None and _seen[0] == using and _seen[1] is plan) or not _postgresql(using):
         return
+    _seen = (using, plan)
     recorder = MigrationRecorder(connections[using])
     if not recorder.has_table() or SCHEMA_MIGRATION not in recorder.applied_migrations():
         return  # never installed here, or just removed by `migrate pgq zero`

@@ -16,41 +16,32 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 pytest.importorskip("django")
 if sys.version_info < (3, 12):
     pytest.importorskip("django_tasks")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from djsupport import (  # noqa: E402
+    ALIAS_VARIABLES,
+    EXAMPLE,
+    SETTINGS,
+    create_database,
+    django_env,
+    drop_database,
+)
 from harness import (  # noqa: E402 - tests/conftest.py puts tests/support on sys.path
     WorkerProcess,
     wait_until_worker_registered,
-    with_dbname,
-    worker_env,
 )
-
-HERE = Path(__file__).resolve().parent
-EXAMPLE = HERE.parents[1] / "examples" / "django"
-ROOT = HERE.parents[1]
-SETTINGS = "djsettings"
-# Environment variables djsettings.py reads for the aliases beside "default".
-ALIAS_VARIABLES = {
-    "other": "PGQ_TEST_DJANGO_OTHER_URL",
-    "elsewhere": "PGQ_TEST_DJANGO_ELSEWHERE_URL",
-    "fresh": "PGQ_TEST_DJANGO_FRESH_URL",
-}
-
-for folder in (EXAMPLE, HERE):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
 
 
 def _setup_django(env: dict[str, str]) -> None:
@@ -72,32 +63,14 @@ def _setup_django(env: dict[str, str]) -> None:
                 os.environ[name] = value
 
 
-def _create_database(server_url: str, template: str | None = None) -> str:
-    name = f"pgq_test_django_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-        conn.execute(statement)
-    return with_dbname(server_url, name)
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    name = conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
 @pytest.fixture(scope="session")
 def django_urls(server_url: str, template_url: str) -> Iterator[dict[str, str]]:
     """The databases of the session: ``default`` (empty, then ``migrate``), ``elsewhere``
     (pgq's schema only) and ``fresh`` (empty); Django set up on them, ``migrate`` run."""
     urls = {
-        "default": _create_database(server_url),
-        "elsewhere": _create_database(server_url, conninfo_to_dict(template_url)["dbname"]),
-        "fresh": _create_database(server_url),
+        "default": create_database(server_url),
+        "elsewhere": create_database(server_url, conninfo_to_dict(template_url)["dbname"]),
+        "fresh": create_database(server_url),
     }
     urls["other"] = urls["default"]
     try:
@@ -113,7 +86,7 @@ def django_urls(server_url: str, template_url: str) -> Iterator[dict[str, str]]:
 
         connections.close_all()
         for alias in ("default", "elsewhere", "fresh"):
-            _drop_database(server_url, urls[alias])
+            drop_database(server_url, urls[alias])
 
 
 @pytest.fixture(scope="session")
@@ -135,16 +108,6 @@ def clean(pg: psycopg.Connection[Any]) -> None:
     pg.execute("TRUNCATE pgq.tasks, pgq.workers, shop_order, reports_report, djtest_mark")
 
 
-def django_env(db_url: str, urls: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """A worker's environment: the example project and the test app importable, the database."""
-    env = worker_env(db_url, DJANGO_SETTINGS_MODULE=SETTINGS, **extra)
-    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(HERE), str(ROOT), env["PYTHONPATH"]])
-    for alias, variable in ALIAS_VARIABLES.items():
-        if urls and alias in urls:
-            env[variable] = urls[alias]
-    return env
-
-
 @pytest.fixture
 def start_worker(
     django_urls: dict[str, str],
@@ -152,9 +115,15 @@ def start_worker(
     """Start ``pgq worker -A proj`` in examples/django; every worker is stopped after."""
     started: list[WorkerProcess] = []
 
-    def start(*args: str, db_url: str | None = None, ready: bool = True) -> WorkerProcess:
+    def start(
+        *args: str,
+        db_url: str | None = None,
+        ready: bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         url = db_url or django_urls["default"]
-        w = WorkerProcess(["worker", "-A", "proj", *args], django_env(url, django_urls), EXAMPLE)
+        env = django_env(url, django_urls, **(extra_env or {}))
+        w = WorkerProcess(["worker", "-A", "proj", *args], env, EXAMPLE)
         started.append(w)
         if ready:
             wait_until_worker_registered(url, w)

@@ -18,3 +18,9 @@ for _alias, _variable in (
 ):
     if os.environ.get(_variable):
         DATABASES[_alias] = database_settings(os.environ[_variable], CONN_MAX_AGE=None)
+
+# Not PostgreSQL: a task cannot join its transactions (tests of the bad-input path).
+DATABASES["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+
+if os.environ.get("PGQ_TEST_DJANGO_BROKEN_APP"):
+    INSTALLED_APPS = [*INSTALLED_APPS, "djbroken"]  # its tasks.py fails to import

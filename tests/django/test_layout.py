@@ -38,3 +38,49 @@ def test_worker_runs_a_task_writing_through_the_orm(clean: None, start_worker, p
     assert order.status == "confirmed"
     assert order.confirmed_by in worker.children()  # written by the pool child, through the ORM
     assert Order.objects.count() == 1
+
+
+@pytest.mark.e2e
+def test_the_example_runs_in_two_commands(server_url: str, django_db_url: str) -> None:
+    """The example's README: ``manage.py migrate`` then ``manage.py demo``, on a new database."""
+    import subprocess
+    import sys
+
+    from djsupport import EXAMPLE, create_database, django_env, drop_database
+
+    url = create_database(server_url)
+    try:
+        env = django_env(url, DJANGO_SETTINGS_MODULE="proj.settings")  # the example's own
+        for command in (["migrate"], ["demo", "--orders", "2"]):
+            done = subprocess.run(
+                [sys.executable, "manage.py", *command],
+                cwd=EXAMPLE,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count(": confirmed by worker") == 2, done.stdout
+        assert "never existed" in done.stdout
+        assert "report (SUCCESSFUL)" in done.stdout
+    finally:
+        drop_database(server_url, url)
+
+
+@pytest.mark.e2e
+def test_a_task_module_that_cannot_be_imported_stops_the_worker_in_one_line(
+    django_urls: dict[str, str],
+) -> None:
+    from djsupport import EXAMPLE, django_env
+    from harness import WorkerProcess
+
+    env = django_env(django_urls["default"], PGQ_TEST_DJANGO_BROKEN_APP="1")
+    worker = WorkerProcess(["worker", "-A", "proj", "-c", "1"], env, EXAMPLE)
+    assert worker.wait(timeout=60) != 0
+    lines = worker.output.strip().splitlines()
+    assert lines[-1] == (
+        "Error: task module 'djbroken.tasks' cannot be imported: "
+        "No module named 'a_module_that_does_not_exist'"
+    ), worker.output
+    assert "Traceback" not in worker.output

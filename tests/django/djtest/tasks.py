@@ -47,3 +47,19 @@ def leave_open_transaction() -> str:
     cur.execute("BEGIN")
     cur.execute("SELECT 1")
     return "left"
+
+
+@shared_task
+def queries_so_far() -> int:
+    """How many queries Django's log holds as this task starts (DEBUG = True logs them)."""
+    return len(connection.queries)
+
+
+if os.environ.get("PGQ_TEST_DJANGO_PARENT_QUERY"):
+    # The worker's parent queries through Django (and keeps the connection: CONN_MAX_AGE=None)
+    # once its app has imported its tasks, before it forks the pool.
+    from proj.celery import app
+
+    @app.on_after_finalize.connect
+    def _parent_query(sender: object = None, **kwargs: object) -> None:
+        Mark.objects.create(label="parent", pid=os.getpid(), backend_pid=_backend_pid())
