@@ -7,7 +7,7 @@ its failure kept in the history), *revoke* and *terminate* (``pgq revoke [--term
 *forget* (a finished task's row deleted, as ``AsyncResult.forget()``). They need the
 "operate" permission: the model's ``change`` permission (a superuser has it).
 
-The admin reads the tables on pgq's Django database (``PGQ_DJANGO_DATABASE``, default
+The admin reads the tables on pgq's Django database (``PGQ["DATABASE"]``, default
 ``default``) and runs the actions on the same database.
 """
 
