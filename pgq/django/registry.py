@@ -24,8 +24,10 @@ nothing imported; ``get_result`` shows it as an "unknown django task" error.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import logging
 import threading
 import weakref
@@ -193,8 +195,10 @@ class DjangoTaskRunner(PgqTask):
 
     ``run`` calls the task's function (with a ``TaskContext`` first when it ``takes_context``) and
     returns its value normalised to JSON as Django's own backends do (a value JSON cannot hold
-    fails the task with Django's ``TypeError``/``ValueError``). The backend's pgq options
-    (retries, time limits) are class attributes set by ``runner_for``.
+    fails the task with Django's ``TypeError``/``ValueError``). Django's ``task_started`` is sent
+    before the call, ``task_finished`` once the task succeeded or failed for good (not before a
+    retry). The backend's pgq options (retries, time limits) are class attributes set by
+    ``runner_for``.
     """
 
     django_task: Any = None
@@ -202,15 +206,75 @@ class DjangoTaskRunner(PgqTask):
     typing = True
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        from pgq.django._tasks_api import TaskContext
         from pgq.django.backend import normalize_json
 
         task = self.django_task
         if task.takes_context:
-            context = _context(self.backend_alias, task)
-            value = task.call(context, *args, **kwargs)
+            # Read from the row: ``attempt`` counts the runs before this one (retries, rescues).
+            result = self._backend().get_result(_request().id)
+        else:
+            result = self._result("RUNNING")
+        self._send("task_started", result)
+        if task.takes_context:
+            value = task.call(TaskContext(task_result=result), *args, **kwargs)
         else:
             value = task.call(*args, **kwargs)
         return normalize_json(value)
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        result = self._result("SUCCESSFUL", finished=True)
+        object.__setattr__(result, "_return_value", retval)
+        self._send("task_finished", result)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        from pgq.django._tasks_api import TaskError
+
+        cls = type(exc)
+        error = TaskError(
+            exception_class_path=f"{cls.__module__}.{cls.__qualname__}",
+            traceback=str(getattr(einfo, "traceback", "") or ""),
+        )
+        self._send("task_finished", self._result("FAILED", finished=True, errors=[error]))
+
+    def _backend(self) -> Any:
+        from pgq.django._tasks_api import task_backends
+
+        return task_backends[self.backend_alias]
+
+    def _result(self, status: str, *, finished: bool = False, errors: Any = ()) -> Any:
+        """The running task's ``TaskResult`` as its request knows it (no row read)."""
+        from django.utils import timezone
+
+        from pgq.django._tasks_api import TaskResult, TaskResultStatus
+
+        request = _request()
+        now = timezone.now()
+        return TaskResult(
+            task=self.django_task,
+            id=request.id,
+            status=TaskResultStatus[status],
+            enqueued_at=None,
+            started_at=None if finished else now,
+            last_attempted_at=None if finished else now,
+            finished_at=now if finished else None,
+            args=request.args,
+            kwargs=request.kwargs,
+            backend=self.backend_alias,
+            errors=list(errors),
+            worker_ids=[request.hostname or ""],
+        )
+
+    def _send(self, name: str, result: Any) -> None:
+        """Send one of Django's task signals; a receiver's error is logged, never the task's."""
+        from pgq.django._tasks_api import tasks_submodule
+
+        signal = getattr(tasks_submodule("signals"), name)
+        for receiver, response in signal.send_robust(type(self._backend()), task_result=result):
+            if isinstance(response, Exception):
+                log.error("receiver %r of django.tasks %s raised %r", receiver, name, response)
 
     def check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         """Raise TypeError, nothing written, if the function cannot take these arguments (its
@@ -223,10 +287,8 @@ class DjangoTaskRunner(PgqTask):
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
 
-    @property
+    @functools.cached_property
     def _call_signature(self) -> Any:
-        import inspect
-
         try:
             signature = inspect.signature(self.django_task.func)
         except (TypeError, ValueError):
@@ -237,18 +299,13 @@ class DjangoTaskRunner(PgqTask):
         return signature
 
 
-def _context(alias: str, task: Any) -> Any:
-    """The ``TaskContext`` of the running task: its ``TaskResult`` read from its row (so
-    ``attempt`` counts the runs before this one, retries and rescues included)."""
+def _request() -> Any:
     from pgq.context import current_request
-    from pgq.django._tasks_api import TaskContext, task_backends
 
     request = current_request()
     if request is None:
-        raise RuntimeError("a takes_context task can only run in a pgq worker")
-    backend = task_backends[alias]
-    result = backend.get_result(request.id)
-    return TaskContext(task_result=result)
+        raise RuntimeError("a django.tasks task run by pgq runs in a pgq worker")
+    return request
 
 
 def runner_for(task: Any, backend: Any) -> DjangoTaskRunner:

@@ -11,8 +11,10 @@ from typing import Any
 
 try:
     from django.tasks import task  # Django 6.0+
+    from django.tasks.signals import task_finished, task_started
 except ImportError:  # Django 5.2: the django-tasks backport
     from django_tasks import task
+    from django_tasks.signals import task_finished, task_started
 
 from djtest.models import Mark
 
@@ -80,3 +82,22 @@ def flaky(context: Any, succeed_at: int) -> int:
     if context.attempt < succeed_at:
         raise ConnectionError(f"attempt {context.attempt}")
     return int(context.attempt)
+
+
+@task()
+def signalled(fail: bool) -> str:
+    """A task whose Django signals the receivers below record as Marks."""
+    if fail:
+        raise KeyError("asked to fail")
+    return "fine"
+
+
+def _record(signal: Any, task_result: Any, **kwargs: Any) -> None:
+    if task_result.task.module_path == "backend_tasks.signalled":
+        name = "started" if signal is task_started else "finished"
+        errors = ",".join(e.exception_class_path for e in task_result.errors)
+        _mark(f"{name}:{task_result.status}:{task_result.id}:{errors}")
+
+
+task_started.connect(_record, dispatch_uid="backend_tasks.started")
+task_finished.connect(_record, dispatch_uid="backend_tasks.finished")

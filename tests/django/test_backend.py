@@ -408,3 +408,22 @@ def test_retries_exhausted_fail_with_the_last_error(backend_worker: Any) -> None
     assert done.attempts == 6  # the first run and max_retries = 5 retries
     assert [e.exception_class_path for e in done.errors] == ["builtins.ConnectionError"]
     assert "attempt 6" in done.errors[0].traceback
+
+
+@pytest.mark.e2e
+def test_the_worker_sends_djangos_task_signals(backend_worker: Any) -> None:
+    from backend_tasks import signalled
+    from djtest.models import Mark
+
+    backend_worker("-c", "1")
+    ok = signalled.enqueue(False)
+    bad = signalled.enqueue(True)
+    assert finished(signalled, ok.id).status == _statuses().SUCCESSFUL
+    assert finished(signalled, bad.id).status == _statuses().FAILED
+    labels = set(Mark.objects.values_list("label", flat=True))
+    assert {
+        f"started:RUNNING:{ok.id}:",
+        f"finished:SUCCESSFUL:{ok.id}:",
+        f"started:RUNNING:{bad.id}:",
+        f"finished:FAILED:{bad.id}:builtins.KeyError",
+    } <= labels
