@@ -222,7 +222,7 @@ def test_check_refuses_a_database_that_is_not_postgresql() -> None:
 
     from pgq.django.backend import TaskBackend
 
-    alias = "lite"
+    alias = "backend_sqlite"  # added here, removed after (the suite's own aliases stay)
     connections.settings[alias] = connections.configure_settings(
         {
             "default": {"ENGINE": "django.db.backends.dummy"},
