@@ -427,3 +427,31 @@ def test_the_worker_sends_djangos_task_signals(backend_worker: Any) -> None:
         f"started:RUNNING:{bad.id}:",
         f"finished:FAILED:{bad.id}:builtins.KeyError",
     } <= labels
+
+
+# -- the registry: what a worker process knows -------------------------------------------------
+
+
+def test_celery_apps_know_the_django_tasks_and_a_plain_app_can_install_them() -> None:
+    import backend_tasks
+    from proj.celery import app as celery_app
+
+    import pgq
+    from pgq.django.registry import DjangoTaskRunner, install
+
+    assert isinstance(celery_app.tasks["backend_tasks.add"], DjangoTaskRunner)
+    assert isinstance(celery_app.tasks["reports.tasks.summarize_orders"], DjangoTaskRunner)
+
+    plain = pgq.App()
+    names = install(plain)
+    assert {"backend_tasks.add", "reports.tasks.summarize_orders"} <= set(names)
+    runner = plain.tasks["backend_tasks.add"]
+    assert runner.django_task is backend_tasks.add
+
+
+def test_a_task_module_that_cannot_be_imported_is_named() -> None:
+    from pgq.django.registry import discover
+    from pgq.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="'backend_no_such_module'"):
+        discover(["backend_no_such_module"])
