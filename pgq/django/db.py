@@ -87,12 +87,11 @@ def _server(params: dict[str, Any]) -> tuple[str, str, str]:
     return host, port, str(params.get("dbname") or params.get("NAME") or "")
 
 
-def same_database(wrapper: Any, database_url: str) -> bool:
-    """Whether a Django connection wrapper's settings name the database of ``database_url``
-    (host, port and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket
-    count as one host)."""
-    ours = conninfo_to_dict(split_options(database_url)[0])
-    settings = wrapper.settings_dict
+def same_database(settings: dict[str, Any], database_url: str) -> bool:
+    """Whether a Django ``DATABASES`` entry names the database of ``database_url`` (host, port
+    and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket count as one
+    host; a libpq service name never matches, since its target cannot be compared)."""
+    ours = conninfo_to_dict(split_options(normalize_url(database_url))[0])
     theirs = {
         "host": settings.get("HOST"),
         "port": settings.get("PORT"),
@@ -128,7 +127,7 @@ def enqueue_connection(
                 "psycopg 3, so a task cannot join its transaction (nothing was enqueued)"
             )
         return None
-    if database_url is not None and not same_database(wrapper, database_url):
+    if database_url is not None and not same_database(wrapper.settings_dict, database_url):
         if using is not None:
             raise ConfigurationError(
                 f"using={using!r}: database {using!r} is not pgq's database "

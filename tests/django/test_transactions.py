@@ -218,3 +218,22 @@ def test_a_worker_runs_the_committed_task_and_never_the_rolled_back_one(pg, star
     assert kept.status == "confirmed"  # written by the task, through the ORM, in the worker
     assert _row(pg, lost_id) is None
     assert list(Order.objects.values_list("customer", flat=True)) == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "url", "same"),
+    [
+        ({"NAME": "shop", "HOST": "localhost"}, "postgresql://127.0.0.1/shop", True),
+        ({"NAME": "shop", "HOST": "/run/postgresql"}, "postgres://u@localhost:5432/shop", True),
+        ({"NAME": "shop", "HOST": "", "PORT": "5432"}, "postgresql:///shop", True),
+        ({"NAME": "shop", "HOST": "db1"}, "postgresql://db2/shop", False),
+        ({"NAME": "shop", "HOST": "db1", "PORT": "6432"}, "postgresql://db1/shop", False),
+        ({"NAME": "shop"}, "postgresql://localhost/shop2", False),
+        ({"NAME": "shop"}, "postgresql://localhost/shop?pgq_pooler=transaction", True),
+        ({"NAME": "shop", "OPTIONS": {"service": "main"}}, "postgresql://localhost/shop", False),
+    ],
+)
+def test_which_databases_are_pgqs(entry: dict[str, Any], url: str, same: bool) -> None:
+    from pgq.django.db import same_database
+
+    assert same_database(entry, url) is same
