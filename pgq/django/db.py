@@ -37,7 +37,9 @@ from pgq.store.database import describe_server, normalize_url, split_options
 
 __all__ = [
     "database_settings",
+    "default_alias",
     "enqueue_connection",
+    "is_psycopg3_postgresql",
     "provide_connection",
     "same_database",
     "transactional",
@@ -138,9 +140,10 @@ def enqueue_connection(
     feature is on, else None (enqueue on pgq's own pool, committed at once).
 
     ``using`` is the alias (default ``PGQ["DATABASE"]`` or ``"default"``). With
-    ``database_url`` (pgq's), a Django database that is not that one gives None and a warning.
-    Inside an ``atomic()`` block that an error has broken, Django's ``TransactionManagementError``
-    is raised: the task could not be inserted, as no query could.
+    ``database_url`` (pgq's), a Django database that is not that one gives None and a warning,
+    or, when ``using`` names it, ``ConfigurationError`` (as does a ``using`` alias that is not
+    PostgreSQL on psycopg 3). Inside an ``atomic()`` block that an error has broken, Django's
+    ``TransactionManagementError`` is raised: the task could not be inserted, as no query could.
     """
     from django.db import connections
 
@@ -183,7 +186,10 @@ def provide_connection(database_url: str, using: str | None) -> psycopg.Connecti
 
     if not apps.ready:  # Django is not set up in this process (yet): nothing to join
         if using is not None:
-            raise LookupError(f"using={using!r}: Django is not set up (django.setup())")
+            raise ConfigurationError(
+                f"using={using!r} names a Django database, but Django is not set up in this "
+                "process (django.setup())"
+            )
         return None
     return enqueue_connection(using, database_url=database_url)
 
