@@ -7,6 +7,8 @@ from typing import Any
 from django.apps import AppConfig
 from django.core import checks
 
+from pgq.store.database import describe_server
+
 __all__ = ["PgqConfig"]
 
 
@@ -33,10 +35,13 @@ class PgqConfig(AppConfig):
 
 
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """pgq.W001: the database tasks join inside ``atomic()`` is not PostgreSQL on psycopg 3."""
+    """pgq.E001: ``PGQ["DATABASE"]`` is not an alias; pgq.W001: the database tasks join inside
+    ``atomic()`` is not PostgreSQL on psycopg 3; pgq.W002: it is not the database of the
+    Celery app (``CELERY_BROKER_URL``), so tasks are committed at once, outside transactions."""
     from django.db import connections
 
-    from pgq.django.db import default_alias, is_psycopg3_postgresql, transactional
+    from pgq.django.db import default_alias, is_psycopg3_postgresql, same_database, transactional
+    from pgq.django.fixup import fixed_apps
 
     if not transactional():
         return []
@@ -50,7 +55,22 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         ]
     wrapper = connections[alias]
     if is_psycopg3_postgresql(wrapper):
-        return []
+        messages: list[checks.CheckMessage] = []
+        for app in list(fixed_apps):
+            url = _configured_url(app)
+            if url is not None and same_database(wrapper.settings_dict, url):
+                continue
+            where = "pgq's embedded server" if url is None else describe_server(url)
+            messages.append(
+                checks.Warning(
+                    f"the pgq app {app.main or app!r} keeps its tasks in {where}, not in "
+                    f"Django's database {alias!r}: tasks sent inside atomic() are committed at "
+                    "once, outside the transaction",
+                    hint="Set CELERY_BROKER_URL to the URL of that database.",
+                    id="pgq.W002",
+                )
+            )
+        return messages
     return [
         checks.Warning(
             f"database {alias!r} is {wrapper.vendor} ({wrapper.settings_dict.get('ENGINE')}), "
@@ -61,3 +81,12 @@ def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             id="pgq.W001",
         )
     ]
+
+
+def _configured_url(app: Any) -> str | None:
+    """The URL an app will use, as configured (None: the embedded server), without starting
+    anything."""
+    from pgq.settings import Settings
+
+    url = getattr(app, "database_url", None)
+    return str(url) if url else Settings.from_env().database_url

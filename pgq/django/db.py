@@ -25,6 +25,7 @@ inside ``atomic()`` (not PostgreSQL on psycopg 3, or not pgq's database) the enq
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -36,7 +37,9 @@ from pgq.store.database import describe_server, normalize_url, split_options
 
 __all__ = [
     "database_settings",
+    "default_alias",
     "enqueue_connection",
+    "is_psycopg3_postgresql",
     "provide_connection",
     "same_database",
     "transactional",
@@ -50,24 +53,44 @@ _warned: set[str] = set()
 _LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 
 
-def pgq_settings() -> dict[str, Any]:
-    """The Django setting ``PGQ`` (a dict: ``TRANSACTIONAL``, ``DATABASE``); ``{}`` if unset."""
-    from django.conf import settings
+# (TRANSACTIONAL, DATABASE) from the Django setting PGQ, read once per process: every enqueue
+# asks (a missing Django setting costs an exception to look up). Django's setting_changed
+# signal (override_settings) clears it.
+_settings: tuple[bool, str] | None = None
 
-    return dict(getattr(settings, "PGQ", None) or {})
+
+def _pgq_settings() -> tuple[bool, str]:
+    global _settings
+    if _settings is None:
+        from django.conf import settings
+        from django.core.signals import setting_changed
+        from django.db import DEFAULT_DB_ALIAS
+
+        setting_changed.connect(_forget_settings, dispatch_uid="pgq.django.db")
+        given = dict(getattr(settings, "PGQ", None) or {})
+        _settings = (
+            bool(given.get("TRANSACTIONAL", True)),
+            str(given.get("DATABASE") or DEFAULT_DB_ALIAS),
+        )
+    return _settings
+
+
+def _forget_settings(setting: str = "", **kwargs: Any) -> None:
+    global _settings
+    if setting == "PGQ":
+        _settings = None
 
 
 def transactional() -> bool:
-    """Whether enqueues inside ``atomic()`` join Django's transaction (``PGQ["TRANSACTIONAL"]``,
-    default True)."""
-    return bool(pgq_settings().get("TRANSACTIONAL", True))
+    """Whether enqueues inside ``atomic()`` join Django's transaction (the Django setting
+    ``PGQ = {"TRANSACTIONAL": ...}``, default True)."""
+    return _pgq_settings()[0]
 
 
 def default_alias() -> str:
-    """The Django database alias pgq's tasks join when the caller names none."""
-    from django.db import DEFAULT_DB_ALIAS
-
-    return str(pgq_settings().get("DATABASE") or DEFAULT_DB_ALIAS)
+    """The Django database alias pgq's tasks join when the caller names none
+    (``PGQ = {"DATABASE": ...}``, default ``"default"``)."""
+    return _pgq_settings()[1]
 
 
 def is_psycopg3_postgresql(wrapper: Any) -> bool:
@@ -87,21 +110,27 @@ def _server(params: dict[str, Any]) -> tuple[str, str, str]:
     return host, port, str(params.get("dbname") or params.get("NAME") or "")
 
 
-def same_database(wrapper: Any, database_url: str) -> bool:
-    """Whether a Django connection wrapper's settings name the database of ``database_url``
-    (host, port and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket
-    count as one host)."""
-    ours = conninfo_to_dict(split_options(database_url)[0])
-    settings = wrapper.settings_dict
-    theirs = {
-        "host": settings.get("HOST"),
-        "port": settings.get("PORT"),
-        "dbname": settings.get("NAME"),
-    }
-    options = settings.get("OPTIONS") or {}
-    if options.get("service") or ours.get("service"):
+def same_database(settings: dict[str, Any], database_url: str) -> bool:
+    """Whether a Django ``DATABASES`` entry names the database of ``database_url`` (host, port
+    and database name; ``localhost``, ``127.0.0.1``, ``::1`` and a Unix socket count as one
+    host; a libpq service name never matches, since its target cannot be compared)."""
+    service = (settings.get("OPTIONS") or {}).get("service")
+    return _same_database(
+        str(settings.get("HOST") or ""),
+        str(settings.get("PORT") or ""),
+        str(settings.get("NAME") or ""),
+        str(service or ""),
+        database_url,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _same_database(host: str, port: str, name: str, service: str, database_url: str) -> bool:
+    # Cached: every enqueue inside atomic() asks, and parsing the URL costs more than the rest.
+    ours = conninfo_to_dict(split_options(normalize_url(database_url))[0])
+    if service or ours.get("service"):
         return False  # a service file's target cannot be compared: be safe, pgq's own pool
-    return _server(theirs) == _server(ours)
+    return _server({"host": host, "port": port, "dbname": name}) == _server(ours)
 
 
 def enqueue_connection(
@@ -111,9 +140,10 @@ def enqueue_connection(
     feature is on, else None (enqueue on pgq's own pool, committed at once).
 
     ``using`` is the alias (default ``PGQ["DATABASE"]`` or ``"default"``). With
-    ``database_url`` (pgq's), a Django database that is not that one gives None and a warning.
-    Inside an ``atomic()`` block that an error has broken, Django's ``TransactionManagementError``
-    is raised: the task could not be inserted, as no query could.
+    ``database_url`` (pgq's), a Django database that is not that one gives None and a warning,
+    or, when ``using`` names it, ``ConfigurationError`` (as does a ``using`` alias that is not
+    PostgreSQL on psycopg 3). Inside an ``atomic()`` block that an error has broken, Django's
+    ``TransactionManagementError`` is raised: the task could not be inserted, as no query could.
     """
     from django.db import connections
 
@@ -128,7 +158,7 @@ def enqueue_connection(
                 "psycopg 3, so a task cannot join its transaction (nothing was enqueued)"
             )
         return None
-    if database_url is not None and not same_database(wrapper, database_url):
+    if database_url is not None and not same_database(wrapper.settings_dict, database_url):
         if using is not None:
             raise ConfigurationError(
                 f"using={using!r}: database {using!r} is not pgq's database "
@@ -156,7 +186,10 @@ def provide_connection(database_url: str, using: str | None) -> psycopg.Connecti
 
     if not apps.ready:  # Django is not set up in this process (yet): nothing to join
         if using is not None:
-            raise LookupError(f"using={using!r}: Django is not set up (django.setup())")
+            raise ConfigurationError(
+                f"using={using!r} names a Django database, but Django is not set up in this "
+                "process (django.setup())"
+            )
         return None
     return enqueue_connection(using, database_url=database_url)
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sys
+import weakref
 from typing import Any
 
 from pgq import hooks
@@ -31,6 +32,8 @@ __all__ = ["fixup", "django_in_use"]
 log = logging.getLogger("pgq.django")
 
 _hooks_installed = False
+# The apps the fix-up was installed on (the system checks compare their databases with Django's).
+fixed_apps: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def django_in_use() -> bool:
@@ -50,6 +53,7 @@ def fixup(app: Any) -> bool:
     except ImportError:
         # As Celery: a DJANGO_SETTINGS_MODULE without Django installed is somebody else's.
         return False
+    fixed_apps.add(app)
     on_after_configure = getattr(app, "on_after_configure", None)
     if on_after_configure is not None:
         on_after_configure.connect(_setup_django, weak=False)

@@ -17,7 +17,13 @@ import sys
 from typing import Any
 from urllib.parse import quote, urlencode
 
-__all__ = ["alias_url", "downgrade_schema", "upgrade_after_migrate", "upgrade_schema"]
+__all__ = [
+    "alias_url",
+    "downgrade_schema",
+    "settings_url",
+    "upgrade_after_migrate",
+    "upgrade_schema",
+]
 
 # The migration of pgq/django/migrations that creates pgq's schema.
 SCHEMA_MIGRATION = ("pgq", "0001_pgq_schema")
@@ -27,7 +33,11 @@ def alias_url(alias: str) -> str:
     """A ``postgresql://`` URL with a Django database alias's connection settings."""
     from django.db import connections
 
-    settings = connections[alias].settings_dict
+    return settings_url(connections[alias].settings_dict)
+
+
+def settings_url(settings: dict[str, Any]) -> str:
+    """A ``postgresql://`` URL with the connection settings of a ``DATABASES`` entry."""
     user = quote(str(settings.get("USER") or ""), safe="")
     password = quote(str(settings.get("PASSWORD") or ""), safe="")
     host = str(settings.get("HOST") or "")
@@ -38,13 +48,23 @@ def alias_url(alias: str) -> str:
         host = ""
     elif ":" in host:
         host = f"[{host}]"  # IPv6
+    known = _libpq_keywords()
     for key, value in (settings.get("OPTIONS") or {}).items():
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            query[key] = str(value)  # libpq options: sslmode, sslrootcert, options...
+        # libpq's own options (sslmode, sslrootcert, options...); Django's (isolation_level,
+        # server_side_binding, pool, assume_role...) are not connection parameters.
+        if key in known and isinstance(value, (str, int)) and not isinstance(value, bool):
+            query[key] = str(value)
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     netloc = auth + host + (f":{port}" if port else "")
     url = f"postgresql://{netloc}/{quote(str(settings.get('NAME') or ''), safe='')}"
-    return url + (f"?{urlencode(query)}" if query else "")
+    # %XX only: libpq does not read "+" as a space.
+    return url + (f"?{urlencode(query, quote_via=quote)}" if query else "")
+
+
+def _libpq_keywords() -> set[str]:
+    from psycopg import pq
+
+    return {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
 
 
 def _postgresql(alias: str) -> bool:

@@ -84,3 +84,31 @@ def test_a_task_module_that_cannot_be_imported_stops_the_worker_in_one_line(
         "No module named 'a_module_that_does_not_exist'"
     ), worker.output
     assert "Traceback" not in worker.output
+
+
+@pytest.mark.parametrize("settings_module", [None, "proj.settings"])
+def test_the_fixup_switches_on_only_for_a_django_project(settings_module: str | None) -> None:
+    """As Celery's: installed on every app, active only when DJANGO_SETTINGS_MODULE is set; a
+    project without Django does not even import it."""
+    import os
+    import subprocess
+    import sys
+
+    from djsupport import EXAMPLE, ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    if settings_module:
+        env["DJANGO_SETTINGS_MODULE"] = settings_module
+    code = (
+        "import sys\n"
+        "from pgq.compat import Celery\n"
+        "from pgq.django.fixup import fixed_apps\n"
+        "app = Celery('x', broker='postgresql://nobody@127.0.0.1:1/never')\n"
+        "print(len(fixed_apps), 'django' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=EXAMPLE, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == (["1", "True"] if settings_module else ["0", "False"])

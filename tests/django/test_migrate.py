@@ -98,3 +98,35 @@ def test_migrate_on_a_database_that_is_not_postgresql(django_db_url: str) -> Non
     out = StringIO()
     call_command("migrate", "pgq", database="lite", stdout=out, verbosity=1)
     assert "Applying pgq.0001_pgq_schema... OK" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"NAME": "shop", "USER": "app", "PASSWORD": "p@ss:w/rd% +", "HOST": "db", "PORT": "6543"},
+        {"NAME": "shop db", "USER": "app", "HOST": "/var/run/postgresql"},
+        {"NAME": "shop", "HOST": "::1", "OPTIONS": {"sslmode": "require", "isolation_level": 2}},
+        {"NAME": "shop", "OPTIONS": {"server_side_binding": True, "application_name": "a b"}},
+    ],
+)
+def test_a_databases_entry_and_its_url_name_the_same_connection(entry: dict[str, Any]) -> None:
+    """migrate connects with the alias's settings as a URL (settings_url); the URL is read back
+    as libpq reads it, and database_settings() turns it into the same entry."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pgq.django.db import database_settings, same_database
+    from pgq.django.migrate import settings_url
+
+    url = settings_url(entry)
+    params = conninfo_to_dict(url)
+    assert params["dbname"] == entry["NAME"]
+    assert params.get("user") == entry.get("USER")
+    assert params.get("password") == entry.get("PASSWORD")
+    assert params.get("host") == entry.get("HOST")
+    assert params.get("port") == entry.get("PORT")
+    assert "isolation_level" not in params and "server_side_binding" not in params
+    back = database_settings(url)
+    for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT"):
+        assert back[key] == (entry.get(key) or "")
+    assert same_database(entry, url)
+    assert not same_database({**entry, "NAME": "another"}, url)
