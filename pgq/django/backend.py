@@ -100,7 +100,6 @@ class BackendOptions:
     """A pgq backend's ``OPTIONS``, checked (``parse_options``)."""
 
     database: str | None = None  # the Django alias pgq's tables are in (None: pgq.django's)
-    database_url: str | None = None  # pgq's database as a URL (None: the alias's settings)
     max_retries: int | None = 3  # Celery's default; used only with retry_on
     retry_on: tuple[str, ...] = ()
     retry_delay: float = 180.0
@@ -142,12 +141,11 @@ def parse_options(options: Mapping[str, Any]) -> BackendOptions:
             f"{', '.join(sorted(_KNOWN_OPTIONS))}"
         )
     kept: dict[str, Any] = {}
-    for name in ("database", "database_url"):
-        value = options.get(name)
-        if value is not None:
-            if not isinstance(value, str) or not value:
-                raise ImproperlyConfigured(f"OPTIONS[{name!r}] must be a string, got {value!r}")
-            kept[name] = value
+    database = options.get("database")
+    if database is not None:
+        if not isinstance(database, str) or not database:
+            raise ImproperlyConfigured(f"OPTIONS['database'] must be an alias, got {database!r}")
+        kept["database"] = database
     retries = options.get("max_retries", 3)
     if retries is not None and (
         isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
@@ -232,10 +230,10 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
 
     @property
     def database_url(self) -> str:
-        """pgq's database: ``OPTIONS["database_url"]``, else the alias's connection settings."""
+        """pgq's database: the alias's, where ``manage.py migrate`` put pgq's tables."""
         from pgq.django.migrate import alias_url
 
-        return self.pgq_options.database_url or alias_url(self.database_alias)
+        return alias_url(self.database_alias)
 
     @property
     def app(self) -> Any:
@@ -285,28 +283,29 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
                 errors.append(
                     checks.Error(f"TASKS[{self.alias!r}]['QUEUES']: {exc}", id="pgq.E102")
                 )
-        if options.database_url is None:
-            from pgq.django.db import default_alias
+        from pgq.django.db import default_alias, is_psycopg3_postgresql
 
-            alias = options.database or default_alias()
-            if alias not in connections:
-                errors.append(
-                    checks.Error(
-                        f"TASKS[{self.alias!r}]: database {alias!r} is not in DATABASES",
-                        id="pgq.E103",
-                    )
+        alias = options.database or default_alias()
+        if alias not in connections:
+            errors.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}]: database {alias!r} is not in DATABASES",
+                    id="pgq.E103",
                 )
-            elif connections[alias].vendor != "postgresql":
-                errors.append(
-                    checks.Error(
-                        f"TASKS[{self.alias!r}]: database {alias!r} is "
-                        f"{connections[alias].vendor}, not PostgreSQL: pgq keeps its tasks in "
-                        "PostgreSQL",
-                        hint="Point OPTIONS['database'] at a PostgreSQL alias, or give "
-                        "OPTIONS['database_url'].",
-                        id="pgq.E104",
-                    )
+            )
+        elif not is_psycopg3_postgresql(connections[alias]):
+            wrapper = connections[alias]
+            driver = "psycopg 2" if wrapper.vendor == "postgresql" else wrapper.vendor
+            errors.append(
+                checks.Error(
+                    f"TASKS[{self.alias!r}]: database {alias!r} is {driver}, not PostgreSQL on "
+                    "psycopg 3: pgq keeps its tasks in PostgreSQL and joins Django's "
+                    "transactions through psycopg 3",
+                    hint="Point OPTIONS['database'] (or PGQ['DATABASE']) at a PostgreSQL alias "
+                    "with psycopg 3 installed.",
+                    id="pgq.E104",
                 )
+            )
         return errors
 
     # -- enqueue -----------------------------------------------------------------------------
@@ -355,6 +354,7 @@ class TaskBackend(BaseTaskBackend):  # type: ignore[misc,valid-type]
         options: dict[str, Any] = {"django_backend": self.alias}
         if task.run_after is not None:
             options["eta"] = task.run_after
+        # The alias's own database is pgq's: inside its atomic() the row joins the transaction.
         connection = enqueue_connection(self.database_alias, database_url=self.app.db.url)
         runner.apply_async(
             result.args,

@@ -232,7 +232,7 @@ def test_check_refuses_a_database_that_is_not_postgresql() -> None:
     try:
         errors = TaskBackend("x", {"OPTIONS": {"database": alias}}).check()
         assert [e.id for e in errors] == ["pgq.E104"]
-        assert "sqlite, not PostgreSQL" in errors[0].msg
+        assert "is sqlite, not PostgreSQL on psycopg 3" in errors[0].msg
     finally:
         connections.settings.pop(alias)
         if hasattr(connections._connections, alias):
