@@ -216,11 +216,12 @@ class PgqTaskAdmin(ReadOnlyAdmin):
             )
 
     def _revoke(self, request: HttpRequest, queryset: QuerySet[Any], terminate: bool) -> None:
+        from pgq import serialization
         from pgq.errors import TaskRevokedError
-        from pgq.worker.runner import error_json
 
         store = admin_store(queryset.db)
-        result = error_json(TaskRevokedError("revoked"))
+        # What `pgq revoke` and AsyncResult.revoke() store as the revoked task's result.
+        result = serialization.dumps(serialization.exception_to_json(TaskRevokedError("revoked")))
         revoked = asked = finished = 0
         for task_id, finished_at in queryset.values_list("id", "finished_at"):
             if finished_at is not None:
