@@ -12,6 +12,7 @@ def test_config_from_django_settings(django_db_url: str) -> None:
     assert app.conf.broker_url == django_db_url
     assert app.conf.task_track_started is True
     assert app.conf.task_time_limit == 30 * 60
+    assert app.default_queue == "default"  # CELERY_TASK_DEFAULT_QUEUE, as Django's tasks
 
 
 def test_autodiscover_finds_both_apps_tasks(django_db_url: str) -> None:
@@ -64,6 +65,7 @@ def test_the_example_runs_in_two_commands(server_url: str, django_db_url: str) -
         assert done.stdout.count(": confirmed by worker") == 2, done.stdout
         assert "never existed" in done.stdout
         assert "report (SUCCESSFUL)" in done.stdout
+        assert "'orders': 2, 'confirmed': 2" in done.stdout  # run after the orders were
     finally:
         drop_database(server_url, url)
 

@@ -54,7 +54,7 @@ def test_migrate_on_an_empty_database_then_a_worker_runs_then_zero(
         worker = start_worker("-c", "1", db_url=url)
         app = pgq.App(database_url=url)
         try:
-            result = app.send("djtest.tasks.mark", ["fresh"])
+            result = app.send("djtest.tasks.mark", ["fresh"], queue="default")  # the project's
             assert wait_state(conn, result.id, "SUCCESS")
         finally:
             app.close()

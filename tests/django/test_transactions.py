@@ -86,7 +86,7 @@ def test_commit_notifies_the_workers(pg, django_db_url: str) -> None:
             assert list(listener.notifies(timeout=0.2, stop_after=1)) == []
         # ...and the insert's NOTIFY is, once it commits (what wakes a waiting worker).
         got = list(listener.notifies(timeout=10, stop_after=1))
-    assert [(n.channel, n.payload) for n in got] == [("pgq_tasks", "celery")]
+    assert [(n.channel, n.payload) for n in got] == [("pgq_tasks", mark.app.default_queue)]
 
 
 def test_outside_atomic_the_task_commits_at_once(pg) -> None:

@@ -80,6 +80,9 @@ STATIC_URL = "static/"
 # PostgreSQL database: tasks sent inside transaction.atomic() are part of the transaction.
 CELERY_BROKER_URL = DATABASE_URL
 CELERY_TASK_TRACK_STARTED = True
+# Django's Tasks framework queues on "default", Celery on "celery": one default queue for both, so
+# `pgq worker -A proj` (which consumes the app's default queue) runs both kinds of task.
+CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_TIME_LIMIT = 30 * 60
 
 # Django's Tasks framework (django.tasks; django_tasks on Django 5.2) on pgq: the same table and

@@ -56,7 +56,6 @@ class Command(BaseCommand):
             env=dict(os.environ),
         )
         try:
-            report = summarize_orders.enqueue()
             deadline = time.monotonic() + timeout
             while Order.objects.filter(pk__in=[o.pk for o in placed], status="new").exists():
                 if worker.poll() is not None:
@@ -68,6 +67,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"order {order.pk}: {order.status} by worker {order.confirmed_by}"
                 )
+            report = summarize_orders.enqueue()  # a django.tasks task, on the same worker
             while not report.is_finished and time.monotonic() < deadline:
                 time.sleep(0.2)
                 report.refresh()
