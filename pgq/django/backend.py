@@ -508,11 +508,22 @@ def task_errors(row: Any) -> list[Any]:
     return errors
 
 
-def _attempts(state: str, retries: int, rescues: int, started: bool) -> int:
+def _expired(result: Any) -> bool:
+    """Whether a REVOKED row's result is the worker's "expired" (claimed, found expired, not
+    run), as pgq.worker.slot stores it."""
+    return (
+        isinstance(result, dict)
+        and result.get("exc_type") == "TaskRevokedError"
+        and result.get("exc_message") == ["expired"]
+    )
+
+
+def _attempts(state: str, retries: int, rescues: int, started: bool, result: Any = None) -> int:
     """Runs of a task since it was enqueued (or last retried by ``pgq retry``): each retry and
-    each rescue was one, and so is the current or last one when it is not waiting."""
-    current = 1 if started and state not in _READY_STATES else 0
-    return max(0, int(retries or 0)) + max(0, int(rescues or 0)) + current
+    each rescue was one, and so is the current or last one when it is not waiting (a task
+    claimed and dropped because it had expired never ran)."""
+    ran = started and state not in _READY_STATES and not (state == "REVOKED" and _expired(result))
+    return max(0, int(retries or 0)) + max(0, int(rescues or 0)) + (1 if ran else 0)
 
 
 def worker_ids(row: Any) -> list[str]:
@@ -532,6 +543,6 @@ def worker_ids(row: Any) -> list[str]:
                 bool(failure.get("started_at")),
             )
             ids.extend([str(failure.get("worker") or "")] * count)
-    count = _attempts(row.state, row.retries, row.rescues, row.started_at is not None)
+    count = _attempts(row.state, row.retries, row.rescues, row.started_at is not None, row.result)
     ids.extend([str(row.worker or "")] * count)
     return ids

@@ -455,3 +455,28 @@ def test_a_task_module_that_cannot_be_imported_is_named() -> None:
 
     with pytest.raises(ConfigurationError, match="'backend_no_such_module'"):
         discover(["backend_no_such_module"])
+
+
+@pytest.mark.e2e
+def test_expires_option_revokes_a_task_not_started_in_time(
+    backend_worker: Any, pg: psycopg.Connection[Any]
+) -> None:
+    from backend_tasks import add
+    from harness import wait_for
+
+    from pgq.django.backend import TaskBackend
+
+    backend = TaskBackend("default", {"OPTIONS": {"expires": 0.5}})
+    result = backend.enqueue(add, (1, 2), {})
+    wait_for(
+        lambda: pg.execute(
+            "SELECT expires_at < now() FROM pgq.tasks WHERE id = %s", (result.id,)
+        ).fetchone()[0],
+        what="the task to expire",
+    )
+    backend_worker("-c", "1")  # only now can it be claimed: expired, it is not run
+    wait_state(pg, result.id, "REVOKED")
+    done = add.get_result(result.id)
+    assert done.status == _statuses().FAILED
+    assert done.attempts == 0
+    assert done.errors[0].exception_class_path.endswith("TaskRevokedError")
