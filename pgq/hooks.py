@@ -3,6 +3,11 @@
 The engine calls ``emit(event, **details)`` at each state change; ``pgq.compat.signals`` and
 ``pgq.metrics`` ``connect`` to the events they need. With nobody connected an emit costs one
 dictionary lookup. A receiver that raises is logged and does not disturb the engine.
+
+The one question the engine asks instead of announcing: which connection a new task is inserted
+on when the caller passed no ``connection=``. ``add_connection_provider`` registers a callable
+that may answer (pgq.django answers with Django's own connection inside ``transaction.atomic()``);
+with none registered the store uses its pool, as it always did.
 """
 
 from __future__ import annotations
@@ -11,7 +16,18 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENTS", "connect", "disconnect", "emit", "listening"]
+from pgq.errors import ConfigurationError
+
+__all__ = [
+    "EVENTS",
+    "add_connection_provider",
+    "connect",
+    "disconnect",
+    "emit",
+    "listening",
+    "provided_connection",
+    "remove_connection_provider",
+]
 
 EVENTS = frozenset(
     {
@@ -61,3 +77,41 @@ def emit(event: str, **details: Any) -> None:
             receiver(**details)
         except Exception:
             log.exception("receiver %r of %s failed", receiver, event)
+
+
+# (database_url, using) -> a connection open in the caller's transaction, or None to pass.
+ConnectionProvider = Callable[[str, "str | None"], Any]
+_connection_providers: list[ConnectionProvider] = []
+
+
+def add_connection_provider(provider: ConnectionProvider) -> None:
+    """Ask ``provider(database_url, using)`` for the connection of each enqueue given none.
+
+    ``database_url`` is pgq's database (a provider must answer only with a connection to that
+    database); ``using`` is the caller's ``using=`` (a database alias), or None. Registering
+    the same provider twice has no effect.
+    """
+    if provider not in _connection_providers:
+        _connection_providers.append(provider)
+
+
+def remove_connection_provider(provider: ConnectionProvider) -> None:
+    if provider in _connection_providers:
+        _connection_providers.remove(provider)
+
+
+def provided_connection(database_url: str, using: str | None = None) -> Any:
+    """The first connection a provider offers for this enqueue, or None (use the pool).
+
+    A provider's error propagates: it means the caller's transaction cannot take the task
+    (a broken transaction), which the caller must hear about.
+    """
+    for provider in _connection_providers:
+        connection = provider(database_url, using)
+        if connection is not None:
+            return connection
+    if using is not None and not _connection_providers:
+        raise ConfigurationError(
+            f"using={using!r} names a Django database alias: add 'pgq.django' to INSTALLED_APPS"
+        )
+    return None

@@ -141,13 +141,17 @@ class Task:
         kwargs: dict[str, Any] | None = None,
         *,
         connection: Any = None,
+        using: str | None = None,
         **options: Any,
     ) -> Result:
         """Enqueue with options (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
         ``task_id``, ``idempotency_key``, ``time_limit``, ``soft_time_limit``, ``connection``...).
+
+        ``using`` names the Django database alias whose open transaction takes the task
+        (pgq.django; default: Django's default database).
         """
         new = self.prepare(args, kwargs, **options)
-        task_id, created = self.app.store.insert(new, connection)
+        task_id, created = self.app.store.insert(new, connection, using)
         if created:
             emit("task_enqueued", task_id=task_id, name=new.name, queue=new.queue)
         return self.app.result(task_id)

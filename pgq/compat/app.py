@@ -45,6 +45,10 @@ _TaskClass = Task
 _BUILTINS = {"celery.map": builtin_map, "celery.starmap": builtin_starmap}
 _AsyncResultClass = AsyncResult
 
+# Celery's fixups: installed on every app unless ``fixups=`` says otherwise; each switches
+# itself on only where it applies (the Django one when DJANGO_SETTINGS_MODULE is set).
+BUILTIN_FIXUPS = ("pgq.django.fixup:fixup",)
+
 
 def gen_task_name(app: Any, name: str, module_name: str | None) -> str:
     """Celery's default task name: ``module.function`` (the app's main name for __main__)."""
@@ -82,7 +86,10 @@ class Celery(App):
         **kwargs: Any,
     ) -> None:
         self._tasks: dict[str, _TaskClass] = {}
-        self._conf = Settings(self)
+        self._config = Settings(self)
+        # config_from_object's sources, read when the settings are first used (as Celery):
+        # proj/celery.py names Django's settings while Django may still be importing them.
+        self._pending_sources: list[tuple[Any, str | None]] = []
         self._pending_modules: list[tuple[Any, str]] = []  # (packages, related_name)
         self._finalizing = False
         self.finalized = False
@@ -107,6 +114,8 @@ class Celery(App):
                 self._conf[key] = value
         if config_source is not None:
             self.config_from_object(config_source)
+        self.fixups = tuple(BUILTIN_FIXUPS if fixups is None else fixups)
+        self._fixups = [import_object(name)(self) for name in self.fixups]
         _state.register_app(self)
         if set_as_current:
             self.set_current()
@@ -119,6 +128,15 @@ class Celery(App):
     @property
     def conf(self) -> Settings:
         return self._conf
+
+    @property
+    def _conf(self) -> Settings:
+        """The settings, with the sources ``config_from_object`` deferred read in first."""
+        if self._pending_sources:
+            pending, self._pending_sources = self._pending_sources, []
+            for obj, namespace in pending:
+                load_config(self._config, obj, namespace)
+        return self._config
 
     def _conf_changed(self, key: str) -> None:
         if key == "broker_url" and self._db is not None:
@@ -172,7 +190,9 @@ class Celery(App):
         """Read settings from a module, an object, a mapping, or ``'module'``/``'module:attr'``.
 
         With ``namespace='CELERY'`` only ``CELERY_``-prefixed names are read, prefix removed
-        and lower-cased (Django's ``CELERY_BROKER_URL`` -> ``broker_url``).
+        and lower-cased (Django's ``CELERY_BROKER_URL`` -> ``broker_url``). The object is
+        imported now and read when the settings are first used (``force=True``: now), as in
+        Celery: ``"django.conf:settings"`` may name settings Django is still importing.
         """
         if isinstance(obj, str):
             try:
@@ -181,7 +201,9 @@ class Celery(App):
                 if silent:
                     return False
                 raise
-        load_config(self._conf, obj, namespace if namespace is not None else self.namespace)
+        self._pending_sources.append((obj, namespace if namespace is not None else self.namespace))
+        if force:
+            self._conf  # noqa: B018 - reads the pending sources
         return True
 
     def config_from_envvar(

@@ -123,8 +123,10 @@ def load_config(conf: Settings, obj: Any, namespace: str | None) -> None:
     With ``namespace='CELERY'`` only ``CELERY_``-prefixed names are read, prefix removed
     and lower-cased (Django's ``CELERY_BROKER_URL`` -> ``broker_url``).
     """
-    items = obj.items() if isinstance(obj, Mapping) else _public_attributes(obj)
     prefix = f"{namespace}_" if namespace else None
+    # Only the namespace's names are read: reading every other Django setting would trigger
+    # Django's deprecation warnings for the ones the project does not use.
+    items = obj.items() if isinstance(obj, Mapping) else _public_attributes(obj, prefix)
     for key, value in items:
         if prefix:
             if not key.startswith(prefix):
@@ -136,10 +138,10 @@ def load_config(conf: Settings, obj: Any, namespace: str | None) -> None:
             conf[OLD_NAMES[key]] = value
 
 
-def _public_attributes(obj: Any) -> list[tuple[str, Any]]:
+def _public_attributes(obj: Any, prefix: str | None = None) -> list[tuple[str, Any]]:
     items = []
     for key in dir(obj):
-        if key.startswith("_"):
+        if key.startswith("_") or (prefix and not key.startswith(prefix)):
             continue
         try:
             value = getattr(obj, key)

@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Any
 
+from pgq.errors import ConfigurationError
+
 __all__ = ["django_installed_apps", "import_object", "import_related"]
 
 
@@ -34,7 +36,12 @@ def import_related(package: str, related_name: str) -> None:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name not in {name, package}:
-            raise  # the tasks module exists but imports something missing: say so
+            # The tasks module exists but imports something missing: say which one.
+            raise ConfigurationError(f"task module {name!r} cannot be imported: {exc}") from exc
+    except Exception as exc:
+        raise ConfigurationError(
+            f"task module {name!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def django_installed_apps() -> list[str]:

@@ -311,6 +311,7 @@ class Task(_engine.Task):
         for name in _BROKER_ONLY_OPTIONS & options.keys():
             options.pop(name)
         connection = options.pop("connection", None)
+        using = options.pop("using", None)  # pgq.django: the Django database alias
         queue = options.pop("queue", None)
         queue = getattr(queue, "name", queue)  # a kombu Queue object
         if queue is None:
@@ -341,7 +342,14 @@ class Task(_engine.Task):
             options["parent_id"] = parent.id
             options.setdefault("root_id", parent.root_id or parent.id)
         result = _engine.Task.apply_async(
-            self, args, kwargs, connection=connection, task_id=task_id, queue=queue, **options
+            self,
+            args,
+            kwargs,
+            connection=connection,
+            using=using,
+            task_id=task_id,
+            queue=queue,
+            **options,
         )
         return AsyncResult(result.id, app=app, task_name=self.name)
 

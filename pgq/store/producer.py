@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgq.errors import OperationalError, ServerUnreachable, TaskNotFound
+from pgq.hooks import provided_connection
 from pgq.serialization import loads
 from pgq.store._copy import (
     COPY_CHUNK,
@@ -115,8 +116,16 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
-    def insert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
-        """Insert one task; returns (id, created). An existing id or key returns that task's id."""
+    def insert(
+        self, task: NewTask, connection: Any = None, using: str | None = None
+    ) -> tuple[str, bool]:
+        """Insert one task; returns (id, created). An existing id or key returns that task's id.
+
+        With no ``connection`` a registered provider may offer the caller's own (pgq.django:
+        Django's, inside ``transaction.atomic()``; ``using`` names its alias), else the pool's.
+        """
+        if connection is None:
+            connection = provided_connection(self.db.url, using)
         params = task.params()
         rows = self._run("insert_task", params, connection, retry=True)
         if rows:
@@ -134,13 +143,17 @@ class Store:
             raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
         return existing[0][0], False
 
-    def insert_many(self, tasks: Iterable[NewTask | Like], connection: Any = None) -> list[str]:
+    def insert_many(
+        self, tasks: Iterable[NewTask | Like], connection: Any = None, using: str | None = None
+    ) -> list[str]:
         """Insert many tasks in one transaction; returns each task's id (the existing one for a
-        duplicate id or idempotency key).
+        duplicate id or idempotency key). ``connection``/``using``: as ``insert``.
 
         ``tasks`` may be a generator. Batches of plain calls go through COPY and are written as
         they come, so PostgreSQL stores the first rows while the caller still prepares the last.
         """
+        if connection is None:
+            connection = provided_connection(self.db.url, using)
         pending = iter(tasks)
         given: list[NewTask | Like] = []
         if connection is None:
