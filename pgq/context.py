@@ -39,12 +39,18 @@ class Request:
     retry_requested: RetryTask | None = None
 
     @property
+    def redeliveries(self) -> int:
+        """How many times the task went back to its queue with Reject(requeue=True)."""
+        count = self.options.get("redeliveries")
+        return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+    @property
     def delivery_info(self) -> dict[str, Any]:
         return {
             "exchange": "",
             "routing_key": self.queue,
             "priority": self.priority,
-            "redelivered": False,
+            "redelivered": self.redeliveries > 0,
         }
 
 
