@@ -22,6 +22,7 @@ from pgq import serialization
 from pgq.compat import states
 from pgq.compat._state import get_current_app
 from pgq.compat.exceptions import ENGINE_EQUIVALENTS, TaskRevokedError, TimeoutError
+from pgq.compat.utils.serialization import UnpickleableExceptionWrapper
 from pgq.context import current_request
 from pgq.result import Result
 
@@ -112,12 +113,9 @@ def exception_from_info(info: Any) -> BaseException:
         try:
             return cls(*args)
         except Exception:  # noqa: BLE001 - a constructor that wants other arguments
-            try:
-                exc = cls.__new__(cls)
-                exc.args = args
-                return exc
-            except Exception:  # noqa: BLE001
-                pass
+            # What Celery gives for an exception its worker cannot pickle: a wrapper whose
+            # text is the original's repr (it names the class).
+            return UnpickleableExceptionWrapper(module, name, args)
     return _fallback(module, name)(*args)
 
 

@@ -7,6 +7,7 @@ and inside a running task (``self.request``, ``self.retry``, ``self.update_state
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -215,6 +216,7 @@ class Task(_engine.Task):
             eta = check_eta(eta)
         if not eta and countdown is None:
             countdown = self.default_retry_delay
+        args, kwargs = self._retry_arguments(request, args, kwargs)
         new_args = list(request.args if args is None else args)
         new_kwargs = dict(request.kwargs if kwargs is None else kwargs)
         if limit is not None and request.retries + 1 > limit:
@@ -237,6 +239,51 @@ class Task(_engine.Task):
             raise retry
         request.retry_requested = retry
         return retry
+
+    def _retry_arguments(
+        self, request: Request, args: Sequence[Any] | None, kwargs: dict[str, Any] | None
+    ) -> tuple[Sequence[Any] | None, dict[str, Any] | None]:
+        """The arguments a retry runs with, as Celery 5.7 works them out: new positional
+        arguments drop the stored keywords they now fill; new keywords replace the stored
+        positional arguments of the same name (the rest stay where they were). None: keep."""
+        switches = (args is not None and kwargs is None and request.kwargs) or (
+            kwargs is not None and args is None and request.args
+        )
+        if not switches:
+            return args, kwargs
+        try:
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):
+            return args, kwargs
+        by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if args is not None:
+            positional = [p for p in signature.parameters.values() if p.kind in by_position]
+            filled = {
+                p.name
+                for p in positional[: len(args)]
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            }
+            return args, {k: v for k, v in request.kwargs.items() if k not in filled}
+        assert kwargs is not None
+        try:
+            bound = signature.bind_partial(*request.args)
+        except TypeError:
+            return args, kwargs
+        rest = dict(kwargs)
+        for name in list(rest):
+            parameter = signature.parameters.get(name)
+            if (
+                name in bound.arguments
+                and parameter is not None
+                and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ):
+                bound.arguments[name] = rest.pop(name)
+        new_args = list(bound.args)
+        if new_args == list(request.args):
+            # Unchanged: keep the stored ones (a chord body's stored arguments are not the ones
+            # it ran with: the header's results are added when it is claimed).
+            return None, {**bound.kwargs, **rest}
+        return new_args, {**bound.kwargs, **rest}
 
     def update_state(
         self,

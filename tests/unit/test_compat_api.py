@@ -103,6 +103,31 @@ def test_exception_from_info_falls_back_for_unknown_modules() -> None:
     assert str(rebuilt) == "m"
 
 
+class NeedsTwo(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+def test_exception_from_info_wraps_a_class_that_cannot_take_its_args_back() -> None:
+    from pgq.compat.utils.serialization import UnpickleableExceptionWrapper
+
+    rebuilt = exception_from_info(exception_to_json(NeedsTwo("E1", "broken")))
+    assert type(rebuilt) is UnpickleableExceptionWrapper
+    assert str(rebuilt) == "NeedsTwo('E1: broken')"
+    assert rebuilt.exc_cls_name == "NeedsTwo"
+    assert rebuilt.exc_module == __name__
+    assert rebuilt.exc_args == ("E1: broken",)
+
+
+def test_a_soft_time_limit_above_the_hard_one_is_refused_per_call(app: Any) -> None:
+    @app.task(name="unit.limited")
+    def limited() -> None: ...
+
+    for options in ({"soft_time_limit": 10, "time_limit": 5}, {"soft_time_limit": 30.5}):
+        with pytest.raises(ValueError, match="soft_time_limit must be less than or equal"):
+            limited.apply_async(time_limit=options.pop("time_limit", 30), **options)
+
+
 # -- states, schedules, logging ---------------------------------------------------------------
 
 
