@@ -21,7 +21,13 @@ from pgq.compat.exceptions import ImproperlyConfigured, MaxRetriesExceededError,
 from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.ids import new_task_id
-from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
+from pgq.options import (
+    call_options,
+    check_countdown,
+    check_eta,
+    check_max_retries,
+    retry_options,
+)
 from pgq.worker.runner import ExceptionInfo, Steps, execute, run_local_errbacks
 
 if TYPE_CHECKING:
@@ -210,6 +216,9 @@ class Task(_engine.Task):
             raise Retry("Task can be retried", None)
         limit = self.max_retries if max_retries is None else check_max_retries(max_retries)
         moved = retry_options(options)
+        if moved and ("time_limit" in moved or "soft_time_limit" in moved):
+            # The limits the next run gets must hold together (soft <= hard), or it could not run.
+            call_options({**request.options, **moved})
         if countdown is not None:
             countdown = check_countdown(countdown)
         if eta is not None:

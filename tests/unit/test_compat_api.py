@@ -525,3 +525,14 @@ def test_eager_chain_group_and_chord(sums: types.SimpleNamespace) -> None:
 
 def test_default_app_exists_without_any_app() -> None:
     assert get_current_app() is not None
+
+
+def test_a_retry_whose_soft_limit_passes_the_hard_one_fails_the_task(app: Any) -> None:
+    @app.task(name="unit.retry_limits", bind=True)
+    def retry_limits(self: Any) -> None:
+        raise self.retry(soft_time_limit=20, countdown=0)
+
+    result = retry_limits.apply(time_limit=10)
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ValueError)
+    assert "soft_time_limit must be less than or equal" in str(result.result)
