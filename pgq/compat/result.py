@@ -134,6 +134,9 @@ def _value_of(record: TaskRecord | None) -> Any:
         return exception_from_info(value) if _is_exception_info(value) else value
     if record.state == states.STARTED:
         # Celery (track_started) shows the worker; pgq's row may still hold a retried error.
+        # Meta stored for the state (app.backend.mark_as_started, update_state) is shown as is.
+        if value is not None and not _is_exception_info(value):
+            return value
         hostname = (record.worker or "").partition("/")[0] or None
         return {"hostname": hostname}
     return value
@@ -163,8 +166,9 @@ class AsyncResult(Result):
         return self.app.store
 
     @property
-    def backend(self) -> Store:
-        return self.store
+    def backend(self) -> Any:
+        """The app's result backend (``app.backend``)."""
+        return self.app.backend
 
     @property
     def task_id(self) -> str:

@@ -159,7 +159,8 @@ class Task(_engine.Task):
 
     @property
     def backend(self) -> Any:
-        return self.app.store
+        """The app's result backend (``app.backend``)."""
+        return self.app.backend
 
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {getattr(self.app, 'main', None) or '__main__'}>"

@@ -637,6 +637,28 @@ FROM pgq.tasks
 WHERE lease_expires_at IS NOT NULL
 GROUP BY queue;
 
+-- name: store_result
+-- any -> `state`: the result backend's store_result (app.backend). The row takes the state, result
+-- and traceback; a final state (`finished`) ends it (finished_at, no lease), any other clears
+-- finished_at, and a waiting state (PENDING, RETRY) also drops a lease and holds a row that was
+-- not waiting (run_at far ahead) so that storing it never makes a task run again. An id without
+-- a row gets one named `name`, held the same way, so its result reads as a task's and no worker
+-- ever claims it. A SUCCESS is kept, as Celery's key-value backends ignore any later store (a lost
+-- duplicate must not overwrite it). Returns whether the row is finished (then the caller wakes
+-- get() waiters); no row when nothing changed.
+INSERT INTO pgq.tasks AS t (id, name, state, result, traceback, run_at, finished_at)
+VALUES (%(id)s, %(name)s, %(state)s, %(result)s::jsonb, %(traceback)s, %(held_until)s,
+        CASE WHEN %(finished)s THEN now() END)
+ON CONFLICT (id) DO UPDATE
+SET state = EXCLUDED.state, result = EXCLUDED.result, traceback = EXCLUDED.traceback,
+    finished_at = EXCLUDED.finished_at,
+    lease_expires_at = CASE WHEN %(finished)s OR EXCLUDED.state IN ('PENDING', 'RETRY')
+                            THEN NULL ELSE t.lease_expires_at END,
+    run_at = CASE WHEN EXCLUDED.state IN ('PENDING', 'RETRY') AND t.state NOT IN ('PENDING', 'RETRY')
+                  THEN EXCLUDED.run_at ELSE t.run_at END
+WHERE t.state <> 'SUCCESS'
+RETURNING t.finished_at IS NOT NULL;
+
 -- name: forget_task
 -- any -> (deleted): AsyncResult.forget() drops the task's row and so its stored result.
 DELETE FROM pgq.tasks WHERE id = %(id)s;
