@@ -23,7 +23,7 @@ follow-up enqueued twice (a task re-run after a rescue) is inserted once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -231,7 +231,7 @@ def _expand_chord(
     kwargs = sig.get("kwargs") or {}
     options = _own_options(sig)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
-    delay = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
+    delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
     header = [_with_options(step, {**options, **delay}) for step in _members(kwargs["header"])]
     body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
@@ -429,13 +429,13 @@ def _copy(sig: dict[str, Any]) -> dict[str, Any]:
 
 
 def on_chord_failure(
-    app: App, errbacks: Sequence[dict[str, Any]], body_id: str, root_id: str | None
+    app: App, errbacks: Sequence[Mapping[str, Any]], body_id: str, root_id: str | None
 ) -> list[NewTask]:
     """The rows of a failed chord body's old-style errbacks (called with the body's id), with
     ids derived from the body's: every failed header task sends them, each is inserted once."""
     rows: list[NewTask] = []
     for index, errback in enumerate(errbacks):
-        sig = _copy(errback)
+        sig = _copy(dict(errback))
         freeze(sig, seed=f"{body_id}:errback:{index}")
         rows += expand(app, sig, prepend=(body_id,), parent_id=body_id, root_id=root_id)
     return rows

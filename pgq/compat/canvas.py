@@ -387,7 +387,8 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def link(self, callback: Signature) -> Signature:
         """Link ``callback`` to the group's first task, made immutable (Celery's group.link:
         it runs once that task succeeds, not after the whole group; use a chord for that)."""
-        return self.tasks[0].link(maybe_signature(callback).clone().set(immutable=True))
+        callback = maybe_signature(callback)  # type: ignore[assignment]
+        return self.tasks[0].link(callback.clone().set(immutable=True))
 
     def link_error(self, errback: Signature) -> tuple[Signature, ...]:  # type: ignore[override]
         """Link ``errback`` to every task of the group (it may run once per failed task)."""
