@@ -43,6 +43,7 @@ __all__ = [
     "on_chord_failure",
     "on_failure",
     "on_success",
+    "unrolled",
 ]
 
 # run_at of a chord body waiting for its header: never due until the last header task fires it.
@@ -95,12 +96,12 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     if kind == "group":
         group_id = sig.setdefault("options", {}).get("task_id") or _new_id(seed, "group")
         sig["options"]["task_id"] = group_id
-        kwargs["tasks"] = _members(kwargs["tasks"])
+        kwargs["tasks"] = unrolled(kwargs["tasks"])
         for i, step in enumerate(kwargs["tasks"]):
             freeze(step, f"{seed}:{i}" if seed else None)
         return str(group_id)
     if kind == "chord":
-        kwargs["header"] = _members(kwargs["header"])
+        kwargs["header"] = unrolled(kwargs["header"])
         for i, step in enumerate(kwargs["header"]):
             freeze(step, f"{seed}:h{i}" if seed else None)
         return freeze(kwargs["body"], f"{seed}:body" if seed else None)
@@ -110,7 +111,7 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     return str(options["task_id"])
 
 
-def _members(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def unrolled(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """A group's (or a chord header's) members as Celery runs them: a group inside is unrolled
     into its members (its own options going to each), an empty chain contributes nothing."""
     members: list[dict[str, Any]] = []
@@ -119,7 +120,7 @@ def _members(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         inner = (step.get("kwargs") or {}).get("tasks") or []
         if kind == "group":
             own = _own_options(step)
-            members += _members([_with_options(member, own) for member in inner])
+            members += unrolled([_with_options(member, own) for member in inner])
         elif kind == "chain" and not inner:
             continue
         else:
@@ -202,7 +203,7 @@ def expand(
         own = _own_options(sig)
         return _expand_each(
             app,
-            _members(kwargs["tasks"]),
+            unrolled(kwargs["tasks"]),
             lambda index: {**own, "group_id": group_id, "group_index": index},
             prepend=prepend,
             parent_id=parent_id,
@@ -232,7 +233,7 @@ def _expand_chord(
     options = _own_options(sig)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
     delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
-    header = [_with_options(step, {**options, **delay}) for step in _members(kwargs["header"])]
+    header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
     body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
         raise NotImplementedError("a chord whose body starts with a group or chord")
@@ -268,7 +269,7 @@ def _completions(sig: dict[str, Any]) -> int:
     kind = sig.get("subtask_type")
     kwargs = sig.get("kwargs") or {}
     if kind == "group":
-        return sum(_completions(step) for step in _members(kwargs.get("tasks") or ()))
+        return sum(_completions(step) for step in unrolled(kwargs.get("tasks") or ()))
     if kind == "chain":
         steps = chain_steps(sig)
         return _completions(steps[-1]) if steps else 0
@@ -312,7 +313,7 @@ def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
     then = rest[0] if len(rest) == 1 else _chain_sig(rest)
     if kind == "group":
         own = _own_options(first)
-        header = [_with_options(step, own) for step in _members(first["kwargs"]["tasks"])]
+        header = [_with_options(step, own) for step in unrolled(first["kwargs"]["tasks"])]
         return _chord_sig(header, then)
     if kind == "chord":
         body = _chain_sig([first["kwargs"]["body"], *rest])

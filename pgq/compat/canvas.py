@@ -145,6 +145,12 @@ class Signature(dict):
             immutable=immutable,
         )
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        """A signature from its dict (JSON) form, as the canvas class it names (a chain,
+        group or chord comes back as one)."""
+        return _from_dict(dict(d), app)
+
     # -- fields ---------------------------------------------------------------------------
 
     @property
@@ -290,7 +296,7 @@ def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
     if isinstance(varies, dict):
         if isinstance(varies, Signature):
             return varies.clone()
-        return Signature(varies, app=app)
+        return _from_dict(varies, app)
     return Signature(varies, *args, **kwargs)
 
 
@@ -303,8 +309,30 @@ def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Signature |
     if isinstance(d, Signature):
         return d.clone() if clone else d
     if isinstance(d, dict):
-        return Signature(d, app=app)
+        return _from_dict(d, app)
     return d
+
+
+def _from_dict(d: dict[str, Any], app: Any = None) -> Signature:
+    """A signature from its dict (JSON) form, as the canvas class its ``subtask_type`` names
+    (Celery's ``Signature.from_dict``): a chain, group or chord comes back as one."""
+    kind = d.get("subtask_type")
+    kwargs = d.get("kwargs") or {}
+    options = dict(d.get("options") or {})
+    if kind == "chain":
+        return chain(
+            *[_from_dict(dict(t), app) for t in kwargs.get("tasks") or ()], app=app, **options
+        )
+    if kind == "group":
+        tasks = [_from_dict(dict(t), app) for t in kwargs.get("tasks") or ()]
+        return group(tasks, app=app, **options)
+    if kind == "chord":
+        header = [_from_dict(dict(t), app) for t in kwargs.get("header") or ()]
+        body = kwargs.get("body")
+        return chord(
+            header, None if body is None else _from_dict(dict(body), app), app=app, **options
+        )
+    return Signature(d, app=app)
 
 
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
@@ -346,14 +374,18 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Run the chain here, step by step, as the worker would (``pgq.workflow.chain_steps``:
+        nested chains spliced, empty groups skipped, the chain's ``link`` on its last step,
+        ``link_error`` on each)."""
+        plain = {**dict(self), "options": {**self.options, **options}}
+        steps = [maybe_signature(step, app=self._app) for step in workflow.chain_steps(plain)]
         result: Any = None
-        first = True
-        for step in self.tasks:
-            if first:
-                result = step.apply(args, kwargs, **options)
-                first = False
+        for index, step in enumerate(steps):
+            assert step is not None
+            if index == 0:
+                result = step.apply(args, kwargs)
             else:
-                result = step.apply((result.get(disable_sync_subtasks=False),), **options)
+                result = step.apply((result.get(disable_sync_subtasks=False),))
         return result
 
 
@@ -413,7 +445,11 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
         group_id = options.pop("group_id", None) or new_task_id()
-        results = [t.apply(args, kwargs, **options) for t in self.tasks]
+        plain = serialization.loads(serialization.dumps(dict(self)))
+        members = workflow.unrolled(plain["kwargs"]["tasks"])  # nested groups, empty chains
+        results = [
+            Signature(member, app=self._app).apply(args, kwargs, **options) for member in members
+        ]
         return GroupResult(group_id, results, app=self.app)
 
 
@@ -473,12 +509,16 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
-        header = group(*self.tasks, app=self._app).apply(args, kwargs, **options)
+        """Run the header here, then the body with its results; the chord's ``link`` and
+        ``link_error`` go to the body, as in Celery."""
+        merged = {**self.options, **options}
+        callbacks = {k: merged.pop(k) for k in ("link", "link_error") if k in merged}
+        header = group(*self.tasks, app=self._app).apply(args, kwargs)
         values = header.get(disable_sync_subtasks=False)
         body = self.body
         if body is None:
             return header
-        return body.apply((values,), **options)
+        return body.apply((values,), **callbacks)
 
 
 class _basemap(Signature):  # noqa: N801 - Celery's spelling

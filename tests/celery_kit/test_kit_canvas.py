@@ -233,3 +233,30 @@ def test_an_exception_that_cannot_be_rebuilt_names_its_class(kit: Kit) -> None:
 def test_a_soft_time_limit_above_the_hard_one_is_refused_when_sent(kit: Kit) -> None:
     with pytest.raises(ValueError, match="soft_time_limit"):
         kit.tasks.badly_limited.delay()
+
+
+def test_eager_canvas_follows_the_same_rules(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    conf = kit.app.conf
+    conf.task_always_eager = True
+    try:
+        name = _name("eager-chain-link")
+        workflow = chain(tasks.add.s(1, 1), tasks.add.s(2))
+        workflow.link(tasks.record.s(name))
+        assert workflow.delay().get() == 4
+        assert (kit.signal_dir / name).read_text() == "4"
+        assert chain(group([]), tasks.add.s(1, 1)).delay().get() == 2
+        nested = group(group(tasks.add.s(1, 1), tasks.add.s(2, 2)), tasks.add.s(3, 3))
+        assert nested.delay().get() == [2, 4, 6]
+        assert chord([tasks.echo.si(4), tasks.echo.si(5)], tasks.echo.si(6)).delay().get() == 6
+        assert chord([], tasks.echo.s()).delay().get() == []
+        linked = _name("eager-chord-link")
+        result = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.tsum.s()).apply_async(
+            link=tasks.record.s(linked)
+        )
+        assert result.get() == 6
+        assert (kit.signal_dir / linked).read_text() == "6"
+    finally:
+        conf.task_always_eager = False

@@ -536,3 +536,26 @@ def test_a_retry_whose_soft_limit_passes_the_hard_one_fails_the_task(app: Any) -
     assert result.state == "FAILURE"
     assert isinstance(result.result, ValueError)
     assert "soft_time_limit must be less than or equal" in str(result.result)
+
+
+def test_a_canvas_from_its_json_form_is_the_same_canvas_type(app: Any) -> None:
+    import json
+
+    from pgq.compat.canvas import Signature
+
+    @app.task(name="unit.plus")
+    def plus(x: int, y: int = 0) -> int:
+        return x + y
+
+    canvases = (
+        (chain(plus.s(1, 1), plus.s(2)), chain),
+        (group(plus.s(1, 1), plus.s(2, 2)), group),
+        (chord([plus.s(1, 1)], plus.s()), chord),
+    )
+    for canvas, cls in canvases:
+        plain = json.loads(json.dumps(canvas))
+        for rebuilt in (signature(plain, app=app), Signature.from_dict(plain, app=app)):
+            assert type(rebuilt) is cls
+            assert json.loads(json.dumps(rebuilt)) == plain
+    rebuilt = signature(json.loads(json.dumps(chain(plus.s(1, 1), plus.s(2)))), app=app)
+    assert rebuilt.apply().get() == 4
