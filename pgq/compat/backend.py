@@ -57,7 +57,8 @@ class ResultBackend:
             "result": _value_of(record),
             "traceback": record.traceback,
             "children": [],
-            "date_done": record.finished_at,
+            # ISO 8601 text, as Celery's JSON backends give it back.
+            "date_done": None if record.finished_at is None else record.finished_at.isoformat(),
             "name": record.name,
         }
 

@@ -22,6 +22,7 @@ def test_store_result_is_read_back_by_the_backend_and_by_async_result(kit: Kit) 
     assert backend.get_result(task_id) == {"answer": 42}
     meta = backend.get_task_meta(task_id)
     assert (meta["status"], meta["result"], meta["task_id"]) == ("SUCCESS", {"answer": 42}, task_id)
+    assert isinstance(meta["date_done"], str)
     result = kit.app.AsyncResult(task_id)
     assert result.get(timeout=TIMEOUT) == {"answer": 42}
     assert result.successful()
