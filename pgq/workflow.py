@@ -14,7 +14,16 @@ dict, so rows read the same as Celery's messages would:
   ``options.chord_remaining``); each header task carries ``options.chord`` = the body's id. The
   worker that records the last header success fires the body in the same transaction (a row lock
   on the body orders concurrent finishers), and the body's arguments get the header results
-  when it is claimed. A failed header task fails the body with ChordError.
+  when it is claimed (not an immutable body's). A failed header task fails the body with
+  ChordError, and calls the body's errbacks, which the header tasks carry
+  (``options.chord_link_error``). An empty header runs the body at once with ``[]``; a chord in
+  a header counts once, when its body is done (``chord_remaining`` counts as Celery's
+  ``chord._descend``).
+- A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
+  (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
+  ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
+  ``link``/``link_error`` to its body, ``countdown``/``eta`` to its header. Groups inside groups
+  are unrolled, empty chains dropped from groups and empty groups skipped in chains.
 
 Every step's id is fixed when the workflow is sent (or derived from its parent's id), so a
 follow-up enqueued twice (a task re-run after a rescue) is inserted once.
