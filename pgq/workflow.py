@@ -240,6 +240,8 @@ def _expand_chord(
     """
     kwargs = sig.get("kwargs") or {}
     options = _own_options(sig)
+    for unlock in ("interval", "max_retries"):  # Celery's chord.unlock polling: none here
+        options.pop(unlock, None)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
     delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
     header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
