@@ -38,6 +38,9 @@ class Request:
     # worker schedules it once the task returns, instead of recording the returned value.
     retry_requested: RetryTask | None = None
 
+    # Times the task went back to the queue because its worker was lost (pgq.tasks.rescues).
+    rescues: int = 0
+
     @property
     def redeliveries(self) -> int:
         """How many times the task went back to its queue with Reject(requeue=True)."""
@@ -50,7 +53,8 @@ class Request:
             "exchange": "",
             "routing_key": self.queue,
             "priority": self.priority,
-            "redelivered": self.redeliveries > 0,
+            # Delivered again: after Reject(requeue=True), or after its worker was lost.
+            "redelivered": self.redeliveries > 0 or self.rescues > 0,
         }
 
 

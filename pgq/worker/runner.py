@@ -166,6 +166,7 @@ def _run_job(
         eta=options.get("eta"),
         expires=options.get("expires"),
         options=options,
+        rescues=job.rescues,
     )
     token = set_current_request(request)
     disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))

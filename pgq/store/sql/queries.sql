@@ -184,13 +184,14 @@ WITH outcomes AS MATERIALIZED (
     WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
-              t.parent_id, t.root_id, t.priority, t.run_at
+              t.parent_id, t.root_id, t.priority, t.run_at, t.rescues
 )
 (SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
-        c.root_id, c.priority, NULL::bigint AS finished
+        c.root_id, c.priority, c.rescues, NULL::bigint AS finished
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n FROM finished;
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n
+FROM finished;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
