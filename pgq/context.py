@@ -38,13 +38,23 @@ class Request:
     # worker schedules it once the task returns, instead of recording the returned value.
     retry_requested: RetryTask | None = None
 
+    # Times the task went back to the queue because its worker was lost (pgq.tasks.rescues).
+    rescues: int = 0
+
+    @property
+    def redeliveries(self) -> int:
+        """How many times the task went back to its queue with Reject(requeue=True)."""
+        count = self.options.get("redeliveries")
+        return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
     @property
     def delivery_info(self) -> dict[str, Any]:
         return {
             "exchange": "",
             "routing_key": self.queue,
             "priority": self.priority,
-            "redelivered": False,
+            # Delivered again: after Reject(requeue=True), or after its worker was lost.
+            "redelivered": self.redeliveries > 0 or self.rescues > 0,
         }
 
 

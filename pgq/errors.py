@@ -18,7 +18,7 @@
     └── TaskError                 raised *inside* tasks to steer the worker
         ├── RetryTask             run the task again later (``self.retry`` in the compat layer)
         ├── Ignore                drop the outcome: the row keeps whatever state the task set
-        └── Reject                refuse the task: it ends ``REJECTED`` or goes back to the queue
+        └── Reject                refuse the task: it ends ``FAILURE`` or goes back to the queue
 
 Failures the worker decides are stored on the task row (and re-raised by results) with
 Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-export them:

@@ -16,7 +16,8 @@ Limits (the README's table under "How it works, and what it guarantees"):
   ids, under PostgreSQL's 8,000-byte payload limit for many ids at a time, and an id within
   the slot's shared memory where its parent reads which task it runs.
 - ``priority``: an integer from 0 to 255 (not ``1.5``, not ``"1"``).
-- ``time_limit``, ``soft_time_limit``: a positive number of seconds, at most ``MAX_SECONDS``.
+- ``time_limit``, ``soft_time_limit``: a positive number of seconds, at most ``MAX_SECONDS``;
+  the soft limit no greater than the hard one when both are set (Celery's rule).
 - ``countdown`` and a numeric ``expires``: a finite number of seconds (negative: in the past),
   at most ``MAX_SECONDS`` either way; ``expires`` may also be a timedelta or a datetime,
   ``eta`` a datetime.
@@ -253,6 +254,13 @@ def call_options(options: Mapping[str, Any]) -> None:
         value = options.get(name)
         if value is not None:
             check(name, value)
+    soft, hard = options.get("soft_time_limit"), options.get("time_limit")
+    if soft is not None and hard is not None and soft > hard:
+        # Celery's apply_async refuses the same (its task's limits; here the call's too).
+        raise InvalidOption(
+            f"soft_time_limit must be less than or equal to time_limit, got "
+            f"soft_time_limit={_show(soft)} and time_limit={_show(hard)}"
+        )
 
 
 def retry_options(options: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -14,7 +14,16 @@ dict, so rows read the same as Celery's messages would:
   ``options.chord_remaining``); each header task carries ``options.chord`` = the body's id. The
   worker that records the last header success fires the body in the same transaction (a row lock
   on the body orders concurrent finishers), and the body's arguments get the header results
-  when it is claimed. A failed header task fails the body with ChordError.
+  when it is claimed (not an immutable body's). A failed header task fails the body with
+  ChordError, and calls the body's errbacks, which the header tasks carry
+  (``options.chord_link_error``). An empty header runs the body at once with ``[]``; a chord in
+  a header counts once, when its body is done (``chord_remaining`` counts as Celery's
+  ``chord._descend``).
+- A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
+  (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
+  ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
+  ``link``/``link_error`` to its body, ``countdown``/``eta`` to its header. Groups inside groups
+  are unrolled, empty chains dropped from groups and empty groups skipped in chains.
 
 Every step's id is fixed when the workflow is sent (or derived from its parent's id), so a
 follow-up enqueued twice (a task re-run after a rescue) is inserted once.
@@ -23,7 +32,7 @@ follow-up enqueued twice (a task re-run after a rescue) is inserted once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -34,7 +43,17 @@ from pgq.store import NewTask
 if TYPE_CHECKING:
     from pgq.app import App
 
-__all__ = ["HELD_UNTIL", "FailedStep", "expand", "freeze", "on_failure", "on_success"]
+__all__ = [
+    "HELD_UNTIL",
+    "FailedStep",
+    "chain_steps",
+    "expand",
+    "freeze",
+    "on_chord_failure",
+    "on_failure",
+    "on_success",
+    "unrolled",
+]
 
 # run_at of a chord body waiting for its header: never due until the last header task fires it.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
@@ -50,8 +69,11 @@ _WORKFLOW_KEYS = (
     "group_id",
     "group_index",
     "chain",
+    "chord_link_error",
 )
 _CALL_KEYS = ("countdown", "eta", "expires", "queue", "priority", "idempotency_key")
+# Options that say where a step's result goes: on a chain, they belong to its last step.
+_RESULT_KEYS = ("chord", "group_id", "group_index")
 
 
 class FailedStep(NamedTuple):
@@ -76,15 +98,19 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
         steps = kwargs["tasks"]
         last = ""
         for i, step in enumerate(steps):
-            last = freeze(step, f"{seed}:{i}" if seed else None)
+            frozen = freeze(step, f"{seed}:{i}" if seed else None)
+            if not _is_empty_group(step) or not last:  # an empty group is skipped in a chain
+                last = frozen
         return last
     if kind == "group":
         group_id = sig.setdefault("options", {}).get("task_id") or _new_id(seed, "group")
         sig["options"]["task_id"] = group_id
+        kwargs["tasks"] = unrolled(kwargs["tasks"])
         for i, step in enumerate(kwargs["tasks"]):
             freeze(step, f"{seed}:{i}" if seed else None)
         return str(group_id)
     if kind == "chord":
+        kwargs["header"] = unrolled(kwargs["header"])
         for i, step in enumerate(kwargs["header"]):
             freeze(step, f"{seed}:h{i}" if seed else None)
         return freeze(kwargs["body"], f"{seed}:body" if seed else None)
@@ -92,6 +118,73 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     if not options.get("task_id"):
         options["task_id"] = _new_id(seed, "task")
     return str(options["task_id"])
+
+
+def unrolled(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A group's (or a chord header's) members as Celery runs them: a group inside is unrolled
+    into its members (its own options going to each), an empty chain contributes nothing."""
+    members: list[dict[str, Any]] = []
+    for step in steps:
+        kind = step.get("subtask_type")
+        inner = (step.get("kwargs") or {}).get("tasks") or []
+        if kind == "group":
+            own = _own_options(step)
+            members += unrolled([_with_options(member, own) for member in inner])
+        elif kind == "chain" and not inner:
+            continue
+        else:
+            members.append(step)
+    return members
+
+
+def _own_options(sig: dict[str, Any]) -> dict[str, Any]:
+    """The options a chain, group or chord passes on to its steps (all but its own id)."""
+    return {k: v for k, v in (sig.get("options") or {}).items() if k != "task_id"}
+
+
+def _with_options(sig: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``sig`` given ``options``: ``link``/``link_error`` are added to its own,
+    the others replace its own (as ``apply_async(**options)`` on a signature does)."""
+    if not options:
+        return sig
+    merged = dict(sig.get("options") or {})
+    for key, value in options.items():
+        if key in ("link", "link_error"):
+            merged[key] = [*(merged.get(key) or ()), *value]
+        else:
+            merged[key] = value
+    return {**sig, "options": merged}
+
+
+def _is_empty_group(sig: dict[str, Any]) -> bool:
+    return sig.get("subtask_type") == "group" and not (sig.get("kwargs") or {}).get("tasks")
+
+
+def chain_steps(sig: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps a chain runs, as Celery runs them: nested chains spliced in, empty groups
+    skipped (unless nothing else is left), and the chain's own options handed on: ``link`` and
+    where its result goes (``chord``, ``group_id``) to the last step, ``link_error`` to every
+    step, the rest (``countdown``, ``queue``, ...) to the first step."""
+    steps: list[dict[str, Any]] = []
+    for step in (sig.get("kwargs") or {}).get("tasks") or ():
+        if step.get("subtask_type") == "chain":
+            steps += chain_steps(step)
+        else:
+            steps.append(step)
+    steps = [step for step in steps if not _is_empty_group(step)] or steps[-1:]
+    options = _own_options(sig)
+    if not steps or not options:
+        return steps
+    link = options.pop("link", None)
+    link_error = options.pop("link_error", None)
+    last = {k: options.pop(k) for k in _RESULT_KEYS if k in options}
+    if link:
+        last["link"] = link
+    if link_error:
+        steps = [_with_options(step, {"link_error": link_error}) for step in steps]
+    steps[-1] = _with_options(steps[-1], last)
+    steps[0] = _with_options(steps[0], options)
+    return steps
 
 
 def _new_id(seed: str | None, kind: str) -> str:
@@ -110,43 +203,90 @@ def expand(
     kind = sig.get("subtask_type")
     kwargs = sig.get("kwargs") or {}
     if kind == "chain":
-        steps = [dict(s) for s in kwargs["tasks"]]
+        steps = chain_steps(sig)
         if not steps:
             return []
         return expand(app, _head(steps), prepend=prepend, parent_id=parent_id, root_id=root_id)
     if kind == "group":
         group_id = (sig.get("options") or {}).get("task_id")
+        own = _own_options(sig)
         return _expand_each(
             app,
-            kwargs["tasks"],
-            lambda index: {"group_id": group_id, "group_index": index},
+            unrolled(kwargs["tasks"]),
+            lambda index: {**own, "group_id": group_id, "group_index": index},
             prepend=prepend,
             parent_id=parent_id,
             root_id=root_id,
         )
     if kind == "chord":
-        body = _head([dict(kwargs["body"])])
-        if body.get("subtask_type") in ("group", "chord"):
-            raise NotImplementedError("a chord whose body starts with a group or chord")
-        header = kwargs["header"]
-        body_id = (body.get("options") or {})["task_id"]
-        header_ids = [freeze(step) for step in header]
-        held = {
-            **(body.get("options") or {}),
-            "chord_header": header_ids,
-            "chord_remaining": len(header_ids),
-            "eta": HELD_UNTIL,
-        }
-        rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
-        return rows + _expand_each(
-            app,
-            header,
-            lambda index: {"chord": body_id},
-            prepend=prepend,
-            parent_id=parent_id,
-            root_id=root_id,
-        )
+        return _expand_chord(app, sig, prepend=prepend, parent_id=parent_id, root_id=root_id)
     return [_task_row(app, sig, prepend, parent_id, root_id)]
+
+
+def _expand_chord(
+    app: App,
+    sig: dict[str, Any],
+    *,
+    prepend: Sequence[Any],
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """A chord's rows: its body, held until the header is done, then the header's tasks.
+
+    The chord's own options go as Celery's ``chord.apply_async`` sends them: ``link``,
+    ``link_error`` and where its result goes to the body; ``countdown``/``eta`` delay the
+    header; the rest go to the header's tasks and the body. An empty header runs the body at
+    once with ``[]``; a header task that is itself a chord counts once, when its body is done.
+    """
+    kwargs = sig.get("kwargs") or {}
+    options = _own_options(sig)
+    for unlock in ("interval", "max_retries"):  # Celery's chord.unlock polling: none here
+        options.pop(unlock, None)
+    to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
+    delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
+    header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
+    body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
+    if body.get("subtask_type") in ("group", "chord"):
+        raise NotImplementedError("a chord whose body starts with a group or chord")
+    if not header:
+        return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
+    body_id = (body.get("options") or {})["task_id"]
+    held = {
+        **(body.get("options") or {}),
+        "chord_remaining": sum(_completions(step) for step in header),
+        "eta": HELD_UNTIL,
+    }
+    held.pop("countdown", None)
+    if not body.get("immutable"):  # an immutable body is called with its own arguments only
+        held["chord_header"] = [freeze(step) for step in header]
+    rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+    # A failed header task fails the body, which never runs: the header tasks carry the body's
+    # errbacks to call for it (see on_chord_failure).
+    errbacks = (body.get("options") or {}).get("link_error")
+    marks = {"chord": body_id, **({"chord_link_error": errbacks} if errbacks else {})}
+    return rows + _expand_each(
+        app,
+        header,
+        lambda index: marks,
+        prepend=prepend,
+        parent_id=parent_id,
+        root_id=root_id,
+    )
+
+
+def _completions(sig: dict[str, Any]) -> int:
+    """How many finished tasks a chord header step counts for (Celery's ``chord._descend``):
+    a task one, a group each of its members, a chain its last step, a chord its body."""
+    kind = sig.get("subtask_type")
+    kwargs = sig.get("kwargs") or {}
+    if kind == "group":
+        return sum(_completions(step) for step in unrolled(kwargs.get("tasks") or ()))
+    if kind == "chain":
+        steps = chain_steps(sig)
+        return _completions(steps[-1]) if steps else 0
+    if kind == "chord":
+        return _completions(kwargs["body"])
+    return 1
 
 
 def _expand_each(
@@ -178,14 +318,17 @@ def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
     first, rest = steps[0], steps[1:]
     kind = first.get("subtask_type")
     if kind == "chain":
-        return _head([*first["kwargs"]["tasks"], *rest])
+        return _head([*chain_steps(first), *rest])
     if not rest:
         return first
     then = rest[0] if len(rest) == 1 else _chain_sig(rest)
     if kind == "group":
-        return _chord_sig(first["kwargs"]["tasks"], then)
+        own = _own_options(first)
+        header = [_with_options(step, own) for step in unrolled(first["kwargs"]["tasks"])]
+        return _chord_sig(header, then)
     if kind == "chord":
-        return _chord_sig(first["kwargs"]["header"], _chain_sig([first["kwargs"]["body"], *rest]))
+        body = _chain_sig([first["kwargs"]["body"], *rest])
+        return {**_chord_sig(first["kwargs"]["header"], body), "options": _own_options(first)}
     options = dict(first.get("options") or {})
     options["link"] = [*options.get("link", []), then]
     return {**first, "options": options}
@@ -295,3 +438,16 @@ def _downstream(app: App, row: NewTask, error: str, root_id: str | None) -> list
 
 def _copy(sig: dict[str, Any]) -> dict[str, Any]:
     return serialization.loads(serialization.dumps(sig))  # type: ignore[no-any-return]
+
+
+def on_chord_failure(
+    app: App, errbacks: Sequence[Mapping[str, Any]], body_id: str, root_id: str | None
+) -> list[NewTask]:
+    """The rows of a failed chord body's old-style errbacks (called with the body's id), with
+    ids derived from the body's: every failed header task sends them, each is inserted once."""
+    rows: list[NewTask] = []
+    for index, errback in enumerate(errbacks):
+        sig = _copy(dict(errback))
+        freeze(sig, seed=f"{body_id}:errback:{index}")
+        rows += expand(app, sig, prepend=(body_id,), parent_id=body_id, root_id=root_id)
+    return rows

@@ -21,6 +21,7 @@ from typing import Any
 
 from pgq.app import App, resolve_timezone
 from pgq.compat import _state
+from pgq.compat.backend import ResultBackend
 from pgq.compat.canvas import builtin_map, builtin_starmap, signature
 from pgq.compat.conf import Settings, load_config
 from pgq.compat.control import Control
@@ -174,6 +175,14 @@ class Celery(App):
             if seconds != self._settings.result_expires:
                 self._settings = self._settings.with_overrides(result_expires=float(seconds))
         return self._settings
+
+    @property
+    def backend(self) -> ResultBackend:
+        """Celery's ``app.backend``: result-backend calls answered from the task rows."""
+        backend = self.__dict__.get("_result_backend")
+        if backend is None:
+            backend = self.__dict__["_result_backend"] = ResultBackend(self)
+        return backend
 
     @property
     def default_queue(self) -> str:

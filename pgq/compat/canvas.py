@@ -32,11 +32,39 @@ __all__ = [
 
 
 def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Freeze and send a workflow; returns the frozen plain dict (ids filled in)."""
+    """Freeze and send a workflow; returns the frozen plain dict (ids filled in).
+
+    The call's options become the workflow's own, handed on to its steps as Celery's canvas
+    does (``pgq.workflow``): a chain's to its first step (``link`` to its last, ``link_error``
+    to each), a group's to each member, a chord's to its header (``link``/``link_error`` to
+    its body). ``task_id`` names the result: a chain's last step, a chord's body.
+    """
+    from pgq.compat.task import _BROKER_ONLY_OPTIONS, _signature_dicts  # task imports canvas
+
     plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
     if kwargs:
         _first_task(plain).setdefault("kwargs", {}).update(kwargs)
     connection = options.pop("connection", None)
+    task_id = options.pop("task_id", None)
+    if task_id is not None:
+        _result_step(plain).setdefault("options", {})["task_id"] = str(task_id)
+    own = {
+        name: value
+        for name, value in options.items()
+        if value is not None and name not in _BROKER_ONLY_OPTIONS
+    }
+    for name in ("link", "link_error"):
+        if name in own:
+            own[name] = _signature_dicts(name, own[name])
+    if own:
+        plain["options"] = {
+            **(plain.get("options") or {}),
+            **{k: v for k, v in own.items() if k not in ("link", "link_error")},
+        }
+        for name in ("link", "link_error"):
+            if name in own:
+                plain["options"][name] = [*(plain["options"].get(name) or ()), *own[name]]
+        plain = serialization.loads(serialization.dumps(plain))
     workflow.freeze(plain)
     sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
     return plain
@@ -45,9 +73,21 @@ def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> di
 def _first_task(plain: dict[str, Any]) -> dict[str, Any]:
     kind = plain.get("subtask_type")
     if kind in ("chain", "group"):
-        return _first_task(plain["kwargs"]["tasks"][0])
+        steps = workflow.chain_steps(plain) if kind == "chain" else plain["kwargs"]["tasks"]
+        return _first_task(steps[0]) if steps else plain
     if kind == "chord":
-        return _first_task(plain["kwargs"]["header"][0])
+        header = plain["kwargs"]["header"]
+        return _first_task(header[0]) if header else plain
+    return plain
+
+
+def _result_step(plain: dict[str, Any]) -> dict[str, Any]:
+    """The step whose id is the workflow's result id: a chain's last, a chord's body."""
+    kind = plain.get("subtask_type")
+    if kind == "chain" and plain["kwargs"]["tasks"]:
+        return _result_step(plain["kwargs"]["tasks"][-1])
+    if kind == "chord":
+        return _result_step(plain["kwargs"]["body"])
     return plain
 
 
@@ -56,7 +96,7 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
     kind = plain.get("subtask_type")
     if kind == "chain":
         result = parent
-        for step in plain["kwargs"]["tasks"]:
+        for step in workflow.chain_steps(plain):
             result = _result_of(step, app, result)
         return result
     if kind == "group":
@@ -64,7 +104,10 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
         return GroupResult(plain["options"]["task_id"], members, parent=parent, app=app)
     if kind == "chord":
         header = [_result_of(step, app) for step in plain["kwargs"]["header"]]
-        return _result_of(plain["kwargs"]["body"], app, GroupResult(None, header, app=app))
+        group_id = (plain.get("options") or {}).get("group_id")
+        return _result_of(
+            plain["kwargs"]["body"], app, GroupResult(group_id, header, parent=parent, app=app)
+        )
     return AsyncResult(
         plain["options"]["task_id"], app=app, task_name=plain.get("task"), parent=parent
     )
@@ -101,6 +144,12 @@ class Signature(dict):
             subtask_type=subtask_type,
             immutable=immutable,
         )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], app: Any = None) -> Signature:
+        """A signature from its dict (JSON) form, as the canvas class it names (a chain,
+        group or chord comes back as one)."""
+        return _from_dict(dict(d), app)
 
     # -- fields ---------------------------------------------------------------------------
 
@@ -247,7 +296,7 @@ def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
     if isinstance(varies, dict):
         if isinstance(varies, Signature):
             return varies.clone()
-        return Signature(varies, app=app)
+        return _from_dict(varies, app)
     return Signature(varies, *args, **kwargs)
 
 
@@ -260,8 +309,30 @@ def maybe_signature(d: Any, app: Any = None, clone: bool = False) -> Signature |
     if isinstance(d, Signature):
         return d.clone() if clone else d
     if isinstance(d, dict):
-        return Signature(d, app=app)
+        return _from_dict(d, app)
     return d
+
+
+def _from_dict(d: dict[str, Any], app: Any = None) -> Signature:
+    """A signature from its dict (JSON) form, as the canvas class its ``subtask_type`` names
+    (Celery's ``Signature.from_dict``): a chain, group or chord comes back as one."""
+    kind = d.get("subtask_type")
+    kwargs = d.get("kwargs") or {}
+    options = dict(d.get("options") or {})
+    if kind == "chain":
+        return chain(
+            *[_from_dict(dict(t), app) for t in kwargs.get("tasks") or ()], app=app, **options
+        )
+    if kind == "group":
+        tasks = [_from_dict(dict(t), app) for t in kwargs.get("tasks") or ()]
+        return group(tasks, app=app, **options)
+    if kind == "chord":
+        header = [_from_dict(dict(t), app) for t in kwargs.get("header") or ()]
+        body = kwargs.get("body")
+        return chord(
+            header, None if body is None else _from_dict(dict(body), app), app=app, **options
+        )
+    return Signature(d, app=app)
 
 
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
@@ -303,14 +374,18 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+        """Run the chain here, step by step, as the worker would (``pgq.workflow.chain_steps``:
+        nested chains spliced, empty groups skipped, the chain's ``link`` on its last step,
+        ``link_error`` on each)."""
+        plain = {**dict(self), "options": {**self.options, **options}}
+        steps = [maybe_signature(step, app=self._app) for step in workflow.chain_steps(plain)]
         result: Any = None
-        first = True
-        for step in self.tasks:
-            if first:
-                result = step.apply(args, kwargs, **options)
-                first = False
+        for index, step in enumerate(steps):
+            assert step is not None
+            if index == 0:
+                result = step.apply(args, kwargs)
             else:
-                result = step.apply((result.get(disable_sync_subtasks=False),), **options)
+                result = step.apply((result.get(disable_sync_subtasks=False),))
         return result
 
 
@@ -341,9 +416,24 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
         return self.apply_async(args, kwargs)
 
+    def link(self, callback: Signature) -> Signature:
+        """Link ``callback`` to the group's first task, made immutable (Celery's group.link:
+        it runs once that task succeeds, not after the whole group; use a chord for that)."""
+        callback = maybe_signature(callback)  # type: ignore[assignment]
+        return self.tasks[0].link(callback.clone().set(immutable=True))
+
+    def link_error(self, errback: Signature) -> tuple[Signature, ...]:  # type: ignore[override]
+        """Link ``errback`` to every task of the group (it may run once per failed task)."""
+        errback = maybe_signature(errback)  # type: ignore[assignment]
+        return tuple(task.link_error(errback.clone()) for task in self.tasks)
+
     def apply_async(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
+        if options.pop("link", None) is not None:
+            raise TypeError("Cannot add link to group: use a chord")
+        if options.pop("link_error", None) is not None:
+            raise TypeError("Cannot add link to group: do that on individual tasks")
         group_id = options.pop("group_id", None) or options.pop("task_id", None)
         group_id = group_id or new_task_id()
         if self.app.conf.task_always_eager:
@@ -355,7 +445,11 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> GroupResult:
         group_id = options.pop("group_id", None) or new_task_id()
-        results = [t.apply(args, kwargs, **options) for t in self.tasks]
+        plain = serialization.loads(serialization.dumps(dict(self)))
+        members = workflow.unrolled(plain["kwargs"]["tasks"])  # nested groups, empty chains
+        results = [
+            Signature(member, app=self._app).apply(args, kwargs, **options) for member in members
+        ]
         return GroupResult(group_id, results, app=self.app)
 
 
@@ -386,6 +480,25 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             self["kwargs"]["body"] = maybe_signature(body)
         return self.apply_async(**options)
 
+    def link(self, callback: Signature) -> Signature:
+        """Link ``callback`` to the chord's body (it gets the body's result)."""
+        if self.body is None:
+            raise ValueError("a chord needs a body before link(): chord(header, body)")
+        self.body.link(callback)
+        return callback
+
+    def link_error(self, errback: Signature) -> Signature:
+        """Link ``errback`` to the chord's body (which fails when a header task fails); with
+        ``task_allow_error_cb_on_chord_header`` also to every header task, as Celery does."""
+        if self.body is None:
+            raise ValueError("a chord needs a body before link_error(): chord(header, body)")
+        errback = maybe_signature(errback)  # type: ignore[assignment]
+        if getattr(self.app.conf, "task_allow_error_cb_on_chord_header", False):
+            for task in self.tasks:
+                task.link_error(errback.clone().set(immutable=True))
+        self.body.link_error(errback)
+        return errback
+
     def apply_async(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> Any:
@@ -396,12 +509,16 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         return _result_of(_send(self, args, kwargs, options), self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
-        header = group(*self.tasks, app=self._app).apply(args, kwargs, **options)
+        """Run the header here, then the body with its results; the chord's ``link`` and
+        ``link_error`` go to the body, as in Celery."""
+        merged = {**self.options, **options}
+        callbacks = {k: merged.pop(k) for k in ("link", "link_error") if k in merged}
+        header = group(*self.tasks, app=self._app).apply(args, kwargs)
         values = header.get(disable_sync_subtasks=False)
         body = self.body
         if body is None:
             return header
-        return body.apply((values,), **options)
+        return body.apply((values,), **callbacks)
 
 
 class _basemap(Signature):  # noqa: N801 - Celery's spelling

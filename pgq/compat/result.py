@@ -22,6 +22,7 @@ from pgq import serialization
 from pgq.compat import states
 from pgq.compat._state import get_current_app
 from pgq.compat.exceptions import ENGINE_EQUIVALENTS, TaskRevokedError, TimeoutError
+from pgq.compat.utils.serialization import UnpickleableExceptionWrapper
 from pgq.context import current_request
 from pgq.result import Result
 
@@ -112,12 +113,9 @@ def exception_from_info(info: Any) -> BaseException:
         try:
             return cls(*args)
         except Exception:  # noqa: BLE001 - a constructor that wants other arguments
-            try:
-                exc = cls.__new__(cls)
-                exc.args = args
-                return exc
-            except Exception:  # noqa: BLE001
-                pass
+            # What Celery gives for an exception its worker cannot pickle: a wrapper whose
+            # text is the original's repr (it names the class).
+            return UnpickleableExceptionWrapper(module, name, args)
     return _fallback(module, name)(*args)
 
 
@@ -136,6 +134,9 @@ def _value_of(record: TaskRecord | None) -> Any:
         return exception_from_info(value) if _is_exception_info(value) else value
     if record.state == states.STARTED:
         # Celery (track_started) shows the worker; pgq's row may still hold a retried error.
+        # Meta stored for the state (app.backend.mark_as_started, update_state) is shown as is.
+        if value is not None and not _is_exception_info(value):
+            return value
         hostname = (record.worker or "").partition("/")[0] or None
         return {"hostname": hostname}
     return value
@@ -165,8 +166,9 @@ class AsyncResult(Result):
         return self.app.store
 
     @property
-    def backend(self) -> Store:
-        return self.store
+    def backend(self) -> Any:
+        """The app's result backend (``app.backend``)."""
+        return self.app.backend
 
     @property
     def task_id(self) -> str:

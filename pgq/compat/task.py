@@ -7,6 +7,7 @@ and inside a running task (``self.request``, ``self.retry``, ``self.update_state
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -20,7 +21,13 @@ from pgq.compat.exceptions import ImproperlyConfigured, MaxRetriesExceededError,
 from pgq.compat.result import AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.ids import new_task_id
-from pgq.options import check_countdown, check_eta, check_max_retries, retry_options
+from pgq.options import (
+    call_options,
+    check_countdown,
+    check_eta,
+    check_max_retries,
+    retry_options,
+)
 from pgq.worker.runner import ExceptionInfo, Steps, execute, run_local_errbacks
 
 if TYPE_CHECKING:
@@ -152,7 +159,8 @@ class Task(_engine.Task):
 
     @property
     def backend(self) -> Any:
-        return self.app.store
+        """The app's result backend (``app.backend``)."""
+        return self.app.backend
 
     def __repr__(self) -> str:
         return f"<@task: {self.name} of {getattr(self.app, 'main', None) or '__main__'}>"
@@ -209,12 +217,16 @@ class Task(_engine.Task):
             raise Retry("Task can be retried", None)
         limit = self.max_retries if max_retries is None else check_max_retries(max_retries)
         moved = retry_options(options)
+        if moved and ("time_limit" in moved or "soft_time_limit" in moved):
+            # The limits the next run gets must hold together (soft <= hard), or it could not run.
+            call_options({**request.options, **moved})
         if countdown is not None:
             countdown = check_countdown(countdown)
         if eta is not None:
             eta = check_eta(eta)
         if not eta and countdown is None:
             countdown = self.default_retry_delay
+        args, kwargs = self._retry_arguments(request, args, kwargs)
         new_args = list(request.args if args is None else args)
         new_kwargs = dict(request.kwargs if kwargs is None else kwargs)
         if limit is not None and request.retries + 1 > limit:
@@ -237,6 +249,51 @@ class Task(_engine.Task):
             raise retry
         request.retry_requested = retry
         return retry
+
+    def _retry_arguments(
+        self, request: Request, args: Sequence[Any] | None, kwargs: dict[str, Any] | None
+    ) -> tuple[Sequence[Any] | None, dict[str, Any] | None]:
+        """The arguments a retry runs with, as Celery 5.7 works them out: new positional
+        arguments drop the stored keywords they now fill; new keywords replace the stored
+        positional arguments of the same name (the rest stay where they were). None: keep."""
+        switches = (args is not None and kwargs is None and request.kwargs) or (
+            kwargs is not None and args is None and request.args
+        )
+        if not switches:
+            return args, kwargs
+        try:
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):
+            return args, kwargs
+        by_position = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if args is not None:
+            positional = [p for p in signature.parameters.values() if p.kind in by_position]
+            filled = {
+                p.name
+                for p in positional[: len(args)]
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            }
+            return args, {k: v for k, v in request.kwargs.items() if k not in filled}
+        assert kwargs is not None
+        try:
+            bound = signature.bind_partial(*request.args)
+        except TypeError:
+            return args, kwargs
+        rest = dict(kwargs)
+        for name in list(rest):
+            parameter = signature.parameters.get(name)
+            if (
+                name in bound.arguments
+                and parameter is not None
+                and parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ):
+                bound.arguments[name] = rest.pop(name)
+        new_args = list(bound.args)
+        if new_args == list(request.args):
+            # Unchanged: keep the stored ones (a chord body's stored arguments are not the ones
+            # it ran with: the header's results are added when it is claimed).
+            return None, {**bound.kwargs, **rest}
+        return new_args, {**bound.kwargs, **rest}
 
     def update_state(
         self,

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -305,6 +306,35 @@ class Store:
                 if listener is None or listener.pid != os.getpid():
                     listener = self._listener = CompletionListener(self.db)
         return listener
+
+    def store_result(
+        self,
+        task_id: str,
+        *,
+        name: str,
+        state: str,
+        result: str,
+        traceback: str | None,
+        finished: bool,
+        held_until: datetime,
+    ) -> None:
+        """Store a result under ``task_id`` as a result backend does (see the store_result
+        query): the task's row takes it, or a row that never runs is made for it."""
+        rows = self._run(
+            "store_result",
+            {
+                "id": task_id,
+                "name": name,
+                "state": state,
+                "result": result,
+                "traceback": traceback,
+                "finished": finished,
+                "held_until": held_until,
+            },
+            retry=True,
+        )
+        if rows and rows[0][0]:
+            self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id})
 
     def forget(self, task_id: str, connection: Any = None) -> None:
         """Delete the task's row (and so its result); an unknown id is not an error."""

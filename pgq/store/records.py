@@ -82,6 +82,8 @@ class ClaimedTask(NamedTuple):
     parent_id: str | None
     root_id: str | None
     priority: int
+    # Times the task was given back after its worker was lost: it is being delivered again.
+    rescues: int = 0
 
 
 class Outcome(NamedTuple):

@@ -228,6 +228,22 @@ class WorkerStore:
         )
         return [float(row[1]) for row in rows]
 
+    def requeue_rejected(self, rejected: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:
+        """STARTED -> PENDING for tasks that raised Reject(requeue=True), each ``(id, countdown,
+        options JSON to merge)``; returns (id, new state)."""
+        if not rejected:
+            return []
+        rows = self._rows(
+            "requeue_rejected",
+            {
+                "ids": [r[0] for r in rejected],
+                "countdowns": [r[1] for r in rejected],
+                "options": [r[2] for r in rejected],
+                "worker": self.worker_id,
+            },
+        )
+        return [(row[0], row[1]) for row in rows]
+
     def requeue(
         self, ids: Sequence[str], *, lost: bool, max_rescues: int, lost_result: str
     ) -> list[tuple[str, str]]:

@@ -45,6 +45,8 @@ class Outbox:
         self._finished: list[Outcome] = []
         self._retries: list[RetryRequest] = []
         self._requeues: list[str] = []
+        # Reject(requeue=True): (id, countdown, options JSON with the redelivery count).
+        self._rejected: list[tuple[str, float, str]] = []
         self._follow_ups: list[NewTask] = []
         self._failed_steps: list[FailedStep] = []
         # name, queue and run time of each claimed task until its outcome is stored, for the
@@ -70,6 +72,10 @@ class Outbox:
             )
             self._announce([(r.id, "RETRY") for r in self._retries])
             self._retries = []
+        if self._rejected:
+            back = self.store.requeue_rejected(self._rejected)
+            self._announce(back, [task_id for task_id, _, _ in self._rejected])
+            self._rejected = []
         if self._requeues:
             # Not lost, so no task ends FAILURE and lost_result is unused; it must still be JSON
             # (the statement casts it whichever branch runs).
@@ -177,7 +183,7 @@ class Outbox:
             log.error("task %s: PostgreSQL refuses every change to its row (%s)", task_id, last)
 
     def _pending(self) -> bool:
-        return bool(self._finished or self._retries or self._requeues)
+        return bool(self._finished or self._retries or self._requeues or self._rejected)
 
     def _announce(
         self, stored: Sequence[tuple[str, str | None]], handled: Sequence[str] = ()
@@ -206,8 +212,9 @@ class Outbox:
                 self.store.worker_id,
                 len(given_back),
             )
-        self._announce([(task_id, "PENDING") for task_id in given_back], self._requeues)
-        self._requeues = []
+        unwritten = self._requeues + [task_id for task_id, _, _ in self._rejected]
+        self._announce([(task_id, "PENDING") for task_id in given_back], unwritten)
+        self._requeues, self._rejected = [], []
 
     def _on_report(self, report: Report) -> None:
         if self._tell_hooks and report.id in self._claims:
@@ -232,6 +239,8 @@ class Outbox:
                     report.options,
                 )
             )
+        elif report.kind == REQUEUE and report.options is not None:  # Reject(requeue=True)
+            self._rejected.append((report.id, report.countdown or 0.0, report.options))
         elif report.kind == REQUEUE:
             self._requeues.append(report.id)
         if log.isEnabledFor(logging.INFO):

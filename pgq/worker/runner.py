@@ -14,6 +14,7 @@ tasks keeps going.
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import logging
 import signal
@@ -28,6 +29,7 @@ from pgq import serialization, workflow
 from pgq.backoff import retry_countdown
 from pgq.context import Request, reset_current_request, set_current_request
 from pgq.errors import (
+    ChordError,
     EncodeError,
     Ignore,
     MaxRetriesExceededError,
@@ -56,6 +58,15 @@ __all__ = ["Execution", "ExceptionInfo", "Report", "Steps", "error_json", "execu
 FINISH = "finish"  # state (None: keep the state the task set), result, traceback
 RETRY = "retry"  # eta, countdown, result, traceback
 REQUEUE = "requeue"  # back to the queue as it was (Reject(requeue=True))
+
+# Reject(requeue=True) puts the task back in its queue, as Celery's broker redelivers a rejected
+# message. Celery redelivers at once and for ever; here the task is due again after a delay that
+# doubles with each redelivery (REQUEUE_DELAY seconds first, at most REQUEUE_MAX_DELAY), so a
+# task that always rejects cannot keep a worker spinning, and after MAX_REQUEUES redeliveries it
+# ends FAILURE with its Reject instead of coming back for ever.
+REQUEUE_DELAY = 0.5
+REQUEUE_MAX_DELAY = 60.0
+MAX_REQUEUES = 30
 
 
 class Report(NamedTuple):
@@ -155,6 +166,7 @@ def _run_job(
         eta=options.get("eta"),
         expires=options.get("expires"),
         options=options,
+        rescues=job.rescues,
     )
     token = set_current_request(request)
     disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))
@@ -227,7 +239,8 @@ def execute(task: Task, request: Request, steps: Steps = _NO_STEPS) -> Execution
 
 
 def _call(task: Task, request: Request, started: float) -> Report:
-    return execute(task, request, _RowSteps(request.id, started)).report  # type: ignore[no-any-return]
+    steps = _RowSteps(request.id, started, request.redeliveries)
+    return execute(task, request, steps).report  # type: ignore[no-any-return]
 
 
 def _run(task: Task, request: Request, steps: Steps) -> Execution:
@@ -243,9 +256,11 @@ def _run(task: Task, request: Request, steps: Steps) -> Execution:
     except Reject as reject:
         if request.is_eager:  # no queue to go back to; Celery runs no hooks for a rejection
             return Execution("REJECTED", reject)
-        if reject.requeue:
-            return Execution("REQUEUE", reject)
-        return _fail(task, request, steps, reject, state="REJECTED")
+        redeliveries = request.redeliveries
+        if reject.requeue and redeliveries < MAX_REQUEUES:
+            delay = min(REQUEUE_DELAY * 2**redeliveries, REQUEUE_MAX_DELAY)
+            return Execution("REQUEUE", reject, countdown=delay)
+        return _reject(task, request, steps, reject)
     except Exception as exc:
         if _autoretries(task, exc):
             try:
@@ -267,6 +282,16 @@ def _run(task: Task, request: Request, steps: Steps) -> Execution:
     return Execution("SUCCESS", retval)
 
 
+def _reject(task: Task, request: Request, steps: Steps, reject: Reject) -> Execution:
+    """A rejection that is not requeued ends FAILURE with the Reject as its error, as Celery
+    5.7's worker stores it: task_failure is sent and the errbacks run, but no task hook (the
+    ``task_postrun`` state is ``REJECTED``)."""
+    einfo = ExceptionInfo(reject)
+    emit("task_failure", task=task, request=request, exc=reject, einfo=einfo)
+    steps.failed(task, request, reject, einfo)
+    return Execution("REJECTED", reject, einfo)
+
+
 def _fail(
     task: Task, request: Request, steps: Steps, exc: BaseException, *, state: str = "FAILURE"
 ) -> Execution:
@@ -282,9 +307,10 @@ def _fail(
 class _RowSteps(Steps):
     """The worker's steps: encode what the slot writes, work out follow-ups, build the Report."""
 
-    def __init__(self, task_id: str, started: float) -> None:
+    def __init__(self, task_id: str, started: float, redeliveries: int = 0) -> None:
         self.task_id = task_id
         self.started = started
+        self.redeliveries = redeliveries
         self.encoded: str | None = None
         self.follow_ups: tuple[NewTask, ...] = ()
         self.failed_steps: tuple[FailedStep, ...] = ()
@@ -312,7 +338,9 @@ class _RowSteps(Steps):
         self, task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
     ) -> None:
         self.follow_ups, self.failed_steps = (), ()
+        chord_errbacks = _chord_errbacks(task, request, exc)
         if not (request.options.get("link") or request.options.get("link_error")):
+            self.follow_ups = chord_errbacks
             return
         error = error_json(exc)
         options = {**request.options, "link_error": run_local_errbacks(task, request, exc, einfo)}
@@ -320,7 +348,7 @@ class _RowSteps(Steps):
             enqueued, doomed = workflow.on_failure(
                 task.app, options, request.id, request.root_id, error
             )
-            self.follow_ups, self.failed_steps = tuple(enqueued), tuple(doomed)
+            self.follow_ups, self.failed_steps = (*enqueued, *chord_errbacks), tuple(doomed)
         except Exception:  # the failure itself must still be recorded
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
@@ -333,7 +361,10 @@ class _RowSteps(Steps):
         if state == "IGNORED":
             return Report(FINISH, task_id, runtime)
         if state == "REQUEUE":
-            return Report(REQUEUE, task_id, runtime)
+            redelivered = serialization.dumps({"redeliveries": self.redeliveries + 1})
+            return Report(
+                REQUEUE, task_id, runtime, countdown=execution.countdown, options=redelivered
+            )
         einfo = execution.einfo
         assert einfo is not None
         if state == "RETRY":
@@ -354,12 +385,36 @@ class _RowSteps(Steps):
             FINISH,
             task_id,
             runtime,
-            state,
+            "FAILURE" if state == "REJECTED" else state,
             error_json(retval),
             einfo.traceback,
             follow_ups=self.follow_ups,
             failed_steps=self.failed_steps,
         )
+
+
+def _chord_errbacks(task: Task, request: Request, exc: BaseException) -> tuple[NewTask, ...]:
+    """A failed chord header task fails its body: call the body's errbacks for it, as Celery
+    does (new-style ones here with a request for the body and a ``ChordError``); returns the
+    old-style ones' rows."""
+    body_id = request.options.get("chord")
+    errbacks = request.options.get("chord_link_error")
+    if not body_id or not errbacks:
+        return ()
+    error = ChordError(f"Dependency {request.id} raised {type(exc).__name__}({exc})")
+    body = Request(
+        id=str(body_id),
+        task="",
+        hostname=request.hostname,
+        root_id=request.root_id,
+        options={"link_error": errbacks},
+    )
+    try:
+        old_style = run_local_errbacks(task, body, error, ExceptionInfo(error))
+        return tuple(workflow.on_chord_failure(task.app, old_style, body.id, request.root_id))
+    except Exception:  # the failure itself must still be recorded
+        logging.getLogger("pgq.worker").exception("cannot call the errbacks of %s", body_id)
+        return ()
 
 
 def run_local_errbacks(
@@ -377,11 +432,32 @@ def run_local_errbacks(
     remaining = []
     for sig in errbacks:
         target = task.app.tasks.get(str(sig.get("task")))
-        if target is not None and _positional_arity(target.run) > 1:
-            _safely(target.run, request, exc, einfo.traceback, *(sig.get("args") or ()))
+        if target is not None and _new_style(target.run, sig):
+            stored_args, stored_kwargs = list(sig.get("args") or ()), dict(sig.get("kwargs") or {})
+            if sig.get("immutable"):  # as Celery calls it: the signature's own arguments only
+                _safely(target.run, *stored_args, **stored_kwargs)
+            else:
+                _safely(target.run, request, exc, einfo.traceback, *stored_args, **stored_kwargs)
         else:
             remaining.append(sig)
     return remaining
+
+
+def _new_style(run: Callable[..., Any], sig: Mapping[str, Any]) -> bool:
+    """Whether an errback takes ``(request, exc, traceback)``: more than one positional argument
+    *still to be supplied*, as Celery 5.7 counts them (a mutable signature's stored arguments
+    fill parameters from the left and do not count; stored keywords make the parameters from
+    theirs on keyword-only)."""
+    stored_args, stored_kwargs = sig.get("args") or (), sig.get("kwargs") or {}
+    if not sig.get("immutable") and (stored_args or stored_kwargs):
+        remaining = functools.partial(run, *stored_args, **stored_kwargs)
+        try:
+            inspect.signature(remaining)
+        except (TypeError, ValueError):
+            pass  # more stored arguments than the function takes: judge by the function
+        else:
+            return _positional_arity(remaining) > 1
+    return _positional_arity(run) > 1
 
 
 def _positional_arity(func: Callable[..., Any]) -> int:
@@ -458,10 +534,10 @@ def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
     hook(*args)
 
 
-def _safely(hook: Callable[..., Any], *args: Any) -> None:
+def _safely(hook: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run a user hook; an error in a hook is logged, never fatal to the outcome."""
     try:
-        hook(*args)
+        hook(*args, **kwargs)
     except Exception:  # noqa: BLE001 - a broken hook must not lose the task's outcome
         logging.getLogger("pgq.worker").error(
             "error in task hook %s:\n%s", getattr(hook, "__name__", hook), tb_module.format_exc()

@@ -9,8 +9,10 @@ Every test takes the ``kit`` fixture, parametrized over two backends:
   and the real ``celery -A proj worker`` command. Skipped when Celery or Redis is missing.
 
 The two backends need different modules under the same names (``celery``, ``proj``), so the
-fixture is session-scoped (pytest runs all tests of one backend, then the other) and swaps the
-modules between them.
+fixture is module-scoped (pytest runs all tests of one backend, then the other) and swaps the
+modules between them. Module, not session: the backend's environment (``CELERY_BROKER_URL``
+naming Redis or the kit's database), ``sys.path`` and modules are undone when a kit module ends,
+so the test modules that run after the kit in the same session never see them.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def _load_project() -> tuple[Any, ModuleType, ModuleType]:
     return proj.celery_app, tasks, importlib.import_module("celery")
 
 
-@pytest.fixture(scope="session", params=["pgq", "celery"])
+@pytest.fixture(scope="module", params=["pgq", "celery"])
 def kit(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
     """The kit's project loaded on one backend, with a running worker."""
     signal_dir = tmp_path_factory.mktemp(f"signals-{request.param}")

@@ -31,6 +31,7 @@ BAD_OPTIONS: list[dict[str, Any]] = [
     {"time_limit": math.inf},
     {"soft_time_limit": math.nan},
     {"time_limit": True},
+    {"time_limit": 1, "soft_time_limit": 2},  # soft above hard: Celery's ValueError too
     {"countdown": "soon"},
     {"countdown": math.nan},
     {"countdown": 1e300},
@@ -96,8 +97,8 @@ def test_limits_at_the_bound_are_accepted(
         queue="q" * limits.MAX_QUEUE_BYTES,
         idempotency_key="k" * limits.MAX_KEY_BYTES,
         priority=255,
-        time_limit=0.5,
-        soft_time_limit=1,
+        time_limit=1,
+        soft_time_limit=0.5,
         countdown=-5,
         expires=60,
         max_retries=0,

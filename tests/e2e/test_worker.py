@@ -164,6 +164,7 @@ def test_killed_child_task_is_rescued_and_finishes(app, conn, clean, start_worke
     row = task_row(conn, result.id)
     assert row["rescues"] == 1
     assert len(side_effects(conn, "crash_once")) == 2
+    assert len(side_effects(conn, "crash_once_redelivered")) == 1, "it knew it was redelivered"
     assert w.proc.poll() is None, "the worker survives a child's death"
     assert e2e_tasks.add.delay(2, 2).get(timeout=30) == 4
 

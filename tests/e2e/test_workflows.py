@@ -98,3 +98,38 @@ def test_failed_header_task_fails_the_chord_body(app, conn, clean, start_worker)
     row = wait_state(conn, body_id, "FAILURE")
     assert row["result"]["exc_type"] == "ChordError"
     assert count(conn, "tsum") == 0
+
+
+def test_a_workflows_own_options_and_empty_parts_run_as_celery_runs_them(
+    app, conn, clean, start_worker
+):
+    """The engine's side of issue 25: a workflow's own options reach its steps, and empty or
+    nested parts complete (the kit checks the same through pgq.compat against real Celery)."""
+    start_worker("-c", "2")
+    linked = chain(sig("add", 1, 2), sig("add", 3))
+    linked["options"] = {"link": [sig("record", "chain-link", immutable=True)]}
+    assert app.result(app.send_workflow(linked)).get(timeout=30) == 6
+    wait_for(lambda: count(conn, "chain-link") == 1, what="the chain's own link")
+
+    empty_group = {**sig("add"), "task": "celery.group", "kwargs": {"tasks": []}}
+    empty_group["subtask_type"] = "group"
+    led_by_empty = chain(empty_group, chain(), sig("add", 2, 2))
+    assert app.result(app.send_workflow(led_by_empty)).get(timeout=30) == 4
+    assert app.result(app.send_workflow(chord([], sig("echo")))).get(timeout=30) == []
+    inner = chord([sig("add", 1, 1), sig("add", 2, 2)], sig("tsum"))
+    nested = chord([inner, sig("add", 3, 3)], sig("echo"))
+    assert app.result(app.send_workflow(nested)).get(timeout=30) == [6, 6]
+    fixed = chord([sig("echo", 4), sig("echo", 5)], sig("echo", 6, immutable=True))
+    assert app.result(app.send_workflow(fixed)).get(timeout=30) == 6
+
+    delayed = chord([sig("add", 1, 1), sig("add", 2, 2)], sig("tsum"))
+    # countdown delays the header; interval/max_retries are Celery's chord.unlock polling
+    # options, not the header tasks' retry budget.
+    delayed["options"] = {"countdown": 3600, "max_retries": 0, "interval": 1}
+    body_id = app.send_workflow(delayed)
+    header = conn.execute(
+        "SELECT count(*) FROM pgq.tasks WHERE options->>'chord' = %s"
+        " AND run_at > now() + interval '50 minutes' AND NOT options ? 'max_retries'",
+        (body_id,),
+    ).fetchone()
+    assert header == (2,), "countdown on a chord delays its header"

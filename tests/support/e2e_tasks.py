@@ -78,6 +78,10 @@ def crash_once() -> str:
     """First run: announce itself and hang (the test kills its process). Later runs finish."""
     if _record("crash_once") == 0:
         time.sleep(120)
+    request = current_request()
+    assert request is not None
+    if request.delivery_info["redelivered"]:  # given back after its worker was lost
+        _record("crash_once_redelivered")
     return "survived"
 
 

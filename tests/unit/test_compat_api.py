@@ -103,6 +103,31 @@ def test_exception_from_info_falls_back_for_unknown_modules() -> None:
     assert str(rebuilt) == "m"
 
 
+class NeedsTwo(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+def test_exception_from_info_wraps_a_class_that_cannot_take_its_args_back() -> None:
+    from pgq.compat.utils.serialization import UnpickleableExceptionWrapper
+
+    rebuilt = exception_from_info(exception_to_json(NeedsTwo("E1", "broken")))
+    assert type(rebuilt) is UnpickleableExceptionWrapper
+    assert str(rebuilt) == "NeedsTwo('E1: broken')"
+    assert rebuilt.exc_cls_name == "NeedsTwo"
+    assert rebuilt.exc_module == __name__
+    assert rebuilt.exc_args == ("E1: broken",)
+
+
+def test_a_soft_time_limit_above_the_hard_one_is_refused_per_call(app: Any) -> None:
+    @app.task(name="unit.limited")
+    def limited() -> None: ...
+
+    for options in ({"soft_time_limit": 10, "time_limit": 5}, {"soft_time_limit": 30.5}):
+        with pytest.raises(ValueError, match="soft_time_limit must be less than or equal"):
+            limited.apply_async(time_limit=options.pop("time_limit", 30), **options)
+
+
 # -- states, schedules, logging ---------------------------------------------------------------
 
 
@@ -500,3 +525,37 @@ def test_eager_chain_group_and_chord(sums: types.SimpleNamespace) -> None:
 
 def test_default_app_exists_without_any_app() -> None:
     assert get_current_app() is not None
+
+
+def test_a_retry_whose_soft_limit_passes_the_hard_one_fails_the_task(app: Any) -> None:
+    @app.task(name="unit.retry_limits", bind=True)
+    def retry_limits(self: Any) -> None:
+        raise self.retry(soft_time_limit=20, countdown=0)
+
+    result = retry_limits.apply(time_limit=10)
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ValueError)
+    assert "soft_time_limit must be less than or equal" in str(result.result)
+
+
+def test_a_canvas_from_its_json_form_is_the_same_canvas_type(app: Any) -> None:
+    import json
+
+    from pgq.compat.canvas import Signature
+
+    @app.task(name="unit.plus")
+    def plus(x: int, y: int = 0) -> int:
+        return x + y
+
+    canvases = (
+        (chain(plus.s(1, 1), plus.s(2)), chain),
+        (group(plus.s(1, 1), plus.s(2, 2)), group),
+        (chord([plus.s(1, 1)], plus.s()), chord),
+    )
+    for canvas, cls in canvases:
+        plain = json.loads(json.dumps(canvas))
+        for rebuilt in (signature(plain, app=app), Signature.from_dict(plain, app=app)):
+            assert type(rebuilt) is cls
+            assert json.loads(json.dumps(rebuilt)) == plain
+    rebuilt = signature(json.loads(json.dumps(chain(plus.s(1, 1), plus.s(2)))), app=app)
+    assert rebuilt.apply().get() == 4

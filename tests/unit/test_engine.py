@@ -735,22 +735,42 @@ def test_run_job_ignore_finishes_with_no_state(app: pgq.App) -> None:
     assert report.result is None
 
 
-def test_run_job_reject_with_requeue_is_requeue(app: pgq.App) -> None:
+def test_run_job_reject_with_requeue_is_requeue_with_a_growing_delay(app: pgq.App) -> None:
+    from pgq.worker.runner import MAX_REQUEUES, REQUEUE_DELAY, REQUEUE_MAX_DELAY
+
+    seen: list[bool] = []
+
     @app.task(name="units.not_now")
     def not_now() -> None:
+        seen.append(current_request().delivery_info["redelivered"])  # type: ignore[union-attr]
         raise Reject("busy", requeue=True)
 
-    assert run_job(app, claimed("units.not_now"), "h").kind == "requeue"
+    first = run_job(app, claimed("units.not_now"), "h")
+    assert first.kind == "requeue"
+    assert first.countdown == REQUEUE_DELAY
+    assert json.loads(first.options or "") == {"redeliveries": 1}
+    again = run_job(app, claimed("units.not_now", options='{"redeliveries": 3}'), "h")
+    assert again.kind == "requeue"
+    assert again.countdown == min(REQUEUE_DELAY * 8, REQUEUE_MAX_DELAY)
+    assert json.loads(again.options or "") == {"redeliveries": 4}
+    assert seen == [False, True]
+    # A task that keeps rejecting ends FAILURE with its Reject after MAX_REQUEUES redeliveries.
+    exhausted = json.dumps({"redeliveries": MAX_REQUEUES})
+    last = run_job(app, claimed("units.not_now", options=exhausted), "h")
+    assert last.kind == "finish"
+    assert last.state == "FAILURE"
+    assert result_of(last)["exc_type"] == "Reject"
 
 
-def test_run_job_reject_without_requeue_ends_rejected(app: pgq.App) -> None:
+def test_run_job_reject_without_requeue_ends_failure(app: pgq.App) -> None:
+    # Celery 5.7's worker stores FAILURE with the Reject (it used to be left PENDING).
     @app.task(name="units.never")
     def never() -> None:
         raise Reject("bad input", requeue=False)
 
     report = run_job(app, claimed("units.never"), "h")
     assert report.kind == "finish"
-    assert report.state == "REJECTED"
+    assert report.state == "FAILURE"
     assert result_of(report)["exc_type"] == "Reject"
 
 

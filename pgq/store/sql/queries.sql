@@ -94,8 +94,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- each queue walked in index order on its own (LATERAL) so a backlog in one queue never makes
 -- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
 -- Chords: each header task recorded here counts down its body's chord_remaining; the body
--- becomes due (run_at = now()) when it reaches 0, or ends FAILURE (ChordError) when a header task
--- failed. Concurrent finishers of one chord queue on the body's row lock, and the count is
+-- becomes due (run_at = now(), parent_id = the header task that fired it) when it reaches 0,
+-- or ends FAILURE (ChordError) when a header task failed. Concurrent finishers of one chord
+-- queue on the body's row lock, and the count is
 -- re-read from the row's newest version, so the body fires exactly once.
 -- The outcomes come as one JSON array of [id, state, result JSON as text, traceback] (binding
 -- four arrays cost the worker several times more per task than encoding one JSON value).
@@ -121,6 +122,7 @@ WITH outcomes AS MATERIALIZED (
 ), members AS (
     SELECT chord AS body_id,
            count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
+           max(id) FILTER (WHERE state = 'SUCCESS') AS fired_by,
            min(id) FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_id,
            min(result->>'exc_type') FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_type
     FROM done WHERE chord IS NOT NULL
@@ -132,6 +134,10 @@ WITH outcomes AS MATERIALIZED (
         run_at = CASE WHEN m.failed_id IS NULL
                        AND (b.options->>'chord_remaining')::int - m.succeeded <= 0
                       THEN now() ELSE b.run_at END,
+        -- As in Celery, the body's parent is the header task whose success fired it.
+        parent_id = CASE WHEN m.failed_id IS NULL
+                          AND (b.options->>'chord_remaining')::int - m.succeeded <= 0
+                         THEN m.fired_by ELSE b.parent_id END,
         state = CASE WHEN m.failed_id IS NOT NULL THEN 'FAILURE' ELSE b.state END,
         finished_at = CASE WHEN m.failed_id IS NOT NULL THEN now() END,
         result = CASE WHEN m.failed_id IS NOT NULL
@@ -178,13 +184,14 @@ WITH outcomes AS MATERIALIZED (
     WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
-              t.parent_id, t.root_id, t.priority, t.run_at
+              t.parent_id, t.root_id, t.priority, t.run_at, t.rescues
 )
 (SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
-        c.root_id, c.priority, NULL::bigint AS finished
+        c.root_id, c.priority, c.rescues, NULL::bigint AS finished
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n FROM finished;
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n
+FROM finished;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
@@ -232,6 +239,21 @@ WITH back AS (
         started_at = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN t.started_at END,
         lease_expires_at = NULL
     WHERE t.id = ANY(%(ids)s::text[]) AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id, t.queue, t.state
+)
+SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
+
+-- name: requeue_rejected
+-- STARTED -> PENDING after Reject(requeue=True): due again `countdown` seconds from now (a
+-- backoff the worker works out), its options merged with `options` (the redelivery count read
+-- as request.delivery_info["redelivered"]); only rows this worker still holds.
+WITH back AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'PENDING', run_at = now() + make_interval(secs => u.countdown),
+        options = t.options || u.options::jsonb, lease_expires_at = NULL
+    FROM unnest(%(ids)s::text[], %(countdowns)s::double precision[], %(options)s::text[])
+         AS u(id, countdown, options)
+    WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.queue, t.state
 )
 SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
@@ -615,6 +637,28 @@ SELECT queue, count(*) AS running
 FROM pgq.tasks
 WHERE lease_expires_at IS NOT NULL
 GROUP BY queue;
+
+-- name: store_result
+-- any -> `state`: the result backend's store_result (app.backend). The row takes the state, result
+-- and traceback; a final state (`finished`) ends it (finished_at, no lease), any other clears
+-- finished_at, and a waiting state (PENDING, RETRY) also drops a lease and holds a row that was
+-- not waiting (run_at far ahead) so that storing it never makes a task run again. An id without
+-- a row gets one named `name`, held the same way, so its result reads as a task's and no worker
+-- ever claims it. A SUCCESS is kept, as Celery's key-value backends ignore any later store (a lost
+-- duplicate must not overwrite it). Returns whether the row is finished (then the caller wakes
+-- get() waiters); no row when nothing changed.
+INSERT INTO pgq.tasks AS t (id, name, state, result, traceback, run_at, finished_at)
+VALUES (%(id)s, %(name)s, %(state)s, %(result)s::jsonb, %(traceback)s, %(held_until)s,
+        CASE WHEN %(finished)s THEN now() END)
+ON CONFLICT (id) DO UPDATE
+SET state = EXCLUDED.state, result = EXCLUDED.result, traceback = EXCLUDED.traceback,
+    finished_at = EXCLUDED.finished_at,
+    lease_expires_at = CASE WHEN %(finished)s OR EXCLUDED.state IN ('PENDING', 'RETRY')
+                            THEN NULL ELSE t.lease_expires_at END,
+    run_at = CASE WHEN EXCLUDED.state IN ('PENDING', 'RETRY') AND t.state NOT IN ('PENDING', 'RETRY')
+                  THEN EXCLUDED.run_at ELSE t.run_at END
+WHERE t.state <> 'SUCCESS'
+RETURNING t.finished_at IS NOT NULL;
 
 -- name: forget_task
 -- any -> (deleted): AsyncResult.forget() drops the task's row and so its stored result.

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from celery import Task, shared_task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.signals import task_failure, task_revoked, task_success
 from celery.utils.log import get_task_logger
 from proj.celery import app
@@ -230,3 +230,73 @@ def tsum(numbers):
 def on_error(request, exc, traceback):
     """An errback as Celery's documentation writes it (runs in the worker)."""
     _note(os.environ.get("KIT_SIGNAL_DIR"), f"errback-{request.id}", type(exc).__name__)
+
+
+@shared_task
+def record(value, name):
+    """A callback that leaves a note (its name) holding the value it got, for the kit to read."""
+    _note(os.environ.get("KIT_SIGNAL_DIR"), name, repr(value))
+    return value
+
+
+@shared_task(bind=True)
+def ids(self, i):
+    """Where this task sits in its workflow (Celery's integration suite has the same task)."""
+    return [self.request.root_id, self.request.parent_id, i]
+
+
+@shared_task(bind=True)
+def collect_ids(self, results, i):
+    return [results, [self.request.root_id, self.request.parent_id, i]]
+
+
+@app.task
+def old_style_errback(task_id, label):
+    """An old-style errback with a stored argument: called with the failed task's id first."""
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"old-errback-{label}", task_id)
+
+
+@app.task
+def errback_with_kwargs(request, exc, traceback, label=None):
+    """A new-style errback whose signature stores a keyword argument."""
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"kw-errback-{label}", type(exc).__name__)
+
+
+@app.task(bind=True, max_retries=3)
+def retry_swapping_arguments(self, n, step=None):
+    """Retried with positional arguments when called with keywords, and the other way round."""
+    if self.request.retries == 0:
+        if self.request.kwargs:
+            raise self.retry(args=(n + 1, 7), countdown=0.1)
+        raise self.retry(kwargs={"step": 9}, countdown=0.1)
+    return [n, step, list(self.request.args), self.request.kwargs]
+
+
+@app.task(bind=True, acks_late=True)
+def reject_once(self):
+    """Rejected with requeue on its first delivery; the redelivery says so."""
+    if not self.request.delivery_info.get("redelivered"):
+        raise Reject("not yet", requeue=True)
+    return "redelivered"
+
+
+@app.task(acks_late=True)
+def reject_for_good():
+    raise Reject("refused", requeue=False)
+
+
+class NeedsTwo(Exception):
+    """An exception whose constructor does not take its own ``args`` back."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"{code}: {detail}")
+
+
+@app.task
+def raise_needs_two():
+    raise NeedsTwo("E1", "broken")
+
+
+@app.task(soft_time_limit=10, time_limit=5)
+def badly_limited():
+    return "never sent"

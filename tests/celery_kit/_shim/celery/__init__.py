@@ -21,6 +21,7 @@ for _name in (
     "states",
     "utils",
     "utils.log",
+    "utils.serialization",
 ):
     _module = importlib.import_module(f"pgq.compat.{_name}")
     sys.modules[f"{__name__}.{_name}"] = _module

@@ -1,0 +1,262 @@
+"""Canvas corners where pgq once went silent or wrong (issue 25), asserted on both backends.
+
+Each test is Celery code as a user writes it; the real-Celery run of the same test is what
+says the expected outcome is Celery's.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from celery_kit.kit_support import TIMEOUT, Kit, wait_for
+
+
+def _note(kit: Kit, name: str) -> str:
+    path = kit.signal_dir / name
+    wait_for(path.exists, what=f"the note {name}")
+    return path.read_text()
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def test_link_on_a_chain_runs_after_its_last_task(kit: Kit) -> None:
+    from celery import chain
+
+    tasks = kit.tasks
+    name = _name("chain-link")
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(2))
+    workflow.link(tasks.record.s(name))
+    assert workflow.delay().get(timeout=TIMEOUT) == 4
+    assert _note(kit, name) == "4"
+
+    passed = _name("chain-link-option")
+    result = chain(tasks.add.s(1, 1), tasks.add.s(3)).apply_async(link=tasks.record.s(passed))
+    assert result.get(timeout=TIMEOUT) == 5
+    assert _note(kit, passed) == "5"
+
+
+def test_link_error_on_a_chain_runs_for_the_failing_step(kit: Kit) -> None:
+    from celery import chain
+
+    tasks = kit.tasks
+    workflow = chain(tasks.add.s(1, 1), tasks.fail.s())
+    workflow.link_error(tasks.on_error.s())
+    result = workflow.delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"errback-{result.id}") == "ValueError"
+
+
+def test_link_on_a_group_runs_immutable_after_its_first_task(kit: Kit) -> None:
+    from celery import group
+
+    tasks = kit.tasks
+    name = _name("group-link")
+    workflow = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    workflow.link(tasks.record.s("linked", name))
+    assert workflow.delay().get(timeout=TIMEOUT) == [2, 4]
+    assert _note(kit, name) == "'linked'"
+    with pytest.raises(TypeError):
+        group(tasks.add.s(1, 1)).apply_async(link=tasks.record.s("never", name))
+
+
+def test_link_error_on_a_group_runs_for_the_failed_member(kit: Kit) -> None:
+    from celery import group
+
+    tasks = kit.tasks
+    workflow = group(tasks.add.s(1, 1), tasks.fail.si("member"))
+    workflow.link_error(tasks.on_error.s())
+    result = workflow.delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"errback-{result.results[1].id}") == "ValueError"
+
+
+def test_link_on_a_chord_runs_after_its_body(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    name = _name("chord-link")
+    workflow = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.tsum.s())
+    workflow.link(tasks.record.s(name))
+    assert workflow.delay().get(timeout=TIMEOUT) == 6
+    assert _note(kit, name) == "6"
+
+    passed = _name("chord-link-option")
+    result = chord([tasks.add.s(3, 3)], tasks.tsum.s()).apply_async(link=tasks.record.s(passed))
+    assert result.get(timeout=TIMEOUT) == 6
+    assert _note(kit, passed) == "6"
+
+
+def test_link_error_on_a_chord_runs_when_a_header_task_fails(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    workflow = chord([tasks.add.s(1, 1), tasks.fail.si("header")], tasks.tsum.s())
+    workflow.link_error(tasks.on_error.s())
+    result = workflow.delay()
+    with pytest.raises(Exception):  # noqa: B017 - Celery raises the header's error or ChordError
+        result.get(timeout=TIMEOUT)
+    _note(kit, f"errback-{result.id}")
+
+
+def test_a_chain_led_by_an_empty_group_or_chain_runs(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    assert chain(group([]), tasks.add.s(1, 1)).delay().get(timeout=TIMEOUT) == 2
+    assert chain(chain(), tasks.add.s(2, 2), tasks.add.s(3)).delay().get(timeout=TIMEOUT) == 7
+
+
+def test_a_chord_with_an_empty_header_runs_its_body_with_an_empty_list(kit: Kit) -> None:
+    from celery import chord
+
+    assert chord([], kit.tasks.echo.s()).delay().get(timeout=TIMEOUT) == []
+
+
+def test_a_chord_in_a_chord_header_counts_once_when_its_body_is_done(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    inner = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.tsum.s())
+    outer = chord([inner, tasks.add.s(3, 3)], tasks.echo.s())
+    assert outer.delay().get(timeout=TIMEOUT) == [6, 6]
+
+
+def test_an_immutable_chord_body_gets_only_its_own_arguments(kit: Kit) -> None:
+    from celery import chord
+
+    echo = kit.tasks.echo
+    assert chord([echo.si(4), echo.si(5)], echo.si(6)).delay().get(timeout=TIMEOUT) == 6
+
+
+def test_groups_in_a_group_are_unrolled_and_empty_chains_dropped(kit: Kit) -> None:
+    from celery import chain, group
+
+    add = kit.tasks.add
+    nested = group(group(add.s(1, 1), add.s(2, 2)), add.s(3, 3))
+    assert nested.delay().get(timeout=TIMEOUT) == [2, 4, 6]
+    assert group(add.s(1, 1), chain()).delay().get(timeout=TIMEOUT) == [2]
+
+
+def test_countdown_on_a_group_then_task_delays_the_header(kit: Kit) -> None:
+    from celery import group
+
+    tasks = kit.tasks
+    result = (group(tasks.add.s(1, 1), tasks.add.s(2, 2)) | tasks.tsum.s()).apply_async(
+        countdown=120
+    )
+    header = result.parent.results
+    inspect = kit.app.control.inspect(timeout=5.0)
+
+    def scheduled() -> list:
+        reply = inspect.query_task(header[0].id) or {}
+        return [tasks_[header[0].id] for tasks_ in reply.values() if header[0].id in tasks_]
+
+    [(state, _info)] = wait_for(scheduled, what="a worker to report the delayed header task")
+    assert state == "scheduled"
+    assert result.state == "PENDING"
+    for member in header:
+        member.revoke()
+
+
+def test_chord_body_parent_is_a_header_task_and_the_header_has_a_parent(kit: Kit) -> None:
+    from celery import chain, chord
+
+    tasks = kit.tasks
+    root = tasks.ids.si(i=1)
+    root_id = root.freeze().id
+    result = chain(root, chord([tasks.ids.si(i=2), tasks.ids.si(i=3)], tasks.collect_ids.s(i=4)))()
+    header, (body_root, body_parent, value) = result.get(timeout=TIMEOUT)
+    assert value == 4
+    assert body_root == root_id
+    assert body_parent in [r.id for r in result.parent.results]
+    assert result.parent.parent.id == root_id
+    assert [entry[2] for entry in header] == [2, 3]
+
+
+def test_old_style_errback_with_stored_arguments_gets_the_task_id(kit: Kit) -> None:
+    tasks = kit.tasks
+    label = _name("old")
+    result = tasks.fail.apply_async(("x",), link_error=tasks.old_style_errback.s(label))
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"old-errback-{label}") == result.id
+
+
+def test_errback_keyword_arguments_are_passed(kit: Kit) -> None:
+    tasks = kit.tasks
+    label = _name("kw")
+    errback = tasks.errback_with_kwargs.s(label=label)
+    result = tasks.fail.apply_async(("x",), link_error=errback)
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"kw-errback-{label}") == "ValueError"
+
+
+def test_retry_with_new_args_or_kwargs_replaces_the_other_kind(kit: Kit) -> None:
+    retry = kit.tasks.retry_swapping_arguments
+    assert retry.delay(n=1, step=2).get(timeout=TIMEOUT) == [2, 7, [2, 7], {}]
+    assert retry.delay(1, 2).get(timeout=TIMEOUT) == [1, 9, [1, 9], {}]
+
+
+def test_reject_with_requeue_redelivers_the_task(kit: Kit) -> None:
+    assert kit.tasks.reject_once.delay().get(timeout=TIMEOUT) == "redelivered"
+
+
+def test_reject_without_requeue_stores_failure(kit: Kit) -> None:
+    tasks = kit.tasks
+    result = tasks.reject_for_good.apply_async(link_error=tasks.on_error.s())
+    with pytest.raises(kit.exceptions.Reject):
+        result.get(timeout=TIMEOUT)
+    assert result.state == "FAILURE"
+    assert _note(kit, f"errback-{result.id}") == "Reject"
+    assert _note(kit, f"signal-failure-{result.id}") == "proj.tasks.reject_for_good Reject"
+
+
+def test_an_exception_that_cannot_be_rebuilt_names_its_class(kit: Kit) -> None:
+    from celery.utils.serialization import UnpickleableExceptionWrapper
+
+    result = kit.tasks.raise_needs_two.delay()
+    with pytest.raises(UnpickleableExceptionWrapper) as raised:
+        result.get(timeout=TIMEOUT)
+    assert str(raised.value) == "NeedsTwo('E1: broken')"
+    assert raised.value.exc_cls_name == "NeedsTwo"
+    assert raised.value.exc_module == "proj.tasks"
+    assert list(raised.value.exc_args) == ["E1: broken"]
+
+
+def test_a_soft_time_limit_above_the_hard_one_is_refused_when_sent(kit: Kit) -> None:
+    with pytest.raises(ValueError, match="soft_time_limit"):
+        kit.tasks.badly_limited.delay()
+
+
+def test_eager_canvas_follows_the_same_rules(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    conf = kit.app.conf
+    conf.task_always_eager = True
+    try:
+        name = _name("eager-chain-link")
+        workflow = chain(tasks.add.s(1, 1), tasks.add.s(2))
+        workflow.link(tasks.record.s(name))
+        assert workflow.delay().get() == 4
+        assert (kit.signal_dir / name).read_text() == "4"
+        assert chain(group([]), tasks.add.s(1, 1)).delay().get() == 2
+        nested = group(group(tasks.add.s(1, 1), tasks.add.s(2, 2)), tasks.add.s(3, 3))
+        assert nested.delay().get() == [2, 4, 6]
+        assert chord([tasks.echo.si(4), tasks.echo.si(5)], tasks.echo.si(6)).delay().get() == 6
+        assert chord([], tasks.echo.s()).delay().get() == []
+        linked = _name("eager-chord-link")
+        result = chord([tasks.add.s(1, 1), tasks.add.s(2, 2)], tasks.tsum.s()).apply_async(
+            link=tasks.record.s(linked)
+        )
+        assert result.get() == 6
+        assert (kit.signal_dir / linked).read_text() == "6"
+    finally:
+        conf.task_always_eager = False
