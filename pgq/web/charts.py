@@ -2,7 +2,7 @@
 
 ``throughput_chart`` draws tasks finished per minute over a window (the last hour on the
 overview): every finished task (whatever its outcome) as bars, the failures among them as a line
-over the bars, with both axes labelled. Every
+over the bars, with both axes labelled (the x axis at round clock times, UTC). Every
 text that goes into the SVG is escaped, and the result is returned as ``markupsafe.Markup`` so
 Jinja2 inserts it as is.
 """
@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from html import escape
 
 from markupsafe import Markup
 
 __all__ = ["Minute", "nice_ceiling", "throughput_chart"]
 
-# Drawing area, in SVG user units (the chart scales to its container through the viewBox).
-_WIDTH, _HEIGHT = 720, 200
-_LEFT, _RIGHT, _TOP, _BOTTOM = 46, 12, 14, 40
+# Drawing area, in SVG user units (the chart scales to its container through the viewBox): as
+# wide as the overview's card at a desktop width, so the plot fills the card at about 1:1.
+_WIDTH, _HEIGHT = 1200, 240
+_LEFT, _RIGHT, _TOP, _BOTTOM = 46, 12, 18, 40
+# The x axis is labelled at round clock times: every this many minutes.
+TICK_MINUTES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +111,21 @@ def throughput_chart(
     parts.append(
         f'<line class="axis" x1="{_LEFT}" y1="{bottom}" x2="{_WIDTH - _RIGHT}" y2="{bottom}"/>'
     )
-    if minutes:
-        marks = sorted({0, count // 4, count // 2, 3 * count // 4, count - 1})
-        for index in marks:
-            x = _LEFT + (index + 0.5) * slot
-            ago = count - 1 - index
-            text = "now" if ago == 0 else f"-{ago}m"
-            parts.append(
-                f'<text class="tick" x="{_fmt(x)}" y="{bottom + 14}" text-anchor="middle">'
-                f"{text}</text>"
-            )
+    for index, minute in enumerate(minutes):
+        at = minute.at.astimezone(timezone.utc) if minute.at.tzinfo else minute.at
+        # Round clock times only (12:00, 12:10...), so the labels do not drift with "now".
+        if (at.hour * 60 + at.minute) % TICK_MINUTES:
+            continue
+        x = _LEFT + (index + 0.5) * slot
+        parts.append(
+            f'<line class="tick-mark" x1="{_fmt(x)}" y1="{bottom}" x2="{_fmt(x)}"'
+            f' y2="{bottom + 4}"/>'
+            f'<text class="tick" x="{_fmt(x)}" y="{bottom + 16}" text-anchor="middle">'
+            f"{at:%H:%M}</text>"
+        )
     parts.append(
-        f'<text class="axis-title" x="{_LEFT + plot_w / 2:.0f}" y="{_HEIGHT - 6}"'
-        ' text-anchor="middle">minutes ago</text>'
+        f'<text class="axis-title" x="{_LEFT + plot_w / 2:.0f}" y="{_HEIGHT - 4}"'
+        ' text-anchor="middle">time (UTC)</text>'
     )
     # Legend.
     lx = _WIDTH - _RIGHT - 190

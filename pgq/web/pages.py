@@ -37,14 +37,20 @@ every ``PGQ_WEB_REFRESH`` seconds (3 by default) and swaps in place. ``create_ap
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from pgq.errors import DatabaseError, InvalidFilter
+from pgq.compat.schedules import crontab
+from pgq.errors import ConfigurationError, DatabaseError, InvalidFilter
+from pgq.periodic import Every, Schedule, next_due
 from pgq.web import family as workflow
 from pgq.web import forms
 from pgq.web.charts import Minute, throughput_chart
@@ -66,6 +72,7 @@ DEAD_LIST = 100
 # The overview fragment is fetched this often by static/live.js, unless the app says otherwise
 # (``app.state.refresh_seconds``: PGQ_WEB_REFRESH).
 REFRESH_SECONDS = 2.5
+UTC = timezone.utc
 STATES = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
 
 router = APIRouter(include_in_schema=False)
@@ -286,6 +293,61 @@ def workers(request: Request) -> HTMLResponse:
     return safe_read(request, read)
 
 
+# How a beat stores a schedule with its entry (``PeriodicEntry.schedule_text``): ``every 10s``,
+# or a crontab's repr and the app's timezone.
+_EVERY = re.compile(r"every (?P<seconds>[0-9.e+-]+)s")
+_CRONTAB = re.compile(r"<crontab: (?P<fields>\S+ \S+ \S+ \S+ \S+) \(m/h/dM/MY/d\)> in (?P<tz>\S+)")
+
+
+def _every(interval: float) -> str:
+    """An interval as a person reads it: every 10 s, every 5 min, every 1.5 h."""
+    for unit, span in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if interval >= span and (interval / span * 10) % 1 == 0:
+            return f"every {interval / span:g} {unit}"
+    return f"every {interval:g} s"
+
+
+def schedule_view(stored: str) -> tuple[str, Schedule | None, tzinfo]:
+    """A stored schedule as the page shows it (``* * * * *``, ``every 10 s``), and the
+    schedule itself when it can be read back (to compute the next run), in its timezone."""
+    if match := _EVERY.fullmatch(stored):
+        with contextlib.suppress(ValueError, ConfigurationError):
+            interval = float(match["seconds"])
+            return _every(interval), Every(timedelta(seconds=interval)), UTC
+    if match := _CRONTAB.fullmatch(stored):
+        fields = match["fields"]
+        tz: tzinfo = UTC
+        if match["tz"] != "UTC":
+            try:
+                tz = ZoneInfo(match["tz"])
+            except (ValueError, ZoneInfoNotFoundError):
+                return f"{fields} ({match['tz']})", None, UTC
+        try:
+            cron: Schedule | None = crontab.from_string(fields)
+        except (ValueError, ConfigurationError):
+            cron = None
+        return (fields if tz is UTC else f"{fields} ({match['tz']})"), cron, tz
+    return stored, None, UTC
+
+
+def _periodic_row(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An entry with its schedule readable and its next run computed when the dashboard could
+    not (an entry this process does not declare: the schedule comes from its stored text)."""
+    text, schedule, tz = schedule_view(str(entry.get("schedule") or ""))
+    next_run = entry.get("next_run_at")
+    if next_run is None and schedule is not None:
+        anchor = entry.get("anchor_at") or now
+        after = entry.get("last_due_at") or now
+        with contextlib.suppress(ValueError, ArithmeticError, OverflowError):
+            next_run = next_due(schedule, anchor, after, tz)
+    return {
+        **entry,
+        "schedule_text": text,
+        "schedule_raw": entry.get("schedule"),
+        "next_run_at": next_run,
+    }
+
+
 @router.get("/periodic", response_class=HTMLResponse)
 def periodic(request: Request) -> HTMLResponse:
     """Every periodic entry with its schedule, last and next run, and the beat leader."""
@@ -293,7 +355,9 @@ def periodic(request: Request) -> HTMLResponse:
     def read() -> HTMLResponse:
         data = dashboard_of(request).periodic()
         leaders = [{**lead, "live": lead.get("held")} for lead in data["leaders"]]
-        context = {"entries": data["entries"], "leaders": leaders}
+        now = datetime.now(UTC)
+        entries = [_periodic_row(e, now) for e in data["entries"]]
+        context = {"entries": entries, "leaders": leaders}
         return render(request, "periodic.html", context, current="/periodic")
 
     return safe_read(request, read)
