@@ -183,8 +183,8 @@ class Settings:
         ),
     )
 
-    # pgq web: Basic-auth credentials for every page and API route, and how often the live
-    # parts of the pages refresh themselves.
+    # pgq web: Basic-auth credentials for every page and API route, the key that signs its
+    # forms, and how often the live parts of the pages refresh themselves.
     web_auth: str | None = field(
         default=None,
         repr=False,  # a password: never in a repr or a log line
@@ -192,6 +192,15 @@ class Settings:
             "PGQ_WEB_AUTH",
             "`USER:PASSWORD`: `pgq web` asks for HTTP Basic authentication on every route "
             "(same as `--auth`)",
+        ),
+    )
+    web_secret: str | None = field(
+        default=None,
+        repr=False,  # a key: never in a repr or a log line
+        metadata=_env(
+            "PGQ_WEB_SECRET",
+            "the key that signs `pgq web`'s form tokens and flash messages; give every process "
+            "that serves one dashboard the same secret (else a random key per process)",
         ),
     )
     web_refresh: float = field(

@@ -31,6 +31,7 @@ def create_app(
     read_only: bool = False,
     auth: str | Credentials | None = None,
     root_path: str = "",
+    secret: str | bytes | None = None,
 ) -> FastAPI:
     """The dashboard and ``/api/v1`` JSON API as an ASGI app.
 
@@ -38,7 +39,10 @@ def create_app(
     ``PGQ_DATABASE_URL`` setting, else the embedded server). ``auth``: ``"USER:PASSWORD"`` turns
     on HTTP Basic authentication for every route. ``read_only``: every action answers 403 and
     the pages show none. ``root_path``: serve everything under this prefix (``/pgq``); leave it
-    empty when mounting the app yourself (the mount gives the prefix).
+    empty when mounting the app yourself (the mount gives the prefix). ``secret``: the key that
+    signs the pages' CSRF tokens and flash messages (default: the ``PGQ_WEB_SECRET`` setting,
+    else a random key per process); give every process that serves one dashboard (several
+    workers of your ASGI server) the same secret, so a form one renders is accepted by another.
     """
     credentials = parse_credentials(auth)
     prefix = root_path.rstrip("/")
@@ -56,6 +60,8 @@ def create_app(
     app.state.dashboard = dashboard
     app.state.read_only = read_only
     app.state.auth_user = credentials.user if credentials else None
+    # The CSRF signer's key (pgq.web.csrf): shared by every process given the same secret.
+    app.state.csrf_secret = secret or dashboard.app.settings.web_secret or None
     # How often the pages' live parts refresh (PGQ_WEB_REFRESH).
     app.state.refresh_seconds = dashboard.app.settings.web_refresh
     install_error_handlers(app)
@@ -73,6 +79,7 @@ def create_app(
     outer = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     outer.state.dashboard = app.state.dashboard
     outer.state.read_only = read_only
+    outer.state.csrf_secret = app.state.csrf_secret
     outer.mount(prefix, app)
 
     async def outside(request: Any, exc: Exception) -> JSONResponse:

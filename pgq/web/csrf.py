@@ -6,9 +6,10 @@ equal, and carry a valid HMAC of the server's key. Another site can make a brows
 cookie, but cannot *read* it to copy it into the form field, and cannot mint a token of its own
 without the key (which matters where a sibling subdomain can plant cookies).
 
-The key is random per process unless a secret is configured (``app.state.csrf_secret``): with
-several server processes behind one address, give them the same secret, or a form rendered by
-one process is refused by another.
+The key is random per process unless a secret is configured (``create_app(secret=...)`` or the
+``PGQ_WEB_SECRET`` setting, kept as ``app.state.csrf_secret``): with several server processes
+behind one address (the workers of your own ASGI server), give them the same secret, or a form
+rendered by one process is refused by another. The flash messages are signed with the same key.
 
 The JSON API does not use these tokens: its actions require ``Content-Type: application/json``,
 which a cross-site HTML form cannot send.

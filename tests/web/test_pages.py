@@ -967,21 +967,54 @@ def test_csrf_tokens_and_flashes_are_bound_to_the_key(
     assert one.unsign(one.sign("Retried 2 dead tasks.")) == "Retried 2 dead tasks."
     assert one.unsign(other.sign("forged")) is None and one.unsign("bm8.x") is None
     # A configured secret keys the app: a token of one secret is refused by another.
-    apps = [create_app(db_url), create_app(db_url)]
-    apps[0].state.csrf_secret, apps[1].state.csrf_secret = "first secret", "second secret"
+    apps = [create_app(db_url, secret="first secret"), create_app(db_url, secret="second secret")]
     try:
         with TestClient(apps[0]) as first, TestClient(apps[1], follow_redirects=False) as second:
             minted = token_of(first)
             second.cookies.set("pgq_csrf", minted)
             path = f"/tasks/{world['failure']}/retry"
             assert second.post(path, data={"csrf_token": minted}).status_code == 403
-            apps[1].state.csrf_secret = "first secret"
-            second.cookies.clear()  # (the refusal page had set a cookie of its own key)
-            second.cookies.set("pgq_csrf", minted)
-            assert second.post(path, data={"csrf_token": minted}).status_code == 303
     finally:
         for app in apps:
             app.state.dashboard.close()
+    assert state_of(conn, world["failure"]) == "FAILURE"
+
+
+def test_processes_given_one_secret_accept_each_others_forms(
+    db_url: str, conn: psycopg.Connection[Any], world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two apps (two processes of one dashboard) with the same secret: a form rendered by one is
+    accepted by the other, and the flash message it signs is shown by the first."""
+    monkeypatch.setenv("PGQ_WEB_SECRET", "shared by every process")
+    apps = [create_app(db_url), create_app(db_url)]  # the secret from the setting
+    assert apps[0].state.csrf_secret == "shared by every process"
+    try:
+        with TestClient(apps[0]) as first, TestClient(apps[1], follow_redirects=False) as second:
+            minted = token_of(first)
+            second.cookies.set("pgq_csrf", minted)
+            path = f"/tasks/{world['failure']}/retry"
+            answer = second.post(path, data={"csrf_token": minted})
+            assert answer.status_code == 303
+            first.cookies.set("pgq_flash", answer.cookies["pgq_flash"])
+            assert "is back in its queue" in first.get(f"/tasks/{world['failure']}").text
+    finally:
+        for app in apps:
+            app.state.dashboard.close()
+    assert state_of(conn, world["failure"]) == "PENDING"
+    # The argument wins over the setting, and without any secret the key is the process's own:
+    # either refuses the tokens of the shared secret.
+    other = create_app(db_url, secret="another secret")
+    monkeypatch.delenv("PGQ_WEB_SECRET")
+    unkeyed = create_app(db_url)
+    try:
+        for app in (other, unkeyed):
+            with TestClient(app, follow_redirects=False) as client:
+                client.cookies.set("pgq_csrf", minted)
+                path = f"/tasks/{world['failure']}/revoke"
+                assert client.post(path, data={"csrf_token": minted}).status_code == 403
+    finally:
+        other.state.dashboard.close()
+        unkeyed.state.dashboard.close()
     assert state_of(conn, world["failure"]) == "PENDING"
 
 
