@@ -11,9 +11,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pgq.web.api import install_error_handlers, router
 from pgq.web.data import Dashboard
@@ -65,6 +66,7 @@ def create_app(
     # How often the pages' live parts refresh (PGQ_WEB_REFRESH).
     app.state.refresh_seconds = dashboard.app.settings.web_refresh
     install_error_handlers(app)
+    _html_not_found_outside_api(app)
     app.include_router(router)
     if importlib.util.find_spec("pgq.web.pages") is not None:
         from pgq.web.pages import router as pages_router  # the HTML pages (pgq.web.pages)
@@ -87,3 +89,23 @@ def create_app(
 
     outer.add_exception_handler(404, outside)
     return outer
+
+
+def _html_not_found_outside_api(app: FastAPI) -> None:
+    """An unknown page URL answers an HTML 404 page (with the navigation); under ``/api`` the
+    JSON error handler answers, as it does for every other error."""
+    json_answer = app.exception_handlers[StarletteHTTPException]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        from pgq.web.render import error_page, root_of  # the pages' frame (Jinja2)
+
+        path = request.scope.get("path", "")
+        root = root_of(request)
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if exc.status_code != 404 or path == "/api" or path.startswith("/api/"):
+            return await json_answer(request, exc)  # type: ignore[no-any-return]
+        return error_page(request, 404, "Not found", f"pgq web has no page at {request.url.path}.")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -164,14 +164,14 @@ def _task_action(verb: str) -> Callable[[Request, str], Any]:
 
 # After the bulk routes: /tasks/bulk/retry is not the retry of a task named "bulk".
 for _verb in ("retry", "revoke", "terminate"):
-    router.add_api_route(f"/tasks/{{task_id}}/{_verb}", _task_action(_verb), methods=["POST"])
+    router.add_api_route(f"/tasks/{{task_id:path}}/{_verb}", _task_action(_verb), methods=["POST"])
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@router.post("/queues/{name}/purge")
+@router.post("/queues/{name:path}/purge")
 async def purge(request: Request, name: str) -> Response:
     """Delete a queue's waiting tasks; only with the confirmation box ticked."""
     form, refused = await _checked_form(request)
@@ -191,7 +191,7 @@ async def purge(request: Request, name: str) -> Response:
     return await _act(request, run, back)
 
 
-@router.post("/workers/{worker_id}/shutdown")
+@router.post("/workers/{worker_id:path}/shutdown")
 async def shutdown(request: Request, worker_id: str) -> Response:
     """Ask a worker to finish its tasks and stop, as on SIGTERM."""
     form, refused = await _checked_form(request)
@@ -206,7 +206,7 @@ async def shutdown(request: Request, worker_id: str) -> Response:
     return await _act(request, run, _back(request, None, "/workers"))
 
 
-@router.post("/periodic/{name}/run")
+@router.post("/periodic/{name:path}/run")
 async def run_now(request: Request, name: str) -> Response:
     """Enqueue a periodic entry's task now (its schedule is unchanged)."""
     form, refused = await _checked_form(request)

@@ -168,7 +168,8 @@ def tasks(request: Request) -> HTMLResponse:
     return render(request, "tasks.html", context, status=status, current="/tasks")
 
 
-@router.get("/tasks/{task_id}", response_class=HTMLResponse)
+# ``:path``: a task id may hold a "/" (Celery accepts any string as an id); the links quote it.
+@router.get("/tasks/{task_id:path}", response_class=HTMLResponse)
 def task_detail(request: Request, task_id: str) -> HTMLResponse:
     """Everything about one task: fields, arguments, result, traceback, failures, family."""
 

@@ -542,6 +542,50 @@ def test_task_detail_draws_chords_groups_and_the_steps_to_come(
     assert "This task is not part of a workflow." in lone
 
 
+def test_unknown_page_urls_are_an_html_404_and_api_urls_stay_json(
+    client: TestClient, db_url: str
+) -> None:
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and "text/html" in page.headers["content-type"]
+    assert 'id="error-title">Not found<' in page.text and "/no-such-page" in page.text
+    assert "<nav" in page.text and "Traceback" not in page.text  # the page's frame
+    api = client.get("/api/v1/no-such-route")
+    assert api.status_code == 404 and api.headers["content-type"] == "application/json"
+    assert "error" in api.json()
+    # Under a root path too: the pages' 404 is HTML, the API's JSON.
+    for prefixed in _client(db_url, root_path="/pgq"):
+        missing = prefixed.get("/pgq/nowhere")
+        assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+        assert 'href="/pgq/tasks"' in missing.text
+        assert prefixed.get("/pgq/api/v1/nowhere").json()["error"]
+
+
+def test_a_task_id_with_a_slash_opens_and_its_actions_work(
+    client: TestClient, conn: psycopg.Connection[Any]
+) -> None:
+    task_id = _insert(
+        conn,
+        id="import/2026-12-03/batch#1",
+        name="e2e_tasks.add",
+        queue="celery",
+        state="FAILURE",
+        args=[1],
+        result=_failure("ValueError", "slashed"),
+        finished_at=datetime.now(UTC),
+    )
+    listing = client.get("/tasks", params={"id": task_id}).text
+    assert 'href="/tasks/import%2F2026-12-03%2Fbatch%231"' in listing
+    page = client.get("/tasks/import%2F2026-12-03%2Fbatch%231")
+    assert page.status_code == 200, page.text
+    assert 'id="task-state" data-state="FAILURE"' in page.text
+    assert 'action="/tasks/import%2F2026-12-03%2Fbatch%231/retry"' in page.text
+    token = token_of(client)
+    answer = client.post("/tasks/import%2F2026-12-03%2Fbatch%231/retry", data={"csrf_token": token})
+    assert answer.status_code == 303
+    assert state_of(conn, task_id) == "PENDING"
+    assert client.get("/tasks/import%2Fnope").status_code == 404
+
+
 def test_unknown_task_is_a_404_page(client: TestClient) -> None:
     page = client.get("/tasks/no-such-task")
     assert page.status_code == 404
