@@ -5,8 +5,11 @@ Three sources, because pgq keeps a workflow in three ways (see ``pgq.workflow``)
 - **parent links**: a step enqueued by a finished task (a chain's next step, a callback) has
   ``parent_id`` (and ``root_id``) set; ``Dashboard.task`` returns those relatives as
   ``family.steps``, drawn here as a tree, every step under its parent;
-- **a chord**: its body holds the ids of its header in ``options.chord_header`` and each header
-  task names the body in ``options.chord``; nothing links them by ``parent_id``;
+- **a chord**: each header task names the body in ``options.chord``, and the body counts the
+  header tasks still to finish in ``options.chord_remaining``; a body that takes the header's
+  results (not an immutable one) also holds the header's ids in ``options.chord_header``.
+  Nothing links them by ``parent_id``: without ``chord_header`` the page shows the header task
+  it is on and the count, as the other members are not findable without scanning the table;
 - **steps still to come**: a task's ``options.link`` holds the rest of its chain as signatures
   whose ids were fixed when the workflow was sent, so the page can show them (and their state
   once they exist) before they are enqueued.
@@ -88,7 +91,7 @@ def chord_of(dashboard: Dashboard, task: dict[str, Any]) -> Node | None:
     """The chord the task belongs to (as its body or in its header): the body with its header
     tasks as children, each with its state; None if the task is in no chord."""
     options = _dict(task.get("options"))
-    if isinstance(options.get("chord_header"), list):
+    if isinstance(options.get("chord_header"), list) or "chord_remaining" in options:
         body = task
     elif isinstance(options.get("chord"), str):
         try:
@@ -99,15 +102,28 @@ def chord_of(dashboard: Dashboard, task: dict[str, Any]) -> Node | None:
         return None
     body_options = _dict(body.get("options"))
     header = [h for h in body_options.get("chord_header") or () if isinstance(h, str)]
-    rows = _lookup(dashboard, header)
-    members = [_node(h, "?", rows, label=f"header {i + 1}") for i, h in enumerate(header)]
-    done = sum(1 for m in members if m["state"] == "SUCCESS")
+    if header:
+        rows = _lookup(dashboard, header)
+        members = [_node(h, "?", rows, label=f"header {i + 1}") for i, h in enumerate(header)]
+        done = sum(1 for m in members if m["state"] == "SUCCESS")
+        label = f"chord body, after {done} of {len(header)} header tasks succeeded"
+    else:
+        # An immutable body does not keep its header's ids: show the header task this page is
+        # about (if it is one) and what the body still waits for.
+        members = [] if body is task else [_node(task["id"], task["name"], {task["id"]: task})]
+        remaining = body_options.get("chord_remaining")
+        held = body.get("state") == "PENDING" and isinstance(remaining, int) and remaining > 0
+        label = (
+            f"chord body, waiting for {remaining} header task{'s' if remaining != 1 else ''}"
+            if held
+            else "chord body"
+        )
     return {
         "id": body["id"],
         "name": body["name"],
         "state": body["state"],
         "exists": True,
-        "label": f"chord body, after {done} of {len(header)} header tasks succeeded",
+        "label": label,
         "children": members,
         "truncated": len(header) > MAX_STEPS,
     }

@@ -123,10 +123,10 @@ def test_workflows_sent_through_the_api_are_drawn(client: Any, web_db: WebDataba
         end = min(i for i in (html.find("<h2>", start), html.find("</section>", start)) if i > 0)
         return dict(re.findall(r'data-step-id="([^"]+)" data-state="([A-Z ]+)"', html[start:end]))
 
-    # A chord run by the worker: from a header task, the body over both header tasks.
-    body = chord([add.s(1, 1), add.s(2, 2)], add.si(5, 5)).apply_async()
-    # (pgq hands the header's results to the body even when immutable: it may fail; either
-    # way the page draws the state it ended in.)
+    # A chord run by the worker whose body takes the header's results (it keeps their ids):
+    # from a header task, the body over both header tasks. (add([2, 4], 5) fails: either way
+    # the page draws the state the body ended in.)
+    body = chord([add.s(1, 1), add.s(2, 2)], add.s(5)).apply_async()
     ended = web_db.wait(body.id, "SUCCESS", "FAILURE")["state"]
     header = [
         r[0] for r in web_db.sql("SELECT id FROM pgq.tasks WHERE options->>'chord' = %s", body.id)
@@ -134,6 +134,15 @@ def test_workflows_sent_through_the_api_are_drawn(client: Any, web_db: WebDataba
     assert len(header) == 2
     drawn = steps(client.get(f"/tasks/{header[0]}").text, "task-chord")
     assert drawn == {body.id: ended, header[0]: "SUCCESS", header[1]: "SUCCESS"}
+    # An immutable body keeps no header ids: from a header task, the body and that task.
+    body = chord([add.s(1, 1), add.s(2, 2)], add.si(5, 5)).apply_async()
+    web_db.wait(body.id, "SUCCESS")
+    header = [
+        r[0] for r in web_db.sql("SELECT id FROM pgq.tasks WHERE options->>'chord' = %s", body.id)
+    ]
+    drawn = steps(client.get(f"/tasks/{header[0]}").text, "task-chord")
+    assert drawn == {body.id: "SUCCESS", header[0]: "SUCCESS"}
+    assert steps(client.get(f"/tasks/{body.id}").text, "task-chord") == {body.id: "SUCCESS"}
 
     # A chain whose head waits an hour: the rest is shown, not enqueued yet.
     last = chain(add.si(7, 7).set(countdown=3600), add.si(2, 2), add.si(3, 3)).apply_async()
