@@ -209,10 +209,12 @@ def seed(conn: psycopg.Connection[Any]) -> World:
     )
     conn.execute(
         "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at,"
-        " last_run_at, total_runs) VALUES ('celery', 'add-every-minute', %s, 'every 60.0 seconds',"
+        " last_run_at, total_runs) VALUES ('celery', 'add-every-minute', %s, 'every 60s',"
         " now() - interval '1 hour', now() - interval '30 seconds', now() - interval '30 seconds',"
-        " 60)",
-        (add,),
+        " 60), ('celery', 'add-on-the-hour', %s,"
+        " '<crontab: 0 * * * * (m/h/dM/MY/d)> in UTC', now() - interval '1 hour',"
+        " now() - interval '1 hour', NULL, 0)",
+        (add, add),
     )
     conn.execute(
         "INSERT INTO pgq.beat_leases (scheduler, holder, acquired_at, lease_expires_at)"
@@ -627,7 +629,20 @@ def test_workers_periodic_rate_limits_pages(client: TestClient, world: World) ->
     assert gone_row and 'data-action="shutdown"' not in gone_row.group(1)
 
     periodic = client.get("/periodic").text
-    assert rows_of(periodic, "data-entry") == ["add-every-minute"]
+    assert rows_of(periodic, "data-entry") == ["add-every-minute", "add-on-the-hour"]
+    # Schedules as a person writes them, and the next run computed from the stored schedule
+    # (this app declares no entry): the interval's grid, the crontab's next full hour.
+    cells = {
+        name: re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        for name, row in re.findall(r'data-entry="([^"]+)">(.*?)</tr>', periodic, re.S)
+    }
+    assert cells["add-every-minute"][2] == "every 1 min"
+    assert cells["add-on-the-hour"][2] == "0 * * * *" and ">&lt;crontab" not in periodic
+    soon = datetime.now(UTC) + timedelta(minutes=1)
+    next_minute = re.search(r'datetime="([^"]+)"', cells["add-every-minute"][4])
+    assert next_minute and datetime.fromisoformat(next_minute.group(1)) <= soon
+    next_hour = re.search(r'datetime="([^"]+)"', cells["add-on-the-hour"][4])
+    assert next_hour and datetime.fromisoformat(next_hour.group(1)).minute == 0
     assert 'data-action="run-now"' in periodic
     assert 'data-leader="beat-1@host"' in periodic
 
@@ -1060,6 +1075,47 @@ def test_processes_given_one_secret_accept_each_others_forms(
         other.state.dashboard.close()
         unkeyed.state.dashboard.close()
     assert state_of(conn, world["failure"]) == "PENDING"
+
+
+def test_the_pages_say_what_they_show(client: TestClient, world: World) -> None:
+    """The overview's last-hour columns say so; the time filters hint at their format (no date
+    that looks filled in); task ids sit in one cell each with their whole id as title; the dead
+    page's buttons are in an ordinary table cell (a flex cell shifts the row's border)."""
+    overview = client.get("/").text
+    for column in ("Succeeded", "Failed", "Revoked"):
+        assert f'>{column} <span class="unit">1 h</span></th>' in overview
+    tasks = client.get("/tasks").text
+    assert tasks.count('placeholder="YYYY-MM-DD HH:MM"') == 2
+    assert not re.search(r'placeholder="\d{4}-', tasks)
+    row = re.search(rf'<tr data-task-id="{world["failure"]}">\s*<td class="id">(.*?)</td>', tasks)
+    assert row and f'title="{world["failure"]}"' in row.group(1)
+    dead = client.get("/dead").text
+    assert '<td class="row-actions">' in dead and '<td class="actions">' not in dead
+    assert "td.row-actions { white-space: nowrap; }" in client.get("/static/pgq.css").text
+
+
+def test_stored_schedules_are_shown_as_people_write_them() -> None:
+    from pgq.web.pages import schedule_view
+
+    assert [
+        schedule_view(stored)[0]
+        for stored in (
+            "every 10s",
+            "every 90s",
+            "every 3600s",
+            "<crontab: */5 9-17 * * mon-fri (m/h/dM/MY/d)> in UTC",
+            "<crontab: 0 3 * * * (m/h/dM/MY/d)> in Europe/Paris",
+            "<solar: sunset at latitude 1, longitude: 2>",
+        )
+    ] == [
+        "every 10 s",
+        "every 1.5 min",
+        "every 1 h",
+        "*/5 9-17 * * mon-fri",
+        "0 3 * * * (Europe/Paris)",
+        "<solar: sunset at latitude 1, longitude: 2>",  # unknown: as stored, no next run
+    ]
+    assert schedule_view("<solar: sunset at latitude 1, longitude: 2>")[1] is None
 
 
 def test_rate_limits_are_written_as_celery_writes_them() -> None:
