@@ -342,6 +342,15 @@ def test_unknown_task_is_a_404_page(web: WebServer, page: Any) -> None:
     assert response is not None and response.status == 404
 
 
+def test_an_unknown_page_url_is_an_html_page_with_the_navigation(web: WebServer, page: Any) -> None:
+    response = page.goto(web.url + "/no-such-page")
+    assert response is not None and response.status == 404
+    expect()(page.locator("#error-title")).to_have_text("Not found")
+    with page.expect_navigation():
+        page.locator("header nav a", has_text="Tasks").click()
+    expect()(page.locator("table#tasks")).to_be_attached()
+
+
 def test_dead_page_groups_failures_with_bulk_actions(
     web: WebServer, seeded: dict[str, Any], page: Any
 ) -> None:
