@@ -8,6 +8,7 @@ Starlette/FastAPI mount), so a team can put it behind its own login.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def _html_not_found_outside_api(app: FastAPI) -> None:
         if root and path.startswith(root):
             path = path[len(root) :]
         if exc.status_code != 404 or path == "/api" or path.startswith("/api/"):
-            return await json_answer(request, exc)  # type: ignore[no-any-return]
+            answer = json_answer(request, exc)
+            return await answer if inspect.isawaitable(answer) else answer
         return error_page(request, 404, "Not found", f"pgq web has no page at {request.url.path}.")
 
     app.add_exception_handler(StarletteHTTPException, http_error)
