@@ -143,6 +143,17 @@ def test_unfiltered_changelist_counts_by_the_planners_estimate(
     assert [s for s in statements if "COUNT(" in s.upper()]
 
 
+def test_the_models_pass_djangos_checks_without_contrib_postgres() -> None:
+    """Django 6 refuses its ArrayField unless ``django.contrib.postgres`` is installed
+    (postgres.E005): pgq's models must not need it."""
+    from django.apps import apps
+
+    from pgq.django.models import PgqBeatEntry, PgqTask, PgqWorker
+
+    assert not apps.is_installed("django.contrib.postgres")
+    assert [e for model in (PgqTask, PgqWorker, PgqBeatEntry) for e in model.check()] == []
+
+
 def test_nothing_can_be_added_edited_or_deleted(
     client: Any, clean: None, pg: psycopg.Connection[Any]
 ) -> None:
@@ -183,6 +194,11 @@ def test_workers_and_periodic_entries_are_listed(
         workers = client.get("/admin/pgq/pgqworker/")
         assert workers.status_code == 200
         assert f"/{worker.pid}-" in workers.content.decode()
+        assert "celery, default" in workers.content.decode()  # its queues, read from text[]
+        from pgq.django.models import PgqWorker
+
+        row = PgqWorker.objects.get(pid=worker.pid)
+        assert row.queues == ["celery", "default"] and "backend_tasks.add" in row.task_names
         entries = client.get("/admin/pgq/pgqbeatentry/")
         assert entries.status_code == 200
         assert "nightly-report" in entries.content.decode()
