@@ -32,6 +32,14 @@ class PgqConfig(AppConfig):
         # Django sends post_migrate once per app with models (pgq.django may have none).
         post_migrate.connect(upgrade_after_migrate, dispatch_uid="pgq.django.upgrade")
         checks.register(check_database, checks.Tags.database)
+        # A pgq TaskBackend in TASKS: every Celery app of the process imports the task modules
+        # (the apps' tasks modules and OPTIONS["modules"]) when it is finalized. Without this the
+        # registry would start watching only once it saw a first django.tasks task, and tasks
+        # that live only in OPTIONS["modules"] would never be registered in the worker.
+        from pgq.django.registry import pgq_backend_configured, watch
+
+        if pgq_backend_configured():
+            watch()
 
 
 def check_database(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -11,10 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 __all__ = ["PgqBeatEntry", "PgqTask", "PgqWorker"]
+
+
+class TextArrayField(models.Field):  # type: ignore[type-arg]
+    """A PostgreSQL ``text[]`` column, read as a list of strings (psycopg 3 loads arrays).
+
+    Not Django's ``ArrayField``: since Django 6.0 that one fails the system check
+    ``postgres.E005`` unless ``django.contrib.postgres`` is in ``INSTALLED_APPS``, which a project
+    using pgq should not need. Reading is all these models do; no lookups beyond equality."""
+
+    description = "PostgreSQL text array (read-only)"
+
+    def db_type(self, connection: Any) -> str:
+        return "text[]"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> list[str] | None:
+        return None if value is None else [str(item) for item in value]
 
 
 class ReadOnlyModel(models.Model):
@@ -78,10 +93,10 @@ class PgqWorker(ReadOnlyModel):
     id = models.TextField(primary_key=True)
     hostname = models.TextField()
     pid = models.IntegerField()
-    queues = ArrayField(models.TextField())
+    queues = TextArrayField()
     concurrency = models.IntegerField()
     pool = models.TextField()
-    task_names = ArrayField(models.TextField())
+    task_names = TextArrayField()
     started_at = models.DateTimeField()
     last_heartbeat_at = models.DateTimeField()
     tasks_done = models.BigIntegerField()

@@ -17,6 +17,8 @@ Each one is registered, as a ``pgq.Task`` (``DjangoTaskRunner``) named after its
 ``module_path``, in every ``pgq.compat`` Celery app of the process as a ``shared_task`` is
 (``watch``), and each such app imports the task modules above when it is finalized, after its
 own ``autodiscover_tasks()``: ``pgq worker -A proj`` then runs them beside the Celery-API tasks.
+``PgqConfig.ready()`` starts the watching when ``TASKS`` names a pgq backend, so tasks that live
+only in ``OPTIONS["modules"]`` are found too (no task needs to be seen first).
 A worker on a plain ``pgq.App`` calls ``install(app)``. A row
 naming a task the worker does not know ends ``FAILURE`` with pgq's ``NotRegistered`` error,
 nothing imported; ``get_result`` shows it as an "unknown django task" error.
@@ -45,6 +47,7 @@ __all__ = [
     "discover",
     "install",
     "known_tasks",
+    "pgq_backend_configured",
     "remember",
     "runner_for",
     "watch",
@@ -158,6 +161,14 @@ def task_modules() -> list[str]:
         modules = (params.get("OPTIONS") or {}).get("modules") or ()
         names.extend(str(m) for m in modules)
     return list(dict.fromkeys(names))
+
+
+def pgq_backend_configured() -> bool:
+    """Django's ``TASKS`` setting names a pgq ``TaskBackend``."""
+    from django.conf import settings
+
+    tasks = getattr(settings, "TASKS", None) or {}
+    return any(_is_pgq_backend(params.get("BACKEND")) for params in tasks.values())
 
 
 def _module_exists(name: str) -> bool:

@@ -14,10 +14,12 @@ ROOT = HERE.parents[1]
 EXAMPLE = ROOT / "examples" / "django"
 
 
-def start_backend_worker(db_url: str, *args: str) -> WorkerProcess:
+def start_backend_worker(
+    db_url: str, *args: str, settings: str = "settings_backend"
+) -> WorkerProcess:
     """``pgq worker -A proj`` in the example project, with the backend tests' settings."""
     env = worker_env(db_url)
-    env["DJANGO_SETTINGS_MODULE"] = "settings_backend"
+    env["DJANGO_SETTINGS_MODULE"] = settings
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), str(HERE), str(ROOT), env["PYTHONPATH"]])
     worker = WorkerProcess(["worker", "-A", "proj", *args], env, EXAMPLE)
     try:

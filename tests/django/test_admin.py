@@ -88,6 +88,72 @@ def test_changelist_filters_and_search(client: Any, clean: None) -> None:
     assert second.id in by_text and first.id not in by_text
 
 
+def _list_queries(client: Any, params: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """The changelist page's HTML and the SQL it ran on pgq's Django database."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from pgq.django.db import default_alias
+
+    with CaptureQueriesContext(connections[default_alias()]) as captured:
+        page = client.get(TASKS_URL, params or {})
+    assert page.status_code == 200
+    return page.content.decode(), [q["sql"] for q in captured.captured_queries]
+
+
+def test_changelist_reads_no_whole_table_for_its_filters(
+    client: Any, clean: None, pg: psycopg.Connection[Any]
+) -> None:
+    """Large-table costs: the queue and name choices come from bounded reads, not a DISTINCT
+    over pgq.tasks; the list is in primary-key order (newest first: ids are UUIDv7)."""
+    from backend_tasks import add, echo
+
+    older = add.enqueue(1, 2)
+    newer = echo.using(queue_name="default").enqueue("x")
+    pg.execute("UPDATE pgq.tasks SET queue = 'only-waiting' WHERE id = %s", (older.id,))
+    body, statements = _list_queries(client)
+    tasks_reads = [s for s in statements if "pgq" in s and "tasks" in s]
+    assert tasks_reads
+    assert not [s for s in tasks_reads if "DISTINCT" in s.upper()], tasks_reads
+    listing = [s for s in tasks_reads if '"pgq"."tasks"."args"' in s]
+    assert listing and 'ORDER BY "pgq"."tasks"."id" DESC' in listing[-1], listing
+    assert body.index(newer.id) < body.index(older.id)
+    # The choices: the waiting task's queue, and a registered task that has no row yet.
+    assert "?queue=only-waiting" in body
+    assert "?name=backend_tasks.context_info" in body
+    assert "?name=backend_tasks.add" in body
+
+
+def test_unfiltered_changelist_counts_by_the_planners_estimate(
+    client: Any, clean: None, pg: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend_tasks import add
+
+    from pgq.django.admin import EstimatedCountPaginator
+
+    ids = [add.enqueue(i, i).id for i in range(3)]
+    pg.execute("ANALYZE pgq.tasks")
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)  # as on a large table
+    body, statements = _list_queries(client)
+    assert all(task_id in body for task_id in ids)
+    assert not [s for s in statements if "COUNT(" in s.upper()], statements
+    assert [s for s in statements if "reltuples" in s]
+    # Filtered: counted exactly.
+    _, statements = _list_queries(client, {"state": "PENDING"})
+    assert [s for s in statements if "COUNT(" in s.upper()]
+
+
+def test_the_models_pass_djangos_checks_without_contrib_postgres() -> None:
+    """Django 6 refuses its ArrayField unless ``django.contrib.postgres`` is installed
+    (postgres.E005): pgq's models must not need it."""
+    from django.apps import apps
+
+    from pgq.django.models import PgqBeatEntry, PgqTask, PgqWorker
+
+    assert not apps.is_installed("django.contrib.postgres")
+    assert [e for model in (PgqTask, PgqWorker, PgqBeatEntry) for e in model.check()] == []
+
+
 def test_nothing_can_be_added_edited_or_deleted(
     client: Any, clean: None, pg: psycopg.Connection[Any]
 ) -> None:
@@ -128,6 +194,11 @@ def test_workers_and_periodic_entries_are_listed(
         workers = client.get("/admin/pgq/pgqworker/")
         assert workers.status_code == 200
         assert f"/{worker.pid}-" in workers.content.decode()
+        assert "celery, default" in workers.content.decode()  # its queues, read from text[]
+        from pgq.django.models import PgqWorker
+
+        row = PgqWorker.objects.get(pid=worker.pid)
+        assert row.queues == ["celery", "default"] and "backend_tasks.add" in row.task_names
         entries = client.get("/admin/pgq/pgqbeatentry/")
         assert entries.status_code == 200
         assert "nightly-report" in entries.content.decode()

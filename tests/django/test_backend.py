@@ -29,9 +29,11 @@ def _count(pg: psycopg.Connection[Any]) -> int:
 def backend_worker(django_db_url: str, clean: None) -> Any:
     started = []
 
-    def start(*args: str) -> Any:
+    def start(*args: str, settings: str = "settings_backend") -> Any:
         # Django's default queue is "default", Celery's "celery": this worker takes both.
-        worker = start_backend_worker(django_db_url, "-Q", "celery,default", *args)
+        worker = start_backend_worker(
+            django_db_url, "-Q", "celery,default", *args, settings=settings
+        )
         started.append(worker)
         return worker
 
@@ -270,6 +272,20 @@ def test_worker_runs_it_and_get_result_is_successful(backend_worker: Any) -> Non
         "args": [[1, {"a": None}]],
         "kwargs": {"flag": True},
     }
+
+
+@pytest.mark.e2e
+def test_tasks_only_in_options_modules_run_in_the_worker(backend_worker: Any) -> None:
+    """No installed app defines a django.tasks task (settings_modules_only drops ``reports``):
+    the worker still knows those of ``OPTIONS["modules"]`` (``PgqConfig.ready()`` makes the
+    Celery app import them when it is finalized)."""
+    from backend_tasks import add
+
+    backend_worker("-c", "1", settings="settings_modules_only")
+    result = add.enqueue(40, 2)
+    done = finished(add, result.id)
+    assert done.status == _statuses().SUCCESSFUL, done.errors
+    assert done.return_value == 42
 
 
 @pytest.mark.e2e

@@ -2,6 +2,7 @@
 report, and a real ``pgq worker -A proj`` running them all; then the outcome, and the worker
 stopped. Run ``python manage.py migrate`` first."""
 
+import json
 import os
 import shutil
 import signal
@@ -71,7 +72,10 @@ class Command(BaseCommand):
             while not report.is_finished and time.monotonic() < deadline:
                 time.sleep(0.2)
                 report.refresh()
-            self.stdout.write(f"report ({report.status}): {report.return_value}")
+            # JSON with sorted keys: the value comes back from a jsonb column, whose key order
+            # is PostgreSQL's, not the task's.
+            value = json.dumps(report.return_value, sort_keys=True)
+            self.stdout.write(f"report ({report.status}): {value}")
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=30)
