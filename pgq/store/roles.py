@@ -67,9 +67,21 @@ class RoleNames:
 
 
 def relations_in_code() -> list[tuple[str, str]]:
-    """pgq's tables and views at the head revision, as (name, kind) with kind 'r' or 'v'."""
+    """pgq's tables, views and identity sequences at the head revision, as (name, kind) with
+    kind 'r', 'v' or 'S' (an identity column's sequence, named as PostgreSQL names it; it belongs
+    to its table and changes owner with it)."""
     tables = sorted({t.name for t in metadata.sorted_tables} | {"alembic_version"})
-    return [(name, "r") for name in tables] + [(name, "v") for name in VIEWS]
+    sequences = sorted(
+        f"{table.name}_{column.name}_seq"
+        for table in metadata.sorted_tables
+        for column in table.columns
+        if column.identity is not None
+    )
+    return (
+        [(name, "r") for name in tables]
+        + [(name, "v") for name in VIEWS]
+        + [(name, "S") for name in sequences]
+    )
 
 
 def grant_statements(
@@ -85,6 +97,8 @@ def grant_statements(
     statements.append(_compose("join_owner", owner=names.owner))
     statements.append(_compose("own_schema", owner=names.owner))
     for relation, kind in relations if relations is not None else relations_in_code():
+        if kind == "S":
+            continue  # an identity sequence follows its table's owner (it cannot be given alone)
         which = "own_view" if kind == "v" else "own_table"
         statements.append(_compose(which, relation=relation, owner=names.owner))
     for name in (
