@@ -134,6 +134,20 @@ Index(
     postgresql_include=["queue"],
 )
 
+# A task's children and the steps of its workflow (the dashboard's task detail): partial, so a
+# task enqueued on its own (no parent, no root: root_id is the parent's root or the parent)
+# never writes them; only tasks a workflow or another task enqueues add an entry.
+Index(
+    "tasks_parent_idx",
+    tasks.c.parent_id,
+    postgresql_where=text("parent_id IS NOT NULL"),
+)
+Index(
+    "tasks_root_idx",
+    tasks.c.root_id,
+    postgresql_where=text("root_id IS NOT NULL"),
+)
+
 workers = Table(
     "workers",
     metadata,

@@ -79,7 +79,7 @@ def test_task_list_filters_compose(client: Any, web_db: WebDatabase) -> None:
     several = client.get("/api/v1/tasks", params={"state": "started,revoked"}).json()["tasks"]
     assert {t["state"] for t in several} == {"STARTED", "REVOKED"}
     future = client.get("/api/v1/tasks", params={"since": "2999-01-01T00:00:00Z"}).json()
-    assert future == {"tasks": [], "next": None}
+    assert future == {"tasks": [], "next": None, "complete": True, "scanned": 11}
 
 
 @pytest.mark.parametrize("sort", ["created", "finished"])

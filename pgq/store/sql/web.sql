@@ -52,76 +52,172 @@ SELECT reltuples::bigint AS estimated_rows FROM pg_class WHERE oid = 'pgq.tasks'
 
 -- name: web_tasks_by_id
 -- (read) A page of the task browser in creation order (the primary key: ids are version 7 UUIDs
--- and sort by creation time), newest first, after the cursor's id; filters are composable.
+-- and sort by creation time), newest first, after the cursor's id. Bounded: it reads at most
+-- `scan` rows along the primary key and keeps those matching the filters (no index serves a
+-- filter on queue, name, state or text over all rows), so a rare match or a text search costs at
+-- most `scan` rows; a short page says where the scan stopped (web_tasks_by_id_edge).
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
-  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: web_tasks_by_id_edge
+-- (read) Where web_tasks_by_id stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, NULL::timestamptz AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY id
+LIMIT 1;
 
 -- name: web_unfinished_tasks_by_id
 -- (read) web_tasks_by_id for states that only waiting or held tasks have (RETRY, STARTED): reads
 -- the partial claim and lease indexes, which hold only unfinished rows, instead of walking the
--- primary key past every finished row when few or none match.
+-- primary key past every finished row when few or none match (bounded the same way).
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
-  AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
-  AND state = ANY(%(state)s::text[])
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
+      AND state = ANY(%(state)s::text[])
+      AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
+-- name: web_unfinished_tasks_by_id_edge
+-- (read) Where web_unfinished_tasks_by_id stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, NULL::timestamptz AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
+      AND state = ANY(%(state)s::text[])
+      AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY id
+LIMIT 1;
+
 -- name: web_tasks_by_finished
 -- (read) A page of the task browser by finish time, newest first, after the cursor's
--- (finished_at, id) (the finished index; only finished tasks have a place in this order).
+-- (finished_at, id) (the finished index; only finished tasks have a place in this order; the
+-- time range is part of the index range). Bounded like web_tasks_by_id.
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE finished_at IS NOT NULL
-  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
-  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
-  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY finished_at DESC, id DESC
 LIMIT %(limit)s;
 
+-- name: web_tasks_by_finished_edge
+-- (read) Where web_tasks_by_finished stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, finished_at AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY finished_at, id
+LIMIT 1;
+
 -- name: web_dead_by_finished
 -- (read) A page of dead tasks (FAILURE) by finish time, newest first (the failed index): the
--- browser's sort=finished with state=FAILURE.
+-- browser's sort=finished with state=FAILURE. Bounded like web_tasks_by_id.
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE state = 'FAILURE' AND finished_at IS NOT NULL
-  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
-  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY finished_at DESC, id DESC
 LIMIT %(limit)s;
+
+-- name: web_dead_by_finished_edge
+-- (read) Where web_dead_by_finished stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, finished_at AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY finished_at, id
+LIMIT 1;
 
 -- name: web_task
 -- (read) Everything the task detail shows about one task.
@@ -133,8 +229,8 @@ FROM pgq.tasks WHERE id = %(id)s;
 
 -- name: web_task_family
 -- (read) A task's relatives: its parent, its root, its children, and every task of its workflow
--- (same root), oldest first, at most `limit` (primary key and ids; no index on root_id, so the
--- workflow is read only for a root the task names).
+-- (same root), oldest first, at most `limit` (primary key, and the partial indexes on parent_id
+-- and root_id; the workflow is read only for a root the task names).
 SELECT id, name, queue, state, parent_id, root_id, created_at, finished_at,
        CASE WHEN id = %(parent_id)s THEN 'parent'
             WHEN id = %(root_id)s THEN 'root'
