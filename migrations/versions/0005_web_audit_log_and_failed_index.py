@@ -17,6 +17,10 @@ the index is created by hand-written SQL (``IF NOT EXISTS``, see below).
   heap without ``queue`` included). It is partial on purpose: an
   enqueue, a claim and a success never write it (the row is not FAILURE), so the hot path pays
   nothing; only the rare write that makes a task dead (or retries one) adds or drops an entry.
+- ``pgq.stats_minute``: tasks finished per minute, queue and final state, added to by each
+  worker slot every few seconds (one upsert of what it counted in memory) and pruned after a
+  day; the dashboard's series and last-hour counts read it instead of re-reading the finished
+  rows (250 ms a read at 6,000 tasks/s). New and empty: instant both ways.
 - ``tasks_parent_idx`` / ``tasks_root_idx`` on ``parent_id`` / ``root_id``, partial (``IS NOT
   NULL``): the task detail's children and workflow steps (without them: a full scan, 257 ms a
   detail page with 1,010,000 rows). A task enqueued on its own has neither (``root_id`` is the
@@ -65,6 +69,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         schema="pgq",
     )
+    op.create_table(
+        "stats_minute",
+        sa.Column("minute", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("queue", sa.Text(), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("count", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.PrimaryKeyConstraint("minute", "queue", "state"),
+        schema="pgq",
+    )
     op.execute(
         "CREATE INDEX IF NOT EXISTS tasks_failed_idx ON pgq.tasks (finished_at) INCLUDE (queue)"
         " WHERE state = 'FAILURE'"
@@ -87,4 +100,5 @@ def downgrade() -> None:
         schema="pgq",
         postgresql_where=sa.text("state = 'FAILURE'"),
     )
+    op.drop_table("stats_minute", schema="pgq")
     op.drop_table("audit_log", schema="pgq")

@@ -3,12 +3,14 @@ both call ``Dashboard``; neither touches the database).
 
 Reads stay cheap on a table with millions of finished rows (see ``pgq/store/sql/web.sql``):
 
-- waiting, scheduled, running and dead counts are exact, read through partial indexes that hold
+- waiting, scheduled, running and dead counts are read through partial indexes that hold
   only those rows;
+- waiting, scheduled and running are exact at every read; dead counts (and the dead groups)
+  are read at most every ``DEAD_CACHE_SECONDS`` per process (the response says when);
 - succeeded / failed / revoked per queue, and the throughput and failure series, cover the
-  last hour (``WINDOW_SECONDS``), read from the finished-time index; each process keeps the
-  per-minute counts of rows finished over ``SETTLE_SECONDS`` ago, so a refresh reads only the
-  seconds since its last one;
+  last hour (``WINDOW_SECONDS``), read from ``pgq.stats_minute``: what the worker slots
+  recorded, added every few seconds (a task revoked or failed without a worker, e.g. revoked
+  while waiting, is not in it);
 - the table's total row count is the planner's estimate (``pg_class.reltuples``);
 - the task browser pages with a keyset cursor (``pgq.web.filters``), so page 500 costs what
   page 1 costs.
@@ -63,8 +65,6 @@ UTC = timezone.utc
 WINDOW_SECONDS = 3600
 # Workers shown as "recently dead": those whose last heartbeat is at most this old.
 RECENT_WORKER_SECONDS = 3600.0
-# The overview counts a finished row once it is this old and keeps the count (see _MinuteCounts).
-SETTLE_SECONDS = 10.0
 # Enqueue-to-start latency: the newest this many tasks finished in the last five minutes.
 LATENCY_SAMPLE = 10_000
 LATENCY_SECONDS = 300.0
@@ -102,40 +102,15 @@ def _json(text: str | None) -> Any:
 
 
 class _MinuteCounts:
-    """Finished tasks per (minute, queue, state) over the last hour, kept between refreshes.
-
-    Rows that finished before the "settled" point (``SETTLE_SECONDS`` ago) are counted once and
-    kept; a refresh reads only the rows finished since the last settled point (a few seconds'
-    worth), so its cost follows the recent finish rate, not the hour's. ``finished_at`` is set
-    when a worker records the outcome, so a row appears with a time at most a transaction's
-    length in the past: the margin covers that. A task deleted or retried after it was counted
-    stays counted until its minute leaves the window.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.counts: dict[datetime, dict[tuple[str, str], int]] = {}
-        self.settled_until: datetime | None = None
+    """Finished tasks per (minute, queue, state) over the last hour, from ``pgq.stats_minute``
+    (the worker slots add their outcome counts to it every few seconds: a read is at most
+    60 minutes x queues x states small rows, whatever the finish rate)."""
 
     def refresh(self, store: WebStore, now: datetime) -> dict[datetime, dict[tuple[str, str], int]]:
         start = (now - timedelta(seconds=WINDOW_SECONDS)).replace(second=0, microsecond=0)
-        settle = now - timedelta(seconds=SETTLE_SECONDS)
-        with self.lock:
-            since = start
-            if self.settled_until is not None and self.settled_until > start:
-                since = self.settled_until
-            else:
-                self.counts = {}
-            self.counts = {m: c for m, c in self.counts.items() if m >= start}
-            if since < settle:
-                _add(
-                    self.counts,
-                    store.fetch("web_finished_minutes", {"since": since, "until": settle}),
-                )
-                self.settled_until = since = settle
-            merged = {m: dict(c) for m, c in self.counts.items()}
-        _add(merged, store.fetch("web_finished_minutes", {"since": since, "until": None}))
-        return merged
+        counts: dict[datetime, dict[tuple[str, str], int]] = {}
+        _add(counts, store.fetch("web_finished_minutes", {"since": start}))
+        return counts
 
 
 def _add(counts: dict[datetime, dict[tuple[str, str], int]], rows: list[dict[str, Any]]) -> None:

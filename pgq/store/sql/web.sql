@@ -2,10 +2,11 @@
 -- pgq.store.web through pgq.store.sql.named_statements("web.sql").
 --
 -- Cost rule: a dashboard refresh never counts the whole history. It reads the partial indexes
--- (tasks_claim_idx: waiting rows; tasks_lease_idx: running rows; tasks_failed_idx: dead rows),
--- a bounded window of tasks_finished_idx (finished in the last hour, or only since the last
--- minute it already has), the primary key (task ids are version 7 UUIDs: id order is creation
--- order) and the planner's row estimate (pg_class.reltuples) for "how many rows in all".
+-- (tasks_claim_idx: waiting rows; tasks_lease_idx: running rows; tasks_failed_idx: dead rows,
+-- at most every 30 s per process), the per-minute rollup pgq.stats_minute (finished counts),
+-- the primary key (task ids are version 7 UUIDs: id order is creation order), and the planner's
+-- row estimate (pg_class.reltuples) for "how many rows in all". A task-list page reads at most
+-- `scan` rows along its sort's index, whatever the filters.
 -- Actions that change tasks reuse the named queries of queries.sql (pgq.store.admin) where one
 -- exists; those here run inside the action's transaction, next to its audit row.
 
@@ -17,14 +18,13 @@ WHERE state = 'FAILURE' AND finished_at IS NOT NULL
 GROUP BY queue;
 
 -- name: web_finished_minutes
--- (read) Tasks finished per minute, queue and final state from `since` to `until` (or now):
--- the throughput and failure series and the last hour's counts (the finished index; at most an
--- hour on a dashboard's first read, then only the seconds since its last one).
-SELECT date_trunc('minute', finished_at) AS minute, queue, state, count(*) AS count
-FROM pgq.tasks
-WHERE finished_at >= %(since)s
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
-GROUP BY 1, 2, 3;
+-- (read) Tasks finished per minute, queue and final state since `since`: the throughput and
+-- failure series and the last hour's counts, from the rollup the worker slots add to every few
+-- seconds (pgq.stats_minute: at most 60 minutes x queues x states rows, primary key range),
+-- not from the finished rows.
+SELECT minute, queue, state, count
+FROM pgq.stats_minute
+WHERE minute >= %(since)s;
 
 -- name: web_clock
 -- (read) The database's clock: windows are cut on it, not on the web server's.
