@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row, wait_for, wait_state
+from harness import task_row, wait_for, wait_state
 
 from pgq import options as limits
 from pgq.compat import Celery
@@ -349,7 +349,7 @@ def test_a_row_that_kills_its_process_before_it_runs_ends_failure_after_max_resc
 ) -> None:
     """The backstop: whatever crashes a pool process between the claim and the run counts as
     a rescue, so even a poison nobody foresaw ends FAILURE instead of looping forever."""
-    from conftest import WorkerProcess, wait_until_worker_registered, worker_env
+    from harness import WorkerProcess, wait_until_worker_registered, worker_env
 
     w = WorkerProcess(
         ["worker", "-A", "poison_tasks", "-c", "1"], worker_env(db_url, PGQ_MAX_RESCUES="2")

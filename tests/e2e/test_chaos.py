@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, wait_for, worker_env
+from harness import HERE, wait_for, worker_env
 from private_pg import LoggedWorker, PrivateServer, private_server
 
 from pgq.settings import Settings

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, wait_for, worker_env
+from harness import HERE, wait_for, worker_env
 from private_pg import LoggedWorker, PrivateServer, private_server
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e]

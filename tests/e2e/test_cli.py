@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import HERE, WorkerProcess, pgq_command, worker_env
+from harness import HERE, WorkerProcess, pgq_command, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +123,7 @@ def test_call_and_result(db_url: str, start_worker) -> None:  # type: ignore[no-
     sent = run_pgq("call", "e2e_tasks.add", "--args", "[4, 5]", env=env)
     assert sent.returncode == 0, sent.stderr
     task_id = sent.stdout.strip()
-    from conftest import wait_for
+    from harness import wait_for
 
     def shown() -> str:
         out = run_pgq("result", task_id, env=env).stdout

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row, wait_for, wait_state
+from harness import task_row, wait_for, wait_state
 
 from pgq.compat import Celery
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_for
+from harness import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

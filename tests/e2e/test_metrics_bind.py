@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import HERE, pgq_command, wait_for, worker_env
+from harness import HERE, pgq_command, wait_for, worker_env
 from prometheus_client import CollectorRegistry
 
 from pgq.metrics import MetricsServer

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, pgq_command, task_row, wait_for, wait_state, worker_env
+from harness import HERE, pgq_command, task_row, wait_for, wait_state, worker_env
 
 pytestmark = pytest.mark.e2e
 

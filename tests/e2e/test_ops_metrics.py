@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, pgq_command, wait_for, wait_state, worker_env
+from harness import HERE, pgq_command, wait_for, wait_state, worker_env
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, pgq_command, wait_for, wait_state, worker_env
+from harness import HERE, pgq_command, wait_for, wait_state, worker_env
 
 from pgq.cli.top import Snapshot, render
 

@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import HERE, WorkerProcess, wait_for, worker_env
+from harness import HERE, WorkerProcess, wait_for, worker_env
 from psycopg.conninfo import conninfo_to_dict
 
 from pgq.errors import ConfigurationError

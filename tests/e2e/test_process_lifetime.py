@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
-from conftest import wait_for, wait_state
+from harness import wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
 

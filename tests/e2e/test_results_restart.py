@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_for
+from harness import wait_for
 from test_worker_restart import PrivateServer
 
 from pgq import App

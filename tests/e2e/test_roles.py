@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import (
+from harness import (
     HERE,
     WorkerProcess,
     pgq_command,
@@ -21,7 +21,7 @@ from conftest import (
     wait_state,
     wait_until_worker_registered,
 )
-from conftest import worker_env as base_env
+from harness import worker_env as base_env
 from psycopg import sql
 
 from pgq.store.roles import RoleNames, relations_in_code

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_state
+from harness import wait_state
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row, wait_for, wait_state, worker_env
+from harness import task_row, wait_for, wait_state, worker_env
 
 from pgq.store import WorkerStore
 from pgq.store.database import Database
@@ -42,7 +42,7 @@ def test_worker_runs_tasks_and_stores_results(app, conn, clean, start_worker):
 def test_celery_argument_order_and_queues(app, conn, clean, db_url):
     """`pgq -A MODULE worker -Q q` works like `pgq worker -A MODULE -Q q`."""
     import e2e_tasks
-    from conftest import WorkerProcess, wait_until_worker_registered
+    from harness import WorkerProcess, wait_until_worker_registered
 
     w = WorkerProcess(["-A", "e2e_tasks", "worker", "-Q", "other", "-c", "1"], worker_env(db_url))
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import HERE, WorkerProcess, wait_for, wait_until_worker_registered, worker_env
+from harness import HERE, WorkerProcess, wait_for, wait_until_worker_registered, worker_env
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import signal
 from typing import Any
 
 import pytest
-from conftest import task_row, wait_for, wait_state
+from harness import task_row, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
 

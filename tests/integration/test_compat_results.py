@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row
+from harness import task_row
 
 from pgq.compat import Celery, signals
 from pgq.compat import exceptions as exc

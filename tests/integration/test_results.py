@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_for
+from harness import wait_for
 from psycopg.types.json import Jsonb
 
 from pgq import App

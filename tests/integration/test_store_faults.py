@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import task_row
+from harness import task_row
 
 import pgq
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings

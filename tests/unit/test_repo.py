@@ -99,3 +99,37 @@ def test_the_store_imports_nothing_above_it() -> None:
         if above.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def _test_modules() -> list[Path]:
+    """The suite's test modules (pytest collects ``test_*.py``; example projects are not tests)."""
+    return sorted(
+        path
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if "_shim" not in path.parts and "__pycache__" not in path.parts
+    )
+
+
+def test_test_module_names_are_unique_outside_packages() -> None:
+    """pytest's default import mode imports a test module outside a package by its basename: two
+    ``test_worker.py`` in two folders stop the whole collection with "import file mismatch"."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in _test_modules():
+        if (path.parent / "__init__.py").exists():
+            continue
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen[path.name] = path
+    assert not clashes, clashes
+
+
+def test_no_test_imports_the_module_named_conftest() -> None:
+    """Every folder's conftest.py is imported as ``conftest``, the last one loaded wins: a test
+    that imports names from ``conftest`` gets another folder's module depending on the order."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("*.py")
+        if re.search(r"^\s*(from conftest import|import conftest\b)", path.read_text(), re.M)
+    ]
+    assert not offenders, offenders

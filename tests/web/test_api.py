@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import WebDatabase  # noqa: E402
 from harness import wait_for  # noqa: E402
+from websupport import WebDatabase  # noqa: E402
 
 
 def audit_rows(web_db: WebDatabase) -> list[tuple[Any, ...]]:
@@ -456,7 +456,7 @@ def test_audit_trail_pages(client: Any, web_db: WebDatabase) -> None:
 
 @pytest.mark.e2e
 def test_shutdown_stops_the_worker(web_db: WebDatabase, make_client: Any) -> None:
-    from conftest import start_web_worker
+    from websupport import start_web_worker
 
     worker = start_web_worker(web_db.url, "-Q", "shutdown-q", "-c", "1")
     try:

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import WebDatabase  # noqa: E402
 from harness import wait_for  # noqa: E402
+from websupport import WebDatabase  # noqa: E402
 
 
 def test_a_bounded_scan_says_so_and_its_cursor_finds_every_match(

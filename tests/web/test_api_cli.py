@@ -125,7 +125,7 @@ def test_pgq_web_auth_read_only_and_root_path(web_process: Any, db_url: str) -> 
 
 
 def test_pgq_web_with_an_app_knows_its_periodic_entries(web_process: Any, db_url: str) -> None:
-    from conftest import web_worker_env
+    from websupport import web_worker_env
 
     web = web_process("-A", "web_tasks", env=web_worker_env(db_url))
     status, _, body = web.request("/api/v1/periodic")

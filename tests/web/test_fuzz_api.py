@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 
-from conftest import WebDatabase  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
+from websupport import WebDatabase  # noqa: E402
 
 # About a minute or more on a 2-core machine: deselect with -m "not slow".
 pytestmark = pytest.mark.slow

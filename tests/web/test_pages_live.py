@@ -19,7 +19,7 @@ try:  # form parsing: python-multipart (its module was named multipart before 0.
 except ImportError:
     pytest.importorskip("multipart")
 
-from conftest import WebDatabase  # noqa: E402 - tests/web/conftest.py, after the skips
+from websupport import WebDatabase  # noqa: E402 - tests/web/conftest.py, after the skips
 
 pytestmark = pytest.mark.e2e
 
