@@ -176,10 +176,11 @@ class WebStore(AdminStore):
             if len(ids) < BULK_BATCH:
                 return total
 
-    def queue_counts(self) -> tuple[list[Row], list[Row]]:
+    def queue_counts(self) -> list[Row]:
         """Per queue: waiting and scheduled with the oldest due age (the metrics' statement,
-        claim index), running (lease index); dead counts are ``fetch("web_dead_counts")``."""
-        return self._rows("metrics_waiting", {}), self._rows("metrics_running", {})
+        claim index). Running is counted from ``fetch("web_worker_slots")`` (read once for the
+        workers too), dead from ``fetch("web_dead_counts")``."""
+        return self._rows("metrics_waiting", {})
 
     def purge_in(self, conn: psycopg.Connection[Any], queue: str) -> int:
         """PENDING/RETRY -> deleted in one queue, in the caller's transaction."""

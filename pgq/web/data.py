@@ -201,12 +201,17 @@ class Dashboard:
     def queues(self) -> list[dict[str, Any]]:
         """One row per queue: waiting, scheduled, running, dead (exact, via partial indexes);
         succeeded, failed, revoked finished in the last hour; the oldest waiting task's age."""
-        return self._queues(self._minutes.refresh(self.store, self._now()))
+        slots = self.store.fetch("web_worker_slots")
+        return self._queues(self._minutes.refresh(self.store, self._now()), slots)
 
     def _now(self) -> datetime:
         return self.store.fetch("web_clock")[0]["now"]  # type: ignore[no-any-return]
 
-    def _queues(self, minutes: dict[datetime, dict[tuple[str, str], int]]) -> list[dict[str, Any]]:
+    def _queues(
+        self, minutes: dict[datetime, dict[tuple[str, str], int]], slots: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Per queue counts; running is counted from ``slots`` (every held task, the lease
+        index), read once for the workers' table too."""
         by_queue: dict[str, dict[str, Any]] = {}
 
         def queue_row(name: str) -> dict[str, Any]:
@@ -225,14 +230,14 @@ class Dashboard:
                 },
             )
 
-        waiting, running = self.store.queue_counts()
+        waiting = self.store.queue_counts()
         dead, _at = self._dead_counts()
         for row in waiting:
             q = queue_row(row["queue"])
             q["waiting"], q["scheduled"] = int(row["waiting"]), int(row["scheduled"])
             q["oldest_waiting_seconds"] = row["oldest_waiting_seconds"]
-        for row in running:
-            queue_row(row["queue"])["running"] = int(row["running"])
+        for slot in slots:
+            queue_row(slot["queue"])["running"] += 1
         for row in dead:
             queue_row(row["queue"])["dead"] = int(row["dead"])
         column = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
@@ -265,13 +270,14 @@ class Dashboard:
             "web_latency", {"seconds": LATENCY_SECONDS, "sample": LATENCY_SAMPLE}
         )[0]
         estimated = int(self.store.fetch("web_estimated_rows")[0]["estimated_rows"])
-        workers = [w for w in self.workers() if w["live"]]
+        slots = self.store.fetch("web_worker_slots")
+        workers = [w for w in self.workers(slots) if w["live"]]
         finished_hour = sum(s["finished"] for s in series)
         failed_hour = sum(s["failed"] for s in series)
         return {
             "now": now,
             "window_seconds": WINDOW_SECONDS,
-            "queues": self._queues(minutes),
+            "queues": self._queues(minutes, slots),
             "series": series,
             "finished_last_hour": finished_hour,
             "failed_last_hour": failed_hour,
@@ -424,13 +430,15 @@ class Dashboard:
             group["queues"].sort()
         return ordered[:limit]
 
-    def workers(self) -> list[dict[str, Any]]:
-        """Live and recently dead workers, each with the tasks its slots run now."""
+    def workers(self, slots: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Live and recently dead workers, each with the tasks its slots run now (``slots``:
+        web_worker_slots' rows if the caller read them already)."""
         rows = self.store.fetch(
             "web_workers",
             {"live_seconds": self.store.live_seconds, "recent_seconds": RECENT_WORKER_SECONDS},
         )
-        slots = self.store.fetch("web_worker_slots")
+        if slots is None:
+            slots = self.store.fetch("web_worker_slots")
         out = []
         for row in rows:
             worker_id = row["id"]
