@@ -156,7 +156,7 @@ class Outbox:
         stats, queue_of = self._stats, self._queue_of
         for outcome in outcomes:
             queue = queue_of.pop(outcome.id, None)
-            if queue is not None:
+            if queue is not None and outcome.state is not None:  # None: Ignore, not counted
                 key = (minute, queue, outcome.state)
                 stats[key] = stats.get(key, 0) + 1
         if len(queue_of) > MAX_TRACKED:  # ids that never got an outcome here: forget them
