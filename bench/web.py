@@ -161,6 +161,16 @@ FROM generate_series(1, 4) AS g
 """
 
 
+FILL_STATS = """
+INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
+SELECT date_trunc('minute', finished_at), queue, state, count(*)
+FROM pgq.tasks
+WHERE finished_at > now() - interval '1 day'
+GROUP BY 1, 2, 3
+ON CONFLICT (minute, queue, state) DO UPDATE SET count = s.count + EXCLUDED.count
+"""
+
+
 def fill(url: str, finished: int, waiting: int, span_seconds: float, workers: bool = True) -> float:
     """Write the fixture rows into a migrated database; returns the seconds it took.
 
@@ -185,6 +195,8 @@ def fill(url: str, finished: int, waiting: int, span_seconds: float, workers: bo
             conn.execute(FILL_WAITING, {**params, "rows": waiting})
             if workers:
                 conn.execute(FILL_WORKERS)
+            # What the workers that finished these rows would have added to the rollup.
+            conn.execute(FILL_STATS)
         conn.execute("VACUUM ANALYZE pgq.tasks")
         conn.execute("VACUUM ANALYZE pgq.workers")
     return time.perf_counter() - started

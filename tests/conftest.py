@@ -161,7 +161,7 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def clean(conn: psycopg.Connection[Any]) -> None:
     """Start the test with no tasks and no workers in the module's database."""
-    conn.execute("TRUNCATE pgq.tasks, pgq.workers, side_effects")
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.stats_minute, side_effects")
 
 
 @pytest.fixture

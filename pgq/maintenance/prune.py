@@ -1,4 +1,5 @@
-"""Retention: finished tasks older than result_expires are deleted in small batches."""
+"""Retention: finished tasks older than result_expires are deleted in small batches, and the
+dashboard's per-minute outcome counts older than a day."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from dataclasses import dataclass
 
 from pgq.maintenance import WorkerJob
 
-__all__ = ["Prune", "PruneSettings"]
+__all__ = ["STATS_KEEP_SECONDS", "Prune", "PruneSettings"]
+
+# pgq.stats_minute keeps this long (the dashboard shows the last hour).
+STATS_KEEP_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
@@ -28,4 +32,6 @@ class Prune(WorkerJob[PruneSettings]):
             total += deleted
             if deleted < self.settings.batch:
                 break
+        # The dashboard's per-minute outcome counts (pgq.stats_minute): kept a day.
+        self.store.prune_stats(STATS_KEEP_SECONDS)
         return total

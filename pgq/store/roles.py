@@ -109,6 +109,7 @@ def grant_statements(
         "producer_reads_the_version",
         "producer_tasks",
         "producer_revokes",
+        "producer_counts_revokes",
         "worker_future_tables",
         "worker_future_sequences",
     ):

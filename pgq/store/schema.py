@@ -31,6 +31,7 @@ __all__ = [
     "beat_leases",
     "metadata",
     "rate_limits",
+    "stats_minute",
     "tasks",
     "workers",
 ]
@@ -134,6 +135,20 @@ Index(
     postgresql_include=["queue"],
 )
 
+# A task's children and the steps of its workflow (the dashboard's task detail): partial, so a
+# task enqueued on its own (no parent, no root: root_id is the parent's root or the parent)
+# never writes them; only tasks a workflow or another task enqueues add an entry.
+Index(
+    "tasks_parent_idx",
+    tasks.c.parent_id,
+    postgresql_where=text("parent_id IS NOT NULL"),
+)
+Index(
+    "tasks_root_idx",
+    tasks.c.root_id,
+    postgresql_where=text("root_id IS NOT NULL"),
+)
+
 workers = Table(
     "workers",
     metadata,
@@ -214,4 +229,17 @@ audit_log = Table(
     # How many rows the action changed.
     Column("rows", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("action <> ''", name="audit_log_action_not_empty"),
+)
+
+# Tasks finished per minute, queue and final state, as workers recorded them: each worker slot
+# counts its outcomes in memory and adds them here with one upsert every few seconds (never in
+# the claim statement). The dashboard's throughput and failure series and its last-hour counts
+# read this instead of the finished rows; the prune job drops minutes older than a day.
+stats_minute = Table(
+    "stats_minute",
+    metadata,
+    Column("minute", _ts, primary_key=True),
+    Column("queue", Text, primary_key=True),
+    Column("state", Text, primary_key=True),
+    Column("count", BigInteger, nullable=False, server_default=text("0")),
 )

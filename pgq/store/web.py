@@ -30,6 +30,11 @@ Row = dict[str, Any]
 # workers finishing or claiming other rows never wait long behind a bulk retry or delete.
 BULK_BATCH = 1000
 
+# No read of the dashboard runs longer than this on the server (``SET LOCAL statement_timeout``
+# in the read's own transaction): a page that would hold the database longer fails with a 503
+# instead. Actions are not bounded: they run in batches (``BULK_BATCH``) already.
+READ_TIMEOUT_MS = 2000
+
 
 def web_query(name: str) -> str:
     """The SQL of the named query of web.sql (KeyError for an unknown name)."""
@@ -53,18 +58,31 @@ class WebStore(AdminStore):
 
     # -- reading ------------------------------------------------------------------------------
 
+    read_timeout_ms = READ_TIMEOUT_MS
+
     def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
         """Run a named read query of web.sql on a pooled connection; rows as dicts.
 
-        A pooled connection found dead (the server restarted) is replaced, as ``Store._run``
-        does for idempotent statements: reads are."""
+        The read runs in its own transaction under ``read_timeout_ms`` (``SET LOCAL``: the
+        pooled connection keeps its own setting afterwards); past it, OperationalError (the API
+        answers 503). A pooled connection found dead (the server restarted) is replaced, as
+        ``Store._run`` does for idempotent statements: reads are."""
         sql = web_query(name)
         attempts = self.db.pool_size + 1
         for attempt in range(attempts):
             acquired = False
             try:
-                with self.db.pooled() as conn, conn.cursor(row_factory=dict_row) as cur:
+                with (
+                    self.db.pooled() as conn,
+                    translate_errors(self.db.url),
+                    conn.transaction(),
+                    conn.cursor(row_factory=dict_row) as cur,
+                ):
                     acquired = True
+                    cur.execute(
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        (f"{int(self.read_timeout_ms)}ms",),
+                    )
                     cur.execute(sql, params or {})
                     return cur.fetchall() if cur.description else []
             except ServerUnreachable:
@@ -158,14 +176,11 @@ class WebStore(AdminStore):
             if len(ids) < BULK_BATCH:
                 return total
 
-    def queue_counts(self) -> tuple[list[Row], list[Row], list[Row]]:
+    def queue_counts(self) -> list[Row]:
         """Per queue: waiting and scheduled with the oldest due age (the metrics' statement,
-        claim index), running (lease index), dead (failed index)."""
-        return (
-            self._rows("metrics_waiting", {}),
-            self._rows("metrics_running", {}),
-            self.fetch("web_dead_counts"),
-        )
+        claim index). Running is counted from ``fetch("web_worker_slots")`` (read once for the
+        workers too), dead from ``fetch("web_dead_counts")``."""
+        return self._rows("metrics_waiting", {})
 
     def purge_in(self, conn: psycopg.Connection[Any], queue: str) -> int:
         """PENDING/RETRY -> deleted in one queue, in the caller's transaction."""

@@ -309,6 +309,25 @@ class WorkerStore:
             )
             return cur.rowcount
 
+    def add_stats(self, counts: dict[tuple[int, str, str], int]) -> None:
+        """Add outcome counts per (epoch minute, queue, state) to ``pgq.stats_minute``."""
+        assert self._conn is not None
+        keys = sorted(counts)
+        params = {
+            "minutes": [k[0] for k in keys],
+            "queues": [k[1] for k in keys],
+            "states": [k[2] for k in keys],
+            "counts": [counts[k] for k in keys],
+        }
+        with translate_errors(self.db.url):
+            self._conn.execute(query("add_stats"), params)
+
+    def prune_stats(self, older_than: float) -> int:
+        """Delete the per-minute outcome counts older than ``older_than`` seconds."""
+        assert self._conn is not None
+        with translate_errors(self.db.url):
+            return self._conn.execute(query("prune_stats"), {"seconds": older_than}).rowcount
+
     def take_rate_slot(
         self, task_id: str, name: str, interval: float, at: datetime | None = None
     ) -> float:

@@ -109,6 +109,9 @@ class Overview(BaseModel):
     latency: Latency
     workers: list[WorkerRow] = Field(description="live workers")
     estimated_rows: int | None = Field(description="the planner's estimate of pgq.tasks' rows")
+    dead_counted_at: datetime = Field(
+        description="when the queues' dead counts were read (cached up to 30 s per process)"
+    )
 
 
 class TaskRow(_Open):
@@ -131,6 +134,11 @@ class TaskRow(_Open):
 class TaskPage(BaseModel):
     tasks: list[TaskRow]
     next: str | None = Field(description="pass as after= for the next page; null at the end")
+    complete: bool = Field(
+        description="false: the page is short because the scan stopped at its bound (`scanned` "
+        "rows read); `next` continues from where it stopped"
+    )
+    scanned: int | None = Field(description="rows read for a short page (null for a full one)")
 
 
 class TaskDetail(_Open):
@@ -171,6 +179,9 @@ class DeadGroup(_Open):
 
 class DeadGroups(BaseModel):
     groups: list[DeadGroup]
+    counted_at: datetime = Field(
+        description="when the groups were counted (cached up to 30 s per process)"
+    )
 
 
 class Workers(BaseModel):
@@ -288,7 +299,7 @@ def get_dead(
     limit: int = Query(200, ge=1, le=MAX_PAGE),
 ) -> dict[str, Any]:
     """Dead tasks grouped by task name and exception type."""
-    return {"groups": dashboard(request).dead(queue=queue, limit=limit)}
+    return dashboard(request).dead_report(queue=queue, limit=limit)
 
 
 @router.get("/workers", response_model=Workers, responses=_ERRORS)

@@ -13,6 +13,7 @@ task_finished hooks the parent emits.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 __all__ = ["Outbox"]
 
 log = logging.getLogger("pgq.worker")
+
+# Outcome counts are added to pgq.stats_minute at most this often per slot while it works
+# through a backlog of quick tasks (at once when it claims one task or none, and when it
+# stops): one small upsert, not a statement per task.
+STATS_SECONDS = 2.0
+# Claimed tasks whose queue is remembered until their outcome is stored, at most.
+MAX_TRACKED = 100_000
 
 # What _write_each_or_fail writes: a batch of one kind, each row with the id of its task.
 _Row = TypeVar("_Row", Outcome, RetryRequest)
@@ -56,6 +64,13 @@ class Outbox:
         self._started: list[tuple[str, str, str]] = []
         self._stored: list[tuple[str, str, str, str | None, float | None]] = []
         self._ran = 0
+        # The dashboard's per-minute counts (pgq.stats_minute): the queue of each claimed task
+        # until its outcome is stored, and the outcomes stored per (epoch minute, queue, state)
+        # since the last flush, added with one statement at most every STATS_SECONDS (and when
+        # the slot goes idle or stops), never in the claim statement.
+        self._queue_of: dict[str, str] = {}
+        self._stats: dict[tuple[int, str, str], int] = {}
+        self._stats_at = time.monotonic() + STATS_SECONDS
 
     def _turn(self, limit: int) -> list[ClaimedTask]:
         """Write every collected outcome and claim up to ``limit`` tasks; each list is cleared
@@ -71,10 +86,14 @@ class Outbox:
                 self._retries, lambda batch: self.store.schedule_retries(batch)
             )
             self._announce([(r.id, "RETRY") for r in self._retries])
+            for r in self._retries:
+                self._queue_of.pop(r.id, None)
             self._retries = []
         if self._rejected:
             back = self.store.requeue_rejected(self._rejected)
             self._announce(back, [task_id for task_id, _, _ in self._rejected])
+            for task_id, _, _ in self._rejected:
+                self._queue_of.pop(task_id, None)
             self._rejected = []
         if self._requeues:
             # Not lost, so no task ends FAILURE and lost_result is unused; it must still be JSON
@@ -86,6 +105,8 @@ class Outbox:
                 lost_result="null",
             )
             self._announce(given_back, self._requeues)
+            for task_id in self._requeues:
+                self._queue_of.pop(task_id, None)
             self._requeues = []
         return self._finish_and_claim(limit)
 
@@ -112,12 +133,45 @@ class Outbox:
             self._write_workflow_steps_alone()
             jobs = []
         self._announce([(o.id, o.state) for o in self._finished])
+        if self._finished:
+            self._count(self._finished)
         self._finished, self._follow_ups, self._failed_steps = [], [], []
+        queue_of = self._queue_of
+        for job in jobs:
+            queue_of[job.id] = job.queue
+        # After the claim, not in it: a connection lost here is a claim whose reply was lost
+        # (the slot gives its tasks back on reconnecting). A claim of one task or none (slow
+        # tasks, or the queue ran dry) flushes at once, so no count waits behind a long task.
+        if self._stats and (len(jobs) <= 1 or time.monotonic() >= self._stats_at):
+            self._flush_stats()
         if self._tell_hooks:
             for job in jobs:
                 self._claims[job.id] = (job.name, job.queue, None)
                 self._started.append((job.id, job.name, job.queue))
         return jobs
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        """Count stored outcomes for pgq.stats_minute (by this host's clock's minute)."""
+        minute = int(time.time() // 60)
+        stats, queue_of = self._stats, self._queue_of
+        for outcome in outcomes:
+            queue = queue_of.pop(outcome.id, None)
+            if queue is not None and outcome.state is not None:  # None: Ignore, not counted
+                key = (minute, queue, outcome.state)
+                stats[key] = stats.get(key, 0) + 1
+        if len(queue_of) > MAX_TRACKED:  # ids that never got an outcome here: forget them
+            queue_of.clear()
+
+    def _flush_stats(self) -> None:
+        """Add the counted outcomes to pgq.stats_minute; kept for the next try if it fails."""
+        self._stats_at = time.monotonic() + STATS_SECONDS
+        try:
+            self.store.add_stats(self._stats)
+        except OperationalError:
+            raise
+        except DatabaseError as exc:  # e.g. a schema without the table: counts are dropped
+            log.warning("outcome counts not recorded (%s)", exc)
+        self._stats = {}
 
     def _write_workflow_steps_alone(self) -> None:
         if not (self._follow_ups or self._failed_steps):

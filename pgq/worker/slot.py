@@ -123,9 +123,13 @@ class Slot(Outbox):
                     self._batch = self._next_batch(limit, len(jobs), slowest)
                 elif self._stopping:
                     if not self._pending():
+                        if self._stats:
+                            self._flush_stats()
                         break
                 else:
                     self._batch = 1
+                    if self._stats:  # going idle: the counts so far are shown now
+                        self._flush_stats()
                     self._wait()
             except OperationalError as exc:
                 # The database went away: keep the outcomes, wait for it, give back what this

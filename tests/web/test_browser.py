@@ -186,7 +186,9 @@ def seeded(db_url: str, browser: Any) -> Iterator[dict[str, Any]]:
 
     e2e_tasks.app.database_url = db_url
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.beat_entries, pgq.rate_limits")
+        conn.execute(
+            "TRUNCATE pgq.tasks, pgq.workers, pgq.beat_entries, pgq.rate_limits, pgq.stats_minute"
+        )
     run_beat_once(db_url)
     run_rate_limited(db_url, e2e_tasks.app)
     worker = WorkerProcess(["worker", "-A", "e2e_tasks", "-c", "2"], worker_env(db_url))

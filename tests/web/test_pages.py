@@ -76,7 +76,7 @@ def seed(conn: psycopg.Connection[Any]) -> World:
     """Tasks in every state, a failure history, a workflow, workers, beat, a rate limit."""
     conn.execute(
         "TRUNCATE pgq.tasks, pgq.workers, pgq.audit_log, pgq.beat_entries, pgq.beat_leases,"
-        " pgq.rate_limits"
+        " pgq.rate_limits, pgq.stats_minute"
     )
     now = datetime.now(UTC)
     w = World()
@@ -223,6 +223,13 @@ def seed(conn: psycopg.Connection[Any]) -> World:
     conn.execute(
         "INSERT INTO pgq.rate_limits (name, interval_seconds, next_slot_at)"
         " VALUES ('e2e_tasks.limited', 0.1, now())"
+    )
+    # The rows above were written without a worker: add their outcomes to the overview's
+    # per-minute counts as the workers that finished them would have (pgq.stats_minute).
+    conn.execute(
+        "INSERT INTO pgq.stats_minute (minute, queue, state, count)"
+        " SELECT date_trunc('minute', finished_at), queue, state, count(*) FROM pgq.tasks"
+        " WHERE finished_at IS NOT NULL GROUP BY 1, 2, 3"
     )
     return w
 
@@ -660,7 +667,7 @@ def test_empty_database_pages(db_url: str, conn: psycopg.Connection[Any]) -> Non
     seed(conn)
     conn.execute(
         "TRUNCATE pgq.tasks, pgq.workers, pgq.audit_log, pgq.beat_entries, pgq.beat_leases,"
-        " pgq.rate_limits"
+        " pgq.rate_limits, pgq.stats_minute"
     )
     for client in _client(db_url):
         for path, text in (

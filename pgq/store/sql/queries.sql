@@ -394,6 +394,19 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 );
 
+-- name: add_stats
+-- (nothing) -> stats rows: adds a worker slot's outcome counts per (epoch minute, queue, state),
+-- sorted by the caller (so two slots lock shared rows in the same order).
+INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
+SELECT to_timestamp(u.minute * 60), u.queue, u.state, u.count
+FROM unnest(%(minutes)s::bigint[], %(queues)s::text[], %(states)s::text[], %(counts)s::bigint[])
+    AS u(minute, queue, state, count)
+ON CONFLICT (minute, queue, state) DO UPDATE SET count = s.count + EXCLUDED.count;
+
+-- name: prune_stats
+-- stats rows -> (deleted): per-minute counts older than `seconds`.
+DELETE FROM pgq.stats_minute WHERE minute < now() - make_interval(secs => %(seconds)s);
+
 -- name: read_task
 -- (read) One task's state and outcome, for results and the CLI.
 SELECT id, name, queue, state, result::text, traceback, retries, created_at, started_at,
@@ -411,11 +424,13 @@ FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]);
 -- A task a worker holds (STARTED), revoked without terminate, is marked instead (options.revoked):
 -- the worker skips it if it has not started it yet (a pgq_control "revoke" notice tells it), and
 -- so does any worker that claims it again after a give-back; one already running runs to its end.
+-- A task revoked here is counted in pgq.stats_minute (the dashboard's per-minute counts), as a
+-- worker slot counts the outcomes it records.
 WITH before AS (
     SELECT id, worker, lease_expires_at IS NOT NULL AS was_running,
            lease_expires_at IS NOT NULL AND NOT %(terminate)s AS marked
     FROM pgq.tasks WHERE id = %(id)s AND finished_at IS NULL FOR UPDATE
-)
+), changed AS (
 UPDATE pgq.tasks AS t
 SET state = CASE WHEN b.marked THEN t.state ELSE 'REVOKED' END,
     finished_at = CASE WHEN b.marked THEN NULL ELSE now() END,
@@ -424,7 +439,13 @@ SET state = CASE WHEN b.marked THEN t.state ELSE 'REVOKED' END,
     options = CASE WHEN b.marked THEN t.options || '{"revoked": true}' ELSE t.options END
 FROM before AS b
 WHERE t.id = b.id
-RETURNING t.id, b.worker, b.was_running, NOT b.marked AS revoked;
+RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked
+), counted AS (
+    INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
+    SELECT date_trunc('minute', now()), queue, 'REVOKED', 1 FROM changed WHERE revoked
+    ON CONFLICT (minute, queue, state) DO UPDATE SET count = s.count + 1
+)
+SELECT id, worker, was_running, revoked FROM changed;
 
 -- name: notify
 -- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.

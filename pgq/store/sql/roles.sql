@@ -92,6 +92,10 @@ GRANT SELECT, INSERT, DELETE ON pgq.tasks TO {producer};
 -- (setting) ... and revoke (only the columns revoke_task writes).
 GRANT UPDATE (state, finished_at, lease_expires_at, result, options) ON pgq.tasks TO {producer};
 
+-- name: producer_counts_revokes
+-- (setting) ... and count what they revoke in the dashboard's per-minute counts.
+GRANT SELECT, INSERT, UPDATE ON pgq.stats_minute TO {producer};
+
 -- name: worker_future_tables
 -- (setting) Tables a later migration creates (as the owner role) reach the worker role too.
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgq

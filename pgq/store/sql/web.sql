@@ -2,10 +2,11 @@
 -- pgq.store.web through pgq.store.sql.named_statements("web.sql").
 --
 -- Cost rule: a dashboard refresh never counts the whole history. It reads the partial indexes
--- (tasks_claim_idx: waiting rows; tasks_lease_idx: running rows; tasks_failed_idx: dead rows),
--- a bounded window of tasks_finished_idx (finished in the last hour, or only since the last
--- minute it already has), the primary key (task ids are version 7 UUIDs: id order is creation
--- order) and the planner's row estimate (pg_class.reltuples) for "how many rows in all".
+-- (tasks_claim_idx: waiting rows; tasks_lease_idx: running rows; tasks_failed_idx: dead rows,
+-- at most every 30 s per process), the per-minute rollup pgq.stats_minute (finished counts),
+-- the primary key (task ids are version 7 UUIDs: id order is creation order), and the planner's
+-- row estimate (pg_class.reltuples) for "how many rows in all". A task-list page reads at most
+-- `scan` rows along its sort's index, whatever the filters.
 -- Actions that change tasks reuse the named queries of queries.sql (pgq.store.admin) where one
 -- exists; those here run inside the action's transaction, next to its audit row.
 
@@ -17,14 +18,13 @@ WHERE state = 'FAILURE' AND finished_at IS NOT NULL
 GROUP BY queue;
 
 -- name: web_finished_minutes
--- (read) Tasks finished per minute, queue and final state from `since` to `until` (or now):
--- the throughput and failure series and the last hour's counts (the finished index; at most an
--- hour on a dashboard's first read, then only the seconds since its last one).
-SELECT date_trunc('minute', finished_at) AS minute, queue, state, count(*) AS count
-FROM pgq.tasks
-WHERE finished_at >= %(since)s
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
-GROUP BY 1, 2, 3;
+-- (read) Tasks finished per minute, queue and final state since `since`: the throughput and
+-- failure series and the last hour's counts, from the rollup the worker slots add to every few
+-- seconds (pgq.stats_minute: at most 60 minutes x queues x states rows, primary key range),
+-- not from the finished rows.
+SELECT minute, queue, state, count
+FROM pgq.stats_minute
+WHERE minute >= %(since)s;
 
 -- name: web_clock
 -- (read) The database's clock: windows are cut on it, not on the web server's.
@@ -52,76 +52,172 @@ SELECT reltuples::bigint AS estimated_rows FROM pg_class WHERE oid = 'pgq.tasks'
 
 -- name: web_tasks_by_id
 -- (read) A page of the task browser in creation order (the primary key: ids are version 7 UUIDs
--- and sort by creation time), newest first, after the cursor's id; filters are composable.
+-- and sort by creation time), newest first, after the cursor's id. Bounded: it reads at most
+-- `scan` rows along the primary key and keeps those matching the filters (no index serves a
+-- filter on queue, name, state or text over all rows), so a rare match or a text search costs at
+-- most `scan` rows; a short page says where the scan stopped (web_tasks_by_id_edge).
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
-  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: web_tasks_by_id_edge
+-- (read) Where web_tasks_by_id stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, NULL::timestamptz AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY id
+LIMIT 1;
 
 -- name: web_unfinished_tasks_by_id
 -- (read) web_tasks_by_id for states that only waiting or held tasks have (RETRY, STARTED): reads
 -- the partial claim and lease indexes, which hold only unfinished rows, instead of walking the
--- primary key past every finished row when few or none match.
+-- primary key past every finished row when few or none match (bounded the same way).
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
-  AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
-  AND state = ANY(%(state)s::text[])
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
+      AND state = ANY(%(state)s::text[])
+      AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
   AND (%(since)s::timestamptz IS NULL OR created_at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR created_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
+-- name: web_unfinished_tasks_by_id_edge
+-- (read) Where web_unfinished_tasks_by_id stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, NULL::timestamptz AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE (state IN ('PENDING', 'RETRY') OR lease_expires_at IS NOT NULL)
+      AND state = ANY(%(state)s::text[])
+      AND (%(after_id)s::text IS NULL OR id < %(after_id)s)
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+    ORDER BY id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY id
+LIMIT 1;
+
 -- name: web_tasks_by_finished
 -- (read) A page of the task browser by finish time, newest first, after the cursor's
--- (finished_at, id) (the finished index; only finished tasks have a place in this order).
+-- (finished_at, id) (the finished index; only finished tasks have a place in this order; the
+-- time range is part of the index range). Bounded like web_tasks_by_id.
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE finished_at IS NOT NULL
-  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
-  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
-  AND (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY finished_at DESC, id DESC
 LIMIT %(limit)s;
 
+-- name: web_tasks_by_finished_edge
+-- (read) Where web_tasks_by_finished stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, finished_at AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY finished_at, id
+LIMIT 1;
+
 -- name: web_dead_by_finished
 -- (read) A page of dead tasks (FAILURE) by finish time, newest first (the failed index): the
--- browser's sort=finished with state=FAILURE.
+-- browser's sort=finished with state=FAILURE. Bounded like web_tasks_by_id.
 SELECT id, name, queue, state, priority, retries, rescues, created_at, run_at, started_at,
        finished_at, worker, left(args::text, 200) AS args, left(kwargs::text, 200) AS kwargs
-FROM pgq.tasks
-WHERE state = 'FAILURE' AND finished_at IS NOT NULL
-  AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
-  AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+FROM (
+    SELECT * FROM pgq.tasks
+    WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+WHERE
+  (%(state)s::text[] IS NULL OR state = ANY(%(state)s::text[]))
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
-  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
-  AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
   AND (%(q)s::text IS NULL OR strpos(args::text, %(q)s) > 0 OR strpos(kwargs::text, %(q)s) > 0)
 ORDER BY finished_at DESC, id DESC
 LIMIT %(limit)s;
+
+-- name: web_dead_by_finished_edge
+-- (read) Where web_dead_by_finished stopped scanning: the last row it read (the next cursor)
+-- and how many rows it read (fewer than `scan`: it reached the end of the list). Run only for a
+-- short page: the same index range (row ids and times only).
+SELECT id AS last_id, finished_at AS last_at, count(*) OVER () AS scanned
+FROM (
+    SELECT id, finished_at FROM pgq.tasks
+    WHERE state = 'FAILURE' AND finished_at IS NOT NULL
+      AND (%(after_at)s::timestamptz IS NULL OR finished_at <= %(after_at)s)
+      AND (%(after_at)s::timestamptz IS NULL OR (finished_at, id) < (%(after_at)s, %(after_id)s))
+      AND (%(task_id)s::text IS NULL OR id = %(task_id)s)
+      AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s)
+      AND (%(until)s::timestamptz IS NULL OR finished_at < %(until)s)
+    ORDER BY finished_at DESC, id DESC
+    LIMIT %(scan)s
+) AS scanned
+ORDER BY finished_at, id
+LIMIT 1;
 
 -- name: web_task
 -- (read) Everything the task detail shows about one task.
@@ -133,8 +229,8 @@ FROM pgq.tasks WHERE id = %(id)s;
 
 -- name: web_task_family
 -- (read) A task's relatives: its parent, its root, its children, and every task of its workflow
--- (same root), oldest first, at most `limit` (primary key and ids; no index on root_id, so the
--- workflow is read only for a root the task names).
+-- (same root), oldest first, at most `limit` (primary key, and the partial indexes on parent_id
+-- and root_id; the workflow is read only for a root the task names).
 SELECT id, name, queue, state, parent_id, root_id, created_at, finished_at,
        CASE WHEN id = %(parent_id)s THEN 'parent'
             WHEN id = %(root_id)s THEN 'root'
