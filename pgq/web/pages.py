@@ -159,6 +159,9 @@ def tasks(request: Request) -> HTMLResponse:
     except DatabaseError as exc:
         return error_page(request, 503, "Database unavailable", str(exc).splitlines()[0])
     context["tasks"] = page["tasks"]
+    # A filter no index serves reads a bounded slice of the table per page (Dashboard.tasks):
+    # say so, or an empty page would read as "nothing matches" when only the slice had none.
+    context["scanned"] = None if page.get("complete", True) else page.get("scanned")
     base = root_of(request) + "/tasks"
     query = urlencode(given)
     context["next_page_url"] = (

@@ -112,3 +112,19 @@ def test_a_read_past_the_statement_timeout_is_503_json(
     body = response.json()
     assert set(body) == {"error"} and "statement timeout" in body["error"]
     assert client.get("/api/v1/tasks", params={"limit": 1}).status_code == 200
+
+
+def test_the_tasks_page_says_when_its_scan_was_bounded(
+    client: Any, web_db: WebDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty bounded page must not read as "nothing matches": it names the bound and links
+    to the rest of the table."""
+    import pgq.web.data as data
+
+    monkeypatch.setattr(data, "SCAN_ROWS", 3)
+    page = client.get("/tasks", params={"q": "no task has this text"})
+    assert page.status_code == 200
+    assert 'id="scan-bounded"' in page.text and "No match among the 3 tasks" in page.text
+    assert 'id="next-page"' in page.text
+    unbounded = client.get("/tasks")
+    assert 'id="scan-bounded"' not in unbounded.text
