@@ -110,7 +110,7 @@ class Overview(BaseModel):
     workers: list[WorkerRow] = Field(description="live workers")
     estimated_rows: int | None = Field(description="the planner's estimate of pgq.tasks' rows")
     dead_counted_at: datetime = Field(
-        description="when the queues' dead counts were read (cached up to 30 s per process)"
+        description="when the queues' dead counts were read (cached up to 60 s per process)"
     )
 
 
@@ -180,7 +180,7 @@ class DeadGroup(_Open):
 class DeadGroups(BaseModel):
     groups: list[DeadGroup]
     counted_at: datetime = Field(
-        description="when the groups were counted (cached up to 30 s per process)"
+        description="when the groups were counted (cached up to 60 s per process)"
     )
 
 

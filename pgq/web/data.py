@@ -84,7 +84,7 @@ SCAN_ROWS = 10_000
 # of every dead row: 119 ms and 217-306 ms with 50,000 of them), in a background thread while
 # the previous count is answered; an action that changes dead tasks through this dashboard
 # drops the cached counts at once (the next read counts).
-DEAD_CACHE_SECONDS = 30.0
+DEAD_CACHE_SECONDS = 60.0
 
 
 def resolve_app(source: Any = None) -> App:

@@ -60,7 +60,7 @@ def test_dead_counts_are_cached_and_an_action_refreshes_them(
     dead = {(g["name"], g["exc_type"]): g["count"] for g in first["groups"]}
     queues = {q["queue"]: q for q in client.get("/api/v1/queues").json()["queues"]}
     web_db.wait(web_tasks.fail.delay("cached").id, "FAILURE")
-    # Within the cache's 30 s: the same counts, counted at the same time.
+    # Within the cache's 60 s: the same counts, counted at the same time.
     again = client.get("/api/v1/dead").json()
     assert again["counted_at"] == first["counted_at"]
     assert {(g["name"], g["exc_type"]): g["count"] for g in again["groups"]} == dead
