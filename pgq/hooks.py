@@ -112,6 +112,7 @@ def provided_connection(database_url: str, using: str | None = None) -> Any:
             return connection
     if using is not None and not _connection_providers:
         raise ConfigurationError(
-            f"using={using!r} names a Django database alias: add 'pgq.django' to INSTALLED_APPS"
+            f"using={using!r} names a database alias but no connection provider is registered"
+            " (with Django: add 'pgq.django' to INSTALLED_APPS)"
         )
     return None
