@@ -24,6 +24,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from pgq.errors import ConfigurationError
 from pgq.ratelimit import parse_rate
 from pgq.report import bugreport, hidden_filtered
 
@@ -204,7 +205,7 @@ def rate_limit(state: State, task_name: str, rate_limit: Any, **kwargs: Any) -> 
     """Tell worker(s) to modify the rate limit for a task by type."""
     try:
         parse_rate(rate_limit)
-    except ValueError as exc:
+    except (ValueError, ConfigurationError) as exc:
         return nok(f"Invalid rate limit string: {exc!r}")
     if task_name not in state.app.tasks:
         log.error("Rate limit attempt for unknown task %s", task_name)
