@@ -184,7 +184,20 @@ def report(state: State) -> Any:
     return ok(bugreport(state.app))
 
 
-@inspect_command(alias="dump_conf", signature="[include_defaults=False]")
+def _flag(value: Any) -> bool:
+    """Celery's ``strtobool`` for command-line arguments ('true', 'yes', '1', ...)."""
+    if isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "y", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "n", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return bool(value)
+
+
+@inspect_command(
+    alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", _flag)]
+)
 def conf(state: State, with_defaults: bool = False, **kwargs: Any) -> Any:
     """List configuration (secrets masked, as in Celery's bug report)."""
     settings = getattr(state.app, "conf", None)
@@ -200,7 +213,10 @@ def clock(state: State, **kwargs: Any) -> Any:
     return {"clock": state.clock}
 
 
-@control_command(signature="<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>")
+@control_command(
+    args=[("task_name", str), ("rate_limit", str)],
+    signature="<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>",
+)
 def rate_limit(state: State, task_name: str, rate_limit: Any, **kwargs: Any) -> Any:
     """Tell worker(s) to modify the rate limit for a task by type."""
     try:
@@ -218,7 +234,10 @@ def rate_limit(state: State, task_name: str, rate_limit: Any, **kwargs: Any) -> 
     return ok("new rate limit set successfully")
 
 
-@control_command(signature="<task_name> <soft_secs> [hard_secs]")
+@control_command(
+    args=[("task_name", str), ("soft", float), ("hard", float)],
+    signature="<task_name> <soft_secs> [hard_secs]",
+)
 def time_limit(
     state: State,
     task_name: str | None = None,
@@ -235,7 +254,7 @@ def time_limit(
     return ok("time limits set successfully")
 
 
-@control_command(signature="[N=1]")
+@control_command(args=[("n", int)], signature="[N=1]")
 def pool_grow(state: State, n: int = 1, **kwargs: Any) -> Any:
     """Grow pool by n processes/threads."""
     if state.consumer.controller.autoscaler:
@@ -244,7 +263,7 @@ def pool_grow(state: State, n: int = 1, **kwargs: Any) -> Any:
     return ok("pool will grow")
 
 
-@control_command(signature="[N=1]")
+@control_command(args=[("n", int)], signature="[N=1]")
 def pool_shrink(state: State, n: int = 1, **kwargs: Any) -> Any:
     """Shrink pool by n processes/threads."""
     if state.consumer.controller.autoscaler:
@@ -253,7 +272,7 @@ def pool_shrink(state: State, n: int = 1, **kwargs: Any) -> Any:
     return ok("pool will shrink")
 
 
-@control_command(signature="[max [min]]")
+@control_command(args=[("max", int), ("min", int)], signature="[max [min]]")
 def autoscale(state: State, max: int | None = None, min: int | None = None) -> Any:
     """Modify autoscale settings."""
     autoscaler = state.consumer.controller.autoscaler
@@ -271,7 +290,10 @@ def shutdown(state: State, msg: str = "Got shutdown from remote", **kwargs: Any)
     raise NoReply
 
 
-@control_command(signature="<queue> [exchange [type [routing_key]]]")
+@control_command(
+    args=[("queue", str), ("exchange", str), ("exchange_type", str), ("routing_key", str)],
+    signature="<queue> [exchange [type [routing_key]]]",
+)
 def add_consumer(
     state: State,
     queue: str,
@@ -285,7 +307,7 @@ def add_consumer(
     return ok(f"add consumer {queue}")
 
 
-@control_command(signature="<queue>")
+@control_command(args=[("queue", str)], signature="<queue>")
 def cancel_consumer(state: State, queue: str, **_: Any) -> Any:
     """Tell worker(s) to stop consuming from task queue by name."""
     state.consumer.cancel_task_queue(queue)

@@ -5,13 +5,23 @@ autoscale, custom commands registered with Celery's decorators, inspect conf/clo
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from harness import WorkerProcess, wait_for, wait_state, wait_until_worker_registered, worker_env
+from harness import (
+    HERE,
+    WorkerProcess,
+    pgq_command,
+    wait_for,
+    wait_state,
+    wait_until_worker_registered,
+    worker_env,
+)
 
 from pgq.compat import Celery
 
@@ -199,3 +209,46 @@ def test_inspect_conf_clock_report_and_bugreport(app: Any, start: Any) -> None:
     assert "t0ken" not in local and "api_token: '********'" in local
     # Nobody live: None, as Celery's inspect without replies.
     assert app.control.inspect(destination=["nobody@nowhere"]).conf() is None
+
+
+def run_pgq(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*pgq_command(), *args],
+        cwd=str(HERE),
+        env=worker_env(db_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_pgq_control_command_line(db_url: str, app: Any, start: Any) -> None:
+    w = start("-c", "1")
+    done = run_pgq(db_url, "control", "-A", "options_tasks", "pool_grow", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{NODE: {"ok": "pool will grow"}}]
+    wait_for(lambda: len(w.children()) == 2, what="two pool processes")
+
+    text = run_pgq(db_url, "control", "-A", "options_tasks", "rate_limit", "x.y", "1/s")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines() == [f"-> {NODE}: ERROR", "    unknown task"]
+
+    # A custom command with its typed argument, to the destination named.
+    custom = run_pgq(
+        db_url, "control", "-A", "options_tasks", "echo_node", "7", "-d", NODE, "--json"
+    )
+    assert json.loads(custom.stdout) == [{NODE: {"ok": {"node": NODE, "n": 7}}}]
+    conf = run_pgq(db_url, "control", "-A", "options_tasks", "conf", "--json")
+    assert json.loads(conf.stdout)[0][NODE]["secret_api_key"] == "********"
+
+    for args, needle in [
+        (["no_such_command"], "unknown command 'no_such_command'"),
+        (["pool_grow", "many"], "invalid literal for int()"),
+        (["pool_grow", "1", "2"], "at most 1 argument"),
+    ]:
+        bad = run_pgq(db_url, "control", "-A", "options_tasks", *args)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert needle in bad.stderr
+    nobody = run_pgq(db_url, "control", "-A", "options_tasks", "clock", "-d", "nobody@nowhere")
+    assert nobody.returncode == 1
+    assert nobody.stderr.strip() == "Error: no worker replied within the timeout"
