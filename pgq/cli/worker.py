@@ -150,14 +150,12 @@ def worker(
     except ValueError as exc:
         raise typer.BadParameter(f"{exc} (in the app's settings)") from None
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    if metrics_port is not None:
-        _serve_worker_metrics(metrics_port, metrics_addr)
     maintenance = []
     if beat:
         embedded = _make_beat(loaded)
         hooks.connect("worker_shutdown", lambda **_: embedded.close())
         maintenance.append(embedded)
-    code = Worker(
+    running = Worker(
         loaded,
         queues=queue_list,
         concurrency=concurrency,
@@ -165,8 +163,10 @@ def worker(
         hostname=hostname,
         maintenance=maintenance,
         config=config,
-    ).run()
-    raise typer.Exit(code)
+    )
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_port, metrics_addr, running)
+    raise typer.Exit(running.run())
 
 
 def beat(
@@ -203,17 +203,20 @@ def _make_beat(loaded: Any) -> Any:
     )
 
 
-def _serve_worker_metrics(port: int, addr: str) -> None:
+def _serve_worker_metrics(port: int, addr: str, running: Any) -> None:
     """Bind the worker's metrics endpoint now (a port in use fails at once) and start serving
     once the pool is forked, so no child is forked while the serving thread runs a scrape."""
     # prometheus_client (16 ms) loads only when metrics are served.
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    from pgq.metrics import MetricsServer, TaskMetrics
+    from pgq.metrics import MetricsServer, PoolCollector, TaskMetrics
 
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     TaskMetrics(registry).install()
+    registry.register(
+        PoolCollector(lambda: len(running.pool.serving()), lambda: running.processes_replaced)
+    )
     server = MetricsServer(registry, port, addr)
     hooks.connect("worker_ready", lambda **_: server.start())
     hooks.connect("worker_shutdown", lambda **_: server.stop())

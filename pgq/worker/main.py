@@ -95,6 +95,7 @@ class Worker:
         if self.config.autoscale is not None and pool != "solo":
             self.controller.autoscaler = Autoscaler(self, *self.config.autoscale)
         self.tasks_done = 0
+        self.processes_replaced = 0  # pool processes recycled or died, then replaced
         self._stop_requests = 0
         self._gone: list[Gone] = []  # slots that ended, whose tasks still have to be given back
         self._lost_result = lost_result(self.settings.max_rescues)
@@ -174,6 +175,7 @@ class Worker:
                 self._gone.append(event)
                 if not self.pool.stopping and not event.slot.retiring:
                     self.pool.spawn()  # a recycled or dead slot is replaced
+                    self.processes_replaced += 1
                 continue
             slot, body = event
             if body[0] == "turn":

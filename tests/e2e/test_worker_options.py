@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from harness import (
     wait_until_worker_registered,
     worker_env,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgq.compat import Celery
 
@@ -242,3 +244,30 @@ def test_bad_options_get_a_one_line_error(db_url: str, args: list[str], needle: 
     assert needle in proc.stderr
     with psycopg.connect(db_url) as c:  # no worker registered
         assert c.execute(count).fetchone() == before
+
+
+def test_pool_metrics_count_processes_and_replacements(app: Any, start: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start("-c", "2", "--max-tasks-per-child", "2", "--metrics-port", str(port))
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("pgq_worker_pool")
+        }
+
+    assert wait_for(scrape, what="the metrics endpoint")["pgq_worker_pool_processes"] == 2
+    results(app, "pid", 8)  # each process is replaced after its second task
+    samples = wait_for(
+        lambda: (m := scrape())["pgq_worker_pool_processes_replaced_total"] >= 3 and m,
+        what="replacements counted",
+    )
+    assert samples["pgq_worker_pool_processes"] == 2
+    app.control.pool_grow(1, reply=True)
+    assert scrape()["pgq_worker_pool_processes"] == 3
