@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgq.context import Request
-from pgq.errors import OperationalError, TimeLimitExceeded
+from pgq.errors import DatabaseError, OperationalError, TimeLimitExceeded
 from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
@@ -257,8 +257,16 @@ class Worker:
             answer = control.dispatch(control.State(self, clock=ident), command, arguments)
         except control.NoReply:
             return
-        if reply:
+        if not reply:
+            return
+        try:
             self.store.reply_control(ident, self.hostname, control.dumps_reply(answer))
+        except OperationalError:
+            raise
+        except DatabaseError as exc:  # a reply the database refuses (a NUL in a string...)
+            log.error("reply to control command %s not stored: %s", command, exc)
+            error = control.nok(f"reply could not be stored: {exc}")
+            self.store.reply_control(ident, self.hostname, control.dumps_reply(error))
 
     # -- what control commands change (pgq.worker.control calls these) -----------------------
 
@@ -286,10 +294,14 @@ class Worker:
             self._serving_changed()
 
     def pool_grow(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
         self.pool.grow(n)
         self._serving_changed()
 
     def pool_shrink(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
         if self.controller.autoscaler is None and len(self.pool.serving()) - n < 1:
             raise ValueError("Can't shrink pool below one process")
         self.pool.shrink(n)

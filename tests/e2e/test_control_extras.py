@@ -179,6 +179,12 @@ def test_custom_commands_run_in_the_worker_and_reply(app: Any, start: Any) -> No
     assert one(app.control.broadcast("no_such_command", reply=True)) == {
         "error": "KeyError('no_such_command')"
     }
+    # A reply the database cannot store comes back as an error naming why.
+    refused = one(app.control.broadcast("nul_reply", reply=True))
+    assert refused["error"].startswith("reply could not be stored")
+    assert one(app.control.pool_grow(0, reply=True)) == {
+        "error": "ValueError('n must be at least 1, got 0')"
+    }
     assert app.control.broadcast("echo_node") is None  # no reply asked
     assert app.control.broadcast("echo_node", destination=["nobody@nowhere"], reply=True) == []
     with pytest.raises(TypeError):  # arguments must be JSON, refused before anything is sent

@@ -75,3 +75,9 @@ def queue_names(state: Any) -> dict[str, Any]:
 def explode(state: Any) -> None:
     """A custom command that fails: the sender gets {'error': ...}, the worker carries on."""
     raise RuntimeError("boom")
+
+
+@control_command()
+def nul_reply(state: Any) -> dict[str, Any]:
+    """A reply PostgreSQL's jsonb refuses (a NUL character)."""
+    return {"ok": "a\x00b"}
