@@ -142,6 +142,8 @@ def worker(
         raise typer.BadParameter(
             f"unknown pool {pool!r}: use prefork, threads or solo", param_hint="-P/--pool"
         )
+    if autoscale is not None and pool == "solo":
+        raise typer.BadParameter("--autoscale needs the prefork or threads pool, not solo")
     _setup_logging(loglevel)
     loaded = load(ctx, app, database_url)
     conf = getattr(loaded, "conf", None)
@@ -149,6 +151,12 @@ def worker(
         config = PoolConfig.build(given, getattr(conf, "changes", None))
     except ValueError as exc:
         raise typer.BadParameter(f"{exc} (in the app's settings)") from None
+    if pool != "prefork" and (config.max_tasks_per_child or config.max_memory_per_child):
+        logging.getLogger("pgq.worker").warning(
+            "--max-tasks-per-child and --max-memory-per-child apply to the prefork pool only:"
+            " ignored with --pool %s (as in Celery)",
+            pool,
+        )
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     maintenance = []
     if beat:

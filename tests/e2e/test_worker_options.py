@@ -225,6 +225,7 @@ def test_celery_options_are_accepted(app: Any, start: Any) -> None:
         (["--max-tasks-per-child", "0"], "must be positive"),
         (["--max-memory-per-child", "-5"], "must be positive"),
         (["-O", "turbo"], "unknown optimization"),
+        (["--autoscale", "4,1", "-P", "solo"], "not solo"),
     ],
 )
 def test_bad_options_get_a_one_line_error(db_url: str, args: list[str], needle: str) -> None:
