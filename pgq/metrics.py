@@ -255,3 +255,30 @@ class MetricsServer:
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
+
+
+__all__ += ["PoolCollector"]
+
+
+class PoolCollector(Collector):
+    """A worker's pool, read at scrape time: the pool processes serving now (``pool_grow``,
+    ``pool_shrink``, ``--autoscale`` change it) and how many were replaced since the worker
+    started (recycled by ``--max-tasks-per-child`` / ``--max-memory-per-child``, or died)."""
+
+    def __init__(self, processes: Any, replaced: Any) -> None:
+        self._processes = processes
+        self._replaced = replaced
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield GaugeMetricFamily(
+            "pgq_worker_pool_processes",
+            "Pool processes (or threads) of this worker taking tasks now.",
+            value=float(self._processes()),
+        )
+        yield CounterMetricFamily(
+            "pgq_worker_pool_processes_replaced",
+            "Pool processes replaced since the worker started (recycled or died).",
+            value=float(self._replaced()),
+        )

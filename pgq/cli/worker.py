@@ -47,7 +47,51 @@ def worker(
     ),
     loglevel: str = typer.Option("WARNING", "-l", "--loglevel", help="DEBUG, INFO, WARNING..."),
     pool: str = typer.Option("prefork", "-P", "--pool", help="prefork, threads or solo"),
-    hostname: str | None = typer.Option(None, "-n", "--hostname", help="this worker's name"),
+    hostname: str | None = typer.Option(
+        None,
+        "-n",
+        "--hostname",
+        help="node name (default celery@%h); expands %h host, %n its first label, %d domain,"
+        " %i process index (0), %%",
+    ),
+    max_tasks_per_child: int | None = typer.Option(
+        None,
+        "--max-tasks-per-child",
+        help="replace a pool process after it ran this many tasks (prefork)",
+    ),
+    max_memory_per_child: int | None = typer.Option(
+        None,
+        "--max-memory-per-child",
+        help="replace a pool process once its resident memory passes this many KiB (prefork)",
+    ),
+    autoscale: str | None = typer.Option(
+        None,
+        "--autoscale",
+        help="MAX,MIN pool processes, grown with the backlog and shrunk when idle",
+    ),
+    optimization: str | None = typer.Option(
+        None, "-O", help="fair or default: accepted; pool processes claim only when free"
+    ),
+    prefetch_multiplier: int | None = typer.Option(
+        None,
+        "--prefetch-multiplier",
+        help="the most tasks a pool process claims at once (0: pgq's adaptive batches)",
+    ),
+    time_limit: float | None = typer.Option(
+        None, "--time-limit", help="hard time limit (s) for tasks that set none"
+    ),
+    soft_time_limit: float | None = typer.Option(
+        None, "--soft-time-limit", help="soft time limit (s) for tasks that set none"
+    ),
+    without_heartbeat: bool = typer.Option(
+        False, "--without-heartbeat", help="accepted (pgq sends no event heartbeats)"
+    ),
+    without_gossip: bool = typer.Option(
+        False, "--without-gossip", help="accepted (pgq workers do not gossip)"
+    ),
+    without_mingle: bool = typer.Option(
+        False, "--without-mingle", help="accepted (pgq workers share state through tables)"
+    ),
     metrics_port: int | None = typer.Option(
         None,
         "--metrics-port",
@@ -72,31 +116,65 @@ def worker(
     periodic tasks (any number of workers may have -B: one schedules at a time).
     """
     # The worker's machinery (20 ms) loads only for this command, not for every `pgq` call.
+    from pgq.worker.config import PoolConfig, node_name
     from pgq.worker.main import Worker
 
+    if optimization is not None and optimization not in ("fair", "default"):
+        raise typer.BadParameter(f"unknown optimization {optimization!r}: use fair or default")
+    try:
+        node_name(hostname)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="-n/--hostname") from None
+    given = {
+        "max_tasks_per_child": max_tasks_per_child,
+        "max_memory_per_child": max_memory_per_child,
+        "autoscale": autoscale,
+        "prefetch_multiplier": prefetch_multiplier,
+        "time_limit": time_limit,
+        "soft_time_limit": soft_time_limit,
+    }
+    try:
+        # Checked before the app is imported too (no database is touched for a bad option).
+        PoolConfig.build(given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if pool not in ("prefork", "threads", "solo"):
         raise typer.BadParameter(
             f"unknown pool {pool!r}: use prefork, threads or solo", param_hint="-P/--pool"
         )
+    if autoscale is not None and pool == "solo":
+        raise typer.BadParameter("--autoscale needs the prefork or threads pool, not solo")
     _setup_logging(loglevel)
     loaded = load(ctx, app, database_url)
+    conf = getattr(loaded, "conf", None)
+    try:  # the app's Celery settings (worker_max_tasks_per_child...) fill what -A's app set
+        config = PoolConfig.build(given, getattr(conf, "changes", None))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc} (in the app's settings)") from None
+    if pool != "prefork" and (config.max_tasks_per_child or config.max_memory_per_child):
+        logging.getLogger("pgq.worker").warning(
+            "--max-tasks-per-child and --max-memory-per-child apply to the prefork pool only:"
+            " ignored with --pool %s (as in Celery)",
+            pool,
+        )
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    if metrics_port is not None:
-        _serve_worker_metrics(metrics_port, metrics_addr)
     maintenance = []
     if beat:
         embedded = _make_beat(loaded)
         hooks.connect("worker_shutdown", lambda **_: embedded.close())
         maintenance.append(embedded)
-    code = Worker(
+    running = Worker(
         loaded,
         queues=queue_list,
         concurrency=concurrency,
         pool=pool,
         hostname=hostname,
         maintenance=maintenance,
-    ).run()
-    raise typer.Exit(code)
+        config=config,
+    )
+    if metrics_port is not None:
+        _serve_worker_metrics(metrics_port, metrics_addr, running)
+    raise typer.Exit(running.run())
 
 
 def beat(
@@ -133,17 +211,20 @@ def _make_beat(loaded: Any) -> Any:
     )
 
 
-def _serve_worker_metrics(port: int, addr: str) -> None:
+def _serve_worker_metrics(port: int, addr: str, running: Any) -> None:
     """Bind the worker's metrics endpoint now (a port in use fails at once) and start serving
     once the pool is forked, so no child is forked while the serving thread runs a scrape."""
     # prometheus_client (16 ms) loads only when metrics are served.
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    from pgq.metrics import MetricsServer, TaskMetrics
+    from pgq.metrics import MetricsServer, PoolCollector, TaskMetrics
 
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     TaskMetrics(registry).install()
+    registry.register(
+        PoolCollector(lambda: len(running.pool.serving()), lambda: running.processes_replaced)
+    )
     server = MetricsServer(registry, port, addr)
     hooks.connect("worker_ready", lambda **_: server.start())
     hooks.connect("worker_shutdown", lambda **_: server.stop())

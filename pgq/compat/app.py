@@ -498,6 +498,13 @@ class Celery(App):
     def control(self) -> Control:
         return Control(self)
 
+    def bugreport(self) -> str:
+        """Versions, platform and the settings this app changed, secrets masked (Celery's
+        ``app.bugreport()`` layout; ``inspect().report()`` returns each worker's)."""
+        from pgq.report import bugreport
+
+        return bugreport(self)
+
     def __enter__(self) -> Celery:
         return self
 

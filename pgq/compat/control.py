@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pgq.store.admin import AdminStore, Filters
+from pgq.store.control import ControlStore
 
 if TYPE_CHECKING:
     from pgq.compat.app import Celery
@@ -23,6 +27,14 @@ class Control:
     the task rows. Replies come at once, ``timeout`` is accepted and ignored, and a worker counts
     as live while its last heartbeat is younger than one lease (``PGQ_LEASE_SECONDS``), as for
     ``pgq inspect workers``.
+
+    Commands that must run inside a worker (``rate_limit``, ``time_limit``, ``add_consumer``,
+    ``cancel_consumer``, ``pool_grow``, ``pool_shrink``, ``autoscale``, custom commands, and
+    ``inspect().conf()``/``clock()``/``report()``) go through ``broadcast``: a row in
+    ``pgq.control_commands`` naming the live workers chosen, a NOTIFY that wakes them, and with
+    ``reply=True`` their replies read from ``pgq.control_replies`` until each chosen worker
+    answered or ``timeout`` passed. Like Celery's, what they change lasts for the life of the
+    worker process: a restarted worker starts from its command line and app again.
     """
 
     def __init__(self, app: Celery) -> None:
@@ -77,7 +89,9 @@ class Control:
         **kwargs: Any,
     ) -> Inspect:
         """What the live workers hold and serve, keyed by worker name (see ``Inspect``)."""
-        return Inspect(self, destination, limit=limit, pattern=pattern, matcher=matcher)
+        return Inspect(
+            self, destination, limit=limit, pattern=pattern, matcher=matcher, timeout=timeout
+        )
 
     def ping(
         self, destination: str | Iterable[str] | None = None, timeout: float = 1.0, **kwargs: Any
@@ -86,6 +100,131 @@ class Control:
         replies = self.inspect(destination, **kwargs).ping() or {}
         return [{name: reply} for name, reply in replies.items()]
 
+    # -- commands run inside the workers (pgq.worker.control), through broadcast --------------
+
+    def broadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        destination: str | Iterable[str] | None = None,
+        connection: Any = None,
+        reply: bool = False,
+        timeout: float = 1.0,
+        limit: int | None = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        channel: Any = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+        **extra_kwargs: Any,
+    ) -> list[dict[str, Any]] | None:
+        """Send ``command`` with ``arguments`` to the live workers ``destination`` names (node
+        names or worker ids; all by default), ``pattern`` and ``matcher`` choose.
+
+        With ``reply=True``, returns ``[{node_name: reply}, ...]`` as Celery does, gathered
+        until every chosen worker replied, ``limit`` replies came, or ``timeout`` seconds
+        passed (``callback`` is called with each as it comes); otherwise None. Arguments must
+        be JSON (TypeError at the call otherwise).
+        """
+        arguments = dict(arguments or {}, **extra_kwargs)
+        payload = json.loads(json.dumps(arguments))  # refused here, before anything is written
+        admin = self._admin()
+        chosen = Inspect(self, destination, pattern=pattern, matcher=matcher)._workers(admin)
+        if not chosen:
+            return [] if reply else None
+        store = ControlStore(self.app.db)
+        command_id = store.send(command, payload, [w["id"] for w in chosen], reply=reply)
+        if not reply:
+            return None
+        node = {w["id"]: w["node"] for w in chosen}
+        wanted = min(limit, len(chosen)) if limit else len(chosen)
+        deadline = time.monotonic() + timeout
+        seen: dict[str, dict[str, Any]] = {}
+        delay = 0.005
+        while True:
+            for worker_id, _, body in store.replies(command_id):
+                if worker_id not in seen:
+                    seen[worker_id] = {node.get(worker_id, worker_id): body}
+                    if callback is not None:
+                        callback(seen[worker_id])
+            if len(seen) >= wanted or time.monotonic() >= deadline:
+                break
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+        return list(seen.values())[:wanted]
+
+    def rate_limit(
+        self, task_name: str, rate_limit: Any, destination: Any = None, **kwargs: Any
+    ) -> Any:
+        """Set a task's rate limit in the chosen workers (per worker, until it restarts)."""
+        return self.broadcast(
+            "rate_limit",
+            destination=destination,
+            arguments={"task_name": task_name, "rate_limit": rate_limit},
+            **kwargs,
+        )
+
+    def time_limit(
+        self,
+        task_name: str,
+        soft: float | None = None,
+        hard: float | None = None,
+        destination: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Set a task's soft and hard time limits in the chosen workers (until they restart)."""
+        return self.broadcast(
+            "time_limit",
+            arguments={"task_name": task_name, "hard": hard, "soft": soft},
+            destination=destination,
+            **kwargs,
+        )
+
+    def add_consumer(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        exchange_type: str = "direct",
+        routing_key: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        destination: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Make the chosen workers consume ``queue`` too (until they restart)."""
+        return self.broadcast(
+            "add_consumer",
+            destination=destination,
+            arguments=dict(
+                {
+                    "queue": queue,
+                    "exchange": exchange,
+                    "exchange_type": exchange_type,
+                    "routing_key": routing_key,
+                },
+                **(options or {}),
+            ),
+            **kwargs,
+        )
+
+    def cancel_consumer(self, queue: str, destination: Any = None, **kwargs: Any) -> Any:
+        """Make the chosen workers stop consuming ``queue`` (until they restart)."""
+        return self.broadcast(
+            "cancel_consumer", destination=destination, arguments={"queue": queue}, **kwargs
+        )
+
+    def pool_grow(self, n: int = 1, destination: Any = None, **kwargs: Any) -> Any:
+        """Start ``n`` more pool processes in the chosen workers."""
+        return self.broadcast("pool_grow", arguments={"n": n}, destination=destination, **kwargs)
+
+    def pool_shrink(self, n: int = 1, destination: Any = None, **kwargs: Any) -> Any:
+        """Stop ``n`` pool processes (idle ones first) in the chosen workers."""
+        return self.broadcast("pool_shrink", arguments={"n": n}, destination=destination, **kwargs)
+
+    def autoscale(self, max: int, min: int, destination: Any = None, **kwargs: Any) -> Any:
+        """New autoscale bounds for the chosen workers started with ``--autoscale``."""
+        return self.broadcast(
+            "autoscale", arguments={"max": max, "min": min}, destination=destination, **kwargs
+        )
+
 
 class Inspect:
     """``app.control.inspect()``: Celery's replies, built from pgq's tables.
@@ -93,8 +232,10 @@ class Inspect:
     Each method returns ``{worker_name: reply}`` for the live workers chosen by ``destination``
     (worker names or host names: ``celery@host`` selects every worker of that host), ``pattern``
     (with ``matcher`` ``"glob"``, the default, or ``"pcre"``) and ``limit``; or None when no
-    worker is live, as Celery returns None when nobody replies. Worker names are pgq's
-    ``celery@<host>/<pid>-<random>``.
+    worker is live, as Celery returns None when nobody replies. Replies are keyed by node name
+    (``-n``, ``celery@<host>`` by default); two live workers that share a node name (Celery warns
+    of that) are each keyed by their unique id, ``<node name>/<pid>-<random>``, so that neither
+    reply is lost.
     """
 
     def __init__(
@@ -105,12 +246,14 @@ class Inspect:
         limit: int | None = None,
         pattern: str | None = None,
         matcher: str | None = None,
+        timeout: float = 1.0,
     ) -> None:
         self.control = control
         self.destination = destination
         self.limit = limit
         self.pattern = pattern
         self.matcher = matcher
+        self.timeout = timeout
 
     # -- which workers answer -----------------------------------------------------------------
 
@@ -130,14 +273,19 @@ class Inspect:
 
     def _workers(self, admin: AdminStore) -> list[dict[str, Any]]:
         chosen = [w for w in admin.workers(Filters()) if self._chosen(w)]
-        return chosen[: self.limit] if self.limit else chosen
+        chosen = chosen[: self.limit] if self.limit else chosen
+        shared = Counter(w["hostname"] for w in chosen)
+        for w in chosen:  # the key its replies go under
+            w["node"] = w["hostname"] if shared[w["hostname"]] == 1 else w["id"]
+        return chosen
 
     def _reply(self, build: Callable[[AdminStore, list[dict[str, Any]]], dict[str, Any]]) -> Any:
         admin = self.control._admin()
         workers = self._workers(admin)
         if not workers:
             return None
-        return build(admin, workers)
+        node = {w["id"]: w["node"] for w in workers}
+        return {node[key]: value for key, value in build(admin, workers).items()}
 
     # -- Celery's inspect commands --------------------------------------------------------------
 
@@ -246,6 +394,39 @@ class Inspect:
 
         return self._reply(build)
 
+    # -- answered by the workers themselves (through Control.broadcast) -------------------------
+
+    def _request(self, command: str, **kwargs: Any) -> dict[str, Any] | None:
+        """Run an inspect command (a built-in one or one registered with ``inspect_command``)
+        in the chosen workers: ``{node_name: reply}``, or None if none replied in time."""
+        replies = self.control.broadcast(
+            command,
+            arguments=kwargs,
+            destination=self.destination,
+            reply=True,
+            timeout=self.timeout,
+            limit=self.limit,
+            pattern=self.pattern,
+            matcher=self.matcher,
+        )
+        if not replies:
+            return None
+        return {name: body for one in replies for name, body in one.items()}
+
+    def conf(self, with_defaults: bool = False) -> dict[str, Any] | None:
+        """Each worker's app configuration: the settings its app changed (all of them with
+        ``with_defaults``), secrets masked (pgq's ``broker_url`` is the database URL)."""
+        return self._request("conf", with_defaults=with_defaults)
+
+    def clock(self) -> dict[str, Any] | None:
+        """``{node_name: {"clock": N}}``: pgq's logical clock is the id of the command being
+        answered (a sequence every broadcast advances), the same for every worker asked."""
+        return self._request("clock")
+
+    def report(self) -> dict[str, Any] | None:
+        """``{node_name: {"ok": bugreport}}``: each worker's ``app.bugreport()``."""
+        return self._request("report")
+
 
 # How long and how many revoked ids a Celery worker remembers (celery.worker.state).
 REVOKE_EXPIRES = 10800.0
@@ -327,7 +508,7 @@ def _task_info(
         "args": repr(args) if safe else args,
         "kwargs": repr(kwargs) if safe else kwargs,
         "type": row["name"],
-        "hostname": worker["id"],
+        "hostname": worker["node"],
         "delivery_info": {
             "exchange": "",
             "routing_key": row["queue"],

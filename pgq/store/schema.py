@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -29,6 +31,8 @@ __all__ = [
     "audit_log",
     "beat_entries",
     "beat_leases",
+    "control_commands",
+    "control_replies",
     "metadata",
     "rate_limits",
     "stats_minute",
@@ -153,6 +157,9 @@ workers = Table(
     "workers",
     metadata,
     Column("id", Text, primary_key=True),
+    # The node name exactly as -n expanded it (celery@<host> by default): what app.control's
+    # destination matches and inspect() replies are keyed by. Two workers may share it; `id`
+    # (<node name>/<pid>-<random>) is the per-process unique key task rows refer to.
     Column("hostname", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("queues", ARRAY(Text), nullable=False),
@@ -242,4 +249,38 @@ stats_minute = Table(
     Column("queue", Text, primary_key=True),
     Column("state", Text, primary_key=True),
     Column("count", BigInteger, nullable=False, server_default=text("0")),
+)
+
+# app.control.broadcast: one row per command sent to live workers (rate_limit, add_consumer,
+# pool_grow, custom commands, inspect().conf()...), naming the workers it is for (their
+# pgq.workers.id, resolved by the sender); a pgq_control NOTIFY "control <id>" wakes them.
+# Pruned an hour after it was sent, by the next broadcast.
+control_commands = Table(
+    "control_commands",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("command", Text, nullable=False),
+    Column("arguments", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("targets", ARRAY(Text), nullable=False),
+    # Whether the sender waits for replies (a worker writes one to pgq.control_replies).
+    Column("reply", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", _ts, nullable=False, server_default=text("now()")),
+    CheckConstraint("command <> ''", name="control_commands_command_not_empty"),
+)
+
+# A worker's reply to a command sent with reply=True: Celery's reply body ({"ok": ...},
+# {"error": ...} or what an inspect command returns), keyed by command and worker.
+control_replies = Table(
+    "control_replies",
+    metadata,
+    Column(
+        "command_id",
+        BigInteger,
+        ForeignKey("pgq.control_commands.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("worker_id", Text, primary_key=True),
+    Column("node_name", Text, nullable=False),
+    Column("reply", JSONB, nullable=False),
+    Column("created_at", _ts, nullable=False, server_default=text("now()")),
 )

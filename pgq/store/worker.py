@@ -21,7 +21,7 @@ import psycopg
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
 from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
-from pgq.store.sql import query
+from pgq.store.sql import named_statements, query
 
 __all__ = ["REPLAN_SECONDS", "WorkerStore"]
 
@@ -394,3 +394,39 @@ class WorkerStore:
             },
         )
         return [(row[0], row[1]) for row in rows]
+
+    # -- remote control (pgq/store/sql/control.sql) -------------------------------------------
+
+    def _control_rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        assert self._conn is not None, "WorkerStore.connect() first"
+        with translate_errors(self.db.url):
+            cur = self._conn.execute(named_statements("control.sql")[name], params)
+            return cur.fetchall() if cur.description else []
+
+    def read_control(self, command_id: int) -> tuple[str, dict[str, Any], bool] | None:
+        """The command ``command_id`` (name, arguments, whether to reply) if it names this
+        worker; None otherwise."""
+        rows = self._control_rows("read_control", {"id": command_id, "worker": self.worker_id})
+        if not rows:
+            return None
+        command, arguments, reply = rows[0]
+        return command, dict(arguments or {}), bool(reply)
+
+    def reply_control(self, command_id: int, node_name: str, reply: str) -> None:
+        """Store this worker's reply (JSON text) to a command."""
+        self._control_rows(
+            "reply_control",
+            {"id": command_id, "worker": self.worker_id, "node_name": node_name, "reply": reply},
+        )
+
+    def update_serving(self, queues: Sequence[str], concurrency: int) -> None:
+        """Record the queues this worker consumes and its pool size now."""
+        self._control_rows(
+            "update_worker_serving",
+            {"id": self.worker_id, "queues": list(queues), "concurrency": concurrency},
+        )
+
+    def ready_backlog(self, queues: Sequence[str], limit: int) -> int:
+        """Tasks due now in ``queues``, counting at most ``limit``."""
+        rows = self._control_rows("ready_backlog", {"queues": list(queues), "limit": limit})
+        return int(rows[0][0]) if rows else 0

@@ -7,12 +7,17 @@ that task; idle slots hear new due tasks themselves) or of a shutdown naming it 
 SIGTERM), a slot's message (claimed and stored tasks, which it announces to the hooks; a hard
 time limit starting), a slot that died (its tasks go back to the queue at once: the running one
 counts as a rescue, the others not), a maintenance job (heartbeats renew every slot's leases;
-orphan rescue; pruning) and a stop signal.
+orphan rescue; pruning; autoscale) and a stop signal.
+
+Remote control (``app.control.broadcast``: rate_limit, add_consumer, pool_grow, custom commands,
+``inspect().conf()``...) arrives as a ``control <id>`` notice: the parent reads the command, runs
+it here (``pgq.worker.control``) and writes its reply when the sender waits for one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import selectors
@@ -24,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pgq.context import Request
-from pgq.errors import OperationalError, TimeLimitExceeded
+from pgq.errors import DatabaseError, OperationalError, TimeLimitExceeded
 from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
@@ -32,6 +37,9 @@ from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings, lost_result
 from pgq.settings import Settings
 from pgq.store import CONTROL_CHANNEL, Outcome, WorkerStore
+from pgq.worker import control
+from pgq.worker.autoscale import Autoscaler
+from pgq.worker.config import PoolConfig, node_name
 from pgq.worker.pool import Gone, Message, Pool, make_pool
 from pgq.worker.runner import error_json
 
@@ -56,13 +64,21 @@ class Worker:
         hostname: str | None = None,
         settings: Settings | None = None,
         maintenance: Sequence[Periodic] = (),
+        config: PoolConfig | None = None,
     ) -> None:
         self.app = app
+        self.config = config or PoolConfig()
         self.settings = settings or app.settings
+        if self.config.prefetch_multiplier:  # the nearest meaning: the most a slot claims at once
+            self.settings = dataclasses.replace(
+                self.settings, claim_batch=self.config.prefetch_multiplier
+            )
         self.queues = list(queues or [app.default_queue])
         self.concurrency = concurrency or os.cpu_count() or 1
+        if self.config.autoscale is not None and pool != "solo":
+            self.concurrency = self.config.autoscale[1]  # Celery starts at MIN and grows
         self.pool_kind = pool
-        self.hostname = hostname or f"celery@{socket.gethostname()}"
+        self.hostname = node_name(hostname, socket.gethostname())
         self.id = f"{self.hostname}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.pool: Pool = make_pool(
             pool,
@@ -72,9 +88,14 @@ class Worker:
             hostname=self.hostname,
             queues=self.queues,
             settings=self.settings,
+            config=self.config,
         )
         self.store = WorkerStore(app.db, self.id)
+        self.controller = _Controller()  # Celery's worker.controller (autoscaler)
+        if self.config.autoscale is not None and pool != "solo":
+            self.controller.autoscaler = Autoscaler(self, *self.config.autoscale)
         self.tasks_done = 0
+        self.processes_replaced = 0  # pool processes recycled or died, then replaced
         self._stop_requests = 0
         self._gone: list[Gone] = []  # slots that ended, whose tasks still have to be given back
         self._lost_result = lost_result(self.settings.max_rescues)
@@ -107,7 +128,7 @@ class Worker:
                 self.pool_kind,
                 self.concurrency,
             )
-            while self.pool.slots or self._gone:
+            while self.pool.slots or self._gone or not self.pool.stopping:
                 if self._stop_requests >= 2:
                     self._cold_stop()
                     break
@@ -136,8 +157,8 @@ class Worker:
 
     def _timeout(self) -> float:
         """How long the loop may sleep: until the next maintenance job or hard time limit."""
-        if self._gone or not self.pool.slots:  # the last slot's tasks given back: the loop ends
-            return 0.0
+        if self._gone or (self.pool.stopping and not self.pool.slots):
+            return 0.0  # the last slot's tasks given back: the loop ends
         wake = [job.next_run for job in self._maintenance]
         deadline = self.pool.next_deadline()
         if deadline is not None:
@@ -152,8 +173,9 @@ class Worker:
         for event in events:
             if isinstance(event, Gone):
                 self._gone.append(event)
-                if not self.pool.stopping:
-                    self.pool.spawn()
+                if not self.pool.stopping and not event.slot.retiring:
+                    self.pool.spawn()  # a recycled or dead slot is replaced
+                    self.processes_replaced += 1
                 continue
             slot, body = event
             if body[0] == "turn":
@@ -206,6 +228,9 @@ class Worker:
             command, _, task_id = payload.partition(" ")
             if channel != CONTROL_CHANNEL:
                 continue
+            if command == "control":
+                self._run_control(task_id)
+                continue
             if command == "shutdown":
                 if task_id == self.id:  # the notice names a worker, not a task
                     self._stop_on_request()
@@ -217,6 +242,87 @@ class Worker:
             if command == "terminate" and self.pool.terminate(task_id):
                 log.warning("task %s revoked: terminated", task_id)
                 self._emit_revoked(task_id)
+
+    def _run_control(self, command_id: str) -> None:
+        """Run a broadcast command if it names this worker; reply when the sender waits."""
+        try:
+            ident = int(command_id)
+        except ValueError:
+            return
+        found = self.store.read_control(ident)
+        if found is None:
+            return
+        command, arguments, reply = found
+        try:
+            answer = control.dispatch(control.State(self, clock=ident), command, arguments)
+        except control.NoReply:
+            return
+        if not reply:
+            return
+        try:
+            self.store.reply_control(ident, self.hostname, control.dumps_reply(answer))
+        except OperationalError:
+            raise
+        except DatabaseError as exc:  # a reply the database refuses (a NUL in a string...)
+            log.error("reply to control command %s not stored: %s", command, exc)
+            error = control.nok(f"reply could not be stored: {exc}")
+            self.store.reply_control(ident, self.hostname, control.dumps_reply(error))
+
+    # -- what control commands change (pgq.worker.control calls these) -----------------------
+
+    def set_task_limits(self, kind: str, name: str, *values: object) -> None:
+        """rate_limit / time_limit for a task: here (slots started later inherit it) and in
+        every slot."""
+        task = self.app.tasks[name]
+        if kind == "rate_limit":
+            task.rate_limit = values[0]  # type: ignore[assignment]
+        else:
+            task.soft_time_limit, task.time_limit = values  # type: ignore[assignment]
+        self.pool.broadcast((kind, name, *values))
+
+    def reset_rate_limits(self) -> None:
+        """Celery's consumer hook; pgq's slots apply a new rate limit when told (a no-op)."""
+
+    def add_task_queue(self, queue: str, *args: object, **kwargs: object) -> None:
+        if queue not in self.queues:
+            self.queues.append(queue)
+            self._serving_changed()
+
+    def cancel_task_queue(self, queue: str) -> None:
+        if queue in self.queues:
+            self.queues.remove(queue)
+            self._serving_changed()
+
+    def pool_grow(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.pool.grow(n)
+        self._serving_changed()
+
+    def pool_shrink(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if self.controller.autoscaler is None and len(self.pool.serving()) - n < 1:
+            raise ValueError("Can't shrink pool below one process")
+        self.pool.shrink(n)
+        self._serving_changed()
+
+    def stop_on_request(self) -> None:
+        self._stop_on_request()
+
+    def _serving_changed(self) -> None:
+        """Tell the slots the queues, and record queues and pool size in pgq.workers."""
+        self.pool.queues = list(self.queues)
+        self.pool.broadcast(("queues", list(self.queues)))
+        self.concurrency = len(self.pool.serving())
+        self.store.update_serving(self.queues, self._recorded_concurrency())
+
+    def _recorded_concurrency(self) -> int:
+        """The pool size pgq.workers shows: autoscale's MAX (Celery's max-concurrency), else
+        the slots serving now (at least one: the column counts a pool that can run tasks)."""
+        if self.controller.autoscaler is not None:
+            return max(1, self.controller.autoscaler.max_concurrency)
+        return max(1, self.concurrency)
 
     def _emit_revoked(self, task_id: str) -> None:
         """Announce a task revoked here (Celery sends task_revoked from the worker's parent)."""
@@ -248,7 +354,7 @@ class Worker:
             hostname=self.hostname,
             pid=os.getpid(),
             queues=self.queues,
-            concurrency=self.concurrency,
+            concurrency=self._recorded_concurrency(),
             pool=self.pool_kind,
             task_names=sorted(self.app.tasks),
         )
@@ -291,6 +397,8 @@ class Worker:
                     ),
                 )
             )
+        if self.controller.autoscaler is not None:
+            jobs.append(self.controller.autoscaler)
         jobs.extend(self._extra_maintenance)
         return jobs
 
@@ -386,6 +494,13 @@ class Worker:
             pass
         self.store.close()
         emit("worker_shutdown", worker=self)
+
+
+@dataclasses.dataclass
+class _Controller:
+    """Celery's ``worker.controller``: what control commands look for (the autoscaler)."""
+
+    autoscaler: Autoscaler | None = None
 
 
 def _finished(

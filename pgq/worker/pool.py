@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pgq.hooks import connect, emit
+from pgq.worker.config import PoolConfig
 from pgq.worker.slot import CurrentTask, Slot
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class SlotHandle:
     deadline_task: str | None = None
     limit: float | None = None
     killed_for: str | None = None  # "timeout" | "terminate"
+    retiring: bool = False  # told to stop by pool_shrink / autoscale: not replaced
 
     def alive(self) -> bool:
         return bool(self.runner.is_alive())
@@ -94,8 +96,10 @@ class Pool:
         hostname: str,
         queues: Sequence[str],
         settings: Settings,
+        config: PoolConfig | None = None,
     ) -> None:
         self.kind = kind
+        self.config = config or PoolConfig()
         self.app = app
         self.concurrency = concurrency
         self.worker_id = worker_id
@@ -131,6 +135,7 @@ class Pool:
             settings=self.settings,
             current=current,
             hard_limits=self.processes,
+            config=self.config,
         )
         runner: Any
         if self.processes:
@@ -151,6 +156,27 @@ class Pool:
         self.slots.append(handle)
         self.generation += 1
         return handle
+
+    def grow(self, n: int = 1) -> None:
+        """Start ``n`` more slots (app.control.pool_grow, autoscale)."""
+        for _ in range(max(0, n)):
+            self.spawn()
+
+    def shrink(self, n: int = 1) -> int:
+        """Ask ``n`` slots, idle ones first, to stop: each finishes its running task, gives
+        back what it claimed but has not started, and ends without a replacement. Returns how
+        many were asked."""
+        serving = [s for s in self.slots if not s.retiring and not s.killed_for]
+        serving.sort(key=lambda s: s.current.get() is not None)  # idle first
+        chosen = serving[: max(0, n)]
+        for slot in chosen:
+            slot.retiring = True
+            slot.send(("stop",))
+        return len(chosen)
+
+    def serving(self) -> list[SlotHandle]:
+        """The slots that take new tasks (not stopping for a shrink)."""
+        return [s for s in self.slots if not s.retiring]
 
     def worker_ids(self) -> list[str]:
         return [s.worker_id for s in self.slots]
@@ -358,6 +384,7 @@ def make_pool(
     hostname: str,
     queues: Sequence[str],
     settings: Settings,
+    config: PoolConfig | None = None,
 ) -> Pool:
     """The pool called ``kind``: prefork (processes), threads, or solo (one thread)."""
     if kind not in ("prefork", "threads", "solo"):
@@ -370,4 +397,5 @@ def make_pool(
         hostname=hostname,
         queues=queues,
         settings=settings,
+        config=config,
     )

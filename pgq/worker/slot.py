@@ -12,8 +12,13 @@ An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
 The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
 terminates revoked tasks and gives back the tasks of a slot that died.
 
+A prefork slot is replaced after ``--max-tasks-per-child`` tasks or once its memory passes
+``--max-memory-per-child`` KiB after a task: it stops as on ``("stop",)`` (the tasks it claimed
+but has not started go back to the queue first) and exits; the parent starts a new one.
+
 Messages on the slot's pipe (tuples):
-  parent -> slot: ("stop",), ("revoked", task_id)
+  parent -> slot: ("stop",), ("revoked", task_id), ("queues", [queue, ...]),
+                  ("rate_limit", task_name, rate), ("time_limit", task_name, soft, hard)
   slot -> parent: ("turn", started, stored, ran), ("deadline", task_id, at, limit)
 """
 
@@ -22,6 +27,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
+import resource
 import select
 import time
 from collections.abc import Sequence
@@ -32,9 +39,10 @@ from pgq import hooks
 from pgq.context import Request
 from pgq.errors import OperationalError, TaskRevokedError
 from pgq.options import MAX_ID_BYTES, row_options
-from pgq.ratelimit import RateLimiter
+from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import loads
 from pgq.store import ClaimedTask, Outcome, WorkerStore
+from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
 from pgq.worker.runner import error_json, malformed, run_job
 
@@ -88,6 +96,7 @@ class Slot(Outbox):
         settings: Settings,
         current: CurrentTask,
         hard_limits: bool,
+        config: PoolConfig | None = None,
     ) -> None:
         super().__init__(WorkerStore(app.db, worker_id), queues, settings)
         self.app = app
@@ -106,6 +115,8 @@ class Slot(Outbox):
         self._mail = select.poll()
         self._mail.register(conn.fileno(), select.POLLIN)
         self._next_count = 0.0
+        self.config = config or PoolConfig()
+        self._tasks_run = 0  # for --max-tasks-per-child
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -157,6 +168,8 @@ class Slot(Outbox):
             if prepared is not None:
                 runtime = self._run(*prepared)
                 slowest = max(slowest, runtime)
+                self._tasks_run += 1
+                self._retire_if_spent()
                 if runtime > GIVE_BACK_AFTER and index + 1 < len(jobs):
                     # The batch was sized for quicker tasks: give back the rest now, so idle
                     # slots take them instead of waiting behind more slow ones here.
@@ -164,6 +177,24 @@ class Slot(Outbox):
                     break
         self._revoked.clear()
         return slowest
+
+    def _retire_if_spent(self) -> None:
+        """Stop this pool process (the parent replaces it) once it ran --max-tasks-per-child
+        tasks or its memory passed --max-memory-per-child; prefork only, as in Celery (threads
+        share one process)."""
+        if not self.hard_limits or self._stopping:
+            return
+        limit, memory = self.config.max_tasks_per_child, self.config.max_memory_per_child
+        reason = None
+        if limit and self._tasks_run >= limit:
+            reason = f"ran {self._tasks_run} tasks (--max-tasks-per-child {limit})"
+        elif memory:
+            rss = resident_kib()
+            if rss > memory:
+                reason = f"uses {rss} KiB (--max-memory-per-child {memory})"
+        if reason:
+            log.info("pool process %s %s: replacing it", os.getpid(), reason)
+            self._stopping = True
 
     def _next_batch(self, limit: int, claimed: int, slowest: float) -> int:
         """The next claim's size. A full claim means a backlog: grow, at most twofold a turn,
@@ -179,9 +210,17 @@ class Slot(Outbox):
     def _run(self, job: ClaimedTask, options: dict[str, Any]) -> float:
         if self.hard_limits:
             task = self.app.tasks.get(job.name)
-            limit = options.get("time_limit") or (task.time_limit if task else None)
+            limit = (
+                options.get("time_limit")
+                or (task.time_limit if task else None)
+                or self.config.time_limit
+            )
             if limit:
                 self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
+        if self.config.soft_time_limit and options.get("soft_time_limit") is None:
+            task = self.app.tasks.get(job.name)
+            if task is None or task.soft_time_limit is None:  # the worker's default applies
+                options["soft_time_limit"] = self.config.soft_time_limit
         self.current.set(job.id)  # set by _prepare already; the parent reads it
         report = run_job(self.app, job, self.hostname, options)
         self.current.clear()
@@ -217,6 +256,10 @@ class Slot(Outbox):
                     self._stopping = True
                 elif kind == "revoked":
                     self._revoked.add(message[1])
+                elif kind == "queues":  # add_consumer / cancel_consumer
+                    self.queues = list(message[1])
+                elif kind in ("rate_limit", "time_limit"):
+                    self._set_task_limits(kind, *message[1:])
         except (EOFError, OSError):  # the parent is gone
             self._stopping = self._parent_gone = True
 
@@ -234,6 +277,22 @@ class Slot(Outbox):
             self.conn.send(message)
         except OSError:
             self._stopping = True
+
+    def _set_task_limits(self, kind: str, name: str, *values: Any) -> None:
+        """app.control.rate_limit / time_limit: the task's attributes here, as Celery sets
+        them on the worker's task (the parent checked the values)."""
+        task = self.app.tasks.get(name)
+        if task is None:
+            return
+        if kind == "rate_limit":
+            task.rate_limit = values[0] or None
+            rate = parse_rate(values[0])
+            if rate:
+                self._rate_limits.intervals[name] = 1.0 / rate
+            else:
+                self._rate_limits.intervals.pop(name, None)
+        else:
+            task.soft_time_limit, task.time_limit = values
 
     # -- connections -------------------------------------------------------------------------
 
@@ -323,3 +382,13 @@ class Slot(Outbox):
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
         return job._replace(args=merged)
+
+
+def resident_kib() -> int:
+    """This process's resident memory now, in KiB (Linux ``/proc``; elsewhere its peak)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

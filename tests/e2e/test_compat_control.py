@@ -25,6 +25,14 @@ def app(db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
 
 
 def worker_name(conn: psycopg.Connection[Any], pid: int) -> str:
+    """The node name a worker's replies are keyed by (``-n``; celery@<host> by default)."""
+    row = conn.execute("SELECT hostname FROM pgq.workers WHERE pid = %s", (pid,)).fetchone()
+    assert row is not None, f"no worker row for pid {pid}"
+    return str(row[0])
+
+
+def worker_id(conn: psycopg.Connection[Any], pid: int) -> str:
+    """A worker's unique id (``<node name>/<pid>-<random>``): destination= matches it too."""
     row = conn.execute("SELECT id FROM pgq.workers WHERE pid = %s", (pid,)).fetchone()
     assert row is not None, f"no worker row for pid {pid}"
     return str(row[0])
@@ -185,16 +193,17 @@ def test_shutdown_stops_the_chosen_workers_after_their_running_tasks(
 ) -> None:
     first = start_worker("-c", "1")
     second = start_worker("-c", "1")
-    first_name = worker_name(conn, first.pid)
+    # Two workers of one host share the node name celery@<host>: their ids tell them apart.
+    first_name = worker_id(conn, first.pid)
     running = app.send_task(SLEEPY, args=[1.5])
     wait_state(conn, running.id, "STARTED")
     holder = task_row(conn, running.id)["worker"]  # type: ignore[index]
     busy, idle = (first, second) if holder.startswith(first_name) else (second, first)
 
     assert app.control.shutdown(destination=["celery@nobody"]) is None
-    assert app.control.ping(destination=[worker_name(conn, busy.pid)])  # still there
+    assert app.control.ping(destination=[worker_id(conn, busy.pid)])  # still there
 
-    app.control.shutdown(destination=[worker_name(conn, idle.pid)])
+    app.control.shutdown(destination=[worker_id(conn, idle.pid)])
     assert idle.wait(timeout=30) == 0
     # Only the worker named stopped: the other, now alone, still claims new work.
     wait_state(conn, running.id, "SUCCESS")

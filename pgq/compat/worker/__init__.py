@@ -1,0 +1,1 @@
+"""``celery.worker`` names for Celery code that registers its own remote control commands."""

@@ -1,0 +1,314 @@
+"""Remote control commands a worker runs in its main process, and their registry.
+
+``app.control.broadcast(command, arguments, destination, reply=True)`` writes a row to
+``pgq.control_commands`` naming the live workers it is for and NOTIFYs ``pgq_control``
+``control <id>``; each worker named reads it, runs the command registered under that name here
+and, if asked, writes its reply to ``pgq.control_replies`` (``pgq.compat.control`` collects them).
+
+The registry is Celery's ``Panel``: ``control_command()`` / ``inspect_command()`` register a
+function ``fun(state, **arguments)`` under its name (``pgq.compat.worker.control`` exports them
+under Celery's names). ``state.consumer`` is the running worker (``hostname``, ``app``, ``pool``,
+``controller.autoscaler``, ``add_task_queue``, ``cancel_task_queue``, ``reset_rate_limits``);
+``state.app`` its app. A reply is the function's return value (Celery's ``{"ok": ...}`` /
+``{"error": ...}`` by convention); an exception replies ``{"error": repr(exc)}`` as Celery's
+mailbox does, and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from pgq.errors import ConfigurationError
+from pgq.ratelimit import parse_rate
+from pgq.report import bugreport, hidden_filtered
+
+__all__ = [
+    "Panel",
+    "State",
+    "control_command",
+    "dispatch",
+    "inspect_command",
+    "jsonable",
+    "nok",
+    "ok",
+]
+
+log = logging.getLogger("pgq.worker")
+
+
+def ok(value: Any) -> dict[str, Any]:
+    """Celery's successful reply."""
+    return {"ok": value}
+
+
+def nok(value: Any) -> dict[str, Any]:
+    """Celery's error reply."""
+    return {"error": value}
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """What Celery's Panel.meta records of a command."""
+
+    alias: str | None
+    type: str  # "control" | "inspect"
+    visible: bool
+    default_timeout: float
+    help: str
+    signature: str | None
+    args: Any
+    variadic: str | None
+
+
+class Panel:
+    """The registry of remote control commands (Celery's ``celery.worker.control.Panel``)."""
+
+    data: dict[str, Callable[..., Any]] = {}
+    meta: dict[str, CommandInfo] = {}
+
+    @classmethod
+    def register(cls, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            return cls._register(**kwargs)(*args)
+        return cls._register(**kwargs)
+
+    @classmethod
+    def _register(
+        cls,
+        name: str | None = None,
+        alias: str | None = None,
+        type: str = "control",
+        visible: bool = True,
+        default_timeout: float = 1.0,
+        help: str | None = None,
+        signature: str | None = None,
+        args: Any = None,
+        variadic: str | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def inner(fun: Callable[..., Any]) -> Callable[..., Any]:
+            control_name = name or fun.__name__
+            text = help or (fun.__doc__ or "").strip().split("\n")[0]
+            cls.data[control_name] = fun
+            cls.meta[control_name] = CommandInfo(
+                alias, type, visible, default_timeout, text, signature, args, variadic
+            )
+            if alias:
+                cls.data[alias] = fun
+            return fun
+
+        return inner
+
+
+def control_command(**kwargs: Any) -> Any:
+    """Register a control command (Celery's ``celery.worker.control.control_command``)."""
+    return Panel.register(type="control", **kwargs)
+
+
+def inspect_command(**kwargs: Any) -> Any:
+    """Register an inspect command (Celery's ``celery.worker.control.inspect_command``)."""
+    return Panel.register(type="inspect", **kwargs)
+
+
+class NoReply(Exception):
+    """Raised by a command that answers nothing (shutdown: Celery's worker exits instead)."""
+
+
+@dataclass
+class State:
+    """The ``state`` a command function receives: ``state.consumer`` is the worker."""
+
+    consumer: Any
+    clock: int = 0  # the command's id: pgq's logical clock (see ``clock``)
+
+    @property
+    def app(self) -> Any:
+        return self.consumer.app
+
+    @property
+    def hostname(self) -> str:
+        return str(self.consumer.hostname)
+
+
+def dispatch(state: State, command: str, arguments: Mapping[str, Any]) -> Any:
+    """Run one command; its reply, or ``{"error": repr(exc)}`` if it raised (NoReply passes)."""
+    try:
+        handler = Panel.data[command]
+        return handler(state, **dict(arguments))
+    except NoReply:
+        raise
+    except Exception as exc:  # a bad command must not stop the worker: the sender sees it
+        log.error("control command %s failed: %r", command, exc)
+        return nok(repr(exc))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can carry it (Celery's ``jsonify``: durations in seconds, dates in ISO
+    format, sets and tuples as lists, anything else by its repr)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return repr(value)
+
+
+def dumps_reply(reply: Any) -> str:
+    return json.dumps(jsonable(reply))
+
+
+# -- the built-in commands (Celery 5.7's celery/worker/control.py, on pgq's worker) ----------
+
+
+@inspect_command()
+def ping(state: State, **kwargs: Any) -> Any:
+    """Ping worker(s)."""
+    return ok("pong")
+
+
+@inspect_command()
+def report(state: State) -> Any:
+    """Information about the installation for bug reports."""
+    return ok(bugreport(state.app))
+
+
+def _flag(value: Any) -> bool:
+    """Celery's ``strtobool`` for command-line arguments ('true', 'yes', '1', ...)."""
+    if isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "y", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "n", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return bool(value)
+
+
+@inspect_command(
+    alias="dump_conf", signature="[include_defaults=False]", args=[("with_defaults", _flag)]
+)
+def conf(state: State, with_defaults: bool = False, **kwargs: Any) -> Any:
+    """List configuration (secrets masked, as in Celery's bug report)."""
+    settings = getattr(state.app, "conf", None)
+    if settings is None:  # a bare pgq.App has no Celery settings
+        return {}
+    table = dict(settings) if with_defaults else dict(settings.without_defaults())
+    return jsonable(hidden_filtered(table))
+
+
+@inspect_command()
+def clock(state: State, **kwargs: Any) -> Any:
+    """Get current logical clock value."""
+    return {"clock": state.clock}
+
+
+@control_command(
+    args=[("task_name", str), ("rate_limit", str)],
+    signature="<task_name> <rate_limit (e.g., 5/s | 5/m | 5/h)>",
+)
+def rate_limit(state: State, task_name: str, rate_limit: Any, **kwargs: Any) -> Any:
+    """Tell worker(s) to modify the rate limit for a task by type."""
+    try:
+        parse_rate(rate_limit)
+    except (ValueError, ConfigurationError) as exc:
+        return nok(f"Invalid rate limit string: {exc!r}")
+    if task_name not in state.app.tasks:
+        log.error("Rate limit attempt for unknown task %s", task_name)
+        return nok("unknown task")
+    state.consumer.set_task_limits("rate_limit", task_name, rate_limit or None)
+    if not rate_limit:
+        log.info("Rate limits disabled for tasks of type %s", task_name)
+        return ok("rate limit disabled successfully")
+    log.info("New rate limit for tasks of type %s: %s.", task_name, rate_limit)
+    return ok("new rate limit set successfully")
+
+
+@control_command(
+    args=[("task_name", str), ("soft", float), ("hard", float)],
+    signature="<task_name> <soft_secs> [hard_secs]",
+)
+def time_limit(
+    state: State,
+    task_name: str | None = None,
+    hard: float | None = None,
+    soft: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Tell worker(s) to modify the time limit for task by type."""
+    if task_name not in state.app.tasks:
+        log.error("Change time limit attempt for unknown task %s", task_name)
+        return nok("unknown task")
+    state.consumer.set_task_limits("time_limit", task_name, soft, hard)
+    log.info("New time limits for tasks of type %s: soft=%s hard=%s", task_name, soft, hard)
+    return ok("time limits set successfully")
+
+
+@control_command(args=[("n", int)], signature="[N=1]")
+def pool_grow(state: State, n: int = 1, **kwargs: Any) -> Any:
+    """Grow pool by n processes/threads."""
+    if state.consumer.controller.autoscaler:
+        return nok("pool_grow is not supported with autoscale. Adjust autoscale range instead.")
+    state.consumer.pool_grow(int(n))
+    return ok("pool will grow")
+
+
+@control_command(args=[("n", int)], signature="[N=1]")
+def pool_shrink(state: State, n: int = 1, **kwargs: Any) -> Any:
+    """Shrink pool by n processes/threads."""
+    if state.consumer.controller.autoscaler:
+        return nok("pool_shrink is not supported with autoscale. Adjust autoscale range instead.")
+    state.consumer.pool_shrink(int(n))
+    return ok("pool will shrink")
+
+
+@control_command(args=[("max", int), ("min", int)], signature="[max [min]]")
+def autoscale(state: State, max: int | None = None, min: int | None = None) -> Any:
+    """Modify autoscale settings."""
+    autoscaler = state.consumer.controller.autoscaler
+    if autoscaler:
+        high, low = autoscaler.update(max, min)
+        return ok(f"autoscale now max={high} min={low}")
+    raise ValueError("Autoscale not enabled")
+
+
+@control_command()
+def shutdown(state: State, msg: str = "Got shutdown from remote", **kwargs: Any) -> Any:
+    """Shutdown worker(s)."""
+    log.warning(msg)
+    state.consumer.stop_on_request()
+    raise NoReply
+
+
+@control_command(
+    args=[("queue", str), ("exchange", str), ("exchange_type", str), ("routing_key", str)],
+    signature="<queue> [exchange [type [routing_key]]]",
+)
+def add_consumer(
+    state: State,
+    queue: str,
+    exchange: str | None = None,
+    exchange_type: str | None = None,
+    routing_key: str | None = None,
+    **options: Any,
+) -> Any:
+    """Tell worker(s) to consume from task queue by name."""
+    state.consumer.add_task_queue(queue)
+    return ok(f"add consumer {queue}")
+
+
+@control_command(args=[("queue", str)], signature="<queue>")
+def cancel_consumer(state: State, queue: str, **_: Any) -> Any:
+    """Tell worker(s) to stop consuming from task queue by name."""
+    state.consumer.cancel_task_queue(queue)
+    return ok(f"no longer consuming from {queue}")
