@@ -22,9 +22,11 @@ from typing import Any, ClassVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import serialization, workflow
+from pgq.concurrency import ConcurrencyKey, parse_limits
 from pgq.errors import ConfigurationError
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_ids
+from pgq.options import check_concurrency_limit
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.server import resolve_url
@@ -99,6 +101,19 @@ class App:
         return self._settings
 
     @property
+    def concurrency_limits(self) -> dict[str, int]:
+        """Concurrency limits by key prefix (``PGQ_CONCURRENCY_LIMITS``; see pgq.concurrency)."""
+        return parse_limits(self.settings.concurrency_limits, "PGQ_CONCURRENCY_LIMITS")
+
+    def concurrency_keys(
+        self, prefix: str | None = None, *, limit: int = 1000
+    ) -> list[ConcurrencyKey]:
+        """The busy concurrency keys (a task waiting or running), fullest first: how many of
+        each key's tasks run now (hold a lease), its limit, and how many wait
+        (``pgq.concurrency_keys``); ``prefix`` keeps the keys that start with it."""
+        return [ConcurrencyKey(*row) for row in self.store.concurrency_keys(prefix, limit)]
+
+    @property
     def db(self) -> Database:
         if self._db is None:
             url = resolve_url(self.database_url, self.settings)
@@ -155,6 +170,8 @@ class App:
         """Add a task instance to this app under its name."""
         if not task.name:
             raise ConfigurationError(f"{task!r} has no name")
+        if task.concurrency_limit is not None:
+            check_concurrency_limit(task.concurrency_limit, f"{task.name}: concurrency_limit")
         task.app = self
         self.tasks[task.name] = task
         return task

@@ -185,6 +185,17 @@ class Settings:
 
     # pgq web: Basic-auth credentials for every page and API route, the key that signs its
     # forms, and how often the live parts of the pages refresh themselves.
+    # Per-key concurrency limits by key prefix (pgq.concurrency), e.g. "tenant:=2,report:=1".
+    concurrency_limits: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_CONCURRENCY_LIMITS",
+            "limits of concurrency keys by prefix, `PREFIX=N,...` (e.g. `tenant:=2`): at most N "
+            "tasks of one key run at once; the longest matching prefix wins over the task's "
+            "`concurrency_limit`; see [Per-key concurrency limits]"
+            "(../guides/flow-control.md#per-key-concurrency-limits)",
+        ),
+    )
     web_auth: str | None = field(
         default=None,
         repr=False,  # a password: never in a repr or a log line
@@ -236,6 +247,10 @@ class Settings:
             raise ConfigurationError("result_expires must be >= 0")
         if self.beat_catch_up < 0:
             raise ConfigurationError("beat_catch_up must be >= 0")
+        if self.concurrency_limits is not None:
+            from pgq.concurrency import parse_limits  # pgq.concurrency imports no settings
+
+            parse_limits(self.concurrency_limits, "PGQ_CONCURRENCY_LIMITS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

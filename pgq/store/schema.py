@@ -80,6 +80,11 @@ tasks = Table(
     # ({failed_at, retried_at, worker, retries, rescues, result, traceback}) before the task
     # goes back to the queue with a fresh retry budget, so the history survives the retry.
     Column("failures", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    # Per-key concurrency limits (pgq.concurrency): at most concurrency_limit tasks of one
+    # concurrency_key hold a lease at once. The limit is resolved at enqueue (call option, then
+    # the settings' prefixes, then the task's), so the claim needs no Python configuration.
+    Column("concurrency_key", Text),
+    Column("concurrency_limit", Integer),
     CheckConstraint("state <> ''", name="tasks_state_not_empty"),
     CheckConstraint("priority BETWEEN 0 AND 255", name="tasks_priority_range"),
     CheckConstraint("retries >= 0 AND rescues >= 0", name="tasks_counts_not_negative"),
@@ -93,13 +98,22 @@ tasks = Table(
         "state NOT IN ('PENDING', 'RETRY') OR (lease_expires_at IS NULL AND finished_at IS NULL)",
         name="tasks_waiting_is_unclaimed",
     ),
+    CheckConstraint(
+        "(concurrency_key IS NULL) = (concurrency_limit IS NULL)"
+        " AND concurrency_limit > 0 AND concurrency_key <> ''",
+        name="tasks_concurrency_key_has_limit",
+    ),
 )
 
 # The claim query walks this index per queue in (priority, run_at) order. Partial, so it holds
-# only waiting rows and stays small however many finished rows the table keeps.
+# only waiting rows and stays small however many finished rows the table keeps. The second
+# column splits each queue in two: the claim's keyless walk (`concurrency_key IS NULL`, an
+# equality on that column) never steps over tasks with a concurrency key, however many of them
+# wait behind a full key; those are claimed through tasks_concurrency_waiting_idx.
 Index(
     "tasks_claim_idx",
     tasks.c.queue,
+    text("(concurrency_key IS NULL)"),
     tasks.c.priority,
     tasks.c.run_at,
     postgresql_where=text("state IN ('PENDING', 'RETRY')"),
@@ -110,6 +124,21 @@ Index(
     tasks.c.idempotency_key,
     unique=True,
     postgresql_where=text("idempotency_key IS NOT NULL"),
+)
+# Per-key concurrency: the keyed claim walks the keys that have waiting tasks (a skip scan)
+# and each key's waiting tasks in claim order; the running index counts a key's leased tasks.
+# Both partial: a task without a key is in neither.
+Index(
+    "tasks_concurrency_waiting_idx",
+    tasks.c.concurrency_key,
+    tasks.c.priority,
+    tasks.c.run_at,
+    postgresql_where=text("state IN ('PENDING', 'RETRY') AND concurrency_key IS NOT NULL"),
+)
+Index(
+    "tasks_concurrency_running_idx",
+    tasks.c.concurrency_key,
+    postgresql_where=text("lease_expires_at IS NOT NULL AND concurrency_key IS NOT NULL"),
 )
 # Orphan rescue looks for lapsed leases; only claimed rows are in it.
 Index(

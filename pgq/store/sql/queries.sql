@@ -13,7 +13,7 @@ SELECT version_num FROM pgq.alembic_version;
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
 -- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id)
+                       idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(eta)s::timestamptz,
                  now() + make_interval(secs => %(countdown)s::double precision),
@@ -21,7 +21,8 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(expires_at)s::timestamptz,
                  now() + make_interval(secs => %(expires_in)s::double precision)),
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
-        %(idempotency_key)s, %(parent_id)s, %(root_id)s)
+        %(idempotency_key)s, %(parent_id)s, %(root_id)s,
+        %(concurrency_key)s, %(concurrency_limit)s::integer)
 ON CONFLICT DO NOTHING
 RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
 
@@ -31,18 +32,20 @@ RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 
 -- identical notifications of a transaction into one, delivered on commit).
 WITH new AS (
     INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                           idempotency_key, parent_id, root_id)
+                           idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
     SELECT t.id, t.name, t.queue, t.priority,
            COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
            COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
-           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
+           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id,
+           t.concurrency_key, t.concurrency_limit
     FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
                 %(etas)s::timestamptz[], %(countdowns)s::double precision[],
                 %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
                 %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
-                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
+                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
+                %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[])
          AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs,
-              options, idempotency_key, parent_id, root_id)
+              options, idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, run_at <= now() AS due
 ), woken AS (
@@ -103,9 +106,17 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- Their rows are found with `id = ANY(ARRAY(...))`, an index condition on the primary key: a
 -- plain join on the JSON rows let the planner hash-join against a scan of the whole table
 -- whenever it had no statistics for pgq.tasks (right after a burst of enqueues), one scan per turn.
+-- Per-key concurrency limits (pgq/concurrency.py): the walk above takes only tasks without a
+-- concurrency key (`concurrency_key IS NULL` is an equality on the claim index's second column,
+-- so keyed rows are never stepped over). Keyed tasks come only from the keys in %(keys)s, which
+-- the caller locked with lock_concurrency_keys earlier in this transaction: this statement's
+-- snapshot is newer than those locks, so it sees every claim of those keys committed before and
+-- counts each key's leased tasks right (see `keyed`). Without keys it costs an empty unnest.
 -- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
--- notifications are sent even when nothing is claimed).
+-- notifications are sent even when nothing is claimed) and whose `keyed_waiting` says whether a
+-- task with a concurrency key is due in these queues (asked when %(probe)s or when the claim
+-- came back short; NULL when not asked).
 WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
     FROM json_array_elements(%(outcomes)s::json) AS o
@@ -169,11 +180,42 @@ WITH outcomes AS MATERIALIZED (
         SELECT id, priority, run_at
         FROM pgq.tasks
         WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+          AND concurrency_key IS NULL
         ORDER BY priority, run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.priority, c.run_at
+    LIMIT %(limit)s
+), keyed AS (
+    -- Each locked key's best due tasks, as many as its free slots: the n-th of them is admitted
+    -- while (leased tasks of the key) + n <= its limit. Tasks of one key should share a limit;
+    -- when they differ, each is admitted against its own, so the largest bounds the key.
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(keys)s::text[]) AS k(key)
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM pgq.tasks AS r
+        WHERE r.concurrency_key = k.key AND r.lease_expires_at IS NOT NULL
+    ) AS running
+    CROSS JOIN LATERAL (
+        SELECT w.id, w.priority, w.run_at, w.concurrency_limit,
+               running.n + row_number() OVER (ORDER BY w.priority, w.run_at) AS slot
+        FROM (
+            SELECT id, priority, run_at, concurrency_limit
+            FROM pgq.tasks
+            WHERE concurrency_key = k.key AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+              AND queue = ANY(%(queues)s::text[])
+            ORDER BY priority, run_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS w
+    ) AS c
+    WHERE c.slot <= c.concurrency_limit
+), picked AS (
+    SELECT id, priority, run_at FROM candidates
+    UNION ALL
+    SELECT id, priority, run_at FROM keyed
+    ORDER BY priority, run_at
     LIMIT %(limit)s
 ), claimed AS (
     UPDATE pgq.tasks AS t
@@ -181,17 +223,75 @@ WITH outcomes AS MATERIALIZED (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     -- By their ids through the primary key, whatever the planner believes of the table's size
     -- (a join with the candidates was planned as a whole-table hash join on a fresh table).
-    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
               t.parent_id, t.root_id, t.priority, t.run_at, t.rescues
 )
 (SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
-        c.root_id, c.priority, c.rescues, NULL::bigint AS finished
+        c.root_id, c.priority, c.rescues, NULL::bigint AS finished, NULL::boolean AS keyed_waiting
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n,
+       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+            THEN EXISTS (SELECT 1 FROM pgq.tasks
+                         WHERE concurrency_key IS NOT NULL AND state IN ('PENDING', 'RETRY')
+                           AND run_at <= now() AND queue = ANY(%(queues)s::text[])) END
 FROM finished;
+
+-- name: lock_concurrency_keys
+-- (lock) Per-key concurrency limits, before a finish_and_claim that may take keyed tasks, in
+-- the same transaction: takes this transaction's advisory lock on up to `limit` keys that have
+-- a due task in these queues and (as this statement's snapshot sees it) a free slot, and
+-- returns them. The keys are walked in order from the one after %(after)s, wrapping around
+-- (a skip scan of tasks_concurrency_waiting_idx, one descent per key; a slot passes its last
+-- key back so every key gets its turn). pg_try_advisory_xact_lock: a key another worker is
+-- claiming right now is skipped, never waited for. Why a statement of its own: the claim's
+-- count of a key's leased tasks must come from a snapshot taken after the lock (a lock taken
+-- inside one statement does not refresh its snapshot, so it would miss a claim committed
+-- between the snapshot and the lock). Held until the turn commits.
+WITH RECURSIVE walk(key) AS (
+    SELECT min(concurrency_key) FROM pgq.tasks
+    WHERE state IN ('PENDING', 'RETRY') AND concurrency_key > %(after)s
+    UNION ALL
+    SELECT (SELECT min(t.concurrency_key) FROM pgq.tasks AS t
+            WHERE t.state IN ('PENDING', 'RETRY') AND t.concurrency_key > w.key)
+    FROM walk AS w WHERE w.key IS NOT NULL
+), again(key) AS (
+    SELECT min(concurrency_key) FROM pgq.tasks
+    WHERE state IN ('PENDING', 'RETRY') AND concurrency_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(t.concurrency_key) FROM pgq.tasks AS t
+            WHERE t.state IN ('PENDING', 'RETRY') AND t.concurrency_key > w.key)
+    FROM again AS w WHERE w.key <= %(after)s
+), keys AS (
+    SELECT key FROM walk WHERE key IS NOT NULL
+    UNION ALL
+    SELECT key FROM again WHERE key <= %(after)s
+), open AS (
+    SELECT k.key
+    FROM keys AS k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM pgq.tasks AS r
+        WHERE r.concurrency_key = k.key AND r.lease_expires_at IS NOT NULL
+    ) AS running
+    WHERE EXISTS (
+        SELECT 1 FROM pgq.tasks AS t
+        WHERE t.concurrency_key = k.key AND t.state IN ('PENDING', 'RETRY') AND t.run_at <= now()
+          AND t.queue = ANY(%(queues)s::text[]) AND t.concurrency_limit > running.n
+    )
+    LIMIT %(limit)s
+)
+SELECT key FROM open WHERE pg_try_advisory_xact_lock(%(lock_space)s, hashtext(key));
+
+-- name: concurrency_keys
+-- (read) Busy concurrency keys (pgq.concurrency_keys) whose key starts with %(prefix)s, the
+-- fullest first: leased tasks, limit, due and future waiting tasks, the oldest due one's age.
+SELECT key, running, concurrency_limit, waiting, scheduled, oldest_waiting_seconds
+FROM pgq.concurrency_keys
+WHERE %(prefix)s::text IS NULL OR starts_with(key, %(prefix)s)
+ORDER BY running DESC, waiting DESC, key
+LIMIT %(limit)s;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
