@@ -140,6 +140,11 @@ class TaskMetrics:
             self.runtime.labels(name, queue).observe(runtime)
 
 
+# How many concurrency keys get their own pgq_concurrency_* series (the busiest: most running,
+# then most waiting). Keys are often one per tenant; a series each would grow without bound.
+METRICS_MAX_KEYS = 50
+
+
 class QueueCollector(Collector):
     """Database-wide gauges, read from PostgreSQL at each scrape.
 
@@ -177,6 +182,29 @@ class QueueCollector(Collector):
             "workers": GaugeMetricFamily(
                 "pgq_workers", "Live workers (heartbeat younger than the lease)."
             ),
+            # Per-key concurrency limits: one series per key would grow with the tenants, so
+            # only the METRICS_MAX_KEYS busiest keys get one; pgq_concurrency_keys counts all.
+            "conc_running": GaugeMetricFamily(
+                "pgq_concurrency_running",
+                f"Tasks of a concurrency key holding a lease now (the {METRICS_MAX_KEYS} "
+                "busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_waiting": GaugeMetricFamily(
+                "pgq_concurrency_waiting",
+                f"Due tasks of a concurrency key waiting for a slot (the {METRICS_MAX_KEYS} "
+                "busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_limit": GaugeMetricFamily(
+                "pgq_concurrency_limit",
+                f"The limit of a concurrency key (the {METRICS_MAX_KEYS} busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_keys": GaugeMetricFamily(
+                "pgq_concurrency_keys",
+                "Concurrency keys with a task waiting or running (all of them).",
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -200,6 +228,15 @@ class QueueCollector(Collector):
         for row in running:
             f["running"].add_metric([row["queue"]], int(row["running"]))
         f["workers"].add_metric([], workers)
+        try:
+            keys, busy = self.admin.concurrency_gauges(METRICS_MAX_KEYS)
+        except DatabaseError:
+            keys, busy = [], 0
+        for key, running, limit, waiting, *_ in keys:
+            f["conc_running"].add_metric([key], int(running))
+            f["conc_waiting"].add_metric([key], int(waiting))
+            f["conc_limit"].add_metric([key], int(limit))
+        f["conc_keys"].add_metric([], busy)
         yield from f.values()
 
 

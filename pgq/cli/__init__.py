@@ -193,6 +193,7 @@ def _json_option(text: str, option: str, kind: type) -> Any:
 
 register_operations(cli)
 register_web_command(cli)
+import pgq.cli.concurrency  # noqa: E402, F401 - registers `pgq inspect concurrency`
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.routes import route_for
 from pgq.compat.signals import Signal
 from pgq.compat.task import Task
+from pgq.concurrency import parse_limits
 from pgq.errors import ConfigurationError
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
@@ -175,6 +176,16 @@ class Celery(App):
             if seconds != self._settings.result_expires:
                 self._settings = self._settings.with_overrides(result_expires=float(seconds))
         return self._settings
+
+    @property
+    def concurrency_limits(self) -> dict[str, int]:
+        """Concurrency limits by key prefix: ``app.conf.pgq_concurrency_limits`` (a
+        ``{prefix: limit}`` dict or ``"PREFIX=N,..."`` text) when set, else
+        ``PGQ_CONCURRENCY_LIMITS``."""
+        configured = self._conf.get("pgq_concurrency_limits")
+        if configured is None:
+            return App.concurrency_limits.fget(self)  # type: ignore[attr-defined,no-any-return]
+        return parse_limits(configured, "pgq_concurrency_limits")
 
     @property
     def backend(self) -> ResultBackend:

@@ -293,6 +293,10 @@ WHERE %(prefix)s::text IS NULL OR starts_with(key, %(prefix)s)
 ORDER BY running DESC, waiting DESC, key
 LIMIT %(limit)s;
 
+-- name: concurrency_key_count
+-- (read) How many concurrency keys have a task waiting or running (the two partial indexes).
+SELECT count(*) FROM pgq.concurrency_keys;
+
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
 -- New arguments (self.retry(args=..., kwargs=...)) replace the row's; options.eta, the next
