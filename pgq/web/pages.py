@@ -412,5 +412,18 @@ def audit(request: Request) -> HTMLResponse:
     return safe_read(request, read)
 
 
+@router.get("/concurrency", response_class=HTMLResponse)
+def concurrency(request: Request) -> HTMLResponse:
+    """Busy concurrency keys: running against the limit, waiting, the oldest waiting age."""
+
+    def read() -> HTMLResponse:
+        prefix = request.query_params.get("prefix") or None
+        rows = dashboard_of(request).concurrency_keys(prefix=prefix)
+        context = {"keys": rows, "prefix": prefix or ""}
+        return render(request, "concurrency.html", context, current="/concurrency")
+
+    return safe_read(request, read)
+
+
 # The actions (form POSTs) are served by the same router.
 router.include_router(forms.router)

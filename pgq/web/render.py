@@ -58,6 +58,7 @@ NAV = (
     ("/periodic", "Periodic"),
     ("/rate-limits", "Rate limits"),
     ("/audit", "Audit"),
+    ("/concurrency", "Concurrency"),
 )
 
 # -- template helpers ---------------------------------------------------------------------------
