@@ -6,6 +6,7 @@ The fleet-wide test with real ``pgq worker`` processes is ``tests/e2e/test_concu
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -335,3 +336,87 @@ def test_a_lapsed_lease_frees_the_slot(capp: pgq.App, conn: Conn, db_url: str) -
     finally:
         dead.close()
         alive.close()
+
+
+# -- the Celery API, workflows, the metrics -----------------------------------------------------
+
+
+def stored(conn: Conn, task_id: str) -> tuple[Any, ...] | None:
+    return conn.execute(
+        "SELECT concurrency_key, concurrency_limit FROM pgq.tasks WHERE id = %s", (task_id,)
+    ).fetchone()
+
+
+def test_compat_delay_signature_set_and_chain_steps_carry_the_key(
+    db_url: str, conn: Conn, tmp_path: Any
+) -> None:
+    from pgq.compat import Celery, chain
+
+    conn.execute("TRUNCATE pgq.tasks")
+    app = Celery("conc_compat", broker=db_url)
+    app.conf.pgq_concurrency_limits = {"tenant:": 3}
+    try:
+
+        @app.task(name="conc_compat.step", concurrency_limit=1)
+        def step(x: int = 0) -> int:
+            return x
+
+        sent = step.apply_async((1,), concurrency_key="tenant:7")
+        assert stored(conn, sent.id) == ("tenant:7", 3)  # app.conf's prefix
+        sig = step.s(2).set(concurrency_key="solo")
+        assert stored(conn, sig.apply_async().id) == ("solo", 1)  # the task's own limit
+        flow = chain(
+            step.s(1).set(concurrency_key="tenant:a"), step.s().set(concurrency_key="b")
+        ).apply_async()
+        first = flow.parent
+        assert first is not None
+        assert stored(conn, first.id) == ("tenant:a", 3)
+        with pytest.raises(InvalidOption, match="concurrency_key must be a string"):
+            step.apply_async((1,), concurrency_key=7)
+        with pytest.raises(InvalidOption, match="concurrency_key must be a string"):
+            chain(step.s(1), step.s().set(concurrency_key=["x"])).apply_async()
+        with pytest.raises(ConfigurationError, match="pgq_concurrency_limits"):
+            app.conf.pgq_concurrency_limits = {"tenant:": 0}
+            step.apply_async((1,), concurrency_key="tenant:1")
+    finally:
+        app.close()
+
+
+def test_metrics_report_the_busiest_keys_and_count_them_all(
+    capp: pgq.App, conn: Conn, db_url: str
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pgq.metrics import METRICS_MAX_KEYS, QueueCollector
+    from pgq.store.admin import AdminStore
+
+    work = capp.tasks["conc.work"]
+    capp.send_many(
+        [
+            ("conc.work", (), {}, {"concurrency_key": f"k{i:03d}", "concurrency_limit": 1})
+            for i in range(METRICS_MAX_KEYS + 10)
+        ]
+        + [("conc.work", (), {}, {"concurrency_key": "tenant:m"}) for _ in range(3)]
+    )
+    assert work is not None
+    w = slot(db_url, "m/1")
+    try:
+        w.finish_and_claim([], ["none"], 1, 30.0)  # nothing: a look only
+        store = WorkerStore(Database(db_url), "m/2")
+        store.connect(slot=True)
+        store._keyed_waiting = True
+        claimed = store.finish_and_claim([], ["celery"], 100, 30.0)
+        assert len(claimed) == METRICS_MAX_KEYS + 10 + 2  # one per k key, two of tenant:m
+        store.close()
+    finally:
+        w.close()
+    registry = CollectorRegistry()
+    admin = AdminStore(Database(db_url), live_seconds=30)
+    registry.register(QueueCollector(admin))
+    text = generate_latest(registry).decode()
+    running = re.findall(r'^pgq_concurrency_running\{key="([^"]+)"\} (\S+)$', text, re.M)
+    assert len(running) == METRICS_MAX_KEYS  # capped: one series per key would not be
+    assert ("tenant:m", "2.0") in running  # the fullest key first
+    assert 'pgq_concurrency_limit{key="tenant:m"} 2.0' in text
+    assert 'pgq_concurrency_waiting{key="tenant:m"} 1.0' in text
+    assert f"pgq_concurrency_keys {METRICS_MAX_KEYS + 11}.0" in text
