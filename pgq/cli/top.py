@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgq.cli._format import QUEUE_COLUMNS, WORKER_COLUMNS, Column, age, clock, pick, table, truncate
+from pgq.cli.concurrency import CONCURRENCY_COLUMNS
+from pgq.concurrency import ConcurrencyKey
 from pgq.errors import ConfigurationError, DatabaseError
 from pgq.store.admin import AdminStore, Filters
 
@@ -59,6 +61,8 @@ class Snapshot:
     queues: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # The busiest concurrency keys (none: the section is not shown).
+    concurrency: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -72,6 +76,9 @@ def take_snapshot(store: AdminStore, queue: str | None, failures: int = 5) -> Sn
         snap.failures = [
             {**row, "error": truncate(f"{row['exc_type']}: {row['exc_message']}", 50)}
             for row in store.dead(Filters(queue, limit=failures))
+        ]
+        snap.concurrency = [
+            ConcurrencyKey(*row)._asdict() for row in store.concurrency_keys(None, failures)
         ]
     except DatabaseError as exc:
         snap.error = str(exc)
@@ -104,6 +111,8 @@ def render(snap: Snapshot, queue: str | None, interval: float) -> list[str]:
         "LATEST FAILURES",
         table(snap.failures, _FAILURES) if snap.failures else "(none)",
     ]
+    if snap.concurrency:
+        lines += ["", "BUSIEST CONCURRENCY KEYS", table(snap.concurrency, CONCURRENCY_COLUMNS)]
     return [line for block in lines for line in block.split("\n")]
 
 

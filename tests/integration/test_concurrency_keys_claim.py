@@ -420,3 +420,19 @@ def test_metrics_report_the_busiest_keys_and_count_them_all(
     assert 'pgq_concurrency_limit{key="tenant:m"} 2.0' in text
     assert 'pgq_concurrency_waiting{key="tenant:m"} 1.0' in text
     assert f"pgq_concurrency_keys {METRICS_MAX_KEYS + 11}.0" in text
+
+
+def test_pgq_top_shows_the_busiest_keys_only_when_there_are_some(
+    capp: pgq.App, db_url: str
+) -> None:
+    from pgq.cli.top import render, take_snapshot
+    from pgq.store.admin import AdminStore
+
+    admin = AdminStore(Database(db_url), live_seconds=30)
+    assert "BUSIEST CONCURRENCY KEYS" not in render(take_snapshot(admin, None), None, 2)
+    for _ in range(3):
+        capp.tasks["conc.work"].apply_async(concurrency_key="tenant:top")
+    lines = render(take_snapshot(admin, None), None, 2)
+    at = lines.index("BUSIEST CONCURRENCY KEYS")
+    assert lines[at + 1].split()[:4] == ["KEY", "RUNNING", "LIMIT", "WAITING"]
+    assert lines[at + 2].split()[:4] == ["tenant:top", "0", "2", "3"]
