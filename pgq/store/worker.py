@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from pgq.hooks import emit, listening
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
 from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
@@ -42,6 +43,14 @@ def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
 
 def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values))
+
+
+def announce_breaker_changes(changes: str | None) -> None:
+    """Emit ``breaker_changed`` for each [name, old state, new state] a statement returned
+    (after it committed: each statement here runs in its own transaction or the caller's)."""
+    if changes and listening("breaker_changed"):
+        for name, old_state, new_state in json.loads(changes):
+            emit("breaker_changed", name=name, old_state=old_state, new_state=new_state)
 
 
 class WorkerStore:
@@ -198,9 +207,10 @@ class WorkerStore:
                     rows = conn.execute(query("finish_and_claim"), params).fetchall()
             else:
                 rows = conn.execute(query("finish_and_claim"), params).fetchall()
-        claimed = [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]
-        finished = next(int(row[-1]) for row in rows if row[0] is None)
-        return claimed, finished
+        claimed = [ClaimedTask(*row[:-2]) for row in rows if row[0] is not None]
+        last = next(row for row in rows if row[0] is None)
+        announce_breaker_changes(last[-1])
+        return claimed, int(last[-2])
 
     def chord_header_results(self, header_ids: Sequence[str]) -> str:
         """The JSON array of a chord header's results, in header order."""
@@ -226,6 +236,8 @@ class WorkerStore:
                 "worker": self.worker_id,
             },
         )
+        if rows:
+            announce_breaker_changes(rows[0][2])
         return [float(row[1]) for row in rows]
 
     def requeue_rejected(self, rejected: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:
