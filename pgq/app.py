@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import serialization, workflow
 from pgq.errors import ConfigurationError
+from pgq.flow import FlowControl, parse_breaker
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
@@ -155,6 +156,7 @@ class App:
         """Add a task instance to this app under its name."""
         if not task.name:
             raise ConfigurationError(f"{task!r} has no name")
+        parse_breaker(getattr(task, "circuit_breaker", None), f"task {task.name!r}")
         task.app = self
         self.tasks[task.name] = task
         return task
@@ -281,6 +283,27 @@ class App:
     def tzinfo(self) -> tzinfo:
         """The timezone crontab entries are evaluated in (``timezone=``; default UTC)."""
         return resolve_timezone(self.timezone)
+
+    @property
+    def flow(self) -> FlowControl:
+        """Queue pauses and circuit breakers (``pgq.flow``)."""
+        return FlowControl(self)
+
+    def pause_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Pause queues fleet-wide until resumed (see ``FlowControl.pause_queue``)."""
+        return self.flow.pause_queue(*names, connection=connection)
+
+    def resume_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Resume paused queues; their workers wake at once."""
+        return self.flow.resume_queue(*names, connection=connection)
+
+    def open_breaker(self, name: str, *, connection: Any = None) -> dict[str, Any]:
+        """Hold a task name's circuit breaker open until ``close_breaker``."""
+        return self.flow.open_breaker(name, connection=connection)
+
+    def close_breaker(self, name: str, *, connection: Any = None) -> dict[str, Any]:
+        """Close a task name's circuit breaker."""
+        return self.flow.close_breaker(name, connection=connection)
 
     def result(self, task_id: str) -> Result:
         """A handle on the task with this id (an unknown id reads as PENDING)."""

@@ -52,6 +52,9 @@ class Task:
     # Celery's rate_limit ('10/s', '100/m', '1000/h'), enforced across all workers by the
     # database (pgq/ratelimit.py); None means unlimited.
     rate_limit: str | None = None
+    # A circuit breaker for this task name, {"failures": 5, "window": 60, "cooldown": 30}
+    # (pgq/flow.py); None takes PGQ_CIRCUIT_BREAKER's default, False has none.
+    circuit_breaker: Any = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"task {self.name!r} has no run()")
