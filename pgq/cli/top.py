@@ -14,15 +14,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq.cli._format import QUEUE_COLUMNS, WORKER_COLUMNS, Column, age, clock, pick, table, truncate
+from pgq.cli._format import (
+    BREAKER_COLUMNS,
+    QUEUE_COLUMNS,
+    WORKER_COLUMNS,
+    Column,
+    age,
+    clock,
+    pick,
+    table,
+    truncate,
+)
 from pgq.errors import ConfigurationError, DatabaseError
 from pgq.store.admin import AdminStore, Filters
+from pgq.store.flow import FlowStore
 
 __all__ = ["Snapshot", "render", "run_top", "take_snapshot"]
 
 _QUEUES = pick(
     QUEUE_COLUMNS,
     "queue",
+    "paused",
     "waiting",
     "scheduled",
     "running",
@@ -59,6 +71,8 @@ class Snapshot:
     queues: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # Circuit breakers that are not closed (open or half-open), with the tasks behind each.
+    breakers: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -69,6 +83,9 @@ def take_snapshot(store: AdminStore, queue: str | None, failures: int = 5) -> Sn
         snap.stats = store.stats(Filters(queue), window=60.0)
         snap.queues = store.queues(Filters(queue))
         snap.workers = store.workers(Filters(queue))
+        snap.breakers = [
+            b for b in FlowStore(store.db).list_breakers() if b["state"] != "closed"
+        ]
         snap.failures = [
             {**row, "error": truncate(f"{row['exc_type']}: {row['exc_message']}", 50)}
             for row in store.dead(Filters(queue, limit=failures))
@@ -104,6 +121,8 @@ def render(snap: Snapshot, queue: str | None, interval: float) -> list[str]:
         "LATEST FAILURES",
         table(snap.failures, _FAILURES) if snap.failures else "(none)",
     ]
+    if snap.breakers:
+        lines += ["", "OPEN CIRCUIT BREAKERS", table(snap.breakers, BREAKER_COLUMNS)]
     return [line for block in lines for line in block.split("\n")]
 
 

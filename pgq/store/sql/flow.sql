@@ -55,7 +55,9 @@ WHERE (b.failure_threshold, b.window_seconds, b.cooldown_seconds)
 -- (read) Every breaker (or one), with how many tasks of its name wait now (due, unclaimed) and
 -- the seconds left of its cool-down.
 SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.cooldown_seconds,
-       cardinality(b.recent_failures) AS recent_failures, b.opened_at, b.reopens_at,
+       cardinality(b.recent_failures) AS recent_failures, b.opened_at,
+       -- NULL for a breaker held open by hand (infinity, which Python's datetime cannot hold).
+       CASE WHEN b.reopens_at <> 'infinity' THEN b.reopens_at END AS reopens_at,
        CASE WHEN b.state = 'open' AND b.reopens_at <> 'infinity'
             THEN greatest(extract(epoch FROM b.reopens_at - now()), 0)::double precision
        END AS cooldown_left_seconds,

@@ -699,7 +699,7 @@ ORDER BY w.hostname, w.pid, w.id;
 -- name: inspect_queues
 -- (read) One row of pgq.queue_stats per queue.
 SELECT queue, waiting, scheduled, running, succeeded, failed, revoked, total,
-       oldest_waiting_seconds, finished_last_minute, finished_last_5_minutes
+       oldest_waiting_seconds, finished_last_minute, finished_last_5_minutes, paused
 FROM pgq.queue_stats
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
 ORDER BY queue;
