@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pgq import hooks
@@ -46,6 +46,9 @@ RUNTIME_BUCKETS = (
 )  # fmt: skip
 
 _LABELS = ("task", "queue")
+
+# pgq_breaker_state's values.
+_BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class TaskMetrics:
@@ -177,6 +180,27 @@ class QueueCollector(Collector):
             "workers": GaugeMetricFamily(
                 "pgq_workers", "Live workers (heartbeat younger than the lease)."
             ),
+            # Flow control (docs/guides/flow-control.md).
+            "paused": GaugeMetricFamily(
+                "pgq_queue_paused",
+                "1 if the queue is paused (pgq queue pause), 0 if not (queues with tasks).",
+                labels=["queue"],
+            ),
+            "breaker": GaugeMetricFamily(
+                "pgq_breaker_state",
+                "Circuit breaker of a task name: 0 closed, 1 half-open, 2 open.",
+                labels=["name"],
+            ),
+            "breaker_waiting": GaugeMetricFamily(
+                "pgq_breaker_waiting",
+                "Tasks waiting behind an open or half-open breaker (due, unclaimed).",
+                labels=["name"],
+            ),
+            "transitions": CounterMetricFamily(
+                "pgq_breaker_transitions",
+                "State changes of a task name's circuit breaker (every worker's, from its row).",
+                labels=["name"],
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -200,7 +224,23 @@ class QueueCollector(Collector):
         for row in running:
             f["running"].add_metric([row["queue"]], int(row["running"]))
         f["workers"].add_metric([], workers)
+        try:
+            self._flow(f, {row["queue"] for row in (*waiting, *running)})
+        except DatabaseError:
+            pass  # the task gauges above stand; the flow families come out empty this scrape
         yield from f.values()
+
+    def _flow(self, f: dict[str, Any], queues: set[str]) -> None:
+        from pgq.store.flow import FlowStore
+
+        store = FlowStore(self.admin.db)
+        paused = {row["queue"] for row in store.paused_queues()}
+        for queue in sorted(queues | paused):
+            f["paused"].add_metric([queue], 1 if queue in paused else 0)
+        for row in store.list_breakers():
+            f["breaker"].add_metric([row["name"]], _BREAKER_VALUE.get(row["state"], 0))
+            f["breaker_waiting"].add_metric([row["name"]], int(row["waiting"]))
+            f["transitions"].add_metric([row["name"]], int(row["transitions"]))
 
 
 class _QuietHandler(WSGIRequestHandler):
