@@ -18,6 +18,7 @@ Two sources, two endpoints:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pgq import hooks
@@ -46,6 +47,9 @@ RUNTIME_BUCKETS = (
 )  # fmt: skip
 
 _LABELS = ("task", "queue")
+
+# pgq_breaker_state's values.
+_BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class TaskMetrics:
@@ -156,7 +160,7 @@ class QueueCollector(Collector):
     def __init__(self, admin: AdminStore) -> None:
         self.admin = admin
 
-    def _families(self) -> dict[str, GaugeMetricFamily]:
+    def _families(self) -> dict[str, Any]:
         return {
             "up": GaugeMetricFamily(
                 "pgq_database_up", "1 if PostgreSQL answered this scrape, else 0."
@@ -205,6 +209,27 @@ class QueueCollector(Collector):
                 "pgq_concurrency_keys",
                 "Concurrency keys with a task waiting or running (all of them).",
             ),
+            # Flow control (docs/guides/flow-control.md).
+            "paused": GaugeMetricFamily(
+                "pgq_queue_paused",
+                "1 if the queue is paused (pgq queue pause), 0 if not (queues with tasks).",
+                labels=["queue"],
+            ),
+            "breaker": GaugeMetricFamily(
+                "pgq_breaker_state",
+                "Circuit breaker of a task name: 0 closed, 1 half-open, 2 open.",
+                labels=["name"],
+            ),
+            "breaker_waiting": GaugeMetricFamily(
+                "pgq_breaker_waiting",
+                "Tasks waiting behind an open or half-open breaker (due, unclaimed).",
+                labels=["name"],
+            ),
+            "transitions": CounterMetricFamily(
+                "pgq_breaker_transitions",
+                "State changes of a task name's circuit breaker (every worker's, from its row).",
+                labels=["name"],
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -232,12 +257,27 @@ class QueueCollector(Collector):
             keys, busy = self.admin.concurrency_gauges(METRICS_MAX_KEYS)
         except DatabaseError:
             keys, busy = [], 0
-        for key, running, limit, waiting, *_ in keys:
-            f["conc_running"].add_metric([key], int(running))
-            f["conc_waiting"].add_metric([key], int(waiting))
-            f["conc_limit"].add_metric([key], int(limit))
+        for key, key_running, key_limit, key_waiting, *_ in keys:
+            f["conc_running"].add_metric([key], int(key_running))
+            f["conc_waiting"].add_metric([key], int(key_waiting))
+            f["conc_limit"].add_metric([key], int(key_limit))
         f["conc_keys"].add_metric([], busy)
+        # The task gauges above stand; the flow families come out empty this scrape.
+        with contextlib.suppress(DatabaseError):
+            self._flow(f, {row["queue"] for row in (*waiting, *running)})
         yield from f.values()
+
+    def _flow(self, f: dict[str, Any], queues: set[str]) -> None:
+        from pgq.store.flow import FlowStore
+
+        store = FlowStore(self.admin.db)
+        paused = {row["queue"] for row in store.paused_queues()}
+        for queue in sorted(queues | paused):
+            f["paused"].add_metric([queue], 1 if queue in paused else 0)
+        for row in store.list_breakers():
+            f["breaker"].add_metric([row["name"]], _BREAKER_VALUE.get(row["state"], 0))
+            f["breaker_waiting"].add_metric([row["name"]], int(row["waiting"]))
+            f["transitions"].add_metric([row["name"]], int(row["transitions"]))
 
 
 class _QuietHandler(WSGIRequestHandler):

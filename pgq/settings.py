@@ -214,6 +214,15 @@ class Settings:
             "that serves one dashboard the same secret (else a random key per process)",
         ),
     )
+    # Circuit breakers (docs/guides/flow-control.md): the breaker of every task that sets none.
+    circuit_breaker: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_CIRCUIT_BREAKER",
+            "`FAILURES,WINDOW,COOLDOWN` (e.g. `5,60,30`): the circuit breaker of every task that "
+            "sets no `circuit_breaker=` (none by default)",
+        ),
+    )
     web_refresh: float = field(
         default=3.0,
         metadata=_env(
@@ -251,6 +260,10 @@ class Settings:
             from pgq.concurrency import parse_limits  # pgq.concurrency imports no settings
 
             parse_limits(self.concurrency_limits, "PGQ_CONCURRENCY_LIMITS")
+        if self.circuit_breaker is not None:
+            from pgq.flow import parse_breaker
+
+            parse_breaker(self.circuit_breaker, "PGQ_CIRCUIT_BREAKER")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

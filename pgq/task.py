@@ -57,6 +57,9 @@ class Task:
     # How many tasks of one concurrency_key may run at once when a call names a key and neither
     # the call nor the settings' prefixes give a limit (pgq/concurrency.py); None: no default.
     concurrency_limit: int | None = None
+    # A circuit breaker for this task name, {"failures": 5, "window": 60, "cooldown": 30}
+    # (pgq/flow.py); None takes PGQ_CIRCUIT_BREAKER's default, False has none.
+    circuit_breaker: Any = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"task {self.name!r} has no run()")

@@ -32,6 +32,7 @@ from pgq.compat.signals import Signal
 from pgq.compat.task import Task
 from pgq.concurrency import parse_limits
 from pgq.errors import ConfigurationError
+from pgq.flow import parse_breaker
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
 
@@ -321,6 +322,7 @@ class Celery(App):
         task = task() if isinstance(task, type) else task
         if not task.name:
             type(task).name = gen_task_name(self, type(task).__name__, type(task).__module__)
+        parse_breaker(getattr(task, "circuit_breaker", None), f"task {task.name!r}")
         task.app = self
         self._tasks[task.name] = task
         return task

@@ -29,7 +29,9 @@ __all__ = [
     "audit_log",
     "beat_entries",
     "beat_leases",
+    "circuit_breakers",
     "metadata",
+    "queue_pauses",
     "rate_limits",
     "stats_minute",
     "tasks",
@@ -271,4 +273,54 @@ stats_minute = Table(
     Column("queue", Text, primary_key=True),
     Column("state", Text, primary_key=True),
     Column("count", BigInteger, nullable=False, server_default=text("0")),
+)
+
+# Paused queues (``pgq queue pause``), one row each; resuming deletes the row. The claim statement
+# leaves these queues out before it walks any of them, so a pause costs no scan.
+queue_pauses = Table(
+    "queue_pauses",
+    metadata,
+    Column("queue", Text, primary_key=True),
+    Column("paused_at", _ts, nullable=False, server_default=text("now()")),
+    # Who paused it (the dashboard's user, "cli", or what the caller passed).
+    Column("paused_by", Text),
+)
+
+# Circuit breakers, one row per task name that has one (a worker writes its tasks' limits when it
+# starts). Closed: tasks run; `recent_failures` keeps the times of the last `failure_threshold`
+# run-ending failures inside the window, and reaching the threshold opens it. Open: the claim
+# statement skips the name until `reopens_at` (infinity when an operator opened it). Then the
+# next claim that finds a task of the name lets exactly that one through (half_open, its id in
+# `probe_task_id`, set by a conditional UPDATE so that two claims at once cannot both do it); its
+# success closes the breaker, its failure opens it again. Changed in the same statement as the
+# outcomes that trip it.
+circuit_breakers = Table(
+    "circuit_breakers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("state", Text, nullable=False, server_default=text("'closed'")),
+    Column("failure_threshold", Integer, nullable=False),
+    Column("window_seconds", DOUBLE_PRECISION, nullable=False),
+    Column("cooldown_seconds", DOUBLE_PRECISION, nullable=False),
+    Column("recent_failures", ARRAY(_ts), nullable=False, server_default=text("'{}'")),
+    Column("opened_at", _ts),
+    Column("reopens_at", _ts),
+    Column("probe_task_id", Text),
+    Column("changed_at", _ts, nullable=False, server_default=text("now()")),
+    # State changes so far (the metric pgq_breaker_transitions_total reads it).
+    Column("transitions", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint(
+        "state IN ('closed', 'open', 'half_open')", name="circuit_breakers_state_known"
+    ),
+    CheckConstraint("failure_threshold > 0", name="circuit_breakers_failures_positive"),
+    CheckConstraint("window_seconds > 0", name="circuit_breakers_window_positive"),
+    CheckConstraint("cooldown_seconds >= 0", name="circuit_breakers_cooldown_not_negative"),
+)
+# The claim statement reads the breakers that are not closed on every turn: through this partial
+# index, which holds only those (usually none), so the read stays one index look however many
+# closed breakers there are (and a slot, planning with sequential scans off, never scans).
+Index(
+    "circuit_breakers_not_closed_idx",
+    circuit_breakers.c.name,
+    postgresql_where=text("state <> 'closed'"),
 )

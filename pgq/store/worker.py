@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from pgq.hooks import emit, listening
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
 from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
@@ -51,6 +52,14 @@ def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
 
 def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values))
+
+
+def announce_breaker_changes(changes: str | None) -> None:
+    """Emit ``breaker_changed`` for each [name, old state, new state] a statement returned
+    (after it committed: each statement here runs in its own transaction or the caller's)."""
+    if changes and listening("breaker_changed"):
+        for name, old_state, new_state in json.loads(changes):
+            emit("breaker_changed", name=name, old_state=old_state, new_state=new_state)
 
 
 class WorkerStore:
@@ -225,12 +234,14 @@ class WorkerStore:
                     rows = conn.execute(query("finish_and_claim"), params).fetchall()
             else:
                 rows = conn.execute(query("finish_and_claim"), params).fetchall()
-        claimed = [ClaimedTask(*row[:-2]) for row in rows if row[0] is not None]
+        claimed = [ClaimedTask(*row[:-3]) for row in rows if row[0] is not None]
         last = next(row for row in rows if row[0] is None)
+        # The last row: finished count, breaker changes, whether keyed tasks are due.
+        announce_breaker_changes(last[-2])
         if last[-1] is not None:
             self._keyed_waiting = bool(last[-1])
             self._keyed_probe_at = now + KEYED_PROBE_SECONDS
-        return claimed, int(last[-2])
+        return claimed, int(last[-3])
 
     def _lock_keys(
         self, conn: psycopg.Connection[Any], queues: Sequence[str], limit: int
@@ -272,6 +283,8 @@ class WorkerStore:
                 "worker": self.worker_id,
             },
         )
+        if rows:
+            announce_breaker_changes(rows[0][2])
         return [float(row[1]) for row in rows]
 
     def requeue_rejected(self, rejected: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:
