@@ -436,3 +436,26 @@ def test_pgq_top_shows_the_busiest_keys_only_when_there_are_some(
     at = lines.index("BUSIEST CONCURRENCY KEYS")
     assert lines[at + 1].split()[:4] == ["KEY", "RUNNING", "LIMIT", "WAITING"]
     assert lines[at + 2].split()[:4] == ["tenant:top", "0", "2", "3"]
+
+
+def test_keyed_tasks_wait_in_a_paused_queue_and_behind_an_open_breaker(
+    capp: pgq.App, conn: Conn, db_url: str
+) -> None:
+    """The keyed claim honours queue pauses and circuit breakers as the keyless one does."""
+    conn.execute("TRUNCATE pgq.queue_pauses, pgq.circuit_breakers")
+    work = capp.tasks["conc.work"]
+    paused = work.apply_async(concurrency_key="tenant:p", queue="held")
+    blocked = capp.tasks["conc.limited"].apply_async(concurrency_key="tenant:b")
+    capp.pause_queue("held")
+    capp.open_breaker("conc.limited")
+    w = slot(db_url, "f/1")
+    try:
+        for _ in range(3):
+            assert w.finish_and_claim([], ["celery", "held"], 10, 30.0) == []
+        capp.resume_queue("held")
+        assert [t.id for t in w.finish_and_claim([], ["celery", "held"], 10, 30.0)] == [paused.id]
+        capp.close_breaker("conc.limited")
+        assert [t.id for t in w.finish_and_claim([], ["celery", "held"], 10, 30.0)] == [blocked.id]
+    finally:
+        w.close()
+        conn.execute("TRUNCATE pgq.queue_pauses, pgq.circuit_breakers")
