@@ -459,3 +459,32 @@ def test_keyed_tasks_wait_in_a_paused_queue_and_behind_an_open_breaker(
     finally:
         w.close()
         conn.execute("TRUNCATE pgq.queue_pauses, pgq.circuit_breakers")
+
+
+def test_the_keyed_claim_and_the_key_walk_read_only_the_concurrency_indexes(
+    capp: pgq.App, conn: Conn
+) -> None:
+    """With a backlog of keyless tasks and of one key, neither the claim with keys nor the lock
+    statement scans the table: they read the keyed partial indexes."""
+    from pgq.store.sql import query
+
+    capp.send_many(
+        [("conc.work", (), {}, {}) for _ in range(3000)]
+        + [("conc.work", (), {}, {"concurrency_key": f"tenant:{i % 50}"}) for i in range(3000)]
+    )
+    conn.execute("ANALYZE pgq.tasks")
+    claim = {
+        "outcomes": "[]",
+        "queues": ["celery"],
+        "limit": 10,
+        "worker": "x/1",
+        "lease_seconds": 30.0,
+        "keys": ["tenant:1", "tenant:2"],
+        "probe": True,
+    }
+    walk = {"queues": ["celery"], "limit": 10, "after": "", "lock_space": 1}
+    for name, params in (("finish_and_claim", claim), ("lock_concurrency_keys", walk)):
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query(name), params))
+        assert "Seq Scan on tasks" not in plan, plan
+        assert "tasks_concurrency_waiting_idx" in plan, plan
+        assert "tasks_concurrency_running_idx" in plan, plan
