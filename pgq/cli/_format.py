@@ -138,9 +138,7 @@ BREAKER_COLUMNS = [
     Column("waiting", "WAITING"),
     Column("cooldown_left_seconds", "REOPENS IN", lambda s: "-" if s is None else age(s)),
     Column("forced", "FORCED", lambda f: "yes" if f else ""),
-    Column(
-        "failure_threshold", "LIMIT", lambda n: "-" if n is None else f"{n} failures"
-    ),
+    Column("failure_threshold", "LIMIT", lambda n: "-" if n is None else f"{n} failures"),
     Column("window_seconds", "WINDOW", age),
     Column("cooldown_seconds", "COOLDOWN", age),
     Column("changed_at", "CHANGED", clock),

@@ -83,9 +83,7 @@ def take_snapshot(store: AdminStore, queue: str | None, failures: int = 5) -> Sn
         snap.stats = store.stats(Filters(queue), window=60.0)
         snap.queues = store.queues(Filters(queue))
         snap.workers = store.workers(Filters(queue))
-        snap.breakers = [
-            b for b in FlowStore(store.db).list_breakers() if b["state"] != "closed"
-        ]
+        snap.breakers = [b for b in FlowStore(store.db).list_breakers() if b["state"] != "closed"]
         snap.failures = [
             {**row, "error": truncate(f"{row['exc_type']}: {row['exc_message']}", 50)}
             for row in store.dead(Filters(queue, limit=failures))

@@ -44,7 +44,9 @@ def flow_app(db_url: str, clean: None, conn: Conn) -> Iterator[Celery]:
 def workers(db_url: str, flow_app: Celery) -> Iterator[list[WorkerProcess]]:
     """Two `pgq worker -A flow_tasks` processes, two slots each."""
     started = [
-        WorkerProcess(["worker", "-A", "flow_tasks", "-c", "2", "-P", "threads"], worker_env(db_url))
+        WorkerProcess(
+            ["worker", "-A", "flow_tasks", "-c", "2", "-P", "threads"], worker_env(db_url)
+        )
         for _ in range(2)
     ]
     for w in started:

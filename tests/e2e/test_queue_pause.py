@@ -113,9 +113,7 @@ def test_a_paused_queue_runs_nothing_until_resumed_while_another_queue_runs(
     # Every one of them was claimed after the resume was committed, by either worker.
     assert all(r["started_at"] >= resumed_after for r in rows(conn, held))
     # Both workers served the paused queue all along (neither could claim from it).
-    serving = conn.execute(
-        "SELECT count(*) FROM pgq.workers WHERE 'held' = ANY(queues)"
-    ).fetchone()
+    serving = conn.execute("SELECT count(*) FROM pgq.workers WHERE 'held' = ANY(queues)").fetchone()
     assert serving == (2,)
 
 
