@@ -22,6 +22,7 @@ from harness import (
 )
 from prometheus_client import CollectorRegistry, generate_latest
 
+from pgq.cli.top import render, take_snapshot
 from pgq.compat import Celery
 from pgq.compat.signals import circuit_breaker_changed
 from pgq.errors import ConfigurationError
@@ -131,6 +132,17 @@ def test_breaker_opens_waits_out_the_cooldown_lets_one_probe_through_and_closes(
     assert row["state"] == "closed" and row["changed_at"] == first["finished_at"]
     # closed->open, open->half_open, half_open->open, open->half_open, half_open->closed
     assert row["transitions"] == 5
+    # ... each signalled (circuit_breaker_changed) in the worker that committed it.
+    signalled = conn.execute(
+        "SELECT key FROM side_effects WHERE key LIKE 'breaker flow.flaky %' ORDER BY seq"
+    ).fetchall()
+    assert [k for (k,) in signalled] == [
+        "breaker flow.flaky closed->open",
+        "breaker flow.flaky open->half_open",
+        "breaker flow.flaky half_open->open",
+        "breaker flow.flaky open->half_open",
+        "breaker flow.flaky half_open->closed",
+    ]
 
 
 def test_a_scheduled_retry_counts_as_a_failure_and_the_retry_waits_for_the_cooldown(
@@ -179,6 +191,11 @@ def test_operators_force_breakers_from_the_cli_and_python_and_every_change_is_si
         assert 'pgq_breaker_transitions_total{name="flow.quick"} 1.0' in text
         out = pgq(db_url, "breaker", "list")
         assert "flow.quick" in out.stdout and "OPEN" in out.stdout
+        screen = "\n".join(
+            render(take_snapshot(AdminStore(flow_app.db, live_seconds=5), None), None, 1)
+        )
+        assert "OPEN CIRCUIT BREAKERS" in screen
+        assert any(line.startswith("flow.quick") and " 3 " in line for line in screen.splitlines())
         wait_for(
             lambda: pgq(db_url, "inspect", "active", "--json").stdout.strip() == "[]",
             what="an idle moment",
