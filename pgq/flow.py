@@ -228,6 +228,7 @@ class FlowControl:
             limits=(limits.failures, limits.window, limits.cooldown) if limits else FALLBACK_LIMITS,
             connection=connection,
         )
+        row = {k: row[k] for k in ("name", "old_state", "new_state")}
         if row["old_state"] != row["new_state"]:
             emit(
                 "breaker_changed",

@@ -160,7 +160,7 @@ class QueueCollector(Collector):
     def __init__(self, admin: AdminStore) -> None:
         self.admin = admin
 
-    def _families(self) -> dict[str, Any]:
+    def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         return {
             "up": GaugeMetricFamily(
                 "pgq_database_up", "1 if PostgreSQL answered this scrape, else 0."
@@ -262,7 +262,7 @@ class QueueCollector(Collector):
             f["conc_waiting"].add_metric([key], int(key_waiting))
             f["conc_limit"].add_metric([key], int(key_limit))
         f["conc_keys"].add_metric([], busy)
-        # The task gauges above stand; the flow families come out empty this scrape.
+        # On an error the task gauges above stand; the flow families come out empty this scrape.
         with contextlib.suppress(DatabaseError):
             self._flow(f, {row["queue"] for row in (*waiting, *running)})
         yield from f.values()

@@ -119,7 +119,6 @@ def pick(columns: Sequence[Column], *keys: str) -> list[Column]:
 # picks from them).
 QUEUE_COLUMNS = [
     Column("queue"),
-    Column("paused", "STATUS", lambda paused: "PAUSED" if paused else "active"),
     Column("waiting"),
     Column("scheduled"),
     Column("running"),
@@ -129,6 +128,8 @@ QUEUE_COLUMNS = [
     Column("oldest_waiting_seconds", "OLDEST", age),
     Column("finished_last_minute", "DONE/1M"),
     Column("finished_last_5_minutes", "DONE/5M"),
+    # Last, so scripts that read the columns by position keep working.
+    Column("paused", "STATUS", lambda paused: "PAUSED" if paused else "active"),
 ]
 
 # `pgq breaker list`, `pgq inspect breakers` and `pgq top`'s open breakers.

@@ -36,7 +36,6 @@ __all__ = ["Snapshot", "render", "run_top", "take_snapshot"]
 _QUEUES = pick(
     QUEUE_COLUMNS,
     "queue",
-    "paused",
     "waiting",
     "scheduled",
     "running",
@@ -44,6 +43,7 @@ _QUEUES = pick(
     "failed",
     "oldest_waiting_seconds",
     "finished_last_minute",
+    "paused",
 )
 _WORKERS = pick(
     WORKER_COLUMNS,

@@ -471,3 +471,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(PgqError, pgq_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+# Flow control: /api/v1/queues/{queue}/pause|resume, /api/v1/breakers[/{name}/open|close].
+from pgq.web.flow import api_router as _flow_api  # noqa: E402
+
+router.include_router(_flow_api, responses=_ERRORS)

@@ -35,6 +35,7 @@ from pgq.errors import InvalidFilter, StateConflict, TaskNotFound, TaskRevokedEr
 from pgq.maintenance.beat import _OWN_OPTIONS as BEAT_OWN_OPTIONS
 from pgq.periodic import next_due
 from pgq.serialization import loads
+from pgq.store.flow import FlowStore
 from pgq.store.web import TaskQuery, WebStore
 from pgq.web.filters import (
     DEFAULT_PAGE,
@@ -247,6 +248,12 @@ class Dashboard:
                 key = column.get(state)
                 if key:
                     queue_row(queue)[key] += count
+        # Paused queues (pgq.queue_pauses, usually empty), listed even before their first task.
+        paused = {row["queue"] for row in FlowStore(self.app.db).paused_queues()}
+        for name in paused:
+            queue_row(name)
+        for name, row in by_queue.items():
+            row["paused"] = name in paused
         return [by_queue[name] for name in sorted(by_queue)]
 
     def _dead_counts(self) -> tuple[list[dict[str, Any]], datetime]:

@@ -52,7 +52,7 @@ from pgq.compat.schedules import crontab
 from pgq.errors import ConfigurationError, DatabaseError, InvalidFilter
 from pgq.periodic import Every, Schedule, next_due
 from pgq.web import family as workflow
-from pgq.web import forms
+from pgq.web import flow, forms
 from pgq.web.charts import Minute, throughput_chart
 from pgq.web.data import Dashboard, TaskFilter
 from pgq.web.render import (
@@ -427,3 +427,5 @@ def concurrency(request: Request) -> HTMLResponse:
 
 # The actions (form POSTs) are served by the same router.
 router.include_router(forms.router)
+# Flow control: the Breakers page, pause/resume and open/close forms (pgq.web.flow).
+router.include_router(flow.pages_router)

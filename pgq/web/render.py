@@ -57,6 +57,7 @@ NAV = (
     ("/workers", "Workers"),
     ("/periodic", "Periodic"),
     ("/rate-limits", "Rate limits"),
+    ("/breakers", "Breakers"),
     ("/audit", "Audit"),
     ("/concurrency", "Concurrency"),
 )

@@ -22,6 +22,7 @@ from harness import (
 )
 from prometheus_client import CollectorRegistry, generate_latest
 
+from pgq.cli.top import render, take_snapshot
 from pgq.compat import Celery
 from pgq.metrics import QueueCollector
 from pgq.store.admin import AdminStore
@@ -113,9 +114,7 @@ def test_a_paused_queue_runs_nothing_until_resumed_while_another_queue_runs(
     # Every one of them was claimed after the resume was committed, by either worker.
     assert all(r["started_at"] >= resumed_after for r in rows(conn, held))
     # Both workers served the paused queue all along (neither could claim from it).
-    serving = conn.execute(
-        "SELECT count(*) FROM pgq.workers WHERE 'held' = ANY(queues)"
-    ).fetchone()
+    serving = conn.execute("SELECT count(*) FROM pgq.workers WHERE 'held' = ANY(queues)").fetchone()
     assert serving == (2,)
 
 
@@ -143,6 +142,10 @@ def test_pause_from_python_and_celery_control_is_durable_and_shows_everywhere(
     as_json = {r["queue"]: r for r in json.loads(out.stdout)}
     assert as_json["held"]["paused"] is True and as_json["held"]["waiting"] == 1
     assert set(as_json["held"]) >= {"queue", "paused", "paused_at", "paused_by", "waiting"}
+
+    # `pgq top`'s queue table.
+    screen = render(take_snapshot(AdminStore(flow_app.db, live_seconds=5), None), None, 1.0)
+    assert "PAUSED" in next(line for line in screen if line.startswith("held "))
 
     # The metric.
     registry = CollectorRegistry()

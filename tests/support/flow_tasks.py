@@ -4,9 +4,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
+
+import psycopg
 
 from pgq.compat import Celery
+from pgq.compat.signals import circuit_breaker_changed
 
 app = Celery("flow_tasks")
 
@@ -44,3 +49,16 @@ def retrying(self: object, fail_times: int) -> int:
     if retries < fail_times:
         raise self.retry(countdown=0)  # type: ignore[attr-defined]
     return int(retries)
+
+
+@circuit_breaker_changed.connect
+def record_change(sender: str, old_state: str, new_state: str, **_: Any) -> None:
+    """Every breaker change this worker committed, as a side effect the tests read."""
+    url = os.environ.get("PGQ_DATABASE_URL")
+    if not url:  # imported by a test process, not run by a worker
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO side_effects (key, pid) VALUES (%s, %s)",
+            (f"breaker {sender} {old_state}->{new_state}", os.getpid()),
+        )

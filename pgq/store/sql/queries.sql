@@ -176,6 +176,17 @@ WITH outcomes AS MATERIALIZED (
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
            (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
     FROM done
+), locked AS MATERIALIZED (
+    -- The breakers of the names done holds, locked and read at their newest version (FOR
+    -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
+    -- two workers' failures add up instead of the second overwriting the first. In name order,
+    -- so two statements locking the same breakers cannot deadlock on them.
+    SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+           b.probe_task_id
+    FROM pgq.circuit_breakers AS b
+    WHERE b.name = ANY(ARRAY(SELECT DISTINCT name FROM done)) AND b.state <> 'open'
+    ORDER BY b.name
+    FOR UPDATE
 ), tripped AS (
     -- Circuit breakers (pgq.circuit_breakers), in the same statement as the outcomes that trip
     -- them: a closed breaker keeps the times of its last `failure_threshold` failures inside
@@ -212,9 +223,9 @@ WITH outcomes AS MATERIALIZED (
                        count(*) FILTER (WHERE d.state = 'FAILURE') AS failed,
                        bool_or(d.id = b.probe_task_id AND d.state = 'SUCCESS') AS probe_ok,
                        bool_or(d.id = b.probe_task_id AND d.state = 'FAILURE') AS probe_failed
-                FROM done AS d JOIN pgq.circuit_breakers AS b ON b.name = d.name
-                WHERE b.state <> 'open'
-                GROUP BY b.name
+                FROM done AS d JOIN locked AS b ON b.name = d.name
+                GROUP BY b.name, b.state, b.failure_threshold, b.window_seconds,
+                         b.recent_failures
             ) AS o
         ) AS r
     ) AS n
@@ -430,6 +441,17 @@ WITH retried AS (
                AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
     RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued
+), locked AS MATERIALIZED (
+    -- The breakers of the names retried holds, locked and read at their newest version (FOR
+    -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
+    -- two workers' failures add up instead of the second overwriting the first. In name order,
+    -- so two statements locking the same breakers cannot deadlock on them.
+    SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+           b.probe_task_id
+    FROM pgq.circuit_breakers AS b
+    WHERE b.name = ANY(ARRAY(SELECT DISTINCT name FROM retried)) AND b.state <> 'open'
+    ORDER BY b.name
+    FOR UPDATE
 ), tripped AS (
     -- A retry is a run-ending failure for the task's circuit breaker: the same rule as the
     -- `tripped` step of finish_and_claim (a closed breaker opens at `failure_threshold` failures
@@ -459,9 +481,9 @@ WITH retried AS (
             FROM (
                 SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
                        count(*) AS failed, bool_or(t.id = b.probe_task_id) AS probe_failed
-                FROM retried AS t JOIN pgq.circuit_breakers AS b ON b.name = t.name
-                WHERE b.state <> 'open'
-                GROUP BY b.name
+                FROM retried AS t JOIN locked AS b ON b.name = t.name
+                GROUP BY b.name, b.state, b.failure_threshold, b.window_seconds,
+                         b.recent_failures
             ) AS o
         ) AS r
     ) AS n
