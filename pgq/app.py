@@ -22,9 +22,12 @@ from typing import Any, ClassVar, overload
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import serialization, workflow
+from pgq.concurrency import ConcurrencyKey, parse_limits
 from pgq.errors import ConfigurationError
+from pgq.flow import FlowControl, parse_breaker
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_ids
+from pgq.options import check_concurrency_limit
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.result import Result
 from pgq.server import resolve_url
@@ -99,6 +102,19 @@ class App:
         return self._settings
 
     @property
+    def concurrency_limits(self) -> dict[str, int]:
+        """Concurrency limits by key prefix (``PGQ_CONCURRENCY_LIMITS``; see pgq.concurrency)."""
+        return parse_limits(self.settings.concurrency_limits, "PGQ_CONCURRENCY_LIMITS")
+
+    def concurrency_keys(
+        self, prefix: str | None = None, *, limit: int = 1000
+    ) -> list[ConcurrencyKey]:
+        """The busy concurrency keys (a task waiting or running), fullest first: how many of
+        each key's tasks run now (hold a lease), its limit, and how many wait
+        (``pgq.concurrency_keys``); ``prefix`` keeps the keys that start with it."""
+        return [ConcurrencyKey(*row) for row in self.store.concurrency_keys(prefix, limit)]
+
+    @property
     def db(self) -> Database:
         if self._db is None:
             url = resolve_url(self.database_url, self.settings)
@@ -155,6 +171,9 @@ class App:
         """Add a task instance to this app under its name."""
         if not task.name:
             raise ConfigurationError(f"{task!r} has no name")
+        if task.concurrency_limit is not None:
+            check_concurrency_limit(task.concurrency_limit, f"{task.name}: concurrency_limit")
+        parse_breaker(getattr(task, "circuit_breaker", None), f"task {task.name!r}")
         task.app = self
         self.tasks[task.name] = task
         return task
@@ -281,6 +300,27 @@ class App:
     def tzinfo(self) -> tzinfo:
         """The timezone crontab entries are evaluated in (``timezone=``; default UTC)."""
         return resolve_timezone(self.timezone)
+
+    @property
+    def flow(self) -> FlowControl:
+        """Queue pauses and circuit breakers (``pgq.flow``)."""
+        return FlowControl(self)
+
+    def pause_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Pause queues fleet-wide until resumed (see ``FlowControl.pause_queue``)."""
+        return self.flow.pause_queue(*names, connection=connection)
+
+    def resume_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Resume paused queues; their workers wake at once."""
+        return self.flow.resume_queue(*names, connection=connection)
+
+    def open_breaker(self, name: str, *, connection: Any = None) -> dict[str, Any]:
+        """Hold a task name's circuit breaker open until ``close_breaker``."""
+        return self.flow.open_breaker(name, connection=connection)
+
+    def close_breaker(self, name: str, *, connection: Any = None) -> dict[str, Any]:
+        """Close a task name's circuit breaker."""
+        return self.flow.close_breaker(name, connection=connection)
 
     def result(self, task_id: str) -> Result:
         """A handle on the task with this id (an unknown id reads as PENDING)."""

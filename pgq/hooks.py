@@ -45,6 +45,9 @@ EVENTS = frozenset(
         # (also task_id, state: the row's new state incl. RETRY/PENDING, runtime: None if not run)
         "task_enqueued",  # task_id, name, queue: where a new task row was inserted
         "task_started",  # task_id, name, queue: in the parent, for each task a slot claimed
+        # name, old_state, new_state (closed/open/half_open): where the change was committed
+        # (the worker slot whose outcome or claim moved it, or the process that forced it)
+        "breaker_changed",
     }
 )
 

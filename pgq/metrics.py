@@ -18,6 +18,7 @@ Two sources, two endpoints:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pgq import hooks
@@ -46,6 +47,9 @@ RUNTIME_BUCKETS = (
 )  # fmt: skip
 
 _LABELS = ("task", "queue")
+
+# pgq_breaker_state's values.
+_BREAKER_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class TaskMetrics:
@@ -140,6 +144,11 @@ class TaskMetrics:
             self.runtime.labels(name, queue).observe(runtime)
 
 
+# How many concurrency keys get their own pgq_concurrency_* series (the busiest: most running,
+# then most waiting). Keys are often one per tenant; a series each would grow without bound.
+METRICS_MAX_KEYS = 50
+
+
 class QueueCollector(Collector):
     """Database-wide gauges, read from PostgreSQL at each scrape.
 
@@ -151,7 +160,7 @@ class QueueCollector(Collector):
     def __init__(self, admin: AdminStore) -> None:
         self.admin = admin
 
-    def _families(self) -> dict[str, GaugeMetricFamily]:
+    def _families(self) -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
         return {
             "up": GaugeMetricFamily(
                 "pgq_database_up", "1 if PostgreSQL answered this scrape, else 0."
@@ -177,6 +186,50 @@ class QueueCollector(Collector):
             "workers": GaugeMetricFamily(
                 "pgq_workers", "Live workers (heartbeat younger than the lease)."
             ),
+            # Per-key concurrency limits: one series per key would grow with the tenants, so
+            # only the METRICS_MAX_KEYS busiest keys get one; pgq_concurrency_keys counts all.
+            "conc_running": GaugeMetricFamily(
+                "pgq_concurrency_running",
+                f"Tasks of a concurrency key holding a lease now (the {METRICS_MAX_KEYS} "
+                "busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_waiting": GaugeMetricFamily(
+                "pgq_concurrency_waiting",
+                f"Due tasks of a concurrency key waiting for a slot (the {METRICS_MAX_KEYS} "
+                "busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_limit": GaugeMetricFamily(
+                "pgq_concurrency_limit",
+                f"The limit of a concurrency key (the {METRICS_MAX_KEYS} busiest keys only).",
+                labels=["key"],
+            ),
+            "conc_keys": GaugeMetricFamily(
+                "pgq_concurrency_keys",
+                "Concurrency keys with a task waiting or running (all of them).",
+            ),
+            # Flow control (docs/guides/flow-control.md).
+            "paused": GaugeMetricFamily(
+                "pgq_queue_paused",
+                "1 if the queue is paused (pgq queue pause), 0 if not (queues with tasks).",
+                labels=["queue"],
+            ),
+            "breaker": GaugeMetricFamily(
+                "pgq_breaker_state",
+                "Circuit breaker of a task name: 0 closed, 1 half-open, 2 open.",
+                labels=["name"],
+            ),
+            "breaker_waiting": GaugeMetricFamily(
+                "pgq_breaker_waiting",
+                "Tasks waiting behind an open or half-open breaker (due, unclaimed).",
+                labels=["name"],
+            ),
+            "transitions": CounterMetricFamily(
+                "pgq_breaker_transitions",
+                "State changes of a task name's circuit breaker (every worker's, from its row).",
+                labels=["name"],
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -200,7 +253,31 @@ class QueueCollector(Collector):
         for row in running:
             f["running"].add_metric([row["queue"]], int(row["running"]))
         f["workers"].add_metric([], workers)
+        try:
+            keys, busy = self.admin.concurrency_gauges(METRICS_MAX_KEYS)
+        except DatabaseError:
+            keys, busy = [], 0
+        for key, key_running, key_limit, key_waiting, *_ in keys:
+            f["conc_running"].add_metric([key], int(key_running))
+            f["conc_waiting"].add_metric([key], int(key_waiting))
+            f["conc_limit"].add_metric([key], int(key_limit))
+        f["conc_keys"].add_metric([], busy)
+        # On an error the task gauges above stand; the flow families come out empty this scrape.
+        with contextlib.suppress(DatabaseError):
+            self._flow(f, {row["queue"] for row in (*waiting, *running)})
         yield from f.values()
+
+    def _flow(self, f: dict[str, Any], queues: set[str]) -> None:
+        from pgq.store.flow import FlowStore
+
+        store = FlowStore(self.admin.db)
+        paused = {row["queue"] for row in store.paused_queues()}
+        for queue in sorted(queues | paused):
+            f["paused"].add_metric([queue], 1 if queue in paused else 0)
+        for row in store.list_breakers():
+            f["breaker"].add_metric([row["name"]], _BREAKER_VALUE.get(row["state"], 0))
+            f["breaker_waiting"].add_metric([row["name"]], int(row["waiting"]))
+            f["transitions"].add_metric([row["name"]], int(row["transitions"]))
 
 
 class _QuietHandler(WSGIRequestHandler):

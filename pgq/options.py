@@ -22,6 +22,9 @@ Limits (the README's table under "How it works, and what it guarantees"):
   at most ``MAX_SECONDS`` either way; ``expires`` may also be a timedelta or a datetime,
   ``eta`` a datetime.
 - ``max_retries``: None or an integer >= 0.
+- ``concurrency_key``: a non-empty string of at most ``MAX_KEY_BYTES`` bytes (as an idempotency
+  key); ``concurrency_limit``: an integer from 1 to ``MAX_CONCURRENCY_LIMIT`` (not ``True``,
+  not ``2.0``, not ``"2"``).
 - ``headers``: a dict; ``link``, ``link_error``: a list of signatures (dicts), each of whose
   tasks follows these rules (``check_signature``).
 """
@@ -44,6 +47,8 @@ __all__ = [
     "MAX_SECONDS",
     "RETRY_OPTIONS",
     "call_options",
+    "check_concurrency_key",
+    "check_concurrency_limit",
     "check_id",
     "check_signature",
     "check_name",
@@ -57,6 +62,7 @@ MAX_ID_BYTES = 255
 MAX_NAME_BYTES = 255
 MAX_QUEUE_BYTES = 255
 MAX_KEY_BYTES = 255
+MAX_CONCURRENCY_LIMIT = 2**31 - 1  # pgq.tasks.concurrency_limit is an integer
 # Ten years: longer than any time limit or countdown means, and far inside what PostgreSQL's
 # intervals and timestamps (and setitimer) hold.
 MAX_SECONDS = 10 * 366 * 86400.0
@@ -115,6 +121,22 @@ def check_queue(value: Any) -> str:
 def check_key(value: Any) -> str:
     """An idempotency key: a non-empty string of at most ``MAX_KEY_BYTES`` bytes."""
     return _text("idempotency_key", value, MAX_KEY_BYTES)
+
+
+def check_concurrency_key(value: Any) -> str:
+    """A concurrency key: a non-empty string of at most ``MAX_KEY_BYTES`` bytes."""
+    return _text("concurrency_key", value, MAX_KEY_BYTES)
+
+
+def check_concurrency_limit(value: Any, option: str = "concurrency_limit") -> int:
+    """A concurrency limit: how many tasks of one key may run at once, an integer >= 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= MAX_CONCURRENCY_LIMIT
+    ):
+        raise InvalidOption(f"{option} must be a positive integer, got {_show(value)}")
+    return int(value)
 
 
 def check_priority(value: Any) -> int:
@@ -211,6 +233,8 @@ def check_signature(sig: Any, option: str = "signature") -> None:
         "queue": check_queue,
         "priority": check_priority,
         "idempotency_key": check_key,
+        "concurrency_key": check_concurrency_key,
+        "concurrency_limit": check_concurrency_limit,
         "task_id": check_id,
     }
     for name, check in checks.items():

@@ -185,6 +185,17 @@ class Settings:
 
     # pgq web: Basic-auth credentials for every page and API route, the key that signs its
     # forms, and how often the live parts of the pages refresh themselves.
+    # Per-key concurrency limits by key prefix (pgq.concurrency), e.g. "tenant:=2,report:=1".
+    concurrency_limits: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_CONCURRENCY_LIMITS",
+            "limits of concurrency keys by prefix, `PREFIX=N,...` (e.g. `tenant:=2`): at most N "
+            "tasks of one key run at once; the longest matching prefix wins over the task's "
+            "`concurrency_limit`; see [Per-key concurrency limits]"
+            "(../guides/flow-control.md#per-key-concurrency-limits)",
+        ),
+    )
     web_auth: str | None = field(
         default=None,
         repr=False,  # a password: never in a repr or a log line
@@ -201,6 +212,15 @@ class Settings:
             "PGQ_WEB_SECRET",
             "the key that signs `pgq web`'s form tokens and flash messages; give every process "
             "that serves one dashboard the same secret (else a random key per process)",
+        ),
+    )
+    # Circuit breakers (docs/guides/flow-control.md): the breaker of every task that sets none.
+    circuit_breaker: str | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_CIRCUIT_BREAKER",
+            "`FAILURES,WINDOW,COOLDOWN` (e.g. `5,60,30`): the circuit breaker of every task that "
+            "sets no `circuit_breaker=` (none by default)",
         ),
     )
     web_refresh: float = field(
@@ -236,6 +256,14 @@ class Settings:
             raise ConfigurationError("result_expires must be >= 0")
         if self.beat_catch_up < 0:
             raise ConfigurationError("beat_catch_up must be >= 0")
+        if self.concurrency_limits is not None:
+            from pgq.concurrency import parse_limits  # pgq.concurrency imports no settings
+
+            parse_limits(self.concurrency_limits, "PGQ_CONCURRENCY_LIMITS")
+        if self.circuit_breaker is not None:
+            from pgq.flow import parse_breaker
+
+            parse_breaker(self.circuit_breaker, "PGQ_CIRCUIT_BREAKER")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pgq import options as rules
 from pgq import serialization
+from pgq.concurrency import limit_for
+from pgq.errors import InvalidOption
 from pgq.hooks import emit
 from pgq.ids import new_task_id
 from pgq.result import Result
@@ -52,6 +54,12 @@ class Task:
     # Celery's rate_limit ('10/s', '100/m', '1000/h'), enforced across all workers by the
     # database (pgq/ratelimit.py); None means unlimited.
     rate_limit: str | None = None
+    # How many tasks of one concurrency_key may run at once when a call names a key and neither
+    # the call nor the settings' prefixes give a limit (pgq/concurrency.py); None: no default.
+    concurrency_limit: int | None = None
+    # A circuit breaker for this task name, {"failures": 5, "window": 60, "cooldown": 30}
+    # (pgq/flow.py); None takes PGQ_CIRCUIT_BREAKER's default, False has none.
+    circuit_breaker: Any = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"task {self.name!r} has no run()")
@@ -145,7 +153,8 @@ class Task:
         **options: Any,
     ) -> Result:
         """Enqueue with options (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
-        ``task_id``, ``idempotency_key``, ``time_limit``, ``soft_time_limit``, ``connection``...).
+        ``task_id``, ``idempotency_key``, ``concurrency_key``, ``concurrency_limit``,
+        ``time_limit``, ``soft_time_limit``, ``connection``...).
 
         ``using`` names the Django database alias whose open transaction takes the task
         (pgq.django; default: Django's default database).
@@ -170,6 +179,8 @@ class Task:
         idempotency_key: str | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
         check: bool = True,
         **options: Any,
     ) -> NewTask:
@@ -214,6 +225,15 @@ class Task:
             queue = self.queue or self.app.default_queue
         if idempotency_key is not None:
             idempotency_key = rules.check_key(idempotency_key)
+        if concurrency_key is not None:
+            concurrency_key, concurrency_limit = limit_for(
+                concurrency_key,
+                concurrency_limit,
+                self.app.concurrency_limits,
+                self.concurrency_limit,
+            )
+        elif concurrency_limit is not None:
+            raise InvalidOption(f"concurrency_limit={concurrency_limit!r} needs a concurrency_key")
         if parent_id is not None:
             parent_id = rules.check_id(parent_id, "parent_id")
         if root_id is not None:
@@ -233,6 +253,8 @@ class Task:
             idempotency_key=idempotency_key,
             parent_id=parent_id,
             root_id=root_id or parent_id,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
 
     def prepare_like(

@@ -71,7 +71,16 @@ _WORKFLOW_KEYS = (
     "chain",
     "chord_link_error",
 )
-_CALL_KEYS = ("countdown", "eta", "expires", "queue", "priority", "idempotency_key")
+_CALL_KEYS = (
+    "countdown",
+    "eta",
+    "expires",
+    "queue",
+    "priority",
+    "idempotency_key",
+    "concurrency_key",
+    "concurrency_limit",
+)
 # Options that say where a step's result goes: on a chain, they belong to its last step.
 _RESULT_KEYS = ("chord", "group_id", "group_index")
 
@@ -390,6 +399,8 @@ def _task_row(
         eta=eta,
         expires=call.get("expires"),
         idempotency_key=call.get("idempotency_key"),
+        concurrency_key=call.get("concurrency_key"),
+        concurrency_limit=call.get("concurrency_limit"),
         check=False,
         **stored,
     )

@@ -15,6 +15,7 @@ import typer
 from pgq.cli._common import AppOption, UrlOption, admin_store, load
 from pgq.cli._format import to_json
 from pgq.cli.control import register_control_command
+from pgq.cli.flow import register_flow_commands
 from pgq.cli.ops import register_operations
 from pgq.cli.web import register_web_command
 from pgq.cli.worker import register_worker_commands
@@ -195,6 +196,9 @@ def _json_option(text: str, option: str, kind: type) -> Any:
 register_operations(cli)
 register_web_command(cli)
 register_control_command(cli)
+import pgq.cli.concurrency  # noqa: E402, F401 - registers `pgq inspect concurrency`
+
+register_flow_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 __all__ = [
+    "BREAKER_COLUMNS",
     "QUEUE_COLUMNS",
     "WORKER_COLUMNS",
     "Column",
@@ -127,6 +128,21 @@ QUEUE_COLUMNS = [
     Column("oldest_waiting_seconds", "OLDEST", age),
     Column("finished_last_minute", "DONE/1M"),
     Column("finished_last_5_minutes", "DONE/5M"),
+    # Last, so scripts that read the columns by position keep working.
+    Column("paused", "STATUS", lambda paused: "PAUSED" if paused else "active"),
+]
+
+# `pgq breaker list`, `pgq inspect breakers` and `pgq top`'s open breakers.
+BREAKER_COLUMNS = [
+    Column("name"),
+    Column("state", "STATE", lambda s: str(s).upper()),
+    Column("waiting", "WAITING"),
+    Column("cooldown_left_seconds", "REOPENS IN", lambda s: "-" if s is None else age(s)),
+    Column("forced", "FORCED", lambda f: "yes" if f else ""),
+    Column("failure_threshold", "LIMIT", lambda n: "-" if n is None else f"{n} failures"),
+    Column("window_seconds", "WINDOW", age),
+    Column("cooldown_seconds", "COOLDOWN", age),
+    Column("changed_at", "CHANGED", clock),
 ]
 
 WORKER_COLUMNS = [

@@ -14,9 +14,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq.cli._format import QUEUE_COLUMNS, WORKER_COLUMNS, Column, age, clock, pick, table, truncate
+from pgq.cli._format import (
+    BREAKER_COLUMNS,
+    QUEUE_COLUMNS,
+    WORKER_COLUMNS,
+    Column,
+    age,
+    clock,
+    pick,
+    table,
+    truncate,
+)
+from pgq.cli.concurrency import CONCURRENCY_COLUMNS
+from pgq.concurrency import ConcurrencyKey
 from pgq.errors import ConfigurationError, DatabaseError
 from pgq.store.admin import AdminStore, Filters
+from pgq.store.flow import FlowStore
 
 __all__ = ["Snapshot", "render", "run_top", "take_snapshot"]
 
@@ -30,6 +43,7 @@ _QUEUES = pick(
     "failed",
     "oldest_waiting_seconds",
     "finished_last_minute",
+    "paused",
 )
 _WORKERS = pick(
     WORKER_COLUMNS,
@@ -59,6 +73,10 @@ class Snapshot:
     queues: list[dict[str, Any]] = field(default_factory=list)
     workers: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # The busiest concurrency keys (none: the section is not shown).
+    concurrency: list[dict[str, Any]] = field(default_factory=list)
+    # Circuit breakers that are not closed (open or half-open), with the tasks behind each.
+    breakers: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -69,9 +87,13 @@ def take_snapshot(store: AdminStore, queue: str | None, failures: int = 5) -> Sn
         snap.stats = store.stats(Filters(queue), window=60.0)
         snap.queues = store.queues(Filters(queue))
         snap.workers = store.workers(Filters(queue))
+        snap.breakers = [b for b in FlowStore(store.db).list_breakers() if b["state"] != "closed"]
         snap.failures = [
             {**row, "error": truncate(f"{row['exc_type']}: {row['exc_message']}", 50)}
             for row in store.dead(Filters(queue, limit=failures))
+        ]
+        snap.concurrency = [
+            ConcurrencyKey(*row)._asdict() for row in store.concurrency_keys(None, failures)
         ]
     except DatabaseError as exc:
         snap.error = str(exc)
@@ -104,6 +126,10 @@ def render(snap: Snapshot, queue: str | None, interval: float) -> list[str]:
         "LATEST FAILURES",
         table(snap.failures, _FAILURES) if snap.failures else "(none)",
     ]
+    if snap.concurrency:
+        lines += ["", "BUSIEST CONCURRENCY KEYS", table(snap.concurrency, CONCURRENCY_COLUMNS)]
+    if snap.breakers:
+        lines += ["", "OPEN CIRCUIT BREAKERS", table(snap.breakers, BREAKER_COLUMNS)]
     return [line for block in lines for line in block.split("\n")]
 
 

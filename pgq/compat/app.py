@@ -30,7 +30,9 @@ from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.routes import route_for
 from pgq.compat.signals import Signal
 from pgq.compat.task import Task
+from pgq.concurrency import parse_limits
 from pgq.errors import ConfigurationError
+from pgq.flow import parse_breaker
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
 
@@ -177,6 +179,16 @@ class Celery(App):
         return self._settings
 
     @property
+    def concurrency_limits(self) -> dict[str, int]:
+        """Concurrency limits by key prefix: ``app.conf.pgq_concurrency_limits`` (a
+        ``{prefix: limit}`` dict or ``"PREFIX=N,..."`` text) when set, else
+        ``PGQ_CONCURRENCY_LIMITS``."""
+        configured = self._conf.get("pgq_concurrency_limits")
+        if configured is None:
+            return App.concurrency_limits.fget(self)  # type: ignore[attr-defined,no-any-return]
+        return parse_limits(configured, "pgq_concurrency_limits")
+
+    @property
     def backend(self) -> ResultBackend:
         """Celery's ``app.backend``: result-backend calls answered from the task rows."""
         backend = self.__dict__.get("_result_backend")
@@ -310,6 +322,7 @@ class Celery(App):
         task = task() if isinstance(task, type) else task
         if not task.name:
             type(task).name = gen_task_name(self, type(task).__name__, type(task).__module__)
+        parse_breaker(getattr(task, "circuit_breaker", None), f"task {task.name!r}")
         task.app = self
         self._tasks[task.name] = task
         return task

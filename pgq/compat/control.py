@@ -68,6 +68,28 @@ class Control:
         chosen = self.inspect(destination, **kwargs)._workers(admin)
         admin.ask_to_shut_down([w["id"] for w in chosen])
 
+    # pgq's flow control (Celery's cancel_consumer lives in one worker's memory; these are
+    # durable and fleet-wide): see pgq.flow and docs/guides/flow-control.md.
+    def pause_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Pause queues on every worker until resumed; returns the queues this call paused."""
+        return self.app.flow.pause_queue(*names, connection=connection)
+
+    def resume_queue(self, *names: str, connection: Any = None) -> list[str]:
+        """Resume paused queues (their workers wake at once); returns those that were paused."""
+        return self.app.flow.resume_queue(*names, connection=connection)
+
+    def breakers(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The circuit breakers, open ones first, with the tasks waiting behind each."""
+        return self.app.flow.breakers(name)
+
+    def open_breaker(self, name: str, connection: Any = None) -> dict[str, Any]:
+        """Hold a task name's circuit breaker open until ``close_breaker``."""
+        return self.app.flow.open_breaker(name, connection=connection)
+
+    def close_breaker(self, name: str, connection: Any = None) -> dict[str, Any]:
+        """Close a task name's circuit breaker."""
+        return self.app.flow.close_breaker(name, connection=connection)
+
     def purge(self, connection: Any = None) -> int:
         """Delete every waiting task (PENDING or RETRY, in every queue); returns how many.
 

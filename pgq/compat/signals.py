@@ -24,6 +24,7 @@ from pgq import hooks
 
 __all__ = [
     "Signal",
+    "circuit_breaker_changed",
     "task_failure",
     "task_postrun",
     "task_prerun",
@@ -139,6 +140,9 @@ worker_ready = Signal("worker_ready")
 worker_process_init = Signal("worker_process_init")
 worker_process_shutdown = Signal("worker_process_shutdown")
 worker_shutdown = Signal("worker_shutdown")
+# pgq's own (Celery has no circuit breakers): sender is the task name; old_state and new_state
+# are "closed", "open" or "half_open". Sent where the change was committed (docs: flow-control).
+circuit_breaker_changed = Signal("circuit_breaker_changed")
 
 
 # -- the bridge from pgq.hooks events to Celery's signal arguments ---------------------------
@@ -213,7 +217,12 @@ def _on_process_shutdown(**details: Any) -> None:
     )
 
 
+def _on_breaker_changed(name: str, old_state: str, new_state: str, **_: Any) -> None:
+    circuit_breaker_changed.send(sender=name, old_state=old_state, new_state=new_state)
+
+
 _BRIDGE: dict[str, Receiver] = {
+    "breaker_changed": _on_breaker_changed,
     "task_prerun": _on_prerun,
     "task_postrun": _on_postrun,
     "task_success": _on_success,

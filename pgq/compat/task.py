@@ -128,6 +128,8 @@ class Task(_engine.Task):
     typing: bool = True
     serializer: str | None = None
     rate_limit: str | None = None
+    # pgq's per-name circuit breaker (pgq/flow.py): {"failures": 5, "window": 60, "cooldown": 30}.
+    circuit_breaker: Any = None
     track_started: bool = False
     acks_late: bool = False
     acks_on_failure_or_timeout: bool = True

@@ -31,8 +31,8 @@ class NotCopyable(Exception):
 
 
 def copyable(t: NewTask | Like) -> bool:
-    """Whether a task is due now, never expires and has no idempotency key: a row COPY can
-    write as it is (the table's defaults give run_at = now())."""
+    """Whether a task is due now, never expires and has no idempotency or concurrency key: a
+    row COPY can write as it is (the table's defaults give run_at = now())."""
     if not isinstance(t, NewTask):
         t = t[1]
     return (
@@ -41,6 +41,7 @@ def copyable(t: NewTask | Like) -> bool:
         and t.expires_at is None
         and t.expires_in is None
         and t.idempotency_key is None
+        and t.concurrency_key is None
     )
 
 
@@ -100,4 +101,6 @@ def insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
         "idempotency_keys": [t.idempotency_key for t in tasks],
         "parent_ids": [t.parent_id for t in tasks],
         "root_ids": [t.root_id for t in tasks],
+        "concurrency_keys": [t.concurrency_key for t in tasks],
+        "concurrency_limits": [t.concurrency_limit for t in tasks],
     }

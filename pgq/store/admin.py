@@ -227,6 +227,13 @@ class AdminStore(Store):
             params = {"channel": CONTROL_CHANNEL, "payload": f"shutdown {worker_id}"}
             self._run("notify", params, connection, retry=connection is None)
 
+    def concurrency_gauges(self, top: int) -> tuple[list[tuple[Any, ...]], int]:
+        """The ``top`` busiest concurrency keys (as ``concurrency_keys`` rows) and how many
+        keys are busy in all, for the metrics."""
+        rows = self.concurrency_keys(None, top)
+        count = self._run("concurrency_key_count", {}, retry=True)
+        return rows, int(count[0][0])
+
     def count_waiting(self, queue: str | None) -> int:
         """How many tasks ``purge_waiting`` would delete now."""
         return int(self._run("count_waiting", {"queue": queue}, retry=True)[0][0])

@@ -117,6 +117,11 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
+    def concurrency_keys(self, prefix: str | None, limit: int) -> list[tuple[Any, ...]]:
+        """Busy concurrency keys (``pgq.concurrency_keys``) starting with ``prefix``, fullest
+        first: (key, running, concurrency_limit, waiting, scheduled, oldest_waiting_seconds)."""
+        return self._run("concurrency_keys", {"prefix": prefix, "limit": limit}, retry=True)
+
     def insert(
         self, task: NewTask, connection: Any = None, using: str | None = None
     ) -> tuple[str, bool]:

@@ -47,6 +47,8 @@ class NewTask(NamedTuple):
     idempotency_key: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def params(self) -> dict[str, Any]:
         return self._asdict()

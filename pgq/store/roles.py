@@ -29,7 +29,7 @@ __all__ = ["RoleNames", "VIEWS", "grant_statements", "relations_in_code", "roles
 
 # The views migrations create (tables come from pgq.store.schema's metadata); a test holds this list
 # to what `upgrade head` leaves in the schema.
-VIEWS = ("dead_tasks", "queue_stats", "running_tasks")
+VIEWS = ("concurrency_keys", "dead_tasks", "queue_stats", "running_tasks")
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 

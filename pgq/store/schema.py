@@ -33,7 +33,9 @@ __all__ = [
     "beat_leases",
     "control_commands",
     "control_replies",
+    "circuit_breakers",
     "metadata",
+    "queue_pauses",
     "rate_limits",
     "stats_minute",
     "tasks",
@@ -84,6 +86,11 @@ tasks = Table(
     # ({failed_at, retried_at, worker, retries, rescues, result, traceback}) before the task
     # goes back to the queue with a fresh retry budget, so the history survives the retry.
     Column("failures", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    # Per-key concurrency limits (pgq.concurrency): at most concurrency_limit tasks of one
+    # concurrency_key hold a lease at once. The limit is resolved at enqueue (call option, then
+    # the settings' prefixes, then the task's), so the claim needs no Python configuration.
+    Column("concurrency_key", Text),
+    Column("concurrency_limit", Integer),
     CheckConstraint("state <> ''", name="tasks_state_not_empty"),
     CheckConstraint("priority BETWEEN 0 AND 255", name="tasks_priority_range"),
     CheckConstraint("retries >= 0 AND rescues >= 0", name="tasks_counts_not_negative"),
@@ -97,13 +104,22 @@ tasks = Table(
         "state NOT IN ('PENDING', 'RETRY') OR (lease_expires_at IS NULL AND finished_at IS NULL)",
         name="tasks_waiting_is_unclaimed",
     ),
+    CheckConstraint(
+        "(concurrency_key IS NULL) = (concurrency_limit IS NULL)"
+        " AND concurrency_limit > 0 AND concurrency_key <> ''",
+        name="tasks_concurrency_key_has_limit",
+    ),
 )
 
 # The claim query walks this index per queue in (priority, run_at) order. Partial, so it holds
-# only waiting rows and stays small however many finished rows the table keeps.
+# only waiting rows and stays small however many finished rows the table keeps. The second
+# column splits each queue in two: the claim's keyless walk (`concurrency_key IS NULL`, an
+# equality on that column) never steps over tasks with a concurrency key, however many of them
+# wait behind a full key; those are claimed through tasks_concurrency_waiting_idx.
 Index(
     "tasks_claim_idx",
     tasks.c.queue,
+    text("(concurrency_key IS NULL)"),
     tasks.c.priority,
     tasks.c.run_at,
     postgresql_where=text("state IN ('PENDING', 'RETRY')"),
@@ -114,6 +130,21 @@ Index(
     tasks.c.idempotency_key,
     unique=True,
     postgresql_where=text("idempotency_key IS NOT NULL"),
+)
+# Per-key concurrency: the keyed claim walks the keys that have waiting tasks (a skip scan)
+# and each key's waiting tasks in claim order; the running index counts a key's leased tasks.
+# Both partial: a task without a key is in neither.
+Index(
+    "tasks_concurrency_waiting_idx",
+    tasks.c.concurrency_key,
+    tasks.c.priority,
+    tasks.c.run_at,
+    postgresql_where=text("state IN ('PENDING', 'RETRY') AND concurrency_key IS NOT NULL"),
+)
+Index(
+    "tasks_concurrency_running_idx",
+    tasks.c.concurrency_key,
+    postgresql_where=text("lease_expires_at IS NOT NULL AND concurrency_key IS NOT NULL"),
 )
 # Orphan rescue looks for lapsed leases; only claimed rows are in it.
 Index(
@@ -283,4 +314,54 @@ control_replies = Table(
     Column("node_name", Text, nullable=False),
     Column("reply", JSONB, nullable=False),
     Column("created_at", _ts, nullable=False, server_default=text("now()")),
+)
+
+# Paused queues (``pgq queue pause``), one row each; resuming deletes the row. The claim statement
+# leaves these queues out before it walks any of them, so a pause costs no scan.
+queue_pauses = Table(
+    "queue_pauses",
+    metadata,
+    Column("queue", Text, primary_key=True),
+    Column("paused_at", _ts, nullable=False, server_default=text("now()")),
+    # Who paused it (the dashboard's user, "cli", or what the caller passed).
+    Column("paused_by", Text),
+)
+
+# Circuit breakers, one row per task name that has one (a worker writes its tasks' limits when it
+# starts). Closed: tasks run; `recent_failures` keeps the times of the last `failure_threshold`
+# run-ending failures inside the window, and reaching the threshold opens it. Open: the claim
+# statement skips the name until `reopens_at` (infinity when an operator opened it). Then the
+# next claim that finds a task of the name lets exactly that one through (half_open, its id in
+# `probe_task_id`, set by a conditional UPDATE so that two claims at once cannot both do it); its
+# success closes the breaker, its failure opens it again. Changed in the same statement as the
+# outcomes that trip it.
+circuit_breakers = Table(
+    "circuit_breakers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("state", Text, nullable=False, server_default=text("'closed'")),
+    Column("failure_threshold", Integer, nullable=False),
+    Column("window_seconds", DOUBLE_PRECISION, nullable=False),
+    Column("cooldown_seconds", DOUBLE_PRECISION, nullable=False),
+    Column("recent_failures", ARRAY(_ts), nullable=False, server_default=text("'{}'")),
+    Column("opened_at", _ts),
+    Column("reopens_at", _ts),
+    Column("probe_task_id", Text),
+    Column("changed_at", _ts, nullable=False, server_default=text("now()")),
+    # State changes so far (the metric pgq_breaker_transitions_total reads it).
+    Column("transitions", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint(
+        "state IN ('closed', 'open', 'half_open')", name="circuit_breakers_state_known"
+    ),
+    CheckConstraint("failure_threshold > 0", name="circuit_breakers_failures_positive"),
+    CheckConstraint("window_seconds > 0", name="circuit_breakers_window_positive"),
+    CheckConstraint("cooldown_seconds >= 0", name="circuit_breakers_cooldown_not_negative"),
+)
+# The claim statement reads the breakers that are not closed on every turn: through this partial
+# index, which holds only those (usually none), so the read stays one index look however many
+# closed breakers there are (and a slot, planning with sequential scans off, never scans).
+Index(
+    "circuit_breakers_not_closed_idx",
+    circuit_breakers.c.name,
+    postgresql_where=text("state <> 'closed'"),
 )

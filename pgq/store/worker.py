@@ -18,15 +18,25 @@ from typing import Any
 
 import psycopg
 
+from pgq.hooks import emit, listening
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
 from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
 from pgq.store.sql import named_statements, query
 
-__all__ = ["REPLAN_SECONDS", "WorkerStore"]
+__all__ = ["KEYED_PROBE_SECONDS", "REPLAN_SECONDS", "WorkerStore"]
 
 # How long a slot keeps its statements' plans (see the slot_session query).
 REPLAN_SECONDS = 120.0
+# While a worker's claims come back full and it saw no task with a concurrency key due, how
+# often its claim statement looks for one (a look is one index probe, asked of every turn while
+# keyed tasks wait or a claim comes back short): the longest a keyed task waits behind a backlog
+# of keyless ones before this worker notices it.
+KEYED_PROBE_SECONDS = 1.0
+# The first half of the two-key advisory lock taken per concurrency key (the second is the
+# key's hashtext): a fixed number ("pgqc" in ASCII) keeps them apart from an application's own
+# advisory locks. Two keys with the same hash share a lock: they only take turns.
+CONCURRENCY_LOCK_SPACE = 0x70677163
 
 
 def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
@@ -44,6 +54,14 @@ def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values))
 
 
+def announce_breaker_changes(changes: str | None) -> None:
+    """Emit ``breaker_changed`` for each [name, old state, new state] a statement returned
+    (after it committed: each statement here runs in its own transaction or the caller's)."""
+    if changes and listening("breaker_changed"):
+        for name, old_state, new_state in json.loads(changes):
+            emit("breaker_changed", name=name, old_state=old_state, new_state=new_state)
+
+
 class WorkerStore:
     """A worker's connections: one for commands, one that LISTENs for wake-ups."""
 
@@ -57,6 +75,12 @@ class WorkerStore:
         self._no_listen: tuple[int, int] | None = None
         # When a slot's connection next drops its plans (see the slot_session query).
         self._replan_at = float("inf")
+        # Per-key concurrency limits: whether the last look saw keyed tasks due in this
+        # worker's queues (then each turn locks keys first, see _turn), when to look again while
+        # it saw none, and the last key locked (the next turn starts its walk after it).
+        self._keyed_waiting = False
+        self._keyed_probe_at = 0.0
+        self._key_cursor = ""
 
     def connect(self, *, slot: bool = False) -> None:
         """Open the connections, check the schema, and start listening.
@@ -175,19 +199,28 @@ class WorkerStore:
         failed_steps: Sequence[Any] = (),
     ) -> tuple[list[ClaimedTask], int]:
         assert self._conn is not None, "WorkerStore.connect() first"
+        now = time.monotonic()
+        # Keyed tasks are claimed only from keys this turn locked first (lock_concurrency_keys),
+        # and only while the last look saw some due; the look is part of the claim statement,
+        # asked every turn while keyed tasks wait, else at most once a KEYED_PROBE_SECONDS
+        # (and whenever a claim comes back short), so a fleet without keys pays nothing more.
+        keyed = bool(limit) and self._keyed_waiting
+        probe = bool(limit) and (keyed or now >= self._keyed_probe_at)
         params = {
             "outcomes": json.dumps(outcomes),  # each Outcome a 4-item JSON array
             "queues": list(queues),
             "limit": limit,
             "worker": self.worker_id,
             "lease_seconds": lease_seconds,
+            "keys": [],
+            "probe": probe,
         }
         conn = self._conn
         with translate_errors(self.db.url):
-            if time.monotonic() >= self._replan_at:
+            if now >= self._replan_at:
                 conn.execute(query("replan"), prepare=False)
-                self._replan_at = time.monotonic() + REPLAN_SECONDS
-            if follow_ups or failed_steps:
+                self._replan_at = now + REPLAN_SECONDS
+            if follow_ups or failed_steps or keyed:
                 with conn.transaction():
                     if follow_ups:
                         conn.execute(query("insert_tasks"), insert_params(follow_ups))
@@ -195,12 +228,36 @@ class WorkerStore:
                         conn.execute(
                             query("insert_failed_steps"), _failed_step_params(failed_steps)
                         )
+                    if keyed:
+                        params["keys"] = keys = self._lock_keys(conn, queues, limit)
+                        self._key_cursor = keys[-1] if keys else ""
                     rows = conn.execute(query("finish_and_claim"), params).fetchall()
             else:
                 rows = conn.execute(query("finish_and_claim"), params).fetchall()
-        claimed = [ClaimedTask(*row[:-1]) for row in rows if row[0] is not None]
-        finished = next(int(row[-1]) for row in rows if row[0] is None)
-        return claimed, finished
+        claimed = [ClaimedTask(*row[:-3]) for row in rows if row[0] is not None]
+        last = next(row for row in rows if row[0] is None)
+        # The last row: finished count, breaker changes, whether keyed tasks are due.
+        announce_breaker_changes(last[-2])
+        if last[-1] is not None:
+            self._keyed_waiting = bool(last[-1])
+            self._keyed_probe_at = now + KEYED_PROBE_SECONDS
+        return claimed, int(last[-3])
+
+    def _lock_keys(
+        self, conn: psycopg.Connection[Any], queues: Sequence[str], limit: int
+    ) -> list[str]:
+        """Lock (for this transaction) up to ``limit`` concurrency keys with a due task in
+        ``queues`` and a free slot, walking on from the last key locked."""
+        rows = conn.execute(
+            query("lock_concurrency_keys"),
+            {
+                "queues": list(queues),
+                "limit": limit,
+                "after": self._key_cursor,
+                "lock_space": CONCURRENCY_LOCK_SPACE,
+            },
+        ).fetchall()
+        return sorted(row[0] for row in rows)
 
     def chord_header_results(self, header_ids: Sequence[str]) -> str:
         """The JSON array of a chord header's results, in header order."""
@@ -226,6 +283,8 @@ class WorkerStore:
                 "worker": self.worker_id,
             },
         )
+        if rows:
+            announce_breaker_changes(rows[0][2])
         return [float(row[1]) for row in rows]
 
     def requeue_rejected(self, rejected: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:

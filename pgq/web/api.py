@@ -320,6 +320,20 @@ def get_rate_limits(request: Request) -> dict[str, Any]:
     return {"rate_limits": dashboard(request).rate_limits()}
 
 
+class ConcurrencyKeys(BaseModel):
+    concurrency_keys: list[dict[str, Any]]
+
+
+@router.get("/concurrency", response_model=ConcurrencyKeys, responses=_ERRORS)
+def get_concurrency(
+    request: Request,
+    prefix: str | None = Query(None, max_length=255),
+    limit: int = Query(200, ge=1, le=MAX_PAGE),
+) -> dict[str, Any]:
+    """Busy concurrency keys, fullest first: running (leases) against the limit, waiting."""
+    return {"concurrency_keys": dashboard(request).concurrency_keys(prefix=prefix, limit=limit)}
+
+
 @router.get("/audit", response_model=AuditPage, responses=_ERRORS)
 def get_audit(
     request: Request,
@@ -457,3 +471,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(PgqError, pgq_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+# Flow control: /api/v1/queues/{queue}/pause|resume, /api/v1/breakers[/{name}/open|close].
+from pgq.web.flow import api_router as _flow_api  # noqa: E402
+
+router.include_router(_flow_api, responses=_ERRORS)

@@ -30,10 +30,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pgq.app import App
+from pgq.concurrency import ConcurrencyKey
 from pgq.errors import InvalidFilter, StateConflict, TaskNotFound, TaskRevokedError
 from pgq.maintenance.beat import _OWN_OPTIONS as BEAT_OWN_OPTIONS
 from pgq.periodic import next_due
 from pgq.serialization import loads
+from pgq.store.flow import FlowStore
 from pgq.store.web import TaskQuery, WebStore
 from pgq.web.filters import (
     DEFAULT_PAGE,
@@ -246,6 +248,12 @@ class Dashboard:
                 key = column.get(state)
                 if key:
                     queue_row(queue)[key] += count
+        # Paused queues (pgq.queue_pauses, usually empty), listed even before their first task.
+        paused = {row["queue"] for row in FlowStore(self.app.db).paused_queues()}
+        for name in paused:
+            queue_row(name)
+        for name, row in by_queue.items():
+            row["paused"] = name in paused
         return [by_queue[name] for name in sorted(by_queue)]
 
     def _dead_counts(self) -> tuple[list[dict[str, Any]], datetime]:
@@ -488,6 +496,15 @@ class Dashboard:
     def rate_limits(self) -> list[dict[str, Any]]:
         """Every global rate limit: the interval between runs and when the next may start."""
         return self.store.fetch("web_rate_limits")
+
+    def concurrency_keys(
+        self, *, prefix: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Busy concurrency keys, fullest first: running (leases) / limit, waiting, scheduled,
+        the oldest waiting age (``pgq.concurrency_keys``)."""
+        return [
+            ConcurrencyKey(*row)._asdict() for row in self.store.concurrency_keys(prefix, limit)
+        ]
 
     def audit(self, *, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
         """The audit trail, newest first, and the cursor of the next page."""

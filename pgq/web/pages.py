@@ -52,7 +52,7 @@ from pgq.compat.schedules import crontab
 from pgq.errors import ConfigurationError, DatabaseError, InvalidFilter
 from pgq.periodic import Every, Schedule, next_due
 from pgq.web import family as workflow
-from pgq.web import forms
+from pgq.web import flow, forms
 from pgq.web.charts import Minute, throughput_chart
 from pgq.web.data import Dashboard, TaskFilter
 from pgq.web.render import (
@@ -412,5 +412,20 @@ def audit(request: Request) -> HTMLResponse:
     return safe_read(request, read)
 
 
+@router.get("/concurrency", response_class=HTMLResponse)
+def concurrency(request: Request) -> HTMLResponse:
+    """Busy concurrency keys: running against the limit, waiting, the oldest waiting age."""
+
+    def read() -> HTMLResponse:
+        prefix = request.query_params.get("prefix") or None
+        rows = dashboard_of(request).concurrency_keys(prefix=prefix)
+        context = {"keys": rows, "prefix": prefix or ""}
+        return render(request, "concurrency.html", context, current="/concurrency")
+
+    return safe_read(request, read)
+
+
 # The actions (form POSTs) are served by the same router.
 router.include_router(forms.router)
+# Flow control: the Breakers page, pause/resume and open/close forms (pgq.web.flow).
+router.include_router(flow.pages_router)

@@ -57,7 +57,9 @@ NAV = (
     ("/workers", "Workers"),
     ("/periodic", "Periodic"),
     ("/rate-limits", "Rate limits"),
+    ("/breakers", "Breakers"),
     ("/audit", "Audit"),
+    ("/concurrency", "Concurrency"),
 )
 
 # -- template helpers ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pgq.context import Request
 from pgq.errors import DatabaseError, OperationalError, TimeLimitExceeded
+from pgq.flow import FlowControl
 from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
@@ -344,6 +345,8 @@ class Worker:
         self._listen_fd = self.store.listen_fileno()
         self._selector.register(self._listen_fd, selectors.EVENT_READ, "listen")
         self._register()
+        # The breaker limits of the tasks this worker runs (their states stay as they are).
+        FlowControl(self.app).sync(self.app.tasks.values())
         # Renew at once: the leases of running tasks may have run low while we were away.
         self.store.renew_leases(self.pool.worker_ids(), self.settings.lease_seconds)
         if first:

@@ -838,6 +838,8 @@ def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the
         "limit": 200,
         "worker": "w1",
         "lease_seconds": 30.0,
+        "keys": [],
+        "probe": True,
     }
     plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query("finish_and_claim"), params))
     assert "Seq Scan on tasks" not in plan, plan
@@ -854,16 +856,17 @@ def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_
     # A slot's connection keeps one (generic) plan per statement instead of re-planning every
     # turn. The plan is made when the slot first runs its turn, maybe on an empty table, and
     # must not scan the whole table once the table holds a backlog (one scan per turn).
-    names = ["outcomes", "queues", "limit", "worker", "lease_seconds"]
+    names = ["outcomes", "queues", "limit", "worker", "lease_seconds", "keys", "probe"]
     statement = query("finish_and_claim")
     for n, name in enumerate(names, 1):
         statement = statement.replace(f"%({name})s", f"${n}")
     call = (
-        "EXPLAIN EXECUTE turn('[[\"x\", \"SUCCESS\", \"null\", null]]', '{celery}', 200, 'w1', 30)"
+        "EXPLAIN EXECUTE turn('[[\"x\", \"SUCCESS\", \"null\", null]]', '{celery}', 200, 'w1', 30,"
+        " '{}', true)"
     )
     with psycopg.connect(db_url, autocommit=True) as slot:
         slot.execute(query("slot_session"))
-        slot.execute(f"PREPARE turn(json, text[], int, text, float8) AS {statement}")
+        slot.execute(f"PREPARE turn(json, text[], int, text, float8, text[], bool) AS {statement}")
         plans = ["\n".join(row[0] for row in slot.execute(call))]  # planned on the empty table
         qapp.send_many([("store.anything", [i], {}, {}) for i in range(5000)])
         plans.append("\n".join(row[0] for row in slot.execute(call)))  # the same plan, reused
@@ -895,7 +898,7 @@ def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
             "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%json_array%%'"
         ).fetchone() or (None,)
         values = {"outcomes": "'[]'", "queues": "'{celery}'", "limit": "1", "worker": "'w1/1'"}
-        values["lease_seconds"] = "30"
+        values.update(lease_seconds="30", keys="'{}'", probe="true")
         # psycopg numbers the parameters in the order they first appear in the statement.
         order = dict.fromkeys(re.findall(r"%\((\w+)\)s", query("finish_and_claim")))
         call = f"EXPLAIN EXECUTE {name}({', '.join(values[k] for k in order)})"

@@ -13,7 +13,7 @@ SELECT version_num FROM pgq.alembic_version;
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
 -- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id)
+                       idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(eta)s::timestamptz,
                  now() + make_interval(secs => %(countdown)s::double precision),
@@ -21,7 +21,8 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(expires_at)s::timestamptz,
                  now() + make_interval(secs => %(expires_in)s::double precision)),
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
-        %(idempotency_key)s, %(parent_id)s, %(root_id)s)
+        %(idempotency_key)s, %(parent_id)s, %(root_id)s,
+        %(concurrency_key)s, %(concurrency_limit)s::integer)
 ON CONFLICT DO NOTHING
 RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
 
@@ -31,18 +32,20 @@ RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 
 -- identical notifications of a transaction into one, delivered on commit).
 WITH new AS (
     INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                           idempotency_key, parent_id, root_id)
+                           idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
     SELECT t.id, t.name, t.queue, t.priority,
            COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
            COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
-           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
+           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id,
+           t.concurrency_key, t.concurrency_limit
     FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
                 %(etas)s::timestamptz[], %(countdowns)s::double precision[],
                 %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
                 %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
-                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
+                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
+                %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[])
          AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs,
-              options, idempotency_key, parent_id, root_id)
+              options, idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, run_at <= now() AS due
 ), woken AS (
@@ -103,9 +106,20 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- Their rows are found with `id = ANY(ARRAY(...))`, an index condition on the primary key: a
 -- plain join on the JSON rows let the planner hash-join against a scan of the whole table
 -- whenever it had no statistics for pgq.tasks (right after a burst of enqueues), one scan per turn.
+-- Per-key concurrency limits (pgq/concurrency.py): the walk above takes only tasks without a
+-- concurrency key (`concurrency_key IS NULL` is an equality on the claim index's second column,
+-- so keyed rows are never stepped over). Keyed tasks come only from the keys in %(keys)s, which
+-- the caller locked with lock_concurrency_keys earlier in this transaction: this statement's
+-- snapshot is newer than those locks, so it sees every claim of those keys committed before and
+-- counts each key's leased tasks right (see `keyed`). Without keys it costs an empty unnest.
+-- Paused queues and circuit breakers (issue 21) are enforced here, not by skipping locked rows:
+-- see the tripped, breakers, candidates, keyed, probes and probed steps.
 -- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
--- notifications are sent even when nothing is claimed).
+-- notifications are sent even when nothing is claimed), whose `breaker_changes` lists the
+-- breakers this turn moved, as a JSON array of [name, old state, new state] (NULL: none), and
+-- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues
+-- (asked when %(probe)s or when the claim came back short; NULL when not asked).
 WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
     FROM json_array_elements(%(outcomes)s::json) AS o
@@ -118,7 +132,7 @@ WITH outcomes AS MATERIALIZED (
     FROM outcomes AS u
     WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
       AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.state, t.result, t.options->>'chord' AS chord
+    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord
 ), members AS (
     SELECT chord AS body_id,
            count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
@@ -162,36 +176,241 @@ WITH outcomes AS MATERIALIZED (
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
            (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
     FROM done
+), locked AS MATERIALIZED (
+    -- The breakers of the names done holds, locked and read at their newest version (FOR
+    -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
+    -- two workers' failures add up instead of the second overwriting the first. In name order,
+    -- so two statements locking the same breakers cannot deadlock on them.
+    SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+           b.probe_task_id
+    FROM pgq.circuit_breakers AS b
+    WHERE b.name = ANY(ARRAY(SELECT DISTINCT name FROM done)) AND b.state <> 'open'
+    ORDER BY b.name
+    FOR UPDATE
+), tripped AS (
+    -- Circuit breakers (pgq.circuit_breakers), in the same statement as the outcomes that trip
+    -- them: a closed breaker keeps the times of its last `failure_threshold` failures inside
+    -- its window and opens when it holds that many; a half-open breaker closes on its probe's
+    -- success and opens again on its failure (any other end of the probe, a revoke, leaves it
+    -- half-open with no probe running, so the next claim lets another one through). Names
+    -- without a breaker row cost one primary-key probe per name finished in the turn.
+    UPDATE pgq.circuit_breakers AS b
+    SET state = n.new_state,
+        recent_failures = CASE WHEN n.new_state = 'closed' AND b.state = 'closed'
+                               THEN n.recent ELSE '{}' END,
+        opened_at = CASE WHEN n.new_state = 'open' THEN now() ELSE b.opened_at END,
+        reopens_at = CASE n.new_state
+                         WHEN 'open' THEN now() + make_interval(secs => b.cooldown_seconds)
+                         WHEN 'closed' THEN NULL ELSE b.reopens_at END,
+        probe_task_id = CASE WHEN n.new_state = 'half_open' THEN b.probe_task_id END,
+        changed_at = CASE WHEN n.new_state <> b.state THEN now() ELSE b.changed_at END,
+        transitions = b.transitions + (n.new_state <> b.state)::int
+    FROM (
+        SELECT r.name, r.state AS old_state, r.failed, r.recent,
+               CASE WHEN r.state = 'half_open'
+                    THEN CASE WHEN r.probe_ok THEN 'closed' WHEN r.probe_failed THEN 'open'
+                              ELSE 'half_open' END
+                    WHEN cardinality(r.recent) >= r.failure_threshold THEN 'open'
+                    ELSE 'closed' END AS new_state
+        FROM (
+            SELECT o.*,
+                   ARRAY(SELECT f FROM unnest(o.recent_failures
+                                              || array_fill(now(), ARRAY[o.failed::int])) AS f
+                         WHERE f > now() - make_interval(secs => o.window_seconds)
+                         ORDER BY f DESC LIMIT o.failure_threshold) AS recent
+            FROM (
+                SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+                       count(*) FILTER (WHERE d.state = 'FAILURE') AS failed,
+                       bool_or(d.id = b.probe_task_id AND d.state = 'SUCCESS') AS probe_ok,
+                       bool_or(d.id = b.probe_task_id AND d.state = 'FAILURE') AS probe_failed
+                FROM done AS d JOIN locked AS b ON b.name = d.name
+                GROUP BY b.name, b.state, b.failure_threshold, b.window_seconds,
+                         b.recent_failures
+            ) AS o
+        ) AS r
+    ) AS n
+    WHERE b.name = n.name AND (n.new_state <> b.state OR (b.state = 'closed' AND n.failed > 0))
+    RETURNING b.name, n.old_state, b.state AS new_state
+), breakers AS MATERIALIZED (
+    -- Names no claim takes: open and half-open breakers (none, the usual case, is one look at
+    -- an empty table), plus those this turn just opened. `may_probe`: the cool-down is over, or
+    -- the half-open probe is no longer running (revoked, rescued), so one task may go through.
+    SELECT b.name, b.state, b.probe_task_id,
+           (b.state = 'open' AND b.reopens_at <= now())
+           -- A correlated scalar lookup by primary key (NOT EXISTS was planned as a hashed
+           -- scan of the whole tasks table).
+           OR (b.state = 'half_open' AND (SELECT p.lease_expires_at FROM pgq.tasks AS p
+                                          WHERE p.id = b.probe_task_id) IS NULL) AS may_probe
+    FROM pgq.circuit_breakers AS b
+    WHERE b.state <> 'closed'
+    UNION ALL
+    SELECT name, new_state, NULL, false FROM tripped WHERE old_state = 'closed' AND new_state = 'open'
 ), candidates AS (
-    SELECT c.id, c.priority, c.run_at
+    -- Paused queues (pgq.queue_pauses) are left out before any of them is walked; names behind
+    -- a breaker are filtered out of the walk, except where one may let a probe through.
+    SELECT c.id, c.name, c.priority, c.run_at
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
+        SELECT id, name, priority, run_at
         FROM pgq.tasks
         WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+          AND concurrency_key IS NULL
+          -- Inside a CASE so the planner does not judge it from the name column's statistics
+          -- (with few task names it took `name <> ALL(...)` to reject every row and chose a
+          -- sort of the whole table over the claim index).
+          AND CASE WHEN NOT EXISTS (SELECT 1 FROM breakers WHERE NOT may_probe) THEN true
+                   ELSE name <> ALL(ARRAY(SELECT name FROM breakers WHERE NOT may_probe)) END
         ORDER BY priority, run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     ) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p WHERE p.queue = q.name)
     ORDER BY c.priority, c.run_at
     LIMIT %(limit)s
+), keyed AS (
+    -- Each locked key's best due tasks, as many as its free slots: the n-th of them is admitted
+    -- while (leased tasks of the key) + n <= its limit. Tasks of one key should share a limit;
+    -- when they differ, each is admitted against its own, so the largest bounds the key.
+    -- Paused queues are left out; names behind a breaker are filtered out of the walk as in
+    -- `candidates` (one that may let a probe through stays: see `probes`).
+    SELECT c.id, c.name, c.priority, c.run_at
+    FROM unnest(%(keys)s::text[]) AS k(key)
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM pgq.tasks AS r
+        WHERE r.concurrency_key = k.key AND r.lease_expires_at IS NOT NULL
+    ) AS running
+    CROSS JOIN LATERAL (
+        SELECT w.id, w.name, w.priority, w.run_at, w.concurrency_limit,
+               running.n + row_number() OVER (ORDER BY w.priority, w.run_at) AS slot
+        FROM (
+            SELECT id, name, priority, run_at, concurrency_limit
+            FROM pgq.tasks
+            WHERE concurrency_key = k.key AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+              AND queue = ANY(ARRAY(
+                  SELECT q FROM unnest(%(queues)s::text[]) AS q
+                  WHERE NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p WHERE p.queue = q)))
+              AND CASE WHEN NOT EXISTS (SELECT 1 FROM breakers WHERE NOT may_probe) THEN true
+                       ELSE name <> ALL(ARRAY(SELECT name FROM breakers WHERE NOT may_probe)) END
+            ORDER BY priority, run_at
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS w
+    ) AS c
+    WHERE c.slot <= c.concurrency_limit
+), picked AS (
+    -- The keyless and the keyed candidates, merged by priority then run_at.
+    SELECT id, name, priority, run_at FROM candidates
+    UNION ALL
+    SELECT id, name, priority, run_at FROM keyed
+    ORDER BY priority, run_at
+    LIMIT %(limit)s
+), probes AS (
+    -- At most one task per breaker that may let a probe through: its best candidate.
+    SELECT DISTINCT ON (c.name) c.name, c.id, b.state, b.probe_task_id
+    FROM picked AS c JOIN breakers AS b ON b.name = c.name AND b.may_probe
+    ORDER BY c.name, c.priority, c.run_at
+), probed AS (
+    -- open/half-open -> half_open with this probe: compare-and-set on the state and probe read
+    -- above. A second claim at the same moment waits on this row's lock, re-reads it, finds it
+    -- changed and claims nothing of the name: exactly one probe, fleet-wide.
+    UPDATE pgq.circuit_breakers AS b
+    SET state = 'half_open', probe_task_id = p.id, changed_at = now(),
+        transitions = b.transitions + (b.state <> 'half_open')::int
+    FROM probes AS p
+    WHERE b.name = p.name AND b.state = p.state
+      AND b.probe_task_id IS NOT DISTINCT FROM p.probe_task_id
+      AND (b.state = 'half_open' OR b.reopens_at <= now())
+    RETURNING b.name, p.id, p.state AS old_state
 ), claimed AS (
     UPDATE pgq.tasks AS t
     SET state = 'STARTED', worker = %(worker)s, started_at = now(),
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
     -- By their ids through the primary key, whatever the planner believes of the table's size
     -- (a join with the candidates was planned as a whole-table hash join on a fresh table).
-    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
+    WHERE t.id = ANY(ARRAY(
+        SELECT id FROM picked WHERE name <> ALL(ARRAY(SELECT name FROM breakers))
+        UNION ALL
+        SELECT id FROM probed))
     RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
               t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
               t.parent_id, t.root_id, t.priority, t.run_at, t.rescues
 )
 (SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
-        c.root_id, c.priority, c.rescues, NULL::bigint AS finished
+        c.root_id, c.priority, c.rescues, NULL::bigint AS finished, NULL::text AS breaker_changes,
+        NULL::boolean AS keyed_waiting
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n,
+       (SELECT json_agg(json_build_array(x.name, x.old_state, x.new_state))::text
+        FROM (SELECT name, old_state, new_state FROM tripped WHERE new_state <> old_state
+              UNION ALL
+              SELECT name, old_state, 'half_open' FROM probed WHERE old_state <> 'half_open') AS x),
+       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+            THEN EXISTS (SELECT 1 FROM pgq.tasks AS t
+                         WHERE t.concurrency_key IS NOT NULL AND t.state IN ('PENDING', 'RETRY')
+                           AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
+                           AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p
+                                           WHERE p.queue = t.queue)) END
 FROM finished;
+
+-- name: lock_concurrency_keys
+-- (lock) Per-key concurrency limits, before a finish_and_claim that may take keyed tasks, in
+-- the same transaction: takes this transaction's advisory lock on up to `limit` keys that have
+-- a due task in these queues (not paused) and (as this statement's snapshot sees it) a free slot, and
+-- returns them. The keys are walked in order from the one after %(after)s, wrapping around
+-- (a skip scan of tasks_concurrency_waiting_idx, one descent per key; a slot passes its last
+-- key back so every key gets its turn). pg_try_advisory_xact_lock: a key another worker is
+-- claiming right now is skipped, never waited for. Why a statement of its own: the claim's
+-- count of a key's leased tasks must come from a snapshot taken after the lock (a lock taken
+-- inside one statement does not refresh its snapshot, so it would miss a claim committed
+-- between the snapshot and the lock). Held until the turn commits.
+WITH RECURSIVE walk(key) AS (
+    SELECT min(concurrency_key) FROM pgq.tasks
+    WHERE state IN ('PENDING', 'RETRY') AND concurrency_key > %(after)s
+    UNION ALL
+    SELECT (SELECT min(t.concurrency_key) FROM pgq.tasks AS t
+            WHERE t.state IN ('PENDING', 'RETRY') AND t.concurrency_key > w.key)
+    FROM walk AS w WHERE w.key IS NOT NULL
+), again(key) AS (
+    SELECT min(concurrency_key) FROM pgq.tasks
+    WHERE state IN ('PENDING', 'RETRY') AND concurrency_key IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(t.concurrency_key) FROM pgq.tasks AS t
+            WHERE t.state IN ('PENDING', 'RETRY') AND t.concurrency_key > w.key)
+    FROM again AS w WHERE w.key <= %(after)s
+), keys AS (
+    SELECT key FROM walk WHERE key IS NOT NULL
+    UNION ALL
+    SELECT key FROM again WHERE key <= %(after)s
+), open AS (
+    SELECT k.key
+    FROM keys AS k
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM pgq.tasks AS r
+        WHERE r.concurrency_key = k.key AND r.lease_expires_at IS NOT NULL
+    ) AS running
+    WHERE EXISTS (
+        SELECT 1 FROM pgq.tasks AS t
+        WHERE t.concurrency_key = k.key AND t.state IN ('PENDING', 'RETRY') AND t.run_at <= now()
+          AND t.queue = ANY(%(queues)s::text[]) AND t.concurrency_limit > running.n
+          AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p WHERE p.queue = t.queue)
+    )
+    LIMIT %(limit)s
+)
+SELECT key FROM open WHERE pg_try_advisory_xact_lock(%(lock_space)s, hashtext(key));
+
+-- name: concurrency_keys
+-- (read) Busy concurrency keys (pgq.concurrency_keys) whose key starts with %(prefix)s, the
+-- fullest first: leased tasks, limit, due and future waiting tasks, the oldest due one's age.
+SELECT key, running, concurrency_limit, waiting, scheduled, oldest_waiting_seconds
+FROM pgq.concurrency_keys
+WHERE %(prefix)s::text IS NULL OR starts_with(key, %(prefix)s)
+ORDER BY running DESC, waiting DESC, key
+LIMIT %(limit)s;
+
+-- name: concurrency_key_count
+-- (read) How many concurrency keys have a task waiting or running (the two partial indexes).
+SELECT count(*) FROM pgq.concurrency_keys;
 
 -- name: schedule_retries
 -- STARTED -> RETRY: the task runs again at its new run_at with retries + 1; the error is kept.
@@ -201,6 +420,7 @@ FROM finished;
 -- queue and priority, sets its expires_at, and merges the limits and expires (the next run's
 -- request.expires) into its options; a task given a queue by its retry (another one, or its own
 -- again: the old value is not at hand here) and due now wakes that queue's workers.
+-- The last column lists the circuit breakers the retries moved (see `tripped`), on every row.
 WITH retried AS (
     UPDATE pgq.tasks AS t
     SET state = 'RETRY', retries = t.retries + 1,
@@ -220,9 +440,59 @@ WITH retried AS (
                       %(kwargs)s::text[], %(options)s::text[])
                AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.run_at, t.queue, u.moved ? 'queue' AS requeued
+    RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued
+), locked AS MATERIALIZED (
+    -- The breakers of the names retried holds, locked and read at their newest version (FOR
+    -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
+    -- two workers' failures add up instead of the second overwriting the first. In name order,
+    -- so two statements locking the same breakers cannot deadlock on them.
+    SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+           b.probe_task_id
+    FROM pgq.circuit_breakers AS b
+    WHERE b.name = ANY(ARRAY(SELECT DISTINCT name FROM retried)) AND b.state <> 'open'
+    ORDER BY b.name
+    FOR UPDATE
+), tripped AS (
+    -- A retry is a run-ending failure for the task's circuit breaker: the same rule as the
+    -- `tripped` step of finish_and_claim (a closed breaker opens at `failure_threshold` failures
+    -- inside its window; a half-open breaker whose probe is retried opens again).
+    UPDATE pgq.circuit_breakers AS b
+    SET state = n.new_state,
+        recent_failures = CASE WHEN n.new_state = 'closed' THEN n.recent ELSE '{}' END,
+        opened_at = CASE WHEN n.new_state = 'open' THEN now() ELSE b.opened_at END,
+        reopens_at = CASE WHEN n.new_state = 'open'
+                          THEN now() + make_interval(secs => b.cooldown_seconds)
+                          ELSE b.reopens_at END,
+        probe_task_id = CASE WHEN n.new_state = 'half_open' THEN b.probe_task_id END,
+        changed_at = CASE WHEN n.new_state <> b.state THEN now() ELSE b.changed_at END,
+        transitions = b.transitions + (n.new_state <> b.state)::int
+    FROM (
+        SELECT r.name, r.state AS old_state, r.recent,
+               CASE WHEN r.state = 'half_open'
+                    THEN CASE WHEN r.probe_failed THEN 'open' ELSE 'half_open' END
+                    WHEN cardinality(r.recent) >= r.failure_threshold THEN 'open'
+                    ELSE 'closed' END AS new_state
+        FROM (
+            SELECT o.*,
+                   ARRAY(SELECT f FROM unnest(o.recent_failures
+                                              || array_fill(now(), ARRAY[o.failed::int])) AS f
+                         WHERE f > now() - make_interval(secs => o.window_seconds)
+                         ORDER BY f DESC LIMIT o.failure_threshold) AS recent
+            FROM (
+                SELECT b.name, b.state, b.failure_threshold, b.window_seconds, b.recent_failures,
+                       count(*) AS failed, bool_or(t.id = b.probe_task_id) AS probe_failed
+                FROM retried AS t JOIN locked AS b ON b.name = t.name
+                GROUP BY b.name, b.state, b.failure_threshold, b.window_seconds,
+                         b.recent_failures
+            ) AS o
+        ) AS r
+    ) AS n
+    WHERE b.name = n.name AND (n.new_state <> b.state OR b.state = 'closed')
+    RETURNING b.name, n.old_state, b.state AS new_state
 )
-SELECT r.id, extract(epoch FROM r.run_at)
+SELECT r.id, extract(epoch FROM r.run_at),
+       (SELECT json_agg(json_build_array(name, old_state, new_state))::text
+        FROM tripped WHERE new_state <> old_state) AS breaker_changes
 FROM retried AS r,
      (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried WHERE requeued AND run_at <= now()) AS w;
 
@@ -566,7 +836,7 @@ ORDER BY w.hostname, w.pid, w.id;
 -- name: inspect_queues
 -- (read) One row of pgq.queue_stats per queue.
 SELECT queue, waiting, scheduled, running, succeeded, failed, revoked, total,
-       oldest_waiting_seconds, finished_last_minute, finished_last_5_minutes
+       oldest_waiting_seconds, finished_last_minute, finished_last_5_minutes, paused
 FROM pgq.queue_stats
 WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
 ORDER BY queue;
