@@ -7,7 +7,10 @@ is stored as JSON (``model_dump(mode="json", **pydantic_dump_kwargs)``). A calle
 models themselves: ``delay(Model(...))`` sends their dumps, as Celery 5.7 does, when the task
 would build an equal model back from the dump (anything else is left for the JSON encoder to
 refuse with ``EncodeError``). Arguments that do not validate raise pydantic's
-``ValidationError`` in the task: it ends in ``FAILURE`` (retried only if ``autoretry_for`` says so).
+``ValidationError`` in the task: it ends in ``FAILURE`` (retried only if ``autoretry_for`` says so),
+and the stored error names the argument and carries pydantic's message (pydantic's exception
+cannot be rebuilt from it, so ``AsyncResult.get()`` raises Celery's
+``UnpickleableExceptionWrapper`` with that text; Celery raises a bare ``Exception``).
 
 ``Optional[Model]`` (``Model | None``) parameters accept ``None`` as is. ``*args``/``**kwargs``
 parameters are not validated one by one, as in Celery.
@@ -103,8 +106,15 @@ def pydantic_task(
         bound_args = signature.bind(*args, **kwargs)
         for param, value in bound_args.arguments.items():
             model = model_for(param, value)
-            if model is not None:
+            if model is None:
+                continue
+            try:
                 bound_args.arguments[param] = validate(model, value)
+            except pydantic.ValidationError as exc:
+                # Its text is not in its args, and a failure is stored as the args: without
+                # this, AsyncResult.get() would raise a bare "ValidationError()".
+                exc.args = (f"argument {param!r} of {name}: {exc}",)
+                raise
         returned = fun(*bound_args.args, **bound_args.kwargs)
         wanted = annotation("return")
         wanted = _optional_of(wanted) or wanted
