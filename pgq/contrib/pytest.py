@@ -57,8 +57,11 @@ __all__ = [
     "use_celery_app_trap",
 ]
 
-# As in Celery: NO_WORKER set means the worker fixtures start no worker (they yield None).
-NO_WORKER = os.environ.get("NO_WORKER")
+
+def _no_worker() -> bool:
+    """As in Celery: ``NO_WORKER`` set means the worker fixtures start none (they give None)."""
+    return bool(os.environ.get("NO_WORKER"))
+
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+")
 
@@ -156,7 +159,7 @@ def celery_session_worker(
     celery_worker_parameters: Mapping[str, Any],
 ) -> Iterator[TestWorkController | None]:
     """Session: a worker for ``celery_session_app`` that lives through the whole session."""
-    if NO_WORKER:
+    if _no_worker():
         yield None
         return
     import importlib
@@ -245,7 +248,7 @@ def celery_worker(
     celery_worker_parameters: Mapping[str, Any],
 ) -> Iterator[TestWorkController | None]:
     """A real pgq worker for ``celery_app``, in a thread, stopped when the test returns."""
-    if NO_WORKER:
+    if _no_worker():
         yield None
         return
     import importlib

@@ -136,6 +136,12 @@ def test_start_worker_directly(celery_app):
         assert [square.delay(i).get(timeout=10) for i in range(3)] == [0, 1, 4]
 
 
+def test_an_unknown_pool_is_refused(celery_app):
+    with pytest.raises(ValueError, match="unknown pool 'gevent'"):
+        with start_worker(celery_app, pool="gevent"):
+            pass
+
+
 def test_depends_on_current_app(celery_app, depends_on_current_app):
     assert current_app.main == celery_app.main
     assert current_app._get_current_object() is celery_app
@@ -263,7 +269,7 @@ def test_a_projects_tests_pass_on_the_plugin(tmp_path: Path, server_url: str) ->
     before = fixture_databases(server_url)
     done = run_pytest(tmp_path, project_env(PGQ_TEST_DATABASE_URL=server_url))
     output = done.stdout + done.stderr
-    assert counts(output) == {"passed": 11, "failed": 1}, output
+    assert counts(output) == {"passed": 12, "failed": 1}, output
     assert "FAILED test_shop.py::test_a_wrong_expectation_fails" in output, output
     assert "assert 4 == 5" in output
     # Every database the fixtures made (a template, one per app) was dropped.

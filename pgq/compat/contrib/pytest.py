@@ -5,4 +5,4 @@ A conftest's ``pytest_plugins = ("celery.contrib.pytest",)`` becomes
 """
 
 from pgq.contrib.pytest import *  # noqa: F403 - pytest finds the fixtures among this module's names
-from pgq.contrib.pytest import NO_WORKER, __all__  # noqa: F401
+from pgq.contrib.pytest import __all__  # noqa: F401

@@ -36,7 +36,8 @@ __all__ = [
 
 log = logging.getLogger("pgq.contrib.testing")
 
-WORKER_LOGLEVEL = os.environ.get("WORKER_LOGLEVEL", "error")
+# Celery's default log level of a test worker (accepted; pgq's leaves logging as it is).
+WORKER_LOGLEVEL = "error"
 
 test_worker_starting = Signal("test_worker_starting")
 test_worker_started = Signal("test_worker_started", providing_args={"worker", "consumer"})
