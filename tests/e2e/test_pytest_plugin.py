@@ -38,10 +38,29 @@ def celery_config():
 @pytest.fixture(scope="session")
 def celery_includes():
     return ["shop.tasks"]
+
+
+@pytest.fixture(scope="session")
+def celery_parameters():
+    return {"strict_typing": False}
+
+
+@pytest.fixture(scope="session")
+def celery_class_tasks():
+    from shop.tasks import Greet
+
+    return [Greet]
 """
 
 SHOP_TASKS = """
-from pgq.compat import shared_task
+from pgq.compat import Task, shared_task
+
+
+class Greet(Task):
+    name = "shop.greet"
+
+    def run(self, who):
+        return f"hi {who}"
 
 
 class OutOfStock(Exception):
@@ -155,6 +174,9 @@ def test_session_app_and_worker(celery_session_app, celery_session_worker):
     assert add.delay(20, 22).get(timeout=10) == 42
     sql = "SELECT count(*) FROM pgq.tasks WHERE name = 'shop.tasks.add'"
     assert count(celery_session_app, sql) == 1
+    # celery_class_tasks are registered on the session app, celery_parameters reach Celery().
+    assert celery_session_app.tasks["shop.greet"].delay("bob").get(timeout=10) == "hi bob"
+    assert celery_session_app.strict_typing is False
 """
 
 TEST_TRAP = """
