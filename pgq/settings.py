@@ -339,7 +339,8 @@ _OTHER_VARIABLES = (
     Variable(
         "PGQ_TEST_DATABASE_URL",
         "unset",
-        "tests only: a server URL the suite creates its databases on",
+        "tests only: a server URL the suite and the `pgq.contrib.pytest` fixtures create "
+        "their databases on; see [Testing](../guides/testing.md)",
     ),
 )
 

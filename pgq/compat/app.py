@@ -21,6 +21,7 @@ from typing import Any
 
 from pgq.app import App, resolve_timezone
 from pgq.compat import _state
+from pgq.compat._pydantic import pydantic_task
 from pgq.compat.backend import ResultBackend
 from pgq.compat.canvas import builtin_map, builtin_starmap, signature
 from pgq.compat.conf import Settings, load_config
@@ -293,6 +294,10 @@ class Celery(App):
         name: str | None = None,
         base: type[Any] | None = None,
         bind: bool = False,
+        pydantic: bool = False,
+        pydantic_strict: bool = False,
+        pydantic_context: dict[str, Any] | None = None,
+        pydantic_dump_kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> _TaskClass:
         name = name or gen_task_name(self, fun.__name__, fun.__module__)
@@ -302,7 +307,19 @@ class Celery(App):
         base = base or self.Task
         if not self.strict_typing:
             options.setdefault("typing", False)
-        run = fun if bind else staticmethod(fun)
+        body = fun
+        if pydantic:  # models in from dicts, a model out as JSON (pgq.compat._pydantic)
+            body, dump = pydantic_task(
+                self,
+                fun,
+                name,
+                strict=pydantic_strict,
+                context=pydantic_context,
+                dump_kwargs=pydantic_dump_kwargs,
+                bound=bind,
+            )
+            options["_dump_pydantic_arguments"] = staticmethod(dump)
+        run = body if bind else staticmethod(body)
         attrs = {
             "name": name,
             "run": run,

@@ -139,6 +139,8 @@ class Task(_engine.Task):
     send_events: bool = True
     resultrepr_maxsize: int = 1024
     abstract: bool = False
+    # pydantic=True tasks: turns the models a caller passes into their JSON dumps.
+    _dump_pydantic_arguments: Any = None
 
     MaxRetriesExceededError = MaxRetriesExceededError
 
@@ -336,6 +338,8 @@ class Task(_engine.Task):
 
         With ``task_always_eager`` the task runs here instead and an ``EagerResult`` comes back.
         """
+        if self._dump_pydantic_arguments is not None:  # pydantic=True: models go as JSON
+            args, kwargs = self._dump_pydantic_arguments(args, kwargs)
         args = list(args or ())
         kwargs = dict(kwargs or {})
         if self.app.conf.task_always_eager:

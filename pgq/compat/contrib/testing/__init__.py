@@ -1,0 +1,1 @@
+"""``celery.contrib.testing`` after the import swap (the code: ``pgq.contrib.testing``)."""
