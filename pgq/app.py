@@ -31,7 +31,7 @@ from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import COPY_THRESHOLD, Like, NewTask, Store, as_task
 from pgq.store.database import Database
-from pgq.task import Task
+from pgq.task import Task, after_publish, before_publish
 
 __all__ = ["App", "Task"]
 
@@ -242,7 +242,13 @@ class App:
         plain = serialization.loads(serialization.dumps(sig))
         result_id = workflow.freeze(plain)
         rows = workflow.expand(self, plain, prepend=list(args))
+        publishing = listening("before_task_publish") or listening("after_task_publish")
+        if publishing:  # each step is published now (Celery publishes chain steps later)
+            rows = [before_publish(as_task(row)) for row in rows]
         self.store.insert_many(rows, connection)
+        if publishing:
+            for row in rows:
+                after_publish(row)
         return result_id
 
     def add_periodic_task(

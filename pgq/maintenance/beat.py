@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
+from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
 from pgq.store.beat import BeatStore, EntryCursor, LostLease
@@ -265,6 +266,7 @@ def serve(beat: Beat) -> int:
     selector = selectors.DefaultSelector()
     selector.register(wake_r, selectors.EVENT_READ)
     log.info("beat %s starting: scheduler %r", beat.holder, beat.settings.scheduler)
+    emit("beat_init", beat=beat)
     try:
         while not stop:
             beat.tick()

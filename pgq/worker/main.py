@@ -63,6 +63,8 @@ class Worker:
         self.concurrency = concurrency or os.cpu_count() or 1
         self.pool_kind = pool
         self.hostname = hostname or f"celery@{socket.gethostname()}"
+        options = {"queues": queues, "concurrency": concurrency, "pool": pool, "hostname": hostname}
+        emit("celeryd_init", worker=self, options=options)  # Celery's first worker signal
         self.id = f"{self.hostname}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.pool: Pool = make_pool(
             pool,
@@ -84,6 +86,7 @@ class Worker:
         self._pool_generation = -1
         self._maintenance: list[Periodic] = []
         self._extra_maintenance = list(maintenance)  # e.g. the embedded beat of `worker -B`
+        emit("worker_init", worker=self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -94,6 +97,7 @@ class Worker:
         # this process reports it. (The connection is closed before the fork.)
         self.app.db.connect().close()
         wake_r = self._install_signal_handlers()
+        emit("celeryd_after_setup", worker=self)
         self.pool.start()  # fork children before this process opens connections or threads
         self._watch_pool()
         self._selector.register(wake_r, selectors.EVENT_READ, "signal")
