@@ -208,6 +208,15 @@ class Beat(Periodic):
     def _send(self, conn: Any, entry: PeriodicEntry, due: datetime) -> str | None:
         """Enqueue one run in the tick's transaction; a run that cannot be sent is logged."""
         options = {k: v for k, v in entry.options.items() if k not in _OWN_OPTIONS}
+        # Celery 5.7's beat marks its tasks with ``celery_beat_task``; the entry's name (the
+        # header django-celery-beat sets) lets a worker tell which entry a run belongs to
+        # (pgq.contrib.sentry's cron check-ins).
+        headers = options.get("headers")
+        options["headers"] = {
+            **(headers if isinstance(headers, dict) else {}),
+            "celery_beat_task": True,
+            "periodic_task_name": entry.name,
+        }
         key = idempotency_key(self.settings.scheduler, entry.name, due)
         try:
             result = self.app.send(

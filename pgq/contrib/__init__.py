@@ -1,0 +1,1 @@
+"""Optional integrations with other tools; each module needs its extra (see pyproject.toml)."""
