@@ -300,3 +300,35 @@ def raise_needs_two():
 @app.task(soft_time_limit=10, time_limit=5)
 def badly_limited():
     return "never sent"
+
+
+# -- tests/celery_kit/test_kit_signals.py: what the worker's signals carried -------------------
+from celery.signals import task_prerun, task_received, task_unknown  # noqa: E402
+
+
+@task_received.connect
+def _kit_received(sender=None, request=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-received-{request.id}",
+        f"{request.name} {list(request.args)} {sorted(kwargs)}",
+    )
+
+
+@task_prerun.connect
+def _kit_prerun(sender=None, task_id=None, task=None, **kwargs):
+    headers = task.request.headers or {}
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-prerun-{task_id}",
+        f"{getattr(task.request, 'x_kit', None)} {headers.get('x_kit')}",
+    )
+
+
+@task_unknown.connect
+def _kit_unknown(sender=None, message=None, exc=None, name=None, id=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-unknown-{id}",
+        f"{name} {isinstance(exc, KeyError)} {message.headers['id'] == id}",
+    )
