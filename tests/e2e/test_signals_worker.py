@@ -108,6 +108,7 @@ def test_every_worker_and_task_signal_fires_once_with_celerys_sender_and_argumen
         line = only(log_path, name, pid=parent)
         assert line["sender"] is None and line["arguments"] == LOGGER_ARGUMENTS
     assert not calls(log_path, "setup_logging")  # no receiver: pgq configured logging itself
+    assert "WARNING/MainProcess] SIGTERM received" in worker.output  # pgq's format
     heartbeat = calls(log_path, "heartbeat_sent")[0]
     assert heartbeat["pid"] == parent and heartbeat["sender"] == "Heartbeat"
     assert only(log_path, "worker_ready", pid=parent)["sender"] == "Worker"
@@ -206,6 +207,7 @@ def test_a_setup_logging_receiver_takes_logging_over_and_beat_signals_fire(
     # Celery's rule: a receiver owns logging, so pgq configures none and says nothing after.
     assert not calls(log_path, "after_setup_logger")
     assert not calls(log_path, "after_setup_task_logger")
+    assert "SIGTERM received" in worker.output and "WARNING/MainProcess" not in worker.output
     assert only(log_path, "beat_init", pid=worker.pid)["sender"] == "Beat"
     assert only(log_path, "beat_embedded_init", pid=worker.pid)["sender"] == "Beat"
 
