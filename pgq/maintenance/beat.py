@@ -275,6 +275,8 @@ def serve(beat: Beat) -> int:
     selector = selectors.DefaultSelector()
     selector.register(wake_r, selectors.EVENT_READ)
     log.info("beat %s starting: scheduler %r", beat.holder, beat.settings.scheduler)
+    # Import the app's task modules first, as Celery's beat does: their receivers hear beat_init.
+    beat.app.tasks  # noqa: B018
     emit("beat_init", beat=beat)
     try:
         while not stop:

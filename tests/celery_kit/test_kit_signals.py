@@ -88,3 +88,22 @@ def test_eager_mode_sends_no_publish_signal(
     finally:
         kit.app.conf.task_always_eager = False
     assert published == []
+
+
+def test_the_worker_program_signals_name_the_node(kit: Kit) -> None:
+    """Sent as the kit's worker started (receivers in proj/tasks.py), with Celery's senders."""
+    init = note(kit, "kit-celeryd-init")
+    node, same, has_conf, has_options = init.split()
+    assert "@" in node and (same, has_conf, has_options) == ("True", "True", "True")
+    assert note(kit, "kit-worker-init") == f"{node} ['signal']"
+    assert note(kit, "kit-celeryd-after-setup") == node
+    assert note(kit, "kit-worker-ready") == node
+    # -l INFO (20); Celery's arguments besides sender and logger.
+    assert note(kit, "kit-after-setup-logger") == (
+        "None root 20 ['colorize', 'format', 'logfile', 'signal']"
+    )
+    wait_for(
+        lambda: len(list(kit.signal_dir.glob("kit-process-init-*"))) == 3, what="3 pool processes"
+    )
+    senders = {p.read_text() for p in kit.signal_dir.glob("kit-process-init-*")}
+    assert senders == {node}

@@ -332,3 +332,54 @@ def _kit_unknown(sender=None, message=None, exc=None, name=None, id=None, **kwar
         f"kit-unknown-{id}",
         f"{name} {isinstance(exc, KeyError)} {message.headers['id'] == id}",
     )
+
+
+from celery.signals import (  # noqa: E402
+    after_setup_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
+
+
+@celeryd_init.connect
+def _kit_celeryd_init(sender=None, instance=None, conf=None, options=None, **kwargs):
+    same = instance.hostname == sender
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        "kit-celeryd-init",
+        f"{sender} {same} {conf is not None} {isinstance(options, dict)}",
+    )
+
+
+@worker_init.connect
+def _kit_worker_init(sender=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"), "kit-worker-init", f"{sender.hostname} {sorted(kwargs)}"
+    )
+
+
+@after_setup_logger.connect
+def _kit_after_setup_logger(sender=None, logger=None, loglevel=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        "kit-after-setup-logger",
+        f"{sender} {logger.name} {loglevel} {sorted(kwargs)}",
+    )
+
+
+@celeryd_after_setup.connect
+def _kit_after_setup(sender=None, instance=None, conf=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), "kit-celeryd-after-setup", f"{sender}")
+
+
+@worker_process_init.connect
+def _kit_process_init(sender=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"kit-process-init-{os.getpid()}", f"{sender}")
+
+
+@worker_ready.connect
+def _kit_ready(sender=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), "kit-worker-ready", f"{sender.hostname}")
