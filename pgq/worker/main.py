@@ -60,7 +60,7 @@ class Worker:
         self.app = app
         # The app's task modules (include, autodiscover) are imported before the first signal,
         # as Celery's worker does (loader.init_worker), so the receivers they connect hear it.
-        self.registered = sorted(app.tasks)
+        app.tasks  # noqa: B018
         self.settings = settings or app.settings
         self.queues = list(queues or [app.default_queue])
         self.concurrency = concurrency or os.cpu_count() or 1
