@@ -38,7 +38,7 @@ from pgq.errors import (
     RetryTask,
     SoftTimeLimitExceeded,
 )
-from pgq.hooks import emit
+from pgq.hooks import emit, listening
 from pgq.options import (
     check_countdown,
     check_eta,
@@ -46,6 +46,7 @@ from pgq.options import (
     retry_options,
     row_options,
 )
+from pgq.task import before_publish
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
@@ -369,6 +370,10 @@ class _RowSteps(Steps):
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
     def report(self, execution: Execution) -> Report:
+        if self.follow_ups and (
+            listening("before_task_publish") or listening("after_task_publish")
+        ):  # the worker publishes the next steps, as Celery's does (after: once written)
+            self.follow_ups = tuple(before_publish(row) for row in self.follow_ups)
         runtime = time.monotonic() - self.started
         task_id = self.task_id
         state, retval = execution.state, execution.retval

@@ -80,6 +80,7 @@ def test_every_worker_and_task_signal_fires_once_with_celerys_sender_and_argumen
         sent = signals_app.add.apply_async((2, 3), headers={"x_passed": 1})
         unknown = signals_app.app.send_task("signals_app.nope", args=[7])
         internal = signals_app.internal.delay()
+        chained = (signals_app.add.s(1, 1) | signals_app.add.s(10)).delay()
         conn.execute(
             "INSERT INTO pgq.tasks (id, name, options) VALUES"
             " ('malformed-1', 'signals_app.add', '{\"time_limit\": -1}')"
@@ -88,6 +89,7 @@ def test_every_worker_and_task_signal_fires_once_with_celerys_sender_and_argumen
         wait_state(conn, unknown.id, "FAILURE")
         wait_state(conn, internal.id, "FAILURE")
         wait_state(conn, "malformed-1", "FAILURE")
+        assert wait_state(conn, chained.id, "SUCCESS")["result"] == 12
         wait_for(lambda: calls(log_path, "heartbeat_sent"), what="heartbeat_sent")
         child = only(log_path, "worker_process_init")["pid"]
     finally:
@@ -154,6 +156,16 @@ def test_every_worker_and_task_signal_fires_once_with_celerys_sender_and_argumen
     prerun = only(log_path, "task_prerun", id=sent.id)
     assert prerun["x_custom"] == "added by before_task_publish" and prerun["x_passed"] == 1
     assert prerun["headers"] == {"x_custom": "added by before_task_publish", "x_passed": 1}
+
+    # A chain, as Celery sends it: the first step from here, the next one by the worker once
+    # the first returned (so the worker's receivers publish it); each carries the header.
+    first_step = chained.parent.id
+    assert only(log_path, "before_task_publish", id=first_step)["pid"] == here
+    assert only(log_path, "before_task_publish", id=chained.id)["pid"] == child
+    assert only(log_path, "after_task_publish", id=chained.id)["pid"] == child
+    assert only(log_path, "before_task_publish", id=chained.id)["args"] == [2, 10]
+    for step in (first_step, chained.id):
+        assert only(log_path, "task_prerun", id=step)["x_custom"] == "added by before_task_publish"
 
     # Tasks that cannot run: unknown name, malformed row, pgq's own failure.
     unknown_line = only(log_path, "task_unknown", id=unknown.id)
