@@ -67,6 +67,7 @@ def test_a_trace_started_around_delay_continues_in_the_workers_span(
     try:
         with provider.get_tracer("test").start_as_current_span("web request") as outer:
             sent = tracing_app.traced.delay(21)
+            chained = (tracing_app.traced.s(1) | tracing_app.traced.s()).delay()
         failing = tracing_app.boom.delay({"email": "someone@example.com"})
     finally:
         instrumentor.uninstrument()
@@ -76,12 +77,13 @@ def test_a_trace_started_around_delay_continues_in_the_workers_span(
     try:
         assert wait_state(conn, sent.id, "SUCCESS")["result"] == 42
         wait_state(conn, failing.id, "FAILURE")
+        assert wait_state(conn, chained.id, "SUCCESS")["result"] == 4
 
         def run_spans() -> list[dict[str, Any]]:
             found = [s for s in lines(spans_file) if s["name"].startswith("process ")]
-            return found if len(found) == 2 else []
+            return found if len(found) == 4 else []
 
-        wait_for(run_spans, what="the worker's two process spans")
+        wait_for(run_spans, what="the worker's four process spans")
     finally:
         worker.stop()
 
@@ -119,6 +121,17 @@ def test_a_trace_started_around_delay_continues_in_the_workers_span(
     # What the task itself traced is a child of the run.
     inner = next(s for s in lines(spans_file) if s["name"] == "inner work")
     assert inner["parent_id"] == run["context"]["span_id"]
+    # A chain's next step is sent by the worker, inside the first step's run: one trace.
+    first, second = worker_spans[chained.parent.id], worker_spans[chained.id]
+    resend = next(
+        s
+        for s in lines(spans_file)
+        if s["kind"] == "SpanKind.PRODUCER"
+        and s["attributes"]["messaging.message.id"] == chained.id
+    )
+    assert resend["parent_id"] == first["context"]["span_id"]
+    assert second["parent_id"] == resend["context"]["span_id"]
+    assert second["context"]["trace_id"] == run["context"]["trace_id"]
     # A failure: the run's span says so, with the exception.
     failed = worker_spans[failing.id]
     assert failed["status"]["status_code"] == "ERROR"
