@@ -243,7 +243,7 @@ class App:
         result_id = workflow.freeze(plain)
         rows = workflow.expand(self, plain, prepend=list(args))
         publishing = listening("before_task_publish") or listening("after_task_publish")
-        if publishing:  # each step is published now (Celery publishes chain steps later)
+        if publishing:  # the rows sent now; later steps are published by the worker that sends them
             rows = [before_publish(as_task(row)) for row in rows]
         self.store.insert_many(rows, connection)
         if publishing:
