@@ -34,7 +34,7 @@ from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
 from pgq.store import COPY_THRESHOLD, Like, NewTask, Store, as_task
 from pgq.store.database import Database
-from pgq.task import Task
+from pgq.task import Task, after_publish, before_publish
 
 __all__ = ["App", "Task"]
 
@@ -261,7 +261,13 @@ class App:
         plain = serialization.loads(serialization.dumps(sig))
         result_id = workflow.freeze(plain)
         rows = workflow.expand(self, plain, prepend=list(args))
+        publishing = listening("before_task_publish") or listening("after_task_publish")
+        if publishing:  # the rows sent now; later steps are published by the worker that sends them
+            rows = [before_publish(as_task(row)) for row in rows]
         self.store.insert_many(rows, connection)
+        if publishing:
+            for row in rows:
+                after_publish(row)
         return result_id
 
     def add_periodic_task(

@@ -31,8 +31,8 @@ __all__ = [
 
 EVENTS = frozenset(
     {
-        "worker_process_init",  # in each prefork child, once, before its first task
-        "worker_process_shutdown",  # in each prefork child as it exits
+        "worker_process_init",  # hostname: in each prefork child, once, before its first task
+        "worker_process_shutdown",  # hostname, pid, exitcode: in each prefork child as it exits
         "worker_ready",  # in the worker's parent once it is connected and claiming
         "worker_shutdown",  # in the worker's parent as it exits
         "task_prerun",  # task, request: just before a task runs (where it runs)
@@ -48,6 +48,23 @@ EVENTS = frozenset(
         # name, old_state, new_state (closed/open/half_open): where the change was committed
         # (the worker slot whose outcome or claim moved it, or the process that forced it)
         "breaker_changed",
+        # Celery's remaining signals (pgq.compat.signals sends them; see docs/guides/signals.md)
+        "before_task_publish",  # row, headers (mutable: what stays is stored): before insert
+        "after_task_publish",  # row, headers: the row was inserted (where it was sent)
+        "task_received",  # job, options, consumer (the slot): claimed, about to run here
+        "task_rejected",  # job, exc, consumer (None from the runner): a malformed claimed row
+        "task_unknown",  # job, exc, consumer: no task of that name in this process
+        "task_internal_error",  # task, request, exc: pgq itself failed around the task's run
+        "celeryd_init",  # worker, options: the worker object is being built (parent)
+        "worker_init",  # worker: built, before logging is set up and its pool starts
+        "celeryd_after_setup",  # worker: logging set up, about to start the pool
+        "setup_logging",  # handled (list: append to say logging is yours), loglevel, logfile,
+        # format, colorize: before pgq configures logging (worker and beat commands)
+        "after_setup_logger",  # logger, loglevel, logfile, format, colorize
+        "after_setup_task_logger",  # logger, loglevel, logfile, format, colorize
+        "heartbeat_sent",  # heart: the worker's heartbeat was written
+        "beat_init",  # beat: `pgq beat` (or worker -B) starts
+        "beat_embedded_init",  # beat: the beat of `pgq worker -B` starts
     }
 )
 

@@ -17,7 +17,7 @@ from pgq import options as rules
 from pgq import serialization
 from pgq.concurrency import limit_for
 from pgq.errors import InvalidOption
-from pgq.hooks import emit
+from pgq.hooks import emit, listening
 from pgq.ids import new_task_id
 from pgq.result import Result
 from pgq.store import Like, NewTask
@@ -25,7 +25,7 @@ from pgq.store import Like, NewTask
 if TYPE_CHECKING:
     from pgq.app import App
 
-__all__ = ["Task"]
+__all__ = ["Task", "after_publish", "before_publish"]
 
 
 class Task:
@@ -160,9 +160,14 @@ class Task:
         (pgq.django; default: Django's default database).
         """
         new = self.prepare(args, kwargs, **options)
+        publishing = listening("before_task_publish") or listening("after_task_publish")
+        if publishing:
+            new = before_publish(new)
         task_id, created = self.app.store.insert(new, connection, using)
         if created:
             emit("task_enqueued", task_id=task_id, name=new.name, queue=new.queue)
+        if publishing:
+            after_publish(new)
         return self.app.result(task_id)
 
     def prepare(
@@ -295,3 +300,28 @@ def _split_expiry(
     if isinstance(expires, timedelta):
         return None, expires.total_seconds()
     return None, float(expires)  # checked: a finite number
+
+
+def before_publish(row: NewTask) -> NewTask:
+    """Send ``before_task_publish`` for a row about to be inserted; the row to insert instead.
+
+    Receivers get the row and its custom headers (``options["headers"]``) as a dict they may
+    change: what the dict holds after them is what the row stores (and what the worker's
+    ``request`` shows). A receiver that makes the headers unencodable raises ``EncodeError``
+    here, before anything is written.
+    """
+    options = serialization.loads(row.options)
+    before = options.get("headers") or {}
+    headers = dict(before)
+    emit("before_task_publish", row=row, headers=headers)
+    if headers == before:
+        return row
+    options["headers"] = headers
+    return row._replace(options=serialization.dumps(options))
+
+
+def after_publish(row: NewTask) -> None:
+    """Send ``after_task_publish`` for a row just inserted (or found already there)."""
+    if listening("after_task_publish"):
+        headers = serialization.loads(row.options).get("headers") or {}
+        emit("after_task_publish", row=row, headers=headers)

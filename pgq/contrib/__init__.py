@@ -1,1 +1,2 @@
-"""Optional integrations that sit on top of pgq (test fixtures, tracing, error tracking)."""
+"""Optional integrations on top of pgq (test fixtures, tracing, error tracking); each module
+needs its extra (see pyproject.toml)."""

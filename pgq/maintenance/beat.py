@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
+from pgq.hooks import emit
 from pgq.maintenance import Periodic
 from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
 from pgq.store.beat import BeatStore, EntryCursor, LostLease
@@ -207,6 +208,15 @@ class Beat(Periodic):
     def _send(self, conn: Any, entry: PeriodicEntry, due: datetime) -> str | None:
         """Enqueue one run in the tick's transaction; a run that cannot be sent is logged."""
         options = {k: v for k, v in entry.options.items() if k not in _OWN_OPTIONS}
+        # Celery 5.7's beat marks its tasks with ``celery_beat_task``; the entry's name (the
+        # header django-celery-beat sets) lets a worker tell which entry a run belongs to
+        # (pgq.contrib.sentry's cron check-ins).
+        headers = options.get("headers")
+        options["headers"] = {
+            **(headers if isinstance(headers, dict) else {}),
+            "celery_beat_task": True,
+            "periodic_task_name": entry.name,
+        }
         key = idempotency_key(self.settings.scheduler, entry.name, due)
         try:
             result = self.app.send(
@@ -265,6 +275,9 @@ def serve(beat: Beat) -> int:
     selector = selectors.DefaultSelector()
     selector.register(wake_r, selectors.EVENT_READ)
     log.info("beat %s starting: scheduler %r", beat.holder, beat.settings.scheduler)
+    # Import the app's task modules first, as Celery's beat does: their receivers hear beat_init.
+    beat.app.tasks  # noqa: B018
+    emit("beat_init", beat=beat)
     try:
         while not stop:
             beat.tick()

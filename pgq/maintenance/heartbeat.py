@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pgq.hooks import emit
 from pgq.maintenance import WorkerJob
 from pgq.store import WorkerStore
 
@@ -41,3 +42,4 @@ class Heartbeat(WorkerJob[HeartbeatSettings]):
             # Our row was forgotten (we were silent too long, e.g. stopped with SIGSTOP): the
             # rescue of rows with no registered holder would take our running tasks.
             self._register()
+        emit("heartbeat_sent", heart=self)

@@ -69,6 +69,9 @@ class Worker:
     ) -> None:
         self.app = app
         self.config = config or PoolConfig()
+        # The app's task modules (include, autodiscover) are imported before the first signal,
+        # as Celery's worker does (loader.init_worker), so the receivers they connect hear it.
+        app.tasks  # noqa: B018
         self.settings = settings or app.settings
         if self.config.prefetch_multiplier:  # the nearest meaning: the most a slot claims at once
             self.settings = dataclasses.replace(
@@ -80,6 +83,8 @@ class Worker:
             self.concurrency = self.config.autoscale[1]  # Celery starts at MIN and grows
         self.pool_kind = pool
         self.hostname = node_name(hostname, socket.gethostname())
+        options = {"queues": queues, "concurrency": concurrency, "pool": pool, "hostname": hostname}
+        emit("celeryd_init", worker=self, options=options)  # Celery's first worker signal
         self.id = f"{self.hostname}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.pool: Pool = make_pool(
             pool,
@@ -106,6 +111,7 @@ class Worker:
         self._pool_generation = -1
         self._maintenance: list[Periodic] = []
         self._extra_maintenance = list(maintenance)  # e.g. the embedded beat of `worker -B`
+        emit("worker_init", worker=self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -116,6 +122,7 @@ class Worker:
         # this process reports it. (The connection is closed before the fork.)
         self.app.db.connect().close()
         wake_r = self._install_signal_handlers()
+        emit("celeryd_after_setup", worker=self)
         self.pool.start()  # fork children before this process opens connections or threads
         self._watch_pool()
         self._selector.register(wake_r, selectors.EVENT_READ, "signal")

@@ -21,6 +21,7 @@ from pgq import hooks
 from pgq.errors import DatabaseError, EncodeError, OperationalError
 from pgq.maintenance.rescue import lost_result
 from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
+from pgq.task import after_publish
 from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json
 from pgq.workflow import FailedStep
 
@@ -135,6 +136,9 @@ class Outbox:
         self._announce([(o.id, o.state) for o in self._finished])
         if self._finished:
             self._count(self._finished)
+        if self._follow_ups and hooks.listening("after_task_publish"):
+            for row in self._follow_ups:
+                after_publish(row)
         self._finished, self._follow_ups, self._failed_steps = [], [], []
         queue_of = self._queue_of
         for job in jobs:

@@ -359,10 +359,10 @@ def _process_main(slot: Slot, parent_pid: int) -> None:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    emit("worker_process_init")
+    emit("worker_process_init", hostname=slot.hostname)
     try:
         slot.run()
-        emit("worker_process_shutdown")
+        emit("worker_process_shutdown", hostname=slot.hostname, pid=slot_pid, exitcode=0)
     finally:
         if os.getpid() != slot_pid:  # a forked child raised out of the task (SystemExit...)
             os._exit(0)

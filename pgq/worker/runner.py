@@ -38,7 +38,7 @@ from pgq.errors import (
     RetryTask,
     SoftTimeLimitExceeded,
 )
-from pgq.hooks import emit
+from pgq.hooks import emit, listening
 from pgq.options import (
     check_countdown,
     check_eta,
@@ -46,6 +46,7 @@ from pgq.options import (
     retry_options,
     row_options,
 )
+from pgq.task import before_publish
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
@@ -149,6 +150,7 @@ def _run_job(
         if options is None:
             options = row_options(serialization.loads(job.options))
     except (ValueError, TypeError, KeyError) as exc:
+        emit("task_rejected", job=job, exc=exc)
         return _failure(job.id, started, malformed(job.id, exc))
     request = Request(
         id=job.id,
@@ -168,13 +170,28 @@ def _run_job(
         options=options,
         rescues=job.rescues,
     )
+    if request.headers:
+        _expose_headers(request)
     token = set_current_request(request)
-    disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))
     try:
-        return _call(task, request, started)
+        disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))
+        try:
+            return _call(task, request, started)
+        finally:
+            disarm()
+    except Exception as exc:  # not the task's error (execute keeps those): pgq's own
+        emit("task_internal_error", task=task, request=request, exc=exc)
+        raise
     finally:
-        disarm()
         reset_current_request(token)
+
+
+def _expose_headers(request: Request) -> None:
+    """Custom headers read as attributes of the request, as in Celery (``self.request.x``);
+    a header named like one of the request's own fields does not replace it."""
+    for key, value in request.headers.items():
+        if isinstance(key, str) and key.isidentifier() and not hasattr(request, key):
+            setattr(request, key, value)
 
 
 class Execution(NamedTuple):
@@ -353,6 +370,10 @@ class _RowSteps(Steps):
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
     def report(self, execution: Execution) -> Report:
+        if self.follow_ups and (
+            listening("before_task_publish") or listening("after_task_publish")
+        ):  # the worker publishes the next steps, as Celery's does (after: once written)
+            self.follow_ups = tuple(before_publish(row) for row in self.follow_ups)
         runtime = time.monotonic() - self.started
         task_id = self.task_id
         state, retval = execution.state, execution.retval

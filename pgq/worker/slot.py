@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq import hooks
 from pgq.context import Request
-from pgq.errors import OperationalError, TaskRevokedError
+from pgq.errors import NotRegistered, OperationalError, TaskRevokedError
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import loads
@@ -337,6 +337,7 @@ class Slot(Outbox):
         # instead of being claimed again forever.
         self.current.set(job.id)
         ready: tuple[ClaimedTask, dict[str, Any]] | None = None
+        known = True
         try:
             # Decoded and checked once here; the run and its time limit use the same dict.
             options = row_options(loads(job.options))
@@ -346,17 +347,23 @@ class Slot(Outbox):
                 self._skip_revoked(job, expired=False)  # revoked while an earlier worker held it
             elif self._rate_limits.defer(job) is not None:
                 self._claims.pop(job.id, None)
+            elif job.name not in self.app.tasks:  # run_job stores it FAILURE: NotRegistered
+                hooks.emit("task_unknown", job=job, exc=NotRegistered(job.name), consumer=self)
+                ready, known = (job, options), False
             elif "chord_header" in options:
                 ready = self._with_chord_results(job, options), options
             else:
                 ready = job, options
         except ValueError as exc:  # a bad value in a row written by hand
             self._finished.append(Outcome(job.id, "FAILURE", malformed(job.id, exc), None))
+            hooks.emit("task_rejected", job=job, exc=exc, consumer=self)
         except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
             self.current.clear()
             raise
         if ready is None:
             self.current.clear()
+        elif known and hooks.listening("task_received"):
+            hooks.emit("task_received", job=ready[0], options=ready[1], consumer=self)
         return ready
 
     def _skip_revoked(self, job: ClaimedTask, *, expired: bool) -> None:

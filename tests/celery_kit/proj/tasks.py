@@ -300,3 +300,86 @@ def raise_needs_two():
 @app.task(soft_time_limit=10, time_limit=5)
 def badly_limited():
     return "never sent"
+
+
+# -- tests/celery_kit/test_kit_signals.py: what the worker's signals carried -------------------
+from celery.signals import task_prerun, task_received, task_unknown  # noqa: E402
+
+
+@task_received.connect
+def _kit_received(sender=None, request=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-received-{request.id}",
+        f"{request.name} {list(request.args)} {sorted(kwargs)}",
+    )
+
+
+@task_prerun.connect
+def _kit_prerun(sender=None, task_id=None, task=None, **kwargs):
+    headers = task.request.headers or {}
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-prerun-{task_id}",
+        f"{getattr(task.request, 'x_kit', None)} {headers.get('x_kit')}",
+    )
+
+
+@task_unknown.connect
+def _kit_unknown(sender=None, message=None, exc=None, name=None, id=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"kit-unknown-{id}",
+        f"{name} {isinstance(exc, KeyError)} {message.headers['id'] == id}",
+    )
+
+
+from celery.signals import (  # noqa: E402
+    after_setup_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+)
+
+
+@celeryd_init.connect
+def _kit_celeryd_init(sender=None, instance=None, conf=None, options=None, **kwargs):
+    same = instance.hostname == sender
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        "kit-celeryd-init",
+        f"{sender} {same} {conf is not None} {isinstance(options, dict)}",
+    )
+
+
+@worker_init.connect
+def _kit_worker_init(sender=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"), "kit-worker-init", f"{sender.hostname} {sorted(kwargs)}"
+    )
+
+
+@after_setup_logger.connect
+def _kit_after_setup_logger(sender=None, logger=None, loglevel=None, **kwargs):
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        "kit-after-setup-logger",
+        f"{sender} {logger.name} {loglevel} {sorted(kwargs)}",
+    )
+
+
+@celeryd_after_setup.connect
+def _kit_after_setup(sender=None, instance=None, conf=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), "kit-celeryd-after-setup", f"{sender}")
+
+
+@worker_process_init.connect
+def _kit_process_init(sender=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"kit-process-init-{os.getpid()}", f"{sender}")
+
+
+@worker_ready.connect
+def _kit_ready(sender=None, **kwargs):
+    _note(os.environ.get("KIT_SIGNAL_DIR"), "kit-worker-ready", f"{sender.hostname}")
