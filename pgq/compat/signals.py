@@ -258,6 +258,8 @@ def _on_process_shutdown(hostname: Any = None, **details: Any) -> None:
 
 def _on_breaker_changed(name: str, old_state: str, new_state: str, **_: Any) -> None:
     circuit_breaker_changed.send(sender=name, old_state=old_state, new_state=new_state)
+
+
 # -- publishing: Celery's message (protocol 2) rebuilt from the row ----------------------------
 
 # The headers Celery's protocol sets itself: a receiver's change to these is not kept (the row's
