@@ -35,11 +35,16 @@ import psycopg
 import pytest
 from harness import WorkerProcess, wait_until_worker_registered, with_dbname
 
-from celery_kit.kit_support import Kit, wait_for
+from celery_kit.kit_support import (
+    REDIS_URL,
+    SHIM,
+    Kit,
+    real_celery_installed,
+    redis_answers,
+    wait_for,
+)
 
 HERE = Path(__file__).resolve().parent
-SHIM = HERE / "_shim"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 # The queues both backends' workers serve ("moved": where a task is sent by self.retry(queue=)).
 QUEUES = "celery,moved"
 
@@ -48,25 +53,6 @@ def _purge_modules() -> None:
     for name in list(sys.modules):
         if name in {"celery", "proj"} or name.startswith(("celery.", "proj.")):
             del sys.modules[name]
-
-
-def _redis_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _real_celery_installed() -> bool:
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != SHIM]
-    try:
-        spec = importlib.util.find_spec("celery")
-    finally:
-        sys.path[:] = saved
-    return spec is not None and spec.origin is not None and "_shim" not in spec.origin
 
 
 def _celery_command() -> list[str]:
@@ -185,9 +171,9 @@ def _pgq_kit(server: str, signal_dir: Path) -> Iterator[Kit]:
 
 
 def _celery_kit(signal_dir: Path) -> Iterator[Kit]:
-    if not _real_celery_installed():
+    if not real_celery_installed():
         pytest.skip("real Celery is not installed")
-    if not _redis_answers():
+    if not redis_answers():
         pytest.skip("no Redis server on 127.0.0.1:6379")
     env = {
         "CELERY_BROKER_URL": REDIS_URL,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_kit.conftest import REDIS_URL, _real_celery_installed, _redis_answers
+from celery_kit.kit_support import REDIS_URL, real_celery_installed, redis_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,9 +229,9 @@ def test_a_project_written_with_celerys_fixtures(
             PGQ_POLL_INTERVAL="0.5",
         )
     else:
-        if not _real_celery_installed():
+        if not real_celery_installed():
             pytest.skip("real Celery is not installed")
-        if not _redis_answers():
+        if not redis_answers():
             pytest.skip("no Redis server on 127.0.0.1:6379")
         write_project(tmp_path, swap=False)
         # A queue of its own: other kit runs' workers on the same Redis never see its tasks.
