@@ -183,6 +183,18 @@ class Settings:
         ),
     )
 
+    # Deduplication window of idempotency keys given without idempotency_ttl= (unset: a key is
+    # held for as long as its task's row exists, until retention prunes it).
+    idempotency_ttl: float | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_IDEMPOTENCY_TTL",
+            "default deduplication window (seconds) of an `idempotency_key`; unset: the key "
+            "is held until the task's row is pruned",
+            shown="(until pruned)",
+        ),
+    )
+
     # pgq web: Basic-auth credentials for every page and API route, the key that signs its
     # forms, and how often the live parts of the pages refresh themselves.
     web_auth: str | None = field(
@@ -236,6 +248,8 @@ class Settings:
             raise ConfigurationError("result_expires must be >= 0")
         if self.beat_catch_up < 0:
             raise ConfigurationError("beat_catch_up must be >= 0")
+        if self.idempotency_ttl is not None and not self.idempotency_ttl > 0:
+            raise ConfigurationError(f"idempotency_ttl must be > 0, got {self.idempotency_ttl!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -145,7 +145,8 @@ class Task:
         **options: Any,
     ) -> Result:
         """Enqueue with options (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
-        ``task_id``, ``idempotency_key``, ``time_limit``, ``soft_time_limit``, ``connection``...).
+        ``task_id``, ``idempotency_key``, ``idempotency_ttl``, ``time_limit``,
+        ``soft_time_limit``, ``connection``...).
 
         ``using`` names the Django database alias whose open transaction takes the task
         (pgq.django; default: Django's default database).
@@ -168,6 +169,7 @@ class Task:
         queue: str | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        idempotency_ttl: float | timedelta | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
         check: bool = True,
@@ -212,8 +214,17 @@ class Task:
         priority = rules.check_priority(priority)
         if queue is None:
             queue = self.queue or self.app.default_queue
+        ttl: float | None = None
         if idempotency_key is not None:
             idempotency_key = rules.check_key(idempotency_key)
+            if idempotency_ttl is None:
+                idempotency_ttl = self.app.settings.idempotency_ttl
+            if idempotency_ttl is not None:
+                ttl = rules.check_idempotency_ttl(idempotency_ttl)
+        elif idempotency_ttl is not None:
+            raise rules.InvalidOption(
+                "idempotency_ttl needs an idempotency_key (it is the key's window)"
+            )
         if parent_id is not None:
             parent_id = rules.check_id(parent_id, "parent_id")
         if root_id is not None:
@@ -233,6 +244,7 @@ class Task:
             idempotency_key=idempotency_key,
             parent_id=parent_id,
             root_id=root_id or parent_id,
+            idempotency_ttl=ttl,
         )
 
     def prepare_like(

@@ -100,4 +100,5 @@ def insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
         "idempotency_keys": [t.idempotency_key for t in tasks],
         "parent_ids": [t.parent_id for t in tasks],
         "root_ids": [t.root_id for t in tasks],
+        "idempotency_ttls": [t.idempotency_ttl for t in tasks],
     }

@@ -47,6 +47,8 @@ class NewTask(NamedTuple):
     idempotency_key: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    # Seconds the idempotency key is held (its deduplication window); None: until pruned.
+    idempotency_ttl: float | None = None
 
     def params(self) -> dict[str, Any]:
         return self._asdict()

@@ -12,8 +12,9 @@ SELECT version_num FROM pgq.alembic_version;
 -- name: insert_task
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
 -- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
+-- idempotency_ttl: the key's deduplication window ends that many seconds from now.
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id)
+                       idempotency_key, parent_id, root_id, idempotency_expires_at)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(eta)s::timestamptz,
                  now() + make_interval(secs => %(countdown)s::double precision),
@@ -21,7 +22,8 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(expires_at)s::timestamptz,
                  now() + make_interval(secs => %(expires_in)s::double precision)),
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
-        %(idempotency_key)s, %(parent_id)s, %(root_id)s)
+        %(idempotency_key)s, %(parent_id)s, %(root_id)s,
+        now() + make_interval(secs => %(idempotency_ttl)s::double precision))
 ON CONFLICT DO NOTHING
 RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
 
@@ -31,18 +33,20 @@ RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 
 -- identical notifications of a transaction into one, delivered on commit).
 WITH new AS (
     INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                           idempotency_key, parent_id, root_id)
+                           idempotency_key, parent_id, root_id, idempotency_expires_at)
     SELECT t.id, t.name, t.queue, t.priority,
            COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
            COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
-           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id
+           t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id,
+           now() + make_interval(secs => t.idempotency_ttl)
     FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
                 %(etas)s::timestamptz[], %(countdowns)s::double precision[],
                 %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
                 %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
-                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[])
+                %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
+                %(idempotency_ttls)s::double precision[])
          AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs,
-              options, idempotency_key, parent_id, root_id)
+              options, idempotency_key, parent_id, root_id, idempotency_ttl)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, run_at <= now() AS due
 ), woken AS (
@@ -61,11 +65,22 @@ COPY pgq.tasks (id, args, kwargs, name, queue, priority, options, parent_id, roo
 SELECT count(pg_notify('pgq_tasks', left(q, 255))) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_existing
--- (read) The task that already holds an id or an idempotency key.
+-- (read) The task that already holds an id, or an idempotency key whose window is still open.
 SELECT id FROM pgq.tasks
-WHERE id = %(id)s OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s)
+WHERE id = %(id)s
+   OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s
+       AND (idempotency_expires_at IS NULL OR idempotency_expires_at > now()))
 ORDER BY (id = %(id)s) DESC
 LIMIT 1;
+
+-- name: release_idempotency_key
+-- (key held) -> (key free): the task whose deduplication window has passed gives up its key
+-- (idempotency_key becomes NULL), so the enqueue that asked can take it for a new task. Two
+-- producers doing this at once: the row lock lets one release it; the other then finds nothing
+-- to release, and the unique index lets exactly one of their inserts through.
+UPDATE pgq.tasks SET idempotency_key = NULL
+WHERE idempotency_key = %(idempotency_key)s AND idempotency_expires_at <= now()
+RETURNING id;
 
 -- name: insert_failed_steps
 -- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
