@@ -11,8 +11,8 @@ Written by hand from pgq.schema and checked with Alembic's ``check`` (tests/migr
   A nullable column without a default: instant, no table rewrite, no index change.
 - ``pgq.beat_entries`` grows from a cursor per code-defined entry into the periodic tasks
   themselves: ``origin`` ('code' or 'runtime'), ``enabled``, a runtime entry's schedule
-  (``every_seconds`` or ``cron``), ``args``, ``kwargs``, ``options``, ``queue``,
-  ``run_requested_at`` ("run now") and ``updated_at``; the cursor columns get defaults so that a
+  (``every_seconds`` or ``cron``), ``args``, ``kwargs``, ``options``, ``queue`` and
+  ``updated_at``; the cursor columns get defaults so that a
   plain ``INSERT`` of a runtime entry works. Existing rows become code entries (they were all
   written from code). The table holds one row per entry: instant both ways.
 - Trigger ``beat_entries_changed``: any insert, delete or change of an entry's definition sends
@@ -36,7 +36,7 @@ depends_on = None
 _TS = sa.DateTime(timezone=True)
 # The columns whose change the leading beat must hear about (not its own cursor moves).
 _DEFINITION = (
-    "task, enabled, every_seconds, cron, args, kwargs, options, queue, run_requested_at, origin"
+    "task, enabled, every_seconds, cron, args, kwargs, options, queue, origin"
 )
 
 
@@ -58,7 +58,6 @@ def upgrade() -> None:
             "options", postgresql.JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
         sa.Column("queue", sa.Text()),
-        sa.Column("run_requested_at", _TS),
         sa.Column("updated_at", _TS, server_default=sa.text("now()"), nullable=False),
     ]
     for column in add:
@@ -122,7 +121,6 @@ def downgrade() -> None:
     op.alter_column("beat_entries", "scheduler", server_default=None, schema="pgq")
     for column in (
         "updated_at",
-        "run_requested_at",
         "queue",
         "options",
         "kwargs",

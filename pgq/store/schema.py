@@ -217,8 +217,6 @@ beat_entries = Table(
     # apply_async options of each run (priority, expires, time limits...); queue is its own column.
     Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("queue", Text),
-    # "Run now" asked at this time: the leader enqueues one extra run and clears it.
-    Column("run_requested_at", _ts),
     Column("updated_at", _ts, nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("scheduler", "name", name="beat_entries_pkey"),
     CheckConstraint("total_runs >= 0", name="beat_entries_total_runs_not_negative"),

@@ -725,20 +725,6 @@ RETURNING now();
 UPDATE pgq.beat_leases SET lease_expires_at = now()
 WHERE scheduler = %(scheduler)s AND holder = %(holder)s;
 
--- name: beat_sync_entry
--- (nothing) -> entry with its cursor at `at`; an entry whose schedule changed starts again at
--- `at`; an unchanged one keeps its cursor. Returns the entry's anchor and cursor.
-INSERT INTO pgq.beat_entries AS e (scheduler, name, task, schedule, anchor_at, last_due_at)
-VALUES (%(scheduler)s, %(name)s, %(task)s, %(schedule)s, %(at)s, %(at)s)
-ON CONFLICT (scheduler, name) DO UPDATE
-SET task = excluded.task,
-    schedule = excluded.schedule,
-    anchor_at = CASE WHEN e.schedule = excluded.schedule THEN e.anchor_at
-                     ELSE excluded.anchor_at END,
-    last_due_at = CASE WHEN e.schedule = excluded.schedule THEN e.last_due_at
-                       ELSE excluded.last_due_at END
-RETURNING anchor_at, last_due_at;
-
 -- name: beat_advance_entry
 -- cursor at `expected` -> cursor at `due`: records the runs just enqueued; compare-and-set, so a
 -- beat whose idea of the cursor is stale changes nothing (and rolls back what it enqueued).
@@ -746,6 +732,107 @@ UPDATE pgq.beat_entries
 SET last_due_at = %(due)s, last_run_at = now(), total_runs = total_runs + %(runs)s
 WHERE scheduler = %(scheduler)s AND name = %(name)s AND last_due_at = %(expected)s
 RETURNING name;
+
+-- name: listen_beat
+-- (signal) The leading beat hears of every change of a periodic entry (trigger
+-- beat_entries_changed, payload: the scheduler).
+LISTEN pgq_beat;
+
+-- name: beat_skip_entry
+-- cursor at `expected` -> cursor at `due`, nothing enqueued: a disabled entry's runs pass by.
+UPDATE pgq.beat_entries SET last_due_at = %(due)s
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND last_due_at = %(expected)s
+RETURNING name;
+
+-- name: beat_load_entries
+-- (read) Every periodic entry of a scheduler, its definition and its cursor: the leader reads
+-- them at each tick, so a change made anywhere (API, CLI, dashboard, SQL) counts at once.
+SELECT name, task, schedule, anchor_at, last_due_at, origin, enabled, every_seconds, cron,
+       args::text, kwargs::text, options::text, queue
+FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s
+ORDER BY name;
+
+-- name: beat_restart_entry
+-- cursor -> new cursor at `at`: the entry's schedule changed (or the row was inserted by hand),
+-- so it starts afresh from now; compare-and-set on the schedule the beat saw.
+UPDATE pgq.beat_entries
+SET schedule = %(schedule)s, anchor_at = %(at)s, last_due_at = %(at)s
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND schedule = %(expected)s
+RETURNING anchor_at, last_due_at;
+
+-- name: beat_sync_code_entry
+-- (nothing | any) -> code entry: the leader writes an entry of the app's beat_schedule into the
+-- table (code is the source of truth for its definition; `enabled` stays the operator's). A
+-- runtime entry of the same name becomes the code's. Unchanged rows are not written (no NOTIFY).
+INSERT INTO pgq.beat_entries AS e (scheduler, name, task, origin, every_seconds, cron, args,
+                                   kwargs, options, queue, schedule, anchor_at, last_due_at)
+VALUES (%(scheduler)s, %(name)s, %(task)s, 'code', %(every_seconds)s, %(cron)s, %(args)s::jsonb,
+        %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s, '', %(at)s, %(at)s)
+ON CONFLICT (scheduler, name) DO UPDATE
+SET task = excluded.task, origin = 'code', every_seconds = excluded.every_seconds,
+    cron = excluded.cron, args = excluded.args, kwargs = excluded.kwargs,
+    options = excluded.options, queue = excluded.queue, updated_at = now()
+WHERE (e.task, e.origin, e.every_seconds, e.cron, e.args, e.kwargs, e.options, e.queue)
+      IS DISTINCT FROM (excluded.task, 'code', excluded.every_seconds, excluded.cron,
+                        excluded.args, excluded.kwargs, excluded.options, excluded.queue);
+
+-- name: beat_drop_code_entries
+-- code entry -> (nothing): entries the app's code defined before and no longer does.
+DELETE FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s AND origin = 'code' AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name;
+
+-- ---------------------------------------------------------------------------------------------
+-- Periodic tasks edited at run time (app.periodic, pgq periodic, the dashboard).
+-- ---------------------------------------------------------------------------------------------
+
+-- name: periodic_list
+-- (read) The periodic entries of a scheduler (all schedulers when it is NULL), by name.
+SELECT scheduler, name, task, origin, enabled, every_seconds, cron, schedule, args::text,
+       kwargs::text, options::text, queue, anchor_at, last_due_at, last_run_at, total_runs,
+       updated_at
+FROM pgq.beat_entries
+WHERE %(scheduler)s::text IS NULL OR scheduler = %(scheduler)s
+ORDER BY scheduler, name;
+
+-- name: periodic_add
+-- (nothing) -> runtime entry: a new periodic task; an existing name adds nothing (no row back).
+-- The leading beat hears of it (trigger beat_entries_changed) and starts its schedule now.
+INSERT INTO pgq.beat_entries (scheduler, name, task, origin, enabled, every_seconds, cron, args,
+                              kwargs, options, queue)
+VALUES (%(scheduler)s, %(name)s, %(task)s, 'runtime', %(enabled)s, %(every_seconds)s, %(cron)s,
+        %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s)
+ON CONFLICT DO NOTHING
+RETURNING name;
+
+-- name: periodic_change
+-- runtime entry -> runtime entry: a new definition (the beat restarts the cursor if the schedule
+-- changed). Code entries are left alone: their definition is the code's.
+UPDATE pgq.beat_entries
+SET task = %(task)s, every_seconds = %(every_seconds)s, cron = %(cron)s, args = %(args)s::jsonb,
+    kwargs = %(kwargs)s::jsonb, options = %(options)s::jsonb, queue = %(queue)s,
+    enabled = %(enabled)s, updated_at = now()
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
+RETURNING name;
+
+-- name: periodic_set_enabled
+-- enabled <-> disabled: a disabled entry enqueues nothing (its missed runs are skipped, not
+-- caught up when it is enabled again). Code entries too: `enabled` is the operator's.
+UPDATE pgq.beat_entries SET enabled = %(enabled)s, updated_at = now()
+WHERE scheduler = %(scheduler)s AND name = %(name)s
+RETURNING name;
+
+-- name: periodic_remove
+-- runtime entry -> (nothing). Code entries are refused (the beat would write them back).
+DELETE FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
+RETURNING name;
+
+-- name: periodic_ran_now
+-- (counts) An operator's "run now" enqueued one run: counted with the entry's runs.
+UPDATE pgq.beat_entries SET last_run_at = now(), total_runs = total_runs + 1
+WHERE scheduler = %(scheduler)s AND name = %(name)s;
 
 -- ---------------------------------------------------------------------------------------------
 -- Rate limits: one GCRA cursor per task name, shared by every worker.
