@@ -26,6 +26,7 @@ from pgq.errors import ConfigurationError
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_ids
 from pgq.periodic import PeriodicEntry, as_schedule
+from pgq.periodic_tasks import PeriodicTasks
 from pgq.result import Result
 from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
@@ -68,8 +69,9 @@ class App:
     ) -> None:
         self.main = main
         self.timezone = timezone
-        # Periodic entries by name, declared with add_periodic_task (`pgq beat` runs them).
-        self.periodic: dict[str, PeriodicEntry] = {}
+        # Periodic entries by name, declared with add_periodic_task (`pgq beat` runs them), and
+        # the runtime API on pgq.beat_entries (app.periodic.add/change/enable/disable/...).
+        self.periodic = PeriodicTasks(self)
         self._database_url = database_url
         self.default_queue = default_queue
         self.tasks: dict[str, Task] = {}

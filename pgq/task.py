@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pgq import options as rules
 from pgq import serialization
+from pgq.errors import InvalidOption
 from pgq.hooks import emit
 from pgq.ids import new_task_id
 from pgq.result import Result
@@ -222,7 +223,7 @@ class Task:
             if idempotency_ttl is not None:
                 ttl = rules.check_idempotency_ttl(idempotency_ttl)
         elif idempotency_ttl is not None:
-            raise rules.InvalidOption(
+            raise InvalidOption(
                 "idempotency_ttl needs an idempotency_key (it is the key's window)"
             )
         if parent_id is not None:

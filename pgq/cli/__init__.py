@@ -15,6 +15,7 @@ import typer
 from pgq.cli._common import AppOption, UrlOption, admin_store, load
 from pgq.cli._format import to_json
 from pgq.cli.ops import register_operations
+from pgq.cli.periodic import register_periodic_command
 from pgq.cli.web import register_web_command
 from pgq.cli.worker import register_worker_commands
 from pgq.errors import PgqError
@@ -193,6 +194,7 @@ def _json_option(text: str, option: str, kind: type) -> Any:
 
 register_operations(cli)
 register_web_command(cli)
+register_periodic_command(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

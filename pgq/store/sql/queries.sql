@@ -829,6 +829,10 @@ DELETE FROM pgq.beat_entries
 WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
 RETURNING name;
 
+-- name: periodic_known_task
+-- (read) Whether a worker has registered this task name (pgq.workers.task_names).
+SELECT EXISTS (SELECT 1 FROM pgq.workers WHERE %(task)s = ANY(task_names));
+
 -- name: periodic_ran_now
 -- (counts) An operator's "run now" enqueued one run: counted with the entry's runs.
 UPDATE pgq.beat_entries SET last_run_at = now(), total_runs = total_runs + 1
