@@ -126,6 +126,16 @@ class PeriodicTasks(dict[str, PeriodicEntry]):
     def _store(self) -> PeriodicStore:
         return PeriodicStore(self._app.store, self.scheduler)
 
+    def _check_call(self, fields: dict[str, Any]) -> None:
+        """A task this app defines must accept the entry's arguments (as at enqueue)."""
+        task = self._app.tasks.get(fields["task"])
+        if task is None:
+            return
+        try:
+            task.check_arguments(json.loads(fields["args"]), json.loads(fields["kwargs"]))
+        except TypeError as exc:
+            raise InvalidOption(f"periodic task {fields['name']!r}: {exc}") from None
+
     def list(
         self, *, every_scheduler: bool = False, connection: Any = None
     ) -> builtins.list[PeriodicRow]:
@@ -158,6 +168,7 @@ class PeriodicTasks(dict[str, PeriodicEntry]):
         timezone). Its first run is one period (or the next cron time) after the beat sees it.
         An existing name raises ``InvalidOption``."""
         fields = check_definition(name, task, every, cron, args, kwargs or {}, options or {}, queue)
+        self._check_call(fields)
         if not self._store.add({**fields, "enabled": bool(enabled)}, connection):
             raise InvalidOption(f"a periodic task named {name!r} exists already")
         return self.entry(name, connection=connection)
@@ -196,6 +207,7 @@ class PeriodicTasks(dict[str, PeriodicEntry]):
             row.options if options is None else options,
             row.queue if queue is _KEEP else queue,
         )
+        self._check_call(fields)
         fields["enabled"] = row.enabled if enabled is None else bool(enabled)
         if not self._store.change(fields, connection):
             raise PeriodicTaskNotFound(f"no periodic task named {name!r} in {self.scheduler!r}")

@@ -32,9 +32,7 @@ SCHEDULER = "periodic_app"
 
 @pytest.fixture
 def fresh(conn: Conn) -> None:
-    conn.execute(
-        "TRUNCATE pgq.tasks, pgq.workers, pgq.beat_leases, pgq.beat_entries, side_effects"
-    )
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.beat_leases, pgq.beat_entries, side_effects")
 
 
 @pytest.fixture
@@ -137,9 +135,7 @@ def test_runtime_entries_fire_once_per_due_time_on_two_beats(
     victim = first if f"/{first.pid}-" in holder else second
     survivor = second if victim is first else first
     victim.signal(signal.SIGKILL)
-    wait_for(
-        lambda: (leader(conn) or "").find(f"/{survivor.pid}-") >= 0, 30, 0.1, "the standby"
-    )
+    wait_for(lambda: (leader(conn) or "").find(f"/{survivor.pid}-") >= 0, 30, 0.1, "the standby")
     target = len(dues(conn, "rt-cli")) + 3
     wait_for(lambda: len(dues(conn, "rt-cli")) >= target, 60, 0.1, "runs after the failover")
     wait_for(lambda: len(dues(conn, "rt-sql")) >= target, 60, 0.1, "rt-sql's runs too")
@@ -162,7 +158,8 @@ def test_disable_change_enable_and_run_without_a_restart(
     spawn("beat", "-A", "periodic_app")
     spawn("beat", "-A", "periodic_app")
     wait_for(lambda: leader(conn), 30, 0.05, "a beat to lead")
-    assert cli(db_url, "add", "flip", "periodic_app.record", "--every", "1s").returncode == 0
+    added = cli(db_url, "add", "flip", "periodic_app.record", "--every", "1s", "--args", '["f"]')
+    assert added.returncode == 0, added.stderr
     start = started_at(conn, "flip", "every 1s")
     wait_for(lambda: len(dues(conn, "flip")) >= 2, 60, 0.1, "two runs")
 
@@ -191,9 +188,7 @@ def test_disable_change_enable_and_run_without_a_restart(
     assert changed.returncode == 0, changed.stderr
     assert cli(db_url, "enable", "flip").returncode == 0
     restart = started_at(conn, "flip", "every 2s")
-    wait_for(
-        lambda: len([d for d in dues(conn, "flip") if d > restart]) >= 2, 60, 0.1, "new runs"
-    )
+    wait_for(lambda: len([d for d in dues(conn, "flip") if d > restart]) >= 2, 60, 0.1, "new runs")
     after = [d for d in dues(conn, "flip") if d > restart]
     on_grid(after, restart, 2.0)
     assert after[0] == restart + timedelta(seconds=2)  # no catch-up of the disabled time
@@ -208,9 +203,7 @@ def test_disable_change_enable_and_run_without_a_restart(
     ran = cli(db_url, "run", "flip", "--json")
     assert ran.returncode == 0, ran.stderr
     task_id = json.loads(ran.stdout)["task_id"]
-    row = conn.execute(
-        "SELECT name, args FROM pgq.tasks WHERE id = %s", (task_id,)
-    ).fetchone()
+    row = conn.execute("SELECT name, args FROM pgq.tasks WHERE id = %s", (task_id,)).fetchone()
     assert row == ("periodic_app.record", ["changed"])
 
     # Code entries: disable works, change and remove are refused; a runtime entry is removed.
@@ -240,7 +233,9 @@ def test_disable_change_enable_and_run_without_a_restart(
         (("add", "x", "periodic_app.record", "--every", "1", "--options", '{"priority": 999}'),
          "priority"),
         (("add", "x", "no.such.task", "--every", "1"), "unknown task 'no.such.task'"),
-        (("add", "dup", "periodic_app.record", "--every", "1"), "exists already"),
+        (("add", "x", "periodic_app.record", "--every", "1"), "missing a required argument"),
+        (("add", "dup", "periodic_app.record", "--every", "1", "--args", '["a"]'),
+         "exists already"),
         (("enable", "nope"), "no periodic task named 'nope'"),
         (("remove", "nope"), "no periodic task named 'nope'"),
         (("run", "nope"), "no periodic task named 'nope'"),
