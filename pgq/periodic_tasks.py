@@ -113,14 +113,19 @@ def _str(option: str, value: Any) -> str:
 class PeriodicTasks(dict[str, PeriodicEntry]):
     """The app's periodic tasks: its code entries by name (a dict), and the runtime API."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, scheduler: str | None = None) -> None:
         super().__init__()
         self._app = app
+        self._scheduler = scheduler
 
     @property
     def scheduler(self) -> str:
         """The scheduler the app's beats run (``pgq.beat_entries.scheduler``): the app's name."""
-        return self._app.main or "default"
+        return self._scheduler or self._app.main or "default"
+
+    def for_scheduler(self, scheduler: str | None) -> PeriodicTasks:
+        """The same API on another scheduler's entries (None: this app's)."""
+        return self if scheduler is None else PeriodicTasks(self._app, scheduler)
 
     @property
     def _store(self) -> PeriodicStore:
