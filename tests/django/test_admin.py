@@ -186,9 +186,9 @@ def test_workers_and_periodic_entries_are_listed(
     client: Any, worker: Any, pg: psycopg.Connection[Any]
 ) -> None:
     pg.execute(
-        "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at)"
-        " VALUES ('proj', 'nightly-report', 'reports.tasks.summarize_orders', 'crontab', now(),"
-        " now())"
+        "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at,"
+        " origin) VALUES ('proj', 'nightly-report', 'reports.tasks.summarize_orders', 'crontab',"
+        " now(), now(), 'code')"
     )
     try:
         workers = client.get("/admin/pgq/pgqworker/")
