@@ -177,6 +177,16 @@ class QueueCollector(Collector):
             "workers": GaugeMetricFamily(
                 "pgq_workers", "Live workers (heartbeat younger than the lease)."
             ),
+            "periodic": GaugeMetricFamily(
+                "pgq_periodic_enabled",
+                "1 per periodic entry that is enabled, 0 if disabled (pgq periodic disable).",
+                labels=["scheduler", "name", "origin"],
+            ),
+            "periodic_runs": GaugeMetricFamily(
+                "pgq_periodic_runs",
+                "Runs a periodic entry enqueued since it was added (beat and run-now).",
+                labels=["scheduler", "name"],
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -200,6 +210,14 @@ class QueueCollector(Collector):
         for row in running:
             f["running"].add_metric([row["queue"]], int(row["running"]))
         f["workers"].add_metric([], workers)
+        try:
+            entries = self.admin.periodic_gauges()
+        except DatabaseError:
+            entries = []
+        for row in entries:
+            labels = [row["scheduler"], row["name"]]
+            f["periodic"].add_metric([*labels, row["origin"]], 1 if row["enabled"] else 0)
+            f["periodic_runs"].add_metric(labels, int(row["total_runs"]))
         yield from f.values()
 
 

@@ -829,6 +829,10 @@ DELETE FROM pgq.beat_entries
 WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
 RETURNING name;
 
+-- name: metrics_periodic
+-- (read) The periodic entries as pgq_periodic_* gauges: one row each (a handful).
+SELECT scheduler, name, origin, enabled, total_runs FROM pgq.beat_entries;
+
 -- name: periodic_known_task
 -- (read) Whether a worker has registered this task name (pgq.workers.task_names).
 SELECT EXISTS (SELECT 1 FROM pgq.workers WHERE %(task)s = ANY(task_names));
