@@ -249,7 +249,7 @@ def test_the_page_edits_periodic_tasks_and_the_beat_follows(
             form.locator('button[type="submit"]').click()
         expect(page.locator(".flash")).to_contain_text("Added periodic task from-the-page")
         row = page.locator('tr[data-entry="from-the-page"]')
-        expect(row).to_have_attribute("data-origin", "runtime")
+        expect(row.locator("td[data-origin]")).to_have_attribute("data-origin", "runtime")
         # The beat picks it up without a restart and runs it.
         wait_for(
             lambda: (
@@ -266,7 +266,7 @@ def test_the_page_edits_periodic_tasks_and_the_beat_follows(
 
         with page.expect_navigation():
             row.locator('form[data-action="disable"] button').click()
-        expect(page.locator('tr[data-entry="from-the-page"]')).to_have_attribute(
+        expect(page.locator('tr[data-entry="from-the-page"] td[data-enabled]')).to_have_attribute(
             "data-enabled", "no"
         )
         assert entry(conn, "from-the-page")["enabled"] is False  # type: ignore[index]
