@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from harness import wait_for
 
 import pgq
 from pgq.errors import InvalidOption
@@ -268,3 +269,45 @@ def test_metrics_export_the_entries(papp: pgq.App, db_url: str) -> None:
     labels = (("name", "m"), ("origin", "runtime"), ("scheduler", "papp"))
     assert samples[("pgq_periodic_enabled", labels)] == 0
     assert samples[("pgq_periodic_runs", (("name", "m"), ("scheduler", "papp")))] == 0
+
+
+def test_a_leader_that_cannot_listen_reads_the_table_every_second(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Behind a transaction-mode pooler without a listen URL nothing can LISTEN.
+    app = pgq.App(
+        "papp", database_url=db_url + "?pgq_pooler=transaction", settings=Settings(home=tmp_path)
+    )
+    app.add_periodic_task(3600, "papp.work", args=("x",), name="hourly")
+    beat = Beat(app, app.periodic_entries(), BeatSettings(scheduler="papp"), holder="pooled")
+    try:
+        beat.run_once()
+        assert beat.leader and beat.fileno() is None
+        assert beat._sleep_seconds() <= 1.001
+        assert beat.store.changed() is False
+    finally:
+        beat.close()
+        app.close()
+
+
+def test_a_listening_leader_hears_a_change(papp: pgq.App, conn: Conn) -> None:
+    beat = Beat(papp, [], BeatSettings(scheduler="papp"), holder="listening")
+    try:
+        beat.run_once()
+        assert beat.fileno() is not None
+        assert beat.store.changed() is False
+        conn.execute(
+            "INSERT INTO pgq.beat_entries (scheduler, name, task, every_seconds, args)"
+            " VALUES ('papp', 'heard', 'papp.work', 60, '[\"h\"]')"
+        )
+        wait_for(beat.store.changed, 10, 0.02, "the NOTIFY of the new entry")
+        # Another scheduler's change is not ours; the beat's own cursor moves wake nobody.
+        conn.execute(
+            "INSERT INTO pgq.beat_entries (scheduler, name, task, every_seconds)"
+            " VALUES ('other', 'x', 'papp.work', 60)"
+        )
+        conn.execute("UPDATE pgq.beat_entries SET total_runs = 5 WHERE name = 'heard'")
+        conn.execute("SELECT 1")
+        assert beat.store.changed() is False
+    finally:
+        beat.close()
