@@ -223,9 +223,7 @@ class Task:
             if idempotency_ttl is not None:
                 ttl = rules.check_idempotency_ttl(idempotency_ttl)
         elif idempotency_ttl is not None:
-            raise InvalidOption(
-                "idempotency_ttl needs an idempotency_key (it is the key's window)"
-            )
+            raise InvalidOption("idempotency_ttl needs an idempotency_key (it is the key's window)")
         if parent_id is not None:
             parent_id = rules.check_id(parent_id, "parent_id")
         if root_id is not None:

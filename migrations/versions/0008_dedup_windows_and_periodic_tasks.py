@@ -35,9 +35,7 @@ depends_on = None
 
 _TS = sa.DateTime(timezone=True)
 # The columns whose change the leading beat must hear about (not its own cursor moves).
-_DEFINITION = (
-    "task, enabled, every_seconds, cron, args, kwargs, options, queue, origin"
-)
+_DEFINITION = "task, enabled, every_seconds, cron, args, kwargs, options, queue, origin"
 
 
 def upgrade() -> None:
