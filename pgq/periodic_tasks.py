@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["PeriodicTaskNotFound", "PeriodicTasks", "check_definition"]
 
 MAX_ENTRY_NAME_BYTES = 200
+# Options of a run the beat decides (its due time, its idempotency key), refused in an entry.
+_BEAT_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
 # Left alone by change(): distinct from None, which clears the queue.
 _KEEP: Any = object()
 
@@ -75,6 +77,11 @@ def check_definition(
     if not isinstance(options, Mapping):
         raise InvalidOption(f"options must be a dict, got {rules._show(options)}")
     call = dict(options)
+    owned = sorted(_BEAT_OPTIONS & call.keys())
+    if owned:
+        raise InvalidOption(
+            f"periodic task {entry_name!r}: the beat sets {', '.join(owned)} of each run itself"
+        )
     if "queue" in call:
         if queue is not None:
             raise InvalidOption("give the queue once: queue=, not also options['queue']")

@@ -177,6 +177,8 @@ class Beat(Periodic):
     # -- inside ---------------------------------------------------------------------------
 
     def _try_to_lead(self) -> None:
+        if self.store.acquire(self.settings.lease_seconds) is None:
+            return  # another beat leads: stand by quietly
         with self.store.tick(self.settings.lease_seconds) as (_conn, db_now):
             self._offset = db_now - datetime.now(UTC)
             now = self.now()

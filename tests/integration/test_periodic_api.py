@@ -101,6 +101,8 @@ def test_the_caller_transaction_takes_the_change(papp: pgq.App, db_url: str, con
          "priority"),
         (lambda p: p.add("a", "papp.work", every=1, args=["a"], queue=""), "queue"),
         (lambda p: p.add("a", "papp.work", every=1, args=[1, 2, 3]), "too many"),
+        (lambda p: p.add("a", "papp.work", every=1, args=["a"], options={"countdown": 5}),
+         "the beat sets countdown"),
         (lambda p: p.add("a", "papp.work", every=1, args=["a"], options={"queue": "q"}, queue="r"),
          "give the queue once"),
     ],
