@@ -27,6 +27,7 @@ from pgq.errors import ConfigurationError, InvalidOption
 from pgq.options import check_signature
 
 __all__ = [
+    "BEAT_OPTIONS",
     "Cron",
     "Every",
     "PeriodicEntry",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 UTC = timezone.utc
+# Options of a run that the beat decides itself (its due time, its idempotency key).
+BEAT_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
 # Looking back this far finds the latest due time of dense schedules in few steps; sparse ones
 # (a yearly crontab) need the longer look-backs, which they cross in few steps too.
 _LOOKBACKS = (timedelta(hours=2), timedelta(days=3), timedelta(days=800))

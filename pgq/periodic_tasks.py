@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgq import options as rules
 from pgq.errors import ConfigurationError, InvalidOption, TaskNotFound
-from pgq.periodic import Cron, PeriodicEntry, parse_every
+from pgq.periodic import BEAT_OPTIONS, Cron, PeriodicEntry, parse_every
 from pgq.store.beat import PeriodicRow, PeriodicStore
 
 if TYPE_CHECKING:
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["PeriodicTaskNotFound", "PeriodicTasks", "check_definition"]
 
 MAX_ENTRY_NAME_BYTES = 200
-# Options of a run the beat decides (its due time, its idempotency key), refused in an entry.
-_BEAT_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
 # Left alone by change(): distinct from None, which clears the queue.
 _KEEP: Any = object()
 
@@ -77,7 +75,7 @@ def check_definition(
     if not isinstance(options, Mapping):
         raise InvalidOption(f"options must be a dict, got {rules._show(options)}")
     call = dict(options)
-    owned = sorted(_BEAT_OPTIONS & call.keys())
+    owned = sorted(BEAT_OPTIONS & call.keys())
     if owned:
         raise InvalidOption(
             f"periodic task {entry_name!r}: the beat sets {', '.join(owned)} of each run itself"

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from pgq.errors import ConfigurationError, DatabaseError, EncodeError, OperationalError, PgqError
 from pgq.maintenance import Periodic
 from pgq.periodic import (
+    BEAT_OPTIONS,
     Every,
     PeriodicEntry,
     cron_text,
@@ -57,7 +58,7 @@ log = logging.getLogger("pgq.beat")
 
 UTC = timezone.utc
 # Options of a beat entry that the beat itself decides.
-_OWN_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
+_OWN_OPTIONS = BEAT_OPTIONS
 # How often a leader that cannot LISTEN reads the entries again (seconds).
 _RELOAD_WITHOUT_LISTEN = 1.0
 
