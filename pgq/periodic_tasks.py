@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -120,8 +121,17 @@ class PeriodicTasks(dict[str, PeriodicEntry]):
 
     def __init__(self, app: App, scheduler: str | None = None) -> None:
         super().__init__()
-        self._app = app
+        # A weak reference: the app holds this object, and a cycle would keep a dropped app
+        # (and its connection pool) alive until the garbage collector runs.
+        self._app_ref = weakref.ref(app)
         self._scheduler = scheduler
+
+    @property
+    def _app(self) -> App:
+        app = self._app_ref()
+        if app is None:  # pragma: no cover - only a handle kept past its app gets here
+            raise ReferenceError("the app of these periodic tasks no longer exists")
+        return app
 
     @property
     def scheduler(self) -> str:

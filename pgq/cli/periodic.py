@@ -74,14 +74,15 @@ def _bad_input() -> Iterator[None]:
         _fail(str(exc))
 
 
-def _periodic(
+def _load(
     ctx: typer.Context, app: str | None, database_url: str | None, scheduler: str | None
-) -> PeriodicTasks:
+) -> Any:
+    """The app (its ``periodic`` is what the commands use: keep the app referenced while they
+    run, ``app.periodic`` only holds it weakly)."""
     loaded = load(ctx, app, database_url)
     if scheduler is not None:
         loaded.main = scheduler
-    periodic: PeriodicTasks = loaded.periodic
-    return periodic
+    return loaded
 
 
 def _json_arg(text: str | None, option: str, kind: type) -> Any:
@@ -114,7 +115,8 @@ def list_(
     database_url: str | None = UrlOption,
 ) -> None:
     """List the periodic tasks: code entries (beat_schedule) and runtime ones."""
-    periodic = _periodic(ctx, app, database_url, scheduler)
+    loaded = _load(ctx, app, database_url, scheduler)
+    periodic: PeriodicTasks = loaded.periodic
     rows = periodic.list(every_scheduler=every_scheduler)
     if as_json:
         typer.echo(to_json([r.as_json() for r in rows]))
@@ -147,7 +149,8 @@ def add(
     database_url: str | None = UrlOption,
 ) -> None:
     """Add a periodic task: NAME runs TASK --every 30s or --cron "*/5 * * * *"."""
-    periodic = _periodic(ctx, app, database_url, scheduler)
+    loaded = _load(ctx, app, database_url, scheduler)
+    periodic: PeriodicTasks = loaded.periodic
     call_args = _json_arg(args, "--args", list) or []
     call_kwargs = _json_arg(kwargs, "--kwargs", dict) or {}
     call_options = _json_arg(options, "--options", dict) or {}
@@ -188,7 +191,8 @@ def change(
     database_url: str | None = UrlOption,
 ) -> None:
     """Change a runtime periodic task (what is not given stays; a new schedule starts now)."""
-    periodic = _periodic(ctx, app, database_url, scheduler)
+    loaded = _load(ctx, app, database_url, scheduler)
+    periodic: PeriodicTasks = loaded.periodic
     fields: dict[str, Any] = {
         "task": task,
         "every": every,
@@ -213,7 +217,8 @@ def _each(verb: str, action: Callable[[PeriodicTasks, str], Any]) -> Callable[..
         app: str | None = AppOption,
         database_url: str | None = UrlOption,
     ) -> None:
-        periodic = _periodic(ctx, app, database_url, scheduler)
+        loaded = _load(ctx, app, database_url, scheduler)
+        periodic: PeriodicTasks = loaded.periodic
         done = []
         with _bad_input():
             for name in names:
@@ -249,7 +254,8 @@ def run(
     database_url: str | None = UrlOption,
 ) -> None:
     """Enqueue one run of a periodic task now (its schedule is unchanged)."""
-    periodic = _periodic(ctx, app, database_url, scheduler)
+    loaded = _load(ctx, app, database_url, scheduler)
+    periodic: PeriodicTasks = loaded.periodic
     with _bad_input():
         result = periodic.run(name)
     _done({"name": name, "task_id": result.id}, as_json, f"sent {name!r}: {result.id}")
