@@ -29,6 +29,7 @@ from pgq.hooks import emit, listening
 from pgq.ids import new_task_ids
 from pgq.options import check_concurrency_limit
 from pgq.periodic import PeriodicEntry, as_schedule
+from pgq.periodic_tasks import PeriodicTasks
 from pgq.result import Result
 from pgq.server import resolve_url
 from pgq.settings import DEFAULT_QUEUE, Settings
@@ -71,8 +72,9 @@ class App:
     ) -> None:
         self.main = main
         self.timezone = timezone
-        # Periodic entries by name, declared with add_periodic_task (`pgq beat` runs them).
-        self.periodic: dict[str, PeriodicEntry] = {}
+        # Periodic entries by name, declared with add_periodic_task (`pgq beat` runs them), and
+        # the runtime API on pgq.beat_entries (app.periodic.add/change/enable/disable/...).
+        self.periodic = PeriodicTasks(self)
         self._database_url = database_url
         self.default_queue = default_queue
         self.tasks: dict[str, Task] = {}

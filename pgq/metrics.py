@@ -230,6 +230,16 @@ class QueueCollector(Collector):
                 "State changes of a task name's circuit breaker (every worker's, from its row).",
                 labels=["name"],
             ),
+            "periodic": GaugeMetricFamily(
+                "pgq_periodic_enabled",
+                "1 per periodic entry that is enabled, 0 if disabled (pgq periodic disable).",
+                labels=["scheduler", "name", "origin"],
+            ),
+            "periodic_runs": GaugeMetricFamily(
+                "pgq_periodic_runs",
+                "Runs a periodic entry enqueued since it was added (beat and run-now).",
+                labels=["scheduler", "name"],
+            ),
         }
 
     def describe(self) -> Iterator[Metric]:
@@ -265,6 +275,14 @@ class QueueCollector(Collector):
         # On an error the task gauges above stand; the flow families come out empty this scrape.
         with contextlib.suppress(DatabaseError):
             self._flow(f, {row["queue"] for row in (*waiting, *running)})
+        try:
+            entries = self.admin.periodic_gauges()
+        except DatabaseError:
+            entries = []
+        for row in entries:
+            labels = [row["scheduler"], row["name"]]
+            f["periodic"].add_metric([*labels, row["origin"]], 1 if row["enabled"] else 0)
+            f["periodic_runs"].add_metric(labels, int(row["total_runs"]))
         yield from f.values()
 
     def _flow(self, f: dict[str, Any], queues: set[str]) -> None:

@@ -174,6 +174,16 @@ def check_countdown(value: Any) -> float:
     return _number("countdown", value)
 
 
+def check_idempotency_ttl(value: Any) -> float:
+    """A deduplication window: a positive number of seconds (or a timedelta)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    seconds = _number("idempotency_ttl", value)
+    if seconds <= 0:
+        raise InvalidOption(f"idempotency_ttl must be > 0 seconds, got {_show(value)}")
+    return seconds
+
+
 def check_expires(value: Any) -> float | timedelta | datetime:
     """An expiry: seconds from now, a timedelta or a datetime."""
     if isinstance(value, datetime):
@@ -235,6 +245,7 @@ def check_signature(sig: Any, option: str = "signature") -> None:
         "idempotency_key": check_key,
         "concurrency_key": check_concurrency_key,
         "concurrency_limit": check_concurrency_limit,
+        "idempotency_ttl": check_idempotency_ttl,
         "task_id": check_id,
     }
     for name, check in checks.items():

@@ -17,6 +17,7 @@ missed while no beat was up and collapse into one run, as in Celery.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -26,11 +27,16 @@ from pgq.errors import ConfigurationError, InvalidOption
 from pgq.options import check_signature
 
 __all__ = [
+    "BEAT_OPTIONS",
+    "Cron",
     "Every",
     "PeriodicEntry",
     "Schedule",
     "WallClockSchedule",
     "as_schedule",
+    "cron_text",
+    "parse_every",
+    "row_schedule",
     "idempotency_key",
     "latest_due",
     "next_due",
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 UTC = timezone.utc
+# Options of a run that the beat decides itself (its due time, its idempotency key).
+BEAT_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
 # Looking back this far finds the latest due time of dense schedules in few steps; sparse ones
 # (a yearly crontab) need the longer look-backs, which they cross in few steps too.
 _LOOKBACKS = (timedelta(hours=2), timedelta(days=3), timedelta(days=800))
@@ -67,6 +75,152 @@ class WallClockSchedule(Protocol):
 
 # What an entry runs on: a fixed interval, or a wall-clock schedule (see the module docstring).
 Schedule = Every | WallClockSchedule
+
+
+_DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+_MONTH_NAMES = {
+    m: n
+    for n, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+# (what the field is called, lowest, highest, names it accepts), in crontab line order.
+_CRON_FIELDS = (
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day of month", 1, 31, None),
+    ("month", 1, 12, _MONTH_NAMES),
+    ("day of week", 0, 7, _DAY_NAMES),
+)
+
+
+def _cron_value(text: str, what: str, names: Mapping[str, int] | None) -> int:
+    if names and text.lower() in names:
+        return names[text.lower()]
+    if not text.isdigit():
+        raise ConfigurationError(f"cron {what}: {text!r} is not a number")
+    return int(text)
+
+
+def _cron_field(spec: str, what: str, low: int, high: int, names: Any) -> frozenset[int]:
+    values: set[int] = set()
+    for part in spec.split(","):
+        base, slash, step_text = part.partition("/")
+        step = _cron_value(step_text, what, None) if slash else 1
+        if step < 1:
+            raise ConfigurationError(f"cron {what}: step {step_text!r} must be >= 1")
+        if base == "*":
+            start, end = low, high
+        elif "-" in base:
+            first, _, last = base.partition("-")
+            start, end = _cron_value(first, what, names), _cron_value(last, what, names)
+        else:
+            start = _cron_value(base, what, names)
+            end = high if slash else start
+        if not (low <= start <= high and low <= end <= high) or end < start:
+            raise ConfigurationError(f"cron {what}: {part!r} is outside {low}-{high}")
+        values.update(range(start, end + 1, step))
+    return frozenset(values)
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A five-field crontab line (minute hour day-of-month month day-of-week), as ``crontab``
+    reads it: every field must match (Celery's rule), ``*/5``, ``1-5``, ``mon,wed`` and
+    month/day names work, and 0 or 7 is Sunday. Evaluated on the app timezone's wall clock."""
+
+    text: str
+    fields: tuple[frozenset[int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        parts = self.text.split()
+        if len(parts) != 5:
+            raise ConfigurationError(
+                f"a cron schedule has 5 fields (minute hour day month weekday), got {self.text!r}"
+            )
+        parsed = tuple(
+            _cron_field(part, what, low, high, names)
+            for part, (what, low, high, names) in zip(parts, _CRON_FIELDS, strict=True)
+        )
+        weekdays = frozenset(d % 7 for d in parsed[4])
+        object.__setattr__(self, "text", " ".join(parts))
+        object.__setattr__(self, "fields", (*parsed[:4], weekdays))
+        self.next_run_after(datetime(2000, 1, 1, tzinfo=UTC))  # a line that never matches fails
+
+    def __repr__(self) -> str:
+        return f"cron {self.text}"
+
+    def next_run_after(self, moment: datetime) -> datetime:
+        """The first matching minute strictly after ``moment`` (in ``moment``'s timezone)."""
+        minutes, hours, days, months, weekdays = self.fields
+        candidate = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        limit = candidate + timedelta(days=366 * 5)  # five years: every leap day is reached
+        while candidate < limit:
+            if not (
+                candidate.day in days
+                and candidate.month in months
+                and candidate.isoweekday() % 7 in weekdays
+            ):
+                candidate = (candidate + timedelta(days=1)).replace(hour=0, minute=0)
+            elif candidate.hour not in hours:
+                candidate = (candidate + timedelta(hours=1)).replace(minute=0)
+            elif candidate.minute not in minutes:
+                candidate += timedelta(minutes=1)
+            else:
+                return candidate
+        raise ConfigurationError(f"cron {self.text!r} never matches")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_EVERY = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+
+
+def parse_every(value: object) -> float:
+    """Seconds from ``30``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"2d"`` or a timedelta (> 0)."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"every: {value!r} is not a duration")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        pos, seconds = 0, 0.0
+        while pos < len(text):
+            match = _EVERY.match(text, pos)
+            if match is None:
+                raise ConfigurationError(
+                    f"every: {value!r} is not a duration (like 30, 30s, 5m, 1h30m, 2d)"
+                )
+            seconds += float(match.group(1)) * _UNITS[match.group(2) or "s"]
+            pos = match.end()
+            while pos < len(text) and text[pos] == " ":
+                pos += 1
+        if not text:
+            raise ConfigurationError("every: an empty duration")
+    else:
+        raise ConfigurationError(f"every: {value!r} is not a duration")
+    if not 0 < seconds < 10 * 366 * 86400:  # also refuses nan and inf
+        raise ConfigurationError(f"every: {value!r} must be more than 0 and under 10 years")
+    return seconds
+
+
+def row_schedule(every_seconds: float | None, cron: str | None) -> Schedule:
+    """The schedule of a runtime entry's row: exactly one of its two columns."""
+    if (every_seconds is None) == (cron is None):
+        raise ConfigurationError("a periodic task needs exactly one of every and cron")
+    if cron is not None:
+        return Cron(cron)
+    assert every_seconds is not None
+    return Every(timedelta(seconds=parse_every(every_seconds)))
+
+
+def cron_text(schedule: object) -> str | None:
+    """The crontab line of a ``Cron`` or a ``crontab`` (for the table), or None."""
+    if isinstance(schedule, Cron):
+        return schedule.text
+    match = re.fullmatch(r"<crontab: (.*) \(m/h/dM/MY/d\)>", repr(schedule))
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,18 @@ class Settings:
         ),
     )
 
+    # Deduplication window of idempotency keys given without idempotency_ttl= (unset: a key is
+    # held for as long as its task's row exists, until retention prunes it).
+    idempotency_ttl: float | None = field(
+        default=None,
+        metadata=_env(
+            "PGQ_IDEMPOTENCY_TTL",
+            "default deduplication window (seconds) of an `idempotency_key`; unset: the key "
+            "is held until the task's row is pruned",
+            shown="(until pruned)",
+        ),
+    )
+
     # pgq web: Basic-auth credentials for every page and API route, the key that signs its
     # forms, and how often the live parts of the pages refresh themselves.
     # Per-key concurrency limits by key prefix (pgq.concurrency), e.g. "tenant:=2,report:=1".
@@ -264,6 +276,8 @@ class Settings:
             from pgq.flow import parse_breaker
 
             parse_breaker(self.circuit_breaker, "PGQ_CIRCUIT_BREAKER")
+        if self.idempotency_ttl is not None and not self.idempotency_ttl > 0:
+            raise ConfigurationError(f"idempotency_ttl must be > 0, got {self.idempotency_ttl!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -153,8 +153,8 @@ class Task:
         **options: Any,
     ) -> Result:
         """Enqueue with options (``countdown``, ``eta``, ``expires``, ``queue``, ``priority``,
-        ``task_id``, ``idempotency_key``, ``concurrency_key``, ``concurrency_limit``,
-        ``time_limit``, ``soft_time_limit``, ``connection``...).
+        ``task_id``, ``idempotency_key``, ``idempotency_ttl``, ``concurrency_key``,
+        ``concurrency_limit``, ``time_limit``, ``soft_time_limit``, ``connection``...).
 
         ``using`` names the Django database alias whose open transaction takes the task
         (pgq.django; default: Django's default database).
@@ -182,6 +182,7 @@ class Task:
         queue: str | None = None,
         priority: int | None = None,
         idempotency_key: str | None = None,
+        idempotency_ttl: float | timedelta | None = None,
         parent_id: str | None = None,
         root_id: str | None = None,
         concurrency_key: str | None = None,
@@ -228,8 +229,15 @@ class Task:
         priority = rules.check_priority(priority)
         if queue is None:
             queue = self.queue or self.app.default_queue
+        ttl: float | None = None
         if idempotency_key is not None:
             idempotency_key = rules.check_key(idempotency_key)
+            if idempotency_ttl is None:
+                idempotency_ttl = self.app.settings.idempotency_ttl
+            if idempotency_ttl is not None:
+                ttl = rules.check_idempotency_ttl(idempotency_ttl)
+        elif idempotency_ttl is not None:
+            raise InvalidOption("idempotency_ttl needs an idempotency_key (it is the key's window)")
         if concurrency_key is not None:
             concurrency_key, concurrency_limit = limit_for(
                 concurrency_key,
@@ -260,6 +268,7 @@ class Task:
             root_id=root_id or parent_id,
             concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit,
+            idempotency_ttl=ttl,
         )
 
     def prepare_like(

@@ -17,6 +17,7 @@ from pgq.cli._format import to_json
 from pgq.cli.control import register_control_command
 from pgq.cli.flow import register_flow_commands
 from pgq.cli.ops import register_operations
+from pgq.cli.periodic import register_periodic_command
 from pgq.cli.web import register_web_command
 from pgq.cli.worker import register_worker_commands
 from pgq.errors import PgqError
@@ -199,6 +200,7 @@ register_control_command(cli)
 import pgq.cli.concurrency  # noqa: E402, F401 - registers `pgq inspect concurrency`
 
 register_flow_commands(cli)
+register_periodic_command(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

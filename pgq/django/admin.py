@@ -402,18 +402,87 @@ class PgqWorkerAdmin(ReadOnlyAdmin):
 
 @admin.register(PgqBeatEntry)
 class PgqBeatEntryAdmin(ReadOnlyAdmin):
-    """Periodic entries' cursors (read-only; ``pgq periodic`` changes them)."""
+    """Periodic entries: listed, and enabled, disabled, run now or removed with pgq's own
+    operations (``app.periodic``); add and edit them with ``pgq periodic``, the dashboard or
+    SQL (the table's key is two columns, which Django's change form cannot address)."""
 
     list_display = (
         "scheduler",
         "name",
         "task",
-        "schedule",
+        "schedule_shown",
+        "enabled",
+        "origin",
+        "queue",
         "last_run_at",
         "last_due_at",
         "total_runs",
     )
     list_display_links = None  # the key is (scheduler, name): no page per entry
-    list_filter = ("scheduler",)
+    list_filter = ("scheduler", "enabled", "origin")
     search_fields = ("name", "task")
-    actions = ()
+    actions = ("enable_entries", "disable_entries", "run_entries", "remove_entries")
+
+    @admin.display(description="schedule")
+    def schedule_shown(self, obj: Any) -> str:
+        if obj.cron:
+            return f"cron {obj.cron}"
+        if obj.every_seconds is not None:
+            return f"every {obj.every_seconds:g}s"
+        return str(obj.schedule)
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Enable, disable, run, remove: the model's change permission."""
+        opts = self.opts
+        return bool(request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}"))
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Any], verb: str) -> None:
+        from pgq.errors import PgqError
+
+        app = _periodic_app(_alias())
+        done, refused = 0, []
+        for entry in queryset:
+            periodic = app.periodic.for_scheduler(entry.scheduler)
+            try:
+                getattr(periodic, verb)(entry.name)
+            except PgqError as exc:
+                refused.append(str(exc))
+            else:
+                done += 1
+        past = {"enable": "enabled", "disable": "disabled", "run": "run now", "remove": "removed"}
+        if done:
+            self.message_user(request, f"{done} periodic entr(ies) {past[verb]}", messages.SUCCESS)
+        for reason in refused:
+            self.message_user(request, reason, messages.ERROR)
+
+    @admin.action(description="Enable selected periodic entries", permissions=["operate"])
+    def enable_entries(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._each(request, queryset, "enable")
+
+    @admin.action(description="Disable selected periodic entries", permissions=["operate"])
+    def disable_entries(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._each(request, queryset, "disable")
+
+    @admin.action(description="Run selected periodic entries now", permissions=["operate"])
+    def run_entries(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._each(request, queryset, "run")
+
+    @admin.action(description="Remove selected runtime periodic entries", permissions=["operate"])
+    def remove_entries(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._each(request, queryset, "remove")
+
+
+_apps: dict[str, Any] = {}
+
+
+def _periodic_app(alias: str) -> Any:
+    """A pgq App on a Django database alias's database (one per alias and process), for
+    ``app.periodic``."""
+    from pgq.app import App
+    from pgq.django.migrate import alias_url
+
+    url = alias_url(alias)
+    app = _apps.get(url)
+    if app is None:
+        app = _apps[url] = App(database_url=url)
+    return app

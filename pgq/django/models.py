@@ -113,7 +113,7 @@ class PgqWorker(ReadOnlyModel):
 
 
 class PgqBeatEntry(ReadOnlyModel):
-    """One row of ``pgq.beat_entries``: a periodic entry's cursor.
+    """One row of ``pgq.beat_entries``: a periodic entry (code or runtime) and its cursor.
 
     The table's key is (scheduler, name); Django's admin needs one column, so ``name`` stands
     in: the admin lists entries and links to none (two schedulers may share an entry's name).
@@ -127,6 +127,15 @@ class PgqBeatEntry(ReadOnlyModel):
     last_due_at = models.DateTimeField()
     last_run_at = models.DateTimeField(null=True)
     total_runs = models.BigIntegerField()
+    origin = models.TextField()
+    enabled = models.BooleanField()
+    every_seconds = models.FloatField(null=True)
+    cron = models.TextField(null=True)
+    args = models.JSONField()
+    kwargs = models.JSONField()
+    options = models.JSONField()
+    queue = models.TextField(null=True)
+    updated_at = models.DateTimeField()
 
     class Meta:
         managed = False

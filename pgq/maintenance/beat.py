@@ -21,6 +21,7 @@ is due. Either way the beat uses its own connection, so its transactions never m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
@@ -33,11 +34,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
-from pgq.errors import DatabaseError, EncodeError, OperationalError, PgqError
+from pgq.errors import ConfigurationError, DatabaseError, EncodeError, OperationalError, PgqError
 from pgq.hooks import emit
 from pgq.maintenance import Periodic
-from pgq.periodic import PeriodicEntry, idempotency_key, next_due, plan_runs
-from pgq.store.beat import BeatStore, EntryCursor, LostLease
+from pgq.periodic import (
+    BEAT_OPTIONS,
+    Every,
+    PeriodicEntry,
+    cron_text,
+    idempotency_key,
+    latest_due,
+    next_due,
+    plan_runs,
+    row_schedule,
+)
+from pgq.store.beat import BeatStore, EntryCursor, EntryRow, LostLease
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -48,7 +59,27 @@ log = logging.getLogger("pgq.beat")
 
 UTC = timezone.utc
 # Options of a beat entry that the beat itself decides.
-_OWN_OPTIONS = frozenset({"eta", "countdown", "idempotency_key", "task_id", "connection"})
+_OWN_OPTIONS = BEAT_OPTIONS
+# How often a leader that cannot LISTEN reads the entries again (seconds).
+_RELOAD_WITHOUT_LISTEN = 1.0
+
+
+def _code_row(entry: PeriodicEntry) -> dict[str, Any]:
+    """A code entry as its row shows it (what cannot be JSON is shown by its repr)."""
+    options = dict(entry.options)
+    queue = options.pop("queue", None)
+    queue = getattr(queue, "name", queue)  # a kombu Queue object
+    every = entry.schedule.interval.total_seconds() if isinstance(entry.schedule, Every) else None
+    return {
+        "name": entry.name,
+        "task": entry.task,
+        "every_seconds": every,
+        "cron": None if every is not None else cron_text(entry.schedule),
+        "args": json.dumps(list(entry.args), default=repr),
+        "kwargs": json.dumps(dict(entry.kwargs), default=repr),
+        "options": json.dumps(options, default=repr),
+        "queue": None if queue is None else str(queue),
+    }
 
 
 @dataclass(frozen=True)
@@ -91,7 +122,9 @@ class Beat(Periodic):
         self.holder = holder or f"{socket.gethostname()}/{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.store = BeatStore(app.db, settings.scheduler, self.holder)
         self.leader = False
-        self._cursors: dict[str, EntryCursor] = {}
+        # The enabled entries as of the last tick, with their cursors (for the next wake-up).
+        self._active: dict[str, tuple[PeriodicEntry, EntryCursor]] = {}
+        self._problems: dict[str, str] = {}  # entries that cannot run, as last logged
         self._now = now
         self._offset = timedelta(0)  # database clock minus this host's clock
 
@@ -102,7 +135,10 @@ class Beat(Periodic):
         return datetime.now(UTC) + self._offset
 
     def tick(self) -> None:
-        """Run if due; then sleep until the next due run or lease renewal, whichever is first."""
+        """Run if due (or if an entry changed); then sleep until the next due run or lease
+        renewal, whichever is first."""
+        if self.leader and self.store.changed():
+            self.next_run = self._clock()  # reload the entries now
         if self._clock() >= self.next_run:
             self.run_once()
             self.next_run = self._clock() + self._sleep_seconds()
@@ -143,34 +179,91 @@ class Beat(Periodic):
     # -- inside ---------------------------------------------------------------------------
 
     def _try_to_lead(self) -> None:
-        db_now = self.store.acquire(self.settings.lease_seconds)
-        if db_now is None:
-            return
-        self._offset = db_now - datetime.now(UTC)
-        now = self.now()
-        # Read (or add) every entry's cursor afresh: another beat may have led meanwhile.
-        self._cursors = {
-            e.name: self.store.sync_entry(e.name, e.task, e.schedule_text(self.tz), now)
-            for e in self.entries.values()
-        }
+        if self.store.acquire(self.settings.lease_seconds) is None:
+            return  # another beat leads: stand by quietly
+        with self.store.tick(self.settings.lease_seconds) as (_conn, db_now):
+            self._offset = db_now - datetime.now(UTC)
+            now = self.now()
+            # Code is the source of truth for the entries it defines: write them (an operator's
+            # `enabled` stays), and drop the code entries it no longer defines.
+            for entry in self.entries.values():
+                self.store.sync_code_entry(_code_row(entry), now)
+            dropped = self.store.drop_code_entries(sorted(self.entries))
+        if dropped:
+            log.warning(
+                "beat %s: removed periodic entries the code no longer defines: %s",
+                self.holder,
+                ", ".join(dropped),
+            )
+        self.store.listen()
         self.leader = True
         log.info(
-            "beat %s leads %r: %d periodic entries",
+            "beat %s leads %r: %d periodic entries in code",
             self.holder,
             self.settings.scheduler,
             len(self.entries),
         )
 
+    def _entry_of(self, row: EntryRow) -> PeriodicEntry | None:
+        """What a row runs: a code entry as the code defines it, a runtime one as its row
+        says. A row that cannot run is logged (once per problem) and skipped."""
+        try:
+            if row.origin == "code" and row.name in self.entries:
+                entry = self.entries[row.name]
+            else:
+                options = json.loads(row.options)
+                if row.queue is not None:
+                    options["queue"] = row.queue
+                entry = PeriodicEntry(
+                    name=row.name,
+                    task=row.task,
+                    schedule=row_schedule(row.every_seconds, row.cron),
+                    args=tuple(json.loads(row.args)),
+                    kwargs=json.loads(row.kwargs),
+                    options=options,
+                )
+        except (ConfigurationError, ValueError, TypeError) as exc:
+            if self._problems.get(row.name) != str(exc):
+                log.error("periodic entry %r cannot be scheduled: %s", row.name, exc)
+            self._problems[row.name] = str(exc)
+            return None
+        self._problems.pop(row.name, None)
+        return entry
+
     def _enqueue_due(self) -> list[str]:
         now = self.now()
         catch_up = timedelta(seconds=self.settings.catch_up)
         enqueued: list[str] = []
-        moved: dict[str, EntryCursor] = {}
+        active: dict[str, tuple[PeriodicEntry, EntryCursor]] = {}
         with self.store.tick(self.settings.lease_seconds) as (conn, db_now):
             if self._now is None:
                 self._offset = db_now - datetime.now(UTC)
-            for name, entry in self.entries.items():
-                cursor = self._cursors[name]
+            for row in self.store.load():
+                entry = self._entry_of(row)
+                if entry is None:
+                    continue
+                cursor: EntryCursor | None = row.cursor
+                text = entry.schedule_text(self.tz)
+                if row.schedule != text:  # new, or its schedule changed: it starts now
+                    cursor = self.store.restart(row.name, row.schedule, text, now)
+                    if cursor is None:  # changed meanwhile: read again on the next tick
+                        continue
+                assert cursor is not None
+                if not row.enabled:
+                    # A disabled entry's runs pass by: enabling it later runs nothing missed.
+                    try:
+                        last = latest_due(
+                            entry.schedule, cursor.anchor_at, cursor.last_due_at, now, self.tz
+                        )
+                    except (ValueError, ArithmeticError, PgqError):
+                        continue
+                    moved = last is None or self.store.advance(
+                        row.name, cursor.last_due_at, last, 0
+                    )
+                    if not moved:
+                        raise LostLease(self.settings.scheduler)
+                    continue
+                active[row.name] = (entry, cursor)
                 try:
                     runs = plan_runs(
                         entry.schedule,
@@ -181,8 +274,12 @@ class Beat(Periodic):
                         catch_up,
                         self.settings.max_runs_per_tick,
                     )
-                except (ValueError, ArithmeticError) as exc:  # a crontab that never matches
-                    log.error("periodic entry %r cannot be scheduled: %s", name, exc)
+                except (
+                    ValueError,
+                    ArithmeticError,
+                    PgqError,
+                ) as exc:  # a crontab that never matches
+                    log.error("periodic entry %r cannot be scheduled: %s", row.name, exc)
                     continue
                 if not runs:
                     continue
@@ -190,19 +287,19 @@ class Beat(Periodic):
                     log.warning(
                         "periodic entry %r missed its runs after %s (no beat was up): "
                         "running it once for all of them",
-                        name,
+                        row.name,
                         cursor.last_due_at.isoformat(),
                     )
                 for due in runs:
                     task_id = self._send(conn, entry, due)
                     if task_id is not None:
                         enqueued.append(task_id)
-                if not self.store.advance(name, cursor.last_due_at, runs[-1], len(runs)):
+                if not self.store.advance(row.name, cursor.last_due_at, runs[-1], len(runs)):
                     raise LostLease(
                         self.settings.scheduler
                     )  # another beat moved it: our view is stale
-                moved[name] = cursor._replace(last_due_at=runs[-1])
-        self._cursors.update(moved)
+                active[row.name] = (entry, cursor._replace(last_due_at=runs[-1]))
+        self._active = active
         return enqueued
 
     def _send(self, conn: Any, entry: PeriodicEntry, due: datetime) -> str | None:
@@ -237,21 +334,26 @@ class Beat(Periodic):
         return str(result.id)
 
     def _sleep_seconds(self) -> float:
-        """Until the next renewal, or sooner if a run comes due before it."""
+        """Until the next renewal, or sooner if a run comes due before it. A leader that
+        cannot LISTEN (a transaction pooler without a listen URL) looks at the entries again
+        every second instead of being told of changes."""
         sleep = self.settings.renew_interval
         if not self.leader:
             return sleep
+        if self.store.listen() is None:
+            sleep = min(sleep, _RELOAD_WITHOUT_LISTEN)
         now = self.now()
-        for name, entry in self.entries.items():
-            cursor = self._cursors.get(name)
-            if cursor is None:
-                continue
+        for entry, cursor in self._active.values():
             try:
                 due = next_due(entry.schedule, cursor.anchor_at, cursor.last_due_at, self.tz)
-            except (ValueError, ArithmeticError):
+            except (ValueError, ArithmeticError, PgqError):
                 continue
             sleep = min(sleep, (due - now).total_seconds())
         return max(sleep, 0.0) + 0.001  # never wake a hair before the run is due
+
+    def fileno(self) -> int | None:
+        """The socket that becomes readable when an entry changes (None: nothing to wait on)."""
+        return self.store.listen() if self.leader else None
 
 
 def serve(beat: Beat) -> int:
@@ -278,11 +380,19 @@ def serve(beat: Beat) -> int:
     # Import the app's task modules first, as Celery's beat does: their receivers hear beat_init.
     beat.app.tasks  # noqa: B018
     emit("beat_init", beat=beat)
+    listening: int | None = None  # the leader also wakes when an entry changes (NOTIFY)
     try:
         while not stop:
             beat.tick()
             if stop:
                 break
+            fileno = beat.fileno()
+            if fileno != listening:
+                if listening is not None:
+                    selector.unregister(listening)
+                if fileno is not None:
+                    selector.register(fileno, selectors.EVENT_READ)
+                listening = fileno
             selector.select(max(0.0, beat.next_run - time.monotonic()))
     finally:
         beat.close()

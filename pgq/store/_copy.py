@@ -103,4 +103,5 @@ def insert_params(tasks: Sequence[NewTask]) -> dict[str, list[Any]]:
         "root_ids": [t.root_id for t in tasks],
         "concurrency_keys": [t.concurrency_key for t in tasks],
         "concurrency_limits": [t.concurrency_limit for t in tasks],
+        "idempotency_ttls": [t.idempotency_ttl for t in tasks],
     }

@@ -164,6 +164,10 @@ class AdminStore(Store):
             self.live_worker_count(),
         )
 
+    def periodic_gauges(self) -> list[Row]:
+        """Every periodic entry's scheduler, name, origin, enabled flag and total runs."""
+        return self._rows("metrics_periodic", {})
+
     def schema_revision(self) -> str | None:
         """The revision the database is at (SchemaError if the pgq schema is missing)."""
         conn = self.db.connect(check_schema=False)

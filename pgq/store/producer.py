@@ -37,6 +37,10 @@ from pgq.store.sql import query
 
 __all__ = ["Store"]
 
+# Rounds of insert / find the holder / release an expired key before an enqueue gives up (each
+# round is lost only to a holder deleted, or a key released, by someone else meanwhile).
+_INSERT_ATTEMPTS = 4
+
 
 def _cursor(connection: Any) -> Any:
     """A DB-API cursor on the caller's connection: psycopg, SQLAlchemy Connection or Session."""
@@ -133,21 +137,36 @@ class Store:
         if connection is None:
             connection = provided_connection(self.db.url, using)
         params = task.params()
-        rows = self._run("insert_task", params, connection, retry=True)
-        if rows:
-            return rows[0][0], True
+        # An existing id, or a key whose window is open, returns that task. A key whose window
+        # has passed is released from its old task, and the insert is tried again; two
+        # producers racing through this get the same new task (see release_idempotency_key).
+        for _attempt in range(_INSERT_ATTEMPTS):
+            rows = self._run("insert_task", params, connection, retry=True)
+            if rows:
+                return rows[0][0], True
+            existing = self._find_existing(task, connection)
+            if existing is not None:
+                return existing, False
+        raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
+
+    def _find_existing(self, task: NewTask, connection: Any) -> str | None:
+        """The task holding ``task``'s id or open key; None after releasing an expired key."""
         existing = self._run(
             "find_existing",
             {"id": task.id, "idempotency_key": task.idempotency_key},
             connection,
             retry=True,
         )
-        if not existing:  # the holder was deleted between the two statements: try once more
-            rows = self._run("insert_task", params, connection, retry=True)
-            if rows:
-                return rows[0][0], True
-            raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
-        return existing[0][0], False
+        if existing:
+            return str(existing[0][0])
+        if task.idempotency_key is not None:
+            self._run(
+                "release_idempotency_key",
+                {"idempotency_key": task.idempotency_key},
+                connection,
+                retry=True,
+            )
+        return None
 
     def insert_many(
         self, tasks: Iterable[NewTask | Like], connection: Any = None, using: str | None = None
@@ -184,10 +203,11 @@ class Store:
             if t.id in inserted:
                 ids.append(t.id)
                 continue
-            existing = self._run(
-                "find_existing", {"id": t.id, "idempotency_key": t.idempotency_key}, connection
-            )
-            ids.append(existing[0][0] if existing else t.id)
+            existing = self._find_existing(t, connection)
+            if existing is None and t.idempotency_key is not None:
+                # Its key's window had passed: released above, the task goes in now.
+                existing = self.insert(t, connection)[0]
+            ids.append(existing if existing is not None else t.id)
         return ids
 
     def _copy(

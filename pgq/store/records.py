@@ -49,6 +49,8 @@ class NewTask(NamedTuple):
     root_id: str | None = None
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    # Seconds the idempotency key is held (its deduplication window); None: until pruned.
+    idempotency_ttl: float | None = None
 
     def params(self) -> dict[str, Any]:
         return self._asdict()

@@ -74,6 +74,10 @@ tasks = Table(
     # How many times the task lost its worker (crash, kill -9, lease lapsed) and was put back.
     Column("rescues", Integer, nullable=False, server_default=text("0")),
     Column("idempotency_key", Text),
+    # The end of the key's deduplication window (idempotency_ttl=); NULL: the key is held for as
+    # long as the row exists. After it, the next enqueue with the key releases it from this row
+    # (idempotency_key becomes NULL) and takes it for a new task.
+    Column("idempotency_expires_at", _ts),
     Column("parent_id", Text),
     Column("root_id", Text),
     Column("created_at", _ts, nullable=False, server_default=text("now()")),
@@ -216,25 +220,57 @@ beat_leases = Table(
     Column("lease_expires_at", _ts, nullable=False),
 )
 
-# One row per periodic entry: its cursor. Every run due after last_due_at is still to be
-# enqueued; the leader moves the cursor in the same transaction as the runs it enqueues (compare
-# and set on the old value), so each run is enqueued once whatever beats start, stop or die.
+# One row per periodic entry: what it runs, on which schedule, and its cursor. Entries come from
+# the app's code (origin 'code', written by the leading beat from beat_schedule) or are added at
+# run time (origin 'runtime': the Python API, `pgq periodic`, the dashboard, a plain INSERT).
+# Every run due after last_due_at is still to be enqueued; the leader moves the cursor in the
+# same transaction as the runs it enqueues (compare and set on the old value), so each run is
+# enqueued once whatever beats start, stop or die. Any change of the definition NOTIFYs pgq_beat
+# (trigger beat_entries_changed), so the leader reloads it at once.
 beat_entries = Table(
     "beat_entries",
     metadata,
-    Column("scheduler", Text, nullable=False),
+    Column("scheduler", Text, nullable=False, server_default=text("'default'")),
     Column("name", Text, nullable=False),
     Column("task", Text, nullable=False),
-    # The schedule as text (with its timezone): a change resets the cursor and the anchor.
-    Column("schedule", Text, nullable=False),
+    # The schedule as the beat last saw it (with its timezone): a change resets the cursor and
+    # the anchor. Written by the beat; '' on a row inserted by hand until the beat sees it.
+    Column("schedule", Text, nullable=False, server_default=text("''")),
     # Interval entries run on the grid anchor_at + k * interval.
-    Column("anchor_at", _ts, nullable=False),
+    Column("anchor_at", _ts, nullable=False, server_default=text("now()")),
     # The due time of the last run enqueued (or, before the first, when the entry was added).
-    Column("last_due_at", _ts, nullable=False),
+    Column("last_due_at", _ts, nullable=False, server_default=text("now()")),
     Column("last_run_at", _ts),
     Column("total_runs", BigInteger, nullable=False, server_default=text("0")),
+    Column("origin", Text, nullable=False, server_default=text("'runtime'")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    # The schedule of a runtime entry: every N seconds, or a 5-field cron expression evaluated
+    # in the app's timezone. A code entry's schedule lives in its code (these show it when it
+    # can be written so).
+    Column("every_seconds", DOUBLE_PRECISION),
+    Column("cron", Text),
+    Column("args", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("kwargs", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # apply_async options of each run (priority, expires, time limits...); queue is its own column.
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("queue", Text),
+    Column("updated_at", _ts, nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("scheduler", "name", name="beat_entries_pkey"),
     CheckConstraint("total_runs >= 0", name="beat_entries_total_runs_not_negative"),
+    CheckConstraint("origin IN ('code', 'runtime')", name="beat_entries_origin_known"),
+    CheckConstraint(
+        "origin = 'code' OR num_nonnulls(every_seconds, cron) = 1",
+        name="beat_entries_runtime_has_one_schedule",
+    ),
+    CheckConstraint(
+        "every_seconds IS NULL OR every_seconds > 0", name="beat_entries_every_positive"
+    ),
+    CheckConstraint(
+        "jsonb_typeof(args) = 'array' AND jsonb_typeof(kwargs) = 'object'"
+        " AND jsonb_typeof(options) = 'object'",
+        name="beat_entries_arguments_shape",
+    ),
+    CheckConstraint("name <> '' AND task <> ''", name="beat_entries_names_not_empty"),
 )
 
 # Global rate limits (a task's rate_limit='10/s'), one row per task name: a GCRA cursor. The

@@ -407,6 +407,75 @@ def post_shutdown(request: Request, worker_id: str) -> dict[str, Any]:
     return dashboard(request).shutdown(worker_id, actor=current_user(request))
 
 
+class PeriodicFields(BaseModel):
+    """A periodic entry's definition (as ``pgq periodic add``); on a change, what is given."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = None
+    every: str | float | None = Field(None, description="30, '30s', '5m', '1h30m', '2d'")
+    cron: str | None = Field(None, description="a crontab line: '*/5 * * * *'")
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    queue: str | None = None
+    enabled: bool | None = None
+    scheduler: str | None = Field(None, description="default: the dashboard app's name")
+
+
+class NewPeriodic(PeriodicFields):
+    name: str
+
+
+class PeriodicDone(_Open):
+    entry: str
+    scheduler: str
+    action: str
+    count: int
+
+
+@router.post("/periodic", response_model=PeriodicDone, responses=_ERRORS)
+def post_add_periodic(request: Request, body: NewPeriodic) -> dict[str, Any]:
+    """Add a runtime periodic entry; the leading beat starts it within a second (audited)."""
+    fields = body.model_dump(exclude={"name", "scheduler"})
+    return dashboard(request).edit_periodic(
+        "add", body.name, actor=current_user(request), scheduler=body.scheduler, fields=fields
+    )
+
+
+@router.post("/periodic/{name}", response_model=PeriodicDone, responses=_ERRORS)
+def post_change_periodic(request: Request, name: str, body: PeriodicFields) -> dict[str, Any]:
+    """Change a runtime periodic entry (what the body gives; a new schedule starts now)."""
+    fields = body.model_dump(exclude={"scheduler"})
+    return dashboard(request).edit_periodic(
+        "change", name, actor=current_user(request), scheduler=body.scheduler, fields=fields
+    )
+
+
+def _periodic_switch(action: str) -> Any:
+    def endpoint(request: Request, name: str, scheduler: str | None = None) -> dict[str, Any]:
+        return dashboard(request).edit_periodic(
+            action, name, actor=current_user(request), scheduler=scheduler
+        )
+
+    endpoint.__name__ = f"post_{action}_periodic"
+    endpoint.__doc__ = {
+        "enable": "Enable a periodic entry (it runs from its next due time; audited).",
+        "disable": "Disable a periodic entry, code entries too (audited).",
+        "remove": "Delete a runtime periodic entry (code entries are refused; audited).",
+    }[action]
+    return endpoint
+
+
+for _action in ("enable", "disable", "remove"):
+    router.add_api_route(
+        f"/periodic/{{name}}/{_action}",
+        _periodic_switch(_action),
+        methods=["POST"],
+        response_model=PeriodicDone,
+        responses=_ERRORS,
+    )
+
+
 @router.post("/periodic/{name}/run", response_model=Done, responses=_ERRORS)
 def post_run_periodic(request: Request, name: str) -> dict[str, Any]:
     """Enqueue a periodic entry's task now."""

@@ -486,6 +486,8 @@ class Dashboard:
                     "total_runs": 0,
                     "next_run_at": None,
                     "declared_here": True,
+                    "origin": "code",
+                    "enabled": True,
                 }
         leaders = self.store.fetch("web_beat_leases")
         return {
@@ -627,7 +629,11 @@ class Dashboard:
             known = [e for e in self.store.fetch("web_periodic") if e["name"] == name]
             if not known:
                 raise EntryNotFound(f"no periodic entry named {name}")
-            task, args, kwargs, options = known[0]["task"], [], {}, {}
+            row = known[0]
+            task, args, kwargs = row["task"], list(row["args"]), dict(row["kwargs"])
+            options = {k: v for k, v in row["options"].items() if k not in BEAT_OWN_OPTIONS}
+            if row["queue"]:
+                options["queue"] = row["queue"]
         with self.store.transaction() as conn:
             result = self.app.send(task, args, kwargs, connection=conn, **options)
             self.store.record_action(
@@ -639,6 +645,54 @@ class Dashboard:
                 rows=1,
             )
         return {"entry": name, "task": task, "id": str(result.id), "count": 1}
+
+    def edit_periodic(
+        self,
+        action: str,
+        name: str,
+        *,
+        actor: str,
+        scheduler: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Add, change, enable, disable or remove a periodic entry (as ``pgq periodic``), in
+        one transaction with its audit row. Bad input raises InvalidOption, an unknown entry
+        EntryNotFound; code entries refuse change and remove."""
+        periodic = self.app.periodic.for_scheduler(scheduler)
+        given = {k: v for k, v in (fields or {}).items() if v is not None}
+        with self.store.transaction() as conn:
+            try:
+                if action == "add":
+                    periodic.add(name, given.pop("task", None), connection=conn, **given)
+                elif action == "change":
+                    periodic.change(name, connection=conn, **given)
+                elif action == "enable":
+                    periodic.enable(name, connection=conn)
+                elif action == "disable":
+                    periodic.disable(name, connection=conn)
+                elif action == "remove":
+                    periodic.remove(name, connection=conn)
+                else:  # pragma: no cover - the routes name the actions
+                    raise ValueError(action)
+            except TaskNotFound as exc:
+                raise EntryNotFound(str(exc)) from None
+            self.store.record_action(
+                conn,
+                actor=actor,
+                action=f"periodic-{action}",
+                target=name,
+                details={"scheduler": periodic.scheduler, **_plain(given)},
+                rows=1,
+            )
+        return {"entry": name, "scheduler": periodic.scheduler, "action": action, "count": 1}
+
+
+def _plain(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields as the audit row keeps them (JSON values; a duration as its text)."""
+    return {
+        k: v if isinstance(v, (str, int, float, bool, list, dict)) else str(v)
+        for k, v in fields.items()
+    }
 
 
 class WorkerNotFound(TaskNotFound):

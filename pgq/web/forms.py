@@ -11,6 +11,7 @@ or why nothing was.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from pgq.errors import DatabaseError, InvalidFilter, StateConflict, TaskNotFound
+from pgq.errors import DatabaseError, InvalidFilter, InvalidOption, StateConflict, TaskNotFound
 from pgq.web.csrf import COOKIE, FIELD, signer_for
 from pgq.web.data import TaskFilter
 from pgq.web.render import dashboard_of, error_page, read_only, redirect, root_of
@@ -83,7 +84,7 @@ async def _act(
         if not_found_page:
             return error_page(request, 404, "Not found", str(exc))
         return redirect(request, back, str(exc), error=True)
-    except (StateConflict, InvalidFilter) as exc:
+    except (StateConflict, InvalidFilter, InvalidOption) as exc:
         return redirect(request, back, str(exc), error=True)
     except DatabaseError as exc:
         return redirect(request, back, str(exc).splitlines()[0], error=True)
@@ -204,6 +205,74 @@ async def shutdown(request: Request, worker_id: str) -> Response:
         return f"Asked worker {worker_id} to shut down: it finishes its tasks first."
 
     return await _act(request, run, _back(request, None, "/workers"))
+
+
+_PERIODIC_TEXT = ("task", "every", "cron", "queue", "args", "kwargs", "options")
+
+
+def _periodic_fields(form: Any) -> dict[str, Any]:
+    """The definition fields a periodic form filled in (blank: not given); JSON fields are
+    decoded (InvalidOption if they are not JSON)."""
+    fields: dict[str, Any] = {}
+    for key in _PERIODIC_TEXT:
+        value = _str(form.get(key))
+        if value is None or not value.strip():
+            continue
+        value = value.strip()
+        if key in ("args", "kwargs", "options"):
+            try:
+                fields[key] = json.loads(value)
+            except ValueError:
+                raise InvalidOption(f"{key} is not valid JSON: {value[:60]!r}") from None
+        else:
+            fields[key] = value
+    return fields
+
+
+@router.post("/periodic/add")
+async def periodic_add(request: Request) -> Response:
+    """Add a runtime periodic entry from the page's form."""
+    form, refused = await _checked_form(request)
+    if refused is not None:
+        return refused
+    dashboard, actor = dashboard_of(request), current_user(request)
+    name = (_str(form.get("name")) or "").strip()
+
+    def run() -> str:
+        fields = _periodic_fields(form)
+        dashboard.edit_periodic(
+            "add", name, actor=actor, scheduler=_str(form.get("scheduler")) or None, fields=fields
+        )
+        return f"Added periodic task {name}."
+
+    return await _act(request, run, _back(request, None, "/periodic"))
+
+
+def _periodic_action(action: str) -> Callable[[Request, str], Any]:
+    async def endpoint(request: Request, name: str) -> Response:
+        form, refused = await _checked_form(request)
+        if refused is not None:
+            return refused
+        dashboard, actor = dashboard_of(request), current_user(request)
+        scheduler = _str(form.get("scheduler")) or None
+
+        def run() -> str:
+            fields = _periodic_fields(form) if action == "change" else None
+            dashboard.edit_periodic(action, name, actor=actor, scheduler=scheduler, fields=fields)
+            past = {"change": "Changed", "enable": "Enabled", "disable": "Disabled"}
+            return f"{past.get(action, 'Removed')} periodic task {name}."
+
+        return await _act(request, run, _back(request, None, "/periodic"))
+
+    endpoint.__name__ = f"periodic_{action}"
+    endpoint.__doc__ = f"{action.capitalize()} a periodic entry (form POST)."
+    return endpoint
+
+
+for _action in ("change", "enable", "disable", "remove"):
+    router.add_api_route(
+        f"/periodic/{{name:path}}/{_action}", _periodic_action(_action), methods=["POST"]
+    )
 
 
 @router.post("/periodic/{name:path}/run")

@@ -361,7 +361,8 @@ def periodic(request: Request) -> HTMLResponse:
         leaders = [{**lead, "live": lead.get("held")} for lead in data["leaders"]]
         now = datetime.now(UTC)
         entries = [_periodic_row(e, now) for e in data["entries"]]
-        context = {"entries": entries, "leaders": leaders}
+        scheduler = dashboard_of(request).app.periodic.scheduler
+        context = {"entries": entries, "leaders": leaders, "scheduler": scheduler}
         return render(request, "periodic.html", context, current="/periodic")
 
     return safe_read(request, read)

@@ -186,9 +186,9 @@ def test_workers_and_periodic_entries_are_listed(
     client: Any, worker: Any, pg: psycopg.Connection[Any]
 ) -> None:
     pg.execute(
-        "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at)"
-        " VALUES ('proj', 'nightly-report', 'reports.tasks.summarize_orders', 'crontab', now(),"
-        " now())"
+        "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at,"
+        " origin) VALUES ('proj', 'nightly-report', 'reports.tasks.summarize_orders', 'crontab',"
+        " now(), now(), 'code')"
     )
     try:
         workers = client.get("/admin/pgq/pgqworker/")
@@ -204,6 +204,48 @@ def test_workers_and_periodic_entries_are_listed(
         assert "nightly-report" in entries.content.decode()
     finally:
         pg.execute("DELETE FROM pgq.beat_entries WHERE name = 'nightly-report'")
+
+
+def test_periodic_entries_are_switched_run_and_removed(
+    client: Any, pg: psycopg.Connection[Any]
+) -> None:
+    pg.execute(
+        "INSERT INTO pgq.beat_entries (scheduler, name, task, origin, every_seconds, args) VALUES"
+        " ('proj', 'admin-runtime', 'reports.tasks.summarize_orders', 'runtime', 60, '[1]'),"
+        " ('proj', 'admin-code', 'reports.tasks.summarize_orders', 'code', 60, '[]')"
+    )
+    url = "/admin/pgq/pgqbeatentry/"
+
+    def act(action: str, *names: str) -> str:
+        response = client.post(
+            url, {"action": action, "_selected_action": list(names)}, follow=True
+        )
+        assert response.status_code == 200
+        return str(response.content.decode())
+
+    def enabled(name: str) -> bool | None:
+        row = pg.execute("SELECT enabled FROM pgq.beat_entries WHERE name = %s", (name,)).fetchone()
+        return row[0] if row else None
+
+    try:
+        listing = client.get(url).content.decode()
+        assert "every 60s" in listing and "admin-runtime" in listing
+        act("disable_entries", "admin-runtime", "admin-code")
+        assert enabled("admin-runtime") is False and enabled("admin-code") is False
+        act("enable_entries", "admin-code")
+        assert enabled("admin-code") is True
+        act("run_entries", "admin-runtime")
+        ran = pg.execute(
+            "SELECT args FROM pgq.tasks WHERE name = 'reports.tasks.summarize_orders'"
+            " ORDER BY created_at DESC LIMIT 1"
+        ).fetchone()
+        assert ran == ([1],)
+        page = act("remove_entries", "admin-runtime", "admin-code")
+        assert "defined in the app&#x27;s code" in page
+        assert enabled("admin-runtime") is None and enabled("admin-code") is True
+    finally:
+        pg.execute("DELETE FROM pgq.beat_entries WHERE name LIKE 'admin-%'")
+        pg.execute("DELETE FROM pgq.tasks WHERE name = 'reports.tasks.summarize_orders'")
 
 
 @pytest.mark.e2e

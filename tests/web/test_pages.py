@@ -209,11 +209,11 @@ def seed(conn: psycopg.Connection[Any]) -> World:
     )
     conn.execute(
         "INSERT INTO pgq.beat_entries (scheduler, name, task, schedule, anchor_at, last_due_at,"
-        " last_run_at, total_runs) VALUES ('celery', 'add-every-minute', %s, 'every 60s',"
+        " last_run_at, total_runs, origin) VALUES ('celery', 'add-every-minute', %s, 'every 60s',"
         " now() - interval '1 hour', now() - interval '30 seconds', now() - interval '30 seconds',"
-        " 60), ('celery', 'add-on-the-hour', %s,"
+        " 60, 'code'), ('celery', 'add-on-the-hour', %s,"
         " '<crontab: 0 * * * * (m/h/dM/MY/d)> in UTC', now() - interval '1 hour',"
-        " now() - interval '1 hour', NULL, 0)",
+        " now() - interval '1 hour', NULL, 0, 'code')",
         (add, add),
     )
     conn.execute(

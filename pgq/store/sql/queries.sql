@@ -12,8 +12,10 @@ SELECT version_num FROM pgq.alembic_version;
 -- name: insert_task
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
 -- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
+-- idempotency_ttl: the key's deduplication window ends that many seconds from now.
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
+                       idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
+                       idempotency_expires_at)
 VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         COALESCE(%(eta)s::timestamptz,
                  now() + make_interval(secs => %(countdown)s::double precision),
@@ -22,7 +24,8 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
                  now() + make_interval(secs => %(expires_in)s::double precision)),
         %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
         %(idempotency_key)s, %(parent_id)s, %(root_id)s,
-        %(concurrency_key)s, %(concurrency_limit)s::integer)
+        %(concurrency_key)s, %(concurrency_limit)s::integer,
+        now() + make_interval(secs => %(idempotency_ttl)s::double precision))
 ON CONFLICT DO NOTHING
 RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
 
@@ -32,20 +35,24 @@ RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 
 -- identical notifications of a transaction into one, delivered on commit).
 WITH new AS (
     INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                           idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
+                           idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
+                           idempotency_expires_at)
     SELECT t.id, t.name, t.queue, t.priority,
            COALESCE(t.eta, now() + make_interval(secs => t.countdown), now()),
            COALESCE(t.expires_at, now() + make_interval(secs => t.expires_in)),
            t.args, t.kwargs, t.options, t.idempotency_key, t.parent_id, t.root_id,
-           t.concurrency_key, t.concurrency_limit
+           t.concurrency_key, t.concurrency_limit,
+           now() + make_interval(secs => t.idempotency_ttl)
     FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(priorities)s::smallint[],
                 %(etas)s::timestamptz[], %(countdowns)s::double precision[],
                 %(expires_ats)s::timestamptz[], %(expires_ins)s::double precision[],
                 %(args)s::jsonb[], %(kwargs)s::jsonb[], %(options)s::jsonb[],
                 %(idempotency_keys)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
-                %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[])
+                %(concurrency_keys)s::text[], %(concurrency_limits)s::integer[],
+                %(idempotency_ttls)s::double precision[])
          AS t(id, name, queue, priority, eta, countdown, expires_at, expires_in, args, kwargs,
-              options, idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit)
+              options, idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
+              idempotency_ttl)
     ON CONFLICT DO NOTHING
     RETURNING id, queue, run_at <= now() AS due
 ), woken AS (
@@ -64,11 +71,22 @@ COPY pgq.tasks (id, args, kwargs, name, queue, priority, options, parent_id, roo
 SELECT count(pg_notify('pgq_tasks', left(q, 255))) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_existing
--- (read) The task that already holds an id or an idempotency key.
+-- (read) The task that already holds an id, or an idempotency key whose window is still open.
 SELECT id FROM pgq.tasks
-WHERE id = %(id)s OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s)
+WHERE id = %(id)s
+   OR (%(idempotency_key)s::text IS NOT NULL AND idempotency_key = %(idempotency_key)s
+       AND (idempotency_expires_at IS NULL OR idempotency_expires_at > now()))
 ORDER BY (id = %(id)s) DESC
 LIMIT 1;
+
+-- name: release_idempotency_key
+-- (key held) -> (key free): the task whose deduplication window has passed gives up its key
+-- (idempotency_key becomes NULL), so the enqueue that asked can take it for a new task. Two
+-- producers doing this at once: the row lock lets one release it; the other then finds nothing
+-- to release, and the unique index lets exactly one of their inserts through.
+UPDATE pgq.tasks SET idempotency_key = NULL
+WHERE idempotency_key = %(idempotency_key)s AND idempotency_expires_at <= now()
+RETURNING id;
 
 -- name: insert_failed_steps
 -- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
@@ -980,20 +998,6 @@ RETURNING now();
 UPDATE pgq.beat_leases SET lease_expires_at = now()
 WHERE scheduler = %(scheduler)s AND holder = %(holder)s;
 
--- name: beat_sync_entry
--- (nothing) -> entry with its cursor at `at`; an entry whose schedule changed starts again at
--- `at`; an unchanged one keeps its cursor. Returns the entry's anchor and cursor.
-INSERT INTO pgq.beat_entries AS e (scheduler, name, task, schedule, anchor_at, last_due_at)
-VALUES (%(scheduler)s, %(name)s, %(task)s, %(schedule)s, %(at)s, %(at)s)
-ON CONFLICT (scheduler, name) DO UPDATE
-SET task = excluded.task,
-    schedule = excluded.schedule,
-    anchor_at = CASE WHEN e.schedule = excluded.schedule THEN e.anchor_at
-                     ELSE excluded.anchor_at END,
-    last_due_at = CASE WHEN e.schedule = excluded.schedule THEN e.last_due_at
-                       ELSE excluded.last_due_at END
-RETURNING anchor_at, last_due_at;
-
 -- name: beat_advance_entry
 -- cursor at `expected` -> cursor at `due`: records the runs just enqueued; compare-and-set, so a
 -- beat whose idea of the cursor is stale changes nothing (and rolls back what it enqueued).
@@ -1001,6 +1005,115 @@ UPDATE pgq.beat_entries
 SET last_due_at = %(due)s, last_run_at = now(), total_runs = total_runs + %(runs)s
 WHERE scheduler = %(scheduler)s AND name = %(name)s AND last_due_at = %(expected)s
 RETURNING name;
+
+-- name: listen_beat
+-- (signal) The leading beat hears of every change of a periodic entry (trigger
+-- beat_entries_changed, payload: the scheduler).
+LISTEN pgq_beat;
+
+-- name: beat_skip_entry
+-- cursor at `expected` -> cursor at `due`, nothing enqueued: a disabled entry's runs pass by.
+UPDATE pgq.beat_entries SET last_due_at = %(due)s
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND last_due_at = %(expected)s
+RETURNING name;
+
+-- name: beat_load_entries
+-- (read) Every periodic entry of a scheduler, its definition and its cursor: the leader reads
+-- them at each tick, so a change made anywhere (API, CLI, dashboard, SQL) counts at once.
+SELECT name, task, schedule, anchor_at, last_due_at, origin, enabled, every_seconds, cron,
+       args::text, kwargs::text, options::text, queue
+FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s
+ORDER BY name;
+
+-- name: beat_restart_entry
+-- cursor -> new cursor at `at`: the entry's schedule changed (or the row was inserted by hand),
+-- so it starts afresh from now; compare-and-set on the schedule the beat saw.
+UPDATE pgq.beat_entries
+SET schedule = %(schedule)s, anchor_at = %(at)s, last_due_at = %(at)s
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND schedule = %(expected)s
+RETURNING anchor_at, last_due_at;
+
+-- name: beat_sync_code_entry
+-- (nothing | any) -> code entry: the leader writes an entry of the app's beat_schedule into the
+-- table (code is the source of truth for its definition; `enabled` stays the operator's). A
+-- runtime entry of the same name becomes the code's. Unchanged rows are not written (no NOTIFY).
+INSERT INTO pgq.beat_entries AS e (scheduler, name, task, origin, every_seconds, cron, args,
+                                   kwargs, options, queue, schedule, anchor_at, last_due_at)
+VALUES (%(scheduler)s, %(name)s, %(task)s, 'code', %(every_seconds)s, %(cron)s, %(args)s::jsonb,
+        %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s, '', %(at)s, %(at)s)
+ON CONFLICT (scheduler, name) DO UPDATE
+SET task = excluded.task, origin = 'code', every_seconds = excluded.every_seconds,
+    cron = excluded.cron, args = excluded.args, kwargs = excluded.kwargs,
+    options = excluded.options, queue = excluded.queue, updated_at = now()
+WHERE (e.task, e.origin, e.every_seconds, e.cron, e.args, e.kwargs, e.options, e.queue)
+      IS DISTINCT FROM (excluded.task, 'code', excluded.every_seconds, excluded.cron,
+                        excluded.args, excluded.kwargs, excluded.options, excluded.queue);
+
+-- name: beat_drop_code_entries
+-- code entry -> (nothing): entries the app's code defined before and no longer does.
+DELETE FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s AND origin = 'code' AND NOT (name = ANY(%(names)s::text[]))
+RETURNING name;
+
+-- ---------------------------------------------------------------------------------------------
+-- Periodic tasks edited at run time (app.periodic, pgq periodic, the dashboard).
+-- ---------------------------------------------------------------------------------------------
+
+-- name: periodic_list
+-- (read) The periodic entries of a scheduler (all schedulers when it is NULL), by name.
+SELECT scheduler, name, task, origin, enabled, every_seconds, cron, schedule, args::text,
+       kwargs::text, options::text, queue, anchor_at, last_due_at, last_run_at, total_runs,
+       updated_at
+FROM pgq.beat_entries
+WHERE %(scheduler)s::text IS NULL OR scheduler = %(scheduler)s
+ORDER BY scheduler, name;
+
+-- name: periodic_add
+-- (nothing) -> runtime entry: a new periodic task; an existing name adds nothing (no row back).
+-- The leading beat hears of it (trigger beat_entries_changed) and starts its schedule now.
+INSERT INTO pgq.beat_entries (scheduler, name, task, origin, enabled, every_seconds, cron, args,
+                              kwargs, options, queue)
+VALUES (%(scheduler)s, %(name)s, %(task)s, 'runtime', %(enabled)s, %(every_seconds)s, %(cron)s,
+        %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s)
+ON CONFLICT DO NOTHING
+RETURNING name;
+
+-- name: periodic_change
+-- runtime entry -> runtime entry: a new definition (the beat restarts the cursor if the schedule
+-- changed). Code entries are left alone: their definition is the code's.
+UPDATE pgq.beat_entries
+SET task = %(task)s, every_seconds = %(every_seconds)s, cron = %(cron)s, args = %(args)s::jsonb,
+    kwargs = %(kwargs)s::jsonb, options = %(options)s::jsonb, queue = %(queue)s,
+    enabled = %(enabled)s, updated_at = now()
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
+RETURNING name;
+
+-- name: periodic_set_enabled
+-- enabled <-> disabled: a disabled entry enqueues nothing (its missed runs are skipped, not
+-- caught up when it is enabled again). Code entries too: `enabled` is the operator's.
+UPDATE pgq.beat_entries SET enabled = %(enabled)s, updated_at = now()
+WHERE scheduler = %(scheduler)s AND name = %(name)s
+RETURNING name;
+
+-- name: periodic_remove
+-- runtime entry -> (nothing). Code entries are refused (the beat would write them back).
+DELETE FROM pgq.beat_entries
+WHERE scheduler = %(scheduler)s AND name = %(name)s AND origin = 'runtime'
+RETURNING name;
+
+-- name: metrics_periodic
+-- (read) The periodic entries as pgq_periodic_* gauges: one row each (a handful).
+SELECT scheduler, name, origin, enabled, total_runs FROM pgq.beat_entries;
+
+-- name: periodic_known_task
+-- (read) Whether a worker has registered this task name (pgq.workers.task_names).
+SELECT EXISTS (SELECT 1 FROM pgq.workers WHERE %(task)s = ANY(task_names));
+
+-- name: periodic_ran_now
+-- (counts) An operator's "run now" enqueued one run: counted with the entry's runs.
+UPDATE pgq.beat_entries SET last_run_at = now(), total_runs = total_runs + 1
+WHERE scheduler = %(scheduler)s AND name = %(name)s;
 
 -- ---------------------------------------------------------------------------------------------
 -- Rate limits: one GCRA cursor per task name, shared by every worker.

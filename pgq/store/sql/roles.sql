@@ -89,8 +89,10 @@ GRANT SELECT ON pgq.alembic_version TO {producer};
 GRANT SELECT, INSERT, DELETE ON pgq.tasks TO {producer};
 
 -- name: producer_revokes
--- (setting) ... and revoke (only the columns revoke_task writes).
-GRANT UPDATE (state, finished_at, lease_expires_at, result, options) ON pgq.tasks TO {producer};
+-- (setting) ... and revoke (only the columns revoke_task writes), and release an idempotency key
+-- whose deduplication window has passed (release_idempotency_key).
+GRANT UPDATE (state, finished_at, lease_expires_at, result, options, idempotency_key)
+ON pgq.tasks TO {producer};
 
 -- name: producer_counts_revokes
 -- (setting) ... and count what they revoke in the dashboard's per-minute counts.

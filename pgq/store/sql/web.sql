@@ -279,8 +279,10 @@ ORDER BY worker, started_at, id;
 SELECT id FROM pgq.workers WHERE id = %(id)s;
 
 -- name: web_periodic
--- (read) Every periodic entry's cursor: its task, schedule, last due time and run, total runs.
-SELECT scheduler, name, task, schedule, anchor_at, last_due_at, last_run_at, total_runs
+-- (read) Every periodic entry: its definition (origin, enabled, every/cron, arguments, queue)
+-- and its cursor (schedule as the beat saw it, last due time and run, total runs).
+SELECT scheduler, name, task, schedule, anchor_at, last_due_at, last_run_at, total_runs,
+       origin, enabled, every_seconds, cron, args, kwargs, options, queue, updated_at
 FROM pgq.beat_entries
 ORDER BY scheduler, name;
 
