@@ -64,8 +64,10 @@ _OWN_OPTIONS = BEAT_OPTIONS
 _RELOAD_WITHOUT_LISTEN = 1.0
 
 
-def _code_row(entry: PeriodicEntry) -> dict[str, Any]:
-    """A code entry as its row shows it (what cannot be JSON is shown by its repr)."""
+def _code_row(entry: PeriodicEntry, tz: tzinfo) -> dict[str, Any]:
+    """A code entry as its row shows it (what cannot be JSON is shown by its repr). Its schedule
+    text goes in too, so a new entry's grid starts where it was written (the first tick does not
+    restart it)."""
     options = dict(entry.options)
     queue = options.pop("queue", None)
     queue = getattr(queue, "name", queue)  # a kombu Queue object
@@ -79,6 +81,7 @@ def _code_row(entry: PeriodicEntry) -> dict[str, Any]:
         "kwargs": json.dumps(dict(entry.kwargs), default=repr),
         "options": json.dumps(options, default=repr),
         "queue": None if queue is None else str(queue),
+        "schedule": entry.schedule_text(tz),
     }
 
 
@@ -187,7 +190,7 @@ class Beat(Periodic):
             # Code is the source of truth for the entries it defines: write them (an operator's
             # `enabled` stays), and drop the code entries it no longer defines.
             for entry in self.entries.values():
-                self.store.sync_code_entry(_code_row(entry), now)
+                self.store.sync_code_entry(_code_row(entry, self.tz), now)
             dropped = self.store.drop_code_entries(sorted(self.entries))
         if dropped:
             log.warning(

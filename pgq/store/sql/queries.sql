@@ -1038,10 +1038,12 @@ RETURNING anchor_at, last_due_at;
 -- (nothing | any) -> code entry: the leader writes an entry of the app's beat_schedule into the
 -- table (code is the source of truth for its definition; `enabled` stays the operator's). A
 -- runtime entry of the same name becomes the code's. Unchanged rows are not written (no NOTIFY).
+-- A new row gets its schedule text, so its grid starts at `at`; an existing row keeps the text
+-- it had, so the leader's next tick sees a changed schedule and restarts it from then.
 INSERT INTO pgq.beat_entries AS e (scheduler, name, task, origin, every_seconds, cron, args,
                                    kwargs, options, queue, schedule, anchor_at, last_due_at)
 VALUES (%(scheduler)s, %(name)s, %(task)s, 'code', %(every_seconds)s, %(cron)s, %(args)s::jsonb,
-        %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s, '', %(at)s, %(at)s)
+        %(kwargs)s::jsonb, %(options)s::jsonb, %(queue)s, %(schedule)s, %(at)s, %(at)s)
 ON CONFLICT (scheduler, name) DO UPDATE
 SET task = excluded.task, origin = 'code', every_seconds = excluded.every_seconds,
     cron = excluded.cron, args = excluded.args, kwargs = excluded.kwargs,
