@@ -163,17 +163,33 @@ class Signature(dict):
     def args(self) -> tuple[Any, ...]:
         return tuple(self.get("args") or ())
 
+    @args.setter
+    def args(self, value: Any) -> None:
+        self["args"] = tuple(value or ())
+
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.get("kwargs") or {})
+
+    @kwargs.setter
+    def kwargs(self, value: dict[str, Any] | None) -> None:
+        self["kwargs"] = dict(value or {})
 
     @property
     def options(self) -> dict[str, Any]:
         return self.setdefault("options", {})
 
+    @options.setter
+    def options(self, value: dict[str, Any] | None) -> None:
+        self["options"] = dict(value or {})
+
     @property
     def immutable(self) -> bool:
         return bool(self.get("immutable"))
+
+    @immutable.setter
+    def immutable(self, value: bool) -> None:
+        self["immutable"] = bool(value)
 
     @property
     def subtask_type(self) -> str | None:
@@ -182,6 +198,10 @@ class Signature(dict):
     @property
     def id(self) -> str | None:
         return self.options.get("task_id")
+
+    @id.setter
+    def id(self, value: str | None) -> None:
+        self.options["task_id"] = value
 
     @property
     def app(self) -> Any:
@@ -251,7 +271,11 @@ class Signature(dict):
         self.options.setdefault("link_error", []).append(errback)
         return errback
 
-    on_error = link_error
+    def on_error(self, errback: Signature) -> Signature:
+        """``link_error`` that returns this signature, not the errback (for chaining calls):
+        ``add.s(2, 2).on_error(errback.s()).delay()`` sends ``add``."""
+        self.link_error(errback)
+        return self
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, _chain):
@@ -353,6 +377,10 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["tasks"])
 
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["tasks"] = _flatten((value,))
+
     def __or__(self, other: Any) -> Any:
         if isinstance(other, _chain):
             return _chain(*self.tasks, *other.tasks, app=self._app)
@@ -403,6 +431,10 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     @property
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["tasks"])
+
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["tasks"] = _flatten((value,))
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -471,9 +503,17 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["header"])
 
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["header"] = value.tasks if isinstance(value, group) else _flatten((value,))
+
     @property
     def body(self) -> Signature | None:
         return self["kwargs"]["body"]
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self["kwargs"]["body"] = maybe_signature(value)
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:
@@ -608,3 +648,9 @@ def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[
     item's arguments."""
     fun = Signature(task, app=self.app).type
     return [fun(*item) for item in it]
+
+
+def builtin_chord_relay(self: Any, results: Any) -> Any:
+    """The built-in task ``pgq.chord_relay`` (bound): starts a chord body that is a group or a
+    chord, with the header's results (``pgq.workflow`` links the body to it)."""
+    return workflow.relay(results)

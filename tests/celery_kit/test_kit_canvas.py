@@ -260,3 +260,66 @@ def test_eager_canvas_follows_the_same_rules(kit: Kit) -> None:
         assert (kit.signal_dir / linked).read_text() == "6"
     finally:
         conf.task_always_eager = False
+
+
+def test_groups_in_a_chain_each_get_the_previous_groups_results(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    workflow = chain(
+        group(tasks.add.si(1, 1), tasks.add.si(2, 2)),
+        group(tasks.tsum.s(), tasks.tsum.s(), tasks.tsum.s()),
+        group(tasks.tsum.s(), tasks.echo.s()),
+        tasks.echo.s(),
+    )
+    # [2, 4] -> each tsum 6 -> [6, 6, 6] -> tsum 18, echo [6, 6, 6]
+    assert workflow.delay().get(timeout=TIMEOUT) == [18, [6, 6, 6]]
+
+
+def test_a_chord_body_that_is_a_group_or_a_chord_gets_the_header_results(kit: Kit) -> None:
+    from celery import chord, group
+
+    tasks = kit.tasks
+    as_group = chord(
+        [tasks.add.si(1, 1), tasks.add.si(2, 2)], group(tasks.tsum.s(), tasks.echo.s())
+    )
+    result = as_group.delay()
+    assert result.get(timeout=TIMEOUT) == [6, [2, 4]]
+
+    inner = chord([tasks.tsum.s(), tasks.echo.s()], tasks.echo.s())
+    as_chord = chord([tasks.add.si(1, 1), tasks.add.si(2, 2)], inner)
+    assert as_chord.delay().get(timeout=TIMEOUT) == [6, [2, 4]]
+
+
+def test_on_error_links_the_errback_and_returns_the_signature(kit: Kit) -> None:
+    tasks = kit.tasks
+    sig = tasks.fail.s("boom")
+    assert sig.on_error(tasks.on_error.s()) is sig
+    result = sig.delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"errback-{result.id}") == "ValueError"
+
+
+def test_signature_fields_can_be_set(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    sig = tasks.add.s(1, 1)
+    sig.args = (5, 5)
+    assert sig.args == (5, 5)
+    sig.kwargs = {}
+    sig.id = "set-id-" + uuid.uuid4().hex
+    assert sig.delay().get(timeout=TIMEOUT) == 10
+    assert sig.id.startswith("set-id-") and sig.freeze().id == sig.id
+
+    workflow = chain(tasks.add.s(1, 1))
+    workflow.tasks = [tasks.add.si(2, 2), tasks.add.s(3)]
+    assert workflow.delay().get(timeout=TIMEOUT) == 7
+    members = group(tasks.add.si(0, 0))
+    members.tasks = [tasks.add.si(1, 1), tasks.add.si(2, 2)]
+    assert members.delay().get(timeout=TIMEOUT) == [2, 4]
+    gathered = chord([tasks.add.si(0, 0)], tasks.echo.s())
+    gathered.tasks = [tasks.add.si(3, 3), tasks.add.si(4, 4)]
+    gathered.body = tasks.tsum.s()
+    assert gathered.delay().get(timeout=TIMEOUT) == 14
