@@ -419,7 +419,14 @@ def _task_row(
     call = {k: options.pop(k) for k in _CALL_KEYS if k in options}
     task_id = str(options.pop("task_id"))
     stored = {k: options[k] for k in _WORKFLOW_KEYS if k in options}
-    for key in ("time_limit", "soft_time_limit", "headers", "max_retries", "ignore_result"):
+    for key in (
+        "time_limit",
+        "soft_time_limit",
+        "headers",
+        "max_retries",
+        "ignore_result",
+        "replaced_task_nesting",
+    ):
         if key in options:
             stored[key] = options[key]
     eta = call.get("eta")

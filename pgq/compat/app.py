@@ -29,7 +29,7 @@ from pgq.compat.loader import django_installed_apps, import_object, import_relat
 from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.routes import route_for
 from pgq.compat.signals import Signal
-from pgq.compat.task import Task
+from pgq.compat.task import Task, builtin_replace_failed, builtin_replaced
 from pgq.errors import ConfigurationError
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
@@ -49,6 +49,8 @@ _BUILTINS: dict[str, Callable[..., Any]] = {
     "celery.map": builtin_map,
     "celery.starmap": builtin_starmap,
     RELAY_TASK: builtin_chord_relay,
+    "pgq.replaced": builtin_replaced,
+    "pgq.replace_failed": builtin_replace_failed,
 }
 _AsyncResultClass = AsyncResult
 

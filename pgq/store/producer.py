@@ -270,6 +270,11 @@ class Store:
         """Set a running task's (custom) state and meta, as update_state does."""
         self._run("set_task_state", {"id": task_id, "state": state, "result": meta}, retry=True)
 
+    def mark_replaced(self, task_id: str, meta: str) -> None:
+        """Mark a running task as replaced (``Task.replace``): it leaves its chord, and its
+        result is ``meta`` until its replacement's outcome is stored in it."""
+        self._run("mark_replaced", {"id": task_id, "result": meta}, retry=True)
+
     def wait(
         self,
         task_id: str,

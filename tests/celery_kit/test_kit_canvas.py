@@ -323,3 +323,40 @@ def test_signature_fields_can_be_set(kit: Kit) -> None:
     gathered.tasks = [tasks.add.si(3, 3), tasks.add.si(4, 4)]
     gathered.body = tasks.tsum.s()
     assert gathered.delay().get(timeout=TIMEOUT) == 14
+
+
+def test_replace_hands_the_result_and_what_follows_to_the_replacement(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    # A task replaced by a task, a chain and a group: its own id reads the replacement's value.
+    assert tasks.replaced_by.delay(tasks.add.s(2, 3)).get(timeout=TIMEOUT) == 5
+    by_chain = chain(tasks.add.s(1, 1), tasks.add.s(10))
+    assert tasks.replaced_by.delay(by_chain).get(timeout=TIMEOUT) == 12
+    by_group = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    assert tasks.replaced_by.delay(by_group).get(timeout=TIMEOUT) == [2, 4]
+    # What followed the replaced task follows the replacement: the rest of its chain, its
+    # place in a chord's header.
+    later = chain(tasks.replaced_by.s(tasks.add.s(1, 2)), tasks.add.s(100))
+    assert later.delay().get(timeout=TIMEOUT) == 103
+    gathered = chord([tasks.replaced_by.s(tasks.add.s(1, 1)), tasks.add.s(5, 5)], tasks.tsum.s())
+    assert gathered.delay().get(timeout=TIMEOUT) == 12
+    # A failing replacement fails the replaced task's id with its error.
+    failing = tasks.replaced_by.delay(tasks.fail.s("replaced"))
+    with pytest.raises(ValueError):
+        failing.get(timeout=TIMEOUT)
+
+
+def test_request_counts_replacements_and_carries_limits_and_properties(kit: Kit) -> None:
+    tasks = kit.tasks
+    assert tasks.nesting.delay(2).get(timeout=TIMEOUT) == [0, 1, 2]
+    fields = tasks.request_fields.apply_async(time_limit=30, soft_time_limit=20, app_id="kit")
+    assert fields.get(timeout=TIMEOUT) == {
+        "time_limit": 30,
+        "soft_time_limit": 20,
+        "app_id": "kit",
+        "nesting": 0,
+    }
+    plain = tasks.request_fields.delay().get(timeout=TIMEOUT)
+    assert plain["time_limit"] is None and plain["soft_time_limit"] is None
+    assert tasks.declared_limits.delay().get(timeout=TIMEOUT) == [60, 45]

@@ -777,3 +777,13 @@ WHERE pgq.tasks.name = 'celery.group';
 -- name: restore_group
 -- (read) The member ids of a saved group.
 SELECT result::text FROM pgq.tasks WHERE id = %(id)s AND name = 'celery.group';
+
+-- name: mark_replaced
+-- STARTED -> STARTED, replaced: Task.replace hands a running task's place to its replacement.
+-- Its chord marks leave its options (its own end must not count for, or fail, the chord: the
+-- replacement's last step counts instead) and its result says it was replaced, so get() on it
+-- keeps waiting until the replacement's outcome is stored there.
+UPDATE pgq.tasks
+SET state = 'STARTED', result = %(result)s::jsonb,
+    options = options - 'chord' - 'chord_link_error'
+WHERE id = %(id)s AND finished_at IS NULL;

@@ -300,3 +300,36 @@ def raise_needs_two():
 @app.task(soft_time_limit=10, time_limit=5)
 def badly_limited():
     return "never sent"
+
+
+@shared_task(bind=True)
+def replaced_by(self, sig):
+    """Replace this task by ``sig`` (a signature in its dict form), as Celery's docs do."""
+    from celery import signature
+
+    raise self.replace(signature(sig))
+
+
+@shared_task(bind=True)
+def nesting(self, replacements, seen=None):
+    """Record request.replaced_task_nesting across successive replacements."""
+    seen = [*(seen or []), self.request.replaced_task_nesting]
+    if replacements:
+        return self.replace(nesting.s(replacements - 1, seen))
+    return seen
+
+
+@shared_task(bind=True)
+def request_fields(self):
+    request = self.request
+    return {
+        "time_limit": request.time_limit,
+        "soft_time_limit": request.soft_time_limit,
+        "app_id": (request.properties or {}).get("app_id"),
+        "nesting": request.replaced_task_nesting,
+    }
+
+
+@shared_task(bind=True, time_limit=60, soft_time_limit=45)
+def declared_limits(self):
+    return [self.request.time_limit, self.request.soft_time_limit]
