@@ -359,6 +359,18 @@ def _from_dict(d: dict[str, Any], app: Any = None) -> Signature:
     return Signature(d, app=app)
 
 
+def _freeze_canvas(sig: Signature, _id: str | None) -> Any:
+    """Fix every step's id of a chain, group or chord now (kept where set; ``_id`` names its
+    result: a chain's last task, a group, a chord's body); returns the result it will have."""
+    if _id is not None:
+        if sig.subtask_type == "group":
+            sig.options["task_id"] = _id
+        else:
+            _result_step(sig).setdefault("options", {})["task_id"] = _id
+    workflow.freeze(sig)
+    return _result_of(sig, sig.app)
+
+
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
     if len(tasks) == 1 and not isinstance(tasks[0], dict) and isinstance(tasks[0], Iterable):
         tasks = tuple(tasks[0])
@@ -387,6 +399,10 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         if isinstance(other, Signature):
             return _chain(*self.tasks, other, app=self._app)
         return NotImplemented
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks)
@@ -442,6 +458,10 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def __iter__(self) -> Any:
         return iter(self.tasks)
 
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
+
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
 
@@ -467,7 +487,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         if options.pop("link_error", None) is not None:
             raise TypeError("Cannot add link to group: do that on individual tasks")
         group_id = options.pop("group_id", None) or options.pop("task_id", None)
-        group_id = group_id or new_task_id()
+        group_id = group_id or self.options.get("task_id") or new_task_id()
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
@@ -514,6 +534,10 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
     @body.setter
     def body(self, value: Any) -> None:
         self["kwargs"]["body"] = maybe_signature(value)
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:

@@ -536,6 +536,30 @@ class Task(_engine.Task):
         with_nesting.apply_async(link_error=errbacks)
         raise Ignore("Replaced by new task")
 
+    def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
+        """Add ``sig`` (a task, or a chain or chord: its result) to the chord this running task
+        is a header task of: the chord's body waits for it too and gets its result last.
+
+        Sent at once and its result returned; ``lazy=True`` returns the signature, ready to
+        send. As in Celery, for a task that is not in a chord it raises ``ValueError``."""
+        from pgq.compat.canvas import maybe_signature
+
+        request = self.request
+        body_id = request.options.get("chord")
+        if not body_id:
+            raise ValueError("Current task is not member of any chord")
+        sig = maybe_signature(sig, app=self.app)
+        if sig is None or sig.subtask_type == "group":
+            raise TypeError("add_to_chord() adds a task, a chain or a chord, not a group")
+        sig.set(chord=body_id, group_id=request.group, root_id=request.root_id)
+        for key in ("chord_link_error", "group_index"):
+            if request.options.get(key) is not None:
+                sig.set(**{key: request.options[key]})
+        result = sig.freeze()
+        if not self.app.store.add_to_chord(str(body_id), str(result.id)):
+            raise ValueError("the chord's body is not waiting for its header any more")
+        return sig if lazy else sig.delay()
+
     # -- results and signatures --------------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802

@@ -360,3 +360,33 @@ def test_request_counts_replacements_and_carries_limits_and_properties(kit: Kit)
     plain = tasks.request_fields.delay().get(timeout=TIMEOUT)
     assert plain["time_limit"] is None and plain["soft_time_limit"] is None
     assert tasks.declared_limits.delay().get(timeout=TIMEOUT) == [60, 45]
+
+
+def test_add_to_chord_makes_the_body_wait_for_the_added_tasks(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    gathered = chord([tasks.grow_chord.s([1, 2], 10), tasks.add.s(3, 3)], tasks.echo.s())
+    assert sorted(gathered.delay().get(timeout=TIMEOUT)) == [0, 6, 11, 12, 12]
+    outside = tasks.grow_chord.delay([1], 1)
+    with pytest.raises(ValueError, match="not member of any chord"):
+        outside.get(timeout=TIMEOUT)
+
+
+def test_freeze_fixes_a_canvas_ids_before_it_is_sent(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(2))
+    frozen = workflow.freeze()
+    assert frozen.id == workflow.tasks[-1].id
+    assert workflow.delay().id == frozen.id and frozen.get(timeout=TIMEOUT) == 4
+    members = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    frozen_group = members.freeze()
+    assert [r.id for r in frozen_group.results] == [t.id for t in members.tasks]
+    assert members.delay().id == frozen_group.id
+    assert frozen_group.get(timeout=TIMEOUT) == [2, 4]
+    gathered = chord([tasks.add.s(1, 1)], tasks.echo.s())
+    frozen_chord = gathered.freeze()
+    assert frozen_chord.id == gathered.body.id
+    assert gathered.delay().get(timeout=TIMEOUT) == [2]

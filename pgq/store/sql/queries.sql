@@ -787,3 +787,17 @@ UPDATE pgq.tasks
 SET state = 'STARTED', result = %(result)s::jsonb,
     options = options - 'chord' - 'chord_link_error'
 WHERE id = %(id)s AND finished_at IS NULL;
+
+-- name: add_to_chord
+-- A held chord body gains a header task (Task.add_to_chord): one more completion to wait for,
+-- and the new task's id after the others, so its result comes last in the body's argument.
+-- Run by a header task that has not finished, so the body cannot fire before it; the row
+-- lock orders it with the header tasks finishing meanwhile. Returns the body's id (no row:
+-- the body is not waiting any more).
+UPDATE pgq.tasks
+SET options = jsonb_set(
+        jsonb_set(options, '{chord_remaining}',
+                  to_jsonb((options->>'chord_remaining')::int + 1)),
+        '{chord_header}', COALESCE(options->'chord_header', '[]'::jsonb) || to_jsonb(%(task_id)s::text))
+WHERE id = %(id)s AND finished_at IS NULL AND jsonb_typeof(options->'chord_remaining') = 'number'
+RETURNING id;

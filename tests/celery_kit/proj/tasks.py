@@ -333,3 +333,14 @@ def request_fields(self):
 @shared_task(bind=True, time_limit=60, soft_time_limit=45)
 def declared_limits(self):
     return [self.request.time_limit, self.request.soft_time_limit]
+
+
+@shared_task(bind=True)
+def grow_chord(self, nums, val):
+    """A chord header task that adds tasks (and a chain) to its own chord."""
+    from celery import chain
+
+    for num in nums:
+        self.add_to_chord(add.s(num, val))
+    self.add_to_chord(chain(add.s(1, 1), add.s(val)))
+    return 0
