@@ -64,6 +64,16 @@ class Request:
         return nesting if isinstance(nesting, int) and not isinstance(nesting, bool) else 0
 
     @property
+    def correlation_id(self) -> str:
+        """Celery's message correlation id: the task's id."""
+        return self.id
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where an RPC result backend would reply: pgq has none, so None (results are rows)."""
+        return None
+
+    @property
     def properties(self) -> dict[str, Any]:
         """The message properties Celery's request carries: the priority, the id as
         ``correlation_id``, and those given to ``apply_async`` (``app_id``, ``user_id``, ...)."""

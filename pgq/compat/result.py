@@ -270,7 +270,15 @@ class AsyncResult(Result):
 
     @property
     def ignored(self) -> bool:
-        return self.state == states.IGNORED
+        """Celery's flag: the call was sent with its result ignored (``ignore_result``), set on
+        the result ``delay()``/``apply_async()`` return; otherwise whether the task ended
+        ``IGNORED``."""
+        flag = self.__dict__.get("_ignored")
+        return flag if flag is not None else self.state == states.IGNORED
+
+    @ignored.setter
+    def ignored(self, value: bool) -> None:
+        self.__dict__["_ignored"] = value
 
     def exists(self) -> bool:
         """True if the task's row exists (it was sent and not forgotten or pruned)."""

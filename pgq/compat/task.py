@@ -417,7 +417,11 @@ class Task(_engine.Task):
             queue=queue,
             **options,
         )
-        return AsyncResult(result.id, app=app, task_name=self.name)
+        sent = AsyncResult(result.id, app=app, task_name=self.name)
+        # Celery's result of a call whose result is ignored says so (``result.ignored``).
+        if options.get("ignore_result", self.ignore_result):
+            sent.ignored = True
+        return sent
 
     def apply(
         self,

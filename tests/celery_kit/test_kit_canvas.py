@@ -390,3 +390,11 @@ def test_freeze_fixes_a_canvas_ids_before_it_is_sent(kit: Kit) -> None:
     frozen_chord = gathered.freeze()
     assert frozen_chord.id == gathered.body.id
     assert gathered.delay().get(timeout=TIMEOUT) == [2]
+
+
+def test_a_result_says_when_its_call_ignores_the_result(kit: Kit) -> None:
+    add = kit.tasks.add
+    assert add.apply_async((1, 2), ignore_result=True).ignored is True
+    kept = add.delay(1, 2)
+    assert kept.ignored is False
+    assert kept.get(timeout=TIMEOUT) == 3
