@@ -14,7 +14,7 @@ on Celery passes on pgq, except those in ``suite_exclusions.EXCLUDED`` (they can
 pgq; each says why) and ``suite_exclusions.KNOWN_FAILING`` (pgq's own gaps, the baseline this
 test holds pgq to: a test leaves that list when it passes, and a new failure is a regression).
 The per-file counts are printed and written to ``celery-suite-counts.json`` in the run folder.
-Set ``PGQ_CELERY_SUITE_KEEP=1`` to keep the run folders (worker log, XML) for inspection.
+Set ``CELERY_SUITE_KEEP=1`` to keep the run folders (worker log, XML) for inspection.
 """
 
 from __future__ import annotations
@@ -249,11 +249,11 @@ def test_celery_integration_suite_on_pgq(
     if not _redis_answers():
         pytest.skip("no Redis server on 127.0.0.1:6379 (the suite's tasks write to it)")
     # The control depends on Celery's code only: its outcomes are kept per machine (it runs
-    # about 18 minutes) and run again when missing or asked for (PGQ_CELERY_SUITE_CONTROL=run).
+    # about 18 minutes) and run again when missing or asked for (CELERY_SUITE_CONTROL=run).
     control_file = cache / f"control-{CELERY_VERSION}.json"
     control: dict[str, str] | None = None
     control_run = None
-    if control_file.is_file() and os.environ.get("PGQ_CELERY_SUITE_CONTROL") != "run":
+    if control_file.is_file() and os.environ.get("CELERY_SUITE_CONTROL") != "run":
         control = json.loads(control_file.read_text())
     else:
         control_run = _start_control(sdist, tmp_path_factory.mktemp("celery-run"))
@@ -294,7 +294,7 @@ def test_celery_integration_suite_on_pgq(
         if on_pgq.get(t) != "passed" and t not in EXCLUDED and t not in KNOWN_FAILING
     )
     now_passing = sorted(t for t in KNOWN_FAILING if on_pgq.get(t) == "passed")
-    if not os.environ.get("PGQ_CELERY_SUITE_KEEP"):
+    if not os.environ.get("CELERY_SUITE_KEEP"):
         shutil.rmtree(run_dir, ignore_errors=True)
     assert not regressions, f"{len(regressions)} tests pass on Celery and not on pgq: {regressions}"
     assert not now_passing, f"these pass on pgq now: take them off KNOWN_FAILING: {now_passing}"
