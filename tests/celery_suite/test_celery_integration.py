@@ -12,7 +12,8 @@ twice:
 Each run's outcome per test is read from its JUnit XML. The test asserts that every test passing
 on Celery passes on pgq, except those in ``suite_exclusions.EXCLUDED`` (they cannot apply to
 pgq; each says why) and ``suite_exclusions.KNOWN_FAILING`` (pgq's own gaps, the baseline this
-test holds pgq to: a test leaves that list when it passes, and a new failure is a regression).
+test holds pgq to: a new failure is a regression; a listed test that passes is printed, to be
+taken off the list).
 The per-file counts are printed and written to ``celery-suite-counts.json`` in the run folder.
 Set ``CELERY_SUITE_KEEP=1`` to keep the run folders (worker log, XML) for inspection.
 """
@@ -297,4 +298,5 @@ def test_celery_integration_suite_on_pgq(
     if not os.environ.get("CELERY_SUITE_KEEP"):
         shutil.rmtree(run_dir, ignore_errors=True)
     assert not regressions, f"{len(regressions)} tests pass on Celery and not on pgq: {regressions}"
-    assert not now_passing, f"these pass on pgq now: take them off KNOWN_FAILING: {now_passing}"
+    if now_passing:  # not a failure: some of Celery's tests are timing-dependent on pgq too
+        print(f"passing on pgq now, to take off KNOWN_FAILING: {now_passing}")
