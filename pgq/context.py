@@ -48,6 +48,43 @@ class Request:
         return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
     @property
+    def time_limit(self) -> float | None:
+        """The hard time limit this call runs under (the call's, else the task's), or None."""
+        return self.options.get("time_limit")
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        """The soft time limit this call runs under (the call's, else the task's), or None."""
+        return self.options.get("soft_time_limit")
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        """How many ``Task.replace`` calls led to this task (0: it replaces nothing)."""
+        nesting = self.options.get("replaced_task_nesting")
+        return nesting if isinstance(nesting, int) and not isinstance(nesting, bool) else 0
+
+    @property
+    def correlation_id(self) -> str:
+        """Celery's message correlation id: the task's id."""
+        return self.id
+
+    @property
+    def reply_to(self) -> str | None:
+        """Where an RPC result backend would reply: pgq has none, so None (results are rows)."""
+        return None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The message properties Celery's request carries: the priority, the id as
+        ``correlation_id``, and those given to ``apply_async`` (``app_id``, ``user_id``, ...)."""
+        given = self.options.get("properties")
+        return {
+            "correlation_id": self.id,
+            "priority": self.priority,
+            **(given if isinstance(given, dict) else {}),
+        }
+
+    @property
     def delivery_info(self) -> dict[str, Any]:
         return {
             "exchange": "",

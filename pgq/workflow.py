@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HELD_UNTIL",
+    "RELAY_TASK",
     "FailedStep",
     "chain_steps",
     "expand",
@@ -52,9 +53,12 @@ __all__ = [
     "on_chord_failure",
     "on_failure",
     "on_success",
+    "relay",
     "unrolled",
 ]
 
+# The built-in task that starts a chord body which is a group or a chord (see _relay).
+RELAY_TASK = "pgq.chord_relay"
 # run_at of a chord body waiting for its header: never due until the last header task fires it.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _NAMESPACE = uuid.UUID("5f0c2b5e-8a8e-4c1e-9d0c-6f1f3c1d7a11")
@@ -256,7 +260,7 @@ def _expand_chord(
     header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
     body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
-        raise NotImplementedError("a chord whose body starts with a group or chord")
+        body = _relay(body, options, to_body)
     if not header:
         return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
     body_id = (body.get("options") or {})["task_id"]
@@ -281,6 +285,49 @@ def _expand_chord(
         parent_id=parent_id,
         root_id=root_id,
     )
+
+
+def _relay(
+    body: dict[str, Any], options: dict[str, Any], to_body: dict[str, Any]
+) -> dict[str, Any]:
+    """The one held row for a chord body that starts with a group or a chord.
+
+    A held body is one row that the last header task fires. A group or chord has no such row,
+    so it is started by the relay task (``RELAY_TASK``): held like any body, it returns the
+    header's results and its link starts ``body`` with them first in its arguments (each group
+    member's, or the inner chord's header tasks'), as Celery calls a group or chord body. Its
+    id is derived from the body's result id (a re-run inserts nothing twice); it carries the
+    body's errbacks, which a failed header task calls for the body (``chord_link_error``).
+    """
+    relay_options: dict[str, Any] = {
+        **options,
+        "task_id": str(uuid.uuid5(_NAMESPACE, f"{_ids(body)}:relay")),
+        "link": [body],
+    }
+    if to_body.get("link_error"):
+        relay_options["link_error"] = to_body["link_error"]
+    return {
+        "task": RELAY_TASK,
+        "args": [],
+        "kwargs": {},
+        "options": relay_options,
+        "subtask_type": None,
+        "immutable": False,
+    }
+
+
+def _ids(sig: dict[str, Any]) -> str:
+    """The ids ``sig`` starts with and ends with (a chord's body alone would not tell apart
+    nested chords that end with the same task)."""
+    if sig.get("subtask_type") == "chord":
+        header = (sig.get("kwargs") or {}).get("header") or ()
+        return ",".join([*(freeze(step) for step in header), freeze(sig)])
+    return freeze(sig)
+
+
+def relay(results: Any) -> Any:
+    """The relay task's body (``RELAY_TASK``): the chord header's results, handed on."""
+    return results
 
 
 def _completions(sig: dict[str, Any]) -> int:
@@ -381,7 +428,14 @@ def _task_row(
     call = {k: options.pop(k) for k in _CALL_KEYS if k in options}
     task_id = str(options.pop("task_id"))
     stored = {k: options[k] for k in _WORKFLOW_KEYS if k in options}
-    for key in ("time_limit", "soft_time_limit", "headers", "max_retries", "ignore_result"):
+    for key in (
+        "time_limit",
+        "soft_time_limit",
+        "headers",
+        "max_retries",
+        "ignore_result",
+        "replaced_task_nesting",
+    ):
         if key in options:
             stored[key] = options[key]
     eta = call.get("eta")

@@ -23,19 +23,20 @@ from pgq.app import App, resolve_timezone
 from pgq.compat import _state
 from pgq.compat._pydantic import pydantic_task
 from pgq.compat.backend import ResultBackend
-from pgq.compat.canvas import builtin_map, builtin_starmap, signature
+from pgq.compat.canvas import builtin_chord_relay, builtin_map, builtin_starmap, signature
 from pgq.compat.conf import Settings, load_config
 from pgq.compat.control import Control
 from pgq.compat.loader import django_installed_apps, import_object, import_related
 from pgq.compat.result import AsyncResult, GroupResult
 from pgq.compat.routes import route_for
 from pgq.compat.signals import Signal
-from pgq.compat.task import Task
+from pgq.compat.task import Task, builtin_replace_failed, builtin_replaced
 from pgq.concurrency import parse_limits
 from pgq.errors import ConfigurationError
 from pgq.flow import parse_breaker
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
+from pgq.workflow import RELAY_TASK
 
 __all__ = ["Celery", "Settings", "gen_task_name", "shared_task"]
 
@@ -45,8 +46,15 @@ log = logging.getLogger("pgq.compat")
 _TaskClass = Task
 
 # Celery's built-in tasks that canvas primitives send (task.map, task.starmap, task.chunks),
-# registered in every app when it is finalized or first asked for one of them.
-_BUILTINS = {"celery.map": builtin_map, "celery.starmap": builtin_starmap}
+# registered in every app when it is finalized or first asked for one of them; and pgq's relay
+# that starts a chord body which is a group or a chord (pgq.workflow).
+_BUILTINS: dict[str, Callable[..., Any]] = {
+    "celery.map": builtin_map,
+    "celery.starmap": builtin_starmap,
+    RELAY_TASK: builtin_chord_relay,
+    "pgq.replaced": builtin_replaced,
+    "pgq.replace_failed": builtin_replace_failed,
+}
 _AsyncResultClass = AsyncResult
 
 # Celery's fixups: installed on every app unless ``fixups=`` says otherwise; each switches

@@ -163,17 +163,33 @@ class Signature(dict):
     def args(self) -> tuple[Any, ...]:
         return tuple(self.get("args") or ())
 
+    @args.setter
+    def args(self, value: Any) -> None:
+        self["args"] = tuple(value or ())
+
     @property
     def kwargs(self) -> dict[str, Any]:
         return dict(self.get("kwargs") or {})
+
+    @kwargs.setter
+    def kwargs(self, value: dict[str, Any] | None) -> None:
+        self["kwargs"] = dict(value or {})
 
     @property
     def options(self) -> dict[str, Any]:
         return self.setdefault("options", {})
 
+    @options.setter
+    def options(self, value: dict[str, Any] | None) -> None:
+        self["options"] = dict(value or {})
+
     @property
     def immutable(self) -> bool:
         return bool(self.get("immutable"))
+
+    @immutable.setter
+    def immutable(self, value: bool) -> None:
+        self["immutable"] = bool(value)
 
     @property
     def subtask_type(self) -> str | None:
@@ -182,6 +198,10 @@ class Signature(dict):
     @property
     def id(self) -> str | None:
         return self.options.get("task_id")
+
+    @id.setter
+    def id(self, value: str | None) -> None:
+        self.options["task_id"] = value
 
     @property
     def app(self) -> Any:
@@ -251,7 +271,11 @@ class Signature(dict):
         self.options.setdefault("link_error", []).append(errback)
         return errback
 
-    on_error = link_error
+    def on_error(self, errback: Signature) -> Signature:
+        """``link_error`` that returns this signature, not the errback (for chaining calls):
+        ``add.s(2, 2).on_error(errback.s()).delay()`` sends ``add``."""
+        self.link_error(errback)
+        return self
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, _chain):
@@ -335,6 +359,18 @@ def _from_dict(d: dict[str, Any], app: Any = None) -> Signature:
     return Signature(d, app=app)
 
 
+def _freeze_canvas(sig: Signature, _id: str | None) -> Any:
+    """Fix every step's id of a chain, group or chord now (kept where set; ``_id`` names its
+    result: a chain's last task, a group, a chord's body); returns the result it will have."""
+    if _id is not None:
+        if sig.subtask_type == "group":
+            sig.options["task_id"] = _id
+        else:
+            _result_step(sig).setdefault("options", {})["task_id"] = _id
+    workflow.freeze(sig)
+    return _result_of(sig, sig.app)
+
+
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
     if len(tasks) == 1 and not isinstance(tasks[0], dict) and isinstance(tasks[0], Iterable):
         tasks = tuple(tasks[0])
@@ -353,12 +389,20 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["tasks"])
 
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["tasks"] = _flatten((value,))
+
     def __or__(self, other: Any) -> Any:
         if isinstance(other, _chain):
             return _chain(*self.tasks, *other.tasks, app=self._app)
         if isinstance(other, Signature):
             return _chain(*self.tasks, other, app=self._app)
         return NotImplemented
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks)
@@ -404,11 +448,19 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["tasks"])
 
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["tasks"] = _flatten((value,))
+
     def __len__(self) -> int:
         return len(self.tasks)
 
     def __iter__(self) -> Any:
         return iter(self.tasks)
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
@@ -435,7 +487,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         if options.pop("link_error", None) is not None:
             raise TypeError("Cannot add link to group: do that on individual tasks")
         group_id = options.pop("group_id", None) or options.pop("task_id", None)
-        group_id = group_id or new_task_id()
+        group_id = group_id or self.options.get("task_id") or new_task_id()
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
@@ -471,9 +523,21 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self) -> list[Signature]:
         return list(self["kwargs"]["header"])
 
+    @tasks.setter
+    def tasks(self, value: Any) -> None:
+        self["kwargs"]["header"] = value.tasks if isinstance(value, group) else _flatten((value,))
+
     @property
     def body(self) -> Signature | None:
         return self["kwargs"]["body"]
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self["kwargs"]["body"] = maybe_signature(value)
+
+    def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
+        """Fix every step's id now and return the result this will have (as Celery's)."""
+        return _freeze_canvas(self, _id)
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:
@@ -608,3 +672,9 @@ def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[
     item's arguments."""
     fun = Signature(task, app=self.app).type
     return [fun(*item) for item in it]
+
+
+def builtin_chord_relay(self: Any, results: Any) -> Any:
+    """The built-in task ``pgq.chord_relay`` (bound): starts a chord body that is a group or a
+    chord, with the header's results (``pgq.workflow`` links the body to it)."""
+    return workflow.relay(results)

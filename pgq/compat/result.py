@@ -270,7 +270,15 @@ class AsyncResult(Result):
 
     @property
     def ignored(self) -> bool:
-        return self.state == states.IGNORED
+        """Celery's flag: the call was sent with its result ignored (``ignore_result``), set on
+        the result ``delay()``/``apply_async()`` return; otherwise whether the task ended
+        ``IGNORED``."""
+        flag = self.__dict__.get("_ignored")
+        return flag if flag is not None else self.state == states.IGNORED
+
+    @ignored.setter
+    def ignored(self, value: bool) -> None:
+        self.__dict__["_ignored"] = value
 
     def exists(self) -> bool:
         """True if the task's row exists (it was sent and not forgotten or pruned)."""
@@ -313,6 +321,19 @@ class AsyncResult(Result):
     wait = get
 
     def _wait(self, timeout: float | None, interval: float, check_parents: bool) -> Any:
+        """Wait for this task's row to finish (a task that ``Task.replace`` replaced: until its
+        replacement's outcome is stored in it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            record = self._wait_once(remaining, interval, check_parents)
+            if record is None or not _replaced(record):
+                return record
+            if remaining is not None and remaining <= 0:
+                return None
+            time.sleep(interval if remaining is None else min(interval, remaining))
+
+    def _wait_once(self, timeout: float | None, interval: float, check_parents: bool) -> Any:
         """Wait for this task's row to finish. With parents (a chain or chord), check them every
         ``interval`` and raise the first failure among them, as Celery does while it waits."""
         if not check_parents or self.parent is None:
@@ -678,3 +699,16 @@ def result_from_tuple(r: Any, app: Any = None) -> AsyncResult | GroupResult:
         return GroupResult(id, members, app=app)
     parent_result = result_from_tuple(parent, app) if parent else None
     return AsyncResult(id, app=app, parent=parent_result)  # type: ignore[arg-type]
+
+
+#: What ``Task.replace`` stores in the replaced task's row until its replacement's outcome
+#: arrives (state STARTED): ``get()`` keeps waiting through it.
+REPLACED_MARK = "pgq_replaced_by"
+
+
+def _replaced(record: Any) -> bool:
+    """Whether ``record`` is a replaced task still waiting for its replacement's outcome."""
+    if not record.finished or record.state != states.STARTED:
+        return False
+    value = _value_of(record)
+    return isinstance(value, dict) and REPLACED_MARK in value

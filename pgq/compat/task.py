@@ -18,7 +18,7 @@ from pgq import serialization
 from pgq.compat import states
 from pgq.compat._state import get_current_app
 from pgq.compat.exceptions import ImproperlyConfigured, MaxRetriesExceededError, Retry
-from pgq.compat.result import AsyncResult, EagerResult
+from pgq.compat.result import REPLACED_MARK, AsyncResult, EagerResult
 from pgq.context import Request, current_request, reset_current_request, set_current_request
 from pgq.ids import new_task_id
 from pgq.options import (
@@ -118,6 +118,12 @@ class _EagerSteps(Steps):
 
 
 _NO_LINKS = Steps()
+
+# AMQP message properties a Celery call may set (apply_async(app_id=...)): kept in the row and
+# handed to the running task as request.properties, as Celery's worker does.
+_MESSAGE_PROPERTIES = frozenset(
+    {"app_id", "user_id", "type", "timestamp", "content_type", "content_encoding"}
+)
 
 
 class Task(_engine.Task):
@@ -371,6 +377,9 @@ class Task(_engine.Task):
             raise ImproperlyConfigured(
                 f"pgq stores task arguments as JSON: serializer={serializer!r} is not supported"
             )
+        properties = {k: options.pop(k) for k in _MESSAGE_PROPERTIES & options.keys()}
+        if properties:  # the running task's request.properties
+            options["properties"] = properties
         for name in _BROKER_ONLY_OPTIONS & options.keys():
             options.pop(name)
         connection = options.pop("connection", None)
@@ -414,7 +423,11 @@ class Task(_engine.Task):
             queue=queue,
             **options,
         )
-        return AsyncResult(result.id, app=app, task_name=self.name)
+        sent = AsyncResult(result.id, app=app, task_name=self.name)
+        # Celery's result of a call whose result is ignored says so (``result.ignored``).
+        if options.get("ignore_result", self.ignore_result):
+            sent.ignored = True
+        return sent
 
     def apply(
         self,
@@ -484,6 +497,79 @@ class Task(_engine.Task):
         traceback = einfo.traceback if state == states.FAILURE and einfo is not None else None
         return EagerResult(task_id, execution.retval, state, traceback=traceback, name=self.name)
 
+    # -- replacing a running task --------------------------------------------------------------
+
+    def replace(self, sig: Any) -> Any:
+        """Replace this running task by ``sig`` (a task signature, chain, group or chord).
+
+        As in Celery: the replacement is sent and this task ends with ``Ignore``; its result
+        id reads the replacement's outcome (a group's as a list); what would have followed this
+        task (the rest of its chain, its callbacks and errbacks, its place in a chord or group)
+        follows the replacement instead; ``request.replaced_task_nesting`` counts the
+        replacements. Eager (``apply()``): the replacement runs here and its value is returned.
+
+        pgq keeps one row per task id, so the replacement's steps get ids of their own and
+        the built-in task ``pgq.replaced`` copies the outcome to this task's row before the
+        follow-ups start (see ``docs/compatibility.md``).
+        """
+        from pgq.compat.canvas import Signature, _chain, chain, maybe_signature
+
+        sig = maybe_signature(sig, app=self.app, clone=True)
+        if not isinstance(sig, Signature):
+            raise TypeError(f"replace() needs a signature, not {type(sig).__name__}")
+        if "chord" in sig.options:
+            raise ImproperlyConfigured("A signature replacing a task must not be part of a chord")
+        if isinstance(sig, _chain) and not sig.tasks:
+            raise ImproperlyConfigured("Cannot replace with an empty chain")
+        request = self.request
+        nesting = int(request.options.get("replaced_task_nesting") or 0) + 1
+        if request.is_eager or request.called_directly:
+            return sig.apply().get()
+        from pgq.compat.exceptions import Ignore
+
+        options = request.options
+        follow = {
+            key: options[key]
+            for key in ("link", "chord", "chord_link_error", "group_id", "group_index")
+            if options.get(key) is not None
+        }
+        store = self.app.signature("pgq.replaced", kwargs={"task_id": request.id}, **follow)
+        errbacks = [self.app.signature("pgq.replace_failed", (request.id,))]
+        errbacks += list(options.get("link_error") or ())
+        with_nesting = _with_nesting(sig, nesting)
+        # A group's results reach pgq.replaced as one list (a chord on the group).
+        with_nesting = chain(with_nesting, store, app=self.app)
+        # Until pgq.replaced stores the outcome, this row says it was replaced (get() on it
+        # keeps waiting) and is out of its chord; written first, so it cannot overwrite an
+        # outcome stored meanwhile. Ignore leaves that state and value in place.
+        self.app.store.mark_replaced(request.id, serialization.dumps({REPLACED_MARK: sig.name}))
+        with_nesting.apply_async(link_error=errbacks)
+        raise Ignore("Replaced by new task")
+
+    def add_to_chord(self, sig: Any, lazy: bool = False) -> Any:
+        """Add ``sig`` (a task, or a chain or chord: its result) to the chord this running task
+        is a header task of: the chord's body waits for it too and gets its result last.
+
+        Sent at once and its result returned; ``lazy=True`` returns the signature, ready to
+        send. As in Celery, for a task that is not in a chord it raises ``ValueError``."""
+        from pgq.compat.canvas import maybe_signature
+
+        request = self.request
+        body_id = request.options.get("chord")
+        if not body_id:
+            raise ValueError("Current task is not member of any chord")
+        sig = maybe_signature(sig, app=self.app)
+        if sig is None or sig.subtask_type == "group":
+            raise TypeError("add_to_chord() adds a task, a chain or a chord, not a group")
+        sig.set(chord=body_id, group_id=request.group, root_id=request.root_id)
+        for key in ("chord_link_error", "group_index"):
+            if request.options.get(key) is not None:
+                sig.set(**{key: request.options[key]})
+        result = sig.freeze()
+        if not self.app.store.add_to_chord(str(body_id), str(result.id)):
+            raise ValueError("the chord's body is not waiting for its header any more")
+        return sig if lazy else sig.delay()
+
     # -- results and signatures --------------------------------------------------------------
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802
@@ -531,3 +617,36 @@ class Task(_engine.Task):
     @classmethod
     def on_bound(cls, app: Any) -> None:
         """Called when the task class is bound to an app (Celery's hook; nothing here)."""
+
+
+def _with_nesting(sig: Any, nesting: int) -> Any:
+    """``sig`` with ``replaced_task_nesting`` set on every task it runs."""
+    kind = sig.get("subtask_type")
+    kwargs = sig.get("kwargs") or {}
+    if kind in ("chain", "group"):
+        for step in kwargs.get("tasks") or ():
+            _with_nesting(step, nesting)
+    elif kind == "chord":
+        for step in kwargs.get("header") or ():
+            _with_nesting(step, nesting)
+        if kwargs.get("body") is not None:
+            _with_nesting(kwargs["body"], nesting)
+    else:
+        sig.setdefault("options", {})["replaced_task_nesting"] = nesting
+    return sig
+
+
+def builtin_replaced(self: Any, result: Any, task_id: str) -> Any:
+    """The built-in task ``pgq.replaced`` (bound): a replacement's result, stored for the task
+    it replaced (``Task.replace``), then handed on to what followed that task."""
+    self.app.backend.store_result(task_id, result, states.SUCCESS)
+    return result
+
+
+def builtin_replace_failed(self: Any, failed_id: str, task_id: str) -> None:
+    """The built-in task ``pgq.replace_failed`` (bound, an old-style errback): a failed
+    replacement's error, stored for the task it replaced."""
+    meta = self.app.backend.get_task_meta(failed_id)
+    self.app.backend.store_result(
+        task_id, meta.get("result"), states.FAILURE, traceback=meta.get("traceback")
+    )

@@ -295,6 +295,17 @@ class Store:
         """Set a running task's (custom) state and meta, as update_state does."""
         self._run("set_task_state", {"id": task_id, "state": state, "result": meta}, retry=True)
 
+    def add_to_chord(self, body_id: str, task_id: str) -> bool:
+        """Make the held chord body ``body_id`` wait for ``task_id`` too (its result last);
+        False when the body is not waiting any more."""
+        # Not retried: a second run would count the task twice.
+        return bool(self._run("add_to_chord", {"id": body_id, "task_id": task_id}))
+
+    def mark_replaced(self, task_id: str, meta: str) -> None:
+        """Mark a running task as replaced (``Task.replace``): it leaves its chord, and its
+        result is ``meta`` until its replacement's outcome is stored in it."""
+        self._run("mark_replaced", {"id": task_id, "result": meta}, retry=True)
+
     def wait(
         self,
         task_id: str,

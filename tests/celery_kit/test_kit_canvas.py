@@ -260,3 +260,141 @@ def test_eager_canvas_follows_the_same_rules(kit: Kit) -> None:
         assert (kit.signal_dir / linked).read_text() == "6"
     finally:
         conf.task_always_eager = False
+
+
+def test_groups_in_a_chain_each_get_the_previous_groups_results(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    workflow = chain(
+        group(tasks.add.si(1, 1), tasks.add.si(2, 2)),
+        group(tasks.tsum.s(), tasks.tsum.s(), tasks.tsum.s()),
+        group(tasks.tsum.s(), tasks.echo.s()),
+        tasks.echo.s(),
+    )
+    # [2, 4] -> each tsum 6 -> [6, 6, 6] -> tsum 18, echo [6, 6, 6]
+    assert workflow.delay().get(timeout=TIMEOUT) == [18, [6, 6, 6]]
+
+
+def test_a_chord_body_that_is_a_group_or_a_chord_gets_the_header_results(kit: Kit) -> None:
+    from celery import chord, group
+
+    tasks = kit.tasks
+    as_group = chord(
+        [tasks.add.si(1, 1), tasks.add.si(2, 2)], group(tasks.tsum.s(), tasks.echo.s())
+    )
+    result = as_group.delay()
+    assert result.get(timeout=TIMEOUT) == [6, [2, 4]]
+
+    inner = chord([tasks.tsum.s(), tasks.echo.s()], tasks.echo.s())
+    as_chord = chord([tasks.add.si(1, 1), tasks.add.si(2, 2)], inner)
+    assert as_chord.delay().get(timeout=TIMEOUT) == [6, [2, 4]]
+
+
+def test_on_error_links_the_errback_and_returns_the_signature(kit: Kit) -> None:
+    tasks = kit.tasks
+    sig = tasks.fail.s("boom")
+    assert sig.on_error(tasks.on_error.s()) is sig
+    result = sig.delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"errback-{result.id}") == "ValueError"
+
+
+def test_signature_fields_can_be_set(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    sig = tasks.add.s(1, 1)
+    sig.args = (5, 5)
+    assert sig.args == (5, 5)
+    sig.kwargs = {}
+    sig.id = "set-id-" + uuid.uuid4().hex
+    assert sig.delay().get(timeout=TIMEOUT) == 10
+    assert sig.id.startswith("set-id-") and sig.freeze().id == sig.id
+
+    workflow = chain(tasks.add.s(1, 1))
+    workflow.tasks = [tasks.add.si(2, 2), tasks.add.s(3)]
+    assert workflow.delay().get(timeout=TIMEOUT) == 7
+    members = group(tasks.add.si(0, 0))
+    members.tasks = [tasks.add.si(1, 1), tasks.add.si(2, 2)]
+    assert members.delay().get(timeout=TIMEOUT) == [2, 4]
+    gathered = chord([tasks.add.si(0, 0)], tasks.echo.s())
+    gathered.tasks = [tasks.add.si(3, 3), tasks.add.si(4, 4)]
+    gathered.body = tasks.tsum.s()
+    assert gathered.delay().get(timeout=TIMEOUT) == 14
+
+
+def test_replace_hands_the_result_and_what_follows_to_the_replacement(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    # A task replaced by a task, a chain and a group: its own id reads the replacement's value.
+    assert tasks.replaced_by.delay(tasks.add.s(2, 3)).get(timeout=TIMEOUT) == 5
+    by_chain = chain(tasks.add.s(1, 1), tasks.add.s(10))
+    assert tasks.replaced_by.delay(by_chain).get(timeout=TIMEOUT) == 12
+    by_group = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    assert tasks.replaced_by.delay(by_group).get(timeout=TIMEOUT) == [2, 4]
+    # What followed the replaced task follows the replacement: the rest of its chain, its
+    # place in a chord's header.
+    later = chain(tasks.replaced_by.s(tasks.add.s(1, 2)), tasks.add.s(100))
+    assert later.delay().get(timeout=TIMEOUT) == 103
+    gathered = chord([tasks.replaced_by.s(tasks.add.s(1, 1)), tasks.add.s(5, 5)], tasks.tsum.s())
+    assert gathered.delay().get(timeout=TIMEOUT) == 12
+    # A failing replacement fails the replaced task's id with its error.
+    failing = tasks.replaced_by.delay(tasks.fail.s("replaced"))
+    with pytest.raises(ValueError):
+        failing.get(timeout=TIMEOUT)
+
+
+def test_request_counts_replacements_and_carries_limits_and_properties(kit: Kit) -> None:
+    tasks = kit.tasks
+    assert tasks.nesting.delay(2).get(timeout=TIMEOUT) == [0, 1, 2]
+    fields = tasks.request_fields.apply_async(time_limit=30, soft_time_limit=20, app_id="kit")
+    assert fields.get(timeout=TIMEOUT) == {
+        "time_limit": 30,
+        "soft_time_limit": 20,
+        "app_id": "kit",
+        "nesting": 0,
+    }
+    plain = tasks.request_fields.delay().get(timeout=TIMEOUT)
+    assert plain["time_limit"] is None and plain["soft_time_limit"] is None
+    assert tasks.declared_limits.delay().get(timeout=TIMEOUT) == [60, 45]
+
+
+def test_add_to_chord_makes_the_body_wait_for_the_added_tasks(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    gathered = chord([tasks.grow_chord.s([1, 2], 10), tasks.add.s(3, 3)], tasks.echo.s())
+    assert sorted(gathered.delay().get(timeout=TIMEOUT)) == [0, 6, 11, 12, 12]
+    outside = tasks.grow_chord.delay([1], 1)
+    with pytest.raises(ValueError, match="not member of any chord"):
+        outside.get(timeout=TIMEOUT)
+
+
+def test_freeze_fixes_a_canvas_ids_before_it_is_sent(kit: Kit) -> None:
+    from celery import chain, chord, group
+
+    tasks = kit.tasks
+    workflow = chain(tasks.add.s(1, 1), tasks.add.s(2))
+    frozen = workflow.freeze()
+    assert frozen.id == workflow.tasks[-1].id
+    assert workflow.delay().id == frozen.id and frozen.get(timeout=TIMEOUT) == 4
+    members = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
+    frozen_group = members.freeze()
+    assert [r.id for r in frozen_group.results] == [t.id for t in members.tasks]
+    assert members.delay().id == frozen_group.id
+    assert frozen_group.get(timeout=TIMEOUT) == [2, 4]
+    gathered = chord([tasks.add.s(1, 1)], tasks.echo.s())
+    frozen_chord = gathered.freeze()
+    assert frozen_chord.id == gathered.body.id
+    assert gathered.delay().get(timeout=TIMEOUT) == [2]
+
+
+def test_a_result_says_when_its_call_ignores_the_result(kit: Kit) -> None:
+    add = kit.tasks.add
+    assert add.apply_async((1, 2), ignore_result=True).ignored is True
+    kept = add.delay(1, 2)
+    assert kept.ignored is False
+    assert kept.get(timeout=TIMEOUT) == 3

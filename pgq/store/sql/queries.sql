@@ -1162,3 +1162,27 @@ WHERE pgq.tasks.name = 'celery.group';
 -- name: restore_group
 -- (read) The member ids of a saved group.
 SELECT result::text FROM pgq.tasks WHERE id = %(id)s AND name = 'celery.group';
+
+-- name: mark_replaced
+-- STARTED -> STARTED, replaced: Task.replace hands a running task's place to its replacement.
+-- Its chord marks leave its options (its own end must not count for, or fail, the chord: the
+-- replacement's last step counts instead) and its result says it was replaced, so get() on it
+-- keeps waiting until the replacement's outcome is stored there.
+UPDATE pgq.tasks
+SET state = 'STARTED', result = %(result)s::jsonb,
+    options = options - 'chord' - 'chord_link_error'
+WHERE id = %(id)s AND finished_at IS NULL;
+
+-- name: add_to_chord
+-- A held chord body gains a header task (Task.add_to_chord): one more completion to wait for,
+-- and the new task's id after the others, so its result comes last in the body's argument.
+-- Run by a header task that has not finished, so the body cannot fire before it; the row
+-- lock orders it with the header tasks finishing meanwhile. Returns the body's id (no row:
+-- the body is not waiting any more).
+UPDATE pgq.tasks
+SET options = jsonb_set(
+        jsonb_set(options, '{chord_remaining}',
+                  to_jsonb((options->>'chord_remaining')::int + 1)),
+        '{chord_header}', COALESCE(options->'chord_header', '[]'::jsonb) || to_jsonb(%(task_id)s::text))
+WHERE id = %(id)s AND finished_at IS NULL AND jsonb_typeof(options->'chord_remaining') = 'number'
+RETURNING id;

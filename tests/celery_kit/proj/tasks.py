@@ -302,6 +302,50 @@ def badly_limited():
     return "never sent"
 
 
+@shared_task(bind=True)
+def replaced_by(self, sig):
+    """Replace this task by ``sig`` (a signature in its dict form), as Celery's docs do."""
+    from celery import signature
+
+    raise self.replace(signature(sig))
+
+
+@shared_task(bind=True)
+def nesting(self, replacements, seen=None):
+    """Record request.replaced_task_nesting across successive replacements."""
+    seen = [*(seen or []), self.request.replaced_task_nesting]
+    if replacements:
+        return self.replace(nesting.s(replacements - 1, seen))
+    return seen
+
+
+@shared_task(bind=True)
+def request_fields(self):
+    request = self.request
+    return {
+        "time_limit": request.time_limit,
+        "soft_time_limit": request.soft_time_limit,
+        "app_id": (request.properties or {}).get("app_id"),
+        "nesting": request.replaced_task_nesting,
+    }
+
+
+@shared_task(bind=True, time_limit=60, soft_time_limit=45)
+def declared_limits(self):
+    return [self.request.time_limit, self.request.soft_time_limit]
+
+
+@shared_task(bind=True)
+def grow_chord(self, nums, val):
+    """A chord header task that adds tasks (and a chain) to its own chord."""
+    from celery import chain
+
+    for num in nums:
+        self.add_to_chord(add.s(num, val))
+    self.add_to_chord(chain(add.s(1, 1), add.s(val)))
+    return 0
+
+
 # -- tests/celery_kit/test_kit_signals.py: what the worker's signals carried -------------------
 from celery.signals import task_prerun, task_received, task_unknown  # noqa: E402
 
