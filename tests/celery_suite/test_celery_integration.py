@@ -36,7 +36,19 @@ import pytest
 
 from celery_suite.suite_exclusions import EXCLUDED, KNOWN_FAILING
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(3600)]
+# Opt-in: on this 2-core machine pgq's run of the six files takes about 40 minutes (Celery's
+# chord error-callback tests wait out their timeouts) and Celery's control about 21, more than
+# the whole suite's budget; `.ci/run` leaves it out until that fits and its test_canvas baseline
+# is recorded. CELERY_SUITE=1 runs it.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.e2e,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(
+        os.environ.get("CELERY_SUITE") != "1",
+        reason="Celery 5.7's integration suite runs about an hour here: CELERY_SUITE=1 runs it",
+    ),
+]
 
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "_shim"
