@@ -205,7 +205,19 @@ class Signature(dict):
 
     @property
     def app(self) -> Any:
-        return self._app if self._app is not None else get_current_app()
+        """The app given, else (a chain, group or chord, as in Celery) the app of its first step
+        that has one (a chord's body first), else the current app."""
+        if self._app is not None:
+            return self._app
+        for step in self._steps():
+            found = getattr(step, "_app", None)
+            if found is not None:
+                return found
+        return get_current_app()
+
+    def _steps(self) -> list[Any]:
+        """The signatures a composite signature is made of, where its app is looked for."""
+        return []
 
     @property
     def type(self) -> Any:
@@ -380,6 +392,9 @@ def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
 class _chain(Signature):  # noqa: N801 - Celery's spelling
     """Tasks run one after the other, each getting the previous one's result first."""
 
+    def _steps(self) -> list[Any]:
+        return list(self.tasks)
+
     def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
         steps = _flatten(tasks)
         super().__init__("celery.chain", (), {"tasks": steps}, options, app=app)
@@ -438,6 +453,9 @@ chain = _chain
 
 class group(Signature):  # noqa: N801 - Celery's spelling
     """Tasks sent together; the result is a ``GroupResult`` of theirs."""
+
+    def _steps(self) -> list[Any]:
+        return list(self.tasks)
 
     def __init__(self, *tasks: Any, app: Any = None, **options: Any) -> None:
         steps = _flatten(tasks)
@@ -507,6 +525,9 @@ class group(Signature):  # noqa: N801 - Celery's spelling
 
 class chord(Signature):  # noqa: N801 - Celery's spelling
     """A group whose results, as a list, are passed to a callback when all are done."""
+
+    def _steps(self) -> list[Any]:
+        return [self.body, *self.tasks]
 
     def __init__(self, header: Any, body: Any = None, app: Any = None, **options: Any) -> None:
         steps = _flatten((header,)) if not isinstance(header, group) else header.tasks

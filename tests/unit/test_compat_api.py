@@ -559,3 +559,23 @@ def test_a_canvas_from_its_json_form_is_the_same_canvas_type(app: Any) -> None:
             assert json.loads(json.dumps(rebuilt)) == plain
     rebuilt = signature(json.loads(json.dumps(chain(plus.s(1, 1), plus.s(2)))), app=app)
     assert rebuilt.apply().get() == 4
+
+
+def test_a_canvas_uses_the_app_of_its_steps_not_the_current_one() -> None:
+    """As in Celery: a chain, group or chord built from one app's signatures sends through that
+    app even when another app has become the current one since (its database may be gone)."""
+    from pgq.compat import Celery, chain, chord, group
+
+    ours = Celery("ours", set_as_current=False)
+    theirs = Celery("theirs")
+    theirs.set_current()
+
+    @ours.task(name="ours.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert chain(add.s(1, 2), add.s(3)).app is ours
+    assert group(add.s(1, 2), add.s(3, 4)).app is ours
+    assert chord([add.s(1, 2)], add.s(5)).app is ours
+    assert chain(add.s(1, 2), app=theirs).app is theirs  # an app given wins
+    assert chain().app is theirs  # nothing to look at: the current app
