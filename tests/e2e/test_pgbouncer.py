@@ -303,9 +303,10 @@ def test_worker_beat_producer_and_get_through_pgbouncer_in_transaction_mode(
         return row is not None and row[0] >= 3
 
     wait_for(beat_ran, 30, 0.1, "three beat runs to succeed")
-    # With a direct URL the parent and both slots LISTEN there (nothing LISTENs through the
-    # pooler), and so does this process's completion listener for get() until it has been
-    # idle a while; without one nothing LISTENs at all.
+    # With a direct URL the parent, both slots and the leading beat (it hears entries changed at
+    # run time) LISTEN there (nothing LISTENs through the pooler), and so does this process's
+    # completion listener for get() until it has been idle a while; without one nothing
+    # LISTENs at all.
     listening = dict(
         conn.execute(
             "SELECT query, count(*) FROM pg_stat_activity"
@@ -314,7 +315,7 @@ def test_worker_beat_producer_and_get_through_pgbouncer_in_transaction_mode(
     )
     if listen == "direct":
         assert listening.pop("LISTEN pgq_done", 0) <= 1
-        assert listening == {"LISTEN pgq_control": 1, "LISTEN pgq_tasks": 2}
+        assert listening == {"LISTEN pgq_control": 1, "LISTEN pgq_tasks": 2, "LISTEN pgq_beat": 1}
     else:
         assert listening == {}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import wait_for
+from harness import wait_for, with_param
 
 import pgq
 from pgq.errors import InvalidOption
@@ -277,9 +277,8 @@ def test_a_leader_that_cannot_listen_reads_the_table_every_second(
     db_url: str, tmp_path: Path
 ) -> None:
     # Behind a transaction-mode pooler without a listen URL nothing can LISTEN.
-    app = pgq.App(
-        "papp", database_url=db_url + "?pgq_pooler=transaction", settings=Settings(home=tmp_path)
-    )
+    pooled = with_param(db_url, "pgq_pooler", "transaction")
+    app = pgq.App("papp", database_url=pooled, settings=Settings(home=tmp_path))
     app.add_periodic_task(3600, "papp.work", args=("x",), name="hourly")
     beat = Beat(app, app.periodic_entries(), BeatSettings(scheduler="papp"), holder="pooled")
     try:

@@ -40,6 +40,14 @@ def wait_for(
         time.sleep(interval)
 
 
+def with_param(url: str, key: str, value: str) -> str:
+    """The same URL with one more query parameter (the embedded server's URLs already carry
+    ``?host=``: appending ``?key=value`` by hand would make an invalid URI)."""
+    parts = urlsplit(url)
+    query = f"{parts.query}&{key}={value}" if parts.query else f"{key}={value}"
+    return urlunsplit(parts._replace(query=query))
+
+
 def with_dbname(url: str, dbname: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
