@@ -351,9 +351,10 @@ class Worker:
         self._forget_listen_fd()
         self._listen_fd = self.store.listen_fileno()
         self._selector.register(self._listen_fd, selectors.EVENT_READ, "listen")
-        self._register()
-        # The breaker limits of the tasks this worker runs (their states stay as they are).
+        # The breaker limits of the tasks this worker runs (their states stay as they are),
+        # written before the worker shows as registered: a registered worker's breakers exist.
         FlowControl(self.app).sync(self.app.tasks.values())
+        self._register()
         # Renew at once: the leases of running tasks may have run low while we were away.
         self.store.renew_leases(self.pool.worker_ids(), self.settings.lease_seconds)
         if first:
