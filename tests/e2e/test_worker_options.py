@@ -265,10 +265,11 @@ def test_pool_metrics_count_processes_and_replacements(app: Any, start: Any) -> 
 
     assert wait_for(scrape, what="the metrics endpoint")["pgq_worker_pool_processes"] == 2
     results(app, "pid", 8)  # each process is replaced after its second task
-    samples = wait_for(
-        lambda: (m := scrape())["pgq_worker_pool_processes_replaced_total"] >= 3 and m,
-        what="replacements counted",
+    # a recycled process has left before its replacement starts: wait for both counts
+    wait_for(
+        lambda: (m := scrape())["pgq_worker_pool_processes_replaced_total"] >= 3
+        and m["pgq_worker_pool_processes"] == 2,
+        what="replacements counted and the pool back at two processes",
     )
-    assert samples["pgq_worker_pool_processes"] == 2
     app.control.pool_grow(1, reply=True)
-    assert scrape()["pgq_worker_pool_processes"] == 3
+    wait_for(lambda: scrape()["pgq_worker_pool_processes"] == 3, what="the grown pool")
