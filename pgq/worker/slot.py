@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pgq import hooks
 from pgq.context import Request
 from pgq.errors import NotRegistered, OperationalError, TaskRevokedError
+from pgq.flow import breaker_limits
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import loads
@@ -105,6 +106,9 @@ class Slot(Outbox):
         self.current = current
         self.hard_limits = hard_limits
         self._rate_limits = RateLimiter(self.store, app.tasks)
+        self.store.runs_breakers = any(
+            breaker_limits(task, settings) for task in app.tasks.values()
+        )
         self._batch = 1
         self._stopping = False
         self._parent_gone = False
@@ -242,6 +246,7 @@ class Slot(Outbox):
             if ready is self.conn:
                 self._read_control()
         self._news()  # drop what woke us: the next claim sees it
+        self.store.look_again()  # a breaker opened while this slot slept holds at once
 
     def _news(self) -> bool:
         """Whether notifications arrived for this slot's queues (draining them)."""
