@@ -1249,8 +1249,15 @@ def test_prune_caps_one_pass(qapp: pgq.App, conn: Conn, clean: None, w1: WorkerS
     old = [enqueue(qapp) for _ in range(5)]
     finish_all(w1, old)
     age_finished(conn, old, "1 day")
-    assert Prune(w1, PruneSettings(result_expires=60, batch=2, max_batches=1)).run_once() == 2
+    prune = Prune(w1, PruneSettings(interval=60, result_expires=60, batch=2, max_batches=1))
+    prune.next_run = 1e12  # as tick() leaves it: a whole interval ahead
+    assert prune.run_once() == 2
     assert count_tasks(conn) == 3
+    # The pass hit its cap: the next comes after `catch_up` (1 s), not a whole interval.
+    assert prune.next_run <= time.monotonic() + 1.0
+    assert prune.run_once() == 2 and prune.run_once() == 1
+    prune.next_run = 1e12
+    assert prune.run_once() == 0 and prune.next_run == 1e12  # nothing left: the interval holds
 
 
 def test_prune_with_zero_expiry_deletes_every_finished_row(
