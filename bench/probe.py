@@ -111,10 +111,10 @@ class Probe:
                 return
             lines = (partial + data).split(b"\n")
             partial = lines.pop()
-            raw = self._raw
-            raw.extend(line for line in lines if line)
-            if len(raw) >= self._want:
-                with self._changed:
+            with self._changed:  # take() swaps the list under this lock
+                raw = self._raw
+                raw.extend(line for line in lines if line)
+                if len(raw) >= self._want:
                     self._changed.notify_all()
             # Let lines gather: one read per few milliseconds, not one wake-up per report.
             time.sleep(READ_PAUSE)
@@ -129,14 +129,14 @@ class Probe:
         return len(self._raw)
 
     def reports(self) -> list[Report]:
-        items = []
-        for data in list(self._raw):
-            try:
-                sent, ran, pid = data.split()
-                items.append(Report(float(sent), float(ran), int(pid)))
-            except ValueError:
-                continue
-        return items
+        return _parse(list(self._raw))
+
+    def take(self) -> list[Report]:
+        """The reports received since the last ``take`` or ``reset``, which forgets them (a
+        long run reads its reports as they come instead of keeping them all)."""
+        with self._changed:
+            raw, self._raw = self._raw, []
+        return _parse(raw)
 
     def wait_for(
         self, count: int, timeout: float, *, alive: Callable[[], bool] | None = None
@@ -186,3 +186,14 @@ class Probe:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
             os.rmdir(self._dir)
+
+
+def _parse(lines: list[bytes]) -> list[Report]:
+    items = []
+    for data in lines:
+        try:
+            sent, ran, pid = data.split()
+            items.append(Report(float(sent), float(ran), int(pid)))
+        except ValueError:
+            continue
+    return items
