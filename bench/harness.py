@@ -64,7 +64,8 @@ class Results:
 
 def plan(sizes: Sizes) -> list[tuple[str, int | None]]:
     """The measures of one trial, in order: (name, parameter)."""
-    steps: list[tuple[str, int | None]] = [("enqueue_single", None), ("enqueue_batch", None)]
+    steps: list[tuple[str, int | None]] = [("enqueue_single", None), ("enqueue_producers", None)]
+    steps += [("enqueue_batch", None)]
     steps += [("drain", c) for c in sizes.concurrencies]
     steps += [("drain_default", None)]
     steps += [("latency", None), ("drain_sleep", None), ("bloat", None)]

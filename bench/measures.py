@@ -93,6 +93,32 @@ def enqueue_single(
     return Outcome(values={"enqueue_single": float(rate)})
 
 
+# Producer processes calling delay() at once in enqueue_producers (issue 23: 8).
+PRODUCERS = 8
+
+
+def enqueue_producers(
+    system: System, _param: int | None, sizes: Sizes, ctx: MeasureContext
+) -> Outcome:
+    """``PRODUCERS`` client processes each enqueue one call at a time, started together; the
+    aggregate is the sum of their rates. Each times its own calls (as ``enqueue_single``), so
+    their windows overlap to within their start-up (a fraction of ``enqueue_seconds``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.systems import Outcome
+
+    system.reset()
+
+    def one(_: int) -> float:
+        return float(
+            system.client("enqueue_single", n=sizes.enqueue_single, seconds=sizes.enqueue_seconds)
+        )
+
+    with ThreadPoolExecutor(PRODUCERS) as pool:
+        rates = list(pool.map(one, range(PRODUCERS)))
+    return Outcome(values={"enqueue_producers": sum(rates)})
+
+
 def enqueue_batch(system: System, _param: int | None, sizes: Sizes, ctx: MeasureContext) -> Outcome:
     from bench.systems import Outcome
 
@@ -271,6 +297,7 @@ Measure = Callable[["System", "int | None", Sizes, MeasureContext], "Outcome"]
 
 GENERIC: dict[str, Measure] = {
     "enqueue_single": enqueue_single,
+    "enqueue_producers": enqueue_producers,
     "enqueue_batch": enqueue_batch,
     "drain": drain_noop,
     "latency": latency,

@@ -78,7 +78,8 @@ def markdown(results: Results) -> str:
     add("## Throughput (tasks/s; raw SQL: rows/s)")
     add("")
     drain_heads = [f"drain -c {c}" for c in concurrencies]
-    heads = ["system", "`delay()` one by one", "batch enqueue", *drain_heads]
+    heads = ["system", "`delay()` one by one", "`delay()`, 8 producers", "batch enqueue"]
+    heads += drain_heads
     heads.append(f"10 ms tasks, -c {sizes['sleep_concurrency']}")
     with_default = any(v.get("drain_default") for v in values.values())
     if with_default:
@@ -94,6 +95,7 @@ def markdown(results: Results) -> str:
         row = [
             system["title"],
             cell(v.get("enqueue_single"), error=has_error(key, "enqueue_single")),
+            cell(v.get("enqueue_producers"), error=has_error(key, "enqueue_producers")),
             cell(v.get("enqueue_batch"), error=has_error(key, "enqueue_batch")),
         ]
         row += [cell(v.get(f"drain_c{c}"), error=has_error(key, "drain", c)) for c in concurrencies]
@@ -103,7 +105,8 @@ def markdown(results: Results) -> str:
         add("| " + " | ".join(row) + " |")
     add("")
     add(
-        f"Enqueue: up to {sizes['enqueue_single']:,} calls from one process, or "
+        f"Enqueue: up to {sizes['enqueue_single']:,} calls from one process (8 producers: "
+        f"as many from each of 8 processes started together, their rates summed), or "
         f"{sizes['enqueue_seconds']:g} s; batches of {sizes['batch_size']:,} (pgq `send_many`, "
         f"procrastinate `batch_defer_async`, pgqueuer `enqueue` with lists, Celery "
         f"`group().apply_async()`, which still sends one message per task), up to "
@@ -317,6 +320,19 @@ def target_rows(values: Values, sizes: dict[str, Any]) -> list[tuple[str, str, s
         median(pgq.get("enqueue_single")),
         median(values.get("celery-redis-prefork", {}).get("enqueue_single")),
         1.5,
+    )
+    producers = median(pgq.get("enqueue_producers"))
+    ratio(
+        "8 producers' `delay()` ≥ 1.5x Celery+Redis's with 8 producers",
+        producers,
+        median(values.get("celery-redis-prefork", {}).get("enqueue_producers")),
+        1.5,
+    )
+    ratio(
+        "8 producers' `delay()` ≥ pgq's single-producer rate",
+        producers,
+        median(pgq.get("enqueue_single")),
+        1.0,
     )
     batch = median(pgq.get("enqueue_batch"))
     ratio("batch enqueue ≥ 3x pgqueuer's", batch, _best(values, "pgqueuer", "enqueue_batch"), 3.0)

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 # Measures every queue system takes part in; adapters add or drop some (see ``measures``).
-GENERIC_MEASURES = frozenset({"enqueue_single", "enqueue_batch", "drain", "latency", "drain_sleep"})
+GENERIC_MEASURES = frozenset(
+    {"enqueue_single", "enqueue_producers", "enqueue_batch", "drain", "latency", "drain_sleep"}
+)
 
 CLIENT_MARK = "BENCH_RESULT "
 
