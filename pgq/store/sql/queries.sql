@@ -104,6 +104,12 @@ SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
 FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
 LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 
+-- name: dag_parent_results
+-- (read) A DAG workflow node's dependencies' results, as one JSON object {node name: result}.
+SELECT coalesce(jsonb_object_agg(p.node, t.result), '{}'::jsonb)::text
+FROM jsonb_each_text(%(parents)s::jsonb) AS p(node, id)
+LEFT JOIN pgq.tasks AS t ON t.id = p.id;
+
 -- name: finish_and_claim
 -- The worker's turn, one statement and one commit:
 -- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED for the outcomes of tasks this worker still holds
@@ -138,7 +144,8 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- breakers this turn moved, as a JSON array of [name, old state, new state] (NULL: none), and
 -- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues
 -- (asked when %(probe)s or when the claim came back short; NULL when not asked).
-WITH outcomes AS MATERIALIZED (
+-- DAG workflows (pgq/dag.py): see the dag_failed, dag_doomed, dag_counts and dag_nodes steps.
+WITH RECURSIVE outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), done AS (
@@ -150,7 +157,8 @@ WITH outcomes AS MATERIALIZED (
     FROM outcomes AS u
     WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
       AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord
+    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord,
+              t.options->'dag' AS dag
 ), members AS (
     SELECT chord AS body_id,
            count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
@@ -186,13 +194,85 @@ WITH outcomes AS MATERIALIZED (
                     AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
                THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
+), dag_failed AS (
+    -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
+    -- node name and `children` (the ids of the nodes that depend on it); a node with
+    -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now that
+    -- ended other than SUCCESS or RETRY, with their workflow's policy.
+    SELECT d.id, d.dag->>'node' AS node, d.state, d.result->>'exc_type' AS exc_type,
+           d.dag->'children' AS children, w.on_failure, w.nodes
+    FROM done AS d JOIN pgq.workflows AS w ON w.id = d.dag->>'workflow'
+    WHERE d.dag IS NOT NULL AND d.state NOT IN ('SUCCESS', 'RETRY')
+), dag_doomed(id, cause) AS (
+    -- The nodes that will never run because of them: fail_fast, every node of the workflow
+    -- (only those not started yet are changed, in dag_nodes); continue, the failed node's
+    -- descendants (its children, theirs, ...). `cause` says which node and how it ended.
+    SELECT n.value->>'id', format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                                  ': ' || f.exc_type)
+    FROM dag_failed AS f CROSS JOIN LATERAL jsonb_each(f.nodes) AS n
+    WHERE f.on_failure = 'fail_fast'
+    UNION
+    SELECT c.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                        ': ' || f.exc_type)
+    FROM dag_failed AS f CROSS JOIN LATERAL jsonb_array_elements_text(f.children) AS c(id)
+    WHERE f.on_failure = 'continue' AND jsonb_typeof(f.children) = 'array'
+    UNION
+    SELECT c.id, d.cause
+    FROM dag_doomed AS d JOIN pgq.tasks AS t ON t.id = d.id
+    CROSS JOIN LATERAL jsonb_array_elements_text(t.options->'dag'->'children') AS c(id)
+    WHERE jsonb_typeof(t.options->'dag'->'children') = 'array'
+), dag_counts AS (
+    -- How many of each dependent's dependencies succeeded in this statement.
+    SELECT c.id, count(*) AS succeeded
+    FROM done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
+    GROUP BY c.id
+), dag_nodes AS (
+    -- Held nodes counted down, and released (due now) when nothing is left to wait for; doomed
+    -- nodes not started yet end FAILURE (DependencyFailed) with the cause. Only a row a worker
+    -- still held reaches `done` (its lease set, its worker this one), so a node's success is
+    -- counted once however often it ran: a rerun after a rescue records under another lease.
+    -- Concurrent finishers of one node's dependencies queue on its row lock and re-read the
+    -- newest count (as for a chord body), so a node is released exactly once.
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN m.cause IS NOT NULL THEN 'FAILURE' ELSE t.state END,
+        finished_at = CASE WHEN m.cause IS NOT NULL THEN now() END,
+        result = CASE WHEN m.cause IS NOT NULL
+                      THEN jsonb_build_object('exc_type', 'DependencyFailed',
+                                              'exc_module', 'pgq.errors',
+                                              'exc_message', jsonb_build_array(m.cause))
+                      ELSE t.result END,
+        options = CASE WHEN m.cause IS NOT NULL THEN t.options
+                       ELSE jsonb_set(t.options, '{dag,remaining}',
+                                      to_jsonb((t.options->'dag'->>'remaining')::int
+                                               - m.succeeded)) END,
+        run_at = CASE WHEN m.cause IS NULL
+                       AND (t.options->'dag'->>'remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE t.run_at END
+    FROM (SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
+          FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
+          FULL JOIN dag_counts AS k ON k.id = x.id) AS m
+    WHERE t.id = m.id AND t.state = 'PENDING' AND t.finished_at IS NULL
+      AND t.lease_expires_at IS NULL AND t.options ? 'dag'
+      AND (m.cause IS NOT NULL
+           -- Only a count pgq could have written (see chords).
+           OR CASE WHEN jsonb_typeof(t.options->'dag'->'remaining') = 'number'
+                        AND t.options->'dag'->>'remaining' ~ '^[0-9]{1,9}$'
+                   THEN (t.options->'dag'->>'remaining')::int > 0 ELSE false END)
+    RETURNING t.id, t.queue, t.state = 'FAILURE' AS doomed, t.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
            CASE WHEN count(*) > 0 THEN pg_notify(
                'pgq_done',
                CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
-           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255)))
+            FROM dag_nodes WHERE due AND NOT doomed) AS released,
+           -- Waiters on doomed nodes re-read (an empty payload wakes every waiter).
+           (SELECT count(pg_notify('pgq_done', ''))
+            FROM (SELECT 1 FROM dag_nodes WHERE doomed LIMIT 1) AS any_doomed) AS doomed
     FROM done
 ), locked AS MATERIALIZED (
     -- The breakers of the names done holds, locked and read at their newest version (FOR
