@@ -162,20 +162,20 @@ class Workflow:
             pending: list[Iterator[str]] = [iter(self.nodes[start].after)]
             state[start] = 1
             while path:
-                dep = next(pending[-1], None)
-                if dep is None:
+                step = next(pending[-1], None)
+                if step is None:
                     finished = path.pop()
                     pending.pop()
                     state[finished] = 2
                     done.append(finished)
                     continue
-                if state.get(dep) == 1:
-                    loop = path[path.index(dep) :] + [dep]
+                if state.get(step) == 1:
+                    loop = path[path.index(step) :] + [step]
                     raise InvalidWorkflow("cycle: " + " -> ".join(reversed(loop)))
-                if state.get(dep) != 2:
-                    state[dep] = 1
-                    path.append(dep)
-                    pending.append(iter(self.nodes[dep].after))
+                if state.get(step) != 2:
+                    state[step] = 1
+                    path.append(step)
+                    pending.append(iter(self.nodes[step].after))
         return done
 
     def _app(self, app: App | None) -> App:

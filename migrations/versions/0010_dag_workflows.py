@@ -14,6 +14,8 @@ metadata) and hand-checked. A new, empty table and a view: instant both ways.
   still running). No column is added to ``pgq.tasks``: the claim statement and its index are
   unchanged, and a node waiting on its dependencies is held exactly as a chord body is
   (``run_at`` in the year 9999).
+- ``pgq.workflow_doomed(failed, workflow)``: the nodes a failed node dooms under its
+  workflow's policy (see WORKFLOW_DOOMED).
 - ``pgq.workflow_nodes``: each node of each workflow with its task's state and times, for
   ``pgq inspect workflow``, the dashboard and SQL users.
 """
@@ -43,6 +45,40 @@ CROSS JOIN LATERAL jsonb_each(w.nodes) AS n
 LEFT JOIN pgq.tasks AS t ON t.id = n.value->>'id'
 """
 
+# The nodes a failed node dooms (finish_and_claim's dag_doomed step calls it for each node that
+# ended other than SUCCESS or RETRY): fail_fast, every node of its workflow; continue, its
+# descendants (children, theirs, ...; each read by primary key). A function, not a recursive
+# step of finish_and_claim: the planner guessed thousands of rows for an empty recursion and
+# priced the worker's statement past jit_above_cost on every turn; a PL/pgSQL function is
+# planned with its declared ROWS and runs only when a node failed.
+WORKFLOW_DOOMED = """
+CREATE FUNCTION pgq.workflow_doomed(failed text, workflow text) RETURNS SETOF text
+LANGUAGE plpgsql STABLE ROWS 10 AS $$
+BEGIN
+    IF (SELECT w.on_failure FROM pgq.workflows AS w WHERE w.id = workflow) = 'fail_fast' THEN
+        RETURN QUERY
+        SELECT n.value->>'id' FROM pgq.workflows AS w CROSS JOIN LATERAL jsonb_each(w.nodes) AS n
+        WHERE w.id = workflow;
+    ELSE
+        RETURN QUERY
+        WITH RECURSIVE below(id) AS (
+            SELECT c.id FROM pgq.tasks AS t
+            CROSS JOIN LATERAL jsonb_array_elements_text(
+                CASE WHEN jsonb_typeof(t.options->'dag'->'children') = 'array'
+                     THEN t.options->'dag'->'children' ELSE '[]'::jsonb END) AS c(id)
+            WHERE t.id = failed
+            UNION
+            SELECT c.id FROM below AS b JOIN pgq.tasks AS t ON t.id = b.id
+            CROSS JOIN LATERAL jsonb_array_elements_text(
+                CASE WHEN jsonb_typeof(t.options->'dag'->'children') = 'array'
+                     THEN t.options->'dag'->'children' ELSE '[]'::jsonb END) AS c(id)
+        )
+        SELECT below.id FROM below;
+    END IF;
+END
+$$
+"""
+
 
 def upgrade() -> None:
     op.create_table(
@@ -66,8 +102,10 @@ def upgrade() -> None:
         schema="pgq",
     )
     op.execute(WORKFLOW_NODES)
+    op.execute(WORKFLOW_DOOMED)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION pgq.workflow_doomed(text, text)")
     op.execute("DROP VIEW pgq.workflow_nodes")
     op.drop_table("workflows", schema="pgq")

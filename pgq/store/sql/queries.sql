@@ -145,7 +145,7 @@ LEFT JOIN pgq.tasks AS t ON t.id = p.id;
 -- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues
 -- (asked when %(probe)s or when the claim came back short; NULL when not asked).
 -- DAG workflows (pgq/dag.py): see the dag_failed, dag_doomed, dag_counts and dag_nodes steps.
-WITH RECURSIVE outcomes AS MATERIALIZED (
+WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), done AS (
@@ -199,35 +199,30 @@ WITH RECURSIVE outcomes AS MATERIALIZED (
     -- node name and `children` (the ids of the nodes that depend on it); a node with
     -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
     -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now that
-    -- ended other than SUCCESS or RETRY, with their workflow's policy.
-    SELECT d.id, d.dag->>'node' AS node, d.state, d.result->>'exc_type' AS exc_type,
-           d.dag->'children' AS children, w.on_failure, w.nodes
-    FROM done AS d JOIN pgq.workflows AS w ON w.id = d.dag->>'workflow'
+    -- ended other than SUCCESS or RETRY.
+    SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
+           d.result->>'exc_type' AS exc_type
+    FROM done AS d
     WHERE d.dag IS NOT NULL AND d.state NOT IN ('SUCCESS', 'RETRY')
-), dag_doomed(id, cause) AS (
-    -- The nodes that will never run because of them: fail_fast, every node of the workflow
-    -- (only those not started yet are changed, in dag_nodes); continue, the failed node's
-    -- descendants (its children, theirs, ...). `cause` says which node and how it ended.
-    SELECT n.value->>'id', format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
-                                  ': ' || f.exc_type)
-    FROM dag_failed AS f CROSS JOIN LATERAL jsonb_each(f.nodes) AS n
-    WHERE f.on_failure = 'fail_fast'
-    UNION
-    SELECT c.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
-                        ': ' || f.exc_type)
-    FROM dag_failed AS f CROSS JOIN LATERAL jsonb_array_elements_text(f.children) AS c(id)
-    WHERE f.on_failure = 'continue' AND jsonb_typeof(f.children) = 'array'
-    UNION
-    SELECT c.id, d.cause
-    FROM dag_doomed AS d JOIN pgq.tasks AS t ON t.id = d.id
-    CROSS JOIN LATERAL jsonb_array_elements_text(t.options->'dag'->'children') AS c(id)
-    WHERE jsonb_typeof(t.options->'dag'->'children') = 'array'
+), dag_doomed AS (
+    -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
+    -- fail_fast, every node of the workflow (only those not started yet are changed, in
+    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                        ': ' || f.exc_type) AS cause
+    FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
 ), dag_counts AS (
     -- How many of each dependent's dependencies succeeded in this statement.
     SELECT c.id, count(*) AS succeeded
     FROM done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
     WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
     GROUP BY c.id
+), dag_moves AS MATERIALIZED (
+    -- Per node to change: the cause that dooms it (one, if several failed nodes doom it), or
+    -- how many of its dependencies succeeded now.
+    SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
+    FULL JOIN dag_counts AS k ON k.id = x.id
 ), dag_nodes AS (
     -- Held nodes counted down, and released (due now) when nothing is left to wait for; doomed
     -- nodes not started yet end FAILURE (DependencyFailed) with the cause. Only a row a worker
@@ -250,10 +245,10 @@ WITH RECURSIVE outcomes AS MATERIALIZED (
         run_at = CASE WHEN m.cause IS NULL
                        AND (t.options->'dag'->>'remaining')::int - m.succeeded <= 0
                       THEN now() ELSE t.run_at END
-    FROM (SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
-          FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
-          FULL JOIN dag_counts AS k ON k.id = x.id) AS m
-    WHERE t.id = m.id AND t.state = 'PENDING' AND t.finished_at IS NULL
+    FROM dag_moves AS m
+    -- By their ids through the primary key, as `claimed` does.
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL
       AND t.lease_expires_at IS NULL AND t.options ? 'dag'
       AND (m.cause IS NOT NULL
            -- Only a count pgq could have written (see chords).
