@@ -305,3 +305,25 @@ def test_inspect_workflow_cli(app, conn, empty, start_worker, db_url):
     )
     assert missing.returncode == 1
     assert missing.stderr.strip() == "Error: no workflow with id nope"
+
+
+def test_a_node_that_keeps_killing_its_worker_fails_its_dependents(
+    app, conn, empty, db_url, start_worker
+):
+    """A node that ends FAILURE (WorkerLostError) through the rescue, not through an outcome a
+    worker records, still applies the policy: its dependents do not wait forever."""
+    start_worker("-c", "1", env=worker_env(db_url, PGQ_MAX_RESCUES="1"))
+    result = dag(
+        {
+            "boom": signature("e2e_tasks.suicide"),
+            "after": (node("after"), ["boom"]),
+            "other": node("other"),
+        },
+        on_failure="continue",
+        app=app,
+    ).apply_async()
+    outcome = result.get(timeout=90, propagate=False)
+    states = result.states()
+    assert states == {"boom": "FAILURE", "after": "FAILURE", "other": "SUCCESS"}
+    assert "WorkerLostError" in str(outcome["after"])
+    assert "start:after" not in effects(conn)

@@ -602,7 +602,25 @@ WITH back AS (
         started_at = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN t.started_at END,
         lease_expires_at = NULL
     WHERE t.id = ANY(%(ids)s::text[]) AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.queue, t.state
+    RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
@@ -668,7 +686,25 @@ WITH orphans AS (
         lease_expires_at = NULL
     FROM lost
     WHERE t.id = lost.id
-    RETURNING t.id, t.queue, t.state
+    RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM rescued AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
 
@@ -703,7 +739,25 @@ WITH back AS (
                           THEN t.started_at END,
         lease_expires_at = NULL
     WHERE t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.queue, t.state
+    RETURNING t.id, t.name, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
