@@ -399,14 +399,11 @@ class Dashboard:
     def dag_of(self, task: dict[str, Any]) -> dict[str, Any] | None:
         """The DAG workflow (pgq.Workflow) a task is a node of: its id, name, policy and every
         node with its dependencies and state; None for a task of no DAG workflow."""
-        info = (
-            (task.get("options") or {}).get("dag")
-            if isinstance(task.get("options"), dict)
-            else None
-        )
-        workflow_id = info.get("workflow") if isinstance(info, dict) else None
-        if not isinstance(workflow_id, str):
+        options = task.get("options")
+        info = options.get("dag") if isinstance(options, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("workflow"), str):
             return None
+        workflow_id = info["workflow"]
         dags = DagStore(self.app.db)
         found = dags.read_workflow(workflow_id)
         if found is None:
