@@ -373,8 +373,6 @@ class WorkflowResult:
             running = not row["revoked"] and row["unfinished"]
             if running and self.store.revoke(row["id"], terminate=terminate, result=result):
                 revoked.append(row["id"])
-        if revoked:
-            self.app.store._run("notify", {"channel": "pgq_done", "payload": ""})
         return revoked
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
 from pgq.errors import InvalidWorkflow
@@ -17,7 +18,7 @@ from pgq.hooks import provided_connection
 from pgq.store._copy import insert_params
 from pgq.store.database import translate_errors
 from pgq.store.producer import Store, _cursor
-from pgq.store.records import NewTask
+from pgq.store.records import DONE_CHANNEL, NewTask
 from pgq.store.sql import named_statements, query
 
 __all__ = ["DagStore"]
@@ -59,7 +60,19 @@ class DagStore(Store):
         the whole workflow (InvalidWorkflow)."""
         if connection is None:
             connection = provided_connection(self.db.url, None)
-        if connection is not None:
+        if isinstance(connection, psycopg.Connection):
+            # A savepoint inside the caller's transaction (or a transaction of its own on an
+            # autocommit connection): a refused node leaves nothing of the workflow behind.
+            # An idle connection that is not autocommit gets its (implicit) transaction opened
+            # first: transaction() would otherwise commit one of its own at the end, and the
+            # caller's rollback could not undo the workflow.
+            idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            if idle and not connection.autocommit:
+                self._dag("open_transaction", {}, connection)
+            with connection.transaction():
+                self._write(workflow, rows, connection)
+            return
+        if connection is not None:  # SQLAlchemy, Django: their transaction holds it all
             self._write(workflow, rows, connection)
             return
         with translate_errors(self.db.url), self.db.pooled() as conn, conn.transaction():
@@ -87,5 +100,9 @@ class DagStore(Store):
 
     def revoke_workflow(self, workflow_id: str, result: str, connection: Any = None) -> list[Row]:
         """PENDING -> REVOKED for every node not started; returns (id, revoked, unfinished)
-        per node (an unfinished node not revoked here is running: revoke it as one task)."""
-        return self._dag("revoke_workflow", {"id": workflow_id, "result": result}, connection)
+        per node (an unfinished node not revoked here is running: revoke it as one task).
+        Waiters re-read (an empty completion notice) when any node was revoked here."""
+        rows = self._dag("revoke_workflow", {"id": workflow_id, "result": result}, connection)
+        if any(row["revoked"] for row in rows):
+            self._run("notify", {"channel": DONE_CHANNEL, "payload": ""}, connection)
+        return rows

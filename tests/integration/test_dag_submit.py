@@ -108,3 +108,18 @@ def test_recording_a_success_releases_each_dependent_once(
     finally:
         w1.close()
         w2.close()
+
+
+def test_a_refused_node_leaves_nothing_in_the_callers_transaction(
+    capp: Any, conn: Any, db_url: str
+) -> None:
+    add = capp.tasks["dagsubmit.add"]
+    capp.send_task("dagsubmit.add", (1, 1), task_id="taken")
+    wf = Workflow("clash").add("a", add.s(1, 1)).add("b", add.s(2).set(task_id="taken"), after="a")
+    with psycopg.connect(db_url) as mine:
+        mine.execute("CREATE TEMP TABLE mine_before (x int)")  # the caller's own work
+        with pytest.raises(InvalidWorkflow, match="task id taken exists already"):
+            wf.apply_async(connection=mine)
+        mine.execute("INSERT INTO mine_before VALUES (1)")  # the transaction is still usable
+        assert mine.execute("SELECT count(*) FROM pgq.workflows").fetchone() == (0,)
+        assert mine.execute("SELECT count(*) FROM pgq.tasks").fetchone() == (1,)

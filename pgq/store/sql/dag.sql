@@ -9,6 +9,11 @@
 INSERT INTO pgq.workflows (id, name, on_failure, nodes)
 VALUES (%(id)s, %(name)s, %(on_failure)s, %(nodes)s::jsonb);
 
+-- name: open_transaction
+-- (nothing) A first statement on the caller's idle connection (not autocommit), which opens
+-- the transaction the caller will commit or roll back; the workflow goes in a savepoint of it.
+SELECT 1;
+
 -- name: read_workflow
 -- (read) A workflow's own row.
 SELECT id, name, on_failure, created_at, revoked_at FROM pgq.workflows WHERE id = %(id)s;
