@@ -123,3 +123,18 @@ def test_a_refused_node_leaves_nothing_in_the_callers_transaction(
         mine.execute("INSERT INTO mine_before VALUES (1)")  # the transaction is still usable
         assert mine.execute("SELECT count(*) FROM pgq.workflows").fetchone() == (0,)
         assert mine.execute("SELECT count(*) FROM pgq.tasks").fetchone() == (1,)
+
+
+def test_revoking_one_waiting_node_applies_the_policy(capp: Any, conn: Any) -> None:
+    add = capp.tasks["dagsubmit.add"]
+    result = dag(
+        {"a": add.s(1), "b": (add.s(2), ["a"]), "c": (add.s(3), ["b"]), "d": add.s(4)},
+        on_failure="continue",
+    ).apply_async()
+    capp.AsyncResult(result.task_ids()["a"]).revoke()
+    assert result.states() == {"a": "REVOKED", "b": "FAILURE", "c": "FAILURE", "d": "PENDING"}
+    row = conn.execute(
+        "SELECT result FROM pgq.tasks WHERE id = %s", (result.task_ids()["c"],)
+    ).fetchone()
+    assert row[0]["exc_type"] == "DependencyFailed"
+    assert row[0]["exc_message"][0].startswith("workflow node a (")

@@ -856,7 +856,24 @@ SET state = CASE WHEN b.marked THEN t.state ELSE 'REVOKED' END,
     options = CASE WHEN b.marked THEN t.options || '{"revoked": true}' ELSE t.options END
 FROM before AS b
 WHERE t.id = b.id
-RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked
+RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
+          t.options->'dag' AS dag
+), dag_revoked AS (
+    -- A DAG workflow node revoked here applies its workflow's failure policy, as an outcome
+    -- recorded by a worker does (finish_and_claim's dag_doomed): the nodes it dooms that have
+    -- not started end FAILURE (DependencyFailed) naming it.
+    SELECT x.id, format('workflow node %%s (%%s) ended REVOKED', c.dag->>'node', c.id) AS cause
+    FROM changed AS c CROSS JOIN LATERAL pgq.workflow_doomed(c.id, c.dag->>'workflow') AS x(id)
+    WHERE c.revoked AND c.dag IS NOT NULL
+), dag_revoked_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(d.cause))
+    FROM dag_revoked AS d
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_revoked)) AND t.id = d.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
 ), counted AS (
     INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
     SELECT date_trunc('minute', now()), queue, 'REVOKED', 1 FROM changed WHERE revoked
