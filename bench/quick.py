@@ -75,6 +75,12 @@ def measure_drain(url: str, n: int, concurrency: int, task: str = "noop") -> flo
 
     app.database_url = url
     app.send_many([(f"bench.noop_tasks.{task}", (), {}, {})] * n)
+    return n / drain_seconds(url, n, concurrency)
+
+
+def drain_seconds(url: str, n: int, concurrency: int, *worker_args: str) -> float:
+    """Seconds from starting ``pgq worker -A bench.noop_tasks -c concurrency`` until ``n``
+    tasks have finished (the worker is stopped then)."""
     env = dict(os.environ, PGQ_DATABASE_URL=url, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
     worker = subprocess.Popen(
@@ -87,6 +93,7 @@ def measure_drain(url: str, n: int, concurrency: int, task: str = "noop") -> flo
             "bench.noop_tasks",
             "-c",
             str(concurrency),
+            *worker_args,
         ],
         cwd=ROOT,
         env=env,
@@ -94,11 +101,10 @@ def measure_drain(url: str, n: int, concurrency: int, task: str = "noop") -> flo
     try:
         while count_done(url) < n:
             time.sleep(0.05)
-        elapsed = time.perf_counter() - started
+        return time.perf_counter() - started
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-    return n / elapsed
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -159,20 +158,7 @@ class Control:
             return None
         node = {w["id"]: w["node"] for w in chosen}
         wanted = min(limit, len(chosen)) if limit else len(chosen)
-        deadline = time.monotonic() + timeout
-        seen: dict[str, dict[str, Any]] = {}
-        delay = 0.005
-        while True:
-            for worker_id, _, body in store.replies(command_id):
-                if worker_id not in seen:
-                    seen[worker_id] = {node.get(worker_id, worker_id): body}
-                    if callback is not None:
-                        callback(seen[worker_id])
-            if len(seen) >= wanted or time.monotonic() >= deadline:
-                break
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.1)
-        return list(seen.values())[:wanted]
+        return store.gather(command_id, node, wanted=wanted, timeout=timeout, callback=callback)
 
     def rate_limit(
         self, task_name: str, rate_limit: Any, destination: Any = None, **kwargs: Any

@@ -81,6 +81,11 @@ class WorkerStore:
         self._keyed_waiting = False
         self._keyed_probe_at = 0.0
         self._key_cursor = ""
+        # Whether the last look saw a circuit breaker row (until a look, assume so), and whether
+        # tasks this worker runs have breakers (set by the slot: their rows may not be written
+        # yet when its first look comes, and a failure of theirs must always count).
+        self._breakers_exist = True
+        self.runs_breakers = False
 
     def connect(self, *, slot: bool = False) -> None:
         """Open the connections, check the schema, and start listening.
@@ -206,6 +211,11 @@ class WorkerStore:
         # (and whenever a claim comes back short), so a fleet without keys pays nothing more.
         keyed = bool(limit) and self._keyed_waiting
         probe = bool(limit) and (keyed or now >= self._keyed_probe_at)
+        # The same look says whether any circuit breaker exists; while the last one (at most a
+        # KEYED_PROBE_SECONDS old) saw none and no keyed task, the lighter plain statement
+        # claims (finish_and_claim_plain in queries.sql).
+        full = probe or keyed or self._breakers_exist or self.runs_breakers
+        statement = "finish_and_claim" if full else "finish_and_claim_plain"
         params = {
             "outcomes": json.dumps(outcomes),  # each Outcome a 4-item JSON array
             "queues": list(queues),
@@ -231,17 +241,23 @@ class WorkerStore:
                     if keyed:
                         params["keys"] = keys = self._lock_keys(conn, queues, limit)
                         self._key_cursor = keys[-1] if keys else ""
-                    rows = conn.execute(query("finish_and_claim"), params).fetchall()
+                    rows = conn.execute(query(statement), params).fetchall()
             else:
-                rows = conn.execute(query("finish_and_claim"), params).fetchall()
-        claimed = [ClaimedTask(*row[:-3]) for row in rows if row[0] is not None]
+                rows = conn.execute(query(statement), params).fetchall()
+        claimed = [ClaimedTask(*row[:-4]) for row in rows if row[0] is not None]
         last = next(row for row in rows if row[0] is None)
-        # The last row: finished count, breaker changes, whether keyed tasks are due.
-        announce_breaker_changes(last[-2])
-        if last[-1] is not None:
-            self._keyed_waiting = bool(last[-1])
+        # The last row: finished count, breaker changes, whether keyed tasks are due, whether
+        # any breaker exists.
+        announce_breaker_changes(last[-3])
+        if last[-2] is not None:
+            self._keyed_waiting = bool(last[-2])
+            self._breakers_exist = bool(last[-1])
             self._keyed_probe_at = now + KEYED_PROBE_SECONDS
-        return claimed, int(last[-3])
+        return claimed, int(last[-4])
+
+    def look_again(self) -> None:
+        """Make the next turn look for keyed tasks and breakers (the full claim statement)."""
+        self._keyed_probe_at = 0.0
 
     def _lock_keys(
         self, conn: psycopg.Connection[Any], queues: Sequence[str], limit: int

@@ -546,3 +546,7 @@ def install_error_handlers(app: FastAPI) -> None:
 from pgq.web.flow import api_router as _flow_api  # noqa: E402
 
 router.include_router(_flow_api, responses=_ERRORS)
+# Worker controls: /api/v1/workers/{id}/control (pool_grow, pool_shrink, add/cancel_consumer).
+from pgq.web.workers import api_router as _workers_api  # noqa: E402
+
+router.include_router(_workers_api, responses=_ERRORS)

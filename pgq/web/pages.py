@@ -24,7 +24,8 @@ The element ids and ``data-*`` attributes below are the hooks the browser tests
 - dead: ``tr[data-group="NAME|EXCEPTION"]`` (``data-count``), ``form[data-action=bulk-retry]``
   and ``bulk-delete`` (everything matching the filter), ``group-retry`` / ``group-delete`` (one
   group), ``bulk-selection`` (the ticked ``input[name=ids]``);
-- workers ``tr[data-worker-id]`` + ``form[data-action=shutdown]``; periodic
+- workers ``tr[data-worker-id]`` + ``form[data-action=shutdown]``, ``form[data-action=pool_grow|
+  pool_shrink|add_consumer|cancel_consumer]`` (``add_consumer``: ``input[name=queue]``); periodic
   ``tr[data-entry=NAME]`` + ``form[data-action=run-now]``; rate limits
   ``tr[data-rate-limit]``; audit ``table#audit tr[data-audit-id]``;
 - every page: ``.flash`` (``.flash.error`` for a refusal), ``meta[name=csrf-token]``; read-only
@@ -53,6 +54,7 @@ from pgq.errors import ConfigurationError, DatabaseError, InvalidFilter
 from pgq.periodic import Every, Schedule, next_due
 from pgq.web import family as workflow
 from pgq.web import flow, forms
+from pgq.web import workers as worker_controls
 from pgq.web.charts import Minute, throughput_chart
 from pgq.web.data import Dashboard, TaskFilter
 from pgq.web.render import (
@@ -431,3 +433,5 @@ def concurrency(request: Request) -> HTMLResponse:
 router.include_router(forms.router)
 # Flow control: the Breakers page, pause/resume and open/close forms (pgq.web.flow).
 router.include_router(flow.pages_router)
+# Worker controls: the Workers page's pool and queue forms (pgq.web.workers).
+router.include_router(worker_controls.pages_router)

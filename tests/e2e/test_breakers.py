@@ -251,3 +251,25 @@ def test_breaker_bad_input_is_refused_at_decoration_and_by_the_cli(
         text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode != 0 and "window must be > 0" in out.stderr
+
+
+def test_a_breaker_opened_by_hand_holds_on_a_worker_whose_tasks_have_none(
+    db_url: str, conn: Conn, flow_app: Celery
+) -> None:
+    # No task of this worker has a breaker, so its slot claims with the plain statement
+    # (finish_and_claim_plain) while its last look saw no breaker row. A breaker an operator
+    # opens while the slot sleeps holds from the slot's next claim: a slot that wakes looks again.
+    worker = WorkerProcess(["worker", "-A", "e2e_tasks", "-c", "1"], worker_env(db_url))
+    try:
+        wait_until_worker_registered(db_url, worker)
+        first = flow_app.send_task("e2e_tasks.add", args=[1, 2]).id
+        wait_state(conn, first, "SUCCESS")  # the slot claimed, looked (no breaker) and sleeps
+        assert flow_app.open_breaker("e2e_tasks.add")["new_state"] == "open"
+        held = flow_app.send_task("e2e_tasks.add", args=[2, 3]).id
+        after = flow_app.send_task("e2e_tasks.echo", args=["after"]).id
+        wait_state(conn, after, "SUCCESS")
+        assert all_in(conn, [held], "PENDING")
+        assert flow_app.close_breaker("e2e_tasks.add")["new_state"] == "closed"
+        wait_state(conn, held, "SUCCESS")
+    finally:
+        worker.stop()

@@ -822,8 +822,9 @@ def test_claim_skips_rows_locked_by_another_transaction(
     assert [c.id for c in w1.finish_and_claim((), ["celery"], 10, 30)] == [locked]
 
 
+@pytest.mark.parametrize("statement", ["finish_and_claim", "finish_and_claim_plain"])
 def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the_statistics(
-    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore, statement: str
 ) -> None:
     # Right after a burst of enqueues the planner has no statistics for pgq.tasks. The turn's
     # finish must still look its outcomes up through the primary key: a scan of the whole
@@ -841,48 +842,67 @@ def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the
         "keys": [],
         "probe": True,
     }
-    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query("finish_and_claim"), params))
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query(statement), params))
     assert "Seq Scan on tasks" not in plan, plan
     # Nor once autovacuum has analyzed the small table (a whole-table hash join then looks
     # cheap to the planner for the claim's 200 rows).
     conn.execute("ANALYZE pgq.tasks")
-    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query("finish_and_claim"), params))
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query(statement), params))
     assert "Seq Scan on tasks" not in plan, plan
 
 
+@pytest.mark.parametrize("name", ["finish_and_claim", "finish_and_claim_plain"])
 def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_grows(
-    qapp: pgq.App, db_url: str, clean: None
+    qapp: pgq.App, db_url: str, clean: None, name: str
 ) -> None:
     # A slot's connection keeps one (generic) plan per statement instead of re-planning every
     # turn. The plan is made when the slot first runs its turn, maybe on an empty table, and
     # must not scan the whole table once the table holds a backlog (one scan per turn).
-    names = ["outcomes", "queues", "limit", "worker", "lease_seconds", "keys", "probe"]
-    statement = query("finish_and_claim")
-    for n, name in enumerate(names, 1):
-        statement = statement.replace(f"%({name})s", f"${n}")
-    call = (
-        "EXPLAIN EXECUTE turn('[[\"x\", \"SUCCESS\", \"null\", null]]', '{celery}', 200, 'w1', 30,"
-        " '{}', true)"
-    )
+    types = {"outcomes": "json", "queues": "text[]", "limit": "int", "worker": "text"}
+    types.update(lease_seconds="float8", keys="text[]", probe="bool")
+    values = {"outcomes": '\'[["x", "SUCCESS", "null", null]]\'', "queues": "'{celery}'"}
+    values.update(limit="200", worker="'w1'", lease_seconds="30", keys="'{}'", probe="true")
+    statement = query(name)
+    order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement)))
+    for n, param in enumerate(order, 1):
+        statement = statement.replace(f"%({param})s", f"${n}")
+    call = f"EXPLAIN EXECUTE turn({', '.join(values[p] for p in order)})"
     with psycopg.connect(db_url, autocommit=True) as slot:
         slot.execute(query("slot_session"))
-        slot.execute(f"PREPARE turn(json, text[], int, text, float8, text[], bool) AS {statement}")
+        slot.execute(f"PREPARE turn({', '.join(types[p] for p in order)}) AS {statement}")
         plans = ["\n".join(row[0] for row in slot.execute(call))]  # planned on the empty table
         qapp.send_many([("store.anything", [i], {}, {}) for i in range(5000)])
         plans.append("\n".join(row[0] for row in slot.execute(call)))  # the same plan, reused
+    worker = f"${order.index('worker') + 1}"
     for plan in plans:
-        assert "$4" in plan, plan  # a generic plan: the worker id is still a parameter
+        assert worker in plan, plan  # a generic plan: the worker id is still a parameter
         assert "Seq Scan on tasks" not in plan, plan
         assert "tasks_pkey" in plan and "tasks_claim_idx" in plan, plan
 
 
+@pytest.mark.parametrize("breakers", [False, True])
 @pytest.mark.parametrize("replan_seconds", [0.0, 3600.0])
 def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
-    qapp: pgq.App, db_url: str, clean: None, monkeypatch: pytest.MonkeyPatch, replan_seconds: float
+    qapp: pgq.App,
+    db_url: str,
+    clean: None,
+    monkeypatch: pytest.MonkeyPatch,
+    replan_seconds: float,
+    breakers: bool,
 ) -> None:
     import pgq.store.worker
 
     monkeypatch.setattr(pgq.store.worker, "REPLAN_SECONDS", replan_seconds)
+    # After its first turn's look the slot runs finish_and_claim_plain, or finish_and_claim
+    # while a circuit breaker exists; no second look during the test.
+    monkeypatch.setattr(pgq.store.worker, "KEYED_PROBE_SECONDS", 3600.0)
+    statement = "finish_and_claim" if breakers else "finish_and_claim_plain"
+    if breakers:
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO pgq.circuit_breakers (name, failure_threshold, window_seconds,"
+                " cooldown_seconds) VALUES ('store.breaker', 5, 60, 30)"
+            )
     slot = WorkerStore(Database(db_url), "w1/1")
     slot.connect(slot=True)
     assert slot._conn is not None
@@ -896,11 +916,13 @@ def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
         assert slot._conn is not None
         (name,) = slot._conn.execute(
             "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%%json_array%%'"
+            " AND (statement LIKE '%%tripped AS%%') = %s",
+            (breakers,),
         ).fetchone() or (None,)
         values = {"outcomes": "'[]'", "queues": "'{celery}'", "limit": "1", "worker": "'w1/1'"}
         values.update(lease_seconds="30", keys="'{}'", probe="true")
         # psycopg numbers the parameters in the order they first appear in the statement.
-        order = dict.fromkeys(re.findall(r"%\((\w+)\)s", query("finish_and_claim")))
+        order = dict.fromkeys(re.findall(r"%\((\w+)\)s", query(statement)))
         call = f"EXPLAIN EXECUTE {name}({', '.join(values[k] for k in order)})"
         return "\n".join(row[0] for row in slot._conn.execute(call))
 
@@ -909,7 +931,7 @@ def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
         # should), which is not what this test looks at; it waits for one that is running.
         admin.execute("ALTER TABLE pgq.tasks SET (autovacuum_enabled = false)")
     try:
-        turns(6)  # prepared and planned on the empty table
+        turns(8)  # prepared and planned on the empty table
         before = cached_plan()
         qapp.send_many([("store.anything", [i], {}, {}) for i in range(20_000)])
         turns(1)  # a turn after the table grew
@@ -918,6 +940,7 @@ def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
         slot.close()
         with psycopg.connect(db_url, autocommit=True) as admin:
             admin.execute("ALTER TABLE pgq.tasks RESET (autovacuum_enabled)")
+            admin.execute("DELETE FROM pgq.circuit_breakers WHERE name = 'store.breaker'")
     # The planner's estimates (the costs shown) come from the table's size when it planned.
     if replan_seconds:
         assert after == before  # the plan made on the empty table, kept

@@ -365,10 +365,24 @@ def test_unknown_query_name_is_key_error() -> None:
         query("no_such_query")
 
 
-def test_claim_query_uses_skip_locked_and_priority_order() -> None:
-    sql = query("finish_and_claim")
+@pytest.mark.parametrize("name", ["finish_and_claim", "finish_and_claim_plain"])
+def test_claim_query_uses_skip_locked_and_priority_order(name: str) -> None:
+    sql = query(name)
     assert "FOR UPDATE SKIP LOCKED" in sql
     assert "ORDER BY priority, run_at" in sql
+    assert "concurrency_key IS NULL" in sql  # keyed tasks only through their keys' locks
+    assert "pgq.queue_pauses" in sql  # a paused queue is never claimed, by either statement
+
+
+def test_the_plain_turn_records_outcomes_exactly_as_the_full_one() -> None:
+    # finish_and_claim_plain is finish_and_claim without breakers and keys: the steps that
+    # record outcomes, count chords down and notify waiters must stay the same text.
+    full, plain = query("finish_and_claim"), query("finish_and_claim_plain")
+    shared = full[: full.index("), locked AS MATERIALIZED (")]
+    assert "), finished AS (" in shared
+    assert plain.startswith(shared)
+    look = "EXISTS (SELECT 1 FROM pgq.circuit_breakers)"  # whether any exists: all it reads
+    assert "circuit_breakers" not in plain.replace(look, "")
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,13 +12,34 @@ so without it they skip instead of erroring; this file imports nothing of it at 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websupport import WebDatabase, start_web_worker
 
-__all__ = ["client", "make_client", "web_db"]
+__all__ = ["browser", "client", "make_client", "web_db"]
+
+CHROMIUM = os.environ.get("PGQ_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, for the module (skips when either is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+    except Exception as exc:  # a browser that cannot start here: the tests cannot run
+        playwright.stop()
+        pytest.skip(f"chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
+    yield launched
+    launched.close()
+    playwright.stop()
 
 
 @pytest.fixture(scope="module")

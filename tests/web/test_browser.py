@@ -161,21 +161,6 @@ def run_rate_limited(db_url: str, app: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
-    playwright = sync_api.sync_playwright().start()
-    try:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-    except Exception as exc:  # a browser that cannot start here: the tests cannot run
-        playwright.stop()
-        pytest.skip(f"chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
-    yield launched
-    launched.close()
-    playwright.stop()
-
-
-@pytest.fixture(scope="module")
 def seeded(db_url: str, browser: Any) -> Iterator[dict[str, Any]]:
     """The module's database with tasks in every state, a live worker, beat entries, a rate limit.
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,21 +41,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
-    playwright = sync_api.sync_playwright().start()
-    try:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-    except Exception as exc:  # a browser that cannot start here: the tests cannot run
-        playwright.stop()
-        pytest.skip(f"chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
-    yield launched
-    launched.close()
-    playwright.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -41,21 +40,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no browser at {CHROMIUM}")
-    playwright = sync_api.sync_playwright().start()
-    try:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-    except Exception as exc:  # a browser that cannot start here: the tests cannot run
-        playwright.stop()
-        pytest.skip(f"chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
-    yield launched
-    launched.close()
-    playwright.stop()
 
 
 @pytest.fixture(scope="module")

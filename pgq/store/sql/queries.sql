@@ -142,8 +142,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = p.id;
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
 -- notifications are sent even when nothing is claimed), whose `breaker_changes` lists the
 -- breakers this turn moved, as a JSON array of [name, old state, new state] (NULL: none), and
--- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues
--- (asked when %(probe)s or when the claim came back short; NULL when not asked).
+-- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues and
+-- `breakers_exist` whether any circuit breaker row exists (both asked when %(probe)s or when the
+-- claim came back short; NULL when not asked: see finish_and_claim_plain).
 -- DAG workflows (pgq/dag.py): see the dag_failed, dag_doomed, dag_counts and dag_nodes steps.
 WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
@@ -430,7 +431,7 @@ WITH outcomes AS MATERIALIZED (
 )
 (SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
         c.root_id, c.priority, c.rescues, NULL::bigint AS finished, NULL::text AS breaker_changes,
-        NULL::boolean AS keyed_waiting
+        NULL::boolean AS keyed_waiting, NULL::boolean AS breakers_exist
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n,
@@ -443,7 +444,182 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, f
                          WHERE t.concurrency_key IS NOT NULL AND t.state IN ('PENDING', 'RETRY')
                            AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
                            AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p
-                                           WHERE p.queue = t.queue)) END
+                                           WHERE p.queue = t.queue)) END,
+       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+            THEN EXISTS (SELECT 1 FROM pgq.circuit_breakers) END
+FROM finished;
+
+-- name: finish_and_claim_plain
+-- finish_and_claim without circuit breakers and concurrency keys, for the usual database that
+-- has neither: the same outcome, chord, DAG workflow and notification steps (up to `finished`, text kept
+-- identical to finish_and_claim's, which a unit test checks), then the claim of due keyless
+-- tasks from queues not paused. A slot runs it only while its last look (at most
+-- KEYED_PROBE_SECONDS old, asked by finish_and_claim's or this statement's last row) saw no
+-- breaker row at all and no keyed task due; otherwise, and at least once a KEYED_PROBE_SECONDS,
+-- it runs finish_and_claim. Pauses are enforced here exactly as there. Skipping the breaker and
+-- key steps brought back the drain rate the claim had before them (docs/guides/flow-control.md).
+WITH outcomes AS MATERIALIZED (
+    SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
+    FROM json_array_elements(%(outcomes)s::json) AS o
+), done AS (
+    UPDATE pgq.tasks AS t
+    SET state = COALESCE(u.state, t.state),
+        result = CASE WHEN u.state IS NULL THEN t.result ELSE u.result::jsonb END,
+        traceback = CASE WHEN u.state IS NULL THEN t.traceback ELSE u.traceback END,
+        finished_at = now(), lease_expires_at = NULL
+    FROM outcomes AS u
+    WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
+      AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
+    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord,
+              t.options->'dag' AS dag
+), members AS (
+    SELECT chord AS body_id,
+           count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
+           max(id) FILTER (WHERE state = 'SUCCESS') AS fired_by,
+           min(id) FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_id,
+           min(result->>'exc_type') FILTER (WHERE state NOT IN ('SUCCESS', 'RETRY')) AS failed_type
+    FROM done WHERE chord IS NOT NULL
+    GROUP BY chord
+), chords AS (
+    UPDATE pgq.tasks AS b
+    SET options = jsonb_set(b.options, '{chord_remaining}',
+                            to_jsonb((b.options->>'chord_remaining')::int - m.succeeded)),
+        run_at = CASE WHEN m.failed_id IS NULL
+                       AND (b.options->>'chord_remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE b.run_at END,
+        -- As in Celery, the body's parent is the header task whose success fired it.
+        parent_id = CASE WHEN m.failed_id IS NULL
+                          AND (b.options->>'chord_remaining')::int - m.succeeded <= 0
+                         THEN m.fired_by ELSE b.parent_id END,
+        state = CASE WHEN m.failed_id IS NOT NULL THEN 'FAILURE' ELSE b.state END,
+        finished_at = CASE WHEN m.failed_id IS NOT NULL THEN now() END,
+        result = CASE WHEN m.failed_id IS NOT NULL
+                      THEN jsonb_build_object(
+                          'exc_type', 'ChordError', 'exc_module', 'pgq.errors',
+                          'exc_message', jsonb_build_array(
+                              'Dependency ' || m.failed_id || ' raised ' || m.failed_type))
+                      ELSE b.result END
+    FROM members AS m
+    WHERE b.id = m.body_id AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
+      -- Only a count pgq could have written: a cast error on a body written by hand would
+      -- refuse this whole statement, the header's outcome with it, on every turn.
+      AND CASE WHEN jsonb_typeof(b.options->'chord_remaining') = 'number'
+                    AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
+               THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
+    RETURNING b.id, b.queue, b.run_at <= now() AS due
+), dag_failed AS (
+    -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
+    -- node name and `children` (the ids of the nodes that depend on it); a node with
+    -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now that
+    -- ended other than SUCCESS or RETRY.
+    SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
+           d.result->>'exc_type' AS exc_type
+    FROM done AS d
+    WHERE d.dag IS NOT NULL AND d.state NOT IN ('SUCCESS', 'RETRY')
+), dag_doomed AS (
+    -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
+    -- fail_fast, every node of the workflow (only those not started yet are changed, in
+    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                        ': ' || f.exc_type) AS cause
+    FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
+), dag_counts AS (
+    -- How many of each dependent's dependencies succeeded in this statement.
+    SELECT c.id, count(*) AS succeeded
+    FROM done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
+    GROUP BY c.id
+), dag_moves AS MATERIALIZED (
+    -- Per node to change: the cause that dooms it (one, if several failed nodes doom it), or
+    -- how many of its dependencies succeeded now.
+    SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
+    FULL JOIN dag_counts AS k ON k.id = x.id
+), dag_nodes AS (
+    -- Held nodes counted down, and released (due now) when nothing is left to wait for; doomed
+    -- nodes not started yet end FAILURE (DependencyFailed) with the cause. Only a row a worker
+    -- still held reaches `done` (its lease set, its worker this one), so a node's success is
+    -- counted once however often it ran: a rerun after a rescue records under another lease.
+    -- Concurrent finishers of one node's dependencies queue on its row lock and re-read the
+    -- newest count (as for a chord body), so a node is released exactly once.
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN m.cause IS NOT NULL THEN 'FAILURE' ELSE t.state END,
+        finished_at = CASE WHEN m.cause IS NOT NULL THEN now() END,
+        result = CASE WHEN m.cause IS NOT NULL
+                      THEN jsonb_build_object('exc_type', 'DependencyFailed',
+                                              'exc_module', 'pgq.errors',
+                                              'exc_message', jsonb_build_array(m.cause))
+                      ELSE t.result END,
+        options = CASE WHEN m.cause IS NOT NULL THEN t.options
+                       ELSE jsonb_set(t.options, '{dag,remaining}',
+                                      to_jsonb((t.options->'dag'->>'remaining')::int
+                                               - m.succeeded)) END,
+        run_at = CASE WHEN m.cause IS NULL
+                       AND (t.options->'dag'->>'remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE t.run_at END
+    FROM dag_moves AS m
+    -- By their ids through the primary key, as `claimed` does.
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      AND t.lease_expires_at IS NULL AND t.options ? 'dag'
+      AND (m.cause IS NOT NULL
+           -- Only a count pgq could have written (see chords).
+           OR CASE WHEN jsonb_typeof(t.options->'dag'->'remaining') = 'number'
+                        AND t.options->'dag'->>'remaining' ~ '^[0-9]{1,9}$'
+                   THEN (t.options->'dag'->>'remaining')::int > 0 ELSE false END)
+    RETURNING t.id, t.queue, t.state = 'FAILURE' AS doomed, t.run_at <= now() AS due
+), finished AS (
+    SELECT count(*) AS n,
+           CASE WHEN count(*) > 0 THEN pg_notify(
+               'pgq_done',
+               CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
+                    THEN string_agg(id, ',') ELSE '' END) END AS notified,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255)))
+            FROM dag_nodes WHERE due AND NOT doomed) AS released,
+           -- Waiters on doomed nodes re-read (an empty payload wakes every waiter).
+           (SELECT count(pg_notify('pgq_done', ''))
+            FROM (SELECT 1 FROM dag_nodes WHERE doomed LIMIT 1) AS any_doomed) AS doomed
+    FROM done
+), candidates AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM pgq.tasks
+        WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+          AND concurrency_key IS NULL
+        ORDER BY priority, run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p WHERE p.queue = q.name)
+    ORDER BY c.priority, c.run_at
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'STARTED', worker = %(worker)s, started_at = now(),
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE t.id = ANY(ARRAY(SELECT id FROM candidates))
+    RETURNING t.id, t.name, t.queue, t.args::text AS args, t.kwargs::text AS kwargs,
+              t.options::text AS options, t.retries, t.expires_at <= now() AS expired,
+              t.parent_id, t.root_id, t.priority, t.run_at, t.rescues
+)
+(SELECT c.id, c.name, c.queue, c.args, c.kwargs, c.options, c.retries, c.expired, c.parent_id,
+        c.root_id, c.priority, c.rescues, NULL::bigint AS finished, NULL::text AS breaker_changes,
+        NULL::boolean AS keyed_waiting, NULL::boolean AS breakers_exist
+ FROM claimed AS c ORDER BY c.priority, c.run_at)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n, NULL,
+       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+            THEN EXISTS (SELECT 1 FROM pgq.tasks AS t
+                         WHERE t.concurrency_key IS NOT NULL AND t.state IN ('PENDING', 'RETRY')
+                           AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
+                           AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p
+                                           WHERE p.queue = t.queue)) END,
+       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+            THEN EXISTS (SELECT 1 FROM pgq.circuit_breakers) END
 FROM finished;
 
 -- name: lock_concurrency_keys
