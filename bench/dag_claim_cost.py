@@ -1,5 +1,6 @@
-"""What DAG workflows cost the worker's statement for ordinary tasks: finish_and_claim of an
-older queries.sql against this tree's, interleaved turn by turn on one database.
+"""What DAG workflows cost the worker's statement for ordinary tasks: a turn statement of an
+older queries.sql (finish_and_claim_plain by default, or --statement finish_and_claim) against
+this tree's, interleaved turn by turn on one database.
 
     python -m bench.dag_claim_cost --before /work/main/pgq/store/sql/queries.sql
 
@@ -28,9 +29,9 @@ from pgq.server.migrate import upgrade
 HERE = Path(__file__).resolve().parent.parent / "pgq" / "store" / "sql" / "queries.sql"
 
 
-def statement(path: Path) -> str:
+def statement(path: Path, name: str) -> str:
     parts = re.split(r"^-- name: (\w+)\s*$", path.read_text(), flags=re.M)
-    body = dict(zip(parts[1::2], parts[2::2], strict=True))["finish_and_claim"]
+    body = dict(zip(parts[1::2], parts[2::2], strict=True))[name]
     lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
     return "\n".join(lines).strip().rstrip(";")
 
@@ -39,7 +40,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--before", type=Path, required=True, help="the older queries.sql")
+    parser.add_argument(
+        "--after", type=Path, default=HERE, help="the newer queries.sql (default: this tree's)"
+    )
     parser.add_argument("--tasks", type=int, default=60000)
+    parser.add_argument(
+        "--statement",
+        default="finish_and_claim_plain",
+        help="the turn statement to compare (finish_and_claim_plain: the usual one)",
+    )
     args = parser.parse_args()
     with psycopg.connect(args.url, autocommit=True) as conn:
         conn.execute('DROP DATABASE IF EXISTS "pgq_dagstmt" WITH (FORCE)')
@@ -50,14 +59,14 @@ def main() -> None:
     for _ in range(0, args.tasks, 5000):
         app.send_many([("x.y", [j], {}, {}) for j in range(5000)])
     sides: dict[str, dict[str, Any]] = {}
-    for label, path in (("before", args.before), ("after", HERE)):
+    for label, path in (("before", args.before), ("after", args.after)):
         conn = psycopg.connect(url)
         conn.execute("SET plan_cache_mode = force_generic_plan")
         conn.execute("SET enable_seqscan = off")
         conn.commit()
         sides[label] = {
             "conn": conn,
-            "sql": statement(path),
+            "sql": statement(path, args.statement),
             "outcomes": [],
             "time": 0.0,
             "done": 0,
@@ -87,7 +96,8 @@ def main() -> None:
         side["conn"].close()
         turns = side["done"] / 100
         print(
-            f"{label}: {side['done']:,} tasks in {side['time']:.2f} s of statement time,"
+            f"{args.statement} {label}: {side['done']:,} tasks in {side['time']:.2f} s of"
+            " statement time,"
             f" {side['done'] / side['time']:,.0f} tasks/s, {1000 * side['time'] / turns:.2f} ms"
             " per 100-task turn"
         )

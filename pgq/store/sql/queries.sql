@@ -195,16 +195,19 @@ WITH outcomes AS MATERIALIZED (
                     AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
                THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
-), dag_failed AS (
+), dag_done AS MATERIALIZED (
     -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
     -- node name and `children` (the ids of the nodes that depend on it); a node with
     -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
-    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now that
-    -- ended other than SUCCESS or RETRY.
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now (one
+    -- look at `done`; none, the usual case, leaves every DAG step below an empty input).
+    SELECT id, state, result, dag FROM done WHERE dag IS NOT NULL
+), dag_failed AS (
+    -- The nodes recorded now that ended other than SUCCESS or RETRY.
     SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
            d.result->>'exc_type' AS exc_type
-    FROM done AS d
-    WHERE d.dag IS NOT NULL AND d.state NOT IN ('SUCCESS', 'RETRY')
+    FROM dag_done AS d
+    WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
     -- fail_fast, every node of the workflow (only those not started yet are changed, in
@@ -215,7 +218,7 @@ WITH outcomes AS MATERIALIZED (
 ), dag_counts AS (
     -- How many of each dependent's dependencies succeeded in this statement.
     SELECT c.id, count(*) AS succeeded
-    FROM done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    FROM dag_done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
     WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
     GROUP BY c.id
 ), dag_moves AS MATERIALIZED (
@@ -507,16 +510,19 @@ WITH outcomes AS MATERIALIZED (
                     AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
                THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
-), dag_failed AS (
+), dag_done AS MATERIALIZED (
     -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
     -- node name and `children` (the ids of the nodes that depend on it); a node with
     -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
-    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now that
-    -- ended other than SUCCESS or RETRY.
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now (one
+    -- look at `done`; none, the usual case, leaves every DAG step below an empty input).
+    SELECT id, state, result, dag FROM done WHERE dag IS NOT NULL
+), dag_failed AS (
+    -- The nodes recorded now that ended other than SUCCESS or RETRY.
     SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
            d.result->>'exc_type' AS exc_type
-    FROM done AS d
-    WHERE d.dag IS NOT NULL AND d.state NOT IN ('SUCCESS', 'RETRY')
+    FROM dag_done AS d
+    WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
     -- fail_fast, every node of the workflow (only those not started yet are changed, in
@@ -527,7 +533,7 @@ WITH outcomes AS MATERIALIZED (
 ), dag_counts AS (
     -- How many of each dependent's dependencies succeeded in this statement.
     SELECT c.id, count(*) AS succeeded
-    FROM done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    FROM dag_done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
     WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
     GROUP BY c.id
 ), dag_moves AS MATERIALIZED (
