@@ -138,3 +138,25 @@ def test_revoking_one_waiting_node_applies_the_policy(capp: Any, conn: Any) -> N
     ).fetchone()
     assert row[0]["exc_type"] == "DependencyFailed"
     assert row[0]["exc_message"][0].startswith("workflow node a (")
+
+
+def test_pruning_removes_a_workflow_once_its_tasks_are_gone(capp: Any, conn: Any) -> None:
+    add = capp.tasks["dagsubmit.add"]
+    old = dag({"a": add.s(1), "b": (add.s(2), ["a"])}).apply_async()
+    kept = dag({"a": add.s(1)}).apply_async()
+    conn.execute("UPDATE pgq.workflows SET created_at = now() - interval '2 days'")
+    conn.execute(
+        "UPDATE pgq.tasks SET state = 'SUCCESS', finished_at = now() - interval '2 days'"
+        " WHERE id = ANY(%s)",
+        (list(old.task_ids().values()),),
+    )
+    store = WorkerStore(capp.db, "pruner")
+    store.connect()
+    try:
+        assert store.prune_finished(86400, 100) == 2  # the tasks; the graph still has rows
+        assert old.info() is not None
+        assert store.prune_finished(86400, 100) == 0  # next pass: the graph of no rows goes
+    finally:
+        store.close()
+    assert old.info() is None
+    assert kept.info() is not None  # its task is still there (waiting)

@@ -984,6 +984,21 @@ DELETE FROM pgq.workers WHERE last_heartbeat_at < now() - make_interval(secs => 
 
 -- name: prune_finished
 -- finished -> (deleted): removes at most `limit` tasks finished longer ago than `seconds`.
+-- With them, at most `limit` DAG workflows (pgq.workflows) created longer ago than `seconds`
+-- none of whose nodes is left (pruned by an earlier pass, or forgotten): the graph goes when
+-- its last task has gone. The statement's row count is the tasks' only.
+WITH forgotten_workflows AS (
+    DELETE FROM pgq.workflows
+    WHERE id IN (
+        SELECT w.id FROM pgq.workflows AS w
+        WHERE w.created_at < now() - make_interval(secs => %(seconds)s)
+          AND NOT EXISTS (SELECT 1 FROM jsonb_each(w.nodes) AS n
+                          JOIN pgq.tasks AS t ON t.id = n.value->>'id')
+        ORDER BY w.created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+)
 DELETE FROM pgq.tasks
 WHERE id IN (
     SELECT id FROM pgq.tasks
