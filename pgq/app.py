@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pgq import serialization, workflow
 from pgq.concurrency import ConcurrencyKey, parse_limits
+from pgq.dag import WorkflowResult
 from pgq.errors import ConfigurationError
 from pgq.flow import FlowControl, parse_breaker
 from pgq.hooks import emit, listening
@@ -329,6 +330,11 @@ class App:
     def close_breaker(self, name: str, *, connection: Any = None) -> dict[str, Any]:
         """Close a task name's circuit breaker."""
         return self.flow.close_breaker(name, connection=connection)
+
+    def workflow(self, workflow_id: str) -> WorkflowResult:
+        """A handle on the DAG workflow with this id (``pgq.Workflow``): states, results,
+        revoke."""
+        return WorkflowResult(workflow_id, self)
 
     def result(self, task_id: str) -> Result:
         """A handle on the task with this id (an unknown id reads as PENDING)."""

@@ -9,6 +9,7 @@
     │   └── SchemaError           schema missing or older than the code: run ``pgq migrate``
     ├── EncodeError               arguments or results that are not JSON-serializable
     ├── InvalidOption             an option, id, name or queue no enqueue accepts (a ValueError)
+    │   └── InvalidWorkflow       a DAG workflow refused at submit: cycle, unknown dependency...
     ├── TaskNotFound              no task with that id
     ├── StateConflict             an operator action on a task in a state it does not apply to
     ├── InvalidFilter             a filter or cursor of the dashboard's task list is malformed
@@ -30,7 +31,8 @@ Celery's exception names, defined here so ``pgq.compat.exceptions`` can re-expor
     ├── SoftTimeLimitExceeded     raised inside the task when its soft time limit passes
     ├── WorkerLostError           the task lost its worker more than max_rescues times
     ├── TaskRevokedError          the task was revoked or expired
-    └── ChordError                a chord's header task failed, so its body cannot run
+    ├── ChordError                a chord's header task failed, so its body cannot run
+    └── DependencyFailed          a DAG workflow node that never ran: a node it needed failed
 
 psycopg errors are translated into this tree at the store boundary (``pgq.store.database``), by
 SQLSTATE: only a lost or refused connection is a ``ServerUnreachable`` (and only that is retried,
@@ -46,6 +48,8 @@ from typing import Any
 
 __all__ = [
     "ChordError",
+    "DependencyFailed",
+    "InvalidWorkflow",
     "ConfigurationError",
     "MaxRetriesExceededError",
     "NotRegistered",
@@ -121,6 +125,11 @@ class TaskNotFound(PgqError, LookupError):
 class StateConflict(PgqError):
     """An operator action (retry, revoke, terminate, run now) does not apply to the task in the
     state it is in now (retry a SUCCESS task, terminate a finished one); nothing was changed."""
+
+
+class InvalidWorkflow(InvalidOption):
+    """A DAG workflow refused at submit time (a cycle, an unknown dependency, a duplicate node
+    name, a node that is not one task); nothing was written."""
 
 
 class InvalidFilter(PgqError, ValueError):
@@ -222,3 +231,8 @@ class TaskRevokedError(Exception):
 
 class ChordError(Exception):
     """A task of a chord's header failed: the chord's body ends FAILURE with this error."""
+
+
+class DependencyFailed(Exception):
+    """A DAG workflow node that never ran because a node it needed failed (``fail_fast``: any
+    node of its workflow). Stored by the statement that records the failure, naming the cause."""

@@ -74,6 +74,7 @@ _WORKFLOW_KEYS = (
     "group_index",
     "chain",
     "chord_link_error",
+    "dag",
 )
 _CALL_KEYS = (
     "countdown",

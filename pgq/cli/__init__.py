@@ -198,6 +198,7 @@ register_operations(cli)
 register_web_command(cli)
 register_control_command(cli)
 import pgq.cli.concurrency  # noqa: E402, F401 - registers `pgq inspect concurrency`
+import pgq.cli.dag  # noqa: E402, F401 - registers `pgq inspect workflow`
 
 register_flow_commands(cli)
 register_periodic_command(cli)

@@ -45,7 +45,7 @@ _SETTINGS: dict[str, Any] = {
 inspect_cli = typer.Typer(
     name="inspect",
     help="Look at the queue: dead, active, scheduled, reserved, registered, stats, queues, "
-    "workers, audit. Tables for people by default, --json for scripts.",
+    "workers, audit, workflow ID. Tables for people by default, --json for scripts.",
     **_SETTINGS,
 )
 

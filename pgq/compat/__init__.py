@@ -18,6 +18,7 @@ from pgq.compat.app import Celery, shared_task
 from pgq.compat.canvas import Signature, chain, chord, group, maybe_signature, signature
 from pgq.compat.result import AsyncResult, EagerResult, GroupResult
 from pgq.compat.task import Task
+from pgq.dag import Workflow, WorkflowResult, dag
 from pgq.ids import new_task_id
 
 __all__ = [
@@ -27,10 +28,13 @@ __all__ = [
     "GroupResult",
     "Signature",
     "Task",
+    "Workflow",
+    "WorkflowResult",
     "chain",
     "chord",
     "current_app",
     "current_task",
+    "dag",
     "exceptions",
     "group",
     "maybe_signature",

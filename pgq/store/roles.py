@@ -7,7 +7,9 @@ app_worker``):
 - the owner owns schema pgq and everything in it: its members run ``pgq migrate``;
 - the worker reads and writes every table in pgq and reads its views (not the version table);
 - the producer enqueues, reads results, revokes and forgets: ``SELECT, INSERT, DELETE`` and
-  ``UPDATE`` of the columns a revoke writes, on ``pgq.tasks`` only.
+  ``UPDATE`` of the columns a revoke writes, on ``pgq.tasks``; it submits, reads and revokes DAG
+  workflows: ``SELECT, INSERT`` and ``UPDATE (revoked_at)`` on ``pgq.workflows``, ``SELECT`` on
+  the view ``pgq.workflow_nodes``.
 
 The statements live in ``pgq/store/sql/roles.sql``; role and table names go in through
 ``psycopg.sql.Identifier``.
@@ -29,7 +31,7 @@ __all__ = ["RoleNames", "VIEWS", "grant_statements", "relations_in_code", "roles
 
 # The views migrations create (tables come from pgq.store.schema's metadata); a test holds this list
 # to what `upgrade head` leaves in the schema.
-VIEWS = ("concurrency_keys", "dead_tasks", "queue_stats", "running_tasks")
+VIEWS = ("concurrency_keys", "dead_tasks", "queue_stats", "running_tasks", "workflow_nodes")
 
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
@@ -110,6 +112,8 @@ def grant_statements(
         "producer_tasks",
         "producer_revokes",
         "producer_counts_revokes",
+        "producer_workflows",
+        "producer_reads_workflows",
         "worker_future_tables",
         "worker_future_sequences",
     ):

@@ -40,6 +40,7 @@ __all__ = [
     "stats_minute",
     "tasks",
     "workers",
+    "workflows",
 ]
 
 SCHEMA = "pgq"
@@ -400,4 +401,20 @@ Index(
     "circuit_breakers_not_closed_idx",
     circuit_breakers.c.name,
     postgresql_where=text("state <> 'closed'"),
+)
+
+# DAG workflows (pgq/dag.py), one row each: the failure policy and the graph, ``nodes`` =
+# ``{node name: {"id": task id, "after": [node names]}}``. The nodes are rows of ``tasks``
+# (``options.dag``); the statement that records a node's success releases its dependents.
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text),
+    Column("on_failure", Text, nullable=False, server_default=text("'fail_fast'")),
+    Column("nodes", JSONB, nullable=False),
+    Column("created_at", _ts, nullable=False, server_default=text("now()")),
+    Column("revoked_at", _ts),
+    CheckConstraint("on_failure IN ('fail_fast', 'continue')", name="workflows_on_failure_known"),
+    CheckConstraint("jsonb_typeof(nodes) = 'object'", name="workflows_nodes_object"),
 )

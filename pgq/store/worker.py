@@ -280,6 +280,11 @@ class WorkerStore:
         rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
         return str(rows[0][0]) if rows else "[]"
 
+    def dag_parent_results(self, parents: dict[str, str]) -> str:
+        """A DAG node's dependencies' results as a JSON object {node name: result}."""
+        rows = self._rows("dag_parent_results", {"parents": json.dumps(parents)})
+        return str(rows[0][0]) if rows else "{}"
+
     def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
         """STARTED -> RETRY; returns the new run_at of each as a Unix time."""
         items = list(retries)

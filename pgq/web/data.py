@@ -35,6 +35,7 @@ from pgq.errors import InvalidFilter, StateConflict, TaskNotFound, TaskRevokedEr
 from pgq.maintenance.beat import _OWN_OPTIONS as BEAT_OWN_OPTIONS
 from pgq.periodic import next_due
 from pgq.serialization import loads
+from pgq.store.dag import DagStore
 from pgq.store.flow import FlowStore
 from pgq.store.web import TaskQuery, WebStore
 from pgq.web.filters import (
@@ -394,6 +395,26 @@ class Dashboard:
             "children": children,
             "steps": rows if task.get("root_id") else children,
         }
+
+    def dag_of(self, task: dict[str, Any]) -> dict[str, Any] | None:
+        """The DAG workflow (pgq.Workflow) a task is a node of: its id, name, policy and every
+        node with its dependencies and state; None for a task of no DAG workflow."""
+        options = task.get("options")
+        info = options.get("dag") if isinstance(options, dict) else None
+        if not isinstance(info, dict) or not isinstance(info.get("workflow"), str):
+            return None
+        workflow_id = info["workflow"]
+        dags = DagStore(self.app.db)
+        found = dags.read_workflow(workflow_id)
+        if found is None:
+            return None
+        nodes = dags.workflow_nodes(workflow_id)
+        ids = {n["node"]: n["task_id"] for n in nodes}
+        for n in nodes:
+            n["id"] = n["task_id"]
+            n["name"] = n["node"]
+            n["deps"] = [{"node": dep, "id": ids.get(dep)} for dep in n["after"]]
+        return {**found, "nodes": nodes, "node": info.get("node")}
 
     def dead(self, *, queue: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Dead tasks grouped by task name and exception type, latest death first: how many,

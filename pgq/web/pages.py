@@ -195,6 +195,7 @@ def task_detail(request: Request, task_id: str) -> HTMLResponse:
                 "chord": workflow.chord_of(dashboard, task),
                 "group": workflow.group_of(task),
                 "next": workflow.next_steps(dashboard, task),
+                "dag": dashboard.dag_of(task),
             },
             "can": {
                 "retry": state == "FAILURE",

@@ -41,7 +41,7 @@ from pgq.errors import NotRegistered, OperationalError, TaskRevokedError
 from pgq.flow import breaker_limits
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
-from pgq.serialization import loads
+from pgq.serialization import dumps, loads
 from pgq.store import ClaimedTask, Outcome, WorkerStore
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
@@ -361,6 +361,8 @@ class Slot(Outbox):
                 ready, known = (job, options), False
             elif "chord_header" in options:
                 ready = self._with_chord_results(job, options), options
+            elif "parents" in (options.get("dag") or ()):
+                ready = self._with_parent_results(job, options), options
             else:
                 ready = job, options
         except ValueError as exc:  # a bad value in a row written by hand
@@ -398,6 +400,19 @@ class Slot(Outbox):
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
         return job._replace(args=merged)
+
+    def _with_parent_results(self, job: ClaimedTask, options: dict[str, Any]) -> ClaimedTask:
+        """A DAG workflow node given pass_results gets {dependency name: result} as a keyword
+        argument (``parents`` unless named otherwise; see pgq.dag)."""
+        info = options["dag"]
+        parents, kwarg = info.get("parents"), info.get("kwarg") or "parents"
+        if not isinstance(parents, dict) or not all(isinstance(i, str) for i in parents.values()):
+            raise ValueError(f"dag.parents must map node names to task ids, got {parents!r:.60}")
+        kwargs = loads(job.kwargs)
+        if not isinstance(kwargs, dict) or not isinstance(kwarg, str):
+            raise ValueError("dag.kwarg must name a keyword argument")
+        kwargs[kwarg] = loads(self.store.dag_parent_results(dict(parents)))
+        return job._replace(kwargs=dumps(kwargs))
 
 
 def resident_kib() -> int:

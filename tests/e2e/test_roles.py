@@ -178,6 +178,27 @@ def test_a_worker_and_a_producer_run_tasks_under_their_roles(roles: Roles, conn:
         assert restored is not None and restored.get(timeout=30) == [0, 2, 4]
         total = chord(adds)(producer.signature("e2e_tasks.tsum"))
         assert total.get(timeout=30) == 6
+        # a DAG workflow (submitted, read, results passed by name) and one revoked whole
+        from pgq.compat import dag
+        from pgq.dag import signature
+
+        flow = dag(
+            {
+                "x": signature("e2e_tasks.add", [1, 1]),
+                "y": (signature("e2e_tasks.dag_sum", [], {"extra": 1}), ["x"], True),
+            },
+            app=producer,
+        ).apply_async()
+        assert flow.get(timeout=30) == {"x": 2, "y": 3}
+        held = dag(
+            {
+                "p": signature("e2e_tasks.add", [1, 1], countdown=600),
+                "q": (signature("e2e_tasks.add", [2, 2]), ["p"]),
+            },
+            app=producer,
+        ).apply_async()
+        held.revoke()
+        assert held.states() == {"p": "REVOKED", "q": "REVOKED"}
         # revoke a task that waits, forget a result
         later = producer.send_task("e2e_tasks.add", (1, 2), countdown=600)
         later.revoke()

@@ -246,3 +246,24 @@ def segfault() -> None:
 def hard_exit() -> None:
     _record("hard_exit")
     os._exit(3)
+
+
+@app.task
+def dag_node(
+    name: str, seconds: float = 0.0, fail: bool = False, parents: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A DAG workflow node (tests/e2e/test_dag_workflows.py): records when it started and
+    ended in side_effects, and returns its name with the results it was given."""
+    _record(f"start:{name}")
+    if seconds:
+        time.sleep(seconds)
+    if fail:
+        raise ValueError(f"node {name} failed")
+    _record(f"end:{name}")
+    return {"node": name, "parents": parents}
+
+
+@app.task
+def dag_sum(parents: dict[str, int], extra: int = 0) -> int:
+    """A DAG workflow node that adds its dependencies' results."""
+    return sum(parents.values()) + extra

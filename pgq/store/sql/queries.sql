@@ -104,6 +104,12 @@ SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
 FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
 LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 
+-- name: dag_parent_results
+-- (read) A DAG workflow node's dependencies' results, as one JSON object {node name: result}.
+SELECT coalesce(jsonb_object_agg(p.node, t.result), '{}'::jsonb)::text
+FROM jsonb_each_text(%(parents)s::jsonb) AS p(node, id)
+LEFT JOIN pgq.tasks AS t ON t.id = p.id;
+
 -- name: finish_and_claim
 -- The worker's turn, one statement and one commit:
 -- STARTED -> SUCCESS/FAILURE/REVOKED/REJECTED for the outcomes of tasks this worker still holds
@@ -139,6 +145,7 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues and
 -- `breakers_exist` whether any circuit breaker row exists (both asked when %(probe)s or when the
 -- claim came back short; NULL when not asked: see finish_and_claim_plain).
+-- DAG workflows (pgq/dag.py): see the dag_failed, dag_doomed, dag_counts and dag_nodes steps.
 WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
     FROM json_array_elements(%(outcomes)s::json) AS o
@@ -151,7 +158,8 @@ WITH outcomes AS MATERIALIZED (
     FROM outcomes AS u
     WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
       AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord
+    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord,
+              t.options->'dag' AS dag
 ), members AS (
     SELECT chord AS body_id,
            count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
@@ -187,13 +195,83 @@ WITH outcomes AS MATERIALIZED (
                     AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
                THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
+), dag_done AS MATERIALIZED (
+    -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
+    -- node name and `children` (the ids of the nodes that depend on it); a node with
+    -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now (one
+    -- look at `done`; none, the usual case, leaves every DAG step below an empty input).
+    SELECT id, state, result, dag FROM done WHERE dag IS NOT NULL
+), dag_failed AS (
+    -- The nodes recorded now that ended other than SUCCESS or RETRY.
+    SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
+           d.result->>'exc_type' AS exc_type
+    FROM dag_done AS d
+    WHERE d.state NOT IN ('SUCCESS', 'RETRY')
+), dag_doomed AS (
+    -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
+    -- fail_fast, every node of the workflow (only those not started yet are changed, in
+    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                        ': ' || f.exc_type) AS cause
+    FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
+), dag_counts AS (
+    -- How many of each dependent's dependencies succeeded in this statement.
+    SELECT c.id, count(*) AS succeeded
+    FROM dag_done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
+    GROUP BY c.id
+), dag_moves AS MATERIALIZED (
+    -- Per node to change: the cause that dooms it (one, if several failed nodes doom it), or
+    -- how many of its dependencies succeeded now.
+    SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
+    FULL JOIN dag_counts AS k ON k.id = x.id
+), dag_nodes AS (
+    -- Held nodes counted down, and released (due now) when nothing is left to wait for; doomed
+    -- nodes not started yet end FAILURE (DependencyFailed) with the cause. Only a row a worker
+    -- still held reaches `done` (its lease set, its worker this one), so a node's success is
+    -- counted once however often it ran: a rerun after a rescue records under another lease.
+    -- Concurrent finishers of one node's dependencies queue on its row lock and re-read the
+    -- newest count (as for a chord body), so a node is released exactly once.
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN m.cause IS NOT NULL THEN 'FAILURE' ELSE t.state END,
+        finished_at = CASE WHEN m.cause IS NOT NULL THEN now() END,
+        result = CASE WHEN m.cause IS NOT NULL
+                      THEN jsonb_build_object('exc_type', 'DependencyFailed',
+                                              'exc_module', 'pgq.errors',
+                                              'exc_message', jsonb_build_array(m.cause))
+                      ELSE t.result END,
+        options = CASE WHEN m.cause IS NOT NULL THEN t.options
+                       ELSE jsonb_set(t.options, '{dag,remaining}',
+                                      to_jsonb((t.options->'dag'->>'remaining')::int
+                                               - m.succeeded)) END,
+        run_at = CASE WHEN m.cause IS NULL
+                       AND (t.options->'dag'->>'remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE t.run_at END
+    FROM dag_moves AS m
+    -- By their ids through the primary key, as `claimed` does.
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      AND t.lease_expires_at IS NULL AND t.options ? 'dag'
+      AND (m.cause IS NOT NULL
+           -- Only a count pgq could have written (see chords).
+           OR CASE WHEN jsonb_typeof(t.options->'dag'->'remaining') = 'number'
+                        AND t.options->'dag'->>'remaining' ~ '^[0-9]{1,9}$'
+                   THEN (t.options->'dag'->>'remaining')::int > 0 ELSE false END)
+    RETURNING t.id, t.queue, t.state = 'FAILURE' AS doomed, t.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
            CASE WHEN count(*) > 0 THEN pg_notify(
                'pgq_done',
                CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
-           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255)))
+            FROM dag_nodes WHERE due AND NOT doomed) AS released,
+           -- Waiters on doomed nodes re-read (an empty payload wakes every waiter).
+           (SELECT count(pg_notify('pgq_done', ''))
+            FROM (SELECT 1 FROM dag_nodes WHERE doomed LIMIT 1) AS any_doomed) AS doomed
     FROM done
 ), locked AS MATERIALIZED (
     -- The breakers of the names done holds, locked and read at their newest version (FOR
@@ -376,7 +454,7 @@ FROM finished;
 
 -- name: finish_and_claim_plain
 -- finish_and_claim without circuit breakers and concurrency keys, for the usual database that
--- has neither: the same outcome, chord and notification steps (up to `finished`, text kept
+-- has neither: the same outcome, chord, DAG workflow and notification steps (up to `finished`, text kept
 -- identical to finish_and_claim's, which a unit test checks), then the claim of due keyless
 -- tasks from queues not paused. A slot runs it only while its last look (at most
 -- KEYED_PROBE_SECONDS old, asked by finish_and_claim's or this statement's last row) saw no
@@ -395,7 +473,8 @@ WITH outcomes AS MATERIALIZED (
     FROM outcomes AS u
     WHERE t.id = ANY(ARRAY(SELECT id FROM outcomes)) AND t.id = u.id
       AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord
+    RETURNING t.id, t.name, t.state, t.result, t.options->>'chord' AS chord,
+              t.options->'dag' AS dag
 ), members AS (
     SELECT chord AS body_id,
            count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
@@ -431,13 +510,83 @@ WITH outcomes AS MATERIALIZED (
                     AND b.options->>'chord_remaining' ~ '^[0-9]{1,9}$'
                THEN (b.options->>'chord_remaining')::int > 0 ELSE false END
     RETURNING b.id, b.queue, b.run_at <= now() AS due
+), dag_done AS MATERIALIZED (
+    -- DAG workflows (pgq/dag.py). A node is a task whose options.dag names its workflow, its
+    -- node name and `children` (the ids of the nodes that depend on it); a node with
+    -- dependencies is inserted held (run_at in the year 9999, like a chord body) with
+    -- `remaining` = how many of them have not succeeded. Here: the nodes recorded now (one
+    -- look at `done`; none, the usual case, leaves every DAG step below an empty input).
+    SELECT id, state, result, dag FROM done WHERE dag IS NOT NULL
+), dag_failed AS (
+    -- The nodes recorded now that ended other than SUCCESS or RETRY.
+    SELECT d.id, d.dag->>'node' AS node, d.dag->>'workflow' AS workflow, d.state,
+           d.result->>'exc_type' AS exc_type
+    FROM dag_done AS d
+    WHERE d.state NOT IN ('SUCCESS', 'RETRY')
+), dag_doomed AS (
+    -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
+    -- fail_fast, every node of the workflow (only those not started yet are changed, in
+    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
+                        ': ' || f.exc_type) AS cause
+    FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
+), dag_counts AS (
+    -- How many of each dependent's dependencies succeeded in this statement.
+    SELECT c.id, count(*) AS succeeded
+    FROM dag_done AS d CROSS JOIN LATERAL jsonb_array_elements_text(d.dag->'children') AS c(id)
+    WHERE d.state = 'SUCCESS' AND jsonb_typeof(d.dag->'children') = 'array'
+    GROUP BY c.id
+), dag_moves AS MATERIALIZED (
+    -- Per node to change: the cause that dooms it (one, if several failed nodes doom it), or
+    -- how many of its dependencies succeeded now.
+    SELECT COALESCE(x.id, k.id) AS id, x.cause, COALESCE(k.succeeded, 0) AS succeeded
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_doomed ORDER BY id, cause) AS x
+    FULL JOIN dag_counts AS k ON k.id = x.id
+), dag_nodes AS (
+    -- Held nodes counted down, and released (due now) when nothing is left to wait for; doomed
+    -- nodes not started yet end FAILURE (DependencyFailed) with the cause. Only a row a worker
+    -- still held reaches `done` (its lease set, its worker this one), so a node's success is
+    -- counted once however often it ran: a rerun after a rescue records under another lease.
+    -- Concurrent finishers of one node's dependencies queue on its row lock and re-read the
+    -- newest count (as for a chord body), so a node is released exactly once.
+    UPDATE pgq.tasks AS t
+    SET state = CASE WHEN m.cause IS NOT NULL THEN 'FAILURE' ELSE t.state END,
+        finished_at = CASE WHEN m.cause IS NOT NULL THEN now() END,
+        result = CASE WHEN m.cause IS NOT NULL
+                      THEN jsonb_build_object('exc_type', 'DependencyFailed',
+                                              'exc_module', 'pgq.errors',
+                                              'exc_message', jsonb_build_array(m.cause))
+                      ELSE t.result END,
+        options = CASE WHEN m.cause IS NOT NULL THEN t.options
+                       ELSE jsonb_set(t.options, '{dag,remaining}',
+                                      to_jsonb((t.options->'dag'->>'remaining')::int
+                                               - m.succeeded)) END,
+        run_at = CASE WHEN m.cause IS NULL
+                       AND (t.options->'dag'->>'remaining')::int - m.succeeded <= 0
+                      THEN now() ELSE t.run_at END
+    FROM dag_moves AS m
+    -- By their ids through the primary key, as `claimed` does.
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      AND t.lease_expires_at IS NULL AND t.options ? 'dag'
+      AND (m.cause IS NOT NULL
+           -- Only a count pgq could have written (see chords).
+           OR CASE WHEN jsonb_typeof(t.options->'dag'->'remaining') = 'number'
+                        AND t.options->'dag'->>'remaining' ~ '^[0-9]{1,9}$'
+                   THEN (t.options->'dag'->>'remaining')::int > 0 ELSE false END)
+    RETURNING t.id, t.queue, t.state = 'FAILURE' AS doomed, t.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
            CASE WHEN count(*) > 0 THEN pg_notify(
                'pgq_done',
                CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
-           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM chords WHERE due) AS fired,
+           (SELECT count(pg_notify('pgq_tasks', left(queue, 255)))
+            FROM dag_nodes WHERE due AND NOT doomed) AS released,
+           -- Waiters on doomed nodes re-read (an empty payload wakes every waiter).
+           (SELECT count(pg_notify('pgq_done', ''))
+            FROM (SELECT 1 FROM dag_nodes WHERE doomed LIMIT 1) AS any_doomed) AS doomed
     FROM done
 ), candidates AS (
     SELECT c.id, c.priority, c.run_at
@@ -635,7 +784,25 @@ WITH back AS (
         started_at = CASE WHEN %(lost)s AND t.rescues >= %(max_rescues)s THEN t.started_at END,
         lease_expires_at = NULL
     WHERE t.id = ANY(%(ids)s::text[]) AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.queue, t.state
+    RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
@@ -701,7 +868,25 @@ WITH orphans AS (
         lease_expires_at = NULL
     FROM lost
     WHERE t.id = lost.id
-    RETURNING t.id, t.queue, t.state
+    RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM rescued AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
 
@@ -736,7 +921,25 @@ WITH back AS (
                           THEN t.started_at END,
         lease_expires_at = NULL
     WHERE t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.queue, t.state
+    RETURNING t.id, t.name, t.queue, t.state, t.options->'dag' AS dag
+), dag_lost AS (
+    -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
+    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
+    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
+    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
+                        l.dag->>'node', l.id) AS cause
+    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
+    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
+), dag_lost_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(m.cause))
+    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
+    RETURNING t.id
 )
 SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
 
@@ -781,6 +984,21 @@ DELETE FROM pgq.workers WHERE last_heartbeat_at < now() - make_interval(secs => 
 
 -- name: prune_finished
 -- finished -> (deleted): removes at most `limit` tasks finished longer ago than `seconds`.
+-- With them, at most `limit` DAG workflows (pgq.workflows) created longer ago than `seconds`
+-- none of whose nodes is left (pruned by an earlier pass, or forgotten): the graph goes when
+-- its last task has gone. The statement's row count is the tasks' only.
+WITH forgotten_workflows AS (
+    DELETE FROM pgq.workflows
+    WHERE id IN (
+        SELECT w.id FROM pgq.workflows AS w
+        WHERE w.created_at < now() - make_interval(secs => %(seconds)s)
+          AND NOT EXISTS (SELECT 1 FROM jsonb_each(w.nodes) AS n
+                          JOIN pgq.tasks AS t ON t.id = n.value->>'id')
+        ORDER BY w.created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+)
 DELETE FROM pgq.tasks
 WHERE id IN (
     SELECT id FROM pgq.tasks
@@ -835,7 +1053,24 @@ SET state = CASE WHEN b.marked THEN t.state ELSE 'REVOKED' END,
     options = CASE WHEN b.marked THEN t.options || '{"revoked": true}' ELSE t.options END
 FROM before AS b
 WHERE t.id = b.id
-RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked
+RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
+          t.options->'dag' AS dag
+), dag_revoked AS (
+    -- A DAG workflow node revoked here applies its workflow's failure policy, as an outcome
+    -- recorded by a worker does (finish_and_claim's dag_doomed): the nodes it dooms that have
+    -- not started end FAILURE (DependencyFailed) naming it.
+    SELECT x.id, format('workflow node %%s (%%s) ended REVOKED', c.dag->>'node', c.id) AS cause
+    FROM changed AS c CROSS JOIN LATERAL pgq.workflow_doomed(c.id, c.dag->>'workflow') AS x(id)
+    WHERE c.revoked AND c.dag IS NOT NULL
+), dag_revoked_nodes AS (
+    UPDATE pgq.tasks AS t
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                                    'exc_message', jsonb_build_array(d.cause))
+    FROM dag_revoked AS d
+    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_revoked)) AND t.id = d.id
+      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.options ? 'dag'
 ), counted AS (
     INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
     SELECT date_trunc('minute', now()), queue, 'REVOKED', 1 FROM changed WHERE revoked

@@ -98,6 +98,15 @@ ON pgq.tasks TO {producer};
 -- (setting) ... and count what they revoke in the dashboard's per-minute counts.
 GRANT SELECT, INSERT, UPDATE ON pgq.stats_minute TO {producer};
 
+-- name: producer_workflows
+-- (setting) ... and submit DAG workflows (pgq.Workflow: the graph's row, then the nodes as
+-- tasks), read them and revoke them (revoke_workflow sets revoked_at).
+GRANT SELECT, INSERT, UPDATE (revoked_at) ON pgq.workflows TO {producer};
+
+-- name: producer_reads_workflows
+-- (setting) ... and read each node's state (the view reads pgq.tasks as its owner).
+GRANT SELECT ON pgq.workflow_nodes TO {producer};
+
 -- name: worker_future_tables
 -- (setting) Tables a later migration creates (as the owner role) reach the worker role too.
 ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA pgq
