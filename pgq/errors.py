@@ -11,6 +11,7 @@
     ├── InvalidOption             an option, id, name or queue no enqueue accepts (a ValueError)
     ├── TaskNotFound              no task with that id
     ├── StateConflict             an operator action on a task in a state it does not apply to
+    ├── NoTransaction             ``current_connection()`` outside a transactional task's run
     ├── InvalidFilter             a filter or cursor of the dashboard's task list is malformed
     ├── WaitTimeout               a result was not ready in time (also a TimeoutError)
     ├── TaskFailed                ``Result.get()`` of a task that ended in FAILURE
@@ -57,6 +58,7 @@ __all__ = [
     "Ignore",
     "InvalidFilter",
     "InvalidOption",
+    "NoTransaction",
     "OperationalError",
     "PgqError",
     "PoolExhausted",
@@ -121,6 +123,11 @@ class TaskNotFound(PgqError, LookupError):
 class StateConflict(PgqError):
     """An operator action (retry, revoke, terminate, run now) does not apply to the task in the
     state it is in now (retry a SUCCESS task, terminate a finished one); nothing was changed."""
+
+
+class NoTransaction(PgqError, RuntimeError):
+    """``current_connection()`` (``self.connection``) was asked for outside the run of a
+    transactional task (``transactional=True``) in a worker or ``apply()``."""
 
 
 class InvalidFilter(PgqError, ValueError):

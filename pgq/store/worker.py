@@ -111,6 +111,10 @@ class WorkerStore:
         with translate_errors(self.db.listen_url or self.db.url):
             self._listen.execute(query("listen_tasks" if slot else "listen_control"))
 
+    def use_connection(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Run this store's statements on ``conn``, a connection its caller owns (or none)."""
+        self._conn = conn
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
@@ -168,6 +172,12 @@ class WorkerStore:
         if not outcomes:
             return 0
         return self._turn(outcomes, (), 0, 0.0)[1]
+
+    def record_in_transaction(self, outcome: Outcome, follow_ups: Sequence[NewTask] = ()) -> bool:
+        """Record one outcome, and the workflow steps it starts, inside the transaction open on
+        this store's connection (a transactional task's: pgq.store.transactional), without
+        committing; False if this worker no longer holds the task (nothing recorded)."""
+        return self._turn([outcome], (), 0, 0.0, follow_ups)[1] == 1
 
     def finish_and_claim(
         self,

@@ -1,0 +1,123 @@
+"""Transactional tasks the end-to-end tests run in real ``pgq worker -A txn_tasks`` processes
+(tests/e2e/test_transactional_tasks.py, tests/e2e/test_chaos_transactional.py).
+
+Written with the Celery API (``@shared_task(bind=True, transactional=True)``); the SQLAlchemy
+task reaches its connection as ``pgq.current_connection(sqlalchemy=True)``. Each writes to the
+test database's ``txn_effects`` (one row per committed run) or ``txn_counters`` (one counter per
+task) through its transaction's connection; ``peek`` reads the same database from a separate
+connection, outside the transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import psycopg
+from sqlalchemy import text
+
+import pgq
+from pgq.compat import Celery, shared_task
+
+app = Celery("txn_tasks")
+
+DDL = (
+    "CREATE TABLE IF NOT EXISTS txn_effects (task_id text NOT NULL, note text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS txn_counters (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)",
+)
+
+_peek: dict[int, psycopg.Connection[Any]] = {}
+
+
+def peek() -> psycopg.Connection[Any]:
+    """This process's autocommit connection, outside any task's transaction."""
+    pid = os.getpid()
+    if pid not in _peek or _peek[pid].closed or _peek[pid].broken:
+        _peek[pid] = psycopg.connect(os.environ["PGQ_DATABASE_URL"], autocommit=True)
+    return _peek[pid]
+
+
+def _effect(conn: Any, task_id: str, note: str) -> None:
+    conn.execute("INSERT INTO txn_effects (task_id, note) VALUES (%s, %s)", (task_id, note))
+
+
+@shared_task(bind=True, transactional=True, name="txn.write")
+def write(self: Any, note: str) -> str:
+    """Write one row and succeed: the row and the SUCCESS commit together."""
+    _effect(self.connection, self.request.id, note)
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.write_then_fail")
+def write_then_fail(self: Any, note: str) -> None:
+    _effect(self.connection, self.request.id, note)
+    raise ValueError(f"failed after writing {note}")
+
+
+@shared_task(bind=True, transactional=True, max_retries=1, default_retry_delay=0, name="txn.retry")
+def write_then_retry(self: Any, note: str) -> str:
+    """The first run writes and retries (rolled back); the second writes and succeeds."""
+    _effect(self.connection, self.request.id, f"{note} {self.request.retries}")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.write_then_wait_for_rescue")
+def write_then_wait_for_rescue(self: Any, note: str) -> str:
+    """Write, then wait (at most 30 s) until the test hands this task's row to another owner."""
+    _effect(self.connection, self.request.id, note)
+    me = peek().execute("SELECT worker FROM pgq.tasks WHERE id = %s", (self.request.id,))
+    owner = me.fetchone()[0]  # type: ignore[index]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = peek().execute("SELECT worker FROM pgq.tasks WHERE id = %s", (self.request.id,))
+        if now.fetchone()[0] != owner:  # type: ignore[index]
+            break
+        time.sleep(0.02)
+    _effect(peek(), self.request.id, "returned")  # outside the transaction: seen at once
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.sqlalchemy")
+def write_with_sqlalchemy(self: Any, note: str, fail: bool = False) -> str:
+    conn = pgq.current_connection(sqlalchemy=True)
+    conn.execute(
+        text("INSERT INTO txn_effects (task_id, note) VALUES (:id, :note)"),
+        {"id": self.request.id, "note": note},
+    )
+    if fail:
+        raise ValueError("rolled back")
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.commit_itself")
+def commit_itself(self: Any, note: str) -> str:
+    _effect(self.connection, self.request.id, note)
+    self.connection.commit()  # refused: the transaction is the worker's
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.enqueue")
+def write_and_enqueue(self: Any, note: str) -> str:
+    """Write a row and enqueue another task in the same transaction."""
+    _effect(self.connection, self.request.id, note)
+    write.apply_async((f"{note} (enqueued)",), connection=self.connection)
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.count")
+def count(self: Any, counter: int, seconds: float = 0.0) -> int:
+    """Add one to counter ``counter``; exactly-once means it ends at 1 whatever happens."""
+    self.connection.execute("UPDATE txn_counters SET n = n + 1 WHERE id = %s", (counter,))
+    if seconds:
+        time.sleep(seconds)
+    return counter
+
+
+@shared_task(name="txn.plain_count")
+def plain_count(counter: int) -> int:
+    """The same work as ``count`` in an ordinary task (autocommit), for the benchmark."""
+    peek().execute("UPDATE txn_counters SET n = n + 1 WHERE id = %s", (counter,))
+    return counter
