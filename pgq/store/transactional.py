@@ -84,14 +84,14 @@ class TaskTransactions:
         """Run ``work(connection)`` in a transaction; commit it with the outcome ``success``
         returns for its value (None: not a success, roll back).
 
-        Raises ``OperationalError`` only if the connection cannot be opened (nothing ran).
+        Raises ``OperationalError`` only if no transaction could be begun (nothing ran).
         """
-        conn = self._connection()
+        stack, conn = self._begin()
         value: R | None = None
         recorded: tuple[Outcome, Sequence[NewTask]] | None = None
         held = True
         try:
-            with conn.transaction():
+            with stack:
                 value = work(conn)
                 recorded = success(value)
                 if recorded is None:
@@ -110,6 +110,22 @@ class TaskTransactions:
         if not held:
             return Ran(value, NOT_HELD)
         return Ran(value, COMMITTED if recorded is not None else ROLLED_BACK)
+
+    def _begin(self) -> tuple[contextlib.ExitStack, psycopg.Connection[Any]]:
+        """BEGIN on the kept connection; on a new one if the kept one died while idle (the
+        server restarted since the last task: psycopg learns it only now)."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            stack = contextlib.ExitStack()
+            try:
+                stack.enter_context(conn.transaction())
+                return stack, conn
+            except psycopg.Error:
+                self.close()
+                if attempt == 2:
+                    with translate_errors(self.db.url):
+                        raise
+        raise AssertionError("unreachable")
 
     def _after_error(self, value: Any, exc: Exception, *, success_expected: bool) -> Ran:
         """The transaction ended with an error: in the outcome statement or the commit of a

@@ -76,35 +76,33 @@ class TransactionalRuns:
                 with contextlib.suppress(Exception):  # a connection gone: nothing to let go of
                     holder.close()
         report: Report | None = ran.value
-        if report is None:  # cannot happen: run_job never raises
-            return None
-        if ran.ended == COMMITTED:
+        if ran.ended == COMMITTED and report is not None:
             slot._on_committed(report)
             return None
         if ran.ended == NOT_HELD:
             log.warning(
                 "task %s is no longer held by this worker (its lease lapsed and it was "
                 "rescued): its transaction was rolled back",
-                report.id,
+                job.id,
             )
-            slot._forget(report.id)
+            slot._forget(job.id)
             return None
-        if ran.ended == LOST:
+        if ran.ended == LOST or report is None:
             log.warning(
                 "task %s: its transaction's connection failed before the commit was confirmed: "
                 "giving it back",
-                report.id,
+                job.id,
             )
             settings = slot.settings
             # Only a row still held is given back: if the commit went through, the row is
             # SUCCESS already and this changes nothing.
             slot.store.requeue(
-                [report.id],
+                [job.id],
                 lost=True,
                 max_rescues=settings.max_rescues,
                 lost_result=lost_result(settings.max_rescues),
             )
-            slot._forget(report.id)
+            slot._forget(job.id)
             return None
         if ran.ended == REFUSED:
             assert ran.error is not None

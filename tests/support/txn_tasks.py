@@ -25,6 +25,7 @@ app = Celery("txn_tasks")
 DDL = (
     "CREATE TABLE IF NOT EXISTS txn_effects (task_id text NOT NULL, note text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS txn_counters (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS txn_runs (task_id text NOT NULL, pid int NOT NULL)",
 )
 
 _peek: dict[int, psycopg.Connection[Any]] = {}
@@ -107,17 +108,49 @@ def write_and_enqueue(self: Any, note: str) -> str:
     return note
 
 
-@shared_task(bind=True, transactional=True, name="txn.count")
+# A server restart may cut the run's own (non-transactional) note: retry, as a real task would.
+@shared_task(
+    bind=True,
+    transactional=True,
+    name="txn.count",
+    autoretry_for=(psycopg.OperationalError,),
+    retry_kwargs={"countdown": 0.1},
+    max_retries=50,
+)
 def count(self: Any, counter: int, seconds: float = 0.0) -> int:
-    """Add one to counter ``counter``; exactly-once means it ends at 1 whatever happens."""
+    """Add one to counter ``counter``; exactly-once means it ends at 1 whatever happens.
+
+    Each run also notes itself in ``txn_runs`` outside the transaction (at once, kept whatever
+    happens next), so a test can count the runs that did not count."""
+    _note_run(self.request.id)
     self.connection.execute("UPDATE txn_counters SET n = n + 1 WHERE id = %s", (counter,))
     if seconds:
         time.sleep(seconds)
     return counter
 
 
-@shared_task(name="txn.plain_count")
-def plain_count(counter: int) -> int:
-    """The same work as ``count`` in an ordinary task (autocommit), for the benchmark."""
+@shared_task(
+    bind=True,
+    name="txn.plain_count",
+    autoretry_for=(psycopg.OperationalError,),
+    retry_kwargs={"countdown": 0.1},
+    max_retries=50,
+)
+def plain_count(self: Any, counter: int, seconds: float = 0.0) -> int:
+    """``count`` as an ordinary task (each statement commits at once): what the chaos test
+    would see without transactional=True, and the benchmark's baseline."""
+    _note_run(self.request.id)
     peek().execute("UPDATE txn_counters SET n = n + 1 WHERE id = %s", (counter,))
+    if seconds:
+        time.sleep(seconds)
     return counter
+
+
+def _note_run(task_id: str) -> None:
+    try:
+        peek().execute(
+            "INSERT INTO txn_runs (task_id, pid) VALUES (%s, %s)", (task_id, os.getpid())
+        )
+    except psycopg.OperationalError:
+        _peek.pop(os.getpid(), None)
+        raise
