@@ -158,6 +158,11 @@ def current_connection(*, sqlalchemy: bool = False) -> Any:
     return current.sqlalchemy() if sqlalchemy else current.connection
 
 
+def current_task_connection() -> TaskConnection | None:
+    """The running transactional task's ``TaskConnection``, or None (no error)."""
+    return _connection.get()
+
+
 def set_current_connection(
     connection: TaskConnection | None,
 ) -> contextvars.Token[TaskConnection | None]:

@@ -31,7 +31,17 @@ from pgq.store.database import Database, translate_errors
 from pgq.store.records import NewTask, Outcome
 from pgq.store.worker import WorkerStore
 
-__all__ = ["COMMITTED", "LOST", "NOT_HELD", "REFUSED", "ROLLED_BACK", "Ran", "TaskTransactions"]
+__all__ = [
+    "COMMITTED",
+    "LOST",
+    "NOT_HELD",
+    "REFUSED",
+    "ROLLED_BACK",
+    "Ran",
+    "TaskTransactions",
+    "run_in_transaction",
+    "sqlalchemy_connection",
+]
 
 R = TypeVar("R")
 IDLE = TransactionStatus.IDLE
@@ -147,6 +157,47 @@ class TaskTransactions:
             return Ran(value, LOST)
         assert isinstance(error, DatabaseError)
         return Ran(value, REFUSED if success_expected else ROLLED_BACK, error)
+
+
+def run_in_transaction(
+    db: Database,
+    work: Callable[[psycopg.Connection[Any]], R],
+    keep: Callable[[R], bool],
+    *,
+    within: psycopg.Connection[Any] | None = None,
+) -> R:
+    """Run ``work(connection)`` in a transaction and commit it if ``keep(value)``, else roll it
+    back: an eager run of a transactional task (compat's ``apply()``), which records no outcome.
+
+    On a connection of ``db``'s pool, or, ``within`` a transactional task's run already, in a
+    savepoint of that run's transaction (kept or dropped with it). An error ``work`` raises
+    passes through untouched; an error of the commit is translated.
+    """
+    if within is not None:
+        return _in_transaction(db, within, work, keep)
+    with db.pooled() as conn:
+        return _in_transaction(db, conn, work, keep)
+
+
+def _in_transaction(
+    db: Database,
+    conn: psycopg.Connection[Any],
+    work: Callable[[psycopg.Connection[Any]], R],
+    keep: Callable[[R], bool],
+) -> R:
+    done = False
+    try:
+        with conn.transaction():
+            value = work(conn)
+            done = True
+            if not keep(value):
+                raise psycopg.Rollback
+    except psycopg.Error:
+        if not done:
+            raise
+        with translate_errors(db.url):
+            raise
+    return value
 
 
 # SQLAlchemy: one Engine per task connection (made on first use, dropped with the connection).

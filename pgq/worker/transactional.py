@@ -25,20 +25,34 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pgq.context import TaskConnection, reset_current_connection, set_current_connection
+from pgq.context import (
+    Request,
+    TaskConnection,
+    current_task_connection,
+    reset_current_connection,
+    set_current_connection,
+)
 from pgq.maintenance.rescue import lost_result
 from pgq.store import ClaimedTask, NewTask, Outcome
-from pgq.store.transactional import COMMITTED, LOST, NOT_HELD, REFUSED, TaskTransactions
-from pgq.worker.runner import FINISH, Report, error_json, run_job
+from pgq.store.transactional import (
+    COMMITTED,
+    LOST,
+    NOT_HELD,
+    REFUSED,
+    TaskTransactions,
+    run_in_transaction,
+)
+from pgq.worker.runner import FINISH, Execution, Report, Steps, error_json, execute, run_job
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import psycopg
 
+    from pgq.app import Task
     from pgq.worker.slot import Slot
 
-__all__ = ["TransactionalRuns"]
+__all__ = ["TransactionalRuns", "execute_in_transaction"]
 
 log = logging.getLogger("pgq.worker")
 
@@ -115,3 +129,32 @@ def _success(report: Report) -> tuple[Outcome, Sequence[NewTask]] | None:
     if report.kind == FINISH and report.state == "SUCCESS":
         return Outcome(report.id, "SUCCESS", report.result, report.traceback), report.follow_ups
     return None
+
+
+def execute_in_transaction(task: Task, request: Request, steps: Steps) -> Execution:
+    """``execute`` a transactional task in a transaction of its own (compat's eager ``apply()``,
+    which records no outcome row): committed if the task succeeded, rolled back otherwise.
+    Called inside a transactional task's run, it is a savepoint of that run's transaction."""
+    outer = current_task_connection()
+    holder: TaskConnection | None = None
+
+    def work(conn: psycopg.Connection[Any]) -> Execution:
+        nonlocal holder
+        holder = TaskConnection(conn)
+        token = set_current_connection(holder)
+        try:
+            return execute(task, request, steps)
+        finally:
+            reset_current_connection(token)
+
+    try:
+        return run_in_transaction(
+            task.app.db,
+            work,
+            lambda execution: execution.state == "SUCCESS",
+            within=outer.connection if outer is not None else None,
+        )
+    finally:
+        if holder is not None and outer is None:
+            with contextlib.suppress(Exception):
+                holder.close()
