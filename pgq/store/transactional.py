@@ -119,7 +119,16 @@ class TaskTransactions:
             self.close()  # a connection that is not clean is not kept for the next task
         if not held:
             return Ran(value, NOT_HELD)
-        return Ran(value, COMMITTED if recorded is not None else ROLLED_BACK)
+        if recorded is None:
+            return Ran(value, ROLLED_BACK)
+        # After the commit, not in it (see finish_and_claim's notify_done): a hint, so a failure
+        # here changes nothing (the connection is dropped if it broke).
+        try:
+            self._store.notify_done(recorded[0].id)
+        except DatabaseError:
+            if conn.broken:
+                self.close()
+        return Ran(value, COMMITTED)
 
     def _begin(self) -> tuple[contextlib.ExitStack, psycopg.Connection[Any]]:
         """BEGIN on the kept connection; on a new one if the kept one died while idle (the

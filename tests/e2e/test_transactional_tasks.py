@@ -171,3 +171,19 @@ def test_a_task_enqueued_in_the_transaction_commits_with_it(
         timeout=30,
         what="the enqueued task to run",
     )
+
+
+def test_waiters_are_notified_once_the_success_committed(
+    celery: Celery, worker: WorkerProcess, db_url: str
+) -> None:
+    # The outcome statement leaves this notification out of the task's transaction (it would
+    # serialize every such commit on PostgreSQL's notification lock); it follows the commit.
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN pgq_done")
+        result = celery.send_task("txn.write", ["heard"])
+        heard: list[str] = []
+        for note in listener.notifies(timeout=30):
+            heard.extend(note.payload.split(","))
+            if result.id in heard:
+                break
+        assert result.id in heard
