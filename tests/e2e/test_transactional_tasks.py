@@ -45,9 +45,12 @@ def celery(db_url: str, tasks: Any, clean: None, conn: Conn) -> Iterator[Celery]
     application.close()
 
 
-@pytest.fixture(scope="module")
-def worker(db_url: str, tasks: Any) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(["worker", "-A", "txn_tasks", "-c", "2"], worker_env(db_url))
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def worker(db_url: str, tasks: Any, request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+    """A worker of each pool: threads share a process, each slot with its own connection."""
+    w = WorkerProcess(
+        ["worker", "-A", "txn_tasks", "-c", "2", "-P", request.param], worker_env(db_url)
+    )
     wait_until_worker_registered(db_url, w)
     yield w
     w.stop()
@@ -187,3 +190,24 @@ def test_waiters_are_notified_once_the_success_committed(
             if result.id in heard:
                 break
         assert result.id in heard
+
+
+def test_pgq_own_api_reaches_the_transaction_as_current_connection(
+    db_url: str, tasks: Any, clean: None, conn: Conn
+) -> None:
+    import pgq
+
+    # Its own queue: the module's Celery worker (which does not know txn.native) may be running.
+    w = WorkerProcess(
+        ["worker", "-A", "txn_tasks:native", "-c", "1", "-Q", "native"], worker_env(db_url)
+    )
+    app = pgq.App(database_url=db_url)
+    try:
+        wait_until_worker_registered(db_url, w)
+        assert app.send("txn.native", ["kept"], queue="native").get(timeout=30) == "kept"
+        failed = app.send("txn.native", ["dropped"], {"fail": True}, queue="native")
+        wait_state(conn, failed.id, "FAILURE")
+    finally:
+        app.close()
+        w.stop()
+    assert effects(conn, "native") == ["kept"]

@@ -21,6 +21,9 @@ import pgq
 from pgq.compat import Celery, shared_task
 
 app = Celery("txn_tasks")
+# pgq's own API (``pgq worker -A txn_tasks:native``): no ``self``, the connection is
+# ``pgq.current_connection()``.
+native = pgq.App()
 
 DDL = (
     "CREATE TABLE IF NOT EXISTS txn_effects (task_id text NOT NULL, note text NOT NULL)",
@@ -154,3 +157,13 @@ def _note_run(task_id: str) -> None:
     except psycopg.OperationalError:
         _peek.pop(os.getpid(), None)
         raise
+
+
+@native.task(name="txn.native", transactional=True)
+def native_write(note: str, fail: bool = False) -> str:
+    pgq.current_connection().execute(
+        "INSERT INTO txn_effects (task_id, note) VALUES ('native', %s)", (note,)
+    )
+    if fail:
+        raise ValueError(note)
+    return note
