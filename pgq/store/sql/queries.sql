@@ -136,8 +136,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 -- pgq.done_notified_after (transaction_planning): a transactional task's outcome, in the task's
 -- own transaction (pgq/store/transactional.py), where a NOTIFY would hold PostgreSQL's
 -- notification lock through the commit's WAL flush and so make every such commit on the server
--- wait for the one before (measured: most of a transactional task's time); the caller sends it
--- right after the commit instead, a statement that writes no WAL.
+-- wait for the one before (sampled during a drain: most waits were on that lock); the caller
+-- sends it right after the commit instead, in a statement of its own: a transaction that wrote
+-- nothing but its commit record does not wait for a WAL flush (measured: 40 bytes, ~0.1 ms).
 -- Returns the claimed rows in claim order (a slot runs its batch in that order), plus one last
 -- row whose `finished` column counts the outcomes recorded (UNION ALL makes sure the
 -- notifications are sent even when nothing is claimed), whose `breaker_changes` lists the
