@@ -110,6 +110,11 @@ class TaskTransactions:
                 held = self._store.record_in_transaction(outcome, follow_ups)
                 if not held:
                     raise psycopg.Rollback
+        except psycopg.Rollback:
+            # Back out of psycopg when the rollback it was asked for could not be sent: the
+            # connection is gone, and the server ended the transaction with it.
+            self.close()
+            return Ran(value, LOST if held else NOT_HELD)
         except (psycopg.Error, DatabaseError) as exc:
             return self._after_error(value, exc, success_expected=recorded is not None)
         if conn.broken:  # the transaction died with it (a run that failed for that reason)

@@ -234,8 +234,11 @@ class Slot(Outbox):
                 report = self._transactional_runs().run(job, options)
             else:
                 report = run_job(self.app, job, self.hostname, options)
-        finally:
+        except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
             self.current.clear()
+            raise
+        # Anything else ends this process with the id still set: the parent counts a rescue.
+        self.current.clear()
         if report is None:  # written already, or nothing to write
             return time.monotonic() - started
         self._on_report(report)

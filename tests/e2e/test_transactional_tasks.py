@@ -92,8 +92,12 @@ def test_a_task_no_longer_held_rolls_back(
     celery: Celery, worker: WorkerProcess, conn: Conn
 ) -> None:
     result = celery.send_task("txn.write_then_wait_for_rescue", ["lost"])
-    wait_state(conn, result.id, "STARTED")
-    # As a rescue would: the row goes to another owner while the task still runs.
+    wait_for(lambda: effects(conn, result.id) == ["waiting"], timeout=30, what="the task to run")
+    # As a rescue would: the row goes to another (live) worker while the task still runs.
+    conn.execute(
+        "INSERT INTO pgq.workers (id, hostname, pid, queues, concurrency, pool, task_names)"
+        " VALUES ('someone-else', 'elsewhere', 0, '{}', 1, 'prefork', '{}')"
+    )
     conn.execute(
         "UPDATE pgq.tasks SET worker = 'someone-else/1', lease_expires_at = now() + interval "
         "'1 hour' WHERE id = %s",
@@ -116,8 +120,9 @@ def test_a_task_no_longer_held_rolls_back(
     row = task_row(conn, result.id)
     assert row is not None
     assert (row["state"], row["worker"]) == ("STARTED", "someone-else/1"), "left to its owner"
-    assert effects(conn, result.id) == ["returned"], "the run that lost the row wrote nothing"
+    assert effects(conn, result.id) == ["returned", "waiting"], "the lost run's write is gone"
     conn.execute("DELETE FROM pgq.tasks WHERE id = %s", (result.id,))
+    conn.execute("DELETE FROM pgq.workers WHERE id = 'someone-else'")
 
 
 def test_the_chain_step_is_enqueued_in_the_same_transaction(
@@ -211,3 +216,24 @@ def test_pgq_own_api_reaches_the_transaction_as_current_connection(
         app.close()
         w.stop()
     assert effects(conn, "native") == ["kept"]
+
+
+def test_a_lost_connection_gives_the_task_back_and_it_runs_again_clean(
+    celery: Celery, worker: WorkerProcess, conn: Conn
+) -> None:
+    result = celery.send_task("txn.lose_connection_once", ["again"])
+    assert result.get(timeout=30) == "again"
+    row = task_row(conn, result.id)
+    assert row is not None and row["rescues"] == 1, "given back once, counted as a rescue"
+    assert effects(conn, result.id) == ["again 1"], "only the run that committed wrote"
+
+
+def test_a_commit_the_database_refuses_fails_the_task_with_nothing_kept(
+    celery: Celery, worker: WorkerProcess, conn: Conn
+) -> None:
+    result = celery.send_task("txn.refused_at_commit", ["deferred"])
+    row = wait_state(conn, result.id, "FAILURE")
+    assert "txn_deferred_k" in str(row["result"]), row["result"]
+    assert effects(conn, result.id) == []
+    assert conn.execute("SELECT count(*) FROM txn_deferred").fetchone() == (0,)
+    assert celery.send_task("txn.write", ["next"]).get(timeout=30) == "next", "the slot goes on"

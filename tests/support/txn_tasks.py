@@ -29,6 +29,8 @@ DDL = (
     "CREATE TABLE IF NOT EXISTS txn_effects (task_id text NOT NULL, note text NOT NULL)",
     "CREATE TABLE IF NOT EXISTS txn_counters (id int PRIMARY KEY, n int NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS txn_runs (task_id text NOT NULL, pid int NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS txn_deferred (k int,"
+    " CONSTRAINT txn_deferred_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)",
 )
 
 _peek: dict[int, psycopg.Connection[Any]] = {}
@@ -74,6 +76,7 @@ def write_then_wait_for_rescue(self: Any, note: str) -> str:
     _effect(self.connection, self.request.id, note)
     me = peek().execute("SELECT worker FROM pgq.tasks WHERE id = %s", (self.request.id,))
     owner = me.fetchone()[0]  # type: ignore[index]
+    _effect(peek(), self.request.id, "waiting")  # outside the transaction: the test goes on
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         now = peek().execute("SELECT worker FROM pgq.tasks WHERE id = %s", (self.request.id,))
@@ -108,6 +111,26 @@ def write_and_enqueue(self: Any, note: str) -> str:
     """Write a row and enqueue another task in the same transaction."""
     _effect(self.connection, self.request.id, note)
     write.apply_async((f"{note} (enqueued)",), connection=self.connection)
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.lose_connection_once")
+def lose_connection_once(self: Any, note: str) -> str:
+    """The first run writes, then its connection is ended by the server (as in a restart) and
+    its next statement fails; the run after it writes and succeeds."""
+    _effect(self.connection, self.request.id, f"{note} {self.request.rescues}")
+    if self.request.rescues == 0:
+        pid = self.connection.info.backend_pid
+        peek().execute("SELECT pg_terminate_backend(%s)", (pid,))
+        self.connection.execute("SELECT 1")  # raises: the connection is gone
+    return note
+
+
+@shared_task(bind=True, transactional=True, name="txn.refused_at_commit")
+def refused_at_commit(self: Any, note: str) -> str:
+    """Writes that a deferred constraint refuses at the commit only."""
+    _effect(self.connection, self.request.id, note)
+    self.connection.execute("INSERT INTO txn_deferred VALUES (1), (1)")
     return note
 
 
