@@ -16,6 +16,8 @@ database (the slot's ``TaskTransactions``, opened on the first such task); the t
 - the connection failed (a server restart, a lost network) before the commit was confirmed: the
   transaction either committed whole or not at all; the task is given back, counted as a rescue
   (``max_rescues``), and only if it is still held by this slot, i.e. only if it did not commit.
+  That is for a success and for a failure with a lost connection's error; a run that failed
+  for a reason of its own (a soft time limit cutting a statement) or retried keeps its outcome.
 - the process is killed before the commit: the server rolls back, the parent gives the task back.
 """
 
@@ -23,8 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
+from pgq import serialization
 from pgq.context import (
     Request,
     TaskConnection,
@@ -46,8 +52,6 @@ from pgq.worker.runner import FINISH, Execution, Report, Steps, error_json, exec
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import psycopg
 
     from pgq.app import Task
     from pgq.worker.slot import Slot
@@ -101,6 +105,11 @@ class TransactionalRuns:
             )
             slot._forget(job.id)
             return None
+        if report is not None and ran.ended == LOST and not _ended_by_the_connection(report):
+            # The task failed (or retried) for a reason of its own (its soft time limit cut a
+            # statement short, say) and its connection did not survive it: the transaction is
+            # gone all the same, and the outcome is the task's.
+            return report
         if ran.ended == LOST or report is None:
             log.warning(
                 "task %s: its transaction's connection failed before the commit was confirmed: "
@@ -122,6 +131,27 @@ class TransactionalRuns:
             assert ran.error is not None
             return Report(FINISH, report.id, report.runtime, "FAILURE", error_json(ran.error))
         return report  # rolled back: recorded by the slot's next turn, as any outcome
+
+
+def _ended_by_the_connection(report: Report) -> bool:
+    """Whether a run whose connection failed is to be given back: it succeeded (its commit was
+    not confirmed), or it failed with psycopg's (or pgq's) error for a failed connection, which
+    a server restart makes the task raise. A retry the task asked for is kept as its own."""
+    if report.kind != FINISH:
+        return False
+    if report.state == "SUCCESS":
+        return True
+    try:
+        info = serialization.loads(report.result or "null")
+        module, name = str(info["exc_module"]), str(info["exc_type"])
+    except (ValueError, TypeError, KeyError):
+        return False
+    if module == "pgq.errors":
+        return name in ("OperationalError", "ServerUnreachable")
+    if module != "psycopg" and not module.startswith("psycopg."):
+        return False
+    found = getattr(sys.modules.get(module), name, None)
+    return isinstance(found, type) and issubclass(found, psycopg.OperationalError)
 
 
 def _success(report: Report) -> tuple[Outcome, Sequence[NewTask]] | None:

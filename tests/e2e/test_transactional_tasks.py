@@ -237,3 +237,14 @@ def test_a_commit_the_database_refuses_fails_the_task_with_nothing_kept(
     assert effects(conn, result.id) == []
     assert conn.execute("SELECT count(*) FROM txn_deferred").fetchone() == (0,)
     assert celery.send_task("txn.write", ["next"]).get(timeout=30) == "next", "the slot goes on"
+
+
+def test_a_soft_time_limit_mid_statement_rolls_back_and_the_slot_goes_on(
+    celery: Celery, worker: WorkerProcess, conn: Conn
+) -> None:
+    result = celery.send_task("txn.cut_by_soft_limit", ["cut"])
+    row = wait_state(conn, result.id, "FAILURE")
+    assert row["result"]["exc_type"] == "SoftTimeLimitExceeded"
+    assert effects(conn, result.id) == []
+    later = [celery.send_task("txn.write", [f"after {i}"]) for i in range(4)]
+    assert [r.get(timeout=30) for r in later] == [f"after {i}" for i in range(4)]

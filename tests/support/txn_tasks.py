@@ -134,6 +134,14 @@ def refused_at_commit(self: Any, note: str) -> str:
     return note
 
 
+@shared_task(bind=True, transactional=True, soft_time_limit=0.5, name="txn.cut_by_soft_limit")
+def cut_by_soft_limit(self: Any, note: str) -> str:
+    """Writes, then is interrupted by its soft time limit in the middle of a statement."""
+    _effect(self.connection, self.request.id, note)
+    self.connection.execute("SELECT pg_sleep(2)")
+    return note
+
+
 # A server restart may cut the run's own (non-transactional) note: retry, as a real task would.
 @shared_task(
     bind=True,
