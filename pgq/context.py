@@ -1,4 +1,5 @@
-"""The request of the task running in this thread (Celery's ``self.request``)."""
+"""The request of the task running in this thread (Celery's ``self.request``), and the
+connection of a transactional task's run (``current_connection``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgq.errors import RetryTask
+from pgq.errors import NoTransaction, RetryTask
 
-__all__ = ["Request", "current_request"]
+__all__ = ["Request", "current_connection", "current_request"]
 
 
 @dataclass
@@ -111,3 +112,62 @@ def set_current_request(request: Request | None) -> contextvars.Token[Request | 
 
 def reset_current_request(token: contextvars.Token[Request | None]) -> None:
     _current.reset(token)
+
+
+class TaskConnection:
+    """The connection of a transactional task's run, and its SQLAlchemy view (made on demand)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self._sqlalchemy: Any = None
+
+    def sqlalchemy(self) -> Any:
+        if self._sqlalchemy is None:
+            from pgq.store.transactional import sqlalchemy_connection
+
+            self._sqlalchemy = sqlalchemy_connection(self.connection)
+        return self._sqlalchemy
+
+    def close(self) -> None:
+        """After the run's transaction ended: let go of the SQLAlchemy connection."""
+        if self._sqlalchemy is not None:
+            self._sqlalchemy.close()
+            self._sqlalchemy = None
+
+
+_connection: contextvars.ContextVar[TaskConnection | None] = contextvars.ContextVar(
+    "pgq_current_connection", default=None
+)
+
+
+def current_connection(*, sqlalchemy: bool = False) -> Any:
+    """The connection of the transactional task running here (``transactional=True``).
+
+    A psycopg ``Connection`` inside the transaction that will also record the task's success
+    (committed together when the task returns, rolled back when it raises); with
+    ``sqlalchemy=True``, a SQLAlchemy ``Connection`` over the same transaction. Do not commit or
+    roll back on it: the worker does (psycopg refuses ``commit()``/``rollback()`` there).
+    Raises ``NoTransaction`` outside a transactional task's run.
+    """
+    current = _connection.get()
+    if current is None:
+        raise NoTransaction(
+            "no task transaction here: current_connection() works inside a task declared "
+            "transactional=True, run by a worker or apply()"
+        )
+    return current.sqlalchemy() if sqlalchemy else current.connection
+
+
+def current_task_connection() -> TaskConnection | None:
+    """The running transactional task's ``TaskConnection``, or None (no error)."""
+    return _connection.get()
+
+
+def set_current_connection(
+    connection: TaskConnection | None,
+) -> contextvars.Token[TaskConnection | None]:
+    return _connection.set(connection)
+
+
+def reset_current_connection(token: contextvars.Token[TaskConnection | None]) -> None:
+    _connection.reset(token)

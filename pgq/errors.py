@@ -12,6 +12,7 @@
     │   └── InvalidWorkflow       a DAG workflow refused at submit: cycle, unknown dependency...
     ├── TaskNotFound              no task with that id
     ├── StateConflict             an operator action on a task in a state it does not apply to
+    ├── NoTransaction             ``current_connection()`` outside a transactional task's run
     ├── InvalidFilter             a filter or cursor of the dashboard's task list is malformed
     ├── WaitTimeout               a result was not ready in time (also a TimeoutError)
     ├── TaskFailed                ``Result.get()`` of a task that ended in FAILURE
@@ -61,6 +62,7 @@ __all__ = [
     "Ignore",
     "InvalidFilter",
     "InvalidOption",
+    "NoTransaction",
     "OperationalError",
     "PgqError",
     "PoolExhausted",
@@ -130,6 +132,11 @@ class StateConflict(PgqError):
 class InvalidWorkflow(InvalidOption):
     """A DAG workflow refused at submit time (a cycle, an unknown dependency, a duplicate node
     name, a node that is not one task); nothing was written."""
+
+
+class NoTransaction(PgqError, RuntimeError):
+    """``current_connection()`` (``self.connection``) was asked for outside the run of a
+    transactional task (``transactional=True``) in a worker or ``apply()``."""
 
 
 class InvalidFilter(PgqError, ValueError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pgq import options as rules
 from pgq import serialization
 from pgq.concurrency import limit_for
+from pgq.context import current_connection
 from pgq.errors import InvalidOption
 from pgq.hooks import emit, listening
 from pgq.ids import new_task_id
@@ -60,6 +61,16 @@ class Task:
     # A circuit breaker for this task name, {"failures": 5, "window": 60, "cooldown": 30}
     # (pgq/flow.py); None takes PGQ_CIRCUIT_BREAKER's default, False has none.
     circuit_breaker: Any = None
+    # Run each call in a transaction on a connection of the task database that also records the
+    # task's success (pgq/worker/transactional.py): its writes there commit with its SUCCESS,
+    # or not at all. The task reaches it as ``self.connection`` / ``pgq.current_connection()``.
+    transactional: bool = False
+
+    @property
+    def connection(self) -> Any:
+        """A transactional task's psycopg connection, inside its run's transaction
+        (``pgq.current_connection()``); ``NoTransaction`` anywhere else."""
+        return current_connection()
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"task {self.name!r} has no run()")

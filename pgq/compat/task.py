@@ -29,6 +29,7 @@ from pgq.options import (
     retry_options,
 )
 from pgq.worker.runner import ExceptionInfo, Steps, execute, run_local_errbacks
+from pgq.worker.transactional import execute_in_transaction
 
 if TYPE_CHECKING:
     from pgq.compat.canvas import Signature
@@ -474,7 +475,10 @@ class Task(_engine.Task):
         steps = _EagerSteps(self.app, link, link_error, throw) if link or link_error else _NO_LINKS
         token = set_current_request(request)
         try:
-            execution = execute(self, request, steps)
+            if self.transactional:  # committed if it succeeds (pgq.worker.transactional)
+                execution = execute_in_transaction(self, request, steps)
+            else:
+                execution = execute(self, request, steps)
         finally:
             reset_current_request(token)
         if execution.state == states.RETRY:

@@ -21,7 +21,7 @@ import psycopg
 from pgq.hooks import emit, listening
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
-from pgq.store.records import ClaimedTask, NewTask, Outcome, RetryRequest
+from pgq.store.records import DONE_CHANNEL, ClaimedTask, NewTask, Outcome, RetryRequest
 from pgq.store.sql import named_statements, query
 
 __all__ = ["KEYED_PROBE_SECONDS", "REPLAN_SECONDS", "WorkerStore"]
@@ -116,6 +116,12 @@ class WorkerStore:
         with translate_errors(self.db.listen_url or self.db.url):
             self._listen.execute(query("listen_tasks" if slot else "listen_control"))
 
+    def use_connection(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Run this store's statements on ``conn``, a connection its caller owns (or none);
+        its plans are dropped every ``REPLAN_SECONDS``, as a slot's are."""
+        self._conn = conn
+        self._replan_at = time.monotonic() + REPLAN_SECONDS if conn is not None else float("inf")
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.closed
@@ -173,6 +179,21 @@ class WorkerStore:
         if not outcomes:
             return 0
         return self._turn(outcomes, (), 0, 0.0)[1]
+
+    def record_in_transaction(self, outcome: Outcome, follow_ups: Sequence[NewTask] = ()) -> bool:
+        """Record one outcome, and the workflow steps it starts, inside the transaction open on
+        this store's connection (a transactional task's: pgq.store.transactional), without
+        committing; False if this worker no longer holds the task (nothing recorded). Its
+        waiters are not notified: call ``notify_done`` once the transaction committed."""
+        assert self._conn is not None, "WorkerStore.use_connection() first"
+        with translate_errors(self.db.url):
+            self._conn.execute(query("transaction_planning"))
+        return self._turn([outcome], (), 0, 0.0, follow_ups)[1] == 1
+
+    def notify_done(self, task_id: str) -> None:
+        """Wake the waiters of a task whose outcome ``record_in_transaction`` recorded, once
+        that transaction committed (a hint: waiters also re-read their rows)."""
+        self._rows("notify", {"channel": DONE_CHANNEL, "payload": task_id})
 
     def finish_and_claim(
         self,

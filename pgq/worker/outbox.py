@@ -274,6 +274,25 @@ class Outbox:
         self._announce([(task_id, "PENDING") for task_id in given_back], unwritten)
         self._requeues, self._rejected = [], []
 
+    def _on_committed(self, report: Report) -> None:
+        """A transactional task's SUCCESS, committed with the task's writes in its own
+        transaction (pgq.worker.transactional): counted and announced as if a turn wrote it."""
+        if self._tell_hooks and report.id in self._claims:
+            name, queue, _ = self._claims[report.id]
+            self._claims[report.id] = (name, queue, report.runtime)
+        self._announce([(report.id, "SUCCESS")])
+        self._count([Outcome(report.id, "SUCCESS", None, None)])
+        if report.follow_ups and hooks.listening("after_task_publish"):
+            for row in report.follow_ups:
+                after_publish(row)
+        if log.isEnabledFor(logging.INFO):
+            log.info("task %s SUCCESS in %.3fs (committed)", report.id, report.runtime)
+
+    def _forget(self, task_id: str) -> None:
+        """A claimed task this slot will write nothing for (given back, or no longer its)."""
+        self._announce([], [task_id])
+        self._queue_of.pop(task_id, None)
+
     def _on_report(self, report: Report) -> None:
         if self._tell_hooks and report.id in self._claims:
             name, queue, _ = self._claims[report.id]

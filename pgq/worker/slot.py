@@ -46,6 +46,7 @@ from pgq.store import ClaimedTask, Outcome, WorkerStore
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
 from pgq.worker.runner import error_json, malformed, run_job
+from pgq.worker.transactional import TransactionalRuns
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -124,6 +125,7 @@ class Slot(Outbox):
         self._next_count = 0.0
         self.config = config or PoolConfig()
         self._tasks_run = 0  # for --max-tasks-per-child
+        self._transactional: TransactionalRuns | None = None  # on the first transactional task
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -158,6 +160,8 @@ class Slot(Outbox):
                 if not self._connect(holding_outcomes=True):
                     return
         self.store.close()
+        if self._transactional is not None:
+            self._transactional.close()
 
     def _run_batch(self, jobs: list[ClaimedTask]) -> float:
         """Run a claimed batch in order; returns the mean run time of the tasks it ran."""
@@ -216,8 +220,8 @@ class Slot(Outbox):
         return max(1, min(ideal, 2 * limit, self.settings.claim_batch))
 
     def _run(self, job: ClaimedTask, options: dict[str, Any]) -> float:
+        task = self.app.tasks.get(job.name)
         if self.hard_limits:
-            task = self.app.tasks.get(job.name)
             limit = (
                 options.get("time_limit")
                 or (task.time_limit if task else None)
@@ -225,15 +229,33 @@ class Slot(Outbox):
             )
             if limit:
                 self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
-        if self.config.soft_time_limit and options.get("soft_time_limit") is None:
-            task = self.app.tasks.get(job.name)
-            if task is None or task.soft_time_limit is None:  # the worker's default applies
-                options["soft_time_limit"] = self.config.soft_time_limit
+        if (
+            self.config.soft_time_limit
+            and options.get("soft_time_limit") is None
+            and (task is None or task.soft_time_limit is None)  # the worker's default applies
+        ):
+            options["soft_time_limit"] = self.config.soft_time_limit
         self.current.set(job.id)  # set by _prepare already; the parent reads it
-        report = run_job(self.app, job, self.hostname, options)
+        started = time.monotonic()
+        try:
+            if task is not None and task.transactional:  # its own transaction: see the module
+                report = self._transactional_runs().run(job, options)
+            else:
+                report = run_job(self.app, job, self.hostname, options)
+        except OperationalError:  # the slot lives on (it reconnects): the task is not to blame
+            self.current.clear()
+            raise
+        # Anything else ends this process with the id still set: the parent counts a rescue.
         self.current.clear()
+        if report is None:  # written already, or nothing to write
+            return time.monotonic() - started
         self._on_report(report)
         return report.runtime
+
+    def _transactional_runs(self) -> TransactionalRuns:
+        if self._transactional is None:
+            self._transactional = TransactionalRuns(self)
+        return self._transactional
 
     def _wait(self) -> None:
         """Sleep until a NOTIFY says one of this slot's queues has new due tasks, the parent
