@@ -157,14 +157,17 @@ def _own_options(sig: dict[str, Any]) -> dict[str, Any]:
 
 def _with_options(sig: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``sig`` given ``options``: ``link``/``link_error`` are added to its own,
-    the others replace its own (as ``apply_async(**options)`` on a signature does)."""
+    the others replace its own (as ``apply_async(**options)`` on a signature does), except
+    the stamps it carries (``Signature.stamp``: ``stamped_headers`` and the options it names)."""
     if not options:
         return sig
     merged = dict(sig.get("options") or {})
+    stamped = merged.get("stamped_headers")
+    kept = {"stamped_headers", *stamped} if isinstance(stamped, list) else set()
     for key, value in options.items():
         if key in ("link", "link_error"):
             merged[key] = [*(merged.get(key) or ()), *value]
-        else:
+        elif key not in kept or key not in merged:
             merged[key] = value
     return {**sig, "options": merged}
 
