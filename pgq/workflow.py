@@ -415,6 +415,12 @@ def _chord_sig(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, 
     }
 
 
+# prepare()'s own arguments: a stamp named like one stays out of the row's options.
+_ROW_ARGUMENTS = frozenset(
+    {"task_id", "parent_id", "root_id", "check", "args", "kwargs", *_CALL_KEYS}
+)
+
+
 def _task_row(
     app: App,
     sig: dict[str, Any],
@@ -441,6 +447,12 @@ def _task_row(
     ):
         if key in options:
             stored[key] = options[key]
+    stamped = options.get("stamped_headers")
+    if isinstance(stamped, list):  # Signature.stamp: the names, and the stamps they name
+        stored["stamped_headers"] = stamped
+        for key in stamped:
+            if key in options and key not in _ROW_ARGUMENTS:
+                stored[key] = options[key]
     eta = call.get("eta")
     if isinstance(eta, str):
         eta = datetime.fromisoformat(eta)

@@ -90,8 +90,9 @@ CASES: dict[str, Callable[[Any, Any], Any]] = {
     "signature_with_links": lambda m, v: _add_links(m.Signature("t.a")).stamp(v, color="red"),
     "chain": lambda m, v: m.chain(m.Signature("t.a"), m.Signature("t.b")).stamp(v, run="r1"),
     "group": lambda m, v: m.group(m.Signature("t.a"), m.Signature("t.b")).stamp(v, run=["x"]),
-    "chord": lambda m, v: m.chord([m.Signature("t.a"), m.Signature("t.b")], m.Signature("t.c"))
-    .stamp(v, run="r1"),
+    "chord": lambda m, v: m.chord(
+        [m.Signature("t.a"), m.Signature("t.b")], m.Signature("t.c")
+    ).stamp(v, run="r1"),
     # (a chain of a group and a chord would be a chord in Celery: a group is kept outermost)
     "nested": lambda m, v: m.group(
         m.chain(m.Signature("t.a"), _add_links(m.Signature("t.b"))),
