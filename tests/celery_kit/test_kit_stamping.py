@@ -44,6 +44,40 @@ def test_a_stamped_chain_and_group_see_their_stamps(kit: Kit) -> None:
     assert plain == ["plain", None, {}]
 
 
+def test_callbacks_chord_bodies_and_retries_keep_their_stamps(kit: Kit) -> None:
+    from celery import chord
+    from celery.canvas import StampingVisitor
+
+    tasks = kit.tasks
+    run = uuid.uuid4().hex
+
+    class Body(StampingVisitor):
+        def on_signature(self, sig: Any, **headers: Any) -> dict[str, Any]:
+            return {}
+
+        def on_chord_body(self, sig: Any, **headers: Any) -> dict[str, Any]:
+            return {"part": "body"}
+
+    workflow = chord([tasks.stamped.si("a"), tasks.stamped.si("b")], tasks.stamped.si("body"))
+    workflow.stamp(Body(), run=run)
+    assert workflow.apply_async().get(timeout=TIMEOUT) == [
+        "body",
+        ["part", "run"],
+        {"part": "body", "run": run},
+    ]
+
+    name = f"stamped-link-{run}"
+    sig = tasks.add.s(1, 1)
+    sig.link(tasks.record.s(name))
+    sig.stamp(run=run)
+    assert sig.options["link"][0].options["run"] == run
+    assert sig.apply_async().get(timeout=TIMEOUT) == 2
+    wait_for((kit.signal_dir / name).exists, what="the stamped callback")
+
+    retried = tasks.stamped_retry.s("again").stamp(run=run).apply_async()
+    assert retried.get(timeout=TIMEOUT) == ["again", 1, ["run"], {"run": run}]
+
+
 def test_revoke_by_stamped_headers(kit: Kit, tmp_path: Any) -> None:
     tasks = kit.tasks
     run = uuid.uuid4().hex
@@ -54,7 +88,7 @@ def test_revoke_by_stamped_headers(kit: Kit, tmp_path: Any) -> None:
     other = tasks.add.s(3, 3).stamp(run="other").apply_async(countdown=3)
     unstamped = tasks.add.apply_async((4, 4), countdown=3)
 
-    kit.app.control.revoke_by_stamped_headers({"run": run}, terminate=True)
+    running.revoke_by_stamped_headers({"run": [run]}, terminate=True)  # any task, not only this
 
     for result in (running, waiting, in_a_list):
         wait_for(lambda r=result: r.state == "REVOKED", what=f"{result.id} revoked")

@@ -226,3 +226,16 @@ def test_visitor_needs_on_signature() -> None:
 
     with pytest.raises(TypeError):
         Incomplete()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize("headers", ["run=1", ["no equals sign"], {"run": object()}, {1: "x"}, 42])
+def test_revoke_by_stamped_headers_refuses_bad_headers(app: Any, headers: Any) -> None:
+    with pytest.raises(ValueError, match="stamped header"):
+        app.control.revoke_by_stamped_headers(headers)
+
+
+def test_revoke_by_stamped_headers_reads_celerys_list_form() -> None:
+    from pgq.compat.control import _stamped_headers
+
+    assert _stamped_headers(["run=r1", "team=a=b"]) == {"run": ["r1"], "team": ["a=b"]}
+    assert _stamped_headers({"run": ("a", "b"), "n": 4}) == {"run": ["a", "b"], "n": [4]}
