@@ -99,3 +99,23 @@ def test_revoke_by_stamped_headers(kit: Kit, tmp_path: Any) -> None:
     note = kit.signal_dir / f"signal-revoked-{running.id}"
     wait_for(note.exists, what="the task_revoked receiver")
     assert note.read_text() == "terminated=True expired=False"
+
+
+def test_before_task_publish_sees_the_stamps(kit: Kit) -> None:
+    from celery.signals import before_task_publish
+
+    run = uuid.uuid4().hex
+    seen: dict[str, Any] = {}
+
+    def receiver(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        seen[headers["id"]] = (headers["stamped_headers"], headers["stamps"])
+
+    before_task_publish.connect(receiver, weak=False)
+    try:
+        stamped = kit.tasks.add.s(1, 2).stamp(run=run).apply_async()
+        plain = kit.tasks.add.delay(2, 2)
+        assert stamped.get(timeout=TIMEOUT) == 3 and plain.get(timeout=TIMEOUT) == 4
+    finally:
+        before_task_publish.disconnect(receiver)
+    assert seen[stamped.id] == (["run"], {"run": run})
+    assert seen[plain.id] == (None, {})
