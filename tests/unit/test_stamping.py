@@ -239,3 +239,30 @@ def test_revoke_by_stamped_headers_reads_celerys_list_form() -> None:
 
     assert _stamped_headers(["run=r1", "team=a=b"]) == {"run": ["r1"], "team": ["a=b"]}
     assert _stamped_headers({"run": ("a", "b"), "n": 4}) == {"run": ["a", "b"], "n": [4]}
+
+
+def _eager_stamps(module: Any, app: Any) -> list[Any]:
+    app.conf.task_always_eager = True
+
+    @app.task(bind=True, name="t.seen")
+    def seen(self: Any, label: str) -> list[Any]:
+        return [label, self.request.stamped_headers, self.request.stamps]
+
+    sig = seen.si("a")
+    sig.stamp(run="r")
+    workflow = module.chain(seen.si("x"), seen.si("y"))
+    workflow.stamp(run="r2")
+    return [
+        sig.apply_async().get(),
+        seen.si("b").apply().get(),
+        workflow.apply_async().get(),
+    ]
+
+
+def test_eager_runs_see_stamps_as_celerys() -> None:
+    ours = Celery("eager", broker="postgresql://nobody@127.0.0.1:1/never", set_as_current=False)
+    expected = [["a", ["run"], {"run": ["r"]}], ["b", None, None], ["y", ["run"], {"run": ["r2"]}]]
+    assert _eager_stamps(pgq_canvas, ours) == expected
+    celery = pytest.importorskip("celery")
+    theirs = celery.Celery("eager", broker="memory://", set_as_current=False)
+    assert _eager_stamps(pytest.importorskip("celery.canvas"), theirs) == expected
