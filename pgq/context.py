@@ -65,6 +65,25 @@ class Request:
         return nesting if isinstance(nesting, int) and not isinstance(nesting, bool) else 0
 
     @property
+    def stamped_headers(self) -> list[str] | None:
+        """The names of the stamps this task was sent with (``Signature.stamp``), or None."""
+        names = self.options.get("stamped_headers")
+        if names is None:
+            return None
+        return list(names) if isinstance(names, (list, tuple)) else [names]
+
+    @property
+    def stamps(self) -> dict[str, Any] | None:
+        """The stamps this task was sent with, name -> value (``{}`` without any). As in
+        Celery, an eager run (``apply()``) gives each value as a list, and None without any."""
+        names = self.stamped_headers
+        if self.is_eager:
+            if names is None:
+                return None
+            return {name: _as_list(self.options.get(name, [])) for name in names}
+        return {name: self.options.get(name) for name in names or ()}
+
+    @property
     def correlation_id(self) -> str:
         """Celery's message correlation id: the task's id."""
         return self.id
@@ -94,6 +113,10 @@ class Request:
             # Delivered again: after Reject(requeue=True), or after its worker was lost.
             "redelivered": self.redeliveries > 0 or self.rescues > 0,
         }
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 _current: contextvars.ContextVar[Request | None] = contextvars.ContextVar(

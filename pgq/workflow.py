@@ -158,14 +158,17 @@ def _own_options(sig: dict[str, Any]) -> dict[str, Any]:
 
 def _with_options(sig: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``sig`` given ``options``: ``link``/``link_error`` are added to its own,
-    the others replace its own (as ``apply_async(**options)`` on a signature does)."""
+    the others replace its own (as ``apply_async(**options)`` on a signature does), except
+    the stamps it carries (``Signature.stamp``: ``stamped_headers`` and the options it names)."""
     if not options:
         return sig
     merged = dict(sig.get("options") or {})
+    stamped = merged.get("stamped_headers")
+    kept = {"stamped_headers", *stamped} if isinstance(stamped, list) else set()
     for key, value in options.items():
         if key in ("link", "link_error"):
             merged[key] = [*(merged.get(key) or ()), *value]
-        else:
+        elif key not in kept or key not in merged:
             merged[key] = value
     return {**sig, "options": merged}
 
@@ -413,6 +416,12 @@ def _chord_sig(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, 
     }
 
 
+# prepare()'s own arguments: a stamp named like one stays out of the row's options.
+_ROW_ARGUMENTS = frozenset(
+    {"task_id", "parent_id", "root_id", "check", "args", "kwargs", *_CALL_KEYS}
+)
+
+
 def _task_row(
     app: App,
     sig: dict[str, Any],
@@ -439,6 +448,12 @@ def _task_row(
     ):
         if key in options:
             stored[key] = options[key]
+    stamped = options.get("stamped_headers")
+    if isinstance(stamped, list):  # Signature.stamp: the names, and the stamps they name
+        stored["stamped_headers"] = stamped
+        for key in stamped:
+            if key in options and key not in _ROW_ARGUMENTS:
+                stored[key] = options[key]
     eta = call.get("eta")
     if isinstance(eta, str):
         eta = datetime.fromisoformat(eta)

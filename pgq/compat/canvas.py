@@ -9,6 +9,7 @@ that records the previous one's result, so a workflow survives worker restarts m
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,7 @@ from pgq.ids import new_task_id
 
 __all__ = [
     "Signature",
+    "StampingVisitor",
     "chain",
     "chord",
     "chunks",
@@ -111,6 +113,90 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
     return AsyncResult(
         plain["options"]["task_id"], app=app, task_name=plain.get("task"), parent=parent
     )
+
+
+def _merge_stamps(into: dict[str, Any], other: dict[str, Any] | None, append: bool) -> None:
+    """Merge the stamps ``other`` into ``into`` as Celery's canvas merges them.
+
+    A name only in ``other`` is added. For a name in both: dicts merge recursively, two lists
+    are joined (in place, whatever ``append`` says); otherwise with ``append`` both values are
+    gathered into one list, and without it ``into`` keeps its own value.
+    """
+    if not other:
+        return
+    for name, mine in list(into.items()):
+        if name not in other:
+            continue
+        theirs = other[name]
+        if isinstance(mine, dict):
+            _merge_stamps(mine, theirs, append)
+            continue
+        if append and isinstance(mine, (int, float, str)):
+            mine = [mine]
+        if isinstance(mine, list) and isinstance(theirs, list):
+            mine.extend(theirs)
+        elif append:
+            mine = [] if mine is None else list(mine)
+            mine.append(theirs)
+        into[name] = mine
+    for name, value in other.items():
+        into.setdefault(name, value)
+
+
+class StampingVisitor(abc.ABC):
+    """Decides the stamps (custom headers) each part of a canvas gets: pass one to
+    ``sig.stamp(visitor)``. Each ``on_*`` hook returns the headers to add there (a dict), as in
+    Celery; only ``on_signature`` must be written, the others add nothing by default.
+
+    The stamps a task got are ``self.request.stamps`` in the worker, and
+    ``app.control.revoke_by_stamped_headers`` revokes the tasks stamped with given values.
+    """
+
+    def on_group_start(self, group: Any, **headers: Any) -> dict[str, Any]:
+        """A group is about to be stamped: headers for all of its tasks."""
+        return {}
+
+    def on_group_end(self, group: Any, **headers: Any) -> None:  # noqa: B027 - optional hook
+        """A group's tasks are stamped."""
+
+    def on_chain_start(self, chain: Any, **headers: Any) -> dict[str, Any]:
+        """A chain is about to be stamped: headers for all of its tasks."""
+        return {}
+
+    def on_chain_end(self, chain: Any, **headers: Any) -> None:  # noqa: B027 - optional hook
+        """A chain's tasks are stamped."""
+
+    @abc.abstractmethod
+    def on_signature(self, sig: Any, **headers: Any) -> dict[str, Any]:
+        """A single task's signature is stamped: the headers it gets."""
+
+    def on_chord_header_start(self, sig: Any, **header: Any) -> dict[str, Any]:
+        """A chord's header is about to be stamped (by default, as a group)."""
+        tasks = sig.tasks
+        return self.on_group_start(
+            tasks if isinstance(tasks, group) else _header_group(sig), **header
+        )
+
+    def on_chord_header_end(self, sig: Any, **header: Any) -> None:
+        """A chord's header is stamped (by default, as a group)."""
+        self.on_group_end(_header_group(sig), **header)
+
+    def on_chord_body(self, sig: Any, **header: Any) -> dict[str, Any]:
+        """A chord's body is about to be stamped: headers for it."""
+        return {}
+
+    def on_callback(self, callback: Any, **header: Any) -> dict[str, Any]:
+        """A ``link`` callback is about to be stamped: headers for it."""
+        return {}
+
+    def on_errback(self, errback: Any, **header: Any) -> dict[str, Any]:
+        """A ``link_error`` errback is about to be stamped: headers for it."""
+        return {}
+
+
+def _header_group(sig: Any) -> Any:
+    """A chord's header as the group Celery's visitor hooks are given (the same signatures)."""
+    return group(sig["kwargs"]["header"], app=sig._app)
 
 
 class Signature(dict):
@@ -237,8 +323,16 @@ class Signature(dict):
     def _merge(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, options: Any = None
     ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
-        """Partial application: new args go first; immutable signatures ignore them."""
-        merged_options = {**self.options, **(options or {})}
+        """Partial application: new args go first; immutable signatures ignore them.
+
+        Stamps are kept: an option this signature was stamped with (and ``stamped_headers``)
+        is not replaced by one given here, as in Celery."""
+        given = options or {}
+        stamped = self.options.get("stamped_headers")
+        if stamped:
+            fixed = {"stamped_headers", *_as_names(stamped)}
+            given = {k: v for k, v in given.items() if k not in fixed or k not in self.options}
+        merged_options = {**self.options, **given}
         if self.immutable:
             return self.args, self.kwargs, merged_options
         return (
@@ -274,6 +368,75 @@ class Signature(dict):
         task_id = _id or self.options.get("task_id") or new_task_id()
         self.options["task_id"] = task_id
         return AsyncResult(task_id, app=self.app, task_name=self.name)
+
+    # -- stamping -------------------------------------------------------------------------
+
+    def stamp(
+        self, visitor: StampingVisitor | None = None, append_stamps: bool = False, **headers: Any
+    ) -> Any:
+        """Stamp this signature (and its callbacks and errbacks) with custom headers.
+
+        The headers given and those ``visitor`` returns become options of each task, their
+        names listed in ``options["stamped_headers"]``; the running task reads them as
+        ``self.request.stamps``. A stamp it already has is kept, or with ``append_stamps``
+        gathered with the new one into a list. Stamps survive later ``apply_async(**options)``.
+        """
+        self.stamp_links(visitor, append_stamps, **headers)
+        visitor_headers = None
+        if visitor is not None:
+            visitor_headers = visitor.on_signature(self, **headers) or {}
+        return self.set(**self._stamp_headers(visitor_headers, append_stamps, **headers))
+
+    def stamp_links(
+        self, visitor: StampingVisitor | None, append_stamps: bool = False, **headers: Any
+    ) -> None:
+        """Stamp this signature's ``link`` callbacks and ``link_error`` errbacks with
+        ``headers`` and what ``visitor.on_callback``/``on_errback`` return (not with this
+        signature's own stamps)."""
+        for option, hook in (("link", "on_callback"), ("link_error", "on_errback")):
+            links = self.options.get(option)
+            if not links:
+                continue
+            if not isinstance(links, list):
+                links = self.options[option] = list(links) if isinstance(links, tuple) else [links]
+            current = copy.deepcopy(headers)  # each walk starts afresh, as in Celery
+            for index, found in enumerate(links):
+                link = maybe_signature(found, app=self._app)
+                assert link is not None
+                links[index] = link  # a dict link is stamped in place of the dict
+                visitor_headers = None
+                if visitor is not None:
+                    visitor_headers = getattr(visitor, hook)(link, **current) or {}
+                current = self._stamp_headers(
+                    visitor_headers, append_stamps, self_headers=False, **current
+                )
+                link.stamp(visitor, append_stamps, **current)
+
+    def _stamp_headers(
+        self,
+        visitor_headers: dict[str, Any] | None = None,
+        append_stamps: bool = False,
+        self_headers: bool = True,
+        **headers: Any,
+    ) -> dict[str, Any]:
+        """The stamps this signature gets: ``headers``, merged with the visitor's (the
+        ``headers`` win unless ``append_stamps``), then with this signature's own stamps
+        (``self_headers``); ``stamped_headers`` names them all."""
+        if "stamped_headers" not in headers:
+            headers["stamped_headers"] = [name for name in headers]
+        if visitor_headers is not None:
+            if "stamped_headers" not in visitor_headers:
+                visitor_headers["stamped_headers"] = [name for name in visitor_headers]
+            _merge_stamps(headers, visitor_headers, append_stamps)
+            headers["stamped_headers"] = list(set(headers["stamped_headers"]))
+        if self_headers:
+            names = set(_as_names(headers.get("stamped_headers")))
+            names.update(_as_names(self.options.get("stamped_headers")))
+            headers["stamped_headers"] = list(names)
+            own = {k: v for k, v in self.options.items() if k in names}
+            _merge_stamps(headers, own, append_stamps)
+            headers["stamped_headers"] = list(set(headers["stamped_headers"]))
+        return headers
 
     def link(self, callback: Signature) -> Signature:
         self.options.setdefault("link", []).append(callback)
@@ -324,6 +487,22 @@ class Signature(dict):
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         new_args, new_kwargs, new_options = self._merge(args, kwargs, options)
         return self.type.apply(new_args, new_kwargs, **new_options)
+
+
+def _as_names(value: Any) -> list[Any]:
+    """``stamped_headers`` as a list (Celery accepts one name as well)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple, set)) else [value]
+
+
+def _stamp_steps(steps: list[Any], app: Any, visitor: Any, append: bool, headers: Any) -> None:
+    """Stamp each of a chain's, group's or chord header's steps, in place in ``steps``."""
+    for index, found in enumerate(steps):
+        step = maybe_signature(found, app=app)
+        assert step is not None
+        steps[index] = step
+        step.stamp(visitor, append, **headers)
 
 
 def signature(varies: Any, *args: Any, **kwargs: Any) -> Signature:
@@ -419,6 +598,20 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         """Fix every step's id now and return the result this will have (as Celery's)."""
         return _freeze_canvas(self, _id)
 
+    def stamp(
+        self, visitor: StampingVisitor | None = None, append_stamps: bool = False, **headers: Any
+    ) -> None:
+        """Stamp every task of the chain (and the chain's links) with ``headers`` and what
+        ``visitor.on_chain_start`` returns; see ``Signature.stamp``."""
+        visitor_headers = None
+        if visitor is not None:
+            visitor_headers = visitor.on_chain_start(self, **headers) or {}
+        headers = self._stamp_headers(visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, **headers)  # Celery's chain stamps its links without append
+        _stamp_steps(self["kwargs"]["tasks"], self._app, visitor, append_stamps, headers)
+        if visitor is not None:
+            visitor.on_chain_end(self, **headers)
+
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks)
 
@@ -479,6 +672,20 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
         """Fix every step's id now and return the result this will have (as Celery's)."""
         return _freeze_canvas(self, _id)
+
+    def stamp(
+        self, visitor: StampingVisitor | None = None, append_stamps: bool = False, **headers: Any
+    ) -> None:
+        """Stamp every task of the group (and the group's links) with ``headers`` and what
+        ``visitor.on_group_start`` returns; see ``Signature.stamp``."""
+        visitor_headers = None
+        if visitor is not None:
+            visitor_headers = visitor.on_group_start(self, **headers) or {}
+        headers = self._stamp_headers(visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        _stamp_steps(self["kwargs"]["tasks"], self._app, visitor, append_stamps, headers)
+        if visitor is not None:
+            visitor.on_group_end(self, **headers)
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
@@ -559,6 +766,25 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
         """Fix every step's id now and return the result this will have (as Celery's)."""
         return _freeze_canvas(self, _id)
+
+    def stamp(
+        self, visitor: StampingVisitor | None = None, append_stamps: bool = False, **headers: Any
+    ) -> None:
+        """Stamp the chord's header tasks (and its links) with ``headers`` and what
+        ``visitor.on_chord_header_start`` returns; with a visitor, the body too (with what
+        ``on_chord_body`` adds). As in Celery, without a visitor the body is not stamped."""
+        visitor_headers = None
+        if visitor is not None:
+            visitor_headers = visitor.on_chord_header_start(self, **headers) or {}
+        headers = self._stamp_headers(visitor_headers, append_stamps, **headers)
+        self.stamp_links(visitor, append_stamps, **headers)
+        _stamp_steps(self["kwargs"]["header"], self._app, visitor, append_stamps, dict(headers))
+        if visitor is not None:
+            visitor.on_chord_header_end(self, **headers)
+            if self.body is not None:
+                visitor_headers = visitor.on_chord_body(self, **headers) or {}
+                headers = self._stamp_headers(visitor_headers, append_stamps, **headers)
+                self.body.stamp(visitor, append_stamps, **headers)
 
     def __call__(self, body: Any = None, **options: Any) -> Any:
         if body is not None:

@@ -54,6 +54,35 @@ class Control:
         for one in ids:
             self.app.AsyncResult(one).revoke(terminate=terminate, signal=signal)
 
+    def revoke_by_stamped_headers(
+        self,
+        headers: Mapping[str, Any] | Iterable[str],
+        destination: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        connection: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Revoke every task not finished yet whose stamps (``Signature.stamp``) match:
+        ``{"name": value}`` or ``{"name": [value, ...]}`` (or Celery's ``["name=value"]``).
+
+        A task matches when one of its stamps has one of the values given (a stamp that is a
+        list, when one of its elements does), as in Celery. Each is revoked as ``revoke()``
+        does, durably: a waiting or scheduled one never runs, a running one is terminated with
+        ``terminate=True`` (else it runs to its end). Unlike Celery's workers, which also keep
+        the stamps in memory and drop matching tasks they receive later (until they restart),
+        tasks sent afterwards, including the later steps of a chain whose running step was
+        not terminated, are not affected.
+        """
+        wanted = _stamped_headers(headers)
+        if not wanted:
+            return
+        ids = self.app.store.stamped_unfinished(json.dumps(wanted), connection=connection)
+        for one in ids:
+            self.app.AsyncResult(one).revoke(
+                connection=connection, terminate=terminate, signal=signal
+            )
+
     def terminate(
         self, task_id: str | Iterable[str], destination: Any = None, **kwargs: Any
     ) -> None:
@@ -439,6 +468,35 @@ class Inspect:
 # How long and how many revoked ids a Celery worker remembers (celery.worker.state).
 REVOKE_EXPIRES = 10800.0
 REVOKES_MAX = 50000
+
+
+def _stamped_headers(headers: Mapping[str, Any] | Iterable[str]) -> dict[str, list[Any]]:
+    """``revoke_by_stamped_headers``' headers as ``{name: [value, ...]}``, checked."""
+    if isinstance(headers, (str, bytes)) or not isinstance(headers, (Mapping, Iterable)):
+        raise ValueError(
+            f"stamped headers must be a dict or a list of 'name=value', got {headers!r:.60}"
+        )
+    if not isinstance(headers, Mapping):
+        pairs: dict[str, Any] = {}
+        for item in headers:
+            if not isinstance(item, str) or "=" not in item:
+                raise ValueError(f"stamped headers must be 'name=value', got {item!r:.60}")
+            name, value = item.split("=", 1)
+            pairs[name] = value
+        headers = pairs
+    wanted: dict[str, list[Any]] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise ValueError(f"a stamped header's name must be text, got {name!r:.60}")
+        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+        try:
+            json.dumps(values)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"stamped header {name!r} must have JSON values, got {value!r:.60}"
+            ) from None
+        wanted[name] = values
+    return wanted
 
 
 def _ids(given: Iterable[str | Iterable[str]]) -> list[str]:

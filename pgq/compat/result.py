@@ -391,6 +391,21 @@ class AsyncResult(Result):
         if wait:
             self.store.wait(self.id, timeout)
 
+    def revoke_by_stamped_headers(
+        self,
+        headers: Any,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Revoke every unfinished task stamped with one of ``headers``' values (not only
+        this one): ``app.control.revoke_by_stamped_headers``, as in Celery."""
+        self.app.control.revoke_by_stamped_headers(
+            headers, connection=connection, terminate=terminate, signal=signal
+        )
+
     # -- family ---------------------------------------------------------------------------
 
     @property

@@ -318,8 +318,8 @@ def _message(row: Any, custom: dict[str, Any]) -> tuple[dict[str, Any], tuple[An
         "origin": _origin(),
         "ignore_result": bool(options.get("ignore_result", False)),
         "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
+        "stamped_headers": options.get("stamped_headers"),
+        "stamps": {name: options.get(name) for name in options.get("stamped_headers") or ()},
     }
     headers.update(custom)
     embed = {

@@ -291,6 +291,12 @@ class Store:
             self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
         return bool(revoked)
 
+    def stamped_unfinished(self, headers: str, connection: Any = None) -> list[str]:
+        """Ids of the unfinished tasks stamped with one of ``headers``' values (JSON text:
+        ``{"name": [value, ...]}``; see the stamped_unfinished_tasks query)."""
+        rows = self._run("stamped_unfinished_tasks", {"headers": headers}, connection, retry=True)
+        return [row[0] for row in rows]
+
     def set_state(self, task_id: str, state: str, meta: str | None) -> None:
         """Set a running task's (custom) state and meta, as update_state does."""
         self._run("set_task_state", {"id": task_id, "state": state, "result": meta}, retry=True)

@@ -1087,6 +1087,25 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
 )
 SELECT id, worker, was_running, revoked FROM changed;
 
+-- name: stamped_unfinished_tasks
+-- (read) Ids of the tasks not finished yet (waiting, scheduled, retrying or running) stamped with
+-- one of the given values under one of the given names (app.control.revoke_by_stamped_headers):
+-- %(headers)s is {"name": [value, ...]}; a stamp that is a list matches when one of its elements
+-- does, as in Celery. Only names the row lists in options.stamped_headers count.
+SELECT DISTINCT t.id
+FROM pgq.tasks AS t
+CROSS JOIN LATERAL jsonb_each(%(headers)s::jsonb) AS h(name, wanted)
+WHERE t.finished_at IS NULL
+  AND jsonb_typeof(t.options -> 'stamped_headers') = 'array'
+  AND t.options -> 'stamped_headers' ? h.name
+  AND EXISTS (
+      SELECT 1
+      FROM jsonb_array_elements(CASE jsonb_typeof(t.options -> h.name)
+                                    WHEN 'array' THEN t.options -> h.name
+                                    ELSE jsonb_build_array(t.options -> h.name) END) AS s(value)
+      JOIN jsonb_array_elements(h.wanted) AS w(value) ON w.value = s.value)
+ORDER BY t.id;
+
 -- name: notify
 -- (signal) Sends a notification: pgq_control "<command> <task id>" to workers, pgq_done to waiters.
 -- None for a payload past PostgreSQL's limit (an id written by hand): waiters poll, as they do

@@ -427,3 +427,19 @@ def _kit_process_init(sender=None, **kwargs):
 @worker_ready.connect
 def _kit_ready(sender=None, **kwargs):
     _note(os.environ.get("KIT_SIGNAL_DIR"), "kit-worker-ready", f"{sender.hostname}")
+
+
+@app.task(bind=True)
+def stamped(self, label):
+    """What a stamped task sees of its stamps (names sorted: Celery's order is a set's)."""
+    names = self.request.stamped_headers
+    return [label, None if names is None else sorted(names), self.request.stamps]
+
+
+@app.task(bind=True)
+def stamped_retry(self, label):
+    """Retried once, then what it sees of its stamps (they must survive the retry)."""
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    names = self.request.stamped_headers
+    return [label, self.request.retries, sorted(names or []), self.request.stamps]

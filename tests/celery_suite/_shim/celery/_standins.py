@@ -45,14 +45,6 @@ class _LimitedSet(set):  # type: ignore[type-arg]
         return {}
 
 
-class StampingVisitor:
-    """``celery.canvas.StampingVisitor``'s interface; pgq's signatures have no ``stamp`` yet,
-    so nothing ever visits one (tests that stamp fail on ``Signature.stamp``)."""
-
-    def on_signature(self, sig: Any, **headers: Any) -> dict[str, Any]:
-        raise NotImplementedError
-
-
 class _NoBackendClass:
     """``celery.backends.base.BaseKeyValueStoreBackend``: pgq's backend is not one."""
 
@@ -70,11 +62,6 @@ def install(celery: types.ModuleType) -> None:
         if not hasattr(signals, name):
             setattr(signals, name, signals.Signal(name))
             INSTALLED[f"celery.signals.{name}"] = "a signal nothing sends"
-    from pgq.compat import canvas
-
-    if not hasattr(canvas, "StampingVisitor"):
-        canvas.StampingVisitor = StampingVisitor  # type: ignore[attr-defined]
-        INSTALLED["celery.canvas.StampingVisitor"] = "an interface nothing visits"
     worker = _module("celery.worker", "stand-in: Celery's worker package")
     worker.control = _module(  # type: ignore[attr-defined]
         "celery.worker.control",
