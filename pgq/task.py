@@ -109,6 +109,11 @@ class Task:
             raise TypeError(f"{self.name}() {exc}") from None
 
     @functools.cached_property
+    def is_async(self) -> bool:
+        """Whether ``run`` is an ``async def``: the worker runs it on its event loop."""
+        return inspect.iscoroutinefunction(self.run)
+
+    @functools.cached_property
     def _signature(self) -> inspect.Signature | None:
         # Computed once per task: inspect.signature costs more than the rest of an enqueue.
         try:

@@ -194,6 +194,8 @@ class Task(_engine.Task):
             kwargs=dict(kwargs),
             called_directly=True,
         )
+        if self.is_async:  # await task(...): the request is set while the coroutine runs
+            return _called_directly(direct, self.run(*args, **kwargs))
         token = set_current_request(direct)
         try:
             return self.run(*args, **kwargs)
@@ -650,3 +652,12 @@ def builtin_replace_failed(self: Any, failed_id: str, task_id: str) -> None:
     self.app.backend.store_result(
         task_id, meta.get("result"), states.FAILURE, traceback=meta.get("traceback")
     )
+
+
+async def _called_directly(request: Request, coro: Any) -> Any:
+    """Await an async task's coroutine with ``request`` as its current request."""
+    token = set_current_request(request)
+    try:
+        return await coro
+    finally:
+        reset_current_request(token)

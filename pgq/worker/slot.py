@@ -42,9 +42,10 @@ from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import loads
 from pgq.store import ClaimedTask, Outcome, WorkerStore
+from pgq.worker.aio import AsyncRunner, Prepared
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
-from pgq.worker.runner import error_json, malformed, run_job
+from pgq.worker.runner import Report, error_json, malformed, run_job
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -117,6 +118,11 @@ class Slot(Outbox):
         self._next_count = 0.0
         self.config = config or PoolConfig()
         self._tasks_run = 0  # for --max-tasks-per-child
+        # async def tasks: the loop (made on first use), the sync tasks a claim brought while
+        # it ran (run once it is empty), when it last claimed.
+        self._aio: AsyncRunner | None = None
+        self._held: list[ClaimedTask] = []
+        self._claimed_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -153,8 +159,15 @@ class Slot(Outbox):
         self.store.close()
 
     def _run_batch(self, jobs: list[ClaimedTask]) -> float:
-        """Run a claimed batch in order; returns the run time of its slowest task."""
+        """Run a claimed batch: its async tasks together on the loop (``pgq.worker.aio``, which
+        claims more while they run), then its sync tasks in order; returns the run time of its
+        slowest task."""
         slowest = 0.0
+        if any(self._is_async(job) for job in jobs):
+            self._held = [job for job in jobs if not self._is_async(job)]
+            ready = [p for job in jobs if self._is_async(job) for p in self._ready(job)]
+            slowest = self._run_async(ready)
+            jobs, self._held = self._held, []
         for index, job in enumerate(jobs):
             if self._mail.poll(0):
                 self._read_control()
@@ -177,6 +190,87 @@ class Slot(Outbox):
                     break
         self._revoked.clear()
         return slowest
+
+    # -- async def tasks ---------------------------------------------------------------------
+
+    def _is_async(self, job: ClaimedTask) -> bool:
+        task = self.app.tasks.get(job.name)
+        return task is not None and task.is_async
+
+    def _ready(self, job: ClaimedTask) -> list[Prepared]:
+        """An async task ready to start on the loop, with its limits (none: skipped)."""
+        if self._stopping:
+            self._requeues.append(job.id)
+            return []
+        if job.id in self._revoked:
+            self._skip_revoked(job, expired=False)
+            return []
+        prepared = self._prepare(job)
+        # Many run at once in this process: the parent must not kill it for one of them (it
+        # would for the task in ``current``), so their limits are loop timers (aio).
+        self.current.clear()
+        if prepared is None:
+            return []
+        job, options = prepared
+        return [(job, options, *self._limits(job, options))]
+
+    def _run_async(self, batch: list[Prepared]) -> float:
+        """Run async tasks on this slot's loop, claiming more while there is room."""
+        if self._aio is None:
+            self._aio = AsyncRunner(
+                self.app,
+                self.hostname,
+                concurrency=self.config.async_concurrency,
+                blocked_after=self.config.blocked_loop_seconds,
+            )
+        self._claimed_at = time.monotonic()
+        return self._aio.run(batch, self._on_async_report, self._refill, self._check_mail)
+
+    def _on_async_report(self, report: Report) -> None:
+        self._tasks_run += 1
+        self._on_report(report)
+
+    def _refill(self, room: int, dry: bool) -> tuple[list[Prepared], bool] | None:
+        """Write the outcomes so far and claim up to ``room`` more tasks for the loop (see
+        ``aio.Refill``); sync tasks claimed are held for after the loop, and end the claims."""
+        self._retire_if_spent()
+        claim = not (self._stopping or self._held)
+        if claim and dry and not self._news():
+            claim = time.monotonic() - self._claimed_at >= self.settings.poll_interval
+        limit = min(room, self.settings.claim_batch) if claim else 0
+        try:
+            jobs = self._turn(limit)
+        except OperationalError as exc:
+            # The loop's running tasks finish first; the slot's loop reconnects after them.
+            log.warning("database unavailable (%s); slot stops claiming until its tasks end", exc)
+            return None
+        self._tell_parent()
+        if not claim:
+            return None if (self._stopping or self._held) else ([], True)
+        self._claimed_at = time.monotonic()
+        added: list[Prepared] = []
+        for job in jobs:
+            if self._is_async(job):
+                added.extend(self._ready(job))
+            else:
+                self._held.append(job)
+        return added, len(jobs) < limit
+
+    def _check_mail(self) -> None:
+        if self._mail.poll(0):
+            self._read_control()
+
+    def _limits(
+        self, job: ClaimedTask, options: dict[str, Any]
+    ) -> tuple[float | None, float | None]:
+        """The (soft, hard) time limits of a run: the call's, else the task's, else the
+        worker's (``--soft-time-limit``/``--time-limit``)."""
+        task = self.app.tasks.get(job.name)
+        hard = options.get("time_limit") or (task.time_limit if task else None)
+        soft = options.get("soft_time_limit")
+        if soft is None:
+            soft = task.soft_time_limit if task else None
+        return soft or self.config.soft_time_limit, hard or self.config.time_limit
 
     def _retire_if_spent(self) -> None:
         """Stop this pool process (the parent replaces it) once it ran --max-tasks-per-child
@@ -256,12 +350,30 @@ class Slot(Outbox):
                     self._stopping = True
                 elif kind == "revoked":
                     self._revoked.add(message[1])
+                    if message[2:] == (True,) and self._aio is not None:  # terminate
+                        self._terminate(message[1])
                 elif kind == "queues":  # add_consumer / cancel_consumer
                     self.queues = list(message[1])
                 elif kind in ("rate_limit", "time_limit"):
                     self._set_task_limits(kind, *message[1:])
         except (EOFError, OSError):  # the parent is gone
             self._stopping = self._parent_gone = True
+
+    def _terminate(self, task_id: str) -> None:
+        """Revoke with terminate of a coroutine running here: cancel it (it ends REVOKED)."""
+        assert self._aio is not None
+        job = self._aio.terminate(task_id)
+        if job is None:
+            return
+        log.warning("task %s revoked: terminated", task_id)
+        hooks.emit(
+            "task_revoked",
+            task=self.app.tasks.get(job.name),
+            request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
+            terminated=True,
+            signum=None,
+            expired=False,
+        )
 
     def _tell_parent(self) -> None:
         """Tell the parent, once per batch at most, the tasks claimed and stored (only if a hook

@@ -1,0 +1,169 @@
+"""A slot's event loop: the ``async def`` tasks of a pool process, many at a time.
+
+A slot (``pgq.worker.slot``) hands the async tasks of a batch it claimed to ``AsyncRunner.run``,
+which starts each one as an asyncio task on the slot's own loop (one per pool process, made once)
+and, while they run, keeps the process full: whenever there is room below the cap
+(``--async-concurrency``) and the last claim was not short, or a NOTIFY came, or outcomes have
+waited ``FLUSH_SECONDS``, it calls the slot's ``refill`` (one statement: write the outcomes so far,
+claim up to the room left). That statement is a blocking call on the loop's thread, a few
+milliseconds, the same cost a sync slot pays between tasks. A sync task a refill claimed is kept
+for the slot to run once the loop is empty; the refills stop until then, so sync tasks never wait
+behind a stream of async ones.
+
+Each coroutine gets its limits here, as loop timers: the soft limit cancels it with
+``guard.SOFT_LIMIT`` (``SoftTimeLimitExceeded`` raised inside it), the hard limit with
+``guard.HARD_LIMIT`` (it ends FAILURE with ``TimeLimitExceeded``; the process and the other
+coroutines carry on). ``terminate(task_id)`` (revoke with ``terminate=True``) cancels one with
+``guard.TERMINATE`` (REVOKED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pgq.store import ClaimedTask
+from pgq.worker.guard import HARD_LIMIT, SOFT_LIMIT, TERMINATE
+from pgq.worker.runner import Report, arun_job
+
+if TYPE_CHECKING:
+    from pgq.app import App
+
+__all__ = ["AsyncRunner", "Prepared", "Refill"]
+
+log = logging.getLogger("pgq.worker")
+
+# Outcomes of finished coroutines wait at most about this long (seconds) before a refill writes
+# them, and a refill after a short claim waits this long unless a NOTIFY comes.
+FLUSH_SECONDS = 0.05
+
+# A claimed task ready to run, with its decoded options and its (soft, hard) limits.
+Prepared = tuple[ClaimedTask, dict[str, Any], float | None, float | None]
+# refill(room, dry): write the outcomes so far and claim up to ``room`` tasks (``dry``: the last
+# claim came back short, so claim only on a NOTIFY or after the poll interval). Returns the new
+# async tasks and whether the claim came back short, or None: claim no more in this run.
+Refill = Callable[[int, bool], "tuple[list[Prepared], bool] | None"]
+
+
+class AsyncRunner:
+    """The event loop of one slot and the coroutines running on it."""
+
+    def __init__(
+        self,
+        app: App,
+        hostname: str,
+        *,
+        concurrency: int,
+        blocked_after: float | None = None,
+    ) -> None:
+        self.app = app
+        self.hostname = hostname
+        self.concurrency = max(1, concurrency)
+        self.blocked_after = blocked_after
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: dict[str, tuple[asyncio.Task[Report], ClaimedTask]] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    def running(self) -> list[str]:
+        """The ids of the coroutines running now."""
+        return list(self._running)
+
+    def terminate(self, task_id: str) -> ClaimedTask | None:
+        """Cancel the running coroutine of ``task_id`` (it ends REVOKED); its row, or None if
+        it is not running here."""
+        running, job = self._running.get(task_id, (None, None))
+        if running is None or running.done():
+            return None
+        running.cancel(TERMINATE)
+        return job
+
+    def run(
+        self,
+        batch: list[Prepared],
+        on_report: Callable[[Report], None],
+        refill: Refill,
+        tick: Callable[[], None],
+    ) -> float:
+        """Run ``batch`` and what ``refill`` adds (see ``Refill``), until none is left running;
+        ``on_report`` gets each outcome as it comes, ``tick()`` is called at least every
+        ``FLUSH_SECONDS``. Returns the longest run time seen."""
+        return self.loop.run_until_complete(self._run(batch, on_report, refill, tick))
+
+    async def _run(
+        self,
+        batch: list[Prepared],
+        on_report: Callable[[Report], None],
+        refill: Refill,
+        tick: Callable[[], None],
+    ) -> float:
+        slowest = 0.0
+        pending: set[asyncio.Task[Report]] = set()
+        for prepared in batch:
+            pending.add(self._start(prepared))
+        claiming, dry, last_turn = True, False, time.monotonic()
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            for finished in done:
+                report = finished.result()
+                slowest = max(slowest, report.runtime)
+                on_report(report)
+            tick()  # messages from the parent: stop, revoke-terminate
+            room = self.concurrency - len(pending)
+            now = time.monotonic()
+            due = now - last_turn >= FLUSH_SECONDS
+            if not claiming or room <= 0 or (dry and not due):
+                if done and due:  # write the outcomes so far, claim nothing
+                    refill(0, False)
+                    last_turn = now
+                continue
+            refilled = refill(room, dry)
+            last_turn = now
+            if refilled is None:
+                claiming = False
+                continue
+            added, dry = refilled
+            for prepared in added:
+                pending.add(self._start(prepared))
+        return slowest
+
+    def _start(self, prepared: Prepared) -> asyncio.Task[Report]:
+        job, options, soft, hard = prepared
+        loop = self.loop
+        if hard:
+            options["time_limit"] = hard  # what TimeLimitExceeded names
+        coro = arun_job(self.app, job, self.hostname, options, blocked_after=self.blocked_after)
+        task = loop.create_task(coro)
+        self._running[job.id] = task, job
+        timers = []
+        if soft and (not hard or soft < hard):
+            timers.append(loop.call_later(soft, _cancel, task, SOFT_LIMIT))
+        if hard:
+            timers.append(loop.call_later(hard, _cancel, task, HARD_LIMIT))
+
+        def forget(_: asyncio.Task[Report]) -> None:
+            self._running.pop(job.id, None)
+            for timer in timers:
+                timer.cancel()
+
+        task.add_done_callback(forget)
+        return task
+
+
+def _cancel(task: asyncio.Task[Report], reason: str) -> None:
+    if not task.done():
+        task.cancel(reason)
