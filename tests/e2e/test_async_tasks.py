@@ -183,3 +183,18 @@ def test_eager_apply_and_direct_await(tasks: Any) -> None:
         assert tasks.double.delay(4).get() == 8
     finally:
         tasks.app.conf.task_always_eager = False
+
+
+def test_async_producer_and_aget_with_a_worker(tasks: Any, worker: Any) -> None:
+    import asyncio
+
+    worker("-c", "1")
+
+    async def main() -> list[int]:
+        try:
+            sent = [await tasks.double.adelay(i) for i in range(5)]
+            return [await result.aget(timeout=60) for result in sent]
+        finally:
+            await tasks.app.store.db.aclose()
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
