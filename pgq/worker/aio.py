@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pgq.errors import TaskRevokedError
 from pgq.store import ClaimedTask
 from pgq.worker.guard import HARD_LIMIT, SOFT_LIMIT, TERMINATE
-from pgq.worker.runner import Report, arun_job
+from pgq.worker.runner import FINISH, Report, arun_job, error_json
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -109,25 +110,43 @@ class AsyncRunner:
         refill: Refill,
         tick: Callable[[], None],
     ) -> float:
-        slowest = 0.0
-        pending: set[asyncio.Task[Report]] = set()
+        # Finished coroutines land in ``done`` from their done callback, and wake the loop
+        # below: asyncio.wait() would register and remove a callback on every running
+        # coroutine each turn (thousands of them, many turns a second).
+        loop = self.loop
+        done: list[asyncio.Task[Report]] = []
+        wake: list[asyncio.Future[None]] = []
+
+        def finished(task: asyncio.Task[Report]) -> None:
+            done.append(task)
+            if wake and not wake[0].done():
+                wake[0].set_result(None)
+
+        running = 0
         for prepared in batch:
-            pending.add(self._start(prepared))
+            self._start(prepared).add_done_callback(finished)
+            running += 1
+        slowest = 0.0
         claiming, dry, last_turn = True, False, time.monotonic()
-        while pending:
-            done, pending = await asyncio.wait(
-                pending, timeout=FLUSH_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            for finished in done:
-                report = finished.result()
+        while running:
+            if not done:
+                woken = loop.create_future()
+                wake[:] = [woken]
+                timer = loop.call_later(FLUSH_SECONDS, _resolve, woken)
+                await woken
+                timer.cancel()
+            ended, done[:] = list(done), []
+            running -= len(ended)
+            for task in ended:
+                report = self._report_of(task)
                 slowest = max(slowest, report.runtime)
                 on_report(report)
             tick()  # messages from the parent: stop, revoke-terminate
-            room = self.concurrency - len(pending)
+            room = self.concurrency - running
             now = time.monotonic()
             due = now - last_turn >= FLUSH_SECONDS
             if not claiming or room <= 0 or (dry and not due):
-                if done and due:  # write the outcomes so far, claim nothing
+                if ended and due:  # write the outcomes so far, claim nothing
                     refill(0, False)
                     last_turn = now
                 continue
@@ -138,8 +157,19 @@ class AsyncRunner:
                 continue
             added, dry = refilled
             for prepared in added:
-                pending.add(self._start(prepared))
+                self._start(prepared).add_done_callback(finished)
+                running += 1
         return slowest
+
+    def _report_of(self, task: asyncio.Task[Report]) -> Report:
+        """A finished coroutine's report; arun_job never raises, but a coroutine cancelled
+        by someone else (the task cancelling itself) ends without one."""
+        if not task.cancelled() and task.exception() is None:
+            return task.result()
+        job_id = task.get_name()
+        exc = TaskRevokedError("cancelled") if task.cancelled() else task.exception()
+        assert exc is not None
+        return Report(FINISH, job_id, 0.0, "FAILURE", error_json(exc))
 
     def _start(self, prepared: Prepared) -> asyncio.Task[Report]:
         job, options, soft, hard = prepared
@@ -147,7 +177,7 @@ class AsyncRunner:
         if hard:
             options["time_limit"] = hard  # what TimeLimitExceeded names
         coro = arun_job(self.app, job, self.hostname, options, blocked_after=self.blocked_after)
-        task = loop.create_task(coro)
+        task = loop.create_task(coro, name=job.id)
         self._running[job.id] = task, job
         timers = []
         if soft and (not hard or soft < hard):
@@ -162,6 +192,11 @@ class AsyncRunner:
 
         task.add_done_callback(forget)
         return task
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _cancel(task: asyncio.Task[Report], reason: str) -> None:
