@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         help="procrastinate --concurrency / pgqueuer jobs in flight (%(default)s)",
     )
     parser.add_argument(
+        "--concurrency-of",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="one peer's own in-flight cap (procrastinate=50: its best here, see the guide)",
+    )
+    parser.add_argument(
         "--systems", nargs="+", default=list(DEFAULT_SYSTEMS), metavar="KEY", help="systems"
     )
     parser.add_argument("--server-url", default=env.server_url, help="PostgreSQL server")
@@ -62,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    own: dict[str, int] = {}
+    for item in args.concurrency_of:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            print(f"--concurrency-of {item!r}: use KEY=N", file=sys.stderr)
+            return 2
+        own[key] = int(value)
     env = BenchEnv(server_url=args.server_url)
     probe = Probe()
     ctx = MeasureContext(probe=probe, log_dir=env.log_dir)
@@ -89,7 +103,9 @@ def main(argv: list[str]) -> int:
             ctx.trial = trial
             turn = trial % max(1, len(systems))
             for system in systems[turn:] + systems[:turn]:
-                concurrency = args.workers if system.key == "pgq" else args.peer_concurrency
+                concurrency = own.get(system.key, args.peer_concurrency)
+                if system.key == "pgq":
+                    concurrency = args.workers
                 say(f"trial {trial + 1}/{args.trials}: {system.key}")
                 try:
                     outcome = drain(

@@ -9,6 +9,10 @@ one at a time, never more than ``Settings.claim_batch``; once a claim comes back
 ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
 A task that runs much longer than the batch was sized for makes the slot give back the rest.
 An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
+The ``async def`` tasks of a batch run together on the slot's event loop (``pgq.worker.aio``),
+which keeps claiming while it has room (``--async-concurrency``); sync tasks claimed meanwhile
+run once the loop is empty. Their limits and revoke-terminate are the loop's, not the parent's:
+one of them must not take the process and its other coroutines down.
 The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
 terminates revoked tasks and gives back the tasks of a slot that died.
 
@@ -17,7 +21,7 @@ A prefork slot is replaced after ``--max-tasks-per-child`` tasks or once its mem
 but has not started go back to the queue first) and exits; the parent starts a new one.
 
 Messages on the slot's pipe (tuples):
-  parent -> slot: ("stop",), ("revoked", task_id), ("queues", [queue, ...]),
+  parent -> slot: ("stop",), ("revoked", task_id, terminate), ("queues", [queue, ...]),
                   ("rate_limit", task_name, rate), ("time_limit", task_name, soft, hard)
   slot -> parent: ("turn", started, stored, ran), ("deadline", task_id, at, limit)
 """

@@ -198,3 +198,30 @@ def test_async_producer_and_aget_with_a_worker(tasks: Any, worker: Any) -> None:
             await tasks.app.store.db.aclose()
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_pgqs_own_api_runs_async_tasks_too(db_url: str, clean: None) -> None:
+    import asyncio
+
+    sys.path.insert(0, str(HERE))
+    import async_engine_app
+
+    async_engine_app.app.database_url = db_url
+    w = WorkerProcess(["worker", "-A", "async_engine_app", "-c", "1"], worker_env(db_url))
+    try:
+        wait_until_worker_registered(db_url, w)
+        sent = async_engine_app.tag.delay("sync producer")
+
+        async def main() -> Any:
+            try:
+                other = await async_engine_app.tag.adelay("async producer")
+                return await other.aget(timeout=60), other.id
+            finally:
+                await async_engine_app.app.db.aclose()
+
+        (value, other_id) = asyncio.run(main())
+        assert value == {"value": "async producer", "id": other_id}
+        assert sent.get(timeout=60) == {"value": "sync producer", "id": sent.id}
+    finally:
+        w.kill()
+        async_engine_app.app.close()
