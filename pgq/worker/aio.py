@@ -58,11 +58,14 @@ class AsyncRunner:
         hostname: str,
         *,
         concurrency: int,
+        claim_batch: int,
         blocked_after: float | None = None,
     ) -> None:
         self.app = app
         self.hostname = hostname
         self.concurrency = max(1, concurrency)
+        # The free places worth a claim statement: a quarter of the loop, at most a claim.
+        self.claim_step = max(1, min(claim_batch, self.concurrency // 4))
         self.blocked_after = blocked_after
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, tuple[asyncio.Task[Report], ClaimedTask]] = {}
@@ -131,7 +134,7 @@ class AsyncRunner:
         while running:
             # A backlog (the last claim came back full) and room: claim again at once, so the
             # loop fills up in a few statements instead of one claim per wake-up.
-            backlog = claiming and not dry and running < self.concurrency
+            backlog = claiming and not dry and self.concurrency - running >= self.claim_step
             if not done and not backlog:
                 woken = loop.create_future()
                 wake[:] = [woken]
@@ -148,7 +151,10 @@ class AsyncRunner:
             room = self.concurrency - running
             now = time.monotonic()
             due = now - last_turn >= FLUSH_SECONDS
-            if not claiming or room <= 0 or (dry and not due):
+            # Claim once a useful number of places is free (a statement per finished coroutine
+            # would cost more than the coroutines), or when the outcomes are due anyway.
+            worth = room >= self.claim_step or (room > 0 and due)
+            if not claiming or not worth or (dry and not due):
                 if ended and due:  # write the outcomes so far, claim nothing
                     refill(0, False)
                     last_turn = now

@@ -225,6 +225,7 @@ class Slot(Outbox):
                 self.app,
                 self.hostname,
                 concurrency=self.config.async_concurrency,
+                claim_batch=self.settings.claim_batch,
                 blocked_after=self.config.blocked_loop_seconds,
             )
         self._claimed_at = time.monotonic()
