@@ -55,8 +55,9 @@ def worker(db_url: str) -> Iterator[Any]:
             w.kill()
 
 
-def test_many_async_tasks_overlap_in_one_pool_process(tasks: Any, worker: Any) -> None:
-    worker("-c", "1", "--async-concurrency", "50")
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_many_async_tasks_overlap_in_one_pool_process(tasks: Any, worker: Any, pool: str) -> None:
+    worker("-c", "1", "-P", pool, "--async-concurrency", "50")
     results = [tasks.nap.delay(0.5) for _ in range(40)]
     runs = [r.get(timeout=60) for r in results]
     assert len({run["pid"] for run in runs}) == 1
