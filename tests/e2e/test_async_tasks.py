@@ -226,3 +226,26 @@ def test_pgqs_own_api_runs_async_tasks_too(db_url: str, clean: None) -> None:
     finally:
         w.kill()
         async_engine_app.app.close()
+
+
+def test_a_killed_pool_process_gives_its_coroutines_tasks_back(
+    tasks: Any, worker: Any, conn: psycopg.Connection[Any]
+) -> None:
+    import os
+    import signal
+
+    w = worker("-c", "1", "--async-concurrency", "50")
+    sent = [tasks.nap.delay(3.0) for _ in range(10)]
+
+    def all_started() -> bool:
+        rows = conn.execute(
+            "SELECT count(*) FROM pgq.tasks WHERE state = 'STARTED' AND id = ANY(%s)",
+            ([r.id for r in sent],),
+        ).fetchone()
+        return rows is not None and rows[0] == len(sent)
+
+    wait_for(all_started, what="every task running in the one pool process")
+    (child,) = w.children()
+    os.kill(child, signal.SIGKILL)
+    runs = [r.get(timeout=90) for r in sent]
+    assert all(run["pid"] != child for run in runs)  # ran again, in the replacement
