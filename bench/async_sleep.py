@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "--systems", nargs="+", default=list(DEFAULT_SYSTEMS), metavar="KEY", help="systems"
     )
     parser.add_argument("--server-url", default=env.server_url, help="PostgreSQL server")
+    parser.add_argument(
+        "--db-prefix",
+        default="pgqbench_async",
+        help="scratch databases are PREFIX_<system>, dropped at the end (%(default)s: apart "
+        "from `bench run`'s, which may run at the same time)",
+    )
     return parser
 
 
@@ -76,7 +82,7 @@ def main(argv: list[str]) -> int:
             print(f"--concurrency-of {item!r}: use KEY=N", file=sys.stderr)
             return 2
         own[key] = int(value)
-    env = BenchEnv(server_url=args.server_url)
+    env = BenchEnv(server_url=args.server_url, db_prefix=args.db_prefix)
     probe = Probe()
     ctx = MeasureContext(probe=probe, log_dir=env.log_dir)
     ctx.log_dir.mkdir(parents=True, exist_ok=True)
