@@ -2,13 +2,14 @@
 
 A slot (``pgq.worker.slot``) hands the async tasks of a batch it claimed to ``AsyncRunner.run``,
 which starts each one as an asyncio task on the slot's own loop (one per pool process, made once)
-and, while they run, keeps the process full: whenever there is room below the cap
-(``--async-concurrency``) and the last claim was not short, or a NOTIFY came, or outcomes have
-waited ``FLUSH_SECONDS``, it calls the slot's ``refill`` (one statement: write the outcomes so far,
-claim up to the room left). That statement is a blocking call on the loop's thread, a few
-milliseconds, the same cost a sync slot pays between tasks. A sync task a refill claimed is kept
-for the slot to run once the loop is empty; the refills stop until then, so sync tasks never wait
-behind a stream of async ones.
+and, while they run, keeps the process full: once a quarter of the cap (``--async-concurrency``;
+at most a claim batch) is free, or outcomes have waited ``FLUSH_SECONDS``, it calls the slot's
+``refill`` (one statement: write the outcomes so far, claim up to the room left), again at once
+while claims come back full; after a short claim it claims again only on a NOTIFY or after the
+poll interval. That statement is a blocking call on the loop's thread, a few milliseconds, the
+same cost a sync slot pays between tasks. A sync task a refill claimed is kept for the slot to
+run once the loop is empty; the refills stop until then, so sync tasks never wait behind a
+stream of async ones.
 
 Each coroutine gets its limits here, as loop timers: the soft limit cancels it with
 ``guard.SOFT_LIMIT`` (``SoftTimeLimitExceeded`` raised inside it), the hard limit with
