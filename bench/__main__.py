@@ -6,6 +6,7 @@
     python -m bench list                 # the systems and whether they can run here
     python -m bench web                  # the dashboard: page times, share of DB load (issue 24)
     python -m bench soak --minutes 60    # hours of load: steady producers and a worker, sampled
+    python -m bench async-sleep          # 10,000 async 100 ms sleeps: pgq, procrastinate, pgqueuer
 
 Prints the Markdown report and writes bench/results/latest.md, latest.json, throughput.png and
 latency.png (or under --out).
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     # Its own options (python -m bench web --help): main() hands it the rest of the line.
     sub.add_parser("web", add_help=False, help="the dashboard's page times and share of DB load")
     sub.add_parser("soak", add_help=False, help="steady load for minutes or hours, sampled")
+    sub.add_parser(
+        "async-sleep", add_help=False, help="10,000 async def tasks that sleep 0.1 s (issue 22)"
+    )
     for sub_parser in (run, sub.add_parser("list", help="list the systems and their status")):
         sub_parser.add_argument(
             "--server-url", default=DEFAULT_ENV.server_url, help="PostgreSQL server (%(default)s)"
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         return soak.main(argv[1:])
+    if argv[:1] == ["async-sleep"]:
+        from bench import async_sleep
+
+        return async_sleep.main(argv[1:])
     args = _parser().parse_args(argv)
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, amqp_url=args.amqp_url)
     if args.command == "list":

@@ -1,4 +1,4 @@
-"""The pgq tasks the benchmarks run: a no-op and a 10 ms sleep.
+"""The pgq tasks the benchmarks run: a no-op, a 10 ms sleep, and an async 100 ms sleep.
 
 Both tell the harness they ran (``bench.probe.report``; a no-op outside a benchmark run).
 ``noop(sent_at)`` carries its enqueue time for the latency measure.
@@ -6,6 +6,7 @@ Both tell the harness they ran (``bench.probe.report``; a no-op outside a benchm
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pgq
@@ -22,4 +23,10 @@ def noop(sent_at: float = 0.0) -> None:
 @app.task
 def sleep10ms() -> None:
     time.sleep(0.01)
+    report()
+
+
+@app.task
+async def async_sleep100ms() -> None:
+    await asyncio.sleep(0.1)
     report()

@@ -51,7 +51,14 @@ class Result:
         Raises ``WaitTimeout`` after ``timeout`` seconds, ``TaskFailed`` if the task failed and
         ``TaskRevoked`` if it was revoked or expired.
         """
-        record = self.store.wait(self.id, timeout, interval=interval)
+        return self._outcome(self.store.wait(self.id, timeout, interval=interval), timeout)
+
+    async def aget(self, timeout: float | None = None, *, interval: float = 0.5) -> Any:
+        """``get`` for async code: waits on LISTEN without blocking the event loop."""
+        record = await self.store.await_finished(self.id, timeout, interval=interval)
+        return self._outcome(record, timeout)
+
+    def _outcome(self, record: TaskRecord | None, timeout: float | None) -> Any:
         if record is None or not record.finished:
             raise WaitTimeout(f"task {self.id} did not finish within {timeout} seconds")
         return outcome_of(record)

@@ -120,6 +120,11 @@ class Task:
             raise TypeError(f"{self.name}() {exc}") from None
 
     @functools.cached_property
+    def is_async(self) -> bool:
+        """Whether ``run`` is an ``async def``: the worker runs it on its event loop."""
+        return inspect.iscoroutinefunction(self.run)
+
+    @functools.cached_property
     def _signature(self) -> inspect.Signature | None:
         # Computed once per task: inspect.signature costs more than the rest of an enqueue.
         try:
@@ -170,14 +175,41 @@ class Task:
         ``using`` names the Django database alias whose open transaction takes the task
         (pgq.django; default: Django's default database).
         """
+        new = self._outgoing(args, kwargs, options)
+        return self._sent(new, *self.app.store.insert(new, connection, using))
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Result:
+        """``delay`` for async code: the insert does not block the event loop."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        connection: Any = None,
+        **options: Any,
+    ) -> Result:
+        """``apply_async`` for async code, with the same options. ``connection`` takes a psycopg
+        ``AsyncConnection`` or a SQLAlchemy ``AsyncConnection``/``AsyncSession``: the task is
+        inserted in its open transaction (rolled back: it never existed)."""
+        new = self._outgoing(args, kwargs, options)
+        return self._sent(new, *await self.app.store.ainsert(new, connection))
+
+    def _outgoing(
+        self, args: Sequence[Any] | None, kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> NewTask:
+        """The row one call inserts, through the before_task_publish hook."""
         new = self.prepare(args, kwargs, **options)
-        publishing = listening("before_task_publish") or listening("after_task_publish")
-        if publishing:
+        if listening("before_task_publish") or listening("after_task_publish"):
             new = before_publish(new)
-        task_id, created = self.app.store.insert(new, connection, using)
+        return new
+
+    def _sent(self, new: NewTask, task_id: str, created: bool) -> Result:
+        """After the insert: the hooks, and the result handle."""
         if created:
             emit("task_enqueued", task_id=task_id, name=new.name, queue=new.queue)
-        if publishing:
+        if listening("after_task_publish"):
             after_publish(new)
         return self.app.result(task_id)
 

@@ -15,7 +15,11 @@ from bench.systems._postgres import PostgresSystem
 
 __all__ = ["PgqSystem"]
 
-TASKS = {"noop": "bench.noop_tasks.noop", "sleep": "bench.noop_tasks.sleep10ms"}
+TASKS = {
+    "noop": "bench.noop_tasks.noop",
+    "sleep": "bench.noop_tasks.sleep10ms",
+    "async_sleep": "bench.noop_tasks.async_sleep100ms",
+}
 CHUNK = 1000
 
 # Finished rows as a long-running deployment keeps them until pruning (one day by default).
@@ -37,6 +41,9 @@ class PgqSystem(PostgresSystem):
     reset_statements = ("TRUNCATE pgq.tasks, pgq.workers",)
     unsettled_query = "SELECT count(*) FROM pgq.tasks WHERE finished_at IS NULL"
 
+    # --async-concurrency for the worker (the async-sleep scenario sets it; None: the default).
+    async_concurrency: int | None = None
+
     def install_schema(self) -> None:
         from pgq.server.migrate import upgrade
 
@@ -44,7 +51,10 @@ class PgqSystem(PostgresSystem):
 
     def worker_command(self, concurrency: int) -> tuple[list[str], dict[str, str]]:
         command = [sys.executable, "-m", "pgq.cli", "worker", "-A", "bench.noop_tasks"]
-        return [*command, "-c", str(concurrency), "-P", "prefork", "-b", self.url], {}
+        command += ["-c", str(concurrency), "-P", "prefork", "-b", self.url]
+        if self.async_concurrency:
+            command += ["--async-concurrency", str(self.async_concurrency)]
+        return command, {}
 
     def measure(self, name: str, param: int | None, sizes: Sizes, ctx: Any) -> Outcome:
         if name == "bloat":

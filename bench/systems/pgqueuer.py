@@ -14,7 +14,7 @@ from bench.systems._postgres import PostgresSystem
 
 __all__ = ["PgqueuerAsyncpg", "PgqueuerPsycopg"]
 
-NAMES = {"noop": "bench.noop", "sleep": "bench.sleep10ms"}
+NAMES = {"noop": "bench.noop", "sleep": "bench.sleep10ms", "async_sleep": "bench.async_sleep100ms"}
 CHUNK = 1000
 
 

@@ -15,6 +15,7 @@ __all__ = ["ProcrastinateSystem"]
 
 APP = "bench.tasks.procrastinate_tasks.app"
 CHUNK = 1000
+NAMES = {"noop": "bench.noop", "sleep": "bench.sleep10ms", "async_sleep": "bench.async_sleep100ms"}
 
 
 class ProcrastinateSystem(PostgresSystem):
@@ -77,7 +78,7 @@ class ProcrastinateSystem(PostgresSystem):
 
     def client_prequeue(self, n: int, task: str, countdown: float | None = None) -> None:
         async def body(app: Any) -> None:
-            target = app.tasks["bench.noop" if task == "noop" else "bench.sleep10ms"]
+            target = app.tasks[NAMES[task]]
             if countdown:
                 target = target.configure(schedule_in={"seconds": countdown})
             for start in range(0, n, CHUNK):

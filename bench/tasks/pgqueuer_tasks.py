@@ -58,6 +58,11 @@ async def create(args: list[str]) -> AsyncIterator[PgQueuer]:
         await asyncio.sleep(0.01)
         report()
 
+    @queuer.entrypoint("bench.async_sleep100ms")
+    async def async_sleep100ms(job: Job) -> None:
+        await asyncio.sleep(0.1)
+        report()
+
     try:
         yield queuer
     finally:

@@ -26,3 +26,9 @@ async def noop(sent_at: float = 0.0) -> None:
 async def sleep10ms() -> None:
     await asyncio.sleep(0.01)
     report()
+
+
+@app.task(name="bench.async_sleep100ms", queue=QUEUE)
+async def async_sleep100ms() -> None:
+    await asyncio.sleep(0.1)
+    report()

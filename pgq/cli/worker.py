@@ -96,6 +96,18 @@ def worker(
     soft_time_limit: float | None = typer.Option(
         None, "--soft-time-limit", help="soft time limit (s) for tasks that set none"
     ),
+    async_concurrency: int | None = typer.Option(
+        None,
+        "--async-concurrency",
+        help="the most async def tasks a pool process runs at once on its event loop "
+        "(default 100; setting worker_async_concurrency)",
+    ),
+    blocked_loop_seconds: float | None = typer.Option(
+        None,
+        "--blocked-loop-seconds",
+        help="log a WARNING naming an async task that holds its event loop longer than this "
+        "(default 1; 0: never)",
+    ),
     without_heartbeat: bool = typer.Option(
         False, "--without-heartbeat", help="accepted (pgq sends no event heartbeats)"
     ),
@@ -145,6 +157,8 @@ def worker(
         "prefetch_multiplier": prefetch_multiplier,
         "time_limit": time_limit,
         "soft_time_limit": soft_time_limit,
+        "async_concurrency": async_concurrency,
+        "blocked_loop_seconds": blocked_loop_seconds,
     }
     try:
         # Checked before the app is imported too (no database is touched for a bad option).

@@ -9,6 +9,7 @@ only an exception class of a module this process has already imported is used (s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import sys
@@ -309,16 +310,44 @@ class AsyncResult(Result):
         if disable_sync_subtasks:
             assert_will_not_block()
         record = self._wait(timeout, interval, check_parents=propagate and follow_parents)
+        return self._got(record, propagate, callback, PROPAGATE_STATES)
+
+    wait = get
+
+    async def aget(  # type: ignore[override]
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Any = None,
+    ) -> Any:
+        """``get`` for async code (pgq): waits on LISTEN without blocking the event loop, and
+        raises as ``get`` does. Unlike ``get`` it does not check a chain's parents while it
+        waits (the last step's own failure is raised all the same)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            record = await self.store.await_finished(self.id, remaining, interval=interval)
+            if record is None or not _replaced(record):
+                break
+            if remaining is not None and remaining <= 0:  # replaced: its replacement's outcome
+                record = None
+                break
+            await asyncio.sleep(interval if remaining is None else min(interval, remaining))
+        return self._got(record, propagate, callback, states.PROPAGATE_STATES)
+
+    def _got(
+        self, record: Any, propagate: bool, callback: Any, propagate_states: frozenset[str]
+    ) -> Any:
+        """What ``get`` returns (or raises) for the row it waited for."""
         if record is None or not record.finished:
             raise TimeoutError("The operation timed out.")
         value = _value_of(record)
         if callback is not None:
             callback(self.id, value)
-        if propagate and (record.state in PROPAGATE_STATES or record.state == states.REJECTED):
+        if propagate and (record.state in propagate_states or record.state == states.REJECTED):
             raise value if isinstance(value, BaseException) else TaskRevokedError(str(value))
         return value
-
-    wait = get
 
     def _wait(self, timeout: float | None, interval: float, check_parents: bool) -> Any:
         """Wait for this task's row to finish (a task that ``Task.replace`` replaced: until its
@@ -509,6 +538,10 @@ class EagerResult(AsyncResult):
         return self._result
 
     wait = get  # type: ignore[assignment]
+
+    async def aget(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """The value (or the error raised), as ``get``: nothing to wait for."""
+        return self.get(*args, **kwargs)
 
     def forget(self) -> None:
         return None

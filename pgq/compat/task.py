@@ -195,6 +195,8 @@ class Task(_engine.Task):
             kwargs=dict(kwargs),
             called_directly=True,
         )
+        if self.is_async:  # await task(...): the request is set while the coroutine runs
+            return _called_directly(direct, self.run(*args, **kwargs))
         token = set_current_request(direct)
         try:
             return self.run(*args, **kwargs)
@@ -371,6 +373,22 @@ class Task(_engine.Task):
         shadow: str | None,
         options: dict[str, Any],
     ) -> AsyncResult:
+        call = self._send_call(args, kwargs, task_id, link, link_error, shadow, options)
+        result = _engine.Task.apply_async(self, args, kwargs, **call)
+        return self._async_result(result.id, options)
+
+    def _send_call(
+        self,
+        args: Sequence[Any] | None,
+        kwargs: dict[str, Any] | None,
+        task_id: str | None,
+        link: Any,
+        link_error: Any,
+        shadow: str | None,
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Celery's options turned into the engine's ``apply_async`` keywords (shared by
+        ``apply_async`` and ``aapply_async``)."""
         app = self.app
         conf = app.conf
         serializer = options.pop("serializer", None) or self.serializer or conf.task_serializer
@@ -414,21 +432,52 @@ class Task(_engine.Task):
         if parent is not None and parent.id and not options.get("parent_id"):
             options["parent_id"] = parent.id
             options.setdefault("root_id", parent.root_id or parent.id)
-        result = _engine.Task.apply_async(
-            self,
-            args,
-            kwargs,
-            connection=connection,
-            using=using,
-            task_id=task_id,
-            queue=queue,
+        return {
+            "connection": connection,
+            "using": using,
+            "task_id": task_id,
+            "queue": queue,
             **options,
-        )
-        sent = AsyncResult(result.id, app=app, task_name=self.name)
+        }
+
+    def _async_result(self, task_id: str, options: dict[str, Any]) -> AsyncResult:
+        sent = AsyncResult(task_id, app=self.app, task_name=self.name)
         # Celery's result of a call whose result is ignored says so (``result.ignored``).
         if options.get("ignore_result", self.ignore_result):
             sent.ignored = True
         return sent
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """``delay`` for async code (pgq): the insert does not block the event loop."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(  # type: ignore[override]
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async`` for async code (pgq), with the same options; ``connection=`` takes a
+        psycopg ``AsyncConnection`` or a SQLAlchemy ``AsyncConnection``/``AsyncSession`` (the
+        task is inserted in its open transaction). With ``task_always_eager`` the task runs
+        here, as ``apply_async`` does."""
+        if self.app.conf.task_always_eager:
+            return self.apply_async(
+                args, kwargs, task_id, producer, link, link_error, shadow, **options
+            )
+        if self._dump_pydantic_arguments is not None:
+            args, kwargs = self._dump_pydantic_arguments(args, kwargs)
+        args, kwargs = list(args or ()), dict(kwargs or {})
+        call = self._send_call(args, kwargs, task_id, link, link_error, shadow, options)
+        connection = call.pop("connection")
+        call.pop("using")
+        result = await _engine.Task.aapply_async(self, args, kwargs, connection=connection, **call)
+        return self._async_result(result.id, options)
 
     def apply(
         self,
@@ -654,3 +703,12 @@ def builtin_replace_failed(self: Any, failed_id: str, task_id: str) -> None:
     self.app.backend.store_result(
         task_id, meta.get("result"), states.FAILURE, traceback=meta.get("traceback")
     )
+
+
+async def _called_directly(request: Request, coro: Any) -> Any:
+    """Await an async task's coroutine with ``request`` as its current request."""
+    token = set_current_request(request)
+    try:
+        return await coro
+    finally:
+        reset_current_request(token)

@@ -15,13 +15,14 @@ store to keep no session state and to LISTEN only on a direct connection (``pgq_
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -248,6 +249,11 @@ class Database:
         self._lock = threading.Lock()
         # Closes the pool if this Database is dropped (or the process exits) with it open.
         self._pool_closer: weakref.finalize[[Any, int], Database] | None = None
+        # Async producers (adelay, aget): one AsyncConnectionPool per event loop, since a pool
+        # belongs to the loop it was opened on.
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<Database {describe_server(self.url)}>"
@@ -401,6 +407,49 @@ class Database:
                     self._pool_closer.detach()
                 self._pool_closer = weakref.finalize(self, _close_pool, self._pool, pid)
         return self._pool
+
+    @asynccontextmanager
+    async def apooled(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """Borrow an async connection from the running event loop's pool (made on first use,
+        after the schema check, which runs in a thread so the loop is not held)."""
+        loop = asyncio.get_running_loop()
+        pool = self._apools.get(loop)
+        if pool is None:
+            from psycopg_pool import AsyncConnectionPool  # see _get_pool
+
+            if not self._schema_checked:
+                conn = await asyncio.to_thread(self.connect)
+                conn.close()
+                self._schema_checked = True
+            pool = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                kwargs=self.connect_kwargs,
+                open=False,
+                name="pgq-async",
+                timeout=self.connect_timeout,
+            )
+            with translate_errors(self.url):
+                await pool.open()
+            self._apools[loop] = pool
+        with translate_errors(self.url):
+            async with pool.connection() as conn:
+                yield conn
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async pool, if any (before the loop ends)."""
+        pool = self._apools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+    async def aconnect_listener(self) -> psycopg.AsyncConnection[Any] | None:
+        """``connect_listener`` for async waiters: a new async connection that can LISTEN, or
+        None behind a pooler without a direct URL (poll instead)."""
+        if self.listen_url is None:
+            return None
+        with translate_errors(self.listen_url):
+            return await psycopg.AsyncConnection.connect(self.listen_url, **self.connect_kwargs)
 
     @property
     def pool_open(self) -> bool:

@@ -7,12 +7,13 @@ pool (or from the caller's own connection). psycopg errors leave this module as 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +66,104 @@ def _cursor(connection: Any) -> Any:
         "connection= takes a psycopg connection, a SQLAlchemy Connection or Session, "
         f"not {type(connection).__name__}"
     )
+
+
+async def _acursor(connection: Any) -> Any:
+    """An async cursor on the caller's async connection: psycopg AsyncConnection, SQLAlchemy
+    AsyncConnection or AsyncSession (on the psycopg driver, ``postgresql+psycopg://``)."""
+    if isinstance(connection, psycopg.AsyncConnection):
+        return connection.cursor()
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        AsyncConnection = AsyncSession = ()  # type: ignore[assignment,misc]
+    if isinstance(connection, AsyncSession):
+        connection = await connection.connection()
+    if isinstance(connection, AsyncConnection):
+        if not connection.in_transaction():  # as _cursor: the caller's commit() counts
+            await connection.begin()
+        raw = await connection.get_raw_connection()
+        driver = raw.driver_connection
+        if isinstance(driver, psycopg.AsyncConnection):
+            return driver.cursor()
+        raise TypeError(
+            "connection= takes a SQLAlchemy AsyncConnection on the psycopg driver "
+            f"(postgresql+psycopg://), not on {type(driver).__module__}"
+        )
+    raise TypeError(
+        "an async enqueue's connection= takes a psycopg AsyncConnection, a SQLAlchemy "
+        f"AsyncConnection or AsyncSession, not {type(connection).__name__}"
+    )
+
+
+# The statements of an operation shared by its sync and async forms, written once as a
+# generator: it yields (query name, parameters), is sent the rows, and returns the answer.
+# ``_drive`` runs one with blocking calls, ``_adrive`` with awaited ones: the two differ only
+# at I/O (no hand-kept twins).
+_Steps = Generator[tuple[str, dict[str, Any]], list[Any], Any]
+
+
+def _drive(steps: _Steps, run: Callable[[str, dict[str, Any]], list[Any]]) -> Any:
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(run(*step))
+    except StopIteration as done:
+        return done.value
+
+
+async def _adrive(steps: _Steps, run: Callable[[str, dict[str, Any]], Awaitable[list[Any]]]) -> Any:
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(await run(*step))
+    except StopIteration as done:
+        return done.value
+
+
+def _insert_steps(task: NewTask) -> _Steps:
+    """Insert one task; returns (id, created). An existing id or key returns that task's id.
+
+    An existing id, or a key whose window is open, returns that task. A key whose window has
+    passed is released from its old task, and the insert is tried again; two producers racing
+    through this get the same new task (see release_idempotency_key)."""
+    params = task.params()
+    for _attempt in range(_INSERT_ATTEMPTS):
+        rows = yield "insert_task", params
+        if rows:
+            return rows[0][0], True
+        existing = yield from _find_existing_steps(task)
+        if existing is not None:
+            return existing, False
+    raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
+
+
+def _find_existing_steps(task: NewTask) -> _Steps:
+    """The task holding ``task``'s id or open key; None after releasing an expired key."""
+    existing = yield "find_existing", {"id": task.id, "idempotency_key": task.idempotency_key}
+    if existing:
+        return str(existing[0][0])
+    if task.idempotency_key is not None:
+        yield "release_idempotency_key", {"idempotency_key": task.idempotency_key}
+    return None
+
+
+# What a wait yields: None to read the row (sent back), or seconds to sleep unless woken.
+_Waiting = Generator["float | None", "TaskRecord | None", "TaskRecord | None"]
+
+
+def _wait_steps(timeout: float | None, interval: float, clock: Callable[[], float]) -> _Waiting:
+    """Until the row is finished or ``timeout`` passes: read it, then sleep until a completion
+    notification or ``interval`` (notifications are a hint: the row is re-read anyway)."""
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        record = yield None
+        if record is not None and record.finished:
+            return record
+        remaining = None if deadline is None else deadline - clock()
+        if remaining is not None and remaining <= 0:
+            return record
+        yield interval if remaining is None else min(interval, remaining)
 
 
 class Store:
@@ -136,37 +235,39 @@ class Store:
         """
         if connection is None:
             connection = provided_connection(self.db.url, using)
-        params = task.params()
-        # An existing id, or a key whose window is open, returns that task. A key whose window
-        # has passed is released from its old task, and the insert is tried again; two
-        # producers racing through this get the same new task (see release_idempotency_key).
-        for _attempt in range(_INSERT_ATTEMPTS):
-            rows = self._run("insert_task", params, connection, retry=True)
-            if rows:
-                return rows[0][0], True
-            existing = self._find_existing(task, connection)
-            if existing is not None:
-                return existing, False
-        raise OperationalError(f"could not insert task {task.id}: it conflicts and vanishes")
+        return _drive(  # type: ignore[no-any-return]
+            _insert_steps(task),
+            lambda name, params: self._run(name, params, connection, retry=True),
+        )
+
+    async def ainsert(self, task: NewTask, connection: Any = None) -> tuple[str, bool]:
+        """``insert`` for async code: on the caller's async ``connection`` (inside its open
+        transaction) or on the running loop's pool; the same statements."""
+        return await _adrive(  # type: ignore[no-any-return]
+            _insert_steps(task), lambda name, params: self._arun(name, params, connection)
+        )
+
+    async def _arun(self, name: str, params: dict[str, Any], connection: Any = None) -> list[Any]:
+        """``_run`` for async code (no retry on a fresh connection: the pool checks)."""
+        sql = query(name)
+        with translate_errors(self.db.url):
+            if connection is not None:
+                cur = await _acursor(connection)
+                try:
+                    await cur.execute(sql, params)
+                    return list(await cur.fetchall()) if cur.description else []
+                finally:
+                    await cur.close()
+            async with self.db.apooled() as conn, conn.cursor() as cur:
+                await cur.execute(sql, params)
+                return list(await cur.fetchall()) if cur.description else []
 
     def _find_existing(self, task: NewTask, connection: Any) -> str | None:
         """The task holding ``task``'s id or open key; None after releasing an expired key."""
-        existing = self._run(
-            "find_existing",
-            {"id": task.id, "idempotency_key": task.idempotency_key},
-            connection,
-            retry=True,
+        return _drive(  # type: ignore[no-any-return]
+            _find_existing_steps(task),
+            lambda name, params: self._run(name, params, connection, retry=True),
         )
-        if existing:
-            return str(existing[0][0])
-        if task.idempotency_key is not None:
-            self._run(
-                "release_idempotency_key",
-                {"idempotency_key": task.idempotency_key},
-                connection,
-                retry=True,
-            )
-        return None
 
     def insert_many(
         self, tasks: Iterable[NewTask | Like], connection: Any = None, using: str | None = None
@@ -327,17 +428,51 @@ class Store:
         while it sleeps, so any number of threads can wait at once. It re-reads the row every
         ``interval`` seconds anyway because notifications are a hint, not a guarantee.
         """
-        deadline = None if timeout is None else clock() + timeout
         with self.completions().waiting((task_id,)) as woken:
-            while True:
-                record = self.read(task_id)
-                if record is not None and record.finished:
-                    return record
-                remaining = None if deadline is None else deadline - clock()
-                if remaining is not None and remaining <= 0:
-                    return record
-                woken.wait(interval if remaining is None else min(interval, remaining))
-                woken.clear()  # before the read: a completion from now on sets it again
+            steps = _wait_steps(timeout, interval, clock)
+            try:
+                pause = next(steps)
+                while True:
+                    if pause is None:
+                        pause = steps.send(self.read(task_id))
+                    else:
+                        woken.wait(pause)
+                        woken.clear()  # before the read: a completion from now on sets it
+                        pause = next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def await_finished(
+        self,
+        task_id: str,
+        timeout: float | None,
+        *,
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> TaskRecord | None:
+        """``wait`` for async code: the loop is never blocked. Its own connection LISTENs for
+        the completion (none behind a pooler without a direct URL: it re-reads every
+        ``interval``); rows are read from the loop's pool."""
+        listener = await self.db.aconnect_listener()
+        try:
+            if listener is not None:
+                with translate_errors(self.db.url):
+                    await listener.execute(query("listen_done"))
+            steps = _wait_steps(timeout, interval, clock)
+            try:
+                pause = next(steps)
+                while True:
+                    if pause is None:
+                        rows = await self._arun("read_task", {"id": task_id})
+                        pause = steps.send(TaskRecord(*rows[0]) if rows else None)
+                    else:
+                        await _completion(listener, task_id, pause, self.db.url)
+                        pause = next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+        finally:
+            if listener is not None:
+                await listener.close()
 
     def completions(self) -> CompletionListener:
         """This process's listener for completions (a child process after fork makes its own)."""
@@ -404,3 +539,16 @@ class Store:
         if record is None:
             raise TaskNotFound(f"no task with id {task_id}")
         return record
+
+
+async def _completion(
+    listener: psycopg.AsyncConnection[Any] | None, task_id: str, seconds: float, url: str
+) -> None:
+    """Sleep until a notification names ``task_id`` (or everyone) or ``seconds`` pass."""
+    if listener is None:
+        await asyncio.sleep(seconds)
+        return
+    with translate_errors(url):
+        async for note in listener.notifies(timeout=seconds):
+            if not note.payload or task_id in note.payload.split(","):
+                return

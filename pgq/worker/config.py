@@ -2,9 +2,11 @@
 
 ``-n`` (the node name, with Celery's ``%h``/``%n``/``%d``/``%i``/``%I``/``%%`` expansions),
 ``--max-tasks-per-child``, ``--max-memory-per-child``, ``--autoscale``, ``--prefetch-multiplier``,
-``--time-limit`` and ``--soft-time-limit``. The command line wins; an app's Celery settings of the
-same meaning (``worker_max_tasks_per_child``, ...) fill what it left out. Every value is checked
-when the ``PoolConfig`` is built, so bad input stops the worker before anything starts.
+``--time-limit``, ``--soft-time-limit``, and pgq's ``--async-concurrency`` and
+``--blocked-loop-seconds`` (async def tasks: docs/guides/async-tasks.md). The command line
+wins; an app's Celery settings of the same meaning (``worker_max_tasks_per_child``, ...) fill
+what it left out. Every value is checked when the ``PoolConfig`` is built, so bad input stops
+the worker before anything starts.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ CELERY_SETTINGS = {
     "prefetch_multiplier": "worker_prefetch_multiplier",
     "time_limit": "task_time_limit",
     "soft_time_limit": "task_soft_time_limit",
+    "async_concurrency": "worker_async_concurrency",
+    "blocked_loop_seconds": "worker_blocked_loop_seconds",
 }
+# The most async def tasks one pool process runs at once, unless --async-concurrency says.
+DEFAULT_ASYNC_CONCURRENCY = 100
+# A step of an async task that holds the event loop longer than this (seconds) is logged.
+DEFAULT_BLOCKED_LOOP_SECONDS = 1.0
 _FORMAT = re.compile(r"%(.)")
 
 
@@ -127,6 +135,10 @@ class PoolConfig:
     # Worker defaults for tasks that set no limit of their own (seconds).
     time_limit: float | None = None
     soft_time_limit: float | None = None
+    # The most ``async def`` tasks one pool process runs at once on its event loop.
+    async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY
+    # An async task's step holding the loop longer than this (seconds) is logged (0: never).
+    blocked_loop_seconds: float | None = DEFAULT_BLOCKED_LOOP_SECONDS
 
     @classmethod
     def build(cls, given: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> PoolConfig:
@@ -141,7 +153,17 @@ class PoolConfig:
         prefetch = _positive(
             "--prefetch-multiplier", values.get("prefetch_multiplier"), allow_zero=True
         )
+        concurrency = _positive("--async-concurrency", values.get("async_concurrency"))
+        if concurrency is not None and concurrency != int(concurrency):
+            raise ValueError(f"--async-concurrency {concurrency!r} must be a whole number")
+        blocked = _positive(
+            "--blocked-loop-seconds", values.get("blocked_loop_seconds"), allow_zero=True
+        )
         return cls(
+            async_concurrency=int(concurrency or DEFAULT_ASYNC_CONCURRENCY),
+            blocked_loop_seconds=(
+                DEFAULT_BLOCKED_LOOP_SECONDS if blocked is None else (blocked or None)
+            ),
             max_tasks_per_child=int(tasks) if tasks else None,
             max_memory_per_child=int(memory) if memory else None,
             autoscale=parse_autoscale(values.get("autoscale")),

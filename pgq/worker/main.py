@@ -246,7 +246,8 @@ class Worker:
             if command not in ("terminate", "revoke"):
                 continue
             # A slot that claimed it but has not started it skips it.
-            self.pool.broadcast(("revoked", task_id))
+            # A slot running it as a coroutine cancels it for terminate (the others skip it).
+            self.pool.broadcast(("revoked", task_id, command == "terminate"))
             if command == "terminate" and self.pool.terminate(task_id):
                 log.warning("task %s revoked: terminated", task_id)
                 self._emit_revoked(task_id)

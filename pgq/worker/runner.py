@@ -13,6 +13,8 @@ tasks keeps going.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import ctypes
 import functools
 import inspect
@@ -21,7 +23,7 @@ import signal
 import threading
 import time
 import traceback as tb_module
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -37,6 +39,8 @@ from pgq.errors import (
     Reject,
     RetryTask,
     SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
 )
 from pgq.hooks import emit, listening
 from pgq.options import (
@@ -47,13 +51,31 @@ from pgq.options import (
     row_options,
 )
 from pgq.task import before_publish
+from pgq.worker.guard import (
+    BLOCKED_LOOP_SECONDS,
+    HARD_LIMIT,
+    TERMINATE,
+    Guarded,
+    cancel_reason,
+)
 
 if TYPE_CHECKING:
     from pgq.app import App, Task
     from pgq.store import ClaimedTask, NewTask
     from pgq.workflow import FailedStep
 
-__all__ = ["Execution", "ExceptionInfo", "Report", "Steps", "error_json", "execute", "run_job"]
+__all__ = [
+    "Execution",
+    "ExceptionInfo",
+    "Report",
+    "Steps",
+    "aexecute",
+    "arun_job",
+    "error_json",
+    "execute",
+    "run_coroutine",
+    "run_job",
+]
 
 # Report kinds
 FINISH = "finish"  # state (None: keep the state the task set), result, traceback
@@ -137,6 +159,62 @@ def run_job(
 def _run_job(
     app: App, job: ClaimedTask, hostname: str, started: float, options: dict[str, Any] | None
 ) -> Report:
+    begun = _begin(app, job, hostname, started, options)
+    if isinstance(begun, Report):
+        return begun
+    task, request = begun
+    token = set_current_request(request)
+    try:
+        disarm = _arm_soft_limit(request.options.get("soft_time_limit", task.soft_time_limit))
+        try:
+            return _call(task, request, started)
+        finally:
+            disarm()
+    except Exception as exc:  # not the task's error (execute keeps those): pgq's own
+        emit("task_internal_error", task=task, request=request, exc=exc)
+        raise
+    finally:
+        reset_current_request(token)
+
+
+async def arun_job(
+    app: App,
+    job: ClaimedTask,
+    hostname: str,
+    options: dict[str, Any] | None = None,
+    *,
+    blocked_after: float | None = BLOCKED_LOOP_SECONDS,
+) -> Report:
+    """``run_job`` for an ``async def`` task, on the running event loop. Never raises, except
+    ``CancelledError`` for a cancellation that is not the worker's (the loop is closing).
+
+    The time limits and revoke-terminate are the caller's: it cancels this coroutine's
+    asyncio task with ``guard.SOFT_LIMIT``, ``HARD_LIMIT`` or ``TERMINATE``."""
+    started = time.monotonic()
+    try:
+        begun = _begin(app, job, hostname, started, options)
+        if isinstance(begun, Report):
+            return begun
+        task, request = begun
+        token = set_current_request(request)
+        try:
+            steps = _RowSteps(request.id, started, request.redeliveries)
+            execution = await aexecute(task, request, steps, blocked_after=blocked_after)
+            return execution.report  # type: ignore[no-any-return]
+        except Exception as exc:  # not the task's error (aexecute keeps those): pgq's own
+            emit("task_internal_error", task=task, request=request, exc=exc)
+            raise
+        finally:
+            reset_current_request(token)
+    except Exception as exc:  # a bug, or a row that is bad in a way nobody foresaw
+        logging.getLogger("pgq.worker").exception("task %.80s could not run", job.id)
+        return _failure(job.id, started, error_json(exc), serialization.format_traceback(exc))
+
+
+def _begin(
+    app: App, job: ClaimedTask, hostname: str, started: float, options: dict[str, Any] | None
+) -> Report | tuple[Task, Request]:
+    """The task and request for a claimed row, or the FAILURE report of a row that cannot run."""
     task = app.tasks.get(job.name)
     if task is None:
         return _failure(job.id, started, error_json(NotRegistered(job.name)))
@@ -172,18 +250,7 @@ def _run_job(
     )
     if request.headers:
         _expose_headers(request)
-    token = set_current_request(request)
-    try:
-        disarm = _arm_soft_limit(options.get("soft_time_limit", task.soft_time_limit))
-        try:
-            return _call(task, request, started)
-        finally:
-            disarm()
-    except Exception as exc:  # not the task's error (execute keeps those): pgq's own
-        emit("task_internal_error", task=task, request=request, exc=exc)
-        raise
-    finally:
-        reset_current_request(token)
+    return task, request
 
 
 def _expose_headers(request: Request) -> None:
@@ -240,9 +307,84 @@ def execute(task: Task, request: Request, steps: Steps = _NO_STEPS) -> Execution
     budget; the outcome comes back as data. The worker (``run_job``) and compat's eager
     ``apply()`` both call it. In an eager run (``request.is_eager``) an error in a hook
     propagates, as in Celery's eager tracer; in the worker it is logged and the outcome kept.
+    An ``async def`` task's coroutine runs to completion here (``asyncio.run``; in a thread of
+    its own when this thread already runs an event loop); the worker awaits it with
+    ``aexecute`` instead, beside others.
     """
     emit("task_prerun", task=task, request=request)
-    execution = _run(task, request, steps)
+    try:
+        task.before_start(request.id, request.args, request.kwargs)
+        retval = task.run(*request.args, **request.kwargs)
+        if inspect.iscoroutine(retval):
+            retval = run_coroutine(retval)
+    except Exception as exc:
+        execution = _raised(task, request, steps, exc)
+    else:
+        execution = _returned(task, request, steps, retval)
+    return _ended(task, request, steps, execution)
+
+
+async def aexecute(
+    task: Task,
+    request: Request,
+    steps: Steps = _NO_STEPS,
+    *,
+    blocked_after: float | None = BLOCKED_LOOP_SECONDS,
+) -> Execution:
+    """``execute`` for the worker's event loop: the same run, awaiting the task's coroutine
+    (``guard.Guarded``: the soft limit is raised inside it, a step that blocks the loop longer
+    than ``blocked_after`` seconds is logged). The worker's hard time limit and revoke-terminate
+    cancel it: it ends FAILURE with ``TimeLimitExceeded`` or REVOKED."""
+    emit("task_prerun", task=task, request=request)
+    try:
+        task.before_start(request.id, request.args, request.kwargs)
+        retval = task.run(*request.args, **request.kwargs)
+        if inspect.iscoroutine(retval):
+            label = f"{task.name}[{request.id}]"
+            retval = await Guarded(retval, label, blocked_after)
+        elif inspect.isawaitable(retval):
+            retval = await retval
+    except Exception as exc:
+        execution = _raised(task, request, steps, exc)
+    except asyncio.CancelledError as cancelled:
+        reason = cancel_reason(cancelled)
+        if reason == HARD_LIMIT:
+            execution = _fail(task, request, steps, TimeLimitExceeded(request.time_limit))
+        elif reason == TERMINATE:
+            execution = Execution("REVOKED", TaskRevokedError("terminated"))
+        else:  # not the worker's: the loop is going away
+            raise
+    else:
+        execution = _returned(task, request, steps, retval)
+    return _ended(task, request, steps, execution)
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion from sync code: ``asyncio.run``, or, when this thread
+    already runs an event loop (``apply()`` called from async code), in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, asyncio.run(coro)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    # The caller's context (its current request) goes with the coroutine.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _ended(task: Task, request: Request, steps: Steps, execution: Execution) -> Execution:
     execution = execution._replace(report=steps.report(execution))
     emit(
         "task_postrun",
@@ -260,32 +402,31 @@ def _call(task: Task, request: Request, started: float) -> Report:
     return execute(task, request, steps).report  # type: ignore[no-any-return]
 
 
-def _run(task: Task, request: Request, steps: Steps) -> Execution:
-    """Run the task and its hooks; the Execution it ended with."""
-    args, kwargs, task_id = request.args, request.kwargs, request.id
-    try:
-        task.before_start(task_id, args, kwargs)
-        retval = task.run(*args, **kwargs)
-    except RetryTask as retry:
-        return _retry(task, request, steps, retry)
-    except Ignore as ignore:
-        return Execution("IGNORED", ignore)
-    except Reject as reject:
+def _raised(task: Task, request: Request, steps: Steps, exc: Exception) -> Execution:
+    """The Execution of a run whose task raised ``exc``."""
+    if isinstance(exc, RetryTask):
+        return _retry(task, request, steps, exc)
+    if isinstance(exc, Ignore):
+        return Execution("IGNORED", exc)
+    if isinstance(exc, Reject):
         if request.is_eager:  # no queue to go back to; Celery runs no hooks for a rejection
-            return Execution("REJECTED", reject)
+            return Execution("REJECTED", exc)
         redeliveries = request.redeliveries
-        if reject.requeue and redeliveries < MAX_REQUEUES:
+        if exc.requeue and redeliveries < MAX_REQUEUES:
             delay = min(REQUEUE_DELAY * 2**redeliveries, REQUEUE_MAX_DELAY)
-            return Execution("REQUEUE", reject, countdown=delay)
-        return _reject(task, request, steps, reject)
-    except Exception as exc:
-        if _autoretries(task, exc):
-            try:
-                again = _autoretry_request(task, request, exc)
-            except ValueError as bad:  # retry_kwargs with a bad queue, priority, limit or expiry
-                return _fail(task, request, steps, bad)
-            return _retry(task, request, steps, again)
-        return _fail(task, request, steps, exc)
+            return Execution("REQUEUE", exc, countdown=delay)
+        return _reject(task, request, steps, exc)
+    if _autoretries(task, exc):
+        try:
+            again = _autoretry_request(task, request, exc)
+        except ValueError as bad:  # retry_kwargs with a bad queue, priority, limit or expiry
+            return _fail(task, request, steps, bad)
+        return _retry(task, request, steps, again)
+    return _fail(task, request, steps, exc)
+
+
+def _returned(task: Task, request: Request, steps: Steps, retval: Any) -> Execution:
+    """The Execution of a run whose task returned ``retval``."""
     if request.retry_requested is not None:  # self.retry(throw=False) and then returned
         return _retry(task, request, steps, request.retry_requested)
     try:
@@ -293,6 +434,7 @@ def _run(task: Task, request: Request, steps: Steps) -> Execution:
     except Exception as exc:  # an unencodable result, a broken link: say so
         return _fail(task, request, steps, exc)
     hook = _hook_runner(request)
+    task_id, args, kwargs = request.id, request.args, request.kwargs
     hook(task.on_success, retval, task_id, args, kwargs)
     emit("task_success", task=task, request=request, retval=retval)
     hook(task.after_return, "SUCCESS", retval, task_id, args, kwargs, None)
@@ -381,6 +523,8 @@ class _RowSteps(Steps):
             return Report(FINISH, task_id, runtime, state, self.encoded, follow_ups=self.follow_ups)
         if state == "IGNORED":
             return Report(FINISH, task_id, runtime)
+        if state == "REVOKED":  # terminated (an async task's coroutine, cancelled)
+            return Report(FINISH, task_id, runtime, state, error_json(retval))
         if state == "REQUEUE":
             redelivered = serialization.dumps({"redeliveries": self.redeliveries + 1})
             return Report(

@@ -9,6 +9,10 @@ one at a time, never more than ``Settings.claim_batch``; once a claim comes back
 ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
 A task that runs much longer than the batch was sized for makes the slot give back the rest.
 An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
+The ``async def`` tasks of a batch run together on the slot's event loop (``pgq.worker.aio``),
+which keeps claiming while it has room (``--async-concurrency``); sync tasks claimed meanwhile
+run once the loop is empty. Their limits and revoke-terminate are the loop's, not the parent's:
+one of them must not take the process and its other coroutines down.
 The worker's parent never touches the hot path: it renews the leases, enforces hard time limits,
 terminates revoked tasks and gives back the tasks of a slot that died.
 
@@ -17,7 +21,7 @@ A prefork slot is replaced after ``--max-tasks-per-child`` tasks or once its mem
 but has not started go back to the queue first) and exits; the parent starts a new one.
 
 Messages on the slot's pipe (tuples):
-  parent -> slot: ("stop",), ("revoked", task_id), ("queues", [queue, ...]),
+  parent -> slot: ("stop",), ("revoked", task_id, terminate), ("queues", [queue, ...]),
                   ("rate_limit", task_name, rate), ("time_limit", task_name, soft, hard)
   slot -> parent: ("turn", started, stored, ran), ("deadline", task_id, at, limit)
 """
@@ -43,9 +47,10 @@ from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import dumps, loads
 from pgq.store import ClaimedTask, Outcome, WorkerStore
+from pgq.worker.aio import AsyncRunner, Prepared
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
-from pgq.worker.runner import error_json, malformed, run_job
+from pgq.worker.runner import Report, error_json, malformed, run_job
 from pgq.worker.transactional import TransactionalRuns
 
 if TYPE_CHECKING:
@@ -126,6 +131,11 @@ class Slot(Outbox):
         self.config = config or PoolConfig()
         self._tasks_run = 0  # for --max-tasks-per-child
         self._transactional: TransactionalRuns | None = None  # on the first transactional task
+        # async def tasks: the loop (made on first use), the sync tasks a claim brought while
+        # it ran (run once it is empty), when it last claimed.
+        self._aio: AsyncRunner | None = None
+        self._held: list[ClaimedTask] = []
+        self._claimed_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -164,8 +174,16 @@ class Slot(Outbox):
             self._transactional.close()
 
     def _run_batch(self, jobs: list[ClaimedTask]) -> float:
-        """Run a claimed batch in order; returns the mean run time of the tasks it ran."""
+        """Run a claimed batch: its async tasks together on the loop (``pgq.worker.aio``, which
+        claims more while they run), then its sync tasks in order; returns the mean run time of
+        the sync tasks it ran (with none, the run time of the slowest async one)."""
         total, ran = 0.0, 0
+        slowest_async = 0.0
+        if any(self._is_async(job) for job in jobs):
+            self._held = [job for job in jobs if not self._is_async(job)]
+            ready = [p for job in jobs if self._is_async(job) for p in self._ready(job)]
+            slowest_async = self._run_async(ready)
+            jobs, self._held = self._held, []
         for index, job in enumerate(jobs):
             if self._mail.poll(0):
                 self._read_control()
@@ -188,7 +206,89 @@ class Slot(Outbox):
                     self._requeues.extend(j.id for j in jobs[index + 1 :])
                     break
         self._revoked.clear()
-        return total / ran if ran else 0.0
+        return total / ran if ran else slowest_async
+
+    # -- async def tasks ---------------------------------------------------------------------
+
+    def _is_async(self, job: ClaimedTask) -> bool:
+        task = self.app.tasks.get(job.name)
+        return task is not None and task.is_async
+
+    def _ready(self, job: ClaimedTask) -> list[Prepared]:
+        """An async task ready to start on the loop, with its limits (none: skipped)."""
+        if self._stopping:
+            self._requeues.append(job.id)
+            return []
+        if job.id in self._revoked:
+            self._skip_revoked(job, expired=False)
+            return []
+        prepared = self._prepare(job)
+        # Many run at once in this process: the parent must not kill it for one of them (it
+        # would for the task in ``current``), so their limits are loop timers (aio).
+        self.current.clear()
+        if prepared is None:
+            return []
+        job, options = prepared
+        return [(job, options, *self._limits(job, options))]
+
+    def _run_async(self, batch: list[Prepared]) -> float:
+        """Run async tasks on this slot's loop, claiming more while there is room."""
+        if self._aio is None:
+            self._aio = AsyncRunner(
+                self.app,
+                self.hostname,
+                concurrency=self.config.async_concurrency,
+                claim_batch=self.settings.claim_batch,
+                blocked_after=self.config.blocked_loop_seconds,
+            )
+        self._claimed_at = time.monotonic()
+        return self._aio.run(batch, self._on_async_report, self._refill, self._check_mail)
+
+    def _on_async_report(self, report: Report) -> None:
+        self._tasks_run += 1
+        self._on_report(report)
+
+    def _refill(self, room: int, dry: bool) -> tuple[list[Prepared], bool] | None:
+        """Write the outcomes so far and claim up to ``room`` more tasks for the loop (see
+        ``aio.Refill``); sync tasks claimed are held for after the loop, and end the claims."""
+        self._retire_if_spent()
+        claim = not (self._stopping or self._held)
+        if claim and dry and not self._news():
+            claim = time.monotonic() - self._claimed_at >= self.settings.poll_interval
+        limit = min(room, self.settings.claim_batch) if claim else 0
+        try:
+            jobs = self._turn(limit)
+        except OperationalError as exc:
+            # The loop's running tasks finish first; the slot's loop reconnects after them.
+            log.warning("database unavailable (%s); slot stops claiming until its tasks end", exc)
+            return None
+        self._tell_parent()
+        if not claim:
+            return None if (self._stopping or self._held) else ([], True)
+        self._claimed_at = time.monotonic()
+        added: list[Prepared] = []
+        for job in jobs:
+            if self._is_async(job):
+                added.extend(self._ready(job))
+            else:
+                self._held.append(job)
+        return added, len(jobs) < limit
+
+    def _check_mail(self) -> None:
+        if self._mail.poll(0):
+            self._read_control()
+
+    def _limits(
+        self, job: ClaimedTask, options: dict[str, Any]
+    ) -> tuple[float | None, float | None]:
+        """The (soft, hard) time limits of a run: the call's, else the task's, else the
+        worker's (``--soft-time-limit``/``--time-limit``)."""
+        task = self.app.tasks.get(job.name)
+        hard = options.get("time_limit") or (task.time_limit if task else None)
+        soft = options.get("soft_time_limit")
+        if soft is None:
+            soft = task.soft_time_limit if task else None
+        return soft or self.config.soft_time_limit, hard or self.config.time_limit
 
     def _retire_if_spent(self) -> None:
         """Stop this pool process (the parent replaces it) once it ran --max-tasks-per-child
@@ -287,12 +387,30 @@ class Slot(Outbox):
                     self._stopping = True
                 elif kind == "revoked":
                     self._revoked.add(message[1])
+                    if message[2:] == (True,) and self._aio is not None:  # terminate
+                        self._terminate(message[1])
                 elif kind == "queues":  # add_consumer / cancel_consumer
                     self.queues = list(message[1])
                 elif kind in ("rate_limit", "time_limit"):
                     self._set_task_limits(kind, *message[1:])
         except (EOFError, OSError):  # the parent is gone
             self._stopping = self._parent_gone = True
+
+    def _terminate(self, task_id: str) -> None:
+        """Revoke with terminate of a coroutine running here: cancel it (it ends REVOKED)."""
+        assert self._aio is not None
+        job = self._aio.terminate(task_id)
+        if job is None:
+            return
+        log.warning("task %s revoked: terminated", task_id)
+        hooks.emit(
+            "task_revoked",
+            task=self.app.tasks.get(job.name),
+            request=Request(id=job.id, task=job.name, queue=job.queue, hostname=self.hostname),
+            terminated=True,
+            signum=None,
+            expired=False,
+        )
 
     def _tell_parent(self) -> None:
         """Tell the parent, once per batch at most, the tasks claimed and stored (only if a hook

@@ -53,3 +53,16 @@ def test_command_line_wins_and_celery_settings_fill_the_rest() -> None:
     assert PoolConfig.build({"prefetch_multiplier": 0}).prefetch_multiplier == 0
     with pytest.raises(ValueError, match="--max-memory-per-child"):
         PoolConfig.build({}, {"worker_max_memory_per_child": "lots"})
+
+
+def test_async_concurrency_and_blocked_loop_threshold() -> None:
+    default = PoolConfig.build({})
+    assert (default.async_concurrency, default.blocked_loop_seconds) == (100, 1.0)
+    given = PoolConfig.build({"async_concurrency": 500, "blocked_loop_seconds": 0})
+    assert (given.async_concurrency, given.blocked_loop_seconds) == (500, None)  # 0: never
+    from_app = PoolConfig.build({}, {"worker_async_concurrency": 20})
+    assert from_app.async_concurrency == 20
+    with pytest.raises(ValueError, match="--async-concurrency 0 must be positive"):
+        PoolConfig.build({"async_concurrency": 0})
+    with pytest.raises(ValueError, match="whole number"):
+        PoolConfig.build({"async_concurrency": 2.5})
