@@ -586,7 +586,9 @@ WITH outcomes AS MATERIALIZED (
     RETURNING t.id, t.queue, t.state = 'FAILURE' AS doomed, t.run_at <= now() AS due
 ), finished AS (
     SELECT count(*) AS n,
-           CASE WHEN count(*) > 0 THEN pg_notify(
+           CASE WHEN count(*) > 0
+                     AND current_setting('pgq.done_notified_after', true) IS DISTINCT FROM 'on'
+                THEN pg_notify(
                'pgq_done',
                CASE WHEN count(*) <= 150 AND sum(octet_length(id) + 1) <= 8000
                     THEN string_agg(id, ',') ELSE '' END) END AS notified,
