@@ -15,17 +15,15 @@ Prints one Markdown table:
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pgq
-from bench.quick import scratch_database
+from bench.quick import scratch_database, start_worker
 from pgq.dag import signature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,22 +36,7 @@ def timed(url: str, concurrency: int, submit: Any) -> float:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.workflows")
-    env = dict(os.environ, PGQ_DATABASE_URL=url, PYTHONPATH=str(ROOT))
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgq.cli",
-            "worker",
-            "-A",
-            "bench.noop_tasks",
-            "-c",
-            str(concurrency),
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(url, concurrency, stderr=subprocess.DEVNULL)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             while not conn.execute("SELECT 1 FROM pgq.workers").fetchone():

@@ -78,26 +78,21 @@ def measure_drain(url: str, n: int, concurrency: int, task: str = "noop") -> flo
     return n / drain_seconds(url, n, concurrency)
 
 
+def start_worker(
+    url: str, concurrency: int, *worker_args: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """``pgq worker -A bench.noop_tasks -c concurrency`` on ``url`` (``env``: more variables)."""
+    environ = dict(os.environ, PGQ_DATABASE_URL=url, PYTHONPATH=str(ROOT), **(env or {}))
+    command = [sys.executable, "-m", "pgq.cli", "worker", "-A", "bench.noop_tasks"]
+    command += ["-c", str(concurrency), *worker_args]
+    return subprocess.Popen(command, cwd=ROOT, env=environ, **popen)
+
+
 def drain_seconds(url: str, n: int, concurrency: int, *worker_args: str) -> float:
     """Seconds from starting ``pgq worker -A bench.noop_tasks -c concurrency`` until ``n``
     tasks have finished (the worker is stopped then)."""
-    env = dict(os.environ, PGQ_DATABASE_URL=url, PYTHONPATH=str(ROOT))
     started = time.perf_counter()
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgq.cli",
-            "worker",
-            "-A",
-            "bench.noop_tasks",
-            "-c",
-            str(concurrency),
-            *worker_args,
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    worker = start_worker(url, concurrency, *worker_args)
     try:
         while count_done(url) < n:
             time.sleep(0.05)

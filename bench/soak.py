@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +39,7 @@ from typing import Any
 import psycopg
 
 from bench.probe import PROBE_PATH_ENV, Probe
-from bench.quick import ROOT, measure_drain, scratch_database
+from bench.quick import measure_drain, scratch_database, start_worker
 
 WINDOW_SECONDS = 300.0  # "the first / last five minutes"
 
@@ -107,26 +105,10 @@ def soak(
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE pgq.tasks, pgq.workers, pgq.stats_minute")
     probe = Probe()
-    env = dict(
-        os.environ,
-        PGQ_DATABASE_URL=url,
-        PYTHONPATH=str(ROOT),
-        PGQ_RESULT_EXPIRES=str(expires),
-        **{PROBE_PATH_ENV: probe.path},
-    )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgq.cli",
-            "worker",
-            "-A",
-            "bench.noop_tasks",
-            "-c",
-            str(concurrency),
-        ],
-        cwd=ROOT,
-        env=env,
+    worker = start_worker(
+        url,
+        concurrency,
+        env={"PGQ_RESULT_EXPIRES": str(expires), PROBE_PATH_ENV: probe.path},
     )
     spawn = multiprocessing.get_context("spawn")
     counters = [spawn.Value("q", 0) for _ in range(producers)]
