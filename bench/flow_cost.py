@@ -11,11 +11,14 @@ interleaved rounds (medians reported), with one flow-control feature in use besi
   full statement (``finish_and_claim``), which records outcomes against breakers.
 - ``open breaker + 1,000 waiting``: an open breaker holds 1,000 tasks of its name ahead of the
   no-ops in the same queue: each claim's walk steps over them.
+- ``two queues served, none paused``: the worker serves ``-Q celery,held`` (``held`` empty): the
+  control for the next one, since claiming from two queues costs something by itself.
 - ``paused queue + 10,000 waiting``: the worker also serves a paused queue holding 10,000 tasks.
 - ``concurrency keys``: every no-op has one of 100 concurrency keys with a limit no claim
   reaches: the keyed claim (advisory lock per key, then the claim from those keys).
 
-It prints a Markdown table: tasks/s and the ratio to ``none``.
+It prints a Markdown table: tasks/s, the ratio to ``none`` and the extra time per task
+(``1/rate - 1/rate_none``, in microseconds of wall time on the whole machine).
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ def _open_breaker(app: Any, n: int) -> tuple[str, ...]:
     return _none(app, n)
 
 
+def _two_queues(app: Any, n: int) -> tuple[str, ...]:
+    _none(app, n)
+    return ("-Q", "celery,held")
+
+
 def _paused_queue(app: Any, n: int) -> tuple[str, ...]:
     app.pause_queue("held")
     app.send_many([(OTHER, (), {}, {"queue": "held"})] * 10_000)
@@ -74,6 +82,7 @@ SCENARIOS: dict[str, Callable[[Any, int], tuple[str, ...]]] = {
     "none": _none,
     "breaker row": _breaker_row,
     "open breaker + 1,000 waiting": _open_breaker,
+    "two queues served, none paused": _two_queues,
     "paused queue + 10,000 waiting": _paused_queue,
     "concurrency keys (100 keys)": _keyed,
 }
@@ -109,11 +118,12 @@ def main() -> None:
         f"flow-control cost on {platform.node()} ({os.cpu_count()} CPUs): drain of "
         f"{args.tasks:,} no-op tasks, -c {args.concurrency}, medians of {args.rounds}\n"
     )
-    print("| scenario | tasks/s | vs none | trials |\n|---|---|---|---|")
+    print("| scenario | tasks/s | vs none | extra us/task | trials |\n|---|---|---|---|---|")
     for name, values in rates.items():
         median = statistics.median(values)
         trials = ", ".join(f"{v:,.0f}" for v in values)
-        print(f"| {name} | {median:,.0f} | {median / base:.2f}x | {trials} |")
+        extra = (1 / median - 1 / base) * 1e6
+        print(f"| {name} | {median:,.0f} | {median / base:.2f}x | {extra:+.1f} | {trials} |")
 
 
 if __name__ == "__main__":
