@@ -217,8 +217,9 @@ WITH outcomes AS MATERIALIZED (
     WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
-    -- fail_fast, every node of the workflow (only those not started yet are changed, in
-    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    -- fail_fast, every node of the workflow (only those not started yet, PENDING or waiting
+    -- for a retry, are changed, in dag_nodes); continue, the failed node's descendants.
+    -- `cause` names the node, its end.
     SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
                         ': ' || f.exc_type) AS cause
     FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
@@ -259,7 +260,9 @@ WITH outcomes AS MATERIALIZED (
     FROM dag_moves AS m
     -- By their ids through the primary key, as `claimed` does.
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      -- A doomed node waiting for a retry has not started its next attempt: it ends too.
+      AND (t.state = 'PENDING' OR (t.state = 'RETRY' AND m.cause IS NOT NULL))
+      AND t.finished_at IS NULL
       AND t.lease_expires_at IS NULL AND t.options ? 'dag'
       AND (m.cause IS NOT NULL
            -- Only a count pgq could have written (see chords).
@@ -534,8 +537,9 @@ WITH outcomes AS MATERIALIZED (
     WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
-    -- fail_fast, every node of the workflow (only those not started yet are changed, in
-    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    -- fail_fast, every node of the workflow (only those not started yet, PENDING or waiting
+    -- for a retry, are changed, in dag_nodes); continue, the failed node's descendants.
+    -- `cause` names the node, its end.
     SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
                         ': ' || f.exc_type) AS cause
     FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
@@ -576,7 +580,9 @@ WITH outcomes AS MATERIALIZED (
     FROM dag_moves AS m
     -- By their ids through the primary key, as `claimed` does.
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      -- A doomed node waiting for a retry has not started its next attempt: it ends too.
+      AND (t.state = 'PENDING' OR (t.state = 'RETRY' AND m.cause IS NOT NULL))
+      AND t.finished_at IS NULL
       AND t.lease_expires_at IS NULL AND t.options ? 'dag'
       AND (m.cause IS NOT NULL
            -- Only a count pgq could have written (see chords).
@@ -798,24 +804,15 @@ WITH back AS (
     RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read back to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
+SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back, dag_lost;
 
 -- name: requeue_rejected
 -- STARTED -> PENDING after Reject(requeue=True): due again `countdown` seconds from now (a
@@ -882,24 +879,15 @@ WITH orphans AS (
     RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM rescued AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read rescued to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM rescued WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM rescued WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued, dag_lost;
 
 -- name: renew_leases
 -- STARTED -> STARTED: pushes the lease of every task the given slots of a live worker hold.
@@ -935,24 +923,15 @@ WITH back AS (
     RETURNING t.id, t.name, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read back to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
+SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back, dag_lost;
 
 -- name: give_back_unheld
 -- STARTED -> PENDING: a slot that reconnected gives back every task held under its id except
