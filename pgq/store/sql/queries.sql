@@ -1048,7 +1048,8 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
 ), dag_revoked AS (
     -- A DAG workflow node revoked here applies its workflow's failure policy, as an outcome
     -- recorded by a worker does (finish_and_claim's dag_doomed): the nodes it dooms that have
-    -- not started end FAILURE (DependencyFailed) naming it.
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed)
+    -- naming it.
     SELECT x.id, format('workflow node %%s (%%s) ended REVOKED', c.dag->>'node', c.id) AS cause
     FROM changed AS c CROSS JOIN LATERAL pgq.workflow_doomed(c.id, c.dag->>'workflow') AS x(id)
     WHERE c.revoked AND c.dag IS NOT NULL
@@ -1059,7 +1060,7 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
                                     'exc_message', jsonb_build_array(d.cause))
     FROM dag_revoked AS d
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_revoked)) AND t.id = d.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.state IN ('PENDING', 'RETRY') AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
       AND t.options ? 'dag'
 ), counted AS (
     INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
