@@ -1,4 +1,4 @@
-"""DAG workflows: one definition of what a node lost with its worker does to its workflow
+"""DAG workflows: what a lost node does to its workflow, defined once; fail_fast stops retries
 
 Revision ID: 0011
 Revises: 0010
@@ -17,6 +17,11 @@ instant both ways.
 - The nodes doomed are those not started yet: PENDING (held on their dependencies, or due) and
   RETRY (ran, failed, waiting for their next attempt). Under ``fail_fast`` a node waiting for
   a retry is stopped too: the workflow has failed, and its retry would run on for nothing.
+- ``pgq.workflow_failed(workflow)``: why a ``fail_fast`` workflow has failed (the first node
+  that ended other than SUCCESS on its own), or NULL. ``schedule_retries`` asks it for a node
+  that was running when its workflow failed and now asks for a retry: that node ends FAILURE
+  instead of waiting in RETRY (a running node was left to finish its attempt, not to start
+  another).
 """
 
 from __future__ import annotations
@@ -61,10 +66,29 @@ END
 $$
 """
 
+# A node's own end, not the DependencyFailed a failure gave the others, names the cause; read
+# by primary key for each node of the workflow (only for a DAG node asking for a retry).
+WORKFLOW_FAILED = """
+CREATE FUNCTION pgq.workflow_failed(workflow text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'workflow node ' || n.key || ' (' || t.id || ') ended ' || t.state
+           || COALESCE(': ' || (t.result->>'exc_type'), '')
+    FROM pgq.workflows AS w
+    CROSS JOIN LATERAL jsonb_each(w.nodes) AS n
+    JOIN pgq.tasks AS t ON t.id = n.value->>'id'
+    WHERE w.id = workflow AND w.on_failure = 'fail_fast'
+      AND t.state IN ('FAILURE', 'REVOKED', 'REJECTED')
+    ORDER BY t.result->>'exc_type' = 'DependencyFailed', t.finished_at, t.id
+    LIMIT 1
+$$
+"""
+
 
 def upgrade() -> None:
     op.execute(WORKFLOW_FAIL_LOST)
+    op.execute(WORKFLOW_FAILED)
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION pgq.workflow_failed(text)")
     op.execute("DROP FUNCTION pgq.workflow_fail_lost(text[], jsonb[])")

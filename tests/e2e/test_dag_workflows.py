@@ -233,6 +233,33 @@ def test_fail_fast_stops_a_node_waiting_for_its_retry(app, conn, empty, start_wo
     assert "end:r" not in effects(conn)
 
 
+def test_fail_fast_a_node_running_at_the_failure_does_not_retry(app, conn, empty, start_worker):
+    """A node running when its fail_fast workflow failed finishes its attempt; if it then asks
+    for a retry, it ends FAILURE with the cause instead of starting another attempt."""
+    start_worker("-c", "2")
+    result = dag(
+        {
+            "r": signature("e2e_tasks.dag_retry_after", ["r", "x_fails_first"]),
+            "x_fails_first": node("x_fails_first", fail=True),
+        },
+        on_failure="fail_fast",
+        app=app,
+    ).apply_async()
+    with pytest.raises(TaskFailed, match="node x_fails_first failed"):
+        result.get(timeout=60)
+    wait_for(
+        lambda: rows_by_node(conn, result.id)["r"]["finished_at"] is not None,
+        timeout=30,
+        what="r to end",
+    )
+    rows = rows_by_node(conn, result.id)
+    assert rows["r"]["state"] == "FAILURE", rows["r"]
+    assert rows["r"]["result"]["exc_type"] == "DependencyFailed"
+    assert "workflow node x_fails_first" in rows["r"]["result"]["exc_message"][0]
+    seen = effects(conn)
+    assert len(seen["start:r"]) == 1 and "end:r" not in seen
+
+
 def test_continue_finishes_independent_branches(app, conn, empty, start_worker):
     start_worker("-c", "2")
     result = failing_graph("continue", app).apply_async()

@@ -713,9 +713,14 @@ SELECT count(*) FROM pgq.concurrency_keys;
 -- request.expires) into its options; a task given a queue by its retry (another one, or its own
 -- again: the old value is not at hand here) and due now wakes that queue's workers.
 -- The last column lists the circuit breakers the retries moved (see `tripped`), on every row.
+-- A DAG node whose fail_fast workflow has failed meanwhile (it was running then) ends FAILURE
+-- (DependencyFailed, pgq.workflow_failed names the cause) instead: no new attempt starts.
 WITH retried AS (
     UPDATE pgq.tasks AS t
-    SET state = 'RETRY', retries = t.retries + 1,
+    SET state = CASE WHEN t.options ? 'dag'
+                          AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                     THEN 'FAILURE' ELSE 'RETRY' END,
+        retries = t.retries + 1,
         run_at = u.due,
         queue = COALESCE(u.moved->>'queue', t.queue),
         priority = COALESCE((u.moved->>'priority')::smallint, t.priority),
@@ -724,7 +729,17 @@ WITH retried AS (
                        THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END
                   || (COALESCE(u.moved, '{}') - 'queue' - 'priority'),
         args = COALESCE(u.args::jsonb, t.args), kwargs = COALESCE(u.kwargs::jsonb, t.kwargs),
-        result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
+        result = CASE WHEN t.options ? 'dag'
+                           AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                      THEN jsonb_build_object(
+                          'exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                          'exc_message', jsonb_build_array(
+                              pgq.workflow_failed(t.options->'dag'->>'workflow')))
+                      ELSE u.result::jsonb END,
+        finished_at = CASE WHEN t.options ? 'dag'
+                                AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                           THEN now() END,
+        traceback = u.traceback, lease_expires_at = NULL
     FROM (SELECT u.*, COALESCE(u.eta, now() + make_interval(secs => u.countdown)) AS due,
                  u.options::jsonb AS moved
           FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
@@ -732,7 +747,7 @@ WITH retried AS (
                       %(kwargs)s::text[], %(options)s::text[])
                AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued
+    RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued, t.state
 ), locked AS MATERIALIZED (
     -- The breakers of the names retried holds, locked and read at their newest version (FOR
     -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
@@ -786,7 +801,11 @@ SELECT r.id, extract(epoch FROM r.run_at),
        (SELECT json_agg(json_build_array(name, old_state, new_state))::text
         FROM tripped WHERE new_state <> old_state) AS breaker_changes
 FROM retried AS r,
-     (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried WHERE requeued AND run_at <= now()) AS w;
+     (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried
+      WHERE requeued AND run_at <= now() AND state = 'RETRY') AS w,
+     -- Waiters on a node stopped here re-read (an empty payload wakes every waiter).
+     (SELECT count(pg_notify('pgq_done', ''))
+      FROM (SELECT 1 FROM retried WHERE state = 'FAILURE' LIMIT 1) AS any_stopped) AS d;
 
 -- name: requeue_tasks
 -- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);
