@@ -253,7 +253,10 @@ class Slot(Outbox):
         """(watchdog thread) A coroutine blocks the loop past its hard limit: have the parent
         kill this process as for a sync task past its limit (it checks ``current``)."""
         self.current.set(task_id)
-        self._send(("deadline", task_id, time.monotonic(), limit))
+        try:
+            self._send(("deadline", task_id, time.monotonic(), limit))
+        except OSError:  # the parent is gone: nobody is left to kill this process for it
+            log.error("task %s blocks the loop and the worker's parent is gone", task_id)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
