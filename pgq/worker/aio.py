@@ -240,7 +240,8 @@ class Watchdog:
     ) -> None:
         self.loop = loop
         self.on_stuck = on_stuck
-        # (when to look, task, its limit), earliest first; a finished task is dropped on sight.
+        # (when to look, tie-break, task, its limit), earliest first; a finished task is dropped
+        # on sight, one still running but not stuck is looked at again a grace later.
         self._due: list[tuple[float, int, asyncio.Task[Report], float]] = []
         self._seq = 0
         self._wake = threading.Condition()
@@ -274,16 +275,24 @@ class Watchdog:
                     self._wake.wait(at - now)
                     continue
                 heapq.heappop(self._due)
+                if task.done():
+                    continue
+                if asyncio.current_task(self.loop) is not task:
+                    # Between two steps now (or another coroutine blocks the loop): its hard
+                    # limit's timer ends it once the loop is free; unless it swallows the
+                    # cancellation and blocks again, so look again a little later.
+                    self._seq += 1
+                    heapq.heappush(self._due, (now + STUCK_GRACE_SECONDS, self._seq, task, limit))
+                    continue
                 # The loop is stuck in this task's step: it is the task the loop runs now, a
                 # second past the limit whose timer would have cancelled it on a free loop.
-                if not task.done() and asyncio.current_task(self.loop) is task:
-                    log.error(
-                        "task %s blocked the event loop past its hard time limit (%ss): "
-                        "the process is ended as for a sync task",
-                        task.get_name(),
-                        limit,
-                    )
-                    self.on_stuck(task.get_name(), limit)
+                log.error(
+                    "task %s blocked the event loop past its hard time limit (%ss): "
+                    "the process is ended as for a sync task",
+                    task.get_name(),
+                    limit,
+                )
+                self.on_stuck(task.get_name(), limit)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
