@@ -712,8 +712,8 @@ SELECT count(*) FROM pgq.concurrency_keys;
 -- queue and priority, sets its expires_at, and merges the limits and expires (the next run's
 -- request.expires) into its options; a task given a queue by its retry (another one, or its own
 -- again: the old value is not at hand here) and due now wakes that queue's workers.
--- The last column lists the circuit breakers the retries moved (see `tripped`), on every row.
--- A DAG node whose fail_fast workflow has failed meanwhile (it was running then) ends FAILURE
+-- The third column lists the circuit breakers the retries moved (see `tripped`), on every row;
+-- the fourth is the row's new state. A DAG node whose fail_fast workflow has failed meanwhile (it was running then) ends FAILURE
 -- (DependencyFailed, pgq.workflow_failed names the cause) instead: no new attempt starts.
 WITH retried AS (
     UPDATE pgq.tasks AS t
@@ -799,7 +799,8 @@ WITH retried AS (
 )
 SELECT r.id, extract(epoch FROM r.run_at),
        (SELECT json_agg(json_build_array(name, old_state, new_state))::text
-        FROM tripped WHERE new_state <> old_state) AS breaker_changes
+        FROM tripped WHERE new_state <> old_state) AS breaker_changes,
+       r.state
 FROM retried AS r,
      (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried
       WHERE requeued AND run_at <= now() AND state = 'RETRY') AS w,
