@@ -306,8 +306,10 @@ class WorkerStore:
         rows = self._rows("dag_parent_results", {"parents": json.dumps(parents)})
         return str(rows[0][0]) if rows else "{}"
 
-    def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[float]:
-        """STARTED -> RETRY; returns the new run_at of each as a Unix time."""
+    def schedule_retries(self, retries: Iterable[RetryRequest]) -> list[tuple[str, float, str]]:
+        """STARTED -> RETRY; returns (id, new run_at as a Unix time, state) of each written. The
+        state is FAILURE for a DAG node whose fail_fast workflow failed meanwhile (see the
+        statement)."""
         items = list(retries)
         if not items:
             return []
@@ -327,7 +329,7 @@ class WorkerStore:
         )
         if rows:
             announce_breaker_changes(rows[0][2])
-        return [float(row[1]) for row in rows]
+        return [(str(row[0]), float(row[1]), str(row[3])) for row in rows]
 
     def requeue_rejected(self, rejected: Sequence[tuple[str, float, str]]) -> list[tuple[str, str]]:
         """STARTED -> PENDING for tasks that raised Reject(requeue=True), each ``(id, countdown,

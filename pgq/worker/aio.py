@@ -16,12 +16,24 @@ Each coroutine gets its limits here, as loop timers: the soft limit cancels it w
 ``guard.HARD_LIMIT`` (it ends FAILURE with ``TimeLimitExceeded``; the process and the other
 coroutines carry on). ``terminate(task_id)`` (revoke with ``terminate=True``) cancels one with
 ``guard.TERMINATE`` (REVOKED).
+
+A loop timer cannot fire while a coroutine blocks the loop (``time.sleep``, a busy loop, a
+blocking driver call): the hard limit alone would wait for the step to end, which may be never.
+So on prefork, where the parent can kill a pool process, a ``Watchdog`` thread backs it up: once
+a coroutine is still running ``STUCK_GRACE_SECONDS`` after its hard limit *and* it is the one the
+loop is executing (``asyncio.current_task``: the loop is stuck in its step), the watchdog calls
+``on_stuck(task_id, limit)``; the slot then asks its parent to kill the process as for a sync
+task past its hard limit (that task ends FAILURE ``TimeLimitExceeded``, the others the process
+held go back to the queue, the pool starts a replacement). A step that holds the GIL in C code
+the whole time starves the watchdog thread too; that one is not caught.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,13 +46,18 @@ from pgq.worker.runner import FINISH, Report, arun_job, error_json
 if TYPE_CHECKING:
     from pgq.app import App
 
-__all__ = ["AsyncRunner", "Prepared", "Refill"]
+__all__ = ["AsyncRunner", "Prepared", "Refill", "Watchdog"]
 
 log = logging.getLogger("pgq.worker")
 
 # Outcomes of finished coroutines wait at most about this long (seconds) before a refill writes
 # them, and a refill after a short claim waits this long unless a NOTIFY comes.
 FLUSH_SECONDS = 0.05
+
+# How long (seconds) past its hard limit a coroutine may still be the one the loop runs before
+# the watchdog calls it stuck: the loop's own timer cancels it at the limit when the loop is
+# free, and the cancelled coroutine's cleanup gets this long.
+STUCK_GRACE_SECONDS = 1.0
 
 # A claimed task ready to run, with its decoded options and its (soft, hard) limits.
 Prepared = tuple[ClaimedTask, dict[str, Any], float | None, float | None]
@@ -61,6 +78,7 @@ class AsyncRunner:
         concurrency: int,
         claim_batch: int,
         blocked_after: float | None = None,
+        on_stuck: Callable[[str, float], None] | None = None,
     ) -> None:
         self.app = app
         self.hostname = hostname
@@ -70,6 +88,8 @@ class AsyncRunner:
         self.blocked_after = blocked_after
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[str, tuple[asyncio.Task[Report], ClaimedTask]] = {}
+        self._on_stuck = on_stuck
+        self._watchdog: Watchdog | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -78,6 +98,9 @@ class AsyncRunner:
         return self._loop
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._loop is not None:
             self._loop.close()
             self._loop = None
@@ -194,6 +217,10 @@ class AsyncRunner:
             timers.append(loop.call_later(soft, _cancel, task, SOFT_LIMIT))
         if hard:
             timers.append(loop.call_later(hard, _cancel, task, HARD_LIMIT))
+            if self._on_stuck is not None:
+                if self._watchdog is None:
+                    self._watchdog = Watchdog(loop, self._on_stuck)
+                self._watchdog.watch(task, hard)
 
         def forget(_: asyncio.Task[Report]) -> None:
             self._running.pop(job.id, None)
@@ -202,6 +229,70 @@ class AsyncRunner:
 
         task.add_done_callback(forget)
         return task
+
+
+class Watchdog:
+    """A thread that finds a coroutine stuck in a step past its hard limit (see the module
+    docstring) and reports it once through ``on_stuck(task_id, limit)``."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_stuck: Callable[[str, float], None]
+    ) -> None:
+        self.loop = loop
+        self.on_stuck = on_stuck
+        # (when to look, tie-break, task, its limit), earliest first; a finished task is dropped
+        # on sight, one still running but not stuck is looked at again a grace later.
+        self._due: list[tuple[float, int, asyncio.Task[Report], float]] = []
+        self._seq = 0
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._watch, name="pgq-async-watchdog", daemon=True)
+        self._thread.start()
+
+    def watch(self, task: asyncio.Task[Report], limit: float) -> None:
+        """Look at ``task`` once its hard ``limit`` (seconds from now) and the grace are over."""
+        with self._wake:
+            self._seq += 1
+            at = time.monotonic() + limit + STUCK_GRACE_SECONDS
+            heapq.heappush(self._due, (at, self._seq, task, limit))
+            if self._due[0][1] == self._seq:
+                self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+
+    def _watch(self) -> None:
+        with self._wake:
+            while not self._stopped:
+                now = time.monotonic()
+                if not self._due:
+                    self._wake.wait()
+                    continue
+                at, _, task, limit = self._due[0]
+                if at > now:
+                    self._wake.wait(at - now)
+                    continue
+                heapq.heappop(self._due)
+                if task.done():
+                    continue
+                if asyncio.current_task(self.loop) is not task:
+                    # Between two steps now (or another coroutine blocks the loop): its hard
+                    # limit's timer ends it once the loop is free; unless it swallows the
+                    # cancellation and blocks again, so look again a little later.
+                    self._seq += 1
+                    heapq.heappush(self._due, (now + STUCK_GRACE_SECONDS, self._seq, task, limit))
+                    continue
+                # The loop is stuck in this task's step: it is the task the loop runs now, a
+                # second past the limit whose timer would have cancelled it on a free loop.
+                log.error(
+                    "task %s blocked the event loop past its hard time limit (%ss): "
+                    "the process is ended as for a sync task",
+                    task.get_name(),
+                    limit,
+                )
+                self.on_stuck(task.get_name(), limit)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -83,10 +83,15 @@ class Outbox:
         retry due now could be) so that the repeat changes nothing (it only touches rows this
         slot holds)."""
         if self._retries:
+            # A DAG node whose fail_fast workflow failed meanwhile ends FAILURE instead.
+            states: dict[str, str] = {}
             self._write_each_or_fail(
-                self._retries, lambda batch: self.store.schedule_retries(batch)
+                self._retries,
+                lambda batch: states.update(
+                    (task_id, state) for task_id, _, state in self.store.schedule_retries(batch)
+                ),
             )
-            self._announce([(r.id, "RETRY") for r in self._retries])
+            self._announce([(r.id, states.get(r.id, "RETRY")) for r in self._retries])
             for r in self._retries:
                 self._queue_of.pop(r.id, None)
             self._retries = []

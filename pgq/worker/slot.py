@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import resource
 import select
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
@@ -111,6 +112,9 @@ class Slot(Outbox):
         super().__init__(WorkerStore(app.db, worker_id), queues, settings)
         self.app = app
         self.conn = conn
+        # The async watchdog thread (aio.Watchdog) writes to the pipe too; a large "turn"
+        # message is two writes, which must not interleave with its "deadline".
+        self._send_lock = threading.Lock()
         self.hostname = hostname
         self.current = current
         self.hard_limits = hard_limits
@@ -240,9 +244,23 @@ class Slot(Outbox):
                 concurrency=self.config.async_concurrency,
                 claim_batch=self.settings.claim_batch,
                 blocked_after=self.config.blocked_loop_seconds,
+                on_stuck=self._stuck if self.hard_limits else None,
             )
         self._claimed_at = time.monotonic()
         return self._aio.run(batch, self._on_async_report, self._refill, self._check_mail)
+
+    def _stuck(self, task_id: str, limit: float) -> None:
+        """(watchdog thread) A coroutine blocks the loop past its hard limit: have the parent
+        kill this process as for a sync task past its limit (it checks ``current``)."""
+        self.current.set(task_id)
+        try:
+            self._send(("deadline", task_id, time.monotonic(), limit))
+        except OSError:  # the parent is gone: nobody is left to kill this process for it
+            log.error("task %s blocks the loop and the worker's parent is gone", task_id)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
 
     def _on_async_report(self, report: Report) -> None:
         self._tasks_run += 1
@@ -328,7 +346,7 @@ class Slot(Outbox):
                 or self.config.time_limit
             )
             if limit:
-                self.conn.send(("deadline", job.id, time.monotonic() + limit, limit))
+                self._send(("deadline", job.id, time.monotonic() + limit, limit))
         if (
             self.config.soft_time_limit
             and options.get("soft_time_limit") is None
@@ -423,7 +441,7 @@ class Slot(Outbox):
         message = ("turn", self._started, self._stored, self._ran)
         self._started, self._stored, self._ran = [], [], 0
         try:
-            self.conn.send(message)
+            self._send(message)
         except OSError:
             self._stopping = True
 

@@ -116,6 +116,31 @@ def test_hard_limit_fails_the_task_and_the_process_survives(
     assert w.children() == pids
 
 
+def test_a_coroutine_blocking_the_loop_past_its_hard_limit_ends_the_process(
+    tasks: Any, worker: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """The loop timer cannot cancel a coroutine that never yields: the process is ended as for
+    a sync task past its hard limit, the task fails TimeLimitExceeded, the coroutine sharing
+    the process is given back and runs again, and the pool replaces the process."""
+    w = worker("-c", "1", "--async-concurrency", "10")
+    (child,) = w.children()
+    neighbour = tasks.nap.delay(3.0)
+    wait_state(conn, neighbour.id, "STARTED")
+    stuck = tasks.block_past_limit.delay(120)
+    row = wait_state(conn, stuck.id, "FAILURE", timeout=60)
+    assert row["result"]["exc_type"] == "TimeLimitExceeded", row["result"]
+    with pytest.raises(Exception) as raised:
+        stuck.get(timeout=10)
+    assert type(raised.value).__name__ == "TimeLimitExceeded"
+    assert neighbour.get(timeout=60)["pid"] != child  # given back, run by the replacement
+    wait_for(lambda: len(w.children()) == 1 and w.children() != [child], what="a replacement")
+    rescues = conn.execute("SELECT rescues FROM pgq.tasks WHERE id = %s", (neighbour.id,))
+    assert rescues.fetchone()[0] == 0  # given back as it was, not counted as a rescue
+    assert tasks.nap.delay(0.01).get(timeout=60)["pid"] in w.children()
+    w.stop()
+    assert "blocked the event loop past its hard time limit" in w.output, w.output
+
+
 def test_revoke_terminate_cancels_a_running_coroutine(
     tasks: Any, worker: Any, conn: psycopg.Connection[Any]
 ) -> None:

@@ -202,6 +202,64 @@ def test_fail_fast_fails_every_node_not_started_with_the_cause(app, conn, empty,
     assert isinstance(outcome["z"], TaskFailed) and outcome["z"].args
 
 
+def test_fail_fast_stops_a_node_waiting_for_its_retry(app, conn, empty, start_worker):
+    """A node waiting in RETRY has not started its next attempt: under fail_fast it ends
+    FAILURE with the cause in the transaction that records the failure, and never runs again."""
+    # r runs on the default queue and waits an hour for its retry; x, which fails, is on
+    # another queue whose worker starts only once r is in RETRY (the order is certain).
+    start_worker("-c", "1")
+    result = dag(
+        {
+            "r": signature("e2e_tasks.dag_retry_later", ["r"]),
+            "x": signature("e2e_tasks.dag_node", ["x"], {"fail": True}, queue="dag_later"),
+        },
+        on_failure="fail_fast",
+        app=app,
+    ).apply_async()
+    wait_for(
+        lambda: rows_by_node(conn, result.id)["r"]["state"] == "RETRY",
+        timeout=30,
+        what="r to wait for its retry",
+    )
+    start_worker("-c", "1", "-Q", "dag_later")
+    with pytest.raises(TaskFailed, match="node x failed"):
+        result.get(timeout=60)
+    rows = rows_by_node(conn, result.id)
+    assert rows["x"]["state"] == "FAILURE"
+    assert rows["r"]["state"] == "FAILURE", rows["r"]
+    assert rows["r"]["result"]["exc_type"] == "DependencyFailed"
+    assert "workflow node x" in rows["r"]["result"]["exc_message"][0]
+    assert rows["r"]["finished_at"] is not None
+    assert "end:r" not in effects(conn)
+
+
+def test_fail_fast_a_node_running_at_the_failure_does_not_retry(app, conn, empty, start_worker):
+    """A node running when its fail_fast workflow failed finishes its attempt; if it then asks
+    for a retry, it ends FAILURE with the cause instead of starting another attempt."""
+    start_worker("-c", "2")
+    result = dag(
+        {
+            "r": signature("e2e_tasks.dag_retry_after", ["r", "x_fails_first"]),
+            "x_fails_first": node("x_fails_first", fail=True),
+        },
+        on_failure="fail_fast",
+        app=app,
+    ).apply_async()
+    with pytest.raises(TaskFailed, match="node x_fails_first failed"):
+        result.get(timeout=60)
+    wait_for(
+        lambda: rows_by_node(conn, result.id)["r"]["finished_at"] is not None,
+        timeout=30,
+        what="r to end",
+    )
+    rows = rows_by_node(conn, result.id)
+    assert rows["r"]["state"] == "FAILURE", rows["r"]
+    assert rows["r"]["result"]["exc_type"] == "DependencyFailed"
+    assert "workflow node x_fails_first" in rows["r"]["result"]["exc_message"][0]
+    seen = effects(conn)
+    assert len(seen["start:r"]) == 1 and "end:r" not in seen
+
+
 def test_continue_finishes_independent_branches(app, conn, empty, start_worker):
     start_worker("-c", "2")
     result = failing_graph("continue", app).apply_async()

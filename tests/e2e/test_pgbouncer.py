@@ -336,3 +336,45 @@ def test_worker_beat_producer_and_get_through_pgbouncer_in_transaction_mode(
     assert bad_lines(beat.output) == [], beat.output
 
     assert bad_lines(bouncer_log) == [], bouncer_log
+
+
+TRANSACTIONAL = 200  # each on the slot's transactional connection: many statements per connection
+
+
+@pytest.mark.e2e
+def test_transactional_tasks_through_pgbouncer_in_transaction_mode(
+    db_url: str,
+    conn: psycopg.Connection[Any],
+    pgbouncer: PgBouncer,
+    pooler_app: Any,
+    spawn: Callable[..., WorkerProcess],
+) -> None:
+    """A transactional=True task's writes and its SUCCESS commit in one transaction, which a
+    transaction-mode pooler keeps on one server connection: every success's write is there
+    once, every failure's write was rolled back, and no statement met a server that had not
+    prepared it."""
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
+    conn.execute("CREATE TABLE IF NOT EXISTS pooler_effects (task_id text PRIMARY KEY, n int)")
+    conn.execute("TRUNCATE pooler_effects")
+    option = "pgq_pooler=transaction&pgq_listen_url=" + quote(db_url, safe="")
+    worker = spawn(
+        ["worker", "-A", "pooler_app", "-c", "2", "-l", "INFO"],
+        worker_env(with_query(pgbouncer.url, option)),
+    )
+    app = pooler_app.app
+    app.database_url = with_query(pgbouncer.url, option)
+    written = [pooler_app.txn_write.delay(i) for i in range(TRANSACTIONAL)]
+    refused = [pooler_app.txn_write_then_fail.delay(i) for i in range(20)]
+    assert [r.get(timeout=90) for r in written] == list(range(TRANSACTIONAL))
+    for r in refused:
+        with pytest.raises(ValueError, match="rolled back"):
+            r.get(timeout=60)
+    effects = dict(conn.execute("SELECT task_id, n FROM pooler_effects").fetchall())
+    assert effects == {r.id: i for i, r in enumerate(written)}
+    states = dict(conn.execute("SELECT state, count(*) FROM pgq.tasks GROUP BY state").fetchall())
+    assert states == {"SUCCESS": TRANSACTIONAL, "FAILURE": 20}, states
+    assert worker.stop() == 0
+    app.close()
+    bouncer_log = pgbouncer.stop()
+    assert bad_lines(worker.output) == [], worker.output
+    assert bad_lines(bouncer_log) == [], bouncer_log

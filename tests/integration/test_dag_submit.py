@@ -13,7 +13,7 @@ import pytest
 
 from pgq.compat import Celery, Workflow, dag
 from pgq.errors import InvalidWorkflow
-from pgq.store import Outcome, WorkerStore
+from pgq.store import Outcome, RetryRequest, WorkerStore
 
 
 @pytest.fixture
@@ -123,6 +123,46 @@ def test_a_refused_node_leaves_nothing_in_the_callers_transaction(
         mine.execute("INSERT INTO mine_before VALUES (1)")  # the transaction is still usable
         assert mine.execute("SELECT count(*) FROM pgq.workflows").fetchone() == (0,)
         assert mine.execute("SELECT count(*) FROM pgq.tasks").fetchone() == (1,)
+
+
+def test_a_node_lost_with_its_process_fails_fast_what_has_not_started(capp: Any, conn: Any) -> None:
+    """release_slot (a pool process died) with a node past max_rescues: through
+    pgq.workflow_fail_lost, every node not started ends FAILURE with the cause, the one
+    waiting in RETRY and the one the same statement gave back included."""
+    add = capp.tasks["dagsubmit.add"]
+    result = dag(
+        {
+            "boom": add.s(1),
+            "sibling": add.s(2),
+            "waiting": add.s(3),
+            "after": (add.s(4), ["boom"]),
+        },
+        on_failure="fail_fast",
+    ).apply_async()
+    ids = result.task_ids()
+    w = WorkerStore(capp.db, "w1/1")
+    w.connect()
+    try:
+        claimed = w.finish_and_claim((), ["celery"], 3, 30)
+        assert {c.id for c in claimed} == {ids["boom"], ids["sibling"], ids["waiting"]}
+        w.schedule_retries([RetryRequest(ids["waiting"], None, 3600, None, None)])
+        assert result.states()["waiting"] == "RETRY"
+        lost = json.dumps({"exc_type": "WorkerLostError", "exc_module": "billiard.exceptions"})
+        w.release(lost_id=ids["boom"], max_rescues=0, lost_result=lost)
+    finally:
+        w.close()
+    assert result.states() == {
+        "boom": "FAILURE",
+        "sibling": "FAILURE",
+        "waiting": "FAILURE",
+        "after": "FAILURE",
+    }
+    for name in ("sibling", "waiting", "after"):
+        row = conn.execute("SELECT result FROM pgq.tasks WHERE id = %s", (ids[name],)).fetchone()
+        assert row[0]["exc_type"] == "DependencyFailed", name
+        assert row[0]["exc_message"][0] == (
+            f"workflow node boom ({ids['boom']}) ended FAILURE: WorkerLostError"
+        )
 
 
 def test_revoking_one_waiting_node_applies_the_policy(capp: Any, conn: Any) -> None:

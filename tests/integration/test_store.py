@@ -1045,7 +1045,10 @@ def test_schedule_retries_sets_retry_state_and_future_run_at(
     task_id = enqueue(qapp)
     w1.finish_and_claim((), ["celery"], 1, 30)
     error = dumps(exception_to_json(ConnectionError("flap")))
-    (run_at_epoch,) = w1.schedule_retries([RetryRequest(task_id, None, 120, error, "tb")])
+    ((retried_id, run_at_epoch, state),) = w1.schedule_retries(
+        [RetryRequest(task_id, None, 120, error, "tb")]
+    )
+    assert (retried_id, state) == (task_id, "RETRY")
     row = task_row(conn, task_id)
     assert row is not None
     assert row["state"] == "RETRY"

@@ -73,6 +73,13 @@ async def forever() -> str:
     return "not interrupted"
 
 
+@app.task(time_limit=1)
+async def block_past_limit(seconds: float) -> str:
+    """Blocks the loop far past its hard limit: no loop timer can cancel it."""
+    time.sleep(seconds)
+    return "not interrupted"
+
+
 @app.task
 async def block(seconds: float) -> str:
     time.sleep(seconds)  # the mistake the worker reports: a blocking call in a coroutine

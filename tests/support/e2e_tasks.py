@@ -263,6 +263,44 @@ def dag_node(
     return {"node": name, "parents": parents}
 
 
+@app.task(autoretry_for=(TimeoutError,), retry_kwargs={"countdown": 3600}, max_retries=3)
+def dag_retry_later(name: str) -> str:
+    """A DAG workflow node that fails its first run and is retried an hour later (it waits
+    in RETRY meanwhile)."""
+    _record(f"start:{name}")
+    request = current_request()
+    assert request is not None
+    if request.retries == 0:
+        raise TimeoutError(f"node {name} asks for a retry")
+    _record(f"end:{name}")
+    return name
+
+
+@app.task(autoretry_for=(TimeoutError,), retry_kwargs={"countdown": 0}, max_retries=3)
+def dag_retry_after(name: str, failed_node: str) -> str:
+    """A DAG workflow node that, on its first run, waits until node ``failed_node`` has ended
+    FAILURE, then asks for a retry (due at once)."""
+    _record(f"start:{name}")
+    request = current_request()
+    assert request is not None
+    if request.retries == 0:
+        deadline = time.monotonic() + 60
+        while (
+            not _db()
+            .execute(
+                "SELECT 1 FROM pgq.workflow_nodes WHERE node = %s AND state = 'FAILURE'",
+                (failed_node,),
+            )
+            .fetchone()
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {failed_node} never failed")
+            time.sleep(0.05)
+        raise TimeoutError(f"node {name} asks for a retry")
+    _record(f"end:{name}")
+    return name
+
+
 @app.task
 def dag_sum(parents: dict[str, int], extra: int = 0) -> int:
     """A DAG workflow node that adds its dependencies' results."""

@@ -217,8 +217,9 @@ WITH outcomes AS MATERIALIZED (
     WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
-    -- fail_fast, every node of the workflow (only those not started yet are changed, in
-    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    -- fail_fast, every node of the workflow (only those not started yet, PENDING or waiting
+    -- for a retry, are changed, in dag_nodes); continue, the failed node's descendants.
+    -- `cause` names the node, its end.
     SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
                         ': ' || f.exc_type) AS cause
     FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
@@ -259,7 +260,9 @@ WITH outcomes AS MATERIALIZED (
     FROM dag_moves AS m
     -- By their ids through the primary key, as `claimed` does.
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      -- A doomed node waiting for a retry has not started its next attempt: it ends too.
+      AND (t.state = 'PENDING' OR (t.state = 'RETRY' AND m.cause IS NOT NULL))
+      AND t.finished_at IS NULL
       AND t.lease_expires_at IS NULL AND t.options ? 'dag'
       AND (m.cause IS NOT NULL
            -- Only a count pgq could have written (see chords).
@@ -534,8 +537,9 @@ WITH outcomes AS MATERIALIZED (
     WHERE d.state NOT IN ('SUCCESS', 'RETRY')
 ), dag_doomed AS (
     -- The nodes that will never run because of them (pgq.workflow_doomed, migration 0010):
-    -- fail_fast, every node of the workflow (only those not started yet are changed, in
-    -- dag_nodes); continue, the failed node's descendants. `cause` names the node, its end.
+    -- fail_fast, every node of the workflow (only those not started yet, PENDING or waiting
+    -- for a retry, are changed, in dag_nodes); continue, the failed node's descendants.
+    -- `cause` names the node, its end.
     SELECT x.id, format('workflow node %%s (%%s) ended %%s%%s', f.node, f.id, f.state,
                         ': ' || f.exc_type) AS cause
     FROM dag_failed AS f CROSS JOIN LATERAL pgq.workflow_doomed(f.id, f.workflow) AS x(id)
@@ -576,7 +580,9 @@ WITH outcomes AS MATERIALIZED (
     FROM dag_moves AS m
     -- By their ids through the primary key, as `claimed` does.
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_moves)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL
+      -- A doomed node waiting for a retry has not started its next attempt: it ends too.
+      AND (t.state = 'PENDING' OR (t.state = 'RETRY' AND m.cause IS NOT NULL))
+      AND t.finished_at IS NULL
       AND t.lease_expires_at IS NULL AND t.options ? 'dag'
       AND (m.cause IS NOT NULL
            -- Only a count pgq could have written (see chords).
@@ -706,10 +712,15 @@ SELECT count(*) FROM pgq.concurrency_keys;
 -- queue and priority, sets its expires_at, and merges the limits and expires (the next run's
 -- request.expires) into its options; a task given a queue by its retry (another one, or its own
 -- again: the old value is not at hand here) and due now wakes that queue's workers.
--- The last column lists the circuit breakers the retries moved (see `tripped`), on every row.
+-- The third column lists the circuit breakers the retries moved (see `tripped`), on every row;
+-- the fourth is the row's new state. A DAG node whose fail_fast workflow has failed meanwhile (it was running then) ends FAILURE
+-- (DependencyFailed, pgq.workflow_failed names the cause) instead: no new attempt starts.
 WITH retried AS (
     UPDATE pgq.tasks AS t
-    SET state = 'RETRY', retries = t.retries + 1,
+    SET state = CASE WHEN t.options ? 'dag'
+                          AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                     THEN 'FAILURE' ELSE 'RETRY' END,
+        retries = t.retries + 1,
         run_at = u.due,
         queue = COALESCE(u.moved->>'queue', t.queue),
         priority = COALESCE((u.moved->>'priority')::smallint, t.priority),
@@ -718,7 +729,17 @@ WITH retried AS (
                        THEN t.options || jsonb_build_object('eta', u.due) ELSE t.options - 'eta' END
                   || (COALESCE(u.moved, '{}') - 'queue' - 'priority'),
         args = COALESCE(u.args::jsonb, t.args), kwargs = COALESCE(u.kwargs::jsonb, t.kwargs),
-        result = u.result::jsonb, traceback = u.traceback, lease_expires_at = NULL
+        result = CASE WHEN t.options ? 'dag'
+                           AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                      THEN jsonb_build_object(
+                          'exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
+                          'exc_message', jsonb_build_array(
+                              pgq.workflow_failed(t.options->'dag'->>'workflow')))
+                      ELSE u.result::jsonb END,
+        finished_at = CASE WHEN t.options ? 'dag'
+                                AND pgq.workflow_failed(t.options->'dag'->>'workflow') IS NOT NULL
+                           THEN now() END,
+        traceback = u.traceback, lease_expires_at = NULL
     FROM (SELECT u.*, COALESCE(u.eta, now() + make_interval(secs => u.countdown)) AS due,
                  u.options::jsonb AS moved
           FROM unnest(%(ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::double precision[],
@@ -726,7 +747,7 @@ WITH retried AS (
                       %(kwargs)s::text[], %(options)s::text[])
                AS u(id, eta, countdown, result, traceback, args, kwargs, options)) AS u
     WHERE t.id = u.id AND t.worker = %(worker)s AND t.lease_expires_at IS NOT NULL
-    RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued
+    RETURNING t.id, t.name, t.run_at, t.queue, u.moved ? 'queue' AS requeued, t.state
 ), locked AS MATERIALIZED (
     -- The breakers of the names retried holds, locked and read at their newest version (FOR
     -- UPDATE waits for a concurrent statement that changes one, then reads what it wrote), so
@@ -778,9 +799,14 @@ WITH retried AS (
 )
 SELECT r.id, extract(epoch FROM r.run_at),
        (SELECT json_agg(json_build_array(name, old_state, new_state))::text
-        FROM tripped WHERE new_state <> old_state) AS breaker_changes
+        FROM tripped WHERE new_state <> old_state) AS breaker_changes,
+       r.state
 FROM retried AS r,
-     (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried WHERE requeued AND run_at <= now()) AS w;
+     (SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM retried
+      WHERE requeued AND run_at <= now() AND state = 'RETRY') AS w,
+     -- Waiters on a node stopped here re-read (an empty payload wakes every waiter).
+     (SELECT count(pg_notify('pgq_done', ''))
+      FROM (SELECT 1 FROM retried WHERE state = 'FAILURE' LIMIT 1) AS any_stopped) AS d;
 
 -- name: requeue_tasks
 -- STARTED -> PENDING: gives tasks back (second stop signal, rejected with requeue, lost child);
@@ -798,24 +824,15 @@ WITH back AS (
     RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read back to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
+SELECT back.id, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back, dag_lost;
 
 -- name: requeue_rejected
 -- STARTED -> PENDING after Reject(requeue=True): due again `countdown` seconds from now (a
@@ -882,24 +899,15 @@ WITH orphans AS (
     RETURNING t.id, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM rescued AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read rescued to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM rescued WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM rescued WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued;
+SELECT rescued.id, rescued.state, pg_notify('pgq_tasks', left(rescued.queue, 255)) FROM rescued, dag_lost;
 
 -- name: renew_leases
 -- STARTED -> STARTED: pushes the lease of every task the given slots of a live worker hold.
@@ -935,24 +943,15 @@ WITH back AS (
     RETURNING t.id, t.name, t.queue, t.state, t.options->'dag' AS dag
 ), dag_lost AS (
     -- A DAG workflow node that ended FAILURE here (WorkerLostError) applies its workflow's
-    -- failure policy, as finish_and_claim does for outcomes (see dag_doomed there): the nodes
-    -- it dooms that have not started end FAILURE (DependencyFailed) with the cause.
-    SELECT x.id, format('workflow node %%s (%%s) ended FAILURE: WorkerLostError',
-                        l.dag->>'node', l.id) AS cause
-    FROM back AS l CROSS JOIN LATERAL pgq.workflow_doomed(l.id, l.dag->>'workflow') AS x(id)
-    WHERE l.state = 'FAILURE' AND l.dag IS NOT NULL
-), dag_lost_nodes AS (
-    UPDATE pgq.tasks AS t
-    SET state = 'FAILURE', finished_at = now(),
-        result = jsonb_build_object('exc_type', 'DependencyFailed', 'exc_module', 'pgq.errors',
-                                    'exc_message', jsonb_build_array(m.cause))
-    FROM (SELECT DISTINCT ON (id) id, cause FROM dag_lost ORDER BY id, cause) AS m
-    WHERE t.id = ANY(ARRAY(SELECT id FROM dag_lost)) AND t.id = m.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
-      AND t.options ? 'dag'
-    RETURNING t.id
+    -- failure policy (pgq.workflow_fail_lost, migration 0011): the nodes it dooms that have
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed).
+    -- One call with every lost node: the arrays read back to its end first.
+    SELECT pgq.workflow_fail_lost(
+        ARRAY(SELECT id FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id),
+        ARRAY(SELECT dag FROM back WHERE state = 'FAILURE' AND dag IS NOT NULL ORDER BY id)
+    ) AS doomed
 )
-SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back;
+SELECT back.id, back.name, back.queue, back.state, pg_notify('pgq_tasks', left(back.queue, 255)) FROM back, dag_lost;
 
 -- name: give_back_unheld
 -- STARTED -> PENDING: a slot that reconnected gives back every task held under its id except
@@ -1069,7 +1068,8 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
 ), dag_revoked AS (
     -- A DAG workflow node revoked here applies its workflow's failure policy, as an outcome
     -- recorded by a worker does (finish_and_claim's dag_doomed): the nodes it dooms that have
-    -- not started end FAILURE (DependencyFailed) naming it.
+    -- not started (PENDING, or RETRY waiting for an attempt) end FAILURE (DependencyFailed)
+    -- naming it.
     SELECT x.id, format('workflow node %%s (%%s) ended REVOKED', c.dag->>'node', c.id) AS cause
     FROM changed AS c CROSS JOIN LATERAL pgq.workflow_doomed(c.id, c.dag->>'workflow') AS x(id)
     WHERE c.revoked AND c.dag IS NOT NULL
@@ -1080,7 +1080,7 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
                                     'exc_message', jsonb_build_array(d.cause))
     FROM dag_revoked AS d
     WHERE t.id = ANY(ARRAY(SELECT id FROM dag_revoked)) AND t.id = d.id
-      AND t.state = 'PENDING' AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
+      AND t.state IN ('PENDING', 'RETRY') AND t.finished_at IS NULL AND t.lease_expires_at IS NULL
       AND t.options ? 'dag'
 ), counted AS (
     INSERT INTO pgq.stats_minute AS s (minute, queue, state, count)
