@@ -36,6 +36,7 @@ from pgq.maintenance import Periodic
 from pgq.maintenance.heartbeat import Heartbeat, HeartbeatSettings
 from pgq.maintenance.prune import Prune, PruneSettings
 from pgq.maintenance.rescue import Rescue, RescueSettings, lost_result
+from pgq.maintenance.vacuum import Vacuum, VacuumSettings
 from pgq.settings import Settings
 from pgq.store import CONTROL_CHANNEL, Outcome, WorkerStore
 from pgq.worker import control
@@ -409,6 +410,7 @@ class Worker:
                     ),
                 )
             )
+        jobs.append(Vacuum(self.store, VacuumSettings()))
         if self.controller.autoscaler is not None:
             jobs.append(self.controller.autoscaler)
         jobs.extend(self._extra_maintenance)

@@ -1569,3 +1569,24 @@ SET options = jsonb_set(
         '{chord_header}', COALESCE(options->'chord_header', '[]'::jsonb) || to_jsonb(%(task_id)s::text))
 WHERE id = %(id)s AND finished_at IS NULL AND jsonb_typeof(options->'chord_remaining') = 'number'
 RETURNING id;
+
+-- name: tasks_vacuum_state
+-- (read) Whether the worker should vacuum pgq.tasks itself: autovacuum will not (off on the
+-- server, or off for the table), this role may (it has its owner's or the database owner's
+-- privileges), and the table's dead and live row estimates (pg_stat_user_tables).
+SELECT current_setting('autovacuum') = 'off'
+       OR EXISTS (SELECT 1 FROM pg_options_to_table(c.reloptions) AS o
+                  WHERE o.option_name = 'autovacuum_enabled'
+                    AND lower(o.option_value) IN ('false', 'off', 'no', '0')),
+       pg_has_role(c.relowner, 'USAGE')
+       OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE'),
+       COALESCE(s.n_dead_tup, 0),
+       COALESCE(s.n_live_tup, 0)
+FROM pg_class AS c
+LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = 'pgq.tasks'::regclass;
+
+-- name: vacuum_tasks
+-- Where autovacuum is off: the dead rows of finished, retried and pruned tasks cleared, and the
+-- planner's statistics renewed. SKIP_LOCKED: if another worker's VACUUM holds the table, skip.
+VACUUM (SKIP_LOCKED, ANALYZE) pgq.tasks;

@@ -1,0 +1,83 @@
+"""The worker vacuums pgq.tasks itself where autovacuum will not (pgq.maintenance.vacuum)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from harness import wait_for
+
+from pgq.maintenance.vacuum import Vacuum, VacuumSettings
+from pgq.store import WorkerStore
+from pgq.store.database import Database
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[WorkerStore]:
+    s = WorkerStore(Database(db_url), "vacuum-test")
+    s.connect()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def no_autovacuum(conn: Conn, clean: None) -> Iterator[None]:
+    """Autovacuum off for pgq.tasks (the table's setting: the server's is the same test)."""
+    conn.execute("ALTER TABLE pgq.tasks SET (autovacuum_enabled = false)")
+    yield
+    conn.execute("ALTER TABLE pgq.tasks RESET (autovacuum_enabled)")
+
+
+def make_dead_rows(conn: Conn, n: int) -> None:
+    conn.execute(
+        "INSERT INTO pgq.tasks (id, name, args, kwargs, options) "
+        "SELECT 'dead-' || i, 'x', '[]', '{}', '{}' FROM generate_series(1, %s) AS i",
+        (n,),
+    )
+    conn.execute("DELETE FROM pgq.tasks WHERE id LIKE 'dead-%%'")
+
+
+def table_stats(conn: Conn) -> tuple[int, int]:
+    """(vacuums so far, dead rows) of pgq.tasks, as the statistics say now."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    sql = "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables WHERE relid = %s::regclass"
+    row = conn.execute(sql, ("pgq.tasks",)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_dead_rows_are_vacuumed_when_autovacuum_is_off(
+    conn: Conn, no_autovacuum: None, store: WorkerStore
+) -> None:
+    make_dead_rows(conn, 500)
+    wait_for(lambda: table_stats(conn)[1] >= 500, what="the dead rows in the statistics")
+    vacuums, _ = table_stats(conn)
+    job = Vacuum(store, VacuumSettings(min_dead=100))
+    assert job.run_once() is True
+    assert job.thread is not None
+    job.thread.join(timeout=60)
+    wait_for(lambda: table_stats(conn)[0] > vacuums, what="the VACUUM in the statistics")
+    assert table_stats(conn)[1] < 500
+
+
+def test_below_the_threshold_nothing_runs(
+    conn: Conn, no_autovacuum: None, store: WorkerStore
+) -> None:
+    make_dead_rows(conn, 50)
+    wait_for(lambda: table_stats(conn)[1] >= 50, what="the dead rows in the statistics")
+    assert Vacuum(store, VacuumSettings(min_dead=100)).run_once() is False
+
+
+def test_with_autovacuum_on_for_the_table_the_worker_leaves_it_alone(
+    conn: Conn, clean: None, store: WorkerStore
+) -> None:
+    on = conn.execute("SELECT current_setting('autovacuum') = 'on'").fetchone()
+    if not (on and on[0]):
+        pytest.skip("autovacuum is off on this server: the table's setting cannot turn it on")
+    make_dead_rows(conn, 500)
+    wait_for(lambda: table_stats(conn)[1] >= 500, what="the dead rows in the statistics")
+    assert Vacuum(store, VacuumSettings(min_dead=100)).run_once() is False
