@@ -155,6 +155,20 @@ class Outbox:
                 self._started.append((job.id, job.name, job.queue))
         return jobs
 
+    def _claim_alone(self, limit: int, below: int) -> list[ClaimedTask]:
+        """Claim up to ``limit`` tasks of a priority below ``below`` and write nothing else (the
+        outcomes so far wait for the next turn): a claim that finds nothing, because another
+        slot took the task, then changes no row, and its commit flushes no WAL."""
+        jobs = self.store.finish_and_claim(
+            (), self.queues, limit, self.settings.lease_seconds, below=below
+        )
+        for job in jobs:
+            self._queue_of[job.id] = job.queue
+            if self._tell_hooks:
+                self._claims[job.id] = (job.name, job.queue, None)
+                self._started.append((job.id, job.name, job.queue))
+        return jobs
+
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         """Count stored outcomes for pgq.stats_minute (by this host's clock's minute)."""
         minute = int(time.time() // 60)

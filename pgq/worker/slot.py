@@ -11,8 +11,8 @@ A task that runs much longer than the batch was sized for makes the slot give ba
 An idle slot LISTENs on its connection, so a NOTIFY wakes it directly. A busy one hears there
 the best priority of each enqueue (``pgq_priority``): between two tasks of its batch, when a
 due task of a better priority than the next one was announced, it claims the better tasks alone
-(``below`` that priority; one statement, which also writes the outcomes so far), runs them,
-then goes on with its batch. So an urgent task waits for one running task, not a batch.
+(``below`` that priority, one statement that writes nothing else), runs them, then goes on
+with its batch. So an urgent task waits for one running task, not a batch.
 The ``async def`` tasks of a batch run together on the slot's event loop (``pgq.worker.aio``),
 which keeps claiming while it has room (``--async-concurrency``); sync tasks claimed meanwhile
 run once the loop is empty. Their limits and revoke-terminate are the loop's, not the parent's:
@@ -256,11 +256,12 @@ class Slot(Outbox):
         return self._better < priority
 
     def _claim_better(self, priority: int) -> list[ClaimedTask]:
-        """Claim the due tasks of a better priority than ``priority`` (up to a batch), writing
-        the outcomes so far in the same statement. Another slot may have taken them: then
-        this claim comes back empty, and costs one short statement."""
+        """Claim the due tasks of a better priority than ``priority`` (up to a batch), alone:
+        every slot busy with worse tasks hears of them, and those that find them taken already
+        pay one short statement that changes nothing."""
         limit, best = max(1, self._batch), self._better
-        jobs = self._turn(limit, below=priority)
+        self._better, self._unread = ANY_PRIORITY, True  # see _turn
+        jobs = self._claim_alone(limit, below=priority)
         self._tell_parent()
         if len(jobs) == limit:  # more may wait: look again before the next task of the batch
             self._better = min(self._better, best)
