@@ -9,7 +9,10 @@ sleep 1-5 ms (variant ``busy``), all of priority ``--backlog-priority``, drains 
 ``pgq worker -c 2``. Once the worker has been draining for a second, a producer sends
 ``--urgent`` no-op tasks of priority 0, one at a time, 20-50 ms apart (random, seeded). An
 urgent task's latency is its row's ``started_at - created_at``: both are the database's clock
-(the transaction times of its claim and of its insert). The drain rate is the backlog tasks
+(the transaction times of its claim and of its insert), so it counts the insert's own commit,
+which a loaded server makes slow; ``after commit`` counts from when ``apply_async`` returned
+in the producer (its clock against the server's: meaningful on one host only), the part the
+worker answers for. The drain rate is the backlog tasks
 whose ``finished_at`` falls in a window, per second: ``quiet`` over the second before the first
 urgent task, ``during`` from the first urgent task to the last one's start, so the cost of
 overtaking shows. A run whose backlog ran out before the last urgent task started says so (its
@@ -55,12 +58,15 @@ class Run:
     label: str
     variant: str
     latencies_ms: list[float]
+    # From when the producer's apply_async returned (its insert committed) to the start: the
+    # part the worker answers for (the producer's clock against the database's: same host).
+    committed_ms: list[float]
     quiet_rate: float
     during_rate: float
     backlog_left: int  # backlog tasks not yet started when the last urgent task started
 
-    def quantile(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
+    def quantile(self, q: float, values: list[float] | None = None) -> float:
+        ordered = sorted(self.latencies_ms if values is None else values)
         if not ordered:
             return float("nan")
         # Nearest rank: p99 of 100 samples is the 99th smallest.
@@ -134,9 +140,10 @@ def main(argv: list[str]) -> int:
     try:
         print(
             "| round | worker | backlog | urgent | p50 ms | p95 ms | p99 ms | max ms "
+            "| p50 ms after commit | p99 ms after commit "
             "| drain quiet /s | drain during /s | backlog left |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for round_no in range(args.rounds):
             shift = round_no % len(labels)
             for variant in args.variants:
@@ -149,9 +156,10 @@ def main(argv: list[str]) -> int:
     print()
     print(
         "| worker | backlog | runs | p99 ms median (range) | max ms median (range) "
+        "| p99 ms after commit median (range) "
         "| drain during /s median (range) | drain quiet /s median (range) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for variant in args.variants:
         for label in labels:
             mine = [r for r in runs if r.label == label and r.variant == variant]
@@ -159,6 +167,7 @@ def main(argv: list[str]) -> int:
                 f"| {label} | {variant} | {len(mine)} "
                 f"| {_spread([r.quantile(0.99) for r in mine], 1)} "
                 f"| {_spread([max(r.latencies_ms) for r in mine], 1)} "
+                f"| {_spread([r.quantile(0.99, r.committed_ms) for r in mine], 1)} "
                 f"| {_spread([r.during_rate for r in mine], 0)} "
                 f"| {_spread([r.quiet_rate for r in mine], 0)} |"
             )
@@ -201,9 +210,10 @@ def measure(
             _wait(lambda: _finished(url) > 0, worker, Path(shadow) / "worker.log")
             time.sleep(QUIET_SECONDS)  # the quiet window: the drain rate without urgent tasks
             urgent = app.signature_task("bench.noop_tasks.noop")
-            ids = []
+            ids, committed = [], []
             for _ in range(args.urgent):
                 ids.append(urgent.apply_async(priority=0).id)
+                committed.append(time.time())
                 time.sleep(rng.uniform(0.02, 0.05))
             _wait(lambda: _started(url, ids) == len(ids), worker, Path(shadow) / "worker.log")
         finally:
@@ -213,19 +223,21 @@ def measure(
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-    return _read(url, label, variant, ids)
+    return _read(url, label, variant, ids, committed)
 
 
-def _read(url: str, label: str, variant: str, ids: list[str]) -> Run:
+def _read(url: str, label: str, variant: str, ids: list[str], committed: list[float]) -> Run:
     with psycopg.connect(url, autocommit=True) as conn:
-        latencies = [
-            float(ms)
-            for (ms,) in conn.execute(
-                "SELECT extract(epoch FROM started_at - created_at) * 1000 FROM pgq.tasks "
-                "WHERE id = ANY(%s)",
-                (ids,),
-            )
-        ]
+        rows = conn.execute(
+            "SELECT extract(epoch FROM started_at - created_at) * 1000,"
+            "       extract(epoch FROM started_at) * 1000"
+            " FROM unnest(%s::text[]) WITH ORDINALITY AS u(id, n)"
+            " JOIN pgq.tasks AS t ON t.id = u.id ORDER BY u.n",
+            (ids,),
+        ).fetchall()
+        latencies = [float(ms) for ms, _ in rows]
+        starts = [float(at) for _, at in rows]
+        after_commit = [at - sent * 1000 for at, sent in zip(starts, committed, strict=True)]
         first, last = conn.execute(
             "SELECT min(created_at), max(started_at) FROM pgq.tasks WHERE id = ANY(%s)", (ids,)
         ).fetchone() or (None, None)
@@ -242,6 +254,7 @@ def _read(url: str, label: str, variant: str, ids: list[str]) -> Run:
         label=label,
         variant=variant,
         latencies_ms=latencies,
+        committed_ms=after_commit,
         quiet_rate=quiet / QUIET_SECONDS,
         during_rate=during / seconds if seconds > 0 else 0.0,
         backlog_left=int(left),
@@ -297,7 +310,9 @@ def _row(round_no: str, run: Run) -> str:
     return (
         f"| {round_no} | {run.label} | {run.variant} | {len(run.latencies_ms)} "
         f"| {run.quantile(0.5):.1f} | {run.quantile(0.95):.1f} | {run.quantile(0.99):.1f} "
-        f"| {max(run.latencies_ms):.1f} | {run.quiet_rate:,.0f} | {run.during_rate:,.0f} "
+        f"| {max(run.latencies_ms):.1f} | {run.quantile(0.5, run.committed_ms):.1f} "
+        f"| {run.quantile(0.99, run.committed_ms):.1f} "
+        f"| {run.quiet_rate:,.0f} | {run.during_rate:,.0f} "
         f"| {run.backlog_left} |"
     )
 
