@@ -213,9 +213,11 @@ class Slot(Outbox):
                 self._skip_revoked(job, expired=False)
                 continue
             if self._is_async(job):  # claimed between two tasks: on the loop, the rest held
-                self._held = jobs[index + 1 :]
-                slowest_async = max(slowest_async, self._run_async(self._ready(job)))
-                jobs[index + 1 :], self._held = self._held, []
+                ready = self._ready(job)
+                if ready:
+                    self._held = jobs[index + 1 :]
+                    slowest_async = max(slowest_async, self._run_async(ready))
+                    jobs[index + 1 :], self._held = self._held, []
                 continue
             prepared = self._prepare(job)
             if prepared is not None:

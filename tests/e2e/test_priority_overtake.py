@@ -77,3 +77,58 @@ def test_an_urgent_task_overtakes_the_batch_a_busy_slot_holds(
     ).fetchone()
     assert runs == (BACKLOG, BACKLOG)
     assert w.stop() == 0
+
+
+def test_an_async_task_claimed_between_two_sync_tasks_runs_on_the_loop(db_url, conn):
+    """A better task claimed between two tasks of a sync batch may be ``async def``: it runs on
+    the slot's loop while the rest of the batch waits, then the batch goes on; all run once."""
+    from harness import WorkerProcess, wait_until_worker_registered
+
+    import pgq
+
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
+    sender = pgq.App(database_url=db_url)
+    w = WorkerProcess(
+        ["worker", "-A", "async_tasks_app", "-c", "1"], worker_env(db_url, PGQ_CLAIM_BATCH="200")
+    )
+    try:
+        wait_until_worker_registered(db_url, w)
+        backlog = sender.send_many(
+            [("async_tasks_app.inc", (i,), {}, {"priority": 9}) for i in range(BACKLOG * 2)]
+        )
+        ids = [r.id for r in backlog]
+        wait_for(
+            lambda: conn.execute(
+                "SELECT count(*) >= 200 FROM pgq.tasks WHERE id = ANY(%s) AND state = 'SUCCESS'",
+                (ids,),
+            ).fetchone()[0],
+            what="the worker to work through the backlog",
+        )
+        passed = 0
+        for attempt in range(ATTEMPTS):
+            urgent = sender.send_many([("async_tasks_app.double", (attempt,), {}, {"priority": 0})])
+            assert urgent[0].get(timeout=30) == 2 * attempt
+            # Claimed before the urgent task existed, recorded after it started: it overtook.
+            passed = conn.execute(
+                "SELECT count(*) FROM pgq.tasks AS t, pgq.tasks AS u WHERE u.id = %s"
+                " AND t.priority = 9 AND t.started_at < u.created_at"
+                " AND t.finished_at > u.started_at",
+                (urgent[0].id,),
+            ).fetchone()[0]
+            if passed:
+                break
+        assert passed > 0, "no async urgent task overtook the batch of its slot"
+        wait_for(
+            lambda: conn.execute(
+                "SELECT count(*) = %s FROM pgq.tasks WHERE id = ANY(%s) AND state = 'SUCCESS'",
+                (len(ids), ids),
+            ).fetchone()[0],
+            timeout=120,
+            what="the backlog to drain",
+        )
+        assert [r.get(timeout=5) for r in backlog[:3]] == [1, 2, 3]
+        assert w.stop() == 0
+    finally:
+        sender.close()
+        if w.proc.poll() is None:
+            w.kill()
