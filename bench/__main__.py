@@ -7,6 +7,7 @@
     python -m bench web                  # the dashboard: page times, share of DB load (issue 24)
     python -m bench soak --minutes 60    # hours of load: steady producers and a worker, sampled
     python -m bench async-sleep          # 10,000 async 100 ms sleeps: pgq, procrastinate, pgqueuer
+    python -m bench priority-latency     # how soon a priority-0 task starts while a backlog drains
 
 Prints the Markdown report and writes bench/results/latest.md, latest.json, throughput.png and
 latency.png (or under --out).
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "async-sleep", add_help=False, help="10,000 async def tasks that sleep 0.1 s (issue 22)"
     )
+    sub.add_parser(
+        "priority-latency", add_help=False, help="urgent tasks' start latency during a drain"
+    )
     for sub_parser in (run, sub.add_parser("list", help="list the systems and their status")):
         sub_parser.add_argument(
             "--server-url", default=DEFAULT_ENV.server_url, help="PostgreSQL server (%(default)s)"
@@ -87,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import async_sleep
 
         return async_sleep.main(argv[1:])
+    if argv[:1] == ["priority-latency"]:
+        from bench import priority_latency
+
+        return priority_latency.main(argv[1:])
     args = _parser().parse_args(argv)
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, amqp_url=args.amqp_url)
     if args.command == "list":

@@ -83,6 +83,7 @@ def main() -> None:
                 "lease_seconds": 30.0,
                 "keys": [],
                 "probe": False,
+                "below": 256,
             }
             started = time.perf_counter()
             rows = side["conn"].execute(side["sql"], params, prepare=True).fetchall()

@@ -1,6 +1,7 @@
-"""The pgq tasks the benchmarks run: a no-op, a 10 ms sleep, and an async 100 ms sleep.
+"""The pgq tasks the benchmarks run: a no-op, a 10 ms sleep, an async 100 ms sleep, and a sleep
+of a given number of milliseconds.
 
-Both tell the harness they ran (``bench.probe.report``; a no-op outside a benchmark run).
+The first three tell the harness they ran (``bench.probe.report``; a no-op outside a benchmark run).
 ``noop(sent_at)`` carries its enqueue time for the latency measure.
 """
 
@@ -30,3 +31,9 @@ def sleep10ms() -> None:
 async def async_sleep100ms() -> None:
     await asyncio.sleep(0.1)
     report()
+
+
+@app.task
+def busy(ms: float = 0.0) -> None:
+    """Sleeps ``ms`` milliseconds (the 1-5 ms backlog of ``python -m bench priority-latency``)."""
+    time.sleep(ms / 1000)

@@ -17,8 +17,10 @@ from pgq.store._copy import COPY_THRESHOLD
 from pgq.store.database import Database, translate_errors
 from pgq.store.producer import Store
 from pgq.store.records import (
+    ANY_PRIORITY,
     CONTROL_CHANNEL,
     DONE_CHANNEL,
+    PRIORITY_CHANNEL,
     ClaimedTask,
     Like,
     NewTask,
@@ -30,9 +32,11 @@ from pgq.store.records import (
 from pgq.store.worker import WorkerStore
 
 __all__ = [
+    "ANY_PRIORITY",
     "CONTROL_CHANNEL",
     "COPY_THRESHOLD",
     "DONE_CHANNEL",
+    "PRIORITY_CHANNEL",
     "ClaimedTask",
     "Database",
     "Like",

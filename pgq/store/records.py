@@ -12,8 +12,10 @@ from typing import Any, NamedTuple
 from pgq.settings import DEFAULT_QUEUE
 
 __all__ = [
+    "ANY_PRIORITY",
     "CONTROL_CHANNEL",
     "DONE_CHANNEL",
+    "PRIORITY_CHANNEL",
     "ClaimedTask",
     "Like",
     "NewTask",
@@ -27,6 +29,11 @@ __all__ = [
 # queries of queries.sql themselves, which name it literally.)
 DONE_CHANNEL = "pgq_done"
 CONTROL_CHANNEL = "pgq_control"
+# Where enqueue statements announce the best priority of the due tasks they added to a queue
+# ('<priority> <queue>'), which a slot busy with worse tasks acts on (pgq/worker/slot.py).
+PRIORITY_CHANNEL = "pgq_priority"
+# Above every priority (0-255): a claim with ``below=ANY_PRIORITY`` takes tasks of any priority.
+ANY_PRIORITY = 256
 
 
 class NewTask(NamedTuple):

@@ -21,7 +21,14 @@ import psycopg
 from pgq.hooks import emit, listening
 from pgq.store._copy import insert_params
 from pgq.store.database import Database, translate_errors
-from pgq.store.records import DONE_CHANNEL, ClaimedTask, NewTask, Outcome, RetryRequest
+from pgq.store.records import (
+    ANY_PRIORITY,
+    DONE_CHANNEL,
+    ClaimedTask,
+    NewTask,
+    Outcome,
+    RetryRequest,
+)
 from pgq.store.sql import named_statements, query
 
 __all__ = ["KEYED_PROBE_SECONDS", "REPLAN_SECONDS", "WorkerStore"]
@@ -204,16 +211,19 @@ class WorkerStore:
         *,
         follow_ups: Sequence[NewTask] = (),
         failed_steps: Sequence[Any] = (),
+        below: int = ANY_PRIORITY,
     ) -> list[ClaimedTask]:
         """Record outcomes, enqueue the workflow steps they start, then claim up to ``limit``
-        tasks, in one transaction.
+        tasks (only tasks of a priority below ``below``), in one transaction.
 
         The worker's hot path: without workflow steps this is one statement (one round trip,
         one commit, one WAL flush) per loop turn. If anything fails, nothing takes effect.
         """
         if not outcomes and not limit and not follow_ups and not failed_steps:
             return []
-        return self._turn(outcomes, queues, limit, lease_seconds, follow_ups, failed_steps)[0]
+        return self._turn(outcomes, queues, limit, lease_seconds, follow_ups, failed_steps, below)[
+            0
+        ]
 
     def _turn(
         self,
@@ -223,6 +233,7 @@ class WorkerStore:
         lease_seconds: float,
         follow_ups: Sequence[NewTask] = (),
         failed_steps: Sequence[Any] = (),
+        below: int = ANY_PRIORITY,
     ) -> tuple[list[ClaimedTask], int]:
         assert self._conn is not None, "WorkerStore.connect() first"
         now = time.monotonic()
@@ -245,6 +256,7 @@ class WorkerStore:
             "lease_seconds": lease_seconds,
             "keys": [],
             "probe": probe,
+            "below": below,
         }
         conn = self._conn
         with translate_errors(self.db.url):

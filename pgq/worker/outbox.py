@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pgq import hooks
 from pgq.errors import DatabaseError, EncodeError, OperationalError
 from pgq.maintenance.rescue import lost_result
-from pgq.store import ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
+from pgq.store import ANY_PRIORITY, ClaimedTask, NewTask, Outcome, RetryRequest, WorkerStore
 from pgq.task import after_publish
 from pgq.worker.runner import FINISH, REQUEUE, RETRY, Report, error_json
 from pgq.workflow import FailedStep
@@ -73,9 +73,9 @@ class Outbox:
         self._stats: dict[tuple[int, str, str], int] = {}
         self._stats_at = time.monotonic() + STATS_SECONDS
 
-    def _turn(self, limit: int) -> list[ClaimedTask]:
-        """Write every collected outcome and claim up to ``limit`` tasks; each list is cleared
-        only once its write succeeded.
+    def _turn(self, limit: int, below: int = ANY_PRIORITY) -> list[ClaimedTask]:
+        """Write every collected outcome and claim up to ``limit`` tasks (of a priority below
+        ``below``); each list is cleared only once its write succeeded.
 
         Retries and requeues are written before the claim, and nothing is written after it: a
         connection lost after the claim committed would drop the claimed batch, and a write
@@ -114,9 +114,9 @@ class Outbox:
             for task_id in self._requeues:
                 self._queue_of.pop(task_id, None)
             self._requeues = []
-        return self._finish_and_claim(limit)
+        return self._finish_and_claim(limit, below)
 
-    def _finish_and_claim(self, limit: int) -> list[ClaimedTask]:
+    def _finish_and_claim(self, limit: int, below: int = ANY_PRIORITY) -> list[ClaimedTask]:
         if not self._finished and not limit:
             return []
         try:
@@ -127,6 +127,7 @@ class Outbox:
                 self.settings.lease_seconds,
                 follow_ups=self._follow_ups,
                 failed_steps=self._failed_steps,
+                below=below,
             )
         except OperationalError:
             raise
@@ -155,6 +156,20 @@ class Outbox:
             self._flush_stats()
         if self._tell_hooks:
             for job in jobs:
+                self._claims[job.id] = (job.name, job.queue, None)
+                self._started.append((job.id, job.name, job.queue))
+        return jobs
+
+    def _claim_alone(self, limit: int, below: int) -> list[ClaimedTask]:
+        """Claim up to ``limit`` tasks of a priority below ``below`` and write nothing else (the
+        outcomes so far wait for the next turn): a claim that finds nothing, because another
+        slot took the task, then changes no row, and its commit flushes no WAL."""
+        jobs = self.store.finish_and_claim(
+            (), self.queues, limit, self.settings.lease_seconds, below=below
+        )
+        for job in jobs:
+            self._queue_of[job.id] = job.queue
+            if self._tell_hooks:
                 self._claims[job.id] = (job.name, job.queue, None)
                 self._started.append((job.id, job.name, job.queue))
         return jobs

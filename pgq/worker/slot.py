@@ -8,7 +8,11 @@ work judged by the mean run time of its last batch, so quick tasks go by the hun
 one at a time, never more than ``Settings.claim_batch``; once a claim comes back short (the queue
 ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
 A task that runs much longer than the batch was sized for makes the slot give back the rest.
-An idle slot LISTENs on its connection, so a NOTIFY wakes it directly.
+An idle slot LISTENs on its connection, so a NOTIFY wakes it directly. A busy one hears there
+the best priority of each enqueue (``pgq_priority``): between two tasks of its batch, when a
+due task of a better priority than the next one was announced, it claims the better tasks alone
+(``below`` that priority, one statement that writes nothing else), runs them, then goes on
+with its batch. So an urgent task waits for one running task, not a batch.
 The ``async def`` tasks of a batch run together on the slot's event loop (``pgq.worker.aio``),
 which keeps claiming while it has room (``--async-concurrency``); sync tasks claimed meanwhile
 run once the loop is empty. Their limits and revoke-terminate are the loop's, not the parent's:
@@ -47,7 +51,7 @@ from pgq.flow import breaker_limits
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import dumps, loads
-from pgq.store import ClaimedTask, Outcome, WorkerStore
+from pgq.store import ANY_PRIORITY, PRIORITY_CHANNEL, ClaimedTask, Outcome, WorkerStore
 from pgq.worker.aio import AsyncRunner, Prepared
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
@@ -164,6 +168,15 @@ class Slot(Outbox):
         # time (~4 us idle, ~10% of a busy slot's time in a py-spy profile of no-op tasks).
         self._mail = select.poll()
         self._mail.register(conn.fileno(), select.POLLIN)
+        # The same, between two tasks, for notifications on the LISTEN connection (made on
+        # connecting: its descriptor changes when the slot reconnects); the best priority of
+        # the due tasks announced since the last claim (ANY_PRIORITY: none); whether tasks
+        # were announced in this slot's queues during a batch (the next wait must not sleep
+        # on them).
+        self._heard = select.poll()
+        self._better = ANY_PRIORITY
+        self._news_heard = False
+        self._unread = False  # notifications may wait in the connection (see _turn)
         self._next_count = 0.0
         self.config = config or PoolConfig()
         self._tasks_run = 0  # for --max-tasks-per-child
@@ -231,14 +244,27 @@ class Slot(Outbox):
             ready = [p for job in jobs if self._is_async(job) for p in self._ready(job)]
             slowest_async = self._run_async(ready)
             jobs, self._held = self._held, []
-        for index, job in enumerate(jobs):
+        index = -1
+        while index + 1 < len(jobs):
+            index += 1
             if self._mail.poll(0):
                 self._read_control()
             if self._stopping:  # give back what this slot claimed but has not started
                 self._requeues.extend(j.id for j in jobs[index:])
                 break
+            if self._better_waiting(jobs[index].priority):
+                # Run the better tasks first: they go before the rest of this batch.
+                jobs[index:index] = self._claim_better(jobs[index].priority)
+            job = jobs[index]
             if job.id in self._revoked:  # revoked before it started
                 self._skip_revoked(job, expired=False)
+                continue
+            if self._is_async(job):  # claimed between two tasks: on the loop, the rest held
+                ready = self._ready(job)
+                if ready:
+                    self._held = jobs[index + 1 :]
+                    slowest_async = max(slowest_async, self._run_async(ready))
+                    jobs[index + 1 :], self._held = self._held, []
                 continue
             prepared = self._prepare(job)
             if prepared is not None:
@@ -271,6 +297,54 @@ class Slot(Outbox):
             return 0.0
         now = self._waited.read()
         return 0.0 if now is None else max(0.0, now - before)
+
+    def _turn(self, limit: int, below: int = ANY_PRIORITY) -> list[ClaimedTask]:
+        if limit:
+            # A claim takes every task announced before it of a better priority than the worst
+            # it takes (or another slot has them): read those announcements now and forget
+            # them. Notifications that come during the statement are read with its reply:
+            # they wait in the connection, unseen by the LISTEN descriptor (``_unread``).
+            if self._unread or self._heard.poll(0):
+                self._news_heard |= self._hear()
+            self._better = ANY_PRIORITY
+        self._unread = True
+        return super()._turn(limit, below)
+
+    def _better_waiting(self, priority: int) -> bool:
+        """Whether a due task of a better priority than ``priority`` was announced since this
+        slot's last claim (read when the LISTEN descriptor says notifications came, or after
+        a statement)."""
+        if priority == 0:  # nothing is better (and the notifications wait for the next look)
+            return False
+        if self._unread or self._heard.poll(0):
+            self._unread = False
+            self._news_heard |= self._hear()
+        return self._better < priority
+
+    def _claim_better(self, priority: int) -> list[ClaimedTask]:
+        """Claim the due tasks of a better priority than ``priority`` (up to a batch), alone:
+        every slot busy with worse tasks hears of them, and those that find them taken already
+        pay one short statement that changes nothing."""
+        limit, best = max(1, self._batch), self._better
+        self._better, self._unread = ANY_PRIORITY, True  # see _turn
+        jobs = self._claim_alone(limit, below=priority)
+        self._tell_parent()
+        if len(jobs) == limit:  # more may wait: look again before the next task of the batch
+            self._better = min(self._better, best)
+        return jobs
+
+    def _hear(self) -> bool:
+        """Read the notifications received so far: keep the best priority announced for this
+        slot's queues; whether new due tasks were announced in them."""
+        news = False
+        for channel, payload in self.store.drain_notifications():
+            if channel == PRIORITY_CHANNEL:
+                priority, _, queue = payload.partition(" ")
+                if queue in self.queues and priority.isdigit():
+                    self._better = min(self._better, int(priority))
+            elif payload in self.queues:
+                news = True
+        return news
 
     # -- async def tasks ---------------------------------------------------------------------
 
@@ -453,8 +527,10 @@ class Slot(Outbox):
         self.store.look_again()  # a breaker opened while this slot slept holds at once
 
     def _news(self) -> bool:
-        """Whether notifications arrived for this slot's queues (draining them)."""
-        return any(payload in self.queues for _, payload in self.store.drain_notifications())
+        """Whether notifications arrived for this slot's queues (draining them), counting
+        those read during the last batch."""
+        news, self._news_heard = self._hear() or self._news_heard, False
+        return news
 
     def _read_control(self) -> None:
         try:
@@ -535,6 +611,8 @@ class Slot(Outbox):
         while not self._parent_gone and (holding_outcomes or not self._stopping):
             try:
                 self.store.connect(slot=True)
+                self._heard = select.poll()
+                self._heard.register(self.store.listen_fileno(), select.POLLIN)
                 if holding_outcomes:
                     self._give_back_unheld()
                 return True

@@ -118,3 +118,24 @@ def test_the_batch_profile_runs_and_prints_its_table(server_url: str) -> None:
     with psycopg.connect(server_url, autocommit=True) as conn:
         left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchall()
     assert left == []
+
+
+def test_the_priority_latency_measure_runs_and_prints_its_table(server_url: str) -> None:
+    name = f"pgqbench_priority_{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "bench", "priority-latency", "--server-url", server_url]
+    command += ["--tasks", "3000", "--busy-tasks", "300", "--urgent", "3", "--db-name", name]
+    repo = ROOT.parent  # this checkout's bench and pgq, not whichever the environment has
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        command, cwd=repo, env=env, capture_output=True, text=True, timeout=150, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for backlog in ("noop", "busy"):
+        # The run's row (round 1): | 1 | this | backlog | 3 urgent | p50 | p95 | p99 | ...
+        runs = [line for line in proc.stdout.splitlines() if f"| this | {backlog} | 3 |" in line]
+        assert runs, proc.stdout
+        assert runs[0].split("|")[7].strip().replace(".", "").isdigit(), proc.stdout
+    assert row(proc.stdout, "this")[1] == "noop", proc.stdout  # the summary's first row
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchall()
+    assert left == []

@@ -237,6 +237,7 @@ def test_a_key_being_claimed_is_skipped_and_the_next_claim_sees_the_first(
                     "lease_seconds": 30.0,
                     "keys": keys,
                     "probe": True,
+                    "below": 256,
                 },
             ).fetchall()
             a_ids = [r[0] for r in rows if r[0] is not None]
@@ -481,6 +482,7 @@ def test_the_keyed_claim_and_the_key_walk_read_only_the_concurrency_indexes(
         "lease_seconds": 30.0,
         "keys": ["tenant:1", "tenant:2"],
         "probe": True,
+        "below": 256,
     }
     walk = {"queues": ["celery"], "limit": 10, "after": "", "lock_space": 1}
     for name, params in (("finish_and_claim", claim), ("lock_concurrency_keys", walk)):

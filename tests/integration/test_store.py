@@ -695,6 +695,30 @@ def test_batch_notifies_each_queue_once(
     assert sorted(notifications_until_sentinel(listener, conn)) == ["a", "b"]
 
 
+def test_enqueues_announce_the_best_priority_of_each_queue(
+    qapp: pgq.App, db_url: str, conn: Conn, clean: None
+) -> None:
+    """pgq_priority carries '<priority> <queue>' (what a busy slot compares with its batch):
+    one per due task inserted alone, one per queue with its best priority for a batch, none
+    for a task not due yet."""
+    with psycopg.connect(db_url, autocommit=True) as prio:
+        prio.execute("LISTEN pgq_priority")
+        add = qapp.tasks["store.add"]
+        add.apply_async((1, 2), queue="solo", priority=4)
+        add.apply_async((1, 2), queue="solo", priority=1, countdown=60)
+        qapp.send_many(
+            [("store.add", [i, i], {}, {"queue": "ab"[i % 2], "priority": 9 - i}) for i in range(6)]
+        )
+        sentinel = f"sentinel-{uuid.uuid4().hex}"
+        conn.execute("SELECT pg_notify('pgq_priority', %s)", (sentinel,))
+        payloads = []
+        for note in prio.notifies(timeout=30):
+            if note.payload == sentinel:
+                break
+            payloads.append(note.payload)
+    assert sorted(payloads) == ["4 b", "4 solo", "5 a"]
+
+
 # --------------------------------------------------------------------------------------------
 # WorkerStore: claiming and finishing
 # --------------------------------------------------------------------------------------------
@@ -783,6 +807,21 @@ def test_claim_never_returns_more_than_limit(
     assert started == (7,)
 
 
+def test_a_claim_below_a_priority_takes_only_better_tasks_and_asks_no_probe(
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
+) -> None:
+    """What a busy slot runs when a better task is announced: only tasks of a priority below
+    the bound, however many worse ones wait; coming back short there says nothing about keyed
+    tasks or breakers, so the statement does not look for them."""
+    worse = [enqueue(qapp, priority=5, eta=past(60)) for _ in range(3)]
+    better = [enqueue(qapp, priority=p) for p in (4, 0)]
+    w1.look_again()  # the next turn would ask, were it not for the bound
+    claimed = w1.finish_and_claim((), ["celery"], 10, 30, below=5)
+    assert [c.id for c in claimed] == [better[1], better[0]]
+    assert w1.finish_and_claim((), ["celery"], 10, 30, below=5) == []
+    assert sorted(c.id for c in w1.finish_and_claim((), ["celery"], 10, 30)) == sorted(worse)
+
+
 def test_claim_only_the_given_queues(qapp: pgq.App, clean: None, w1: WorkerStore) -> None:
     enqueue(qapp, queue="mine")
     other = enqueue(qapp, queue="theirs")
@@ -841,6 +880,7 @@ def test_a_turn_finds_the_tasks_it_finishes_and_claims_by_their_ids_whatever_the
         "lease_seconds": 30.0,
         "keys": [],
         "probe": True,
+        "below": 256,
     }
     plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + query(statement), params))
     assert "Seq Scan on tasks" not in plan, plan
@@ -859,9 +899,10 @@ def test_a_slot_plans_its_turn_once_and_that_plan_stays_on_indexes_as_the_table_
     # turn. The plan is made when the slot first runs its turn, maybe on an empty table, and
     # must not scan the whole table once the table holds a backlog (one scan per turn).
     types = {"outcomes": "json", "queues": "text[]", "limit": "int", "worker": "text"}
-    types.update(lease_seconds="float8", keys="text[]", probe="bool")
+    types.update(lease_seconds="float8", keys="text[]", probe="bool", below="int")
     values = {"outcomes": '\'[["x", "SUCCESS", "null", null]]\'', "queues": "'{celery}'"}
     values.update(limit="200", worker="'w1'", lease_seconds="30", keys="'{}'", probe="true")
+    values.update(below="256")
     statement = query(name)
     order = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", statement)))
     for n, param in enumerate(order, 1):
@@ -920,7 +961,7 @@ def test_a_slot_plans_afresh_after_a_while_for_the_table_as_it_is_now(
             (breakers,),
         ).fetchone() or (None,)
         values = {"outcomes": "'[]'", "queues": "'{celery}'", "limit": "1", "worker": "'w1/1'"}
-        values.update(lease_seconds="30", keys="'{}'", probe="true")
+        values.update(lease_seconds="30", keys="'{}'", probe="true", below="256")
         # psycopg numbers the parameters in the order they first appear in the statement.
         order = dict.fromkeys(re.findall(r"%\((\w+)\)s", query(statement)))
         call = f"EXPLAIN EXECUTE {name}({', '.join(values[k] for k in order)})"

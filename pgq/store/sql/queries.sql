@@ -11,7 +11,9 @@ SELECT version_num FROM pgq.alembic_version;
 
 -- name: insert_task
 -- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
--- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit).
+-- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit), and
+-- tells busy ones its priority (NOTIFY pgq_priority '<priority> <queue>': a slot running worse
+-- tasks claims it between two of them, see pgq/worker/slot.py).
 -- idempotency_ttl: the key's deduplication window ends that many seconds from now.
 INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
                        idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
@@ -27,12 +29,15 @@ VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
         %(concurrency_key)s, %(concurrency_limit)s::integer,
         now() + make_interval(secs => %(idempotency_ttl)s::double precision))
 ON CONFLICT DO NOTHING
-RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END;
+RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END,
+          CASE WHEN run_at <= now()
+               THEN pg_notify('pgq_priority', priority || ' ' || left(queue, 255)) END;
 
 -- name: insert_tasks
 -- (nothing) -> PENDING: many tasks in one statement; conflicting ids/keys are skipped.
 -- Tasks due now wake the workers of their queues: one NOTIFY per queue (PostgreSQL folds
--- identical notifications of a transaction into one, delivered on commit).
+-- identical notifications of a transaction into one, delivered on commit), and one
+-- pgq_priority per queue with the best priority among them (see insert_task).
 WITH new AS (
     INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
                            idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
@@ -54,10 +59,11 @@ WITH new AS (
               options, idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
               idempotency_ttl)
     ON CONFLICT DO NOTHING
-    RETURNING id, queue, run_at <= now() AS due
+    RETURNING id, queue, priority, run_at <= now() AS due
 ), woken AS (
-    SELECT count(pg_notify('pgq_tasks', left(queue, 255))) AS n
-    FROM (SELECT DISTINCT queue FROM new WHERE due) AS due_queues
+    SELECT count(pg_notify('pgq_tasks', left(queue, 255)))
+           + count(pg_notify('pgq_priority', best || ' ' || left(queue, 255))) AS n
+    FROM (SELECT queue, min(priority) AS best FROM new WHERE due GROUP BY queue) AS due_queues
 )
 SELECT new.id FROM new, woken;
 
@@ -118,6 +124,8 @@ LEFT JOIN pgq.tasks AS t ON t.id = p.id;
 -- or the list would pass the 7,999 bytes PostgreSQL allows a payload (ids written by hand may
 -- be any length: a NOTIFY too long would refuse the whole statement);
 -- then PENDING/RETRY -> STARTED for up to `limit` due tasks, best priority then oldest run_at,
+-- only those of a priority below `below` (256 on a regular turn: any; a slot whose batch holds
+-- worse tasks than a due one it heard of claims that one alone, see pgq/worker/slot.py),
 -- each queue walked in index order on its own (LATERAL) so a backlog in one queue never makes
 -- the scan of another slow; SKIP LOCKED lets concurrent workers take disjoint rows.
 -- Chords: each header task recorded here counts down its body's chord_remaining; the body
@@ -151,7 +159,8 @@ LEFT JOIN pgq.tasks AS t ON t.id = p.id;
 -- breakers this turn moved, as a JSON array of [name, old state, new state] (NULL: none), and
 -- whose `keyed_waiting` says whether a task with a concurrency key is due in these queues and
 -- `breakers_exist` whether any circuit breaker row exists (both asked when %(probe)s or when the
--- claim came back short; NULL when not asked: see finish_and_claim_plain).
+-- claim came back short, unless it was a claim `below` a priority, which is short by design;
+-- NULL when not asked: see finish_and_claim_plain).
 -- DAG workflows (pgq/dag.py): see the dag_failed, dag_doomed, dag_counts and dag_nodes steps.
 WITH outcomes AS MATERIALIZED (
     SELECT o->>0 AS id, o->>1 AS state, o->>2 AS result, o->>3 AS traceback
@@ -363,7 +372,7 @@ WITH outcomes AS MATERIALIZED (
         SELECT id, name, priority, run_at
         FROM pgq.tasks
         WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-          AND concurrency_key IS NULL
+          AND concurrency_key IS NULL AND priority < %(below)s
           -- Inside a CASE so the planner does not judge it from the name column's statistics
           -- (with few task names it took `name <> ALL(...)` to reject every row and chose a
           -- sort of the whole table over the claim index).
@@ -395,6 +404,7 @@ WITH outcomes AS MATERIALIZED (
             SELECT id, name, priority, run_at, concurrency_limit
             FROM pgq.tasks
             WHERE concurrency_key = k.key AND state IN ('PENDING', 'RETRY') AND run_at <= now()
+              AND priority < %(below)s
               AND queue = ANY(ARRAY(
                   SELECT q FROM unnest(%(queues)s::text[]) AS q
                   WHERE NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p WHERE p.queue = q)))
@@ -454,13 +464,13 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, f
         FROM (SELECT name, old_state, new_state FROM tripped WHERE new_state <> old_state
               UNION ALL
               SELECT name, old_state, 'half_open' FROM probed WHERE old_state <> 'half_open') AS x),
-       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+       CASE WHEN %(probe)s OR ((SELECT count(*) FROM claimed) < %(limit)s AND %(below)s > 255)
             THEN EXISTS (SELECT 1 FROM pgq.tasks AS t
                          WHERE t.concurrency_key IS NOT NULL AND t.state IN ('PENDING', 'RETRY')
                            AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
                            AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p
                                            WHERE p.queue = t.queue)) END,
-       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+       CASE WHEN %(probe)s OR ((SELECT count(*) FROM claimed) < %(limit)s AND %(below)s > 255)
             THEN EXISTS (SELECT 1 FROM pgq.circuit_breakers) END
 FROM finished;
 
@@ -612,7 +622,7 @@ WITH outcomes AS MATERIALIZED (
         SELECT id, priority, run_at
         FROM pgq.tasks
         WHERE queue = q.name AND state IN ('PENDING', 'RETRY') AND run_at <= now()
-          AND concurrency_key IS NULL
+          AND concurrency_key IS NULL AND priority < %(below)s
         ORDER BY priority, run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -635,13 +645,13 @@ WITH outcomes AS MATERIALIZED (
  FROM claimed AS c ORDER BY c.priority, c.run_at)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, finished.n, NULL,
-       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+       CASE WHEN %(probe)s OR ((SELECT count(*) FROM claimed) < %(limit)s AND %(below)s > 255)
             THEN EXISTS (SELECT 1 FROM pgq.tasks AS t
                          WHERE t.concurrency_key IS NOT NULL AND t.state IN ('PENDING', 'RETRY')
                            AND t.run_at <= now() AND t.queue = ANY(%(queues)s::text[])
                            AND NOT EXISTS (SELECT 1 FROM pgq.queue_pauses AS p
                                            WHERE p.queue = t.queue)) END,
-       CASE WHEN %(probe)s OR (SELECT count(*) FROM claimed) < %(limit)s
+       CASE WHEN %(probe)s OR ((SELECT count(*) FROM claimed) < %(limit)s AND %(below)s > 255)
             THEN EXISTS (SELECT 1 FROM pgq.circuit_breakers) END
 FROM finished;
 
@@ -1119,8 +1129,10 @@ SELECT pg_notify(%(channel)s, %(payload)s::text) WHERE octet_length(%(payload)s:
 LISTEN pgq_control;
 
 -- name: listen_tasks
--- (signal) A slot's connection hears new due tasks while the slot is idle.
+-- (signal) A slot's connection hears new due tasks while the slot is idle, and their priority
+-- while it runs a batch (a better one is claimed between two tasks: pgq/worker/slot.py).
 LISTEN pgq_tasks;
+LISTEN pgq_priority;
 
 -- name: slot_session
 -- (setting) A slot's connection plans each statement once: PostgreSQL otherwise re-plans
