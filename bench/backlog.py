@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "--drain-tasks", type=int, default=10_000, help="tasks timed per drain (%(default)s)"
     )
     parser.add_argument("-c", "--concurrency", type=int, default=2, help="worker -c")
+    parser.add_argument(
+        "--concurrency-of",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="another -c for one system (pgqueuer-asyncpg=0: its own defaults)",
+    )
     parser.add_argument("--enqueue-single", type=int, default=2000, help="delay() calls")
     parser.add_argument("--enqueue-batch", type=int, default=20_000, help="tasks in batches")
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -112,6 +119,12 @@ def main(argv: list[str]) -> int:
     unknown = [cls.key for cls in classes if cls.key not in VACUUM]
     if unknown:
         return fail(f"backlog knows the tables of {', '.join(VACUUM)} only, not {unknown[0]}")
+    args.own = {}
+    for item in args.concurrency_of:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            return fail(f"--concurrency-of {item!r}: use KEY=N")
+        args.own[key] = int(value)
     if min(args.scale, args.drain_tasks, args.concurrency, args.batch_size) < 1:
         return fail("--scale, --drain-tasks, -c and --batch-size must be at least 1")
     if args.scale < args.drain_tasks:
@@ -184,8 +197,9 @@ def _step(
     if step == "shallow_drain":
         system.reset()
         system.client("prequeue", n=args.drain_tasks, task="noop")
+        concurrency = args.own.get(system.key, args.concurrency)
         rate = drain_first(
-            system, args.concurrency, args.drain_tasks, ctx, "backlog-shallow", args.timeout
+            system, concurrency, args.drain_tasks, ctx, "backlog-shallow", args.timeout
         )
         return {"shallow_drain": rate}
     if step == "fill":
@@ -204,9 +218,8 @@ def _step(
             "fill_mib": (row[0] if row else 0) / 2**20,
         }
     if step == "deep_drain":
-        rate = drain_first(
-            system, args.concurrency, args.drain_tasks, ctx, "backlog-deep", args.timeout
-        )
+        concurrency = args.own.get(system.key, args.concurrency)
+        rate = drain_first(system, concurrency, args.drain_tasks, ctx, "backlog-deep", args.timeout)
         return {"deep_drain": rate}
     raise ValueError(step)
 
@@ -232,7 +245,7 @@ def _tables(
             0.9,
         ),
         (
-            f"drain -c {args.concurrency} (tasks/s)",
+            "drain (tasks/s)",
             "shallow_drain",
             "deep_drain",
             f"{k:,} waiting",
@@ -260,6 +273,9 @@ def _tables(
                 f"{target} |"
             )
     lines += [""]
+    for key in keys:
+        c = args.own.get(key, args.concurrency)
+        lines.append(f"- {key}: drained with the worker command below for `-c {c}`.")
     for key in keys:
         fact = facts.get(key)
         if fact:

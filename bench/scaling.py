@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tasks", type=int, default=10_000, help="no-op tasks per drain")
     parser.add_argument(
+        "--tasks-of",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="another --tasks for one system (a slow one: celery-redis-prefork=2000)",
+    )
+    parser.add_argument(
         "--concurrency", type=int, nargs="+", default=list(CONCURRENCIES), metavar="N"
     )
     parser.add_argument("--sleep-tasks", type=int, default=6400, help="10 ms tasks (%(default)s)")
@@ -114,6 +121,11 @@ COMMITS = "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname
 def activity_label(state: str | None, wait_type: str | None, wait_event: str | None) -> str:
     """One connection's sample in words."""
     if state == "active":
+        if wait_type == "Lock" and wait_event == "object":
+            # PostgreSQL takes this lock (on "database 0": the whole server, not one database)
+            # in PreCommit_Notify and holds it through the commit's WAL flush: transactions
+            # that NOTIFY commit one after another, other databases' ones included.
+            return "active, waiting on Lock: object (the NOTIFY commit lock)"
         if wait_type:
             return f"active, waiting on {wait_type}: {wait_event}"
         return "active, not waiting (on CPU or runnable)"
@@ -121,7 +133,9 @@ def activity_label(state: str | None, wait_type: str | None, wait_event: str | N
         return "idle in transaction (the server waits for the worker)"
     if state == "idle":
         return "idle (between transactions)"
-    return str(state)
+    if state is None:
+        return "no state (a connection opening or closing)"
+    return state
 
 
 class ActivitySampler:
@@ -177,7 +191,13 @@ def main(argv: list[str]) -> int:
     classes = parse_systems(args.systems)
     if isinstance(classes, str):
         return fail(classes)
-    if min(args.concurrency + [args.sleep_concurrency, args.tasks, args.sleep_tasks]) < 1:
+    args.counts = {}
+    for item in args.tasks_of:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            return fail(f"--tasks-of {item!r}: use KEY=N")
+        args.counts[key] = int(value)
+    if min([*args.concurrency, args.sleep_concurrency, args.tasks, args.sleep_tasks]) < 1:
         return fail("--concurrency, --tasks and the sleep options must be at least 1")
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, db_prefix=args.db_prefix)
     folder = out_dir(args.out, env)
@@ -230,7 +250,7 @@ def _timed(
     rates: dict[tuple[str, str], list[float]],
     notes: list[str],
 ) -> None:
-    n = args.tasks if task == "noop" else args.sleep_tasks
+    n = args.counts.get(system.key, args.tasks) if task == "noop" else args.sleep_tasks
     say(f"trial {ctx.trial + 1}/{args.trials}: {system.key}: {task} -c {c}")
     try:
         outcome = drain(system, c, n, task, ctx, key=f"scaling_{task}_c{c}", timeout=args.timeout)
@@ -281,8 +301,10 @@ def _tables(
     sc = args.sleep_concurrency
     heads = [f"-c {c}" for c in args.concurrency] + [f"10 ms tasks, -c {sc}"]
     lines = [
-        f"Drain of {args.tasks:,} pre-queued no-op tasks (tasks/s; median, min–max over "
-        f"{args.trials} trial(s)); {args.sleep_tasks:,} tasks of 10 ms in the last column.",
+        f"Drain of {args.tasks:,} pre-queued no-op tasks"
+        + "".join(f" ({key}: {n:,})" for key, n in args.counts.items())
+        + f" (tasks/s; median, min–max over {args.trials} trial(s)); {args.sleep_tasks:,} tasks "
+        "of 10 ms in the last column.",
         "",
         "| system | " + " | ".join(heads) + " |",
         "|---|" + "---:|" * len(heads),

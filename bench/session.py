@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ def open_session(classes: list[type[System]], env: BenchEnv) -> Iterator[Session
         started=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     touched: list[System] = []
+    # SIGTERM (and SIGINT, which a shell ignores in a background job) must still run the
+    # teardown below: stop the worker, drop the scratch databases.
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         for cls in classes:
             system = cls(env)
@@ -135,12 +139,17 @@ def open_session(classes: list[type[System]], env: BenchEnv) -> Iterator[Session
                 session.systems.append(system)
         yield session
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for system in touched:
             try:
                 system.teardown()
             except Exception as exc:  # teardown trouble must not hide the results
                 say(f"teardown of {system.key} failed: {exc}")
         probe.close()
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def out_dir(path: Path | None, env: BenchEnv) -> Path:
