@@ -265,7 +265,7 @@ def _tables(
             b, d = _median(base), _median(deep)
             if b and d:
                 met = "met" if d / b >= goal else "not met"
-                ratio, target = f"{d / b:.2f}x", f"≥ {goal}x ({met})"
+                ratio, target = f"{d / b:.3f}x", f"≥ {goal}x ({met})"
             else:
                 ratio, target = "–", f"≥ {goal}x"
             lines.append(

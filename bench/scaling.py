@@ -320,7 +320,7 @@ def _tables(
             mine = _median(rates.get((key, _key("noop", c))))
             if base and mine:
                 met = "met" if mine / base >= goal else "not met"
-                lines.append(f"| {key} | -c {c} / -c 2 | {mine / base:.2f}x | ≥ {goal}x ({met}) |")
+                lines.append(f"| {key} | -c {c} / -c 2 | {mine / base:.3f}x | ≥ {goal}x ({met}) |")
         slept = _median(rates.get((key, _key("sleep", sc))))
         if slept:
             ideal = sc / SLEEP_SECONDS
