@@ -8,6 +8,9 @@
     python -m bench soak --minutes 60    # hours of load: steady producers and a worker, sampled
     python -m bench async-sleep          # 10,000 async 100 ms sleeps: pgq, procrastinate, pgqueuer
     python -m bench priority-latency     # how soon a priority-0 task starts while a backlog drains
+    python -m bench scaling              # drain against -c 1..32, profiles at -c 8, 32 (issue 23)
+    python -m bench backlog --scale 1000000   # drain and enqueue with a deep backlog waiting
+    python -m bench memory               # worker memory idle and after 100,000 tasks; Celery's
 
 Prints the Markdown report and writes bench/results/latest.md, latest.json, throughput.png and
 latency.png (or under --out).
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "priority-latency", add_help=False, help="urgent tasks' start latency during a drain"
     )
+    sub.add_parser("scaling", add_help=False, help="drain against -c 1..32, with a profile")
+    sub.add_parser("backlog", add_help=False, help="drain and enqueue with a deep backlog")
+    sub.add_parser("memory", add_help=False, help="worker memory idle and after many tasks")
     for sub_parser in (run, sub.add_parser("list", help="list the systems and their status")):
         sub_parser.add_argument(
             "--server-url", default=DEFAULT_ENV.server_url, help="PostgreSQL server (%(default)s)"
@@ -95,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         from bench import priority_latency
 
         return priority_latency.main(argv[1:])
+    if argv[:1] == ["scaling"]:
+        from bench import scaling
+
+        return scaling.main(argv[1:])
+    if argv[:1] == ["backlog"]:
+        from bench import backlog
+
+        return backlog.main(argv[1:])
+    if argv[:1] == ["memory"]:
+        from bench import memory
+
+        return memory.main(argv[1:])
     args = _parser().parse_args(argv)
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, amqp_url=args.amqp_url)
     if args.command == "list":

@@ -30,7 +30,7 @@ from bench.workers import Worker
 if TYPE_CHECKING:
     from bench.systems import Outcome, System
 
-__all__ = ["GENERIC", "MeasureContext", "countdown_memory", "drain"]
+__all__ = ["GENERIC", "MeasureContext", "countdown_memory", "drain", "start_and_warm"]
 
 MIB = 1024 * 1024
 WARM_TASKS = 3
@@ -72,7 +72,7 @@ def _failure(worker: Worker, what: str) -> Exception:
     return MeasureError(f"{what} ({state}; see {worker.log_path.name}: {tail[-300:]})")
 
 
-def _start_and_warm(system: System, concurrency: int, ctx: MeasureContext, label: str) -> Worker:
+def start_and_warm(system: System, concurrency: int, ctx: MeasureContext, label: str) -> Worker:
     """Start a worker on a queue holding a few warm-up tasks and wait until it ran them."""
     system.client("prequeue", n=WARM_TASKS, task="noop")
     ctx.probe.reset()
@@ -142,8 +142,13 @@ def drain(
     key: str,
     timeout: float,
     reset: bool = True,
+    on_start: Callable[[Worker], object] | None = None,
 ) -> Outcome:
-    """Pre-queue ``n`` tasks, start a worker, time how fast it runs them all."""
+    """Pre-queue ``n`` tasks, start a worker, time how fast it runs them all.
+
+    ``on_start`` is called with the worker right after it started (a profile's sampler starts
+    there, after the pre-queueing it must not see).
+    """
     from bench.systems import Outcome
 
     if reset:
@@ -155,6 +160,8 @@ def drain(
     worker = ctx.worker(system, concurrency, label).start()
     partial = False
     try:
+        if on_start is not None:
+            on_start(worker)
         all_reported = ctx.probe.wait_for(n, timeout, alive=worker.alive)
         if not all_reported and not worker.alive():
             raise _failure(worker, f"{ctx.probe.count}/{n} tasks ran")
@@ -237,7 +244,7 @@ def latency(system: System, _param: int | None, sizes: Sizes, ctx: MeasureContex
     from bench.systems import Outcome
 
     system.reset()
-    worker = _start_and_warm(system, sizes.latency_concurrency, ctx, "latency")
+    worker = start_and_warm(system, sizes.latency_concurrency, ctx, "latency")
     notes: list[str] = []
     try:
         time.sleep(sizes.settle_seconds / 2)  # let the worker settle into its idle loop
@@ -267,7 +274,7 @@ def countdown_memory(system: System, sizes: Sizes, ctx: MeasureContext) -> Outco
     from bench.systems import Outcome
 
     system.reset()
-    worker = _start_and_warm(system, sizes.latency_concurrency, ctx, "countdown")
+    worker = start_and_warm(system, sizes.latency_concurrency, ctx, "countdown")
     try:
         time.sleep(sizes.settle_seconds)
         idle = worker.memory()

@@ -20,7 +20,10 @@ Finished tasks are kept ``--expires`` seconds (``PGQ_RESULT_EXPIRES``, 300 by de
 retention, not the run's length, bounds the table. At the end it prints every sample as a
 Markdown table and a verdict against the issue's targets: the last five minutes' throughput and
 p99 within 10% of the first five's, table + index size flat once retention started deleting,
-no growing backlog. ``--out`` writes the samples as JSON too.
+no growing backlog. ``--out`` writes the samples as JSON too, and a PNG plot of them beside it
+(same name, ``.png``; without ``--out``: ``bench/results/soak.png``): throughput, latency,
+backlog, and the table's size and dead tuples with the autovacuum runs marked.
+``--plot-from FILE.json`` draws that plot again from a saved run, running nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 import psycopg
 
+from bench.config import ROOT
 from bench.probe import PROBE_PATH_ENV, Probe
 from bench.quick import measure_drain, scratch_database, start_worker
 
@@ -217,6 +221,64 @@ def verdict(samples: list[Sample], expires: float) -> list[str]:
     return lines
 
 
+def plot(samples: list[Sample], path: Path, title: str) -> Path | None:
+    """Draw the samples as four panels sharing the time axis; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    minutes = [s.at / 60 for s in samples]
+    fig, (rate, latency, backlog, size) = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    rate.plot(minutes, [s.enqueued_per_s for s in samples], label="enqueued/s")
+    rate.plot(minutes, [s.ran_per_s for s in samples], label="ran/s")
+    rate.set_ylabel("tasks/s")
+    rate.set_ylim(bottom=0)
+    for field, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+        points = [(m, getattr(s, field)) for m, s in zip(minutes, samples, strict=True)]
+        points = [(m, v) for m, v in points if v is not None and v > 0]
+        if points:
+            latency.plot(*zip(*points, strict=True), label=label)
+    latency.set_yscale("log")
+    latency.set_ylabel("enqueue → start, ms (log)")
+    backlog.plot(minutes, [s.backlog for s in samples], color="tab:red", label="backlog")
+    backlog.set_ylabel("sent, not yet run")
+    backlog.set_ylim(bottom=0)
+    size.plot(minutes, [s.table_mb for s in samples], label="table MB")
+    size.plot(minutes, [s.indexes_mb for s in samples], label="indexes MB")
+    size.set_ylabel("MB")
+    size.set_ylim(bottom=0)
+    dead = size.twinx()
+    dead.plot(minutes, [s.dead_tuples for s in samples], color="0.5", linestyle=":", label="dead")
+    dead.set_ylabel("dead tuples")
+    dead.set_ylim(bottom=0)
+    for before, after in zip(samples, samples[1:], strict=False):
+        if after.autovacuums > before.autovacuums:
+            size.axvline(after.at / 60, color="tab:green", alpha=0.4, linewidth=1)
+    size.plot([], [], color="tab:green", alpha=0.4, label="autovacuum ran")
+    size.set_xlabel("minutes")
+    for axis in (rate, latency, backlog, size):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8, loc="upper left")
+    dead.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _title(args: argparse.Namespace, rate: float) -> str:
+    return (
+        f"pgq soak {time.strftime('%Y-%m-%d %H:%M')}: {rate:,.0f} tasks/s offered, "
+        f"-c {args.concurrency}, {args.producers} producers, expires {args.expires:g} s "
+        "(shared machine: noisy)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench soak",
@@ -232,8 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--expires", type=float, default=300.0, help="PGQ_RESULT_EXPIRES")
     parser.add_argument("--out", type=Path, help="also write the samples as JSON here")
+    parser.add_argument(
+        "--db-name", default="pgq_bench_soak", help="scratch database, recreated (%(default)s)"
+    )
+    parser.add_argument("--plot-from", type=Path, help="only plot a saved run's JSON samples")
     args = parser.parse_args(argv)
-    url = scratch_database(args.url, "pgq_bench_soak")
+    if args.plot_from:
+        try:
+            saved = [Sample(**item) for item in json.loads(args.plot_from.read_text())]
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"--plot-from {args.plot_from}: {exc}", file=sys.stderr)
+            return 2
+        picture = plot(
+            saved, args.plot_from.with_suffix(".png"), f"pgq soak: {args.plot_from.name}"
+        )
+        print(f"written: {picture}" if picture else "matplotlib is not installed: no plot")
+        return 0 if picture else 1
+    url = scratch_database(args.url, args.db_name)
     rate = args.rate
     if rate is None:
         drain = measure_drain(url, 20_000, args.concurrency)
@@ -254,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         print("- " + line)
     if args.out:
         args.out.write_text(json.dumps([asdict(s) for s in samples], indent=1))
+    target = args.out.with_suffix(".png") if args.out else ROOT / "bench" / "results" / "soak.png"
+    picture = plot(samples, target, _title(args, rate))
+    if picture:
+        print(f"\nPlot: {picture}")
     return 0
 
 

@@ -18,7 +18,7 @@ import psutil
 
 from bench.config import ROOT
 
-__all__ = ["Memory", "Worker", "format_command"]
+__all__ = ["Memory", "ProcessMemory", "Worker", "format_command"]
 
 
 def format_command(command: list[str], env: Mapping[str, str] | None = None) -> str:
@@ -43,6 +43,21 @@ class Memory:
     @property
     def processes(self) -> int:
         return len(self.per_process)
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """One process's resident (RSS), unique (USS) and proportional (PSS) set sizes, in bytes.
+
+    A prefork child shares its parent's pages until either writes them: RSS counts the shared
+    pages in every process, USS only the child's own, PSS shares them out (summed over the
+    processes it is the tree's real footprint).
+    """
+
+    pid: int
+    rss: int
+    uss: int
+    pss: int
 
 
 class Worker:
@@ -107,6 +122,18 @@ class Worker:
             except psutil.NoSuchProcess:
                 continue
         return Memory(tuple(sizes))
+
+    def memory_detail(self) -> list[ProcessMemory]:
+        """RSS, USS and PSS of the main process (first) and of every descendant."""
+        detail = []
+        for proc in self._tree():
+            try:
+                info = proc.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            pss = getattr(info, "pss", info.rss)
+            detail.append(ProcessMemory(proc.pid, info.rss, getattr(info, "uss", info.rss), pss))
+        return detail
 
     def stop(self, timeout: float = 20.0) -> None:
         """Signal the worker (SIGTERM by default); SIGKILL it and each of its descendants, by
