@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # the checkout: its bench and pgq
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +124,7 @@ def test_the_priority_latency_measure_runs_and_prints_its_table(server_url: str)
     name = f"pgqbench_priority_{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "bench", "priority-latency", "--server-url", server_url]
     command += ["--tasks", "3000", "--busy-tasks", "300", "--urgent", "3", "--db-name", name]
-    repo = ROOT.parent  # this checkout's bench and pgq, not whichever the environment has
+    repo = ROOT  # this checkout
     env = dict(os.environ, PYTHONPATH=str(repo))
     proc = subprocess.run(
         command, cwd=repo, env=env, capture_output=True, text=True, timeout=150, check=False
