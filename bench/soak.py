@@ -13,7 +13,8 @@ runs. Every ``--sample`` seconds (10) it records:
 - enqueue-to-start latency p50 / p99 of the tasks that ran in the window (the producer's clock
   at ``delay()`` against the task body's);
 - the backlog (sent, not yet run);
-- for ``pgq.tasks``: live and dead tuples, autovacuum and autoanalyze runs so far, the table's
+- for ``pgq.tasks``: live and dead tuples, autovacuum and autoanalyze runs so far (and the
+  worker's own VACUUMs where autovacuum is off), the table's
   and its indexes' sizes.
 
 Finished tasks are kept ``--expires`` seconds (``PGQ_RESULT_EXPIRES``, 300 by default) so that
@@ -62,6 +63,9 @@ class Sample:
     autoanalyzes: int
     table_mb: float
     indexes_mb: float
+    # VACUUMs not run by autovacuum: the worker's own where autovacuum is off
+    # (pgq.maintenance.vacuum); 0 in samples saved before it was recorded.
+    vacuums: int = 0
 
 
 def _produce(url: str, rate: float, stop_at: float, sent: Any) -> None:
@@ -84,7 +88,7 @@ def _produce(url: str, rate: float, stop_at: float, sent: Any) -> None:
 
 TABLE_STATS = """
 SELECT s.n_live_tup, s.n_dead_tup, s.autovacuum_count, s.autoanalyze_count,
-       pg_relation_size('pgq.tasks'), pg_indexes_size('pgq.tasks')
+       pg_relation_size('pgq.tasks'), pg_indexes_size('pgq.tasks'), s.vacuum_count
 FROM pg_stat_user_tables AS s WHERE s.relid = 'pgq.tasks'::regclass
 """
 
@@ -154,6 +158,7 @@ def soak(
                         autoanalyzes=int(row[3]),
                         table_mb=row[4] / 2**20,
                         indexes_mb=row[5] / 2**20,
+                        vacuums=int(row[6]),
                     )
                 )
                 print(_row(samples[-1]), flush=True)
@@ -170,7 +175,7 @@ def soak(
 
 
 HEADER = (
-    "| s | enqueued/s | ran/s | p50 ms | p99 ms | backlog | live | dead | autovacuums | "
+    "| s | enqueued/s | ran/s | p50 ms | p99 ms | backlog | live | dead | vacuums auto/worker | "
     "table MB | indexes MB |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -183,7 +188,7 @@ def _row(s: Sample) -> str:
     return (
         f"| {s.at:.0f} | {s.enqueued_per_s:,.0f} | {s.ran_per_s:,.0f} | {_ms(s.p50_ms)} | "
         f"{_ms(s.p99_ms)} | {s.backlog:,} | {s.live_tuples:,} | {s.dead_tuples:,} | "
-        f"{s.autovacuums} | {s.table_mb:.1f} | {s.indexes_mb:.1f} |"
+        f"{s.autovacuums}/{s.vacuums} | {s.table_mb:.1f} | {s.indexes_mb:.1f} |"
     )
 
 
@@ -257,7 +262,10 @@ def plot(samples: list[Sample], path: Path, title: str) -> Path | None:
     for before, after in zip(samples, samples[1:], strict=False):
         if after.autovacuums > before.autovacuums:
             size.axvline(after.at / 60, color="tab:green", alpha=0.4, linewidth=1)
+        if after.vacuums > before.vacuums:
+            size.axvline(after.at / 60, color="tab:purple", alpha=0.3, linewidth=1)
     size.plot([], [], color="tab:green", alpha=0.4, label="autovacuum ran")
+    size.plot([], [], color="tab:purple", alpha=0.3, label="the worker vacuumed")
     size.set_xlabel("minutes")
     for axis in (rate, latency, backlog, size):
         axis.grid(True, alpha=0.3)
