@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -142,6 +143,12 @@ class Pool:
             runner = self._ctx.Process(
                 target=_process_main, args=(slot, os.getpid()), name="pgq-child", daemon=True
             )
+            # Keep the pages the child shares with the parent shared: the objects alive now
+            # (the app, its modules) leave the collector's generations, so neither side's
+            # collections write to them (copy-on-write made each pool process's unique memory
+            # grow by some 13 MiB in its first 25,000 tasks). Python's gc docs advise this.
+            gc.collect()
+            gc.freeze()
             runner.start()
             # The child does this too: whichever runs first, the group exists before any kill.
             with contextlib.suppress(OSError):
