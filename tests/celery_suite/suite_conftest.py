@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -198,6 +199,10 @@ def celery_session_worker(
             celery_worker_pool,
             "-l",
             "INFO",
+            # Celery's test worker is named anon_nodename() of the test process; the suite's
+            # inspect tests look its replies up under that name.
+            "-n",
+            f"gen{os.getpid()}@{socket.gethostname()}",
         ],
         cwd=str(RUN_DIR),
         stdout=log,
