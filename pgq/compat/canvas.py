@@ -921,6 +921,25 @@ def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[
     return [fun(*item) for item in it]
 
 
+def builtin_chord_errback(self: Any, errback: dict[str, Any], body_id: str, message: str) -> None:
+    """The built-in task ``pgq.chord_errback`` (bound): a failed chord body's new-style errback,
+    called once for the body with a request for it and a ``ChordError`` (``pgq.workflow``
+    inserts one such task per errback, whichever header task fails first)."""
+    from pgq.compat.exceptions import ChordError
+    from pgq.context import Request
+    from pgq.worker.runner import ExceptionInfo, run_local_errbacks
+
+    error = ChordError(message)
+    body = Request(
+        id=body_id,
+        task="",
+        hostname=self.request.hostname,
+        root_id=self.request.root_id,
+        options={"link_error": [errback]},
+    )
+    run_local_errbacks(self, body, error, ExceptionInfo(error))
+
+
 def builtin_chord_relay(self: Any, results: Any) -> Any:
     """The built-in task ``pgq.chord_relay`` (bound): starts a chord body that is a group or a
     chord, with the header's results (``pgq.workflow`` links the body to it)."""
