@@ -72,6 +72,28 @@ def flaky(fn: Any) -> Any:
     return _timeout(_flaky(fn))
 
 
+# pytest-timeout stops a test's timer in pytest_exception_interact (for pdb), which pytest also
+# calls for a failed *subtest*: the rest of the test then ran with no limit at all, and a later
+# subtest that waits forever on pgq (a result.get() without timeout) held the whole run until
+# its overall deadline. A failed subtest leaves the test's limit running here.
+_in_test_call = False
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    global _in_test_call
+    _in_test_call = True
+    try:
+        return (yield)
+    finally:
+        _in_test_call = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    return True if _in_test_call else None  # True: handled (the timer keeps running)
+
+
 def get_active_redis_channels() -> Any:
     return get_redis_connection().execute_command("PUBSUB CHANNELS")
 
