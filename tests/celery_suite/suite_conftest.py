@@ -75,8 +75,12 @@ def flaky(fn: Any) -> Any:
 # pytest-timeout stops a test's timer in pytest_exception_interact (for pdb), which pytest also
 # calls for a failed *subtest*: the rest of the test then ran with no limit at all, and a later
 # subtest that waits forever on pgq (a result.get() without timeout) held the whole run until
-# its overall deadline. A failed subtest leaves the test's limit running here.
+# its overall deadline. Here a failed subtest leaves the test's limit running; and once the
+# limit has struck (its Failed is caught by the subtest it interrupted, so the test goes on), the
+# rest of the test gets one second per wait, so it ends soon, failed.
 _in_test_call = False
+#: Seconds each later wait of a test gets once its time limit has struck.
+AFTER_TIMEOUT = 1.0
 
 
 @pytest.hookimpl(wrapper=True)
@@ -91,7 +95,11 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
-    return True if _in_test_call else None  # True: handled (the timer keeps running)
+    if not _in_test_call:
+        return None  # the end of the test: pytest-timeout stops its timer
+    if signal.getitimer(signal.ITIMER_REAL)[0] == 0:  # the limit struck (signal method)
+        signal.setitimer(signal.ITIMER_REAL, AFTER_TIMEOUT)
+    return True  # handled: the timer keeps running
 
 
 def get_active_redis_channels() -> Any:
