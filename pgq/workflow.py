@@ -112,7 +112,7 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     kind = sig.get("subtask_type")
     kwargs = sig.setdefault("kwargs", {})
     if kind == "chain":
-        steps = kwargs["tasks"]
+        steps = kwargs["tasks"] = [_unroll_one(step) for step in kwargs["tasks"]]
         last = ""
         for i, step in enumerate(steps):
             frozen = freeze(step, f"{seed}:{i}" if seed else None)
@@ -135,6 +135,17 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     if not options.get("task_id"):
         options["task_id"] = _new_id(seed, "task")
     return str(options["task_id"])
+
+
+def _unroll_one(step: dict[str, Any]) -> dict[str, Any]:
+    """A chain's step as Celery's chain runs it: a group of one member is that member (its
+    result is the member's, not a list; Celery's ``maybe_unroll_group``, which drops the
+    group's own options too)."""
+    if step.get("subtask_type") == "group":
+        members = (step.get("kwargs") or {}).get("tasks") or []
+        if len(members) == 1:
+            return _unroll_one(members[0])
+    return step
 
 
 def unrolled(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,6 +198,7 @@ def chain_steps(sig: dict[str, Any]) -> list[dict[str, Any]]:
     step, the rest (``countdown``, ``queue``, ...) to the first step."""
     steps: list[dict[str, Any]] = []
     for step in (sig.get("kwargs") or {}).get("tasks") or ():
+        step = _unroll_one(step)
         if step.get("subtask_type") == "chain":
             steps += chain_steps(step)
         else:

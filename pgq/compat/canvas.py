@@ -663,6 +663,13 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self, value: Any) -> None:
         self["kwargs"]["tasks"] = _flatten((value,))
 
+    def __or__(self, other: Any) -> Any:
+        """``group | sig``: a chord with this group as header and ``sig`` as body, as in Celery
+        (so an empty group's body still runs, with ``[]``)."""
+        if isinstance(other, Signature):
+            return chord(self, body=other, app=self._app)
+        return NotImplemented
+
     def __len__(self) -> int:
         return len(self.tasks)
 

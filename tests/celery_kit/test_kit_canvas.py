@@ -129,6 +129,27 @@ def test_a_new_style_chord_errback_runs_once_when_several_header_tasks_fail(kit:
     assert (kit.signal_dir / calls()[0]).read_text() == "ChordError"
 
 
+def test_a_group_piped_into_a_task_is_a_chord(kit: Kit) -> None:
+    from celery import chord, group
+
+    tasks = kit.tasks
+    assert isinstance(group([]) | tasks.echo.s(), chord)
+    assert (group([]) | tasks.echo.s()).delay().get(timeout=TIMEOUT) == []
+    assert (group([tasks.add.s(2, 5)]) | tasks.echo.s()).delay().get(timeout=TIMEOUT) == [7]
+
+
+def test_a_one_task_group_in_a_chain_is_that_task(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    ending = chain(tasks.add.s(1, 1), group(tasks.add.s(3)))
+    assert ending.delay().get(timeout=TIMEOUT) == 5
+    leading = chain(group(tasks.add.s(1, 1)), tasks.add.s(3))
+    assert leading.delay().get(timeout=TIMEOUT) == 5
+    piped = tasks.add.s(2, 2) | group(tasks.add.s(1))
+    assert piped.delay().get(timeout=TIMEOUT) == 5
+
+
 def test_a_chain_led_by_an_empty_group_or_chain_runs(kit: Kit) -> None:
     from celery import chain, group
 
