@@ -282,7 +282,9 @@ class Celery(App):
             if isinstance(base, str):
                 base = import_object(base)
             self._bound_task_cls = type(
-                base.__name__, (base,), {"_app": self, "__module__": base.__module__}
+                str(getattr(base, "__name__")),  # noqa: B009 - the class's (Task.__name__ is a property)
+                (base,),
+                {"_app": self, "__module__": base.__module__},
             )
         return self._bound_task_cls
 
