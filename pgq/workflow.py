@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from pgq.app import App
 
 __all__ = [
+    "CHORD_ERRBACK_TASK",
     "HELD_UNTIL",
     "RELAY_TASK",
     "FailedStep",
@@ -59,6 +60,8 @@ __all__ = [
 
 # The built-in task that starts a chord body which is a group or a chord (see _relay).
 RELAY_TASK = "pgq.chord_relay"
+# The built-in task that calls a failed chord body's new-style errback (see on_chord_failure).
+CHORD_ERRBACK_TASK = "pgq.chord_errback"
 # run_at of a chord body waiting for its header: never due until the last header task fires it.
 HELD_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _NAMESPACE = uuid.UUID("5f0c2b5e-8a8e-4c1e-9d0c-6f1f3c1d7a11")
@@ -109,7 +112,7 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     kind = sig.get("subtask_type")
     kwargs = sig.setdefault("kwargs", {})
     if kind == "chain":
-        steps = kwargs["tasks"]
+        steps = kwargs["tasks"] = [_unroll_one(step) for step in kwargs["tasks"]]
         last = ""
         for i, step in enumerate(steps):
             frozen = freeze(step, f"{seed}:{i}" if seed else None)
@@ -132,6 +135,17 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
     if not options.get("task_id"):
         options["task_id"] = _new_id(seed, "task")
     return str(options["task_id"])
+
+
+def _unroll_one(step: dict[str, Any]) -> dict[str, Any]:
+    """A chain's step as Celery's chain runs it: a group of one member is that member (its
+    result is the member's, not a list; Celery's ``maybe_unroll_group``, which drops the
+    group's own options too)."""
+    if step.get("subtask_type") == "group":
+        members = (step.get("kwargs") or {}).get("tasks") or []
+        if len(members) == 1:
+            return _unroll_one(members[0])
+    return step
 
 
 def unrolled(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,6 +198,7 @@ def chain_steps(sig: dict[str, Any]) -> list[dict[str, Any]]:
     step, the rest (``countdown``, ``queue``, ...) to the first step."""
     steps: list[dict[str, Any]] = []
     for step in (sig.get("kwargs") or {}).get("tasks") or ():
+        step = _unroll_one(step)
         if step.get("subtask_type") == "chain":
             steps += chain_steps(step)
         else:
@@ -522,13 +537,33 @@ def _copy(sig: dict[str, Any]) -> dict[str, Any]:
 
 
 def on_chord_failure(
-    app: App, errbacks: Sequence[Mapping[str, Any]], body_id: str, root_id: str | None
+    app: App,
+    errbacks: Sequence[Mapping[str, Any]],
+    body_id: str,
+    root_id: str | None,
+    new_style: Sequence[Mapping[str, Any]] = (),
+    message: str = "",
 ) -> list[NewTask]:
-    """The rows of a failed chord body's old-style errbacks (called with the body's id), with
-    ids derived from the body's: every failed header task sends them, each is inserted once."""
+    """The rows of a failed chord body's errbacks, with ids derived from the body's: every
+    failed header task sends them and each is inserted once, so each errback runs once for the
+    body, as in Celery. Old-style ones are called with the body's id; each new-style one
+    (``new_style``) by the built-in ``CHORD_ERRBACK_TASK`` with a request for the body and a
+    ``ChordError(message)``, since a request and an exception cannot travel as arguments."""
     rows: list[NewTask] = []
     for index, errback in enumerate(errbacks):
         sig = _copy(dict(errback))
         freeze(sig, seed=f"{body_id}:errback:{index}")
         rows += expand(app, sig, prepend=(body_id,), parent_id=body_id, root_id=root_id)
+    for index, errback in enumerate(new_style):
+        queue = (errback.get("options") or {}).get("queue")
+        call: dict[str, Any] = {
+            "task": CHORD_ERRBACK_TASK,
+            "args": [_copy(dict(errback)), body_id, message],
+            "kwargs": {},
+            "options": {"queue": queue} if queue else {},
+            "subtask_type": None,
+            "immutable": True,
+        }
+        freeze(call, seed=f"{body_id}:chord-errback:{index}")
+        rows += expand(app, call, parent_id=body_id, root_id=root_id)
     return rows

@@ -23,7 +23,13 @@ from pgq.app import App, resolve_timezone
 from pgq.compat import _state
 from pgq.compat._pydantic import pydantic_task
 from pgq.compat.backend import ResultBackend
-from pgq.compat.canvas import builtin_chord_relay, builtin_map, builtin_starmap, signature
+from pgq.compat.canvas import (
+    builtin_chord_errback,
+    builtin_chord_relay,
+    builtin_map,
+    builtin_starmap,
+    signature,
+)
 from pgq.compat.conf import Settings, load_config
 from pgq.compat.control import Control
 from pgq.compat.loader import django_installed_apps, import_object, import_related
@@ -36,7 +42,7 @@ from pgq.errors import ConfigurationError
 from pgq.flow import parse_breaker
 from pgq.periodic import PeriodicEntry, as_schedule
 from pgq.settings import Settings as EngineSettings
-from pgq.workflow import RELAY_TASK
+from pgq.workflow import CHORD_ERRBACK_TASK, RELAY_TASK
 
 __all__ = ["Celery", "Settings", "gen_task_name", "shared_task"]
 
@@ -52,6 +58,7 @@ _BUILTINS: dict[str, Callable[..., Any]] = {
     "celery.map": builtin_map,
     "celery.starmap": builtin_starmap,
     RELAY_TASK: builtin_chord_relay,
+    CHORD_ERRBACK_TASK: builtin_chord_errback,
     "pgq.replaced": builtin_replaced,
     "pgq.replace_failed": builtin_replace_failed,
 }
@@ -275,7 +282,9 @@ class Celery(App):
             if isinstance(base, str):
                 base = import_object(base)
             self._bound_task_cls = type(
-                base.__name__, (base,), {"_app": self, "__module__": base.__module__}
+                str(getattr(base, "__name__")),  # noqa: B009 - the class's (Task.__name__ is a property)
+                (base,),
+                {"_app": self, "__module__": base.__module__},
             )
         return self._bound_task_cls
 

@@ -663,6 +663,13 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def tasks(self, value: Any) -> None:
         self["kwargs"]["tasks"] = _flatten((value,))
 
+    def __or__(self, other: Any) -> Any:
+        """``group | sig``: a chord with this group as header and ``sig`` as body, as in Celery
+        (so an empty group's body still runs, with ``[]``)."""
+        if isinstance(other, Signature):
+            return chord(self, body=other, app=self._app)
+        return NotImplemented
+
     def __len__(self) -> int:
         return len(self.tasks)
 
@@ -919,6 +926,25 @@ def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[
     item's arguments."""
     fun = Signature(task, app=self.app).type
     return [fun(*item) for item in it]
+
+
+def builtin_chord_errback(self: Any, errback: dict[str, Any], body_id: str, message: str) -> None:
+    """The built-in task ``pgq.chord_errback`` (bound): a failed chord body's new-style errback,
+    called once for the body with a request for it and a ``ChordError`` (``pgq.workflow``
+    inserts one such task per errback, whichever header task fails first)."""
+    from pgq.compat.exceptions import ChordError
+    from pgq.context import Request
+    from pgq.worker.runner import ExceptionInfo, run_local_errbacks
+
+    error = ChordError(message)
+    body = Request(
+        id=body_id,
+        task="",
+        hostname=self.request.hostname,
+        root_id=self.request.root_id,
+        options={"link_error": [errback]},
+    )
+    run_local_errbacks(self, body, error, ExceptionInfo(error))
 
 
 def builtin_chord_relay(self: Any, results: Any) -> Any:

@@ -153,6 +153,12 @@ class Task(_engine.Task):
 
     # -- binding ---------------------------------------------------------------------------
 
+    @property  # type: ignore[misc]
+    def __name__(self) -> str:  # noqa: PLW3201 - Celery's tasks have it
+        """The task class's name (the function's for a decorated task), as Celery's."""
+        name: str = getattr(type(self), "__name__")  # noqa: B009 - the class's, not this property
+        return name
+
     @property
     def app(self) -> Any:
         """The app this task is registered on (the current app for an unbound task)."""

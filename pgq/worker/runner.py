@@ -31,7 +31,6 @@ from pgq import serialization, workflow
 from pgq.backoff import retry_countdown
 from pgq.context import Request, reset_current_request, set_current_request
 from pgq.errors import (
-    ChordError,
     EncodeError,
     Ignore,
     MaxRetriesExceededError,
@@ -559,27 +558,32 @@ class _RowSteps(Steps):
 
 
 def _chord_errbacks(task: Task, request: Request, exc: BaseException) -> tuple[NewTask, ...]:
-    """A failed chord header task fails its body: call the body's errbacks for it, as Celery
-    does (new-style ones here with a request for the body and a ``ChordError``); returns the
-    old-style ones' rows."""
+    """A failed chord header task fails its body: the rows that call the body's errbacks for
+    it, once per chord however many header tasks fail (as Celery calls them once, with a
+    ``ChordError``): see ``workflow.on_chord_failure``."""
     body_id = request.options.get("chord")
     errbacks = request.options.get("chord_link_error")
     if not body_id or not errbacks:
         return ()
-    error = ChordError(f"Dependency {request.id} raised {type(exc).__name__}({exc})")
-    body = Request(
-        id=str(body_id),
-        task="",
-        hostname=request.hostname,
-        root_id=request.root_id,
-        options={"link_error": errbacks},
-    )
+    message = f"Dependency {request.id} raised {type(exc).__name__}({exc})"
     try:
-        old_style = run_local_errbacks(task, body, error, ExceptionInfo(error))
-        return tuple(workflow.on_chord_failure(task.app, old_style, body.id, request.root_id))
+        new_style = [sig for sig in errbacks if is_new_style_errback(task, sig)]
+        old_style = [sig for sig in errbacks if not is_new_style_errback(task, sig)]
+        return tuple(
+            workflow.on_chord_failure(
+                task.app, old_style, str(body_id), request.root_id, new_style, message
+            )
+        )
     except Exception:  # the failure itself must still be recorded
         logging.getLogger("pgq.worker").exception("cannot call the errbacks of %s", body_id)
         return ()
+
+
+def is_new_style_errback(task: Task, sig: Mapping[str, Any]) -> bool:
+    """Whether the errback ``sig`` is called ``(request, exc, traceback)`` (new style, in the
+    worker) rather than enqueued with the failed task's id (old style)."""
+    target = task.app.tasks.get(str(sig.get("task")))
+    return target is not None and _new_style(target.run, sig)
 
 
 def run_local_errbacks(
@@ -596,8 +600,8 @@ def run_local_errbacks(
         errbacks = request.options.get("link_error") or ()
     remaining = []
     for sig in errbacks:
-        target = task.app.tasks.get(str(sig.get("task")))
-        if target is not None and _new_style(target.run, sig):
+        if is_new_style_errback(task, sig):
+            target = task.app.tasks[str(sig.get("task"))]
             stored_args, stored_kwargs = list(sig.get("args") or ()), dict(sig.get("kwargs") or {})
             if sig.get("immutable"):  # as Celery calls it: the signature's own arguments only
                 _safely(target.run, *stored_args, **stored_kwargs)

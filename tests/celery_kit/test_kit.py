@@ -412,3 +412,9 @@ def test_group_result_save_and_restore(kit: Kit) -> None:
     restored = GroupResult.restore(result.id, app=kit.app)
     assert [r.id for r in restored.results] == [r.id for r in result.results]
     assert restored.get(timeout=TIMEOUT) == [0, 2, 4]
+
+
+def test_a_task_is_named_after_its_function(kit: Kit) -> None:
+    # pytest names parametrized cases after it, so test ids match Celery's (issue 25).
+    assert kit.tasks.add.__name__ == "add"
+    assert kit.tasks.record.__name__ == "record"

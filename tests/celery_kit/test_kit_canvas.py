@@ -104,6 +104,52 @@ def test_link_error_on_a_chord_runs_when_a_header_task_fails(kit: Kit) -> None:
     _note(kit, f"errback-{result.id}")
 
 
+def test_a_new_style_chord_errback_runs_once_when_several_header_tasks_fail(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    header = [tasks.fail.si(f"header {i}") for i in range(4)]
+    header_ids = [sig.freeze().id for sig in header]
+    workflow = chord([*header, tasks.add.s(1, 1)], tasks.tsum.s())
+    workflow.link_error(tasks.counted_errback.s())
+    result = workflow.delay()
+    with pytest.raises(Exception):  # noqa: B017 - Celery raises the header's error or ChordError
+        result.get(timeout=TIMEOUT)
+
+    def calls() -> list[str]:
+        return sorted(p.name for p in kit.signal_dir.glob(f"errback-call-{result.id}-*"))
+
+    # Every header task has failed (so each had its chance to call the errback) and the
+    # errback has run: it ran once, for the body, as Celery calls it.
+    wait_for(
+        lambda: all(kit.app.AsyncResult(i).failed() for i in header_ids) and bool(calls()),
+        what="the header tasks to fail and the errback to run",
+    )
+    assert len(calls()) == 1
+    assert (kit.signal_dir / calls()[0]).read_text() == "ChordError"
+
+
+def test_a_group_piped_into_a_task_is_a_chord(kit: Kit) -> None:
+    from celery import chord, group
+
+    tasks = kit.tasks
+    assert isinstance(group([]) | tasks.echo.s(), chord)
+    assert (group([]) | tasks.echo.s()).delay().get(timeout=TIMEOUT) == []
+    assert (group([tasks.add.s(2, 5)]) | tasks.echo.s()).delay().get(timeout=TIMEOUT) == [7]
+
+
+def test_a_one_task_group_in_a_chain_is_that_task(kit: Kit) -> None:
+    from celery import chain, group
+
+    tasks = kit.tasks
+    ending = chain(tasks.add.s(1, 1), group(tasks.add.s(3)))
+    assert ending.delay().get(timeout=TIMEOUT) == 5
+    leading = chain(group(tasks.add.s(1, 1)), tasks.add.s(3))
+    assert leading.delay().get(timeout=TIMEOUT) == 5
+    piped = tasks.add.s(2, 2) | group(tasks.add.s(1))
+    assert piped.delay().get(timeout=TIMEOUT) == 5
+
+
 def test_a_chain_led_by_an_empty_group_or_chain_runs(kit: Kit) -> None:
     from celery import chain, group
 

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,36 @@ _timeout = pytest.mark.timeout(timeout=300)
 
 def flaky(fn: Any) -> Any:
     return _timeout(_flaky(fn))
+
+
+# pytest-timeout stops a test's timer in pytest_exception_interact (for pdb), which pytest also
+# calls for a failed *subtest*: the rest of the test then ran with no limit at all, and a later
+# subtest that waits forever on pgq (a result.get() without timeout) held the whole run until
+# its overall deadline. Here a failed subtest leaves the test's limit running; and once the
+# limit has struck (its Failed is caught by the subtest it interrupted, so the test goes on), the
+# rest of the test gets one second per wait, so it ends soon, failed.
+_in_test_call = False
+#: Seconds each later wait of a test gets once its time limit has struck.
+AFTER_TIMEOUT = 1.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    global _in_test_call
+    _in_test_call = True
+    try:
+        return (yield)
+    finally:
+        _in_test_call = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    if not _in_test_call:
+        return None  # the end of the test: pytest-timeout stops its timer
+    if signal.getitimer(signal.ITIMER_REAL)[0] == 0:  # the limit struck (signal method)
+        signal.setitimer(signal.ITIMER_REAL, AFTER_TIMEOUT)
+    return True  # handled: the timer keeps running
 
 
 def get_active_redis_channels() -> Any:
@@ -198,6 +229,10 @@ def celery_session_worker(
             celery_worker_pool,
             "-l",
             "INFO",
+            # Celery's test worker is named anon_nodename() of the test process; the suite's
+            # inspect tests look its replies up under that name.
+            "-n",
+            f"gen{os.getpid()}@{socket.gethostname()}",
         ],
         cwd=str(RUN_DIR),
         stdout=log,

@@ -16,6 +16,24 @@ reply=True)`` runs the function in each chosen worker's main process and returns
 ``app.control.inspect()._request("name", **arguments)``.
 """
 
-from pgq.worker.control import Panel, State, control_command, inspect_command, nok, ok
+from pgq.worker.control import (
+    Panel,
+    State,
+    add_consumer,
+    cancel_consumer,
+    control_command,
+    inspect_command,
+    nok,
+    ok,
+)
 
-__all__ = ["Panel", "State", "control_command", "inspect_command", "nok", "ok"]
+__all__ = [
+    "Panel",
+    "State",
+    "add_consumer",
+    "cancel_consumer",
+    "control_command",
+    "inspect_command",
+    "nok",
+    "ok",
+]

@@ -232,6 +232,16 @@ def on_error(request, exc, traceback):
     _note(os.environ.get("KIT_SIGNAL_DIR"), f"errback-{request.id}", type(exc).__name__)
 
 
+@app.task
+def counted_errback(request, exc, traceback):
+    """An errback that leaves one note per call (errback-call-<request id>-<n>), to count them."""
+    _note(
+        os.environ.get("KIT_SIGNAL_DIR"),
+        f"errback-call-{request.id}-{os.urandom(6).hex()}",
+        type(exc).__name__,
+    )
+
+
 @shared_task
 def record(value, name):
     """A callback that leaves a note (its name) holding the value it got, for the kit to read."""

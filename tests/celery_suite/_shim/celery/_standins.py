@@ -6,14 +6,11 @@ and none of them does any work, so tests that need the real thing fail (and are 
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import types
-from collections.abc import Callable
 from typing import Any
-
-#: Signals Celery's files import; a missing one becomes a pgq ``Signal`` that nothing sends.
-SIGNALS = ("before_task_publish", "after_task_publish", "task_received")
 
 #: Every stand-in actually installed in this process (``name -> what``), for the run's report.
 INSTALLED: dict[str, str] = {}
@@ -27,19 +24,6 @@ def _module(name: str, doc: str, **attrs: Any) -> types.ModuleType:
     return module
 
 
-def _register_nothing(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-    """``control_command``/``inspect_command``: pgq has no custom remote-control commands."""
-
-    def decorate(fun: Any) -> Any:
-        return fun
-
-    return decorate
-
-
-def _no_consumers(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("pgq workers have no pidbox consumers to add or cancel")
-
-
 class _LimitedSet(set):  # type: ignore[type-arg]
     def as_dict(self) -> dict[str, Any]:
         return {}
@@ -50,36 +34,32 @@ class _NoBackendClass:
 
 
 def anon_nodename(hostname: str | None = None, prefix: str = "gen") -> str:
-    """Celery's ``celery.utils.nodenames.anon_nodename``: ``celery@<host>``."""
-    return f"celery@{hostname or socket.gethostname()}"
+    """Celery's ``celery.utils.nodenames.anon_nodename``: ``gen<pid>@<host>``."""
+    return f"{prefix}{os.getpid()}@{hostname or socket.gethostname()}"
 
 
 def install(celery: types.ModuleType) -> None:
     """Put the stand-ins where pgq.compat leaves a gap."""
-    from pgq.compat import signals, states
+    import pgq.compat.worker
+    import pgq.compat.worker.control
+    from pgq.compat import states
 
-    for name in SIGNALS:
-        if not hasattr(signals, name):
-            setattr(signals, name, signals.Signal(name))
-            INSTALLED[f"celery.signals.{name}"] = "a signal nothing sends"
-    worker = _module("celery.worker", "stand-in: Celery's worker package")
-    worker.control = _module(  # type: ignore[attr-defined]
-        "celery.worker.control",
-        "stand-in: remote-control command registry (registers nothing)",
-        control_command=_register_nothing,
-        inspect_command=_register_nothing,
-        add_consumer=_no_consumers,
-        cancel_consumer=_no_consumers,
-    )
-    worker.state = _module(  # type: ignore[attr-defined]
-        "celery.worker.state",
-        "stand-in: Celery's in-process worker memory (always empty)",
-        successful_requests=set(),
-        revoked=_LimitedSet(),
-        revoked_stamps={},
-        active_requests=set(),
-        reserved_requests=set(),
-    )
+    # pgq's own ``celery.worker`` (remote-control command registration); only Celery's
+    # in-process worker memory is missing from it.
+    worker = pgq.compat.worker
+    control = pgq.compat.worker.control
+    sys.modules["celery.worker"] = worker
+    sys.modules["celery.worker.control"] = control
+    if not hasattr(worker, "state"):
+        worker.state = _module(  # type: ignore[attr-defined]
+            "celery.worker.state",
+            "stand-in: Celery's in-process worker memory (always empty)",
+            successful_requests=set(),
+            revoked=_LimitedSet(),
+            revoked_stamps={},
+            active_requests=set(),
+            reserved_requests=set(),
+        )
     backends = _module("celery.backends", "stand-in: Celery's backends package")
     backends.base = _module(  # type: ignore[attr-defined]
         "celery.backends.base",
@@ -90,7 +70,7 @@ def install(celery: types.ModuleType) -> None:
     if "celery.utils.nodenames" not in sys.modules:
         _module(
             "celery.utils.nodenames",
-            "Celery's anon_nodename (celery@<host>)",
+            "Celery's anon_nodename (gen<pid>@<host>)",
             anon_nodename=anon_nodename,
         )
     celery.worker = worker  # type: ignore[attr-defined]
