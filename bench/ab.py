@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
@@ -49,17 +48,10 @@ def _done(url: str) -> int:
 
 
 def _child_prepare(server_url: str, name: str) -> None:
-    """Create and migrate the side's scratch database; print its URL."""
-    import psycopg
+    """Create and migrate the side's scratch database with the side's code; print its URL."""
+    from bench.quick import scratch_database
 
-    from pgq.server.migrate import upgrade
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    upgrade(url)
-    print(url)
+    print(scratch_database(server_url, name))
 
 
 def _child_drain(url: str, n: int, concurrency: int) -> None:

@@ -40,11 +40,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from bench.config import BenchEnv
+from bench.quick import scratch_database
 
 __all__ = ["Run", "main"]
 
@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     if not 0 < args.backlog_priority <= 255:
         print("--backlog-priority must be from 1 to 255 (the urgent tasks have 0)")
         return 2
-    url = _scratch(args.server_url, args.db_name)
+    url = scratch_database(args.server_url, args.db_name)
     runs: list[Run] = []
     rng = random.Random(args.seed)
     labels = list(roots)
@@ -324,17 +324,6 @@ def _spread(values: list[float], digits: int) -> str:
         f"{statistics.median(values):,.{digits}f} "
         f"({min(values):,.{digits}f}-{max(values):,.{digits}f})"
     )
-
-
-def _scratch(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path="/" + name))
-    from pgq.server.migrate import upgrade
-
-    upgrade(url)
-    return url
 
 
 def _drop(server_url: str, name: str) -> None:
