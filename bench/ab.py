@@ -12,7 +12,7 @@ and reports two rates:
 - **total**: tasks / seconds from starting the worker to the last task finished (start-up
   included, as ``bench.quick`` measures);
 - **steady**: the tasks finished between 10% and 90% of the backlog, over that time (start-up
-  and the tail excluded).
+  and the tail excluded; the total rate when a tiny backlog drains between two polls).
 
 Prints each round and a Markdown table: each side's median and range, the ratio of the medians
 and the median of the per-round ratios (B/A). The child process of a drain runs this same file
@@ -81,8 +81,11 @@ def _child_drain(url: str, n: int, concurrency: int) -> None:
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
-    steady = (last_done - first_done) / (last - first)
-    print(json.dumps({"total": n / (ended - started), "steady": steady}))
+    total = n / (ended - started)
+    # A small backlog can pass from under 10% to over 90% between two polls: no window to
+    # measure, so the steady rate falls back to the total rate rather than to zero.
+    steady = (last_done - first_done) / (last - first) if last_done > first_done else total
+    print(json.dumps({"total": total, "steady": steady}))
 
 
 def _run_child(tree: Path, *args: str) -> str:
