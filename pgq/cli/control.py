@@ -31,8 +31,9 @@ def control(
     """Run COMMAND in the live workers and print each one's reply.
 
     Built in: rate_limit TASK RATE, time_limit TASK SOFT [HARD], add_consumer QUEUE,
-    cancel_consumer QUEUE, pool_grow [N], pool_shrink [N], autoscale MAX [MIN], conf
-    [WITH_DEFAULTS], clock, report, ping; and the commands the -A app registers with
+    cancel_consumer QUEUE, pool_grow [N], pool_shrink [N], autoscale MAX [MIN], revoke ID...,
+    terminate SIGNAL ID..., revoke_by_stamped_headers NAME=VALUE..., conf [WITH_DEFAULTS],
+    clock, report, ping; and the commands the -A app registers with
     control_command / inspect_command. Exits 1 if no worker replied within --timeout.
     """
     from pgq.compat.control import Control
@@ -47,7 +48,8 @@ def control(
     info = Panel.meta.get(command)
     spec = list(info.args or []) if info is not None else []
     given = list(arguments or [])
-    if len(given) > len(spec):
+    variadic = info.variadic if info is not None else None
+    if len(given) > len(spec) and not variadic:
         raise typer.BadParameter(
             f"{command} takes at most {len(spec)} argument(s): {info.signature if info else ''}",
             param_hint="ARGUMENTS",
@@ -58,6 +60,8 @@ def control(
             values[name] = kind(text)
         except ValueError as exc:
             raise typer.BadParameter(f"{name}: {exc}", param_hint="ARGUMENTS") from None
+    if variadic and len(given) > len(spec):  # Celery's: the rest, as one list
+        values[variadic] = given[len(spec) :]
     chosen = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
     replies = Control(loaded).broadcast(
         command, arguments=values, destination=chosen, reply=True, timeout=timeout

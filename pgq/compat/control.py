@@ -49,10 +49,26 @@ class Control:
         terminate: bool = False,
         signal: Any = None,
         **kwargs: Any,
-    ) -> None:
+    ) -> list[dict[str, Any]] | None:
+        """Revoke the tasks: a waiting or scheduled one never runs, a running one is terminated
+        with ``terminate=True`` (else it runs to its end).
+
+        The revocation is written to each task's row before anything else, so it holds whether
+        or not a worker is running, and survives restarts. With ``reply=True`` (and
+        ``timeout``, ``limit``, ``callback`` as for ``broadcast``), the live workers are also
+        asked and their replies returned as Celery's: ``[{node_name: {"ok": "tasks {...}
+        flagged as revoked"}}, ...]`` (``"terminate: <ids>"`` from a worker that was running
+        one, with ``terminate``); without, None.
+        """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         for one in ids:
             self.app.AsyncResult(one).revoke(terminate=terminate, signal=signal)
+        return self._tell_workers(
+            "revoke",
+            {"task_id": ids, "terminate": terminate, "signal": _signal_name(signal)},
+            destination,
+            kwargs,
+        )
 
     def revoke_by_stamped_headers(
         self,
@@ -62,7 +78,7 @@ class Control:
         signal: Any = None,
         connection: Any = None,
         **kwargs: Any,
-    ) -> None:
+    ) -> list[dict[str, Any]] | None:
         """Revoke every task not finished yet whose stamps (``Signature.stamp``) match:
         ``{"name": value}`` or ``{"name": [value, ...]}`` (or Celery's ``["name=value"]``).
 
@@ -73,20 +89,57 @@ class Control:
         the stamps in memory and drop matching tasks they receive later (until they restart),
         tasks sent afterwards, including the later steps of a chain whose running step was
         not terminated, are not affected.
+
+        With ``reply=True`` the live workers' replies are returned as Celery's
+        (``[{node_name: {"ok": "headers {...} flagged as revoked, but not terminated"}}]``);
+        without, None. With ``connection=``, the workers are not asked (they could not see
+        the caller's uncommitted revocation).
         """
         wanted = _stamped_headers(headers)
-        if not wanted:
-            return
-        ids = self.app.store.stamped_unfinished(json.dumps(wanted), connection=connection)
-        for one in ids:
-            self.app.AsyncResult(one).revoke(
-                connection=connection, terminate=terminate, signal=signal
-            )
+        if wanted:
+            ids = self.app.store.stamped_unfinished(json.dumps(wanted), connection=connection)
+            for one in ids:
+                self.app.AsyncResult(one).revoke(
+                    connection=connection, terminate=terminate, signal=signal
+                )
+        if connection is not None:
+            return [] if kwargs.get("reply") else None
+        shown = headers if isinstance(headers, Mapping) else list(headers)
+        return self._tell_workers(
+            "revoke_by_stamped_headers",
+            {"headers": shown, "terminate": terminate, "signal": _signal_name(signal)},
+            destination,
+            kwargs,
+        )
+
+    def _tell_workers(
+        self,
+        command: str,
+        arguments: dict[str, Any],
+        destination: Any,
+        options: Mapping[str, Any],
+    ) -> list[dict[str, Any]] | None:
+        """Celery's replies to a revoke already written to the rows: asked of the live workers
+        only with ``reply=True`` (nothing is left for them to do otherwise)."""
+        if not options.get("reply"):
+            return None
+        return self.broadcast(
+            command,
+            arguments=arguments,
+            destination=destination,
+            reply=True,
+            timeout=options.get("timeout", 1.0),
+            limit=options.get("limit"),
+            callback=options.get("callback"),
+            pattern=options.get("pattern"),
+            matcher=options.get("matcher"),
+        )
 
     def terminate(
         self, task_id: str | Iterable[str], destination: Any = None, **kwargs: Any
-    ) -> None:
-        self.revoke(task_id, terminate=True)
+    ) -> list[dict[str, Any]] | None:
+        """``revoke(task_id, terminate=True)``."""
+        return self.revoke(task_id, destination=destination, terminate=True, **kwargs)
 
     def shutdown(self, destination: str | Iterable[str] | None = None, **kwargs: Any) -> None:
         """Stop the chosen live workers (every one by default; ``destination``, ``pattern``,
@@ -468,6 +521,13 @@ class Inspect:
 # How long and how many revoked ids a Celery worker remembers (celery.worker.state).
 REVOKE_EXPIRES = 10800.0
 REVOKES_MAX = 50000
+
+
+def _signal_name(signal: Any) -> str | None:
+    """A ``signal`` argument as text for the workers (a name, a number or a Signals member)."""
+    if signal is None:
+        return None
+    return getattr(signal, "name", None) or str(signal)
 
 
 def _stamped_headers(headers: Mapping[str, Any] | Iterable[str]) -> dict[str, list[Any]]:

@@ -24,7 +24,8 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from pgq.errors import ConfigurationError
+from pgq import serialization
+from pgq.errors import ConfigurationError, TaskRevokedError
 from pgq.ratelimit import parse_rate
 from pgq.report import bugreport, hidden_filtered
 
@@ -211,6 +212,76 @@ def conf(state: State, with_defaults: bool = False, **kwargs: Any) -> Any:
 def clock(state: State, **kwargs: Any) -> Any:
     """Get current logical clock value."""
     return {"clock": state.clock}
+
+
+def _revoked_result() -> str:
+    return serialization.dumps(serialization.exception_to_json(TaskRevokedError("revoked")))
+
+
+def _running_here(state: State, ids: set[str]) -> list[str]:
+    """Those of ``ids`` a slot of this worker runs now (or was just killed for)."""
+    pool = getattr(state.consumer, "pool", None)
+    slots = getattr(pool, "slots", [])
+    return sorted({slot.current.get() for slot in slots} & ids)
+
+
+@control_command(variadic="task_id", signature="[id1 [id2 [... [idN]]]]")
+def revoke(
+    state: State, task_id: Any, terminate: bool = False, signal: Any = None, **kwargs: Any
+) -> Any:
+    """Revoke task by task id (or list of ids).
+
+    The revocation is the task's row (durable, honoured by every worker): ``app.control.revoke``
+    writes it before asking, so this worker's own write changes nothing then; it makes the
+    command complete when it is sent alone (``pgq control revoke ID``). The reply is Celery's.
+    """
+    ids = {task_id} if isinstance(task_id, str) else {str(one) for one in task_id or ()}
+    terminate = _flag(terminate)
+    running = _running_here(state, ids) if terminate else []
+    result = _revoked_result()
+    for one in sorted(ids):
+        state.app.store.revoke(one, terminate=terminate, result=result)
+    log.info("Tasks flagged as revoked: %s", ", ".join(sorted(ids)))
+    if terminate:
+        return ok(f"terminate: {', '.join(running)}" if running else "terminate: tasks unknown")
+    return ok(f"tasks {ids} flagged as revoked")
+
+
+@control_command(
+    variadic="task_id", args=[("signal", str)], signature="<signal> [id1 [id2 [... [idN]]]]"
+)
+def terminate(state: State, signal: Any, task_id: Any, **kwargs: Any) -> Any:
+    """Terminate task by task id (or list of ids)."""
+    return revoke(state, task_id, terminate=True, signal=signal)
+
+
+@control_command(variadic="headers", signature="[key1=value1 [key2=value2 [... [keyN=valueN]]]]")
+def revoke_by_stamped_headers(
+    state: State, headers: Any, terminate: bool = False, signal: Any = None, **kwargs: Any
+) -> Any:
+    """Revoke the unfinished tasks stamped with one of the headers' values.
+
+    As ``revoke``, the revocation is written to the rows (by ``app.control`` before it asks);
+    the reply is Celery's: without ``terminate`` the headers "flagged as revoked, but not
+    terminated", with it the stamps of the tasks this worker was running.
+    """
+    if isinstance(headers, list):
+        headers = dict(item.split("=", 1) for item in headers)
+    terminate = _flag(terminate)
+    wanted = {
+        name: list(value) if isinstance(value, (list, tuple)) else [value]
+        for name, value in headers.items()
+    }
+    ids = set(state.app.store.stamped_unfinished(json.dumps(wanted)))
+    running = set(_running_here(state, ids)) if terminate else set()
+    result = _revoked_result()
+    for one in sorted(ids):
+        state.app.store.revoke(one, terminate=terminate, result=result)
+    if not terminate:
+        return ok(f"headers {headers} flagged as revoked, but not terminated")
+    if not running:
+        return ok(f"headers {headers} were not terminated")
+    return ok(f"headers {headers} revoked: {', '.join(sorted(running))}")
 
 
 @control_command(

@@ -258,3 +258,54 @@ def test_pgq_control_command_line(db_url: str, app: Any, start: Any) -> None:
     nobody = run_pgq(db_url, "control", "-A", "options_tasks", "clock", "-d", "nobody@nowhere")
     assert nobody.returncode == 1
     assert nobody.stderr.strip() == "Error: no worker replied within the timeout"
+
+
+def test_revoke_with_reply_returns_each_workers_reply_as_celery(
+    app: Any, conn: psycopg.Connection[Any], start: Any
+) -> None:
+    start("-c", "1")
+    waiting = app.send_task("options_tasks.stamp", countdown=3600)
+    assert one(app.control.revoke([waiting.id], reply=True, timeout=10)) == {
+        "ok": f"tasks {{'{waiting.id}'}} flagged as revoked"
+    }
+    assert wait_state(conn, waiting.id, "REVOKED")
+
+    running = app.send_task("options_tasks.sleepy", args=[60])
+    wait_state(conn, running.id, "STARTED")
+    assert one(app.control.revoke(running.id, terminate=True, reply=True, timeout=10)) == {
+        "ok": f"terminate: {running.id}"
+    }
+    assert wait_state(conn, running.id, "REVOKED")
+
+    # Without reply nothing is asked of the workers: None, the revocation written all the same.
+    later = app.send_task("options_tasks.stamp", countdown=3600)
+    assert app.control.revoke(later.id) is None
+    assert wait_state(conn, later.id, "REVOKED")
+    # No worker chosen: no reply, and the revocation still holds (it is the row).
+    unseen = app.send_task("options_tasks.stamp", countdown=3600)
+    assert app.control.revoke(unseen.id, destination=["nobody@nowhere"], reply=True) == []
+    assert wait_state(conn, unseen.id, "REVOKED")
+
+
+def test_revoke_by_stamped_headers_with_reply_and_from_the_command_line(
+    db_url: str, app: Any, conn: psycopg.Connection[Any], start: Any
+) -> None:
+    start("-c", "1")
+    stamped = app.signature("options_tasks.stamp").stamp(team="blue")
+    waiting = stamped.apply_async(countdown=3600)
+    replies = app.control.revoke_by_stamped_headers({"team": ["blue"]}, reply=True, timeout=10)
+    assert one(replies) == {
+        "ok": "headers {'team': ['blue']} flagged as revoked, but not terminated"
+    }
+    assert wait_state(conn, waiting.id, "REVOKED")
+    nothing = app.control.revoke_by_stamped_headers({"myheader": ["myvalue"]}, reply=True)
+    assert one(nothing) == {
+        "ok": "headers {'myheader': ['myvalue']} flagged as revoked, but not terminated"
+    }
+
+    # pgq control revoke ID... (Celery's variadic arguments): the worker writes the revocation.
+    alone = app.send_task("options_tasks.stamp", countdown=3600)
+    done = run_pgq(db_url, "control", "-A", "options_tasks", "revoke", alone.id, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{NODE: {"ok": f"tasks {{'{alone.id}'}} flagged as revoked"}}]
+    assert wait_state(conn, alone.id, "REVOKED")
