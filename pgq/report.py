@@ -20,6 +20,9 @@ HIDDEN_SETTINGS = re.compile(
     "API|TOKEN|KEY|SECRET|PASS|PROFANITIES_LIST|SIGNATURE|DATABASE|BEAT_DBURI", re.IGNORECASE
 )
 MASK = "*" * 8
+# Where the next server of a multi-server URL starts: a ';' followed by a scheme (a ';' inside
+# a password is not followed by one).
+_NEXT_SERVER = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 
 _REPORT = """\
 software -> pgq:{pgq_v} psycopg:{psycopg_v} py:{py_v}
@@ -33,9 +36,13 @@ settings -> transport:postgresql results:postgresql
 
 
 def mask_url(value: Any, mask: str = MASK) -> Any:
-    """A URL with its password replaced by ``mask`` (anything else as it is)."""
+    """A URL with its password replaced by ``mask`` (anything else as it is). A multi-server
+    URL (``sentinel://:a@h1:26379;sentinel://:b@h2:26379/0``) has each server's masked."""
     if not isinstance(value, str) or "://" not in value:
         return value
+    servers = _NEXT_SERVER.split(value)
+    if len(servers) > 1:
+        return ";".join(mask_url(server, mask) for server in servers)
     parts = urlsplit(value)
     if parts.password is None:
         return value
