@@ -162,6 +162,20 @@ class Celery(App):
             self.close()
             self._db = None
             self._store = None
+        elif key == "broker_pool_acquire_timeout" and self._db is not None:
+            self._db.acquire_timeout = self._acquire_timeout()
+
+    def _acquire_timeout(self) -> float | None:
+        """Celery's ``broker_pool_acquire_timeout`` as the seconds pgq's connection pool waits
+        for a free connection (None: ``PGQ_CONNECT_TIMEOUT``, see docs/reference)."""
+        value = self._conf.get("broker_pool_acquire_timeout")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigurationError(
+                f"broker_pool_acquire_timeout must be None or seconds >= 0, got {value!r:.60}"
+            )
+        return float(value)
 
     @property
     def database_url(self) -> str | None:
@@ -180,7 +194,12 @@ class Celery(App):
         task and every signal receiver the task modules connect (``worker_process_init``...).
         """
         self.finalize()
-        return App.db.fget(self)  # type: ignore[attr-defined]
+        if self._db is not None:
+            return self._db
+        acquire_timeout = self._acquire_timeout()  # refused before a database is made
+        db = App.db.fget(self)  # type: ignore[attr-defined]
+        db.acquire_timeout = acquire_timeout
+        return db
 
     @property
     def settings(self) -> EngineSettings:

@@ -21,6 +21,8 @@ __all__ = ["DEFAULTS", "OLD_NAMES", "Settings", "load_config"]
 # Celery's settings that pgq reads, with Celery's defaults. Any other key is stored as given.
 DEFAULTS: dict[str, Any] = {
     "broker_url": None,
+    # Seconds a producer waits for a free connection of its pool (None: PGQ_CONNECT_TIMEOUT).
+    "broker_pool_acquire_timeout": None,
     "result_backend": None,
     "task_always_eager": False,
     "task_eager_propagates": False,

@@ -239,6 +239,9 @@ class Database:
             self.connect_kwargs["prepare_threshold"] = None
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
+        # How long pooled()/apooled() wait for a free connection; None: connect_timeout (the
+        # pools' own). Celery's broker_pool_acquire_timeout sets it (pgq.compat.app).
+        self.acquire_timeout: float | None = None
         self._pool: Any = None
         self._pool_pid = 0
         # The pool's connection kept out for the next borrower (see pooled()).
@@ -312,7 +315,7 @@ class Database:
             with (
                 translate_errors(self.url),
                 self._naming_exhaustion(pool),
-                pool.connection() as conn,
+                pool.connection(timeout=self.acquire_timeout) as conn,
             ):
                 self._count_lent(pool, 1)
                 try:
@@ -324,7 +327,7 @@ class Database:
             with translate_errors(self.url):
                 if self._held is None:
                     with self._naming_exhaustion(pool):
-                        self._held = pool.getconn()
+                        self._held = pool.getconn(timeout=self.acquire_timeout)
                     self._count_lent(pool, 1)
                     self._held_until = time.monotonic() + HELD_SECONDS
                 yield self._held
@@ -368,9 +371,10 @@ class Database:
             if self._lent_pool is not pool or self._lent < pool.max_size:
                 raise
             stats = pool.get_stats()
+            waited = pool.timeout if self.acquire_timeout is None else self.acquire_timeout
             raise PoolExhausted(
                 f"all {pool.max_size} connections of this process's pool to "
-                f"{describe_server(self.url)} stayed in use for {pool.timeout:g}s "
+                f"{describe_server(self.url)} stayed in use for {waited:g}s "
                 f"(PGQ_POOL_SIZE={pool.max_size}, {stats.get('requests_waiting', 0)} more "
                 "callers waiting): more threads use the database at once than the pool holds"
             ) from None
@@ -434,7 +438,7 @@ class Database:
                 await pool.open()
             self._apools[loop] = pool
         with translate_errors(self.url):
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=self.acquire_timeout) as conn:
                 yield conn
 
     async def aclose(self) -> None:
