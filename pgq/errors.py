@@ -2,6 +2,7 @@
 
     PgqError
     ├── ConfigurationError        bad settings or a bad ``-A`` target
+    │   └── TaskModuleNotFound    autodiscover_tasks: a package is missing (a ModuleNotFoundError)
     ├── DatabaseError             the database refused a statement (names the server and why)
     │   ├── OperationalError      a passing condition: try again later (workers wait, reconnect)
     │   │   ├── ServerUnreachable server down, restarting or unreachable (names the server)
@@ -52,6 +53,7 @@ __all__ = [
     "DependencyFailed",
     "InvalidWorkflow",
     "ConfigurationError",
+    "TaskModuleNotFound",
     "MaxRetriesExceededError",
     "NotRegistered",
     "TaskRevokedError",
@@ -86,6 +88,14 @@ class PgqError(Exception):
 
 class ConfigurationError(PgqError):
     """A setting, URL or ``-A`` target is unusable."""
+
+
+class TaskModuleNotFound(ConfigurationError, ModuleNotFoundError):
+    """A package ``autodiscover_tasks`` names, or a module its task module imports, is missing.
+
+    Also a ``ModuleNotFoundError`` (``name`` is the missing module), as Celery raises; the CLI
+    reports it in one line as any ``ConfigurationError``.
+    """
 
 
 class DatabaseError(PgqError):

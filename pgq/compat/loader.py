@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import Any
 
-from pgq.errors import ConfigurationError
+from pgq.errors import ConfigurationError, TaskModuleNotFound
 
 __all__ = ["django_installed_apps", "import_object", "import_related"]
 
@@ -30,14 +30,37 @@ def import_object(path: str) -> Any:
 
 
 def import_related(package: str, related_name: str) -> None:
-    """Import ``<package>.<related_name>`` if there is one."""
+    """Import ``<package>.<related_name>`` if the package has one, as Celery's autodiscovery.
+
+    A package that cannot be found is looked for one level up (Django's ``INSTALLED_APPS`` may
+    name an ``AppConfig`` class: ``app.apps.AppConfig`` -> ``app.apps``), then raises
+    ``TaskModuleNotFound``, a ``ModuleNotFoundError`` as Celery raises, and a
+    ``ConfigurationError`` the CLI reports in one line. A package without that module is
+    skipped; a task module that imports something missing raises the same error, naming it.
+    """
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError as exc:
+        parent = package.rpartition(".")[0]
+        if not parent:
+            raise TaskModuleNotFound(
+                f"package {package!r} of autodiscover_tasks cannot be imported: {exc}",
+                name=exc.name,
+            ) from exc
+        package = parent
+    except Exception as exc:
+        raise ConfigurationError(
+            f"package {package!r} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
     name = f"{package}.{related_name}"
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name not in {name, package}:
-            # The tasks module exists but imports something missing: say which one.
-            raise ConfigurationError(f"task module {name!r} cannot be imported: {exc}") from exc
+        if exc.name != name:
+            # The package or the task module imports something missing: say which one.
+            raise TaskModuleNotFound(
+                f"task module {name!r} cannot be imported: {exc}", name=exc.name
+            ) from exc
     except Exception as exc:
         raise ConfigurationError(
             f"task module {name!r} cannot be imported: {type(exc).__name__}: {exc}"

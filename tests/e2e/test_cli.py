@@ -110,6 +110,25 @@ def test_a_bad_rate_limit_stops_the_worker_at_start_up(db_url: str, tmp_path: Pa
     assert_one_line_error(proc, "10/day")
 
 
+def test_autodiscovery_of_a_missing_package_is_a_one_line_error(
+    db_url: str, tmp_path: Path
+) -> None:
+    # Celery's autodiscover_tasks raises ModuleNotFoundError; the CLI still says it in one line.
+    (tmp_path / "lostpkg_app.py").write_text(
+        "from pgq.compat import Celery\n"
+        "app = Celery('lost')\n"
+        "app.autodiscover_tasks(['no_such_package_xyz'])\n"
+    )
+    env = worker_env(db_url)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = run_pgq("worker", "-A", "lostpkg_app", "-c", "1", env=env)
+    assert_one_line_error(
+        proc,
+        "package 'no_such_package_xyz' of autodiscover_tasks cannot be imported: "
+        "No module named 'no_such_package_xyz'",
+    )
+
+
 def test_unreachable_database_is_a_one_line_error() -> None:
     env = worker_env("postgresql://nobody@127.0.0.1:1/nothing")
     assert_one_line_error(run_pgq("worker", "-A", "e2e_tasks", env=env), "cannot reach PostgreSQL")
