@@ -387,6 +387,11 @@ def revoke(
                 f"asked the worker holding {task_id} to skip it: revoked if it has not started,"
                 " left to finish if it has (--terminate stops it)"
             )
+        elif _held(store, task_id):  # STARTED by a worker pgq does not hold it for
+            typer.echo(
+                f"marked {task_id} revoked: it started outside pgq's workers, its state is left"
+                " to whoever runs it"
+            )
         else:  # it finished between the check and the revoke
             missed.append(task_id)
     if missed:

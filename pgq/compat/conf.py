@@ -83,6 +83,10 @@ class Settings(dict[str, Any]):
         super().__init__(DEFAULTS)
         object.__setattr__(self, "_app", app)
         object.__setattr__(self, "changes", {})
+        # As in Celery, the pre-4.0 names the configuration used are recorded among the
+        # changes (``app.conf.deprecated_settings``; ``inspect().conf()`` lists them).
+        dict.__setitem__(self, "deprecated_settings", set())
+        self.changes["deprecated_settings"] = self["deprecated_settings"]
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -138,6 +142,7 @@ def load_config(conf: Settings, obj: Any, namespace: str | None) -> None:
             conf[key] = value
         elif key in OLD_NAMES:
             conf[OLD_NAMES[key]] = value
+            conf["deprecated_settings"].add(key)
 
 
 def _public_attributes(obj: Any, prefix: str | None = None) -> list[tuple[str, Any]]:

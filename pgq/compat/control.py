@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from pgq import serialization
+from pgq.errors import TaskRevokedError
 from pgq.store.admin import AdminStore, Filters
 from pgq.store.control import ControlStore
 
@@ -59,10 +61,17 @@ class Control:
         asked and their replies returned as Celery's: ``[{node_name: {"ok": "tasks {...}
         flagged as revoked"}}, ...]`` (``"terminate: <ids>"`` from a worker that was running
         one, with ``terminate``); without, None.
+
+        As in Celery, a task whose state says it started elsewhere (STARTED or a custom state
+        stored through the backend, no pgq worker holding it) keeps its state, and an id no
+        task has yet reads REVOKED from then on (a task sent later with it is not run).
         """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        revoked = _revoked_result()
         for one in ids:
             self.app.AsyncResult(one).revoke(terminate=terminate, signal=signal)
+            # An id no task has yet: recorded REVOKED, as a Celery worker records it.
+            self.app.store.revoke_unknown(one, result=revoked)
         return self._tell_workers(
             "revoke",
             {"task_id": ids, "terminate": terminate, "signal": _signal_name(signal)},
@@ -444,11 +453,15 @@ class Inspect:
         return self._reply(lambda admin, workers: {w["id"]: [] for w in workers})
 
     def registered(self, *taskinfoitems: str) -> dict[str, list[str]] | None:
-        """The task names each live worker registered at start-up, sorted, without Celery's
-        built-in tasks (``celery.*``), as Celery's ``registered()`` leaves them out.
+        """The task names each live worker registered, sorted, without Celery's built-in
+        tasks (``celery.*``), as Celery's ``registered()`` leaves them out.
 
-        ``taskinfoitems`` is accepted and ignored: the workers record only the names.
+        Without ``taskinfoitems`` the names come from the workers' rows at once (bare names).
+        With them (``registered("name", "rate_limit")``) the workers are asked, and each entry
+        is Celery's ``"name [item=value ...]"`` from the task's attributes (those not None).
         """
+        if taskinfoitems:
+            return self._request("registered", taskinfoitems=list(taskinfoitems))
 
         def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
             reply: dict[str, list[str]] = {w["id"]: [] for w in workers}
@@ -465,7 +478,10 @@ class Inspect:
     registered_tasks = registered
 
     def stats(self) -> dict[str, dict[str, Any]] | None:
-        """What ``pgq.workers`` knows of each live worker, with Celery's ``pid`` and ``pool``.
+        """What ``pgq.workers`` knows of each live worker, with Celery's ``pid`` and ``pool``
+        (``pool["processes"]``: the pids of the pool processes, asked of each worker; the
+        worker's own pid with ``--pool threads|solo``, where tasks run in it; left out for a
+        worker that did not answer within ``timeout``).
 
         There is no per-task-name ``total``: the workers count the tasks they finished
         (``tasks_done``), not by name.
@@ -474,7 +490,14 @@ class Inspect:
         def build(admin: AdminStore, workers: list[dict[str, Any]]) -> dict[str, Any]:
             return {w["id"]: _worker_stats(w) for w in workers}
 
-        return self._reply(build)
+        reply = self._reply(build)
+        if not reply:
+            return reply
+        # The pool's processes live in the worker's memory only: each worker is asked.
+        for node, own in (self._request("stats") or {}).items():
+            if node in reply and isinstance(own, dict) and isinstance(own.get("pool"), dict):
+                reply[node]["pool"]["processes"] = own["pool"].get("processes", [])
+        return reply
 
     def active_queues(self) -> dict[str, list[dict[str, Any]]] | None:
         """The queues each live worker consumes, one ``{"name": queue, ...}`` per queue."""
@@ -518,9 +541,17 @@ class Inspect:
         return self._request("report")
 
 
+# The priority of Celery's timer entry for a countdown/eta task (celery.worker.strategy): the
+# "priority" of each scheduled() entry; the task's own is its delivery_info's.
+ETA_TIMER_PRIORITY = 6
+
 # How long and how many revoked ids a Celery worker remembers (celery.worker.state).
 REVOKE_EXPIRES = 10800.0
 REVOKES_MAX = 50000
+
+
+def _revoked_result() -> str:
+    return serialization.dumps(serialization.exception_to_json(TaskRevokedError("revoked")))
 
 
 def _signal_name(signal: Any) -> str | None:
@@ -608,7 +639,11 @@ def _scheduled(
             request = _task_info(row, arguments[row["id"]], worker, bool(safe))
             request.update(time_start=None, acknowledged=False, worker_pid=None)
             reply[worker["id"]].append(
-                {"eta": row["run_at"].isoformat(), "priority": row["priority"], "request": request}
+                {
+                    "eta": row["run_at"].isoformat(),
+                    "priority": ETA_TIMER_PRIORITY,
+                    "request": request,
+                }
             )
     return reply
 
@@ -663,13 +698,34 @@ def _worker_stats(worker: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _queue_info(queue: str) -> dict[str, Any]:
-    """A queue as Celery's ``active_queues`` describes it (a direct exchange named after it)."""
+    """A queue as Celery's ``active_queues`` describes it (kombu's ``Queue.as_dict``): a
+    durable queue bound to a direct exchange named after it, kombu's defaults elsewhere."""
     return {
         "name": queue,
         "routing_key": queue,
-        "exchange": {"name": queue, "type": "direct"},
+        "alias": None,
+        "bindings": [],
+        "binding_arguments": None,
+        "consumer_arguments": None,
+        "queue_arguments": None,
         "durable": True,
         "exclusive": False,
         "auto_delete": False,
         "no_ack": False,
+        "no_declare": None,
+        "expires": None,
+        "message_ttl": None,
+        "max_length": None,
+        "max_length_bytes": None,
+        "max_priority": None,
+        "exchange": {
+            "name": queue,
+            "type": "direct",
+            "arguments": None,
+            "durable": True,
+            "auto_delete": False,
+            "delivery_mode": None,
+            "no_declare": False,
+            "passive": False,
+        },
     }

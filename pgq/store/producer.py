@@ -392,6 +392,19 @@ class Store:
             self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
         return bool(revoked)
 
+    def revoke_unknown(
+        self, task_id: str, *, result: str, name: str = "celery.revoked", connection: Any = None
+    ) -> bool:
+        """Record the revocation of an id no task has yet: a REVOKED row named ``name``, so
+        that a task sent later with it is not run; False when the id has a row (see the
+        revoke_unknown_task query)."""
+        rows = self._run(
+            "revoke_unknown_task", {"id": task_id, "name": name, "result": result}, connection
+        )
+        if rows:
+            self._run("notify", {"channel": DONE_CHANNEL, "payload": task_id}, connection)
+        return bool(rows)
+
     def stamped_unfinished(self, headers: str, connection: Any = None) -> list[str]:
         """Ids of the unfinished tasks stamped with one of ``headers``' values (JSON text:
         ``{"name": [value, ...]}``; see the stamped_unfinished_tasks query)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -209,6 +210,55 @@ def conf(state: State, with_defaults: bool = False, **kwargs: Any) -> Any:
 
 
 @inspect_command()
+def stats(state: State, **kwargs: Any) -> Any:
+    """Request worker statistics/information: the pool part only (``inspect().stats()`` reads
+    the rest from the worker's row)."""
+    consumer = state.consumer
+    pool = getattr(consumer, "pool", None)
+    slots = list(getattr(pool, "slots", []))
+    if getattr(pool, "processes", False):
+        processes = [slot.runner.pid for slot in slots if slot.runner.pid is not None]
+    else:  # threads and solo run tasks in the worker's own process
+        processes = [os.getpid()]
+    return {
+        "pid": os.getpid(),
+        "pool": {
+            "implementation": getattr(consumer, "pool_kind", None),
+            "max-concurrency": len(slots),
+            "processes": processes,
+        },
+    }
+
+
+# The task attributes Celery's ``registered`` shows by default.
+DEFAULT_TASK_INFO_ITEMS = ("exchange", "routing_key", "rate_limit")
+
+
+@inspect_command(
+    alias="dump_tasks", signature="[attr1 [attr2 [... [attrN]]]]", variadic="taskinfoitems"
+)
+def registered(
+    state: State, taskinfoitems: Any = None, builtins: bool = False, **kwargs: Any
+) -> Any:
+    """List of registered tasks: ``"name [attr=value ...]"`` for the attributes not None."""
+    items = [
+        item
+        for item in (taskinfoitems or DEFAULT_TASK_INFO_ITEMS)
+        if isinstance(item, str) and not item.startswith("_")
+    ]
+    tasks = state.app.tasks
+    names = sorted(n for n in tasks if _flag(builtins) or not n.startswith("celery."))
+
+    def entry(name: str) -> str:
+        task = tasks[name]
+        shown = [(i, getattr(task, i, None)) for i in items]
+        fields = " ".join(f"{i}={value}" for i, value in shown if value is not None)
+        return f"{name} [{fields}]" if fields else name
+
+    return [entry(name) for name in names]
+
+
+@inspect_command()
 def clock(state: State, **kwargs: Any) -> Any:
     """Get current logical clock value."""
     return {"clock": state.clock}
@@ -241,6 +291,7 @@ def revoke(
     result = _revoked_result()
     for one in sorted(ids):
         state.app.store.revoke(one, terminate=terminate, result=result)
+        state.app.store.revoke_unknown(one, result=result)
     log.info("Tasks flagged as revoked: %s", ", ".join(sorted(ids)))
     if terminate:
         return ok(f"terminate: {', '.join(running)}" if running else "terminate: tasks unknown")

@@ -118,10 +118,45 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert SLEEPY in inspect.registered()[name]
     # Celery's built-in tasks (celery.map, celery.starmap) are left out, as Celery does.
     assert not [n for n in inspect.registered()[name] if n.startswith("celery.")]
-    assert [q["name"] for q in inspect.active_queues()[name]] == ["celery", "control"]
+    # registered("name", ...): the workers answer, in Celery's "name [item=value]" form.
+    assert f"{SLEEPY} [name={SLEEPY}]" in inspect.registered("name")[name]
+    assert not [e for e in inspect.registered("name")[name] if e.startswith("celery.")]
+    queues = inspect.active_queues()[name]
+    assert [q["name"] for q in queues] == ["celery", "control"]
+    # kombu's Queue.as_dict(recurse=True) fields, as a Celery worker describes its queues.
+    assert queues[0] == {
+        "name": "celery",
+        "routing_key": "celery",
+        "alias": None,
+        "bindings": [],
+        "binding_arguments": None,
+        "consumer_arguments": None,
+        "queue_arguments": None,
+        "durable": True,
+        "exclusive": False,
+        "auto_delete": False,
+        "no_ack": False,
+        "no_declare": None,
+        "expires": None,
+        "message_ttl": None,
+        "max_length": None,
+        "max_length_bytes": None,
+        "max_priority": None,
+        "exchange": {
+            "name": "celery",
+            "type": "direct",
+            "arguments": None,
+            "durable": True,
+            "auto_delete": False,
+            "delivery_mode": None,
+            "no_declare": False,
+            "passive": False,
+        },
+    }
     stats = inspect.stats()[name]
     assert stats["pid"] == w.pid
     assert stats["pool"]["max-concurrency"] == 2
+    assert sorted(stats["pool"]["processes"]) == sorted(w.children())  # the pool's processes
     assert inspect.reserved() == {name: []}
     assert inspect.active() == {name: []}
     assert inspect.revoked() == {name: []}
@@ -136,7 +171,8 @@ def test_a_live_worker_answers_ping_and_inspect(
     assert entry["request"]["id"] == later.id
     assert entry["request"]["name"] == SLEEPY
     assert entry["request"]["args"] == [0.01]
-    assert entry["priority"] == 3
+    assert entry["priority"] == 6  # Celery's timer priority of an eta task
+    assert entry["request"]["delivery_info"]["priority"] == 3  # the task's own
     eta = datetime.fromisoformat(entry["eta"])
     assert (eta - datetime.now(timezone.utc)).total_seconds() > 3000
     # query_task(): by id, one by one or as a list; unknown ids are left out.

@@ -199,6 +199,7 @@ def test_inspect_conf_clock_report_and_bugreport(app: Any, start: Any) -> None:
     assert conf["task_default_queue"] == "celery"
     assert conf["secret_api_key"] == "********"
     assert "worker_prefetch_multiplier" not in conf  # a default: only with_defaults
+    assert conf["deprecated_settings"] == []  # Celery's: the pre-4.0 names read (a set)
     assert inspect.conf(with_defaults=True)[NODE]["worker_prefetch_multiplier"] == 4
 
     first = inspect.clock()[NODE]["clock"]

@@ -270,3 +270,30 @@ def test_retry_without_throw_retries_when_the_task_returns(app: Any, db_url: str
     assert run_one(app, db_url) == "RETRY"
     assert run_one(app, db_url) == "SUCCESS"
     assert result.get(timeout=5) == "attempt 1"
+
+
+@pytest.mark.parametrize("state", ["STARTED", "PROGRESS"])
+@pytest.mark.parametrize("terminate", [False, True])
+def test_revoke_leaves_a_task_started_elsewhere_to_its_worker(
+    app: Any, conn: psycopg.Connection[Any], state: str, terminate: bool
+) -> None:
+    """As Celery's revoke: a task whose state says another worker started it (written through
+    the backend, no pgq worker holds it) keeps its state; it is only marked revoked."""
+    started = "started-elsewhere-" + state
+    app.backend.store_result(started, {"hostname": "other@host"}, state)
+    waiting = app.send_task("results.add", args=[1, 1], countdown=3600)
+    not_sent = f"not-sent-yet-{state}-{terminate}"
+    app.control.revoke([started, waiting.id, not_sent], terminate=terminate)
+    assert app.backend.get_state(started) == state
+    row = task_row(conn, started)
+    assert row is not None and row["options"].get("revoked") is True
+    assert app.backend.get_state(waiting.id) == "REVOKED"
+    # An id no task had reads REVOKED, as a Celery worker records it, and a task sent later
+    # with that id is not run: the send finds the row.
+    assert app.backend.get_state(not_sent) == "REVOKED"
+    later = app.send_task("results.add", args=[2, 2], task_id=not_sent)
+    assert later.state == "REVOKED"
+    with pytest.raises(exc.TaskRevokedError):
+        later.get(timeout=5)
+    row = task_row(conn, not_sent)
+    assert row is not None and row["name"] == "celery.revoked" and row["args"] == []

@@ -579,3 +579,13 @@ def test_a_canvas_uses_the_app_of_its_steps_not_the_current_one() -> None:
     assert chord([add.s(1, 2)], add.s(5)).app is ours
     assert chain(add.s(1, 2), app=theirs).app is theirs  # an app given wins
     assert chain().app is theirs  # nothing to look at: the current app
+
+
+def test_conf_records_the_deprecated_setting_names_it_read_as_celery() -> None:
+    """Celery keeps ``deprecated_settings`` among the changes (``inspect().conf()`` lists it)."""
+    app = Celery("deprecated")
+    assert app.conf.deprecated_settings == set()
+    assert "deprecated_settings" in app.conf.without_defaults()
+    app.config_from_object({"CELERY_ALWAYS_EAGER": True, "task_default_queue": "q"}, force=True)
+    assert app.conf.task_always_eager is True
+    assert app.conf.deprecated_settings == {"CELERY_ALWAYS_EAGER"}

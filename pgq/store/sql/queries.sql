@@ -1058,11 +1058,15 @@ FROM pgq.tasks WHERE id = ANY(%(ids)s::text[]);
 -- A task a worker holds (STARTED), revoked without terminate, is marked instead (options.revoked):
 -- the worker skips it if it has not started it yet (a pgq_control "revoke" notice tells it), and
 -- so does any worker that claims it again after a give-back; one already running runs to its end.
+-- A task no worker of pgq holds whose state says it started elsewhere (STARTED or a custom state
+-- written through the result backend: another worker's) is marked too, with or without
+-- terminate: its state is left to that worker, as Celery's revoke leaves it.
 -- A task revoked here is counted in pgq.stats_minute (the dashboard's per-minute counts), as a
 -- worker slot counts the outcomes it records.
 WITH before AS (
     SELECT id, worker, lease_expires_at IS NOT NULL AS was_running,
-           lease_expires_at IS NOT NULL AND NOT %(terminate)s AS marked
+           (lease_expires_at IS NOT NULL AND NOT %(terminate)s)
+           OR (lease_expires_at IS NULL AND state NOT IN ('PENDING', 'RETRY')) AS marked
     FROM pgq.tasks WHERE id = %(id)s AND finished_at IS NULL FOR UPDATE
 ), changed AS (
 UPDATE pgq.tasks AS t
@@ -1098,6 +1102,15 @@ RETURNING t.id, t.queue, b.worker, b.was_running, NOT b.marked AS revoked,
     ON CONFLICT (minute, queue, state) DO UPDATE SET count = s.count + 1
 )
 SELECT id, worker, was_running, revoked FROM changed;
+
+-- name: revoke_unknown_task
+-- (nothing) -> REVOKED: app.control.revoke of an id no task has yet records the revocation as a
+-- Celery worker does (its result reads REVOKED); a task sent later with that id finds the row and
+-- is not run. An id that has a row is left alone (revoke_task's). Returns the id when inserted.
+INSERT INTO pgq.tasks (id, name, state, result, run_at, finished_at)
+VALUES (%(id)s, %(name)s, 'REVOKED', %(result)s::jsonb, now(), now())
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
 
 -- name: stamped_unfinished_tasks
 -- (read) Ids of the tasks not finished yet (waiting, scheduled, retrying or running) stamped with
