@@ -310,3 +310,19 @@ def test_revoke_by_stamped_headers_with_reply_and_from_the_command_line(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [{NODE: {"ok": f"tasks {{'{alone.id}'}} flagged as revoked"}}]
     assert wait_state(conn, alone.id, "REVOKED")
+
+
+def test_registered_with_items_and_stats_processes_come_from_the_worker(
+    db_url: str, app: Any, start: Any
+) -> None:
+    w = start("-c", "2")
+    inspect = app.control.inspect()
+    entries = inspect.registered("name", "rate_limit")[NODE]
+    assert "options_tasks.sleepy [name=options_tasks.sleepy]" in entries
+    assert not [e for e in entries if e.startswith("celery.")]
+    assert "options_tasks.sleepy" in inspect.registered()[NODE]  # from the rows: bare names
+    assert sorted(inspect.stats()[NODE]["pool"]["processes"]) == sorted(w.children())
+    done = run_pgq(db_url, "control", "-A", "options_tasks", "registered", "name", "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)[0][NODE]
+    assert "options_tasks.stamp [name=options_tasks.stamp]" in listed

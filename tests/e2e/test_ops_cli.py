@@ -177,6 +177,28 @@ def test_inspect_active_workers_registered_and_revoke(
     wait_for(lambda: as_json(db_url, "inspect", "active") == [], what="nothing running")
 
 
+def test_revoke_leaves_a_task_started_elsewhere_to_its_worker(
+    db_url: str, conn: psycopg.Connection[Any], clean: None, app: Any
+) -> None:
+    from pgq.workflow import HELD_UNTIL
+
+    # A state stored through the result backend (Celery's app.backend.store_result): another
+    # worker's task, not pgq's to end.
+    app.store.store_result(
+        "started-elsewhere",
+        name="elsewhere.task",
+        state="STARTED",
+        result='{"hostname": "other@host"}',
+        traceback=None,
+        finished=False,
+        held_until=HELD_UNTIL,
+    )
+    out = ok(db_url, "revoke", "started-elsewhere", "--terminate")
+    assert "marked started-elsewhere revoked: it started outside pgq's workers" in out
+    row = task_row(conn, "started-elsewhere")
+    assert row is not None and row["state"] == "STARTED" and row["options"]["revoked"] is True
+
+
 def test_scheduled_purge_and_stats(
     db_url: str, conn: psycopg.Connection[Any], clean: None, app: Any, start_worker: Any
 ) -> None:
