@@ -97,3 +97,43 @@ def test_inspect_clock_conf_and_report(kit: Kit) -> None:
     report = inspect.report()[node]["ok"]
     assert "software -> " in report and "platform -> " in report
     assert "software -> " in kit.app.bugreport()
+
+
+def test_revoke_replies(kit: Kit) -> None:
+    waiting = kit.tasks.add.apply_async((1, 1), countdown=3600)
+    assert ask(kit, "revoke", waiting.id) == {"ok": f"tasks {{'{waiting.id}'}} flagged as revoked"}
+    wait_for(
+        lambda: kit.app.AsyncResult(waiting.id).state == "REVOKED",
+        TIMEOUT,
+        0.2,
+        "the revoked task to read REVOKED",
+    )
+    # Terminate of a task no worker runs: nothing to kill.
+    assert ask(kit, "revoke", "kit-never-sent", terminate=True) == {
+        "ok": "terminate: tasks unknown"
+    }
+    assert ask(kit, "revoke_by_stamped_headers", {"kit_header": ["none"]}) == {
+        "ok": "headers {'kit_header': ['none']} flagged as revoked, but not terminated"
+    }
+
+
+def test_inspect_registered_with_items_active_queues_and_scheduled(kit: Kit) -> None:
+    node = node_of(kit)
+    inspect = kit.app.control.inspect(destination=[node], timeout=5.0)
+    assert "proj.tasks.add [name=proj.tasks.add]" in inspect.registered("name")[node]
+    [celery_queue] = [q for q in inspect.active_queues()[node] if q["name"] == "celery"]
+    assert celery_queue["exchange"]["name"] == "celery"
+    assert set(celery_queue) >= {"alias", "bindings", "queue_arguments", "max_priority"}
+    assert set(celery_queue["exchange"]) >= {"arguments", "delivery_mode", "passive"}
+    later = kit.tasks.add.apply_async((2, 2), countdown=3600, priority=3)
+    try:
+
+        def listed() -> list[dict[str, Any]]:
+            entries = (inspect.scheduled() or {}).get(node, [])
+            return [e for e in entries if e["request"]["id"] == later.id]
+
+        [entry] = wait_for(listed, TIMEOUT, 0.2, "the countdown task to be scheduled")
+        assert entry["priority"] == 6  # the timer's, for an eta task
+        assert entry["request"]["delivery_info"]["priority"] == 3
+    finally:
+        later.revoke()
