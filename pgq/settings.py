@@ -151,6 +151,20 @@ class Settings:
             "claims one task at a time",
         ),
     )
+    # How much work (by the mean run time of the last batch) a pool process claims at once while
+    # a backlog lasts. Longer batches pay the per-statement cost over more tasks (10 ms tasks at
+    # -c 32 on two cores: 0.2 drained 20-45% faster than 0.05, docs/benchmarks.md), but a pool
+    # process killed mid-batch re-runs that much finished work, and a task running over twice this
+    # is what makes a slot give back the rest of its batch.
+    batch_seconds: float = field(
+        default=0.05,
+        metadata=_env(
+            "PGQ_BATCH_SECONDS",
+            "seconds of work (judged by the mean run time of the last batch) a pool process "
+            "claims at once while a backlog lasts, at most `PGQ_CLAIM_BATCH` tasks; a killed "
+            "process re-runs up to that much finished work",
+        ),
+    )
     pool_size: int = field(
         default=4,
         metadata=_env("PGQ_POOL_SIZE", "connections in a producer process's pool"),
@@ -252,6 +266,7 @@ class Settings:
             "beat_lease_seconds",
             "connect_timeout",
             "web_refresh",
+            "batch_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be > 0, got {getattr(self, name)!r}")

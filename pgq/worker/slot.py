@@ -3,7 +3,7 @@
 Each slot has its own connection and its own worker id (``<worker id>/<n>``, written in
 ``pgq.tasks.worker``). Its loop is one statement per batch: record the outcomes of the batch
 it just ran and claim the next one (``finish_and_claim``), then run that batch. Batches adapt to
-the work: while every claim comes back full (a backlog), a slot claims about ``BATCH_SECONDS`` of
+the work: while every claim comes back full (a backlog), a slot claims about ``batch_seconds`` of
 work judged by the mean run time of its last batch, so quick tasks go by the hundred and slow ones
 one at a time, never more than ``Settings.claim_batch``; once a claim comes back short (the queue
 ran dry) it starts again at one task, so a burst smaller than the pool spreads over its slots.
@@ -62,19 +62,18 @@ if TYPE_CHECKING:
     from pgq.app import App
     from pgq.settings import Settings
 
-__all__ = ["BATCH_SECONDS", "CurrentTask", "Slot"]
+__all__ = ["CurrentTask", "Slot"]
 
 log = logging.getLogger("pgq.worker")
 
-# How much work (judged by the mean run time of the last batch's tasks) a slot claims in one
-# statement while there is a backlog. Without one a slot claims a task at a time. The mean, not
-# the slowest: with more pool processes than cores, any task of a batch may be preempted for a
-# whole time slice; judged by its slowest task, a batch of no-op tasks at -c 8 on two cores
-# shrank to a few tasks a statement (twice the commits, a fifth more CPU per task).
-BATCH_SECONDS = 0.05
-# A task that ran longer than this shows the batch holds slower work than it was sized for: the
-# slot gives back the tasks of the batch it has not started.
-GIVE_BACK_AFTER = 2 * BATCH_SECONDS
+# Batches: how much work (judged by the mean run time of the last batch's tasks) a slot claims
+# in one statement while there is a backlog is Settings.batch_seconds (PGQ_BATCH_SECONDS).
+# Without a backlog a slot claims a task at a time. The mean, not the slowest: with more pool
+# processes than cores, any task of a batch may be preempted for a whole time slice; judged by
+# its slowest task, a batch of no-op tasks at -c 8 on two cores shrank to a few tasks a
+# statement (twice the commits, a fifth more CPU per task). A task that runs longer than twice
+# this shows the batch holds slower work than it was sized for: the slot gives back the tasks of
+# the batch it has not started.
 
 
 class RunQueueClock:
@@ -274,9 +273,10 @@ class Slot(Outbox):
                 self._tasks_run += 1
                 self._retire_if_spent()
                 if (
-                    runtime > GIVE_BACK_AFTER
+                    runtime > 2 * self.settings.batch_seconds
                     and index + 1 < len(jobs)
-                    and runtime - self._waited_since(waited_before) > GIVE_BACK_AFTER
+                    and runtime - self._waited_since(waited_before)
+                    > 2 * self.settings.batch_seconds
                 ):
                     # The batch was sized for quicker tasks: give back the rest now, so idle
                     # slots take them instead of waiting behind more slow ones here. (Not for
@@ -462,13 +462,13 @@ class Slot(Outbox):
 
     def _next_batch(self, limit: int, claimed: int, mean: float) -> int:
         """The next claim's size. A full claim means a backlog: grow, at most twofold a turn,
-        toward BATCH_SECONDS of work by the mean run time of the tasks just run. A short one
-        means the queue ran dry: one task, so that a burst smaller than the pool goes to several
-        slots (as Celery's fair scheduling hands tasks to idle processes) rather than waiting
-        in one slot's batch."""
+        toward ``Settings.batch_seconds`` of work by the mean run time of the tasks just run. A
+        short one means the queue ran dry: one task, so that a burst smaller than the pool goes to
+        several slots (as Celery's fair scheduling hands tasks to idle processes) rather than
+        waiting in one slot's batch."""
         if claimed < limit:
             return 1
-        ideal = int(BATCH_SECONDS / mean) if mean > 0 else self.settings.claim_batch
+        ideal = int(self.settings.batch_seconds / mean) if mean > 0 else self.settings.claim_batch
         return max(1, min(ideal, 2 * limit, self.settings.claim_batch))
 
     def _run(self, job: ClaimedTask, options: dict[str, Any]) -> float:

@@ -219,6 +219,34 @@ def test_a_dead_childs_batch_goes_back_and_only_its_running_task_counts_a_rescue
     assert w.proc.poll() is None
 
 
+@pytest.mark.parametrize(("batch_seconds", "most_held"), [(None, 8), ("5", 16)])
+def test_batch_seconds_sets_how_much_work_a_slot_claims_at_once(
+    app, conn, clean, db_url, start_worker, batch_seconds, most_held
+):
+    """While a backlog lasts, a slot's batches grow toward PGQ_BATCH_SECONDS of work: 10 ms
+    tasks go about five at a time by default (0.05 s), by the dozen with 5 s."""
+    import e2e_tasks
+
+    env = worker_env(db_url, PGQ_CLAIM_BATCH="64")
+    if batch_seconds is not None:
+        env["PGQ_BATCH_SECONDS"] = batch_seconds
+    results = app.send_many([(e2e_tasks.sleepy.name, (0.01,), {}, {})] * 150)
+    start_worker("-c", "1", env=env)
+    held: list[int] = []
+
+    def drained() -> bool:
+        held.append(
+            conn.execute("SELECT count(*) FROM pgq.tasks WHERE state = 'STARTED'").fetchone()[0]
+        )
+        return all(r.ready() for r in results)
+
+    wait_for(drained, timeout=60, what="the backlog to drain")
+    if batch_seconds is None:
+        assert max(held) <= most_held, held
+    else:
+        assert max(held) >= most_held, held
+
+
 def test_a_burst_smaller_than_the_pool_runs_in_parallel(app, conn, clean, start_worker):
     """As Celery's fair scheduling hands tasks to idle processes: two tasks sent together to an
     idle -c 2 worker run in both processes at once, not one after the other in one batch."""
