@@ -64,8 +64,10 @@ SUITE_FILES = (
 )
 #: Support files of ``t/integration`` the suite files import.
 SUPPORT_FILES = ("__init__.py", "tasks.py", "serialization_config.py", "worker_config.py")
-#: Redis databases of the two runs (the kit uses 0): side channel for pgq, everything for Celery.
-PGQ_REDIS_URL = "redis://127.0.0.1:6379/12"
+#: Redis databases of the two runs (the kit uses 0): side channel for pgq (CELERY_SUITE_REDIS_URL
+#: for another, so that two runs on one machine do not flush each other's keys), everything for
+#: Celery.
+PGQ_REDIS_URL = os.environ.get("CELERY_SUITE_REDIS_URL", "redis://127.0.0.1:6379/12")
 CELERY_REDIS_URL = "redis://127.0.0.1:6379/13"
 #: Celery's own pytest settings for its tests (its pyproject.toml), for both runs.
 PYTEST_INI = """[pytest]
