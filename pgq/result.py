@@ -10,13 +10,33 @@ from pgq.errors import TaskFailed, TaskRevoked, WaitTimeout
 if TYPE_CHECKING:
     from pgq.store import Store, TaskRecord
 
-__all__ = ["READY_STATES", "Result"]
+__all__ = ["READY_STATES", "Result", "ResultBase", "stored_value"]
 
 # States after which a task never changes again (Celery's READY_STATES, plus REJECTED).
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 
 
-class Result:
+class ResultBase:
+    """A handle on the outcome of other tasks (Celery's ``celery.result.ResultBase``).
+
+    A task that returns one has it stored as ``as_tuple()`` (its ids, and its parents'), as
+    Celery's result backends store it; ``result_from_tuple`` turns that back into a result.
+    """
+
+    def as_tuple(self) -> Any:
+        raise NotImplementedError
+
+
+def stored_value(retval: Any) -> Any:
+    """What a task's return value is stored as: a result as its ``as_tuple()``, else itself.
+
+    Only the value itself, as in Celery: a result inside a list or passed on as an argument
+    is not JSON and raises ``EncodeError``.
+    """
+    return retval.as_tuple() if isinstance(retval, ResultBase) else retval
+
+
+class Result(ResultBase):
     """The state and outcome of the task ``id``. Every property reads the row afresh."""
 
     def __init__(self, id: str, store: Store) -> None:
@@ -31,6 +51,9 @@ class Result:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+    def as_tuple(self) -> Any:
+        return (self.id, None), None
 
     def record(self) -> TaskRecord | None:
         """The task's row, or None if no such task exists (yet)."""

@@ -44,8 +44,10 @@ def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> di
     from pgq.compat.task import _BROKER_ONLY_OPTIONS, _signature_dicts  # task imports canvas
 
     plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
+    _links_as_lists(plain)
     if kwargs:
-        _first_task(plain).setdefault("kwargs", {}).update(kwargs)
+        for task in _starting_tasks(plain):
+            task.setdefault("kwargs", {}).update(kwargs)
     connection = options.pop("connection", None)
     task_id = options.pop("task_id", None)
     if task_id is not None:
@@ -72,15 +74,41 @@ def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> di
     return plain
 
 
-def _first_task(plain: dict[str, Any]) -> dict[str, Any]:
+def _starting_tasks(plain: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tasks that start a workflow, each of which gets the call's ``args``/``kwargs`` (as
+    Celery's canvas hands them on): a chain's first step's (an empty group is skipped), every
+    member's of a group and every header task's of a chord."""
     kind = plain.get("subtask_type")
-    if kind in ("chain", "group"):
-        steps = workflow.chain_steps(plain) if kind == "chain" else plain["kwargs"]["tasks"]
-        return _first_task(steps[0]) if steps else plain
-    if kind == "chord":
-        header = plain["kwargs"]["header"]
-        return _first_task(header[0]) if header else plain
-    return plain
+    steps = plain.get("kwargs") or {}
+    if kind == "chain":
+        for step in steps.get("tasks") or ():
+            found = _starting_tasks(step)
+            if found:
+                return found
+        return []
+    if kind in ("group", "chord"):
+        members = steps.get("tasks" if kind == "group" else "header") or ()
+        return [task for member in members for task in _starting_tasks(member)]
+    return [plain]
+
+
+def _links_as_lists(plain: Any) -> None:
+    """Make every ``link``/``link_error`` option in ``plain`` a list: Celery takes one
+    signature there as a list of one (``sig.set(link_error=errback)``)."""
+    if not isinstance(plain, dict):
+        return
+    options = plain.get("options")
+    if isinstance(options, dict):
+        for name in ("link", "link_error"):
+            if isinstance(options.get(name), dict):
+                options[name] = [options[name]]
+            for linked in options.get(name) or ():
+                _links_as_lists(linked)
+    steps = plain.get("kwargs")
+    if plain.get("subtask_type") in ("chain", "group", "chord") and isinstance(steps, dict):
+        for member in [*(steps.get("tasks") or ()), *(steps.get("header") or ())]:
+            _links_as_lists(member)
+        _links_as_lists(steps.get("body"))
 
 
 def _result_step(plain: dict[str, Any]) -> dict[str, Any]:
@@ -565,7 +593,11 @@ def _freeze_canvas(sig: Signature, _id: str | None) -> Any:
 def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
     if len(tasks) == 1 and not isinstance(tasks[0], dict) and isinstance(tasks[0], Iterable):
         tasks = tuple(tasks[0])
-    return [maybe_signature(t) for t in tasks]  # type: ignore[misc]
+    # A task given as such (``group([add, add])``) is its signature, as Celery's groups take it.
+    return [
+        maybe_signature(t) if t is None or isinstance(t, dict) else signature(t)  # type: ignore[misc]
+        for t in tasks
+    ]
 
 
 class _chain(Signature):  # noqa: N801 - Celery's spelling
@@ -595,8 +627,11 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         return NotImplemented
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
-        """Fix every step's id now and return the result this will have (as Celery's)."""
-        return _freeze_canvas(self, _id)
+        """Fix every step's id now and return the result this will have (as Celery's); the
+        chain's own ``id`` becomes its result's (the last step's), as Celery's does."""
+        result = _freeze_canvas(self, _id)
+        self.id = _id if result is None else result.id
+        return result
 
     def stamp(
         self, visitor: StampingVisitor | None = None, append_stamps: bool = False, **headers: Any

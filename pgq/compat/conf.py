@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "task_default_queue": "celery",
     "task_routes": None,
     "task_serializer": "json",
+    # Celery's message protocol version; pgq stores tasks as rows, read by code that checks it.
+    "task_protocol": 2,
     "result_serializer": "json",
     "accept_content": ["json"],
     "timezone": None,

@@ -25,12 +25,19 @@ from pgq.compat._state import get_current_app
 from pgq.compat.exceptions import ENGINE_EQUIVALENTS, TaskRevokedError, TimeoutError
 from pgq.compat.utils.serialization import UnpickleableExceptionWrapper
 from pgq.context import current_request
-from pgq.result import Result
+from pgq.result import Result, ResultBase
 
 if TYPE_CHECKING:
     from pgq.store import Store, TaskRecord
 
-__all__ = ["AsyncResult", "EagerResult", "GroupResult", "ResultSet", "result_from_tuple"]
+__all__ = [
+    "AsyncResult",
+    "EagerResult",
+    "GroupResult",
+    "ResultBase",
+    "ResultSet",
+    "result_from_tuple",
+]
 
 E_WOULDBLOCK = (
     "Never call result.get() within a task!\n"
@@ -683,7 +690,7 @@ class ResultSet:
         return self.results
 
 
-class GroupResult(ResultSet):
+class GroupResult(ResultSet, ResultBase):
     """The results of a ``group``, with the group's id."""
 
     def __init__(
@@ -708,7 +715,7 @@ class GroupResult(ResultSet):
             return other == self.id
         return NotImplemented
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.id, None), [r.as_tuple() for r in self.results]

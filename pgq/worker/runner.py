@@ -49,6 +49,7 @@ from pgq.options import (
     retry_options,
     row_options,
 )
+from pgq.result import stored_value
 from pgq.task import before_publish
 from pgq.worker.guard import (
     BLOCKED_LOOP_SECONDS,
@@ -478,7 +479,7 @@ class _RowSteps(Steps):
 
     def returned(self, task: Task, request: Request, retval: Any) -> None:
         ignore_result = request.options.get("ignore_result", task.ignore_result)
-        self.encoded = None if ignore_result else serialization.dumps(retval)
+        self.encoded = None if ignore_result else serialization.dumps(stored_value(retval))
         if request.options.get("link"):
             self.follow_ups = tuple(
                 workflow.on_success(task.app, request.options, request.id, request.root_id, retval)

@@ -23,6 +23,12 @@ EXCLUDED: dict[str, str] = {
     "test_canvas.py::test_stamping_mechanism::test_task_received_has_access_to_stamps": (
         "connects a receiver to task_received (a signal the worker sends) in the test process: Celery's test worker runs there, pgq's worker is a process of its own"
     ),
+    "test_canvas.py::test_result_set::test_join_native_timeout_zero_gives_up_on_pending_results": (
+        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
+    ),
+    "test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": (
+        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
+    ),
     "test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": (
         "reads Celery's in-process worker memory (celery.worker.state), which only exists when the worker runs inside the test process"
     ),
@@ -83,17 +89,8 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_chaining_upgraded_chords_mixed_canvas_protocol_2[True]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: 'Done' has length of 0, but expected to be of length 1"
     ),
-    "test_canvas.py::test_chain::test_freezing_chain_sets_id_of_last_task": (
-        "fails on pgq (to look into): AssertionError: assert None == '42'"
-    ),
-    "test_canvas.py::test_chain::test_group_in_center_of_chain": (
-        "fails on pgq (to look into): pgq.errors.EncodeError: cannot encode as JSON: Object of type Proxy is not JSON serializable"
-    ),
     "test_canvas.py::test_chain::test_group_results_in_chain": (
         "fails on pgq (to look into): assert [[4, 5]] == [4, 5]"
-    ),
-    "test_canvas.py::test_chain::test_groupresult_serialization": (
-        "fails on pgq (to look into): pgq.errors.EncodeError: cannot encode as JSON: Object of type AsyncResult is not JSON serializable"
     ),
     "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_a_group_body": (
         "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
@@ -103,12 +100,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
         "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
-    "test_canvas.py::test_chord::test_chain_of_implicit_chords_body_failure[body]": (
-        "fails on pgq (to look into): AttributeError: task_protocol"
-    ),
-    "test_canvas.py::test_chord::test_chain_of_implicit_chords_body_failure[header]": (
-        "fails on pgq (to look into): AttributeError: task_protocol"
     ),
     "test_canvas.py::test_chord::test_chord_error_propagation_with_different_body_types[body is a group]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
@@ -160,9 +151,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_chord::test_generator[9]": (
         "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_group_args_and_kwargs": (
-        "fails on pgq (to look into): assert {13, 14, 15} == {13, 14, 15, 16}"
     ),
     "test_canvas.py::test_chord::test_group_body_does_not_take_the_header_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>']"
@@ -217,15 +205,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_group::test_group_ending_a_chain_in_a_group_gets_its_own_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>', '<id>', '<id>']"
-    ),
-    "test_canvas.py::test_result_set::test_join_native_timeout_zero_gives_up_on_pending_results": (
-        "fails on pgq (to look into): no message"
-    ),
-    "test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": (
-        "fails on pgq (to look into): no message"
-    ),
-    "test_canvas.py::test_stamping_mechanism::test_all_tasks_of_canvas_are_stamped": (
-        'fails on pgq (to look into): TypeError: can only concatenate list (not "int") to list'
     ),
     "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[0-1]": (
         "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"

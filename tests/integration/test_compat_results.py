@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from harness import task_row
 
-from pgq.compat import Celery, signals
+from pgq.compat import Celery, chain, chord, group, signals
 from pgq.compat import exceptions as exc
+from pgq.compat.result import ResultSet
 from pgq.store import Outcome, RetryRequest, WorkerStore
 from pgq.worker.runner import FINISH, RETRY, run_job
 
@@ -297,3 +298,31 @@ def test_revoke_leaves_a_task_started_elsewhere_to_its_worker(
         later.get(timeout=5)
     row = task_row(conn, not_sent)
     assert row is not None and row["name"] == "celery.revoked" and row["args"] == []
+
+
+@pytest.mark.timeout(25)
+def test_join_native_timeout_zero_polls_once(app: Any, db_url: str) -> None:
+    """timeout=0 reads each result once: it returns those that are ready and raises
+    TimeoutError for one still pending, without sleeping an ``interval`` (Celery's behaviour)."""
+    done = [app.tasks["results.add"].delay(n, n) for n in (1, 2, 3)]
+    for _ in done:
+        run_one(app, db_url)
+    # An interval far past the test's timeout: sleeping one of them fails the test.
+    assert ResultSet(done).join_native(timeout=0, interval=60) == [2, 4, 6]
+    pending = ResultSet([app.AsyncResult(f"never-sent-{n}") for n in range(3)])
+    with pytest.raises(exc.TimeoutError):
+        pending.join_native(timeout=0, interval=60)
+    with pytest.raises(exc.TimeoutError):
+        pending.join(timeout=0, interval=60)
+
+
+def test_call_kwargs_go_to_every_task_that_starts_the_workflow(app: Any) -> None:
+    """As Celery's canvas hands them on: a group's (or chord header's) members each get the
+    call's kwargs, a chain in it on its first step only."""
+    add = app.tasks["results.add"]
+    first = add.s(1).set(task_id="the-chains-first")
+    sent = group(chain(first, add.s(2)), add.s(3)).apply_async(kwargs={"y": 10})
+    assert app.AsyncResult("the-chains-first").kwargs == {"y": 10}
+    assert sent.results[1].kwargs == {"y": 10}
+    body = chord([add.s(i) for i in range(3)], add.s(100)).apply_async(kwargs={"y": 5})
+    assert [member.kwargs for member in body.parent.results] == [{"y": 5}] * 3

@@ -268,6 +268,13 @@ def test_conf_reads_and_writes_as_attributes(app: Any) -> None:
     assert app.settings.result_expires == 60
 
 
+def test_conf_has_celerys_task_protocol(app: Any) -> None:
+    """Celery code checks ``conf.task_protocol`` (2 by default, the version with the chain
+    field); pgq has it with Celery's default."""
+    assert app.conf.task_protocol == 2
+    assert app.conf["task_protocol"] == 2
+
+
 def test_broker_url_is_the_database_and_the_environment_wins(
     app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -589,3 +596,42 @@ def test_conf_records_the_deprecated_setting_names_it_read_as_celery() -> None:
     app.config_from_object({"CELERY_ALWAYS_EAGER": True, "task_default_queue": "q"}, force=True)
     assert app.conf.task_always_eager is True
     assert app.conf.deprecated_settings == {"CELERY_ALWAYS_EAGER"}
+
+
+def test_freezing_a_chain_gives_it_its_last_tasks_id(app: Any) -> None:
+    """As in Celery: a frozen chain's ``id`` is its result's, the last task's."""
+
+    @app.task(name="unit.inc")
+    def inc(x: int, y: int = 1) -> int:
+        return x + y
+
+    last = inc.s(2).set(task_id="42")
+    c = inc.s(4) | last
+    assert c.id is None
+    assert c.freeze(last.id).id == "42"
+    assert c.id == "42"
+    other = chain(inc.s(1), inc.s(2))
+    result = other.freeze()
+    assert other.id == result.id == other.tasks[-1].id
+    ended_by_group = chain(inc.s(1), group(inc.s(), inc.s()))
+    assert ended_by_group.id is None
+    assert ended_by_group.freeze().id == ended_by_group.id == ended_by_group.tasks[-1].id
+
+
+def test_a_group_or_chord_of_tasks_takes_their_signatures(app: Any) -> None:
+    """``group([task, task])`` and ``chord([task], body)``: a task given instead of a signature
+    stands for its signature (Celery's groups turn each member into one), so the canvas is
+    JSON like any other."""
+    import json
+
+    from pgq.compat.canvas import Signature
+
+    @app.task(name="unit.total")
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    shared = shared_task(name="unit.shared_total")(lambda numbers: sum(numbers))
+    for canvas in (group([total, shared]), chord([total, shared], total.s())):
+        assert [type(step) for step in canvas.tasks] == [Signature, Signature]
+        assert [step.name for step in canvas.tasks] == ["unit.total", "unit.shared_total"]
+        assert json.loads(json.dumps(canvas))["kwargs"]
