@@ -89,12 +89,17 @@ _CALL_KEYS = (
     "concurrency_key",
     "concurrency_limit",
 )
-# Options that say where a step's result goes: on a chain, they belong to its last step.
-_RESULT_KEYS = ("chord", "group_id", "group_index")
+# Options that say where a step's result goes: on a chain, they belong to its last step (the
+# step that counts toward a chord carries the chord's errbacks, for its failure or its doom).
+_RESULT_KEYS = ("chord", "chord_link_error", "group_id", "group_index")
 
 
 class FailedStep(NamedTuple):
-    """A step that will never run because an earlier one failed: stored as FAILURE."""
+    """A step that will never run because an earlier one failed: stored as FAILURE.
+
+    A step that counts toward a chord (a chord header's chain ends with it) fails that chord
+    too, as Celery's ``mark_as_failure`` does for the elements of a failed task's chain:
+    ``chord`` is the held body's id and ``chord_link_error`` the body's errbacks."""
 
     id: str
     name: str
@@ -102,6 +107,8 @@ class FailedStep(NamedTuple):
     result: str
     parent_id: str | None
     root_id: str | None
+    chord: str | None = None
+    chord_link_error: tuple[dict[str, Any], ...] = ()
 
 
 def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
@@ -518,11 +525,27 @@ def on_failure(
         sig = _copy(link)
         freeze(sig, seed=f"{task_id}:link:{index}")
         for row in expand(app, sig, parent_id=task_id, root_id=root_id):
-            if '"chord_remaining"' in row.options:
-                continue  # a chord body waits for its header, which never starts: leave it
-            doomed.append(FailedStep(row.id, row.name, row.queue, error, task_id, root_id))
+            # A chord's rows too: its header never starts, and its body is stored FAILURE as
+            # Celery stores a chord element of the chain (counting toward an outer chord).
+            doomed.append(_failed_step(row, error, task_id, root_id))
             doomed += _downstream(app, row, error, root_id)
     return errbacks, doomed
+
+
+def _failed_step(row: NewTask, error: str, parent_id: str, root_id: str | None) -> FailedStep:
+    options = serialization.loads(row.options) if '"chord"' in row.options else {}
+    chord = options.get("chord")
+    errbacks = options.get("chord_link_error") if chord else None
+    return FailedStep(
+        row.id,
+        row.name,
+        row.queue,
+        error,
+        parent_id,
+        root_id,
+        str(chord) if chord else None,
+        tuple(errbacks) if isinstance(errbacks, list) else (),
+    )
 
 
 def _downstream(app: App, row: NewTask, error: str, root_id: str | None) -> list[FailedStep]:

@@ -54,6 +54,7 @@ def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
         "results": [s.result for s in steps],
         "parent_ids": [s.parent_id for s in steps],
         "root_ids": [s.root_id for s in steps],
+        "chords": [s.chord for s in steps],
     }
 
 

@@ -58,6 +58,8 @@ class Outbox:
         self._rejected: list[tuple[str, float, str]] = []
         self._follow_ups: list[NewTask] = []
         self._failed_steps: list[FailedStep] = []
+        # Called once the outcomes are written (new-style errbacks: see Report.after_write).
+        self._after_write: list[Callable[[], None]] = []
         # name, queue and run time of each claimed task until its outcome is stored, for the
         # task_started / task_finished hooks the parent emits (metrics listen there).
         self._claims: dict[str, tuple[str, str, float | None]] = {}
@@ -146,6 +148,8 @@ class Outbox:
             for row in self._follow_ups:
                 after_publish(row)
         self._finished, self._follow_ups, self._failed_steps = [], [], []
+        if self._after_write:
+            self._call_after_write()
         queue_of = self._queue_of
         for job in jobs:
             queue_of[job.id] = job.queue
@@ -159,6 +163,15 @@ class Outbox:
                 self._claims[job.id] = (job.name, job.queue, None)
                 self._started.append((job.id, job.name, job.queue))
         return jobs
+
+    def _call_after_write(self) -> None:
+        """Call what waited for the outcomes' commit; each is called once, even if one raises."""
+        calls, self._after_write = self._after_write, []
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                log.exception("a callback after writing the outcomes failed")
 
     def _claim_alone(self, limit: int, below: int) -> list[ClaimedTask]:
         """Claim up to ``limit`` tasks of a priority below ``below`` and write nothing else (the
@@ -323,6 +336,8 @@ class Outbox:
                 self._follow_ups.extend(report.follow_ups)
             if report.failed_steps:
                 self._failed_steps.extend(report.failed_steps)
+            if report.after_write:
+                self._after_write.extend(report.after_write)
         elif report.kind == RETRY:
             self._retries.append(
                 RetryRequest(

@@ -96,13 +96,39 @@ RETURNING id;
 
 -- name: insert_failed_steps
 -- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
--- failed with the same error); an id that exists already is left alone.
-INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
-SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
-FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(results)s::text[],
-            %(parent_ids)s::text[], %(root_ids)s::text[])
-     AS s(id, name, queue, result, parent_id, root_id)
-ON CONFLICT DO NOTHING;
+-- failed with the same error); an id that exists already is left alone. A step inserted here
+-- that counts toward a chord (`chord`: the last step of a chain in a chord header) fails the
+-- chord's held body too, with a ChordError naming it, as a header task that failed itself does
+-- in finish_and_claim (Celery calls on_chord_part_return for such a step), and wakes the body's
+-- waiters. The body's row lock orders this against concurrent header finishers.
+WITH steps AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[],
+                         %(results)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
+                         %(chords)s::text[])
+                  AS s(id, name, queue, result, parent_id, root_id, chord)
+), inserted AS (
+    INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
+    SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
+    FROM steps AS s
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), culprits AS (
+    SELECT DISTINCT ON (s.chord) s.chord, s.id, s.result::jsonb->>'exc_type' AS exc_type
+    FROM steps AS s
+    WHERE s.chord IS NOT NULL AND s.id IN (SELECT id FROM inserted)
+    ORDER BY s.chord, s.id
+), failed_bodies AS (
+    UPDATE pgq.tasks AS b
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object(
+            'exc_type', 'ChordError', 'exc_module', 'pgq.errors',
+            'exc_message', jsonb_build_array('Dependency ' || c.id || ' raised ' || c.exc_type))
+    FROM culprits AS c
+    WHERE b.id = c.chord AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
+      AND b.options ? 'chord_remaining'
+    RETURNING b.id
+)
+SELECT count(pg_notify('pgq_done', id)) FROM failed_bodies;
 
 -- name: chord_header_results
 -- (read) The results of a chord's header tasks, in header order, as one JSON array.
