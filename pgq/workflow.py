@@ -16,9 +16,10 @@ dict, so rows read the same as Celery's messages would:
   on the body orders concurrent finishers), and the body's arguments get the header results
   when it is claimed (not an immutable body's). A failed header task fails the body with
   ChordError, and calls the body's errbacks, which the header tasks carry
-  (``options.chord_link_error``). An empty header runs the body at once with ``[]``; a chord in
-  a header counts once, when its body is done (``chord_remaining`` counts as Celery's
-  ``chord._descend``).
+  (``options.chord_link_error``); so does a header chain's last step that an earlier failure
+  dooms (``FailedStep``). A generator header is sent step by step (``open_chord``). An empty
+  header runs the body at once with ``[]``; a chord in a header counts once, when its body is
+  done (``chord_remaining`` counts as Celery's ``chord._descend``).
 - A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
   (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
   ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
@@ -48,12 +49,14 @@ __all__ = [
     "HELD_UNTIL",
     "RELAY_TASK",
     "FailedStep",
+    "OpenChord",
     "chain_steps",
     "expand",
     "freeze",
     "on_chord_failure",
     "on_failure",
     "on_success",
+    "open_chord",
     "relay",
     "unrolled",
 ]
@@ -277,40 +280,107 @@ def _expand_chord(
     header; the rest go to the header's tasks and the body. An empty header runs the body at
     once with ``[]``; a header task that is itself a chord counts once, when its body is done.
     """
+    body, to_header = _chord_parts(sig)
+    header = [to_header(step) for step in unrolled((sig.get("kwargs") or {})["header"])]
+    if not header:
+        return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
+    remaining = sum(_completions(step) for step in header)
+    ids = [freeze(step) for step in header]
+    rows = _held_body(app, body, ids, remaining, parent_id=parent_id, root_id=root_id)
+    return rows + _header_rows(
+        app, body, header, prepend=prepend, parent_id=parent_id, root_id=root_id
+    )
+
+
+def _chord_parts(
+    sig: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """A chord's body with the options the chord gives it, and what gives a header step the
+    chord's options (see ``_expand_chord``)."""
     kwargs = sig.get("kwargs") or {}
     options = _own_options(sig)
     for unlock in ("interval", "max_retries"):  # Celery's chord.unlock polling: none here
         options.pop(unlock, None)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
     delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
-    header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
     body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
         body = _relay(body, options, to_body)
-    if not header:
-        return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
-    body_id = (body.get("options") or {})["task_id"]
-    held = {
-        **(body.get("options") or {}),
-        "chord_remaining": sum(_completions(step) for step in header),
-        "eta": HELD_UNTIL,
-    }
+    return body, lambda step: _with_options(step, {**options, **delay})
+
+
+def _held_body(
+    app: App,
+    body: dict[str, Any],
+    header_ids: list[str],
+    remaining: int,
+    *,
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """The body's row, held until ``remaining`` header completions are counted down."""
+    held = {**(body.get("options") or {}), "chord_remaining": remaining, "eta": HELD_UNTIL}
     held.pop("countdown", None)
     if not body.get("immutable"):  # an immutable body is called with its own arguments only
-        held["chord_header"] = [freeze(step) for step in header]
-    rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+        held["chord_header"] = header_ids
+    return expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+
+
+def _header_rows(
+    app: App,
+    body: dict[str, Any],
+    header: Sequence[dict[str, Any]],
+    *,
+    prepend: Sequence[Any],
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """The rows of header steps (given the chord's options already), marked with the body."""
+    body_id = (body.get("options") or {})["task_id"]
     # A failed header task fails the body, which never runs: the header tasks carry the body's
     # errbacks to call for it (see on_chord_failure).
     errbacks = (body.get("options") or {}).get("link_error")
     marks = {"chord": body_id, **({"chord_link_error": errbacks} if errbacks else {})}
-    return rows + _expand_each(
-        app,
-        header,
-        lambda index: marks,
-        prepend=prepend,
-        parent_id=parent_id,
-        root_id=root_id,
+    return _expand_each(
+        app, header, lambda index: marks, prepend=prepend, parent_id=parent_id, root_id=root_id
     )
+
+
+class OpenChord(NamedTuple):
+    """A chord whose header is sent as it is produced (a generator): see ``open_chord``."""
+
+    body_id: str
+    # The held body, waiting for one completion more than its header: the sending itself.
+    rows: list[NewTask]
+    # A header step's rows, how many completions it adds, and the ids whose results it adds.
+    step: Callable[[dict[str, Any]], tuple[list[NewTask], int, list[str]]]
+
+
+def open_chord(
+    app: App,
+    sig: dict[str, Any],
+    *,
+    prepend: Sequence[Any] = (),
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> OpenChord:
+    """A chord (already frozen) sent in parts, as Celery sends a generator header: the held
+    body first, counting one completion for the sending itself; then each header step's rows,
+    each insert growing the body's count (``Store.grow_chord``); then the sending's completion
+    counted down (``Store.close_chord``). The body cannot fire while steps are still coming,
+    however quickly the first ones finish. ``sig``'s own header is ignored."""
+    body, to_header = _chord_parts(sig)
+    rows = _held_body(app, body, [], 1, parent_id=parent_id, root_id=root_id)
+
+    def step(sig: dict[str, Any]) -> tuple[list[NewTask], int, list[str]]:
+        steps = [to_header(one) for one in unrolled([sig])]
+        ids = [freeze(one) for one in steps]
+        step_rows = _header_rows(
+            app, body, steps, prepend=prepend, parent_id=parent_id, root_id=root_id
+        )
+        return step_rows, sum(_completions(one) for one in steps), ids
+
+    return OpenChord(str((body.get("options") or {})["task_id"]), rows, step)
 
 
 def _relay(

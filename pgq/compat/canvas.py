@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pgq import serialization, workflow
@@ -33,18 +34,25 @@ __all__ = [
 ]
 
 
-def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> dict[str, Any]:
+def _send(
+    sig: Signature,
+    args: Any,
+    kwargs: Any,
+    options: dict[str, Any],
+    header: Iterator[Any] | None = None,
+) -> dict[str, Any]:
     """Freeze and send a workflow; returns the frozen plain dict (ids filled in).
 
     The call's options become the workflow's own, handed on to its steps as Celery's canvas
     does (``pgq.workflow``): a chain's to its first step (``link`` to its last, ``link_error``
     to each), a group's to each member, a chord's to its header (``link``/``link_error`` to
     its body). ``task_id`` names the result: a chain's last step, a chord's body.
+    ``header``: a chord's header read as it is sent (``App.send_chord_in_parts``).
     """
     from pgq.compat.task import _BROKER_ONLY_OPTIONS, _signature_dicts  # task imports canvas
 
     plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
-    if kwargs:
+    if kwargs and header is None:
         _first_task(plain).setdefault("kwargs", {}).update(kwargs)
     connection = options.pop("connection", None)
     task_id = options.pop("task_id", None)
@@ -68,8 +76,22 @@ def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> di
                 plain["options"][name] = [*(plain["options"].get(name) or ()), *own[name]]
         plain = serialization.loads(serialization.dumps(plain))
     workflow.freeze(plain)
-    sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
+    if header is None:
+        sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
+        return plain
+    steps = (dict(step) for step in _flatten_lazily(header, sig._app))
+    _, sent = sig.app.send_chord_in_parts(plain, steps, tuple(args or ()), connection=connection)
+    plain["kwargs"]["header"] = sent
     return plain
+
+
+def _flatten_lazily(steps: Iterator[Any], app: Any) -> Iterator[Signature]:
+    """Each signature of ``steps`` as it comes (a generator chord header)."""
+    for step in steps:
+        sig = maybe_signature(step, app=app)
+        if sig is None:
+            raise TypeError(f"a chord header step must be a signature, got {step!r:.60}")
+        yield sig
 
 
 def _first_task(plain: dict[str, Any]) -> dict[str, Any]:
@@ -740,11 +762,17 @@ class group(Signature):  # noqa: N801 - Celery's spelling
 class chord(Signature):  # noqa: N801 - Celery's spelling
     """A group whose results, as a list, are passed to a callback when all are done."""
 
-    def _steps(self) -> list[Any]:
-        return [self.body, *self.tasks]
+    def _steps(self) -> list[Any]:  # where the app is looked for: not worth reading the header
+        return [self.body, *self["kwargs"]["header"]]
 
     def __init__(self, header: Any, body: Any = None, app: Any = None, **options: Any) -> None:
-        steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+        # A generator header is read as it is sent (apply_async), as Celery sends each header
+        # task as it is yielded; anything else that needs the header reads it whole first.
+        lazy = header if isinstance(header, types.GeneratorType) else None
+        if lazy is not None:
+            steps: list[Any] = []
+        else:
+            steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
         super().__init__(
             "celery.chord",
             (),
@@ -752,15 +780,33 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             options,
             app=app,
         )
+        self._unread_header: Iterator[Any] | None = lazy
         self["subtask_type"] = "chord"
+
+    def _read_header(self) -> None:
+        """Read a generator header to its end (see ``__init__``)."""
+        unread = self.__dict__.get("_unread_header")
+        if unread is not None:
+            self._unread_header = None
+            self["kwargs"]["header"] = _flatten((unread,))
 
     @property
     def tasks(self) -> list[Signature]:
+        self._read_header()
         return list(self["kwargs"]["header"])
 
     @tasks.setter
     def tasks(self, value: Any) -> None:
+        self._unread_header = None
         self["kwargs"]["header"] = value.tasks if isinstance(value, group) else _flatten((value,))
+
+    def clone(self, args: Any = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> Any:
+        self._read_header()
+        return super().clone(args, kwargs, **opts)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        self._read_header()
+        return super().__deepcopy__(memo)
 
     @property
     def body(self) -> Signature | None:
@@ -772,6 +818,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
         """Fix every step's id now and return the result this will have (as Celery's)."""
+        self._read_header()
         return _freeze_canvas(self, _id)
 
     def stamp(
@@ -780,6 +827,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         """Stamp the chord's header tasks (and its links) with ``headers`` and what
         ``visitor.on_chord_header_start`` returns; with a visitor, the body too (with what
         ``on_chord_body`` adds). As in Celery, without a visitor the body is not stamped."""
+        self._read_header()
         visitor_headers = None
         if visitor is not None:
             visitor_headers = visitor.on_chord_header_start(self, **headers) or {}
@@ -824,7 +872,15 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             return self.apply(args, kwargs, **options)
         if self.body is None:
             raise ValueError("a chord needs a body: chord(header)(body) or chord(header, body)")
-        return _result_of(_send(self, args, kwargs, options), self.app)
+        unread = self.__dict__.get("_unread_header")
+        if unread is None:
+            return _result_of(_send(self, args, kwargs, options), self.app)
+        self._unread_header = None  # read now, each header step sent as it is yielded
+        plain = _send(self, args, kwargs, options, header=unread)
+        self["kwargs"]["header"] = [
+            maybe_signature(step, app=self._app) for step in plain["kwargs"]["header"]
+        ]
+        return _result_of(plain, self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         """Run the header here, then the body with its results; the chord's ``link`` and

@@ -113,9 +113,6 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chord::test_chord_error_propagation_with_different_body_types[body is a group]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
     ),
-    "test_canvas.py::test_chord::test_chord_unlock_with_failed_task_in_nested_chain_member": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
     "test_canvas.py::test_chord::test_empty_header_chord": (
         "fails on pgq (to look into): TypeError: builtin_replaced() missing 1 required positional argument: 'result'"
     ),
@@ -140,38 +137,11 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chord::test_flag_allow_error_cb_on_chord_header_on_upgraded_chord": (
         "fails on pgq (to look into): AssertionError: assert (b'echo_errback', b'errback called') is None"
     ),
-    "test_canvas.py::test_chord::test_generator[3]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[4]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[5]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[6]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[7]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[8]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[9]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
     "test_canvas.py::test_chord::test_group_args_and_kwargs": (
         "fails on pgq (to look into): assert {13, 14, 15} == {13, 14, 15, 16}"
     ),
     "test_canvas.py::test_chord::test_group_body_does_not_take_the_header_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>']"
-    ),
-    "test_canvas.py::test_chord::test_immutable_errback_called_by_chord_from_chain": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
-    ),
-    "test_canvas.py::test_chord::test_immutable_errback_called_by_chord_from_chain_tail": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
     ),
     "test_canvas.py::test_chord::test_link_error_option_keeps_errbacks_of_group_body_tasks": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
@@ -189,22 +159,22 @@ KNOWN_FAILING: dict[str, str] = {
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_new_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_old_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_new_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_old_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_new_style]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: '<id>' was never incremented"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_old_style]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: '<id>' was never incremented"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_nested_chord_group_chain_group_tail": (
         "fails on pgq (to look into): assert [None] == [[42, 42]]"
@@ -226,15 +196,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_stamping_mechanism::test_all_tasks_of_canvas_are_stamped": (
         'fails on pgq (to look into): TypeError: can only concatenate list (not "int") to list'
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[0-1]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[0-2]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[2-1]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
     ),
     "test_inspect.py::test_Inspect::test_active_queues": (
         "inspect().active_queues() entries lack some of kombu's queue fields (alias, bindings, ...)"

@@ -1608,6 +1608,40 @@ SET options = jsonb_set(
 WHERE id = %(id)s AND finished_at IS NULL AND jsonb_typeof(options->'chord_remaining') = 'number'
 RETURNING id;
 
+-- name: grow_chord
+-- A held chord body whose header is still being sent (a generator header, pgq.workflow.open_chord)
+-- waits for %(count)s more completions, and, if it takes its header's results, gets the ids
+-- %(ids)s (a JSON array) after the ones it has. Run in the transaction that inserts those
+-- header tasks, so none of them can finish before it counts. No row: the body is not waiting
+-- any more (a header task failed).
+UPDATE pgq.tasks
+SET options = jsonb_set(options, '{chord_remaining}',
+                        to_jsonb((options->>'chord_remaining')::int + %(count)s::int))
+              || CASE WHEN options ? 'chord_header'
+                      THEN jsonb_build_object('chord_header',
+                                              options->'chord_header' || %(ids)s::jsonb)
+                      ELSE '{}'::jsonb END
+WHERE id = %(id)s AND finished_at IS NULL AND lease_expires_at IS NULL
+  AND jsonb_typeof(options->'chord_remaining') = 'number'
+RETURNING id;
+
+-- name: close_chord
+-- A chord header sent in parts is all sent: the held body counts down the completion that
+-- stood for the sending, and becomes due now if its header is done (or was empty), waking the
+-- workers of its queue. The row lock orders it with header tasks finishing meanwhile, so the
+-- body fires exactly once: here or in finish_and_claim.
+WITH closed AS (
+    UPDATE pgq.tasks
+    SET options = jsonb_set(options, '{chord_remaining}',
+                            to_jsonb((options->>'chord_remaining')::int - 1)),
+        run_at = CASE WHEN (options->>'chord_remaining')::int - 1 <= 0 THEN now() ELSE run_at END
+    WHERE id = %(id)s AND finished_at IS NULL AND lease_expires_at IS NULL
+      AND jsonb_typeof(options->'chord_remaining') = 'number'
+      AND (options->>'chord_remaining')::int > 0
+    RETURNING queue, run_at <= now() AS due
+)
+SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM closed WHERE due;
+
 -- name: tasks_vacuum_state
 -- (read) Whether the worker should vacuum pgq.tasks itself: autovacuum will not (off on the
 -- server, or off for the table), this role may (it has its owner's or the database owner's
