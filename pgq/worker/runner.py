@@ -109,6 +109,9 @@ class Report(NamedTuple):
     # Called once this outcome is committed (the new-style errbacks of a failed task, which
     # Celery calls after storing the failure: they may read the failed task's state).
     after_write: tuple[Callable[[], None], ...] = ()
+    # The chord bodies this outcome may fail (the task's own chord, and those of the doomed
+    # steps): once it is committed, the chains after the bodies it failed are failed too.
+    failed_chords: tuple[str, ...] = ()
     # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=),
     # and its new queue, priority, time limits and expiry (JSON object text): retry(queue=...).
     args: str | None = None
@@ -476,6 +479,7 @@ class _RowSteps(Steps):
         self.follow_ups: tuple[NewTask, ...] = ()
         self.failed_steps: tuple[FailedStep, ...] = ()
         self.after_write: tuple[Callable[[], None], ...] = ()
+        self.failed_chords: tuple[str, ...] = ()
         self.new_args: str | None = None
         self.new_kwargs: str | None = None
         self.new_options: str | None = None
@@ -501,8 +505,15 @@ class _RowSteps(Steps):
     ) -> None:
         self.follow_ups, self.failed_steps, self.after_write = (), (), ()
         options = request.options
-        chord_errbacks = _chord_errbacks(
-            task, options.get("chord"), options.get("chord_link_error"), request.id, exc, request
+        self.failed_chords = (str(options["chord"]),) if options.get("chord") else ()
+        message = f"{type(exc).__name__}({exc})"
+        chord_errbacks = chord_failure_errbacks(
+            task.app,
+            options.get("chord"),
+            options.get("chord_link_error"),
+            request.id,
+            message,
+            request.root_id,
         )
         if not (options.get("link") or options.get("link_error")):
             self.follow_ups = chord_errbacks
@@ -520,10 +531,16 @@ class _RowSteps(Steps):
             # A doomed step that counts toward a chord fails that chord (see FailedStep): its
             # errbacks are called once for the body, as for a header task that failed itself.
             for step in doomed:
-                chord_errbacks += _chord_errbacks(
-                    task, step.chord, list(step.chord_link_error), step.id, exc, request
+                chord_errbacks += chord_failure_errbacks(
+                    task.app,
+                    step.chord,
+                    list(step.chord_link_error),
+                    step.id,
+                    message,
+                    request.root_id,
                 )
             self.follow_ups, self.failed_steps = (*enqueued, *chord_errbacks), tuple(doomed)
+            self.failed_chords += tuple(step.chord for step in doomed if step.chord)
         except Exception:  # the failure itself must still be recorded
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
@@ -572,31 +589,30 @@ class _RowSteps(Steps):
             follow_ups=self.follow_ups,
             failed_steps=self.failed_steps,
             after_write=self.after_write,
+            failed_chords=self.failed_chords,
         )
 
 
-def _chord_errbacks(
-    task: Task,
+def chord_failure_errbacks(
+    app: App,
     body_id: object,
     errbacks: object,
     failed_id: str,
-    exc: BaseException,
-    request: Request,
+    error: str,
+    root_id: str | None,
 ) -> tuple[NewTask, ...]:
     """A failed chord header task (``failed_id``: the task, or the doomed last step of its
-    chain) fails its body: the rows that call the body's errbacks for it, once per chord
-    however many header tasks fail (as Celery calls them once, with a ``ChordError``): see
-    ``workflow.on_chord_failure``."""
+    chain; ``error``: what it raised) fails its body: the rows that call the body's errbacks
+    for it, once per chord however many header tasks fail (as Celery calls them once, with a
+    ``ChordError``): see ``workflow.on_chord_failure``."""
     if not body_id or not errbacks or not isinstance(errbacks, list):
         return ()
-    message = f"Dependency {failed_id} raised {type(exc).__name__}({exc})"
+    message = f"Dependency {failed_id} raised {error}"
     try:
-        new_style = [sig for sig in errbacks if is_new_style_errback(task, sig)]
-        old_style = [sig for sig in errbacks if not is_new_style_errback(task, sig)]
+        new_style = [sig for sig in errbacks if _is_new_style(app, sig)]
+        old_style = [sig for sig in errbacks if not _is_new_style(app, sig)]
         return tuple(
-            workflow.on_chord_failure(
-                task.app, old_style, str(body_id), request.root_id, new_style, message
-            )
+            workflow.on_chord_failure(app, old_style, str(body_id), root_id, new_style, message)
         )
     except Exception:  # the failure itself must still be recorded
         logging.getLogger("pgq.worker").exception("cannot call the errbacks of %s", body_id)
@@ -606,7 +622,11 @@ def _chord_errbacks(
 def is_new_style_errback(task: Task, sig: Mapping[str, Any]) -> bool:
     """Whether the errback ``sig`` is called ``(request, exc, traceback)`` (new style, in the
     worker) rather than enqueued with the failed task's id (old style)."""
-    target = task.app.tasks.get(str(sig.get("task")))
+    return _is_new_style(task.app, sig)
+
+
+def _is_new_style(app: App, sig: Mapping[str, Any]) -> bool:
+    target = app.tasks.get(str(sig.get("task")))
     return target is not None and _new_style(target.run, sig)
 
 

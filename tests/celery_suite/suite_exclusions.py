@@ -95,15 +95,6 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_groupresult_serialization": (
         "fails on pgq (to look into): pgq.errors.EncodeError: cannot encode as JSON: Object of type AsyncResult is not JSON serializable"
     ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_a_group_body": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[1]": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
     "test_canvas.py::test_chord::test_chain_of_implicit_chords_body_failure[body]": (
         "fails on pgq (to look into): AttributeError: task_protocol"
     ),

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from harness import wait_for, wait_state
+from harness import task_row, wait_for, wait_state
 
 pytestmark = pytest.mark.e2e
 
@@ -97,4 +97,22 @@ def test_a_header_chain_ending_in_a_chord_that_never_starts_fails_the_chord(
     assert row["result"]["exc_type"] == "ChordError"
     assert inner_body in row["result"]["exc_message"][0]
     assert wait_state(conn, inner_body, "FAILURE")["result"]["exc_type"] == "ValueError"
+    assert count(conn, "tsum") == 0
+
+
+def test_a_chord_failed_by_its_header_fails_the_chords_after_it(app, conn, clean, start_worker):
+    """The rest of the failed body's chain is stored FAILURE with its ChordError (Celery's
+    ``mark_as_failure`` of the body), so waiting on the chain's result ends."""
+    start_worker("-c", "2")
+    first_body, last_body = str(uuid.uuid4()), str(uuid.uuid4())
+    workflow = chain(
+        chord([sig("add", 1, 1), sig("fail", immutable=True)], sig("tsum", task_id=first_body)),
+        chord([sig("add", 1), sig("add", 2)], sig("tsum", task_id=last_body)),
+        sig("add", 10),
+    )
+    result_id = app.send_workflow(workflow)
+    row = wait_state(conn, result_id, "FAILURE")
+    assert row["result"]["exc_type"] == "ChordError"
+    assert wait_state(conn, last_body, "FAILURE")["result"]["exc_type"] == "ChordError"
+    assert task_row(conn, first_body)["result"]["exc_type"] == "ChordError"
     assert count(conn, "tsum") == 0

@@ -136,6 +136,14 @@ SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
 FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
 LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 
+-- name: failed_chord_bodies
+-- (read) Of these chord bodies, those a header failure ended (FAILURE with a ChordError) that
+-- have steps to follow them (options.link): id, link as JSON text, root_id, result as JSON text.
+SELECT id, (options->'link')::text, root_id, result::text
+FROM pgq.tasks
+WHERE id = ANY(%(ids)s::text[]) AND state = 'FAILURE' AND result->>'exc_type' = 'ChordError'
+  AND jsonb_typeof(options->'link') = 'array';
+
 -- name: dag_parent_results
 -- (read) A DAG workflow node's dependencies' results, as one JSON object {node name: result}.
 SELECT coalesce(jsonb_object_agg(p.node, t.result), '{}'::jsonb)::text
