@@ -79,19 +79,23 @@ def _send(
     if header is None:
         sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
         return plain
-    steps = (dict(step) for step in _flatten_lazily(header, sig._app))
+    steps = _header_steps(header, sig._app, kwargs)
     _, sent = sig.app.send_chord_in_parts(plain, steps, tuple(args or ()), connection=connection)
     plain["kwargs"]["header"] = sent
     return plain
 
 
-def _flatten_lazily(steps: Iterator[Any], app: Any) -> Iterator[Signature]:
-    """Each signature of ``steps`` as it comes (a generator chord header)."""
-    for step in steps:
+def _header_steps(steps: Iterator[Any], app: Any, kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Each step of a generator chord header as it comes, as a plain dict; the call's
+    ``kwargs`` go to the first task, as for any other header."""
+    for index, step in enumerate(steps):
         sig = maybe_signature(step, app=app)
         if sig is None:
             raise TypeError(f"a chord header step must be a signature, got {step!r:.60}")
-        yield sig
+        plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
+        if kwargs and index == 0:
+            _first_task(plain).setdefault("kwargs", {}).update(kwargs)
+        yield plain
 
 
 def _first_task(plain: dict[str, Any]) -> dict[str, Any]:
