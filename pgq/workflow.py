@@ -599,6 +599,13 @@ def on_failure(
             # Celery stores a chord element of the chain (counting toward an outer chord).
             doomed.append(_failed_step(row, error, task_id, root_id))
             doomed += _downstream(app, row, error, root_id)
+    # The header tasks of a chord that never starts do not count toward it: its body is doomed
+    # too (Celery stores the chord, one element of the chain, and counts nothing for it).
+    bodies = {step.id for step in doomed}
+    doomed = [
+        step._replace(chord=None, chord_link_error=()) if step.chord in bodies else step
+        for step in doomed
+    ]
     return errbacks, doomed
 
 

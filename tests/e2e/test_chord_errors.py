@@ -116,3 +116,20 @@ def test_a_chord_failed_by_its_header_fails_the_chords_after_it(app, conn, clean
     assert wait_state(conn, last_body, "FAILURE")["result"]["exc_type"] == "ChordError"
     assert task_row(conn, first_body)["result"]["exc_type"] == "ChordError"
     assert count(conn, "tsum") == 0
+
+
+def test_a_chord_body_after_a_failed_chord_calls_the_errback_once(app, conn, clean, start_worker):
+    """The doomed inner chord's header tasks do not count toward it (its body is doomed too),
+    so the chord's errback is called once, for the failed outer body only."""
+    start_worker("-c", "2")
+    inner_body = str(uuid.uuid4())
+    inner = chord([sig("tsum"), sig("tsum")], sig("tsum", task_id=inner_body))
+    workflow = chord(
+        [sig("add", 1, 1), sig("fail", immutable=True)], inner, link_error=[sig("record")]
+    )
+    app.send_workflow(workflow)
+    wait_state(conn, inner_body, "FAILURE")  # what follows the outer body is failed with it
+    errbacks = conn.execute(
+        "SELECT count(*) FROM pgq.tasks WHERE name = 'e2e_tasks.record'"
+    ).fetchone()
+    assert errbacks == (1,)
