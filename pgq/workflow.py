@@ -92,9 +92,8 @@ _CALL_KEYS = (
     "concurrency_key",
     "concurrency_limit",
 )
-# Options that say where a step's result goes: on a chain, they belong to its last step (the
-# step that counts toward a chord carries the chord's errbacks, for its failure or its doom).
-_RESULT_KEYS = ("chord", "chord_link_error", "group_id", "group_index")
+# Options that say where a step's result goes: on a chain, they belong to its last step.
+_RESULT_KEYS = ("chord", "group_id", "group_index")
 
 
 class FailedStep(NamedTuple):
@@ -219,11 +218,16 @@ def chain_steps(sig: dict[str, Any]) -> list[dict[str, Any]]:
         return steps
     link = options.pop("link", None)
     link_error = options.pop("link_error", None)
+    # A chord's errbacks go to every step: the last one counts toward the chord (it calls them
+    # when it fails or is doomed), and a chord among the steps hands them to its header tasks.
+    chord_errbacks = options.pop("chord_link_error", None)
     last = {k: options.pop(k) for k in _RESULT_KEYS if k in options}
     if link:
         last["link"] = link
     if link_error:
         steps = [_with_options(step, {"link_error": link_error}) for step in steps]
+    if chord_errbacks:
+        steps = [_with_options(step, {"chord_link_error": chord_errbacks}) for step in steps]
     steps[-1] = _with_options(steps[-1], last)
     steps[0] = _with_options(steps[0], options)
     return steps
