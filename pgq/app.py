@@ -273,6 +273,54 @@ class App:
                 after_publish(row)
         return result_id
 
+    def send_chord_in_parts(
+        self,
+        sig: dict[str, Any],
+        header: Iterable[dict[str, Any]],
+        args: Sequence[Any] = (),
+        *,
+        connection: Any = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Enqueue a chord (signature-dict shape) whose header steps come from ``header``, a
+        generator say, each sent as it is yielded (its own insert), as Celery sends a generator
+        header: the first header tasks may run before the last is produced. Returns the body's
+        result id and the header steps as sent (ids filled in).
+
+        Unlike ``send_workflow`` this is not one insert: the held body goes first, then each
+        header step, then the body is released (it runs once its header is done). A failure
+        mid-way leaves the steps sent so far and a body that waits for ever (until revoked). With
+        ``connection``, all of it is written in the caller's transaction instead.
+        """
+        plain = serialization.loads(serialization.dumps(sig))
+        plain.setdefault("kwargs", {})["header"] = []
+        result_id = workflow.freeze(plain)
+        opened = workflow.open_chord(self, plain, prepend=list(args))
+        self._insert_published(opened.rows, connection)
+        sent = []
+        for step in header:
+            step = serialization.loads(serialization.dumps(step))
+            workflow.freeze(step)
+            rows, completions, ids = opened.step(step)
+            publishing = listening("before_task_publish") or listening("after_task_publish")
+            if publishing:
+                rows = [before_publish(as_task(row)) for row in rows]
+            self.store.grow_chord(opened.body_id, rows, completions, ids, connection)
+            if publishing:
+                for row in rows:
+                    after_publish(row)
+            sent.append(step)
+        self.store.close_chord(opened.body_id, connection)
+        return result_id, sent
+
+    def _insert_published(self, rows: list[NewTask], connection: Any) -> None:
+        publishing = listening("before_task_publish") or listening("after_task_publish")
+        if publishing:
+            rows = [before_publish(as_task(row)) for row in rows]
+        self.store.insert_many(rows, connection)
+        if publishing:
+            for row in rows:
+                after_publish(row)
+
     def add_periodic_task(
         self,
         schedule: Any,

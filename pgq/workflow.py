@@ -16,9 +16,10 @@ dict, so rows read the same as Celery's messages would:
   on the body orders concurrent finishers), and the body's arguments get the header results
   when it is claimed (not an immutable body's). A failed header task fails the body with
   ChordError, and calls the body's errbacks, which the header tasks carry
-  (``options.chord_link_error``). An empty header runs the body at once with ``[]``; a chord in
-  a header counts once, when its body is done (``chord_remaining`` counts as Celery's
-  ``chord._descend``).
+  (``options.chord_link_error``); so does a header chain's last step that an earlier failure
+  dooms (``FailedStep``). A generator header is sent step by step (``open_chord``). An empty
+  header runs the body at once with ``[]``; a chord in a header counts once, when its body is
+  done (``chord_remaining`` counts as Celery's ``chord._descend``).
 - A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
   (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
   ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
@@ -48,12 +49,14 @@ __all__ = [
     "HELD_UNTIL",
     "RELAY_TASK",
     "FailedStep",
+    "OpenChord",
     "chain_steps",
     "expand",
     "freeze",
     "on_chord_failure",
     "on_failure",
     "on_success",
+    "open_chord",
     "relay",
     "unrolled",
 ]
@@ -94,7 +97,11 @@ _RESULT_KEYS = ("chord", "group_id", "group_index")
 
 
 class FailedStep(NamedTuple):
-    """A step that will never run because an earlier one failed: stored as FAILURE."""
+    """A step that will never run because an earlier one failed: stored as FAILURE.
+
+    A step that counts toward a chord (a chord header's chain ends with it) fails that chord
+    too, as Celery's ``mark_as_failure`` does for the elements of a failed task's chain:
+    ``chord`` is the held body's id and ``chord_link_error`` the body's errbacks."""
 
     id: str
     name: str
@@ -102,6 +109,8 @@ class FailedStep(NamedTuple):
     result: str
     parent_id: str | None
     root_id: str | None
+    chord: str | None = None
+    chord_link_error: tuple[dict[str, Any], ...] = ()
 
 
 def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
@@ -209,11 +218,16 @@ def chain_steps(sig: dict[str, Any]) -> list[dict[str, Any]]:
         return steps
     link = options.pop("link", None)
     link_error = options.pop("link_error", None)
+    # A chord's errbacks go to every step: the last one counts toward the chord (it calls them
+    # when it fails or is doomed), and a chord among the steps hands them to its header tasks.
+    chord_errbacks = options.pop("chord_link_error", None)
     last = {k: options.pop(k) for k in _RESULT_KEYS if k in options}
     if link:
         last["link"] = link
     if link_error:
         steps = [_with_options(step, {"link_error": link_error}) for step in steps]
+    if chord_errbacks:
+        steps = [_with_options(step, {"chord_link_error": chord_errbacks}) for step in steps]
     steps[-1] = _with_options(steps[-1], last)
     steps[0] = _with_options(steps[0], options)
     return steps
@@ -270,40 +284,107 @@ def _expand_chord(
     header; the rest go to the header's tasks and the body. An empty header runs the body at
     once with ``[]``; a header task that is itself a chord counts once, when its body is done.
     """
+    body, to_header = _chord_parts(sig)
+    header = [to_header(step) for step in unrolled((sig.get("kwargs") or {})["header"])]
+    if not header:
+        return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
+    remaining = sum(_completions(step) for step in header)
+    ids = [freeze(step) for step in header]
+    rows = _held_body(app, body, ids, remaining, parent_id=parent_id, root_id=root_id)
+    return rows + _header_rows(
+        app, body, header, prepend=prepend, parent_id=parent_id, root_id=root_id
+    )
+
+
+def _chord_parts(
+    sig: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]]]:
+    """A chord's body with the options the chord gives it, and what gives a header step the
+    chord's options (see ``_expand_chord``)."""
     kwargs = sig.get("kwargs") or {}
     options = _own_options(sig)
     for unlock in ("interval", "max_retries"):  # Celery's chord.unlock polling: none here
         options.pop(unlock, None)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
     delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
-    header = [_with_options(step, {**options, **delay}) for step in unrolled(kwargs["header"])]
     body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
         body = _relay(body, options, to_body)
-    if not header:
-        return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
-    body_id = (body.get("options") or {})["task_id"]
-    held = {
-        **(body.get("options") or {}),
-        "chord_remaining": sum(_completions(step) for step in header),
-        "eta": HELD_UNTIL,
-    }
+    return body, lambda step: _with_options(step, {**options, **delay})
+
+
+def _held_body(
+    app: App,
+    body: dict[str, Any],
+    header_ids: list[str],
+    remaining: int,
+    *,
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """The body's row, held until ``remaining`` header completions are counted down."""
+    held = {**(body.get("options") or {}), "chord_remaining": remaining, "eta": HELD_UNTIL}
     held.pop("countdown", None)
     if not body.get("immutable"):  # an immutable body is called with its own arguments only
-        held["chord_header"] = [freeze(step) for step in header]
-    rows = expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+        held["chord_header"] = header_ids
+    return expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
+
+
+def _header_rows(
+    app: App,
+    body: dict[str, Any],
+    header: Sequence[dict[str, Any]],
+    *,
+    prepend: Sequence[Any],
+    parent_id: str | None,
+    root_id: str | None,
+) -> list[NewTask]:
+    """The rows of header steps (given the chord's options already), marked with the body."""
+    body_id = (body.get("options") or {})["task_id"]
     # A failed header task fails the body, which never runs: the header tasks carry the body's
     # errbacks to call for it (see on_chord_failure).
     errbacks = (body.get("options") or {}).get("link_error")
     marks = {"chord": body_id, **({"chord_link_error": errbacks} if errbacks else {})}
-    return rows + _expand_each(
-        app,
-        header,
-        lambda index: marks,
-        prepend=prepend,
-        parent_id=parent_id,
-        root_id=root_id,
+    return _expand_each(
+        app, header, lambda index: marks, prepend=prepend, parent_id=parent_id, root_id=root_id
     )
+
+
+class OpenChord(NamedTuple):
+    """A chord whose header is sent as it is produced (a generator): see ``open_chord``."""
+
+    body_id: str
+    # The held body, waiting for one completion more than its header: the sending itself.
+    rows: list[NewTask]
+    # A header step's rows, how many completions it adds, and the ids whose results it adds.
+    step: Callable[[dict[str, Any]], tuple[list[NewTask], int, list[str]]]
+
+
+def open_chord(
+    app: App,
+    sig: dict[str, Any],
+    *,
+    prepend: Sequence[Any] = (),
+    parent_id: str | None = None,
+    root_id: str | None = None,
+) -> OpenChord:
+    """A chord (already frozen) sent in parts, as Celery sends a generator header: the held
+    body first, counting one completion for the sending itself; then each header step's rows,
+    each insert growing the body's count (``Store.grow_chord``); then the sending's completion
+    counted down (``Store.close_chord``). The body cannot fire while steps are still coming,
+    however quickly the first ones finish. ``sig``'s own header is ignored."""
+    body, to_header = _chord_parts(sig)
+    rows = _held_body(app, body, [], 1, parent_id=parent_id, root_id=root_id)
+
+    def step(sig: dict[str, Any]) -> tuple[list[NewTask], int, list[str]]:
+        steps = [to_header(one) for one in unrolled([sig])]
+        ids = [freeze(one) for one in steps]
+        step_rows = _header_rows(
+            app, body, steps, prepend=prepend, parent_id=parent_id, root_id=root_id
+        )
+        return step_rows, sum(_completions(one) for one in steps), ids
+
+    return OpenChord(str((body.get("options") or {})["task_id"]), rows, step)
 
 
 def _relay(
@@ -518,11 +599,34 @@ def on_failure(
         sig = _copy(link)
         freeze(sig, seed=f"{task_id}:link:{index}")
         for row in expand(app, sig, parent_id=task_id, root_id=root_id):
-            if '"chord_remaining"' in row.options:
-                continue  # a chord body waits for its header, which never starts: leave it
-            doomed.append(FailedStep(row.id, row.name, row.queue, error, task_id, root_id))
+            # A chord's rows too: its header never starts, and its body is stored FAILURE as
+            # Celery stores a chord element of the chain (counting toward an outer chord).
+            doomed.append(_failed_step(row, error, task_id, root_id))
             doomed += _downstream(app, row, error, root_id)
+    # The header tasks of a chord that never starts do not count toward it: its body is doomed
+    # too (Celery stores the chord, one element of the chain, and counts nothing for it).
+    bodies = {step.id for step in doomed}
+    doomed = [
+        step._replace(chord=None, chord_link_error=()) if step.chord in bodies else step
+        for step in doomed
+    ]
     return errbacks, doomed
+
+
+def _failed_step(row: NewTask, error: str, parent_id: str, root_id: str | None) -> FailedStep:
+    options = serialization.loads(row.options) if '"chord"' in row.options else {}
+    chord = options.get("chord")
+    errbacks = options.get("chord_link_error") if chord else None
+    return FailedStep(
+        row.id,
+        row.name,
+        row.queue,
+        error,
+        parent_id,
+        root_id,
+        str(chord) if chord else None,
+        tuple(errbacks) if isinstance(errbacks, list) else (),
+    )
 
 
 def _downstream(app: App, row: NewTask, error: str, root_id: str | None) -> list[FailedStep]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pgq import serialization, workflow
@@ -33,19 +34,26 @@ __all__ = [
 ]
 
 
-def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> dict[str, Any]:
+def _send(
+    sig: Signature,
+    args: Any,
+    kwargs: Any,
+    options: dict[str, Any],
+    header: Iterator[Any] | None = None,
+) -> dict[str, Any]:
     """Freeze and send a workflow; returns the frozen plain dict (ids filled in).
 
     The call's options become the workflow's own, handed on to its steps as Celery's canvas
     does (``pgq.workflow``): a chain's to its first step (``link`` to its last, ``link_error``
     to each), a group's to each member, a chord's to its header (``link``/``link_error`` to
     its body). ``task_id`` names the result: a chain's last step, a chord's body.
+    ``header``: a chord's header read as it is sent (``App.send_chord_in_parts``).
     """
     from pgq.compat.task import _BROKER_ONLY_OPTIONS, _signature_dicts  # task imports canvas
 
     plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
     _links_as_lists(plain)
-    if kwargs:
+    if kwargs and header is None:
         for task in _starting_tasks(plain):
             task.setdefault("kwargs", {}).update(kwargs)
     connection = options.pop("connection", None)
@@ -70,7 +78,12 @@ def _send(sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]) -> di
                 plain["options"][name] = [*(plain["options"].get(name) or ()), *own[name]]
         plain = serialization.loads(serialization.dumps(plain))
     workflow.freeze(plain)
-    sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
+    if header is None:
+        sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
+        return plain
+    steps = _header_steps(header, sig._app, kwargs)
+    _, sent = sig.app.send_chord_in_parts(plain, steps, tuple(args or ()), connection=connection)
+    plain["kwargs"]["header"] = sent
     return plain
 
 
@@ -90,6 +103,21 @@ def _starting_tasks(plain: dict[str, Any]) -> list[dict[str, Any]]:
         members = steps.get("tasks" if kind == "group" else "header") or ()
         return [task for member in members for task in _starting_tasks(member)]
     return [plain]
+
+
+def _header_steps(steps: Iterator[Any], app: Any, kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Each step of a generator chord header as it comes, as a plain dict; the call's
+    ``kwargs`` go to the tasks that start it, as for the steps of any other header."""
+    for step in steps:
+        sig = maybe_signature(step, app=app)
+        if sig is None:
+            raise TypeError(f"a chord header step must be a signature, got {step!r:.60}")
+        plain: dict[str, Any] = serialization.loads(serialization.dumps(dict(sig)))
+        _links_as_lists(plain)
+        if kwargs:
+            for task in _starting_tasks(plain):
+                task.setdefault("kwargs", {}).update(kwargs)
+        yield plain
 
 
 def _links_as_lists(plain: Any) -> None:
@@ -775,11 +803,17 @@ class group(Signature):  # noqa: N801 - Celery's spelling
 class chord(Signature):  # noqa: N801 - Celery's spelling
     """A group whose results, as a list, are passed to a callback when all are done."""
 
-    def _steps(self) -> list[Any]:
-        return [self.body, *self.tasks]
+    def _steps(self) -> list[Any]:  # where the app is looked for: not worth reading the header
+        return [self.body, *self["kwargs"]["header"]]
 
     def __init__(self, header: Any, body: Any = None, app: Any = None, **options: Any) -> None:
-        steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+        # A generator header is read as it is sent (apply_async), as Celery sends each header
+        # task as it is yielded; anything else that needs the header reads it whole first.
+        lazy = header if isinstance(header, types.GeneratorType) else None
+        if lazy is not None:
+            steps: list[Any] = []
+        else:
+            steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
         super().__init__(
             "celery.chord",
             (),
@@ -787,15 +821,33 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             options,
             app=app,
         )
+        self._unread_header: Iterator[Any] | None = lazy
         self["subtask_type"] = "chord"
+
+    def _read_header(self) -> None:
+        """Read a generator header to its end (see ``__init__``)."""
+        unread = self.__dict__.get("_unread_header")
+        if unread is not None:
+            self._unread_header = None
+            self["kwargs"]["header"] = _flatten((unread,))
 
     @property
     def tasks(self) -> list[Signature]:
+        self._read_header()
         return list(self["kwargs"]["header"])
 
     @tasks.setter
     def tasks(self, value: Any) -> None:
+        self._unread_header = None
         self["kwargs"]["header"] = value.tasks if isinstance(value, group) else _flatten((value,))
+
+    def clone(self, args: Any = None, kwargs: dict[str, Any] | None = None, **opts: Any) -> Any:
+        self._read_header()
+        return super().clone(args, kwargs, **opts)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Signature:
+        self._read_header()
+        return super().__deepcopy__(memo)
 
     @property
     def body(self) -> Signature | None:
@@ -807,6 +859,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
 
     def freeze(self, _id: str | None = None, **kwargs: Any) -> Any:
         """Fix every step's id now and return the result this will have (as Celery's)."""
+        self._read_header()
         return _freeze_canvas(self, _id)
 
     def stamp(
@@ -815,6 +868,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         """Stamp the chord's header tasks (and its links) with ``headers`` and what
         ``visitor.on_chord_header_start`` returns; with a visitor, the body too (with what
         ``on_chord_body`` adds). As in Celery, without a visitor the body is not stamped."""
+        self._read_header()
         visitor_headers = None
         if visitor is not None:
             visitor_headers = visitor.on_chord_header_start(self, **headers) or {}
@@ -859,7 +913,15 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             return self.apply(args, kwargs, **options)
         if self.body is None:
             raise ValueError("a chord needs a body: chord(header)(body) or chord(header, body)")
-        return _result_of(_send(self, args, kwargs, options), self.app)
+        unread = self.__dict__.get("_unread_header")
+        if unread is None:
+            return _result_of(_send(self, args, kwargs, options), self.app)
+        self._unread_header = None  # read now, each header step sent as it is yielded
+        plain = _send(self, args, kwargs, options, header=unread)
+        self["kwargs"]["header"] = [
+            maybe_signature(step, app=self._app) for step in plain["kwargs"]["header"]
+        ]
+        return _result_of(plain, self.app)
 
     def apply(self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         """Run the header here, then the body with its results; the chord's ``link`` and

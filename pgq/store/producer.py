@@ -421,6 +421,46 @@ class Store:
         # Not retried: a second run would count the task twice.
         return bool(self._run("add_to_chord", {"id": body_id, "task_id": task_id}))
 
+    def grow_chord(
+        self,
+        body_id: str,
+        tasks: Sequence[NewTask],
+        completions: int,
+        header_ids: Sequence[str],
+        connection: Any = None,
+    ) -> None:
+        """Insert header tasks of a chord whose header is still being sent and make its held
+        body wait for them (``completions`` more; ``header_ids`` after its others), in one
+        transaction (the caller's with ``connection``). The tasks go in even when the body
+        is not waiting any more (a header task failed): Celery sends every header task."""
+        if connection is None:
+            connection = provided_connection(self.db.url, None)
+        if connection is not None:
+            self._grow_chord(body_id, tasks, completions, header_ids, connection)
+            return
+        with translate_errors(self.db.url), self.db.pooled() as conn, conn.transaction():
+            self._grow_chord(body_id, tasks, completions, header_ids, conn)
+
+    def _grow_chord(
+        self,
+        body_id: str,
+        tasks: Sequence[NewTask],
+        completions: int,
+        header_ids: Sequence[str],
+        connection: Any,
+    ) -> None:
+        # Not retried: a second run would count the tasks twice.
+        params = {"id": body_id, "count": completions, "ids": json.dumps(list(header_ids))}
+        self._run("grow_chord", params, connection)
+        if tasks:
+            self._run("insert_tasks", insert_params(list(tasks)), connection)
+
+    def close_chord(self, body_id: str, connection: Any = None) -> None:
+        """A chord header sent in parts is all sent: the body fires once its header is done."""
+        if connection is None:
+            connection = provided_connection(self.db.url, None)
+        self._run("close_chord", {"id": body_id}, connection)
+
     def mark_replaced(self, task_id: str, meta: str) -> None:
         """Mark a running task as replaced (``Task.replace``): it leaves its chord, and its
         result is ``meta`` until its replacement's outcome is stored in it."""

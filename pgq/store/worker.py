@@ -54,6 +54,7 @@ def _failed_step_params(steps: Sequence[Any]) -> dict[str, list[Any]]:
         "results": [s.result for s in steps],
         "parent_ids": [s.parent_id for s in steps],
         "root_ids": [s.root_id for s in steps],
+        "chords": [s.chord for s in steps],
     }
 
 
@@ -312,6 +313,16 @@ class WorkerStore:
         """The JSON array of a chord header's results, in header order."""
         rows = self._rows("chord_header_results", {"header": _json_list(header_ids)})
         return str(rows[0][0]) if rows else "[]"
+
+    def failed_chord_bodies(
+        self, body_ids: Sequence[str]
+    ) -> list[tuple[str, str, str | None, str]]:
+        """Of these chord bodies, those a header failure ended that a chain follows: (id,
+        link JSON, root id, result JSON) each."""
+        return [
+            (str(r[0]), str(r[1]), r[2], str(r[3]))
+            for r in self._rows("failed_chord_bodies", {"ids": list(body_ids)})
+        ]
 
     def dag_parent_results(self, parents: dict[str, str]) -> str:
         """A DAG node's dependencies' results as a JSON object {node name: result}."""

@@ -38,6 +38,8 @@ log = logging.getLogger("pgq.worker")
 STATS_SECONDS = 2.0
 # Claimed tasks whose queue is remembered until their outcome is stored, at most.
 MAX_TRACKED = 100_000
+# Chords failing the chords after them, in turn (_fail_after_chords): at most this many rounds.
+MAX_CHORD_ROUNDS = 100
 
 # What _write_each_or_fail writes: a batch of one kind, each row with the id of its task.
 _Row = TypeVar("_Row", Outcome, RetryRequest)
@@ -58,6 +60,10 @@ class Outbox:
         self._rejected: list[tuple[str, float, str]] = []
         self._follow_ups: list[NewTask] = []
         self._failed_steps: list[FailedStep] = []
+        # Called once the outcomes are written (new-style errbacks: see Report.after_write).
+        self._after_write: list[Callable[[], None]] = []
+        # Chord bodies the outcomes may fail: the chains after those they failed follow.
+        self._failed_chords: list[str] = []
         # name, queue and run time of each claimed task until its outcome is stored, for the
         # task_started / task_finished hooks the parent emits (metrics listen there).
         self._claims: dict[str, tuple[str, str, float | None]] = {}
@@ -146,6 +152,11 @@ class Outbox:
             for row in self._follow_ups:
                 after_publish(row)
         self._finished, self._follow_ups, self._failed_steps = [], [], []
+        if self._failed_chords:
+            failed_chords, self._failed_chords = self._failed_chords, []
+            self._fail_after_chords(failed_chords)
+        if self._after_write:
+            self._call_after_write()
         queue_of = self._queue_of
         for job in jobs:
             queue_of[job.id] = job.queue
@@ -159,6 +170,52 @@ class Outbox:
                 self._claims[job.id] = (job.name, job.queue, None)
                 self._started.append((job.id, job.name, job.queue))
         return jobs
+
+    def _fail_after_chords(self, body_ids: list[str]) -> None:
+        """What follows a chord body that a header failure failed (the rest of its chain: the
+        chords after it, say) is stored FAILURE with the body's ChordError, as Celery's
+        ``mark_as_failure`` does for a failed task's chain; a step that counts toward another
+        chord fails that one too, and so on, each round written in a statement of its own.
+        Only bodies whose failure is committed are followed (a header task whose outcome was
+        not written, its lease lost, fails nothing)."""
+        for _ in range(MAX_CHORD_ROUNDS):
+            try:
+                bodies = self.store.failed_chord_bodies(body_ids)
+                follow_ups, doomed = self._after_chords(bodies)
+                if not (follow_ups or doomed):
+                    return
+                self.store.finish_and_claim(
+                    [],
+                    self.queues,
+                    0,
+                    self.settings.lease_seconds,
+                    follow_ups=follow_ups,
+                    failed_steps=doomed,
+                )
+            except OperationalError:
+                raise
+            except DatabaseError as exc:
+                log.error("could not fail what follows chords %s: %s", body_ids, exc)
+                return
+            body_ids = [step.chord for step in doomed if step.chord]
+            if not body_ids:
+                return
+
+    def _after_chords(
+        self, bodies: list[tuple[str, str, str | None, str]]
+    ) -> tuple[list[NewTask], list[FailedStep]]:
+        """The errbacks and doomed steps after failed chord bodies (id, link JSON, root id,
+        result JSON): the slot works them out (it has the app)."""
+        return [], []
+
+    def _call_after_write(self) -> None:
+        """Call what waited for the outcomes' commit; each is called once, even if one raises."""
+        calls, self._after_write = self._after_write, []
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                log.exception("a callback after writing the outcomes failed")
 
     def _claim_alone(self, limit: int, below: int) -> list[ClaimedTask]:
         """Claim up to ``limit`` tasks of a priority below ``below`` and write nothing else (the
@@ -323,6 +380,10 @@ class Outbox:
                 self._follow_ups.extend(report.follow_ups)
             if report.failed_steps:
                 self._failed_steps.extend(report.failed_steps)
+            if report.after_write:
+                self._after_write.extend(report.after_write)
+            if report.failed_chords:
+                self._failed_chords.extend(report.failed_chords)
         elif report.kind == RETRY:
             self._retries.append(
                 RetryRequest(

@@ -107,6 +107,12 @@ class Report(NamedTuple):
     # chain steps that will never run (stored FAILURE); see pgq.workflow.
     follow_ups: tuple[NewTask, ...] = ()
     failed_steps: tuple[FailedStep, ...] = ()
+    # Called once this outcome is committed (the new-style errbacks of a failed task, which
+    # Celery calls after storing the failure: they may read the failed task's state).
+    after_write: tuple[Callable[[], None], ...] = ()
+    # The chord bodies this outcome may fail (the task's own chord, and those of the doomed
+    # steps): once it is committed, the chains after the bodies it failed are failed too.
+    failed_chords: tuple[str, ...] = ()
     # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=),
     # and its new queue, priority, time limits and expiry (JSON object text): retry(queue=...).
     args: str | None = None
@@ -473,6 +479,8 @@ class _RowSteps(Steps):
         self.encoded: str | None = None
         self.follow_ups: tuple[NewTask, ...] = ()
         self.failed_steps: tuple[FailedStep, ...] = ()
+        self.after_write: tuple[Callable[[], None], ...] = ()
+        self.failed_chords: tuple[str, ...] = ()
         self.new_args: str | None = None
         self.new_kwargs: str | None = None
         self.new_options: str | None = None
@@ -496,18 +504,44 @@ class _RowSteps(Steps):
     def failed(
         self, task: Task, request: Request, exc: BaseException, einfo: ExceptionInfo
     ) -> None:
-        self.follow_ups, self.failed_steps = (), ()
-        chord_errbacks = _chord_errbacks(task, request, exc)
-        if not (request.options.get("link") or request.options.get("link_error")):
+        self.follow_ups, self.failed_steps, self.after_write = (), (), ()
+        options = request.options
+        self.failed_chords = (str(options["chord"]),) if options.get("chord") else ()
+        message = f"{type(exc).__name__}({exc})"
+        chord_errbacks = chord_failure_errbacks(
+            task.app,
+            options.get("chord"),
+            options.get("chord_link_error"),
+            request.id,
+            message,
+            request.root_id,
+        )
+        if not (options.get("link") or options.get("link_error")):
             self.follow_ups = chord_errbacks
             return
         error = error_json(exc)
-        options = {**request.options, "link_error": run_local_errbacks(task, request, exc, einfo)}
+        local, old_style = split_errbacks(task, options.get("link_error") or ())
+        if local:  # called once the failure is committed, as Celery calls them once it is stored
+            self.after_write = (
+                functools.partial(call_local_errbacks, task, request, exc, einfo, local),
+            )
         try:
             enqueued, doomed = workflow.on_failure(
-                task.app, options, request.id, request.root_id, error
+                task.app, {**options, "link_error": old_style}, request.id, request.root_id, error
             )
+            # A doomed step that counts toward a chord fails that chord (see FailedStep): its
+            # errbacks are called once for the body, as for a header task that failed itself.
+            for step in doomed:
+                chord_errbacks += chord_failure_errbacks(
+                    task.app,
+                    step.chord,
+                    list(step.chord_link_error),
+                    step.id,
+                    message,
+                    request.root_id,
+                )
             self.follow_ups, self.failed_steps = (*enqueued, *chord_errbacks), tuple(doomed)
+            self.failed_chords += tuple(step.chord for step in doomed if step.chord)
         except Exception:  # the failure itself must still be recorded
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
@@ -555,25 +589,31 @@ class _RowSteps(Steps):
             einfo.traceback,
             follow_ups=self.follow_ups,
             failed_steps=self.failed_steps,
+            after_write=self.after_write,
+            failed_chords=self.failed_chords,
         )
 
 
-def _chord_errbacks(task: Task, request: Request, exc: BaseException) -> tuple[NewTask, ...]:
-    """A failed chord header task fails its body: the rows that call the body's errbacks for
-    it, once per chord however many header tasks fail (as Celery calls them once, with a
+def chord_failure_errbacks(
+    app: App,
+    body_id: object,
+    errbacks: object,
+    failed_id: str,
+    error: str,
+    root_id: str | None,
+) -> tuple[NewTask, ...]:
+    """A failed chord header task (``failed_id``: the task, or the doomed last step of its
+    chain; ``error``: what it raised) fails its body: the rows that call the body's errbacks
+    for it, once per chord however many header tasks fail (as Celery calls them once, with a
     ``ChordError``): see ``workflow.on_chord_failure``."""
-    body_id = request.options.get("chord")
-    errbacks = request.options.get("chord_link_error")
-    if not body_id or not errbacks:
+    if not body_id or not errbacks or not isinstance(errbacks, list):
         return ()
-    message = f"Dependency {request.id} raised {type(exc).__name__}({exc})"
+    message = f"Dependency {failed_id} raised {error}"
     try:
-        new_style = [sig for sig in errbacks if is_new_style_errback(task, sig)]
-        old_style = [sig for sig in errbacks if not is_new_style_errback(task, sig)]
+        new_style = [sig for sig in errbacks if _is_new_style(app, sig)]
+        old_style = [sig for sig in errbacks if not _is_new_style(app, sig)]
         return tuple(
-            workflow.on_chord_failure(
-                task.app, old_style, str(body_id), request.root_id, new_style, message
-            )
+            workflow.on_chord_failure(app, old_style, str(body_id), root_id, new_style, message)
         )
     except Exception:  # the failure itself must still be recorded
         logging.getLogger("pgq.worker").exception("cannot call the errbacks of %s", body_id)
@@ -583,7 +623,11 @@ def _chord_errbacks(task: Task, request: Request, exc: BaseException) -> tuple[N
 def is_new_style_errback(task: Task, sig: Mapping[str, Any]) -> bool:
     """Whether the errback ``sig`` is called ``(request, exc, traceback)`` (new style, in the
     worker) rather than enqueued with the failed task's id (old style)."""
-    target = task.app.tasks.get(str(sig.get("task")))
+    return _is_new_style(task.app, sig)
+
+
+def _is_new_style(app: App, sig: Mapping[str, Any]) -> bool:
+    target = app.tasks.get(str(sig.get("task")))
     return target is not None and _new_style(target.run, sig)
 
 
@@ -596,21 +640,42 @@ def run_local_errbacks(
 ) -> list[Mapping[str, Any]]:
     """Call new-style errbacks ``(request, exc, traceback)`` here, as Celery does (they take
     objects that cannot travel as JSON); return the old-style ones, to enqueue with the id.
-    ``errbacks`` defaults to the request's ``link_error`` option."""
+    ``errbacks`` defaults to the request's ``link_error`` option. (The worker calls the
+    new-style ones only once the failure is committed: ``split_errbacks``.)"""
     if errbacks is None:
         errbacks = request.options.get("link_error") or ()
-    remaining = []
-    for sig in errbacks:
-        if is_new_style_errback(task, sig):
-            target = task.app.tasks[str(sig.get("task"))]
-            stored_args, stored_kwargs = list(sig.get("args") or ()), dict(sig.get("kwargs") or {})
-            if sig.get("immutable"):  # as Celery calls it: the signature's own arguments only
-                _safely(target.run, *stored_args, **stored_kwargs)
-            else:
-                _safely(target.run, request, exc, einfo.traceback, *stored_args, **stored_kwargs)
-        else:
-            remaining.append(sig)
+    local, remaining = split_errbacks(task, errbacks)
+    call_local_errbacks(task, request, exc, einfo, local)
     return remaining
+
+
+def split_errbacks(
+    task: Task, errbacks: Iterable[Mapping[str, Any]]
+) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """The errbacks called here, new style (see ``is_new_style_errback``), and the others,
+    to enqueue with the failed task's id."""
+    local: list[Mapping[str, Any]] = []
+    remaining: list[Mapping[str, Any]] = []
+    for sig in errbacks:
+        (local if is_new_style_errback(task, sig) else remaining).append(sig)
+    return local, remaining
+
+
+def call_local_errbacks(
+    task: Task,
+    request: Request,
+    exc: BaseException,
+    einfo: ExceptionInfo,
+    errbacks: Iterable[Mapping[str, Any]],
+) -> None:
+    """Call new-style errbacks ``(request, exc, traceback)`` (an error in one is logged)."""
+    for sig in errbacks:
+        target = task.app.tasks[str(sig.get("task"))]
+        stored_args, stored_kwargs = list(sig.get("args") or ()), dict(sig.get("kwargs") or {})
+        if sig.get("immutable"):  # as Celery calls it: the signature's own arguments only
+            _safely(target.run, *stored_args, **stored_kwargs)
+        else:
+            _safely(target.run, request, exc, einfo.traceback, *stored_args, **stored_kwargs)
 
 
 def _new_style(run: Callable[..., Any], sig: Mapping[str, Any]) -> bool:

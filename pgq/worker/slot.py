@@ -44,19 +44,27 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from pgq import hooks
+from pgq import hooks, workflow
 from pgq.context import Request
 from pgq.errors import NotRegistered, OperationalError, TaskRevokedError
 from pgq.flow import breaker_limits
 from pgq.options import MAX_ID_BYTES, row_options
 from pgq.ratelimit import RateLimiter, parse_rate
 from pgq.serialization import dumps, loads
-from pgq.store import ANY_PRIORITY, PRIORITY_CHANNEL, ClaimedTask, Outcome, WorkerStore
+from pgq.store import (
+    ANY_PRIORITY,
+    PRIORITY_CHANNEL,
+    ClaimedTask,
+    NewTask,
+    Outcome,
+    WorkerStore,
+)
 from pgq.worker.aio import AsyncRunner, Prepared
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
-from pgq.worker.runner import Report, error_json, malformed, run_job
+from pgq.worker.runner import Report, chord_failure_errbacks, error_json, malformed, run_job
 from pgq.worker.transactional import TransactionalRuns
+from pgq.workflow import FailedStep
 
 if TYPE_CHECKING:
     from pgq.app import App
@@ -622,6 +630,28 @@ class Slot(Outbox):
                     self._read_control()
                 delay = min(delay * 2, 2.0)
         return False
+
+    def _after_chords(
+        self, bodies: list[tuple[str, str, str | None, str]]
+    ) -> tuple[list[NewTask], list[FailedStep]]:
+        follow_ups: list[NewTask] = []
+        doomed: list[FailedStep] = []
+        for body_id, link, root_id, result in bodies:
+            try:
+                _, steps = workflow.on_failure(
+                    self.app, {"link": loads(link)}, body_id, root_id, result
+                )
+                message = loads(result).get("exc_message") or [""]
+                error = f"ChordError({message[0] if isinstance(message, list) else message})"
+                for step in steps:
+                    follow_ups += chord_failure_errbacks(
+                        self.app, step.chord, list(step.chord_link_error), step.id, error, root_id
+                    )
+            except Exception:  # a malformed body row: its chain is left as it is
+                log.exception("cannot fail what follows the chord body %s", body_id)
+                continue
+            doomed += steps
+        return follow_ups, doomed
 
     # -- before a run ------------------------------------------------------------------------
 

@@ -444,3 +444,47 @@ def test_a_result_says_when_its_call_ignores_the_result(kit: Kit) -> None:
     kept = add.delay(1, 2)
     assert kept.ignored is False
     assert kept.get(timeout=TIMEOUT) == 3
+
+
+def test_a_chord_header_chain_failing_before_its_last_step_fails_the_chord(kit: Kit) -> None:
+    from celery import chain, chord
+
+    tasks = kit.tasks
+    header_chain = chain(tasks.add.s(1, 1), tasks.fail.s(), tasks.add.s(5))
+    workflow = chord([header_chain, tasks.add.s(2, 2)], tasks.tsum.s())
+    workflow.link_error(tasks.counted_errback.s())
+    result = workflow.delay()
+    with pytest.raises(Exception):  # noqa: B017 - Celery raises the header's error or ChordError
+        result.get(timeout=TIMEOUT)
+    # (Celery stores the body's failure after calling its errbacks.)
+    wait_for(lambda: result.state == "FAILURE", what="the chord's body to fail")
+
+    def calls() -> list[str]:
+        return sorted(p.name for p in kit.signal_dir.glob(f"errback-call-{result.id}-*"))
+
+    wait_for(lambda: bool(calls()), what="the chord's errback")
+    assert [(kit.signal_dir / name).read_text() for name in calls()] == ["ChordError"]
+
+
+def test_a_new_style_errback_finds_the_failed_task_stored(kit: Kit) -> None:
+    tasks = kit.tasks
+    result = tasks.fail.s("stored first").on_error(tasks.state_errback.s()).delay()
+    with pytest.raises(ValueError):
+        result.get(timeout=TIMEOUT)
+    assert _note(kit, f"errback-state-{result.id}") == "FAILURE"
+
+
+def test_a_generator_chord_header_is_sent_as_it_is_yielded(kit: Kit) -> None:
+    from celery import chord
+
+    tasks = kit.tasks
+    first = _name("first-header-task")
+
+    def header():  # the last task is yielded only once the first has run
+        yield tasks.record.s(1, first)
+        yield tasks.add.s(1, 1)
+        wait_for((kit.signal_dir / first).exists, what="the first header task to run")
+        yield tasks.add.s(2, 2)
+
+    result = chord(header(), tasks.tsum.s()).delay()
+    assert result.get(timeout=TIMEOUT) == 7

@@ -14,6 +14,12 @@ Test ids are ``<file>::<class>::<test name>`` as the JUnit report names them.
 from __future__ import annotations
 
 EXCLUDED: dict[str, str] = {
+    "test_canvas.py::test_result_set::test_join_native_timeout_zero_gives_up_on_pending_results": (
+        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
+    ),
+    "test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": (
+        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
+    ),
     "test_canvas.py::test_stamping_mechanism::test_err_linking_stamped_sig": (
         "connects a receiver to task_received (a signal the worker sends) in the test process: Celery's test worker runs there, pgq's worker is a process of its own"
     ),
@@ -22,12 +28,6 @@ EXCLUDED: dict[str, str] = {
     ),
     "test_canvas.py::test_stamping_mechanism::test_task_received_has_access_to_stamps": (
         "connects a receiver to task_received (a signal the worker sends) in the test process: Celery's test worker runs there, pgq's worker is a process of its own"
-    ),
-    "test_canvas.py::test_result_set::test_join_native_timeout_zero_gives_up_on_pending_results": (
-        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
-    ),
-    "test_canvas.py::test_result_set::test_join_native_timeout_zero_returns_results_that_are_ready": (
-        "tests the key/value backends' get_many poll loop and its _cache (the test skips unless app.backend is a BaseKeyValueStoreBackend); pgq's results are rows of pgq.tasks, not a key/value store. pgq's join_native(timeout=0) reads each result once, as Celery's does (tests/integration/test_compat_results.py)"
     ),
     "test_inspect.py::test_Inspect::test_hello_stamps_received_revoked_ids_locally": (
         "reads Celery's in-process worker memory (celery.worker.state), which only exists when the worker runs inside the test process"
@@ -92,19 +92,7 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_group_results_in_chain": (
         "fails on pgq (to look into): assert [[4, 5]] == [4, 5]"
     ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_a_group_body": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[1]": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
-        "fails on pgq (to look into): AssertionError: assert 'PENDING' == 'FAILURE'"
-    ),
     "test_canvas.py::test_chord::test_chord_error_propagation_with_different_body_types[body is a group]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_chord_unlock_with_failed_task_in_nested_chain_member": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
     ),
     "test_canvas.py::test_chord::test_empty_header_chord": (
@@ -131,35 +119,8 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chord::test_flag_allow_error_cb_on_chord_header_on_upgraded_chord": (
         "fails on pgq (to look into): AssertionError: assert (b'echo_errback', b'errback called') is None"
     ),
-    "test_canvas.py::test_chord::test_generator[3]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[4]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[5]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[6]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[7]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[8]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
-    "test_canvas.py::test_chord::test_generator[9]": (
-        "a chord header given as a generator is consumed whole before any header task is sent (Celery sends each task as the generator yields it; the test checks the first one ran before the last is yielded)"
-    ),
     "test_canvas.py::test_chord::test_group_body_does_not_take_the_header_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>']"
-    ),
-    "test_canvas.py::test_chord::test_immutable_errback_called_by_chord_from_chain": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
-    ),
-    "test_canvas.py::test_chord::test_immutable_errback_called_by_chord_from_chain_tail": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
     ),
     "test_canvas.py::test_chord::test_link_error_option_keeps_errbacks_of_group_body_tasks": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
@@ -177,22 +138,22 @@ KNOWN_FAILING: dict[str, str] = {
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_new_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_old_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_new_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_old_style]": (
-        "a chord header chain that fails before its last step: pgq stores the later steps FAILURE without counting them toward the chord, so they neither fail the body nor call its errbacks"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_new_style]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: '<id>' was never incremented"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_old_style]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: '<id>' was never incremented"
+        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
     ),
     "test_canvas.py::test_chord::test_nested_chord_group_chain_group_tail": (
         "fails on pgq (to look into): assert [None] == [[42, 42]]"
@@ -205,15 +166,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_group::test_group_ending_a_chain_in_a_group_gets_its_own_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>', '<id>', '<id>']"
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[0-1]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[0-2]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
-    ),
-    "test_group_chains.py::test_group_chains::test_pending_chord_keeps_header_errback[2-1]": (
-        "the header task's errback finds the failed task not yet FAILURE: pgq calls new-style errbacks before the failure is committed"
     ),
     "test_inspect.py::test_Inspect::test_report": (
         "inspect().report() says 'software -> pgq:... psycopg:...', not 'software -> celery:...': kept, a bug report must name the software that runs (Celery is not installed)"

@@ -305,3 +305,10 @@ def dag_retry_after(name: str, failed_node: str) -> str:
 def dag_sum(parents: dict[str, int], extra: int = 0) -> int:
     """A DAG workflow node that adds its dependencies' results."""
     return sum(parents.values()) + extra
+
+
+@app.task
+def record_failed_state(request: Any, exc: BaseException, traceback: str) -> None:
+    """A new-style errback: records the state it finds the failed task in."""
+    row = _db().execute("SELECT state FROM pgq.tasks WHERE id = %s", (request.id,)).fetchone()
+    _record(f"errback saw {row[0] if row else None}")

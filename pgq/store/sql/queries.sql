@@ -96,19 +96,53 @@ RETURNING id;
 
 -- name: insert_failed_steps
 -- (nothing) -> FAILURE: the later steps of a chain whose earlier step failed (Celery marks them
--- failed with the same error); an id that exists already is left alone.
-INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
-SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
-FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[], %(results)s::text[],
-            %(parent_ids)s::text[], %(root_ids)s::text[])
-     AS s(id, name, queue, result, parent_id, root_id)
-ON CONFLICT DO NOTHING;
+-- failed with the same error); an id that exists already is left alone. A step inserted here
+-- that counts toward a chord (`chord`: the last step of a chain in a chord header) fails the
+-- chord's held body too, with a ChordError naming it, as a header task that failed itself does
+-- in finish_and_claim (Celery calls on_chord_part_return for such a step), and wakes the body's
+-- waiters. The body's row lock orders this against concurrent header finishers.
+WITH steps AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(names)s::text[], %(queues)s::text[],
+                         %(results)s::text[], %(parent_ids)s::text[], %(root_ids)s::text[],
+                         %(chords)s::text[])
+                  AS s(id, name, queue, result, parent_id, root_id, chord)
+), inserted AS (
+    INSERT INTO pgq.tasks (id, name, queue, state, result, parent_id, root_id, finished_at)
+    SELECT s.id, s.name, s.queue, 'FAILURE', s.result::jsonb, s.parent_id, s.root_id, now()
+    FROM steps AS s
+    ON CONFLICT DO NOTHING
+    RETURNING id
+), culprits AS (
+    SELECT DISTINCT ON (s.chord) s.chord, s.id, s.result::jsonb->>'exc_type' AS exc_type
+    FROM steps AS s
+    WHERE s.chord IS NOT NULL AND s.id IN (SELECT id FROM inserted)
+    ORDER BY s.chord, s.id
+), failed_bodies AS (
+    UPDATE pgq.tasks AS b
+    SET state = 'FAILURE', finished_at = now(),
+        result = jsonb_build_object(
+            'exc_type', 'ChordError', 'exc_module', 'pgq.errors',
+            'exc_message', jsonb_build_array('Dependency ' || c.id || ' raised ' || c.exc_type))
+    FROM culprits AS c
+    WHERE b.id = c.chord AND b.finished_at IS NULL AND b.lease_expires_at IS NULL
+      AND b.options ? 'chord_remaining'
+    RETURNING b.id
+)
+SELECT count(pg_notify('pgq_done', id)) FROM failed_bodies;
 
 -- name: chord_header_results
 -- (read) The results of a chord's header tasks, in header order, as one JSON array.
 SELECT coalesce(jsonb_agg(t.result ORDER BY h.ord), '[]'::jsonb)::text
 FROM jsonb_array_elements_text(%(header)s::jsonb) WITH ORDINALITY AS h(id, ord)
 LEFT JOIN pgq.tasks AS t ON t.id = h.id;
+
+-- name: failed_chord_bodies
+-- (read) Of these chord bodies, those a header failure ended (FAILURE with a ChordError) that
+-- have steps to follow them (options.link): id, link as JSON text, root_id, result as JSON text.
+SELECT id, (options->'link')::text, root_id, result::text
+FROM pgq.tasks
+WHERE id = ANY(%(ids)s::text[]) AND state = 'FAILURE' AND result->>'exc_type' = 'ChordError'
+  AND jsonb_typeof(options->'link') = 'array';
 
 -- name: dag_parent_results
 -- (read) A DAG workflow node's dependencies' results, as one JSON object {node name: result}.
@@ -1594,6 +1628,40 @@ SET options = jsonb_set(
         '{chord_header}', COALESCE(options->'chord_header', '[]'::jsonb) || to_jsonb(%(task_id)s::text))
 WHERE id = %(id)s AND finished_at IS NULL AND jsonb_typeof(options->'chord_remaining') = 'number'
 RETURNING id;
+
+-- name: grow_chord
+-- A held chord body whose header is still being sent (a generator header, pgq.workflow.open_chord)
+-- waits for %(count)s more completions, and, if it takes its header's results, gets the ids
+-- %(ids)s (a JSON array) after the ones it has. Run in the transaction that inserts those
+-- header tasks, so none of them can finish before it counts. No row: the body is not waiting
+-- any more (a header task failed).
+UPDATE pgq.tasks
+SET options = jsonb_set(options, '{chord_remaining}',
+                        to_jsonb((options->>'chord_remaining')::int + %(count)s::int))
+              || CASE WHEN options ? 'chord_header'
+                      THEN jsonb_build_object('chord_header',
+                                              options->'chord_header' || %(ids)s::jsonb)
+                      ELSE '{}'::jsonb END
+WHERE id = %(id)s AND finished_at IS NULL AND lease_expires_at IS NULL
+  AND jsonb_typeof(options->'chord_remaining') = 'number'
+RETURNING id;
+
+-- name: close_chord
+-- A chord header sent in parts is all sent: the held body counts down the completion that
+-- stood for the sending, and becomes due now if its header is done (or was empty), waking the
+-- workers of its queue. The row lock orders it with header tasks finishing meanwhile, so the
+-- body fires exactly once: here or in finish_and_claim.
+WITH closed AS (
+    UPDATE pgq.tasks
+    SET options = jsonb_set(options, '{chord_remaining}',
+                            to_jsonb((options->>'chord_remaining')::int - 1)),
+        run_at = CASE WHEN (options->>'chord_remaining')::int - 1 <= 0 THEN now() ELSE run_at END
+    WHERE id = %(id)s AND finished_at IS NULL AND lease_expires_at IS NULL
+      AND jsonb_typeof(options->'chord_remaining') = 'number'
+      AND (options->>'chord_remaining')::int > 0
+    RETURNING queue, run_at <= now() AS due
+)
+SELECT count(pg_notify('pgq_tasks', left(queue, 255))) FROM closed WHERE due;
 
 -- name: tasks_vacuum_state
 -- (read) Whether the worker should vacuum pgq.tasks itself: autovacuum will not (off on the

@@ -453,3 +453,10 @@ def stamped_retry(self, label):
         raise self.retry(countdown=0)
     names = self.request.stamped_headers
     return [label, self.request.retries, sorted(names or []), self.request.stamps]
+
+
+@app.task
+def state_errback(request, exc, traceback):
+    """An errback that notes the state it finds the failed task in (errback-state-<id>)."""
+    state = app.AsyncResult(request.id).state
+    _note(os.environ.get("KIT_SIGNAL_DIR"), f"errback-state-{request.id}", state)
