@@ -267,8 +267,10 @@ def test_pool_metrics_count_processes_and_replacements(app: Any, start: Any) -> 
     results(app, "pid", 8)  # each process is replaced after its second task
     # a recycled process has left before its replacement starts: wait for both counts
     wait_for(
-        lambda: (m := scrape())["pgq_worker_pool_processes_replaced_total"] >= 3
-        and m["pgq_worker_pool_processes"] == 2,
+        lambda: (
+            (m := scrape())["pgq_worker_pool_processes_replaced_total"] >= 3
+            and m["pgq_worker_pool_processes"] == 2
+        ),
         what="replacements counted and the pool back at two processes",
     )
     app.control.pool_grow(1, reply=True)
