@@ -571,7 +571,7 @@ class Task(_engine.Task):
         the built-in task ``pgq.replaced`` copies the outcome to this task's row before the
         follow-ups start (see ``docs/compatibility.md``).
         """
-        from pgq.compat.canvas import Signature, _chain, chain, maybe_signature
+        from pgq.compat.canvas import Signature, _chain, chain, chord, group, maybe_signature
 
         sig = maybe_signature(sig, app=self.app, clone=True)
         if not isinstance(sig, Signature):
@@ -596,8 +596,12 @@ class Task(_engine.Task):
         errbacks = [self.app.signature("pgq.replace_failed", (request.id,))]
         errbacks += list(options.get("link_error") or ())
         with_nesting = _with_nesting(sig, nesting)
-        # A group's results reach pgq.replaced as one list (a chord on the group).
-        with_nesting = chain(with_nesting, store, app=self.app)
+        # A group's results reach pgq.replaced as one list: a chord on the group, as Celery
+        # makes one (a chain would run a group of one task as that task, its result not a list).
+        if isinstance(with_nesting, group):
+            with_nesting = chord(with_nesting, store, app=self.app)
+        else:
+            with_nesting = chain(with_nesting, store, app=self.app)
         # Until pgq.replaced stores the outcome, this row says it was replaced (get() on it
         # keeps waiting) and is out of its chord; written first, so it cannot overwrite an
         # outcome stored meanwhile. Ignore leaves that state and value in place.

@@ -381,6 +381,9 @@ def test_replace_hands_the_result_and_what_follows_to_the_replacement(kit: Kit) 
     assert tasks.replaced_by.delay(by_chain).get(timeout=TIMEOUT) == 12
     by_group = group(tasks.add.s(1, 1), tasks.add.s(2, 2))
     assert tasks.replaced_by.delay(by_group).get(timeout=TIMEOUT) == [2, 4]
+    # A group of one task is still a group: its value is a list of one (not unrolled as a
+    # chain's step would be).
+    assert tasks.replaced_by.delay(group(tasks.add.s(3, 3))).get(timeout=TIMEOUT) == [6]
     # What followed the replaced task follows the replacement: the rest of its chain, its
     # place in a chord's header.
     later = chain(tasks.replaced_by.s(tasks.add.s(1, 2)), tasks.add.s(100))

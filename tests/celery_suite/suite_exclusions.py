@@ -173,6 +173,9 @@ KNOWN_FAILING: dict[str, str] = {
     "test_inspect.py::test_Inspect::test_stats": (
         "asserts the worker's pid is the test process's (Celery's test worker is a thread of it); pgq's worker is a process of its own (the rest, 'processes' included, passes)"
     ),
+    "test_tasks.py::test_tasks::test_retry_with_unpickleable_exception": (
+        "polls the task's state until it leaves PENDING and expects RETRY: pgq shows a running task STARTED (documented: the claim is a row update), Celery PENDING without task_track_started, so it passes only when the poll misses the run"
+    ),
     "test_tasks.py::test_tasks::test_revoked_by_headers_simple_canvas": (
         "revoke_by_stamped_headers revokes the tasks that exist when it is called; Celery's workers also drop tasks sent later with those stamps (docs/guides/workflows.md)"
     ),
