@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -262,7 +263,7 @@ def test_pgq_control_command_line(db_url: str, app: Any, start: Any) -> None:
 
 
 def test_revoke_with_reply_returns_each_workers_reply_as_celery(
-    app: Any, conn: psycopg.Connection[Any], start: Any
+    app: Any, conn: psycopg.Connection[Any], start: Any, tmp_path: Path
 ) -> None:
     start("-c", "1")
     waiting = app.send_task("options_tasks.stamp", countdown=3600)
@@ -271,8 +272,11 @@ def test_revoke_with_reply_returns_each_workers_reply_as_celery(
     }
     assert wait_state(conn, waiting.id, "REVOKED")
 
-    running = app.send_task("options_tasks.sleepy", args=[60])
-    wait_state(conn, running.id, "STARTED")
+    # Its body running (not only claimed: a worker replies "tasks unknown" before that, as
+    # Celery's does for a task it has not begun).
+    marker = tmp_path / "running"
+    running = app.send_task("options_tasks.sleepy_marked", args=[str(marker), 60])
+    wait_for(marker.exists, what="the task's body to begin")
     assert one(app.control.revoke(running.id, terminate=True, reply=True, timeout=10)) == {
         "ok": f"terminate: {running.id}"
     }

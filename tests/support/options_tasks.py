@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pgq.compat import Celery
@@ -40,6 +41,14 @@ def allocate(mib: int) -> int:
 
 @app.task
 def sleepy(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task
+def sleepy_marked(path: str, seconds: float) -> int:
+    """Sleeps, having written its pid to ``path`` first: a test knows its body has begun."""
+    Path(path).write_text(str(os.getpid()))
     time.sleep(seconds)
     return os.getpid()
 
