@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 import pytest
 from harness import task_row, wait_for, wait_state
+from workflow_dicts import chain, chord, count, sig
 
 pytestmark = pytest.mark.e2e
-
-
-def sig(name: str, *args: Any, immutable: bool = False) -> dict[str, Any]:
-    return {
-        "task": f"e2e_tasks.{name}",
-        "args": list(args),
-        "kwargs": {},
-        "options": {},
-        "subtask_type": None,
-        "immutable": immutable,
-    }
-
-
-def chain(*steps: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "task": "celery.chain",
-        "args": [],
-        "kwargs": {"tasks": list(steps)},
-        "options": {},
-        "subtask_type": "chain",
-        "immutable": False,
-    }
-
-
-def chord(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "task": "celery.chord",
-        "args": [],
-        "kwargs": {"header": header, "body": body},
-        "options": {},
-        "subtask_type": "chord",
-        "immutable": False,
-    }
-
-
-def count(conn: Any, key: str) -> int:
-    row = conn.execute("SELECT count(*) FROM side_effects WHERE key = %s", (key,)).fetchone()
-    return int(row[0])
 
 
 def test_chord_body_runs_exactly_once_with_concurrent_finishers(app, conn, clean, start_worker):
