@@ -92,6 +92,9 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_group_results_in_chain": (
         "fails on pgq (to look into): assert [[4, 5]] == [4, 5]"
     ),
+    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
+        "racy on pgq: the chords after a chord failed by its header are failed in a statement after that failure commits, and get() on the group already raises from the failed chord (pgq's AsyncResult reads its parent), so the state read next may still be PENDING; passed in runs of it alone, failed in a whole run"
+    ),
     "test_canvas.py::test_chord::test_chord_error_propagation_with_different_body_types[body is a group]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
     ),
