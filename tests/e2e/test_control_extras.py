@@ -277,9 +277,12 @@ def test_revoke_with_reply_returns_each_workers_reply_as_celery(
     marker = tmp_path / "running"
     running = app.send_task("options_tasks.sleepy_marked", args=[str(marker), 60])
     wait_for(marker.exists, what="the task's body to begin")
-    assert one(app.control.revoke(running.id, terminate=True, reply=True, timeout=10)) == {
-        "ok": f"terminate: {running.id}"
-    }
+    # Known race (see the closing note of 2026-12-04): the revocation written to the row
+    # wakes the worker's parent, which may terminate the task before the control command is
+    # read; the worker then replies Celery's "tasks unknown" for it. Either reply is Celery's
+    # shape; the outcome below is what must hold.
+    reply = one(app.control.revoke(running.id, terminate=True, reply=True, timeout=10))
+    assert reply in ({"ok": f"terminate: {running.id}"}, {"ok": "terminate: tasks unknown"})
     assert wait_state(conn, running.id, "REVOKED")
 
     # Without reply nothing is asked of the workers: None, the revocation written all the same.
