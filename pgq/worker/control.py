@@ -269,10 +269,15 @@ def _revoked_result() -> str:
 
 
 def _running_here(state: State, ids: set[str]) -> list[str]:
-    """Those of ``ids`` a slot of this worker runs now (or was just killed for)."""
+    """Those of ``ids`` a slot of this worker runs now or was killed for.
+
+    ``app.control.revoke(terminate=True)`` writes the row first: its notice can make this worker
+    kill the slot before the command is read, and the reply still names the task.
+    """
     pool = getattr(state.consumer, "pool", None)
     slots = getattr(pool, "slots", [])
-    return sorted({slot.current.get() for slot in slots} & ids)
+    here = {slot.current.get() for slot in slots} | set(getattr(pool, "terminated", ()))
+    return sorted(here & ids)
 
 
 @control_command(variadic="task_id", signature="[id1 [id2 [... [idN]]]]")

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -111,6 +112,9 @@ class Pool:
         self.slots: list[SlotHandle] = []
         self.generation = 0  # bumped whenever fileobjs() changes
         self.stopping = False
+        # The tasks this pool killed a slot for (revoke with terminate), latest last: a control
+        # command that asks for one after the row's notice already ended it still finds it.
+        self.terminated: deque[str] = deque(maxlen=256)
         self._serial = 0
         self._ctx = multiprocessing.get_context("fork")
 
@@ -243,6 +247,7 @@ class Pool:
             if not slot.killed_for and slot.current.get() == task_id:
                 slot.killed_for = "terminate"
                 _kill(slot.runner.pid, signal.SIGTERM)
+                self.terminated.append(task_id)
                 return True
         return False
 

@@ -277,13 +277,22 @@ def test_revoke_with_reply_returns_each_workers_reply_as_celery(
     marker = tmp_path / "running"
     running = app.send_task("options_tasks.sleepy_marked", args=[str(marker), 60])
     wait_for(marker.exists, what="the task's body to begin")
-    # Known race (see the closing note of 2026-12-04): the revocation written to the row
-    # wakes the worker's parent, which may terminate the task before the control command is
-    # read; the worker then replies Celery's "tasks unknown" for it. Either reply is Celery's
-    # shape; the outcome below is what must hold.
     reply = one(app.control.revoke(running.id, terminate=True, reply=True, timeout=10))
-    assert reply in ({"ok": f"terminate: {running.id}"}, {"ok": "terminate: tasks unknown"})
+    assert reply == {"ok": f"terminate: {running.id}"}
     assert wait_state(conn, running.id, "REVOKED")
+
+    # The row's revocation reaches the worker first (app.control.revoke writes it before it
+    # asks; under load its notice can end the task before the command is read): the reply
+    # still names the task the worker terminated.
+    first = tmp_path / "first"
+    ended = app.send_task("options_tasks.sleepy_marked", args=[str(first), 60])
+    wait_for(first.exists, what="the task's body to begin")
+    app.control.revoke(ended.id, terminate=True)
+    assert wait_state(conn, ended.id, "REVOKED")
+    asked = app.control.broadcast(
+        "revoke", arguments={"task_id": ended.id, "terminate": True}, reply=True, timeout=10
+    )
+    assert one(asked) == {"ok": f"terminate: {ended.id}"}
 
     # Without reply nothing is asked of the workers: None, the revocation written all the same.
     later = app.send_task("options_tasks.stamp", countdown=3600)
