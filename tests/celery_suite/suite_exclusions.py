@@ -1,7 +1,8 @@
 """Which of Celery's integration tests pgq is not held to, and why.
 
 ``EXCLUDED``: tests that cannot apply to pgq: they read Celery's in-process worker memory or a
-specific transport's internals. Each entry says which.
+specific transport's internals, or they need what pgq's contract rules out (sending an existing
+task id again re-runs it on Celery; on pgq it creates nothing). Each entry says which.
 
 ``KNOWN_FAILING``: tests that pass on Celery and fail on pgq because pgq lacks an API or behaves
 differently. They are pgq's gaps, not exclusions: the suite holds pgq to this baseline (no new
@@ -70,6 +71,33 @@ EXCLUDED: dict[str, str] = {
     ),
     "test_tasks.py::test_tasks::test_task_sent_event_respects_publish_retry_limit": (
         "drives kombu's producer and channel (app.amqp.Producer, app.connection_for_write, the event dispatcher's buffer): AMQP transport internals"
+    ),
+    "test_inspect.py::test_Inspect::test_stats": (
+        "asserts the worker's pid is the test process's (Celery's test worker is a thread of it): in-process worker; pgq's worker is a process of its own (the rest of the test, 'processes' included, passes on pgq)"
+    ),
+    "test_inspect.py::test_Inspect::test_report": (
+        "asserts the report says 'software -> celery:': pgq's bug report names the software that runs (pgq and its libraries, Celery not being installed); the report's format and its masking of every server's password are Celery's"
+    ),
+    "test_tasks.py::test_tasks::test_revoked_by_headers_simple_canvas": (
+        "clears Celery's in-process worker memory (celery.worker.state.revoked_stamps) between its cases, and its later cases depend on that clear: each case stamps the task with the same id and revokes another, so a revocation that outlives the clear (pgq's are rows) revokes the later cases' tasks"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_new_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_old_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_new_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_old_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_new_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
+    ),
+    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_old_style]": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test's body half sends again a signature whose frozen id its header half ran (Celery runs that id a second time); on pgq that task does not run again and its errback is not called. Its header half passes on pgq"
     ),
 }
 
@@ -140,24 +168,6 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chord::test_link_option_on_group_body_runs_once": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
     ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_new_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain[errback_old_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_new_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_chain_tail[errback_old_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_new_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
-    "test_canvas.py::test_chord::test_mutable_errback_called_by_chord_from_group[errback_old_style]": (
-        "its header half passes; its body half sends again a signature whose frozen task id the first half used: pgq keeps one row per task id (sending an existing id creates nothing), so that task does not run again and its errback is not called"
-    ),
     "test_canvas.py::test_chord::test_nested_chord_group_chain_group_tail": (
         "fails on pgq (to look into): assert [None] == [[42, 42]]"
     ),
@@ -170,16 +180,7 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_group::test_group_ending_a_chain_in_a_group_gets_its_own_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>', '<id>', '<id>']"
     ),
-    "test_inspect.py::test_Inspect::test_report": (
-        "inspect().report() says 'software -> pgq:... psycopg:...', not 'software -> celery:...': kept, a bug report must name the software that runs (Celery is not installed)"
-    ),
-    "test_inspect.py::test_Inspect::test_stats": (
-        "asserts the worker's pid is the test process's (Celery's test worker is a thread of it); pgq's worker is a process of its own (the rest, 'processes' included, passes)"
-    ),
     "test_tasks.py::test_tasks::test_retry_with_unpickleable_exception": (
         "polls the task's state until it leaves PENDING and expects RETRY: pgq shows a running task STARTED (documented: the claim is a row update), Celery PENDING without task_track_started, so it passes only when the poll misses the run"
-    ),
-    "test_tasks.py::test_tasks::test_revoked_by_headers_simple_canvas": (
-        "revoke_by_stamped_headers revokes the tasks that exist when it is called; Celery's workers also drop tasks sent later with those stamps (docs/guides/workflows.md)"
     ),
 }
