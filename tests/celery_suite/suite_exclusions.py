@@ -102,6 +102,9 @@ EXCLUDED: dict[str, str] = {
 }
 
 KNOWN_FAILING: dict[str, str] = {
+    "test_canvas.py::test_chord::test_chord_on_error": (
+        "Celery records the old-style errbacks a failed task sends as one group, so the failed chord body's children are [GroupResult([errback])] and the test reads res.children[0].children[0]; pgq's children are the flat list of tasks whose parent is the task ([AsyncResult(errback)]). Hidden before: the control run shared Redis database 0 with pgq's run and failed this test too"
+    ),
     "test_canvas.py::test_chain::test_chain_of_two_groups_as_tuple_holds_each_task_once[False]": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>', '<id>', '<id>']"
     ),
