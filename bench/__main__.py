@@ -11,6 +11,7 @@
     python -m bench scaling              # drain against -c 1..32, profiles at -c 8, 32 (issue 23)
     python -m bench backlog --scale 1000000   # drain and enqueue with a deep backlog waiting
     python -m bench memory               # worker memory idle and after 100,000 tasks; Celery's
+    python -m bench targets              # all of issue 23's measures in one sitting, one folder
 
 Prints the Markdown report and writes bench/results/latest.md, latest.json, throughput.png and
 latency.png (or under --out).
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("scaling", add_help=False, help="drain against -c 1..32, with a profile")
     sub.add_parser("backlog", add_help=False, help="drain and enqueue with a deep backlog")
     sub.add_parser("memory", add_help=False, help="worker memory idle and after many tasks")
+    sub.add_parser("targets", add_help=False, help="every measure of issue 23, one after another")
     for sub_parser in (run, sub.add_parser("list", help="list the systems and their status")):
         sub_parser.add_argument(
             "--server-url", default=DEFAULT_ENV.server_url, help="PostgreSQL server (%(default)s)"
@@ -113,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import memory
 
         return memory.main(argv[1:])
+    if argv[:1] == ["targets"]:
+        from bench import targets
+
+        return targets.main(argv[1:])
     args = _parser().parse_args(argv)
     env = BenchEnv(server_url=args.server_url, redis_url=args.redis_url, amqp_url=args.amqp_url)
     if args.command == "list":

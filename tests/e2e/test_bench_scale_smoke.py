@@ -172,3 +172,34 @@ def test_bad_input_gets_one_line(tmp_path: Path) -> None:
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_targets_lists_every_measure_of_issue_23_into_one_folder(tmp_path: Path) -> None:
+    """``bench targets`` runs the six measures in sequence into one folder (here: the plan)."""
+    plan = bench("targets", "--dry-run", "--out", str(tmp_path), "--scale", "5000")
+    assert plan.returncode == 0, plan.stderr
+    lines = plan.stdout.splitlines()
+    assert [line.split(" -m bench ")[1].split()[0] for line in lines] == [
+        "run",
+        "scaling",
+        "backlog",
+        "priority-latency",
+        "memory",
+        "soak",
+    ]
+    assert "backlog --scale 5000" in lines[2]
+    assert lines[5].endswith(f"soak --minutes 60 --out {tmp_path / 'soak.json'}")
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+    some = bench("targets", "--dry-run", "--only", "soak", "scaling", "--soak-minutes", "5")
+    assert [line.split(" -m bench ")[1].split()[0] for line in some.stdout.splitlines()] == [
+        "scaling",
+        "soak",
+    ]
+    bad = bench("targets", "--only", "nosuch")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith("no step nosuch (steps: run, scaling, backlog, priority, memory, soak)")
+    )
