@@ -495,12 +495,22 @@ class Signature(dict):
         return headers
 
     def link(self, callback: Signature) -> Signature:
-        self.options.setdefault("link", []).append(callback)
-        return callback
+        return self.append_to_list_option("link", callback)  # type: ignore[no-any-return]
 
     def link_error(self, errback: Signature) -> Signature:
-        self.options.setdefault("link_error", []).append(errback)
-        return errback
+        return self.append_to_list_option("link_error", errback)  # type: ignore[no-any-return]
+
+    def append_to_list_option(self, key: str, value: Any) -> Any:
+        """Add ``value`` to the list option ``key`` unless an equal one is there, as Celery's
+        does: a signature reused in several workflows (a chord body linked to the same errback
+        each time) keeps one copy and calls it once. Returns ``value``."""
+        items = self.options.get(key)
+        if not isinstance(items, list):  # set(link_error=sig): one signature is a list of it
+            listed = list(items) if isinstance(items, tuple) else [items]
+            items = self.options[key] = [] if items is None else listed
+        if value not in items:
+            items.append(value)
+        return value
 
     def on_error(self, errback: Signature) -> Signature:
         """``link_error`` that returns this signature, not the errback (for chaining calls):
@@ -626,6 +636,17 @@ def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
         maybe_signature(t) if t is None or isinstance(t, dict) else signature(t)  # type: ignore[misc]
         for t in tasks
     ]
+
+
+def _header_copies(header: Any) -> list[Signature]:
+    """A chord's header tasks, given one by one (a list, a tuple, a generator): copies, as
+    Celery's chord takes them (``signature(task)``), so what is linked to ``chord.tasks``
+    (a header task's ``link_error``) does not reach the caller's signatures, which may be
+    sent again elsewhere. One signature given as the header is the chord's own, as in Celery."""
+    steps = _flatten((header,))
+    if isinstance(header, dict):
+        return steps
+    return [step.clone() if isinstance(step, Signature) else step for step in steps]
 
 
 class _chain(Signature):  # noqa: N801 - Celery's spelling
@@ -812,8 +833,10 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         lazy = header if isinstance(header, types.GeneratorType) else None
         if lazy is not None:
             steps: list[Any] = []
+        elif isinstance(header, group):
+            steps = header.tasks
         else:
-            steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+            steps = _header_copies(header)
         super().__init__(
             "celery.chord",
             (),
@@ -829,7 +852,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         unread = self.__dict__.get("_unread_header")
         if unread is not None:
             self._unread_header = None
-            self["kwargs"]["header"] = _flatten((unread,))
+            self["kwargs"]["header"] = _header_copies(unread)
 
     @property
     def tasks(self) -> list[Signature]:
