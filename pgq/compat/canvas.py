@@ -77,6 +77,8 @@ def _send(
             if name in own:
                 plain["options"][name] = [*(plain["options"].get(name) or ()), *own[name]]
         plain = serialization.loads(serialization.dumps(plain))
+    if getattr(sig.app.conf, "task_allow_error_cb_on_chord_header", False):
+        _chain_errbacks_to_chord_headers(plain)
     workflow.freeze(plain)
     if header is None:
         sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
@@ -137,6 +139,67 @@ def _links_as_lists(plain: Any) -> None:
         for member in [*(steps.get("tasks") or ()), *(steps.get("header") or ())]:
             _links_as_lists(member)
         _links_as_lists(steps.get("body"))
+
+
+def _chain_errbacks_to_chord_headers(
+    plain: Any, inherited: tuple[Any, ...] = (), followed: bool = False
+) -> None:
+    """With ``task_allow_error_cb_on_chord_header``: a chain's errbacks linked (immutable) to
+    the header tasks of each chord among its steps too, a group followed by more steps being
+    one (Celery links them with ``chord.link_error`` when it sends the chain). The engine gives
+    them to the chord's body either way (``pgq.workflow``)."""
+    if not isinstance(plain, dict):
+        return
+    kind = plain.get("subtask_type")
+    steps = plain.get("kwargs") or {}
+    if kind == "chain":
+        own = (plain.get("options") or {}).get("link_error") or ()
+        errbacks = (*inherited, *own)
+        tasks = steps.get("tasks") or []
+        for index, step in enumerate(tasks):
+            more = index < len(tasks) - 1 or followed  # steps after it, maybe an outer chain's
+            if errbacks and _makes_a_chord(step, more):
+                header = (step.get("kwargs") or {}).get("tasks" if _is_group(step) else "header")
+                for task in header or ():
+                    _link_each(task, errbacks)
+            if _is_chain(step):
+                _chain_errbacks_to_chord_headers(step, errbacks, more)
+            else:
+                _chain_errbacks_to_chord_headers(step)
+        return
+    if kind in ("group", "chord"):
+        for member in [*(steps.get("tasks") or ()), *(steps.get("header") or ())]:
+            _chain_errbacks_to_chord_headers(member)
+        _chain_errbacks_to_chord_headers(steps.get("body"))
+
+
+def _is_group(plain: Any) -> bool:
+    return isinstance(plain, dict) and plain.get("subtask_type") == "group"
+
+
+def _is_chain(plain: Any) -> bool:
+    return isinstance(plain, dict) and plain.get("subtask_type") == "chain"
+
+
+def _makes_a_chord(step: Any, followed: bool) -> bool:
+    """A chain step that runs as a chord: a chord, or a group of more than one task with more
+    steps after it (a group of one task runs as that task)."""
+    if not isinstance(step, dict):
+        return False
+    if _is_group(step):
+        return followed and len((step.get("kwargs") or {}).get("tasks") or ()) > 1
+    return step.get("subtask_type") == "chord"
+
+
+def _link_each(task: Any, errbacks: tuple[Any, ...]) -> None:
+    """Link ``errbacks`` (immutable copies) to ``task``, each once."""
+    if not isinstance(task, dict):
+        return
+    linked = task.setdefault("options", {}).setdefault("link_error", [])
+    for errback in errbacks:
+        copy_ = {**errback, "immutable": True}
+        if copy_ not in linked:
+            linked.append(copy_)
 
 
 def _result_step(plain: dict[str, Any]) -> dict[str, Any]:

@@ -126,3 +126,17 @@ def test_upgraded_chord_link_error_with_the_flag_runs_for_each_failed_header_tas
         expected += len([sig for sig in header if sig.name == tasks.fail.name]) + 1
         assert _errbacks_after(conn, "errback", expected) == expected, run
         assert _echoes(conn, "body") == 0
+
+
+def test_upgraded_chord_link_error_without_the_flag_runs_once_for_the_body(
+    tasks: Any, worker: Any, conn: psycopg.Connection[Any]
+) -> None:
+    """The flag off (Celery's default): the chain's errback goes to the chord's body only,
+    as Celery's ``chord.link_error`` links it, and runs once however many header tasks fail."""
+    tasks.app.conf.task_allow_error_cb_on_chord_header = False
+    workflow = chain(group([tasks.fail.si(), tasks.fail.si()]), tasks.echo.si("body"))
+    workflow.link_error(tasks.echo.si("errback"))
+    with pytest.raises(Exception):  # noqa: B017,PT011 - the ChordError or the header's error
+        workflow.delay().get(timeout=30)
+    assert _errbacks_after(conn, "errback", 1) == 1
+    assert _echoes(conn, "body") == 0
