@@ -192,11 +192,14 @@ def _makes_a_chord(step: Any, followed: bool) -> bool:
 
 
 def _link_each(task: Any, errbacks: tuple[Any, ...]) -> None:
-    """Link ``errbacks`` (immutable copies) to ``task``, each once."""
+    """Link ``errbacks`` (immutable copies) to ``task``, each once. pgq's own errbacks (a
+    ``Task.replace``'s ``pgq.replace_failed``) stay with the body: they need the failed id."""
     if not isinstance(task, dict):
         return
     linked = task.setdefault("options", {}).setdefault("link_error", [])
     for errback in errbacks:
+        if str(errback.get("task") or "").startswith("pgq."):
+            continue
         copy_ = {**errback, "immutable": True}
         if copy_ not in linked:
             linked.append(copy_)

@@ -10,7 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import HERE, WorkerProcess, wait_for, wait_until_worker_registered, worker_env
+from harness import (
+    HERE,
+    WorkerProcess,
+    task_row,
+    wait_for,
+    wait_until_worker_registered,
+    worker_env,
+)
 
 from pgq.compat import chain, chord, group
 
@@ -140,3 +147,28 @@ def test_upgraded_chord_link_error_without_the_flag_runs_once_for_the_body(
         workflow.delay().get(timeout=30)
     assert _errbacks_after(conn, "errback", 1) == 1
     assert _echoes(conn, "body") == 0
+
+
+def test_a_task_replaced_by_an_upgraded_chord_keeps_pgqs_errback_on_the_body(
+    tasks: Any, db_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """The flag on in the worker that replaces a task: of the errbacks of the chain
+    ``Task.replace`` sends, pgq's own (``pgq.replace_failed``, which stores the failure for the
+    replaced task and needs the failed task's id) stays with the chord's body; the header
+    tasks do not get an immutable copy of it. The replaced task ends FAILURE."""
+    env = worker_env(db_url, CHORD_FLAG_ON="1")
+    w = WorkerProcess(["worker", "-A", "chord_flag_tasks", "-c", "2"], env)
+    try:
+        wait_until_worker_registered(db_url, w)
+        result = tasks.replaced_by_a_chord.delay()
+        with pytest.raises(Exception):  # noqa: B017,PT011 - the ChordError or the header's error
+            result.get(timeout=30)
+        wait_for(lambda: _settled(conn), what="the workflow to settle")
+    finally:
+        w.kill()
+    errbacks = conn.execute(
+        "SELECT name, e->>'task' FROM pgq.tasks, jsonb_array_elements(options->'link_error') e"
+        " WHERE name LIKE 'chord_flags.%' ORDER BY name"
+    ).fetchall()
+    assert errbacks == [("chord_flags.echo", "pgq.replace_failed")], errbacks
+    assert task_row(conn, result.id)["state"] == "FAILURE"

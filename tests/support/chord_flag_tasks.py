@@ -3,11 +3,14 @@ fail, with errbacks linked to the header tasks (``task_allow_error_cb_on_chord_h
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from pgq.compat import Celery
+from pgq.compat import Celery, chain, group
 
 app = Celery("chord_flag_tasks")  # the database: PGQ_DATABASE_URL
+# The worker's own setting, for what its tasks send (Task.replace): the tests set the producer's.
+app.conf.task_allow_error_cb_on_chord_header = os.environ.get("CHORD_FLAG_ON") == "1"
 
 
 @app.task(name="chord_flags.fail")
@@ -29,3 +32,9 @@ def tsum(values: list[int]) -> int:
 def echo(message: Any) -> Any:
     """An old-style errback when called with ``si``: each call is a row the test counts."""
     return message
+
+
+@app.task(bind=True, name="chord_flags.replaced_by_a_chord")
+def replaced_by_a_chord(self: Any) -> Any:
+    """Replaced by a chain whose group becomes a chord with a failing header task."""
+    return self.replace(chain(group(fail.si(), identity.si(1)), echo.si("body")))
