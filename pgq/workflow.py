@@ -189,8 +189,9 @@ def _with_options(sig: dict[str, Any], options: dict[str, Any]) -> dict[str, Any
     stamped = merged.get("stamped_headers")
     kept = {"stamped_headers", *stamped} if isinstance(stamped, list) else set()
     for key, value in options.items():
-        if key in ("link", "link_error"):
-            merged[key] = [*(merged.get(key) or ()), *value]
+        if key in ("link", "link_error"):  # an equal signature is linked once (as in Celery)
+            linked = list(merged.get(key) or ())
+            merged[key] = [*linked, *(sig for sig in value if sig not in linked)]
         elif key not in kept or key not in merged:
             merged[key] = value
     return {**sig, "options": merged}
@@ -468,8 +469,8 @@ def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The signature that starts the chain ``steps``, with the rest attached to it.
 
     A task followed by more gets the rest as a link; a group followed by more becomes a chord
-    (Celery's upgrade of ``group | task``); a chord followed by more gets the rest appended to
-    its body; a nested chain is flattened.
+    (Celery's upgrade of ``group | task``), its ``link_error`` the chord's; a chord followed
+    by more gets the rest appended to its body; a nested chain is flattened.
     """
     first, rest = steps[0], steps[1:]
     kind = first.get("subtask_type")
@@ -480,8 +481,15 @@ def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
     then = rest[0] if len(rest) == 1 else _chain_sig(rest)
     if kind == "group":
         own = _own_options(first)
+        # Celery links a chain's errbacks to the chord it makes with chord.link_error: to the
+        # body, not the header tasks (unless task_allow_error_cb_on_chord_header, which the
+        # producer reads and applies to the header tasks itself: pgq.compat.canvas).
+        errbacks = own.pop("link_error", None)
         header = [_with_options(step, own) for step in unrolled(first["kwargs"]["tasks"])]
-        return _chord_sig(header, then)
+        upgraded = _chord_sig(header, then)
+        if errbacks:
+            upgraded["options"] = {"link_error": errbacks}
+        return upgraded
     if kind == "chord":
         body = _chain_sig([first["kwargs"]["body"], *rest])
         return {**_chord_sig(first["kwargs"]["header"], body), "options": _own_options(first)}

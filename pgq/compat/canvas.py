@@ -77,6 +77,8 @@ def _send(
             if name in own:
                 plain["options"][name] = [*(plain["options"].get(name) or ()), *own[name]]
         plain = serialization.loads(serialization.dumps(plain))
+    if getattr(sig.app.conf, "task_allow_error_cb_on_chord_header", False):
+        _chain_errbacks_to_chord_headers(plain)
     workflow.freeze(plain)
     if header is None:
         sig.app.send_workflow(plain, tuple(args or ()), connection=connection)
@@ -137,6 +139,70 @@ def _links_as_lists(plain: Any) -> None:
         for member in [*(steps.get("tasks") or ()), *(steps.get("header") or ())]:
             _links_as_lists(member)
         _links_as_lists(steps.get("body"))
+
+
+def _chain_errbacks_to_chord_headers(
+    plain: Any, inherited: tuple[Any, ...] = (), followed: bool = False
+) -> None:
+    """With ``task_allow_error_cb_on_chord_header``: a chain's errbacks linked (immutable) to
+    the header tasks of each chord among its steps too, a group followed by more steps being
+    one (Celery links them with ``chord.link_error`` when it sends the chain). The engine gives
+    them to the chord's body either way (``pgq.workflow``)."""
+    if not isinstance(plain, dict):
+        return
+    kind = plain.get("subtask_type")
+    steps = plain.get("kwargs") or {}
+    if kind == "chain":
+        own = (plain.get("options") or {}).get("link_error") or ()
+        errbacks = (*inherited, *own)
+        tasks = steps.get("tasks") or []
+        for index, step in enumerate(tasks):
+            more = index < len(tasks) - 1 or followed  # steps after it, maybe an outer chain's
+            if errbacks and _makes_a_chord(step, more):
+                header = (step.get("kwargs") or {}).get("tasks" if _is_group(step) else "header")
+                for task in header or ():
+                    _link_each(task, errbacks)
+            if _is_chain(step):
+                _chain_errbacks_to_chord_headers(step, errbacks, more)
+            else:
+                _chain_errbacks_to_chord_headers(step)
+        return
+    if kind in ("group", "chord"):
+        for member in [*(steps.get("tasks") or ()), *(steps.get("header") or ())]:
+            _chain_errbacks_to_chord_headers(member)
+        _chain_errbacks_to_chord_headers(steps.get("body"))
+
+
+def _is_group(plain: Any) -> bool:
+    return isinstance(plain, dict) and plain.get("subtask_type") == "group"
+
+
+def _is_chain(plain: Any) -> bool:
+    return isinstance(plain, dict) and plain.get("subtask_type") == "chain"
+
+
+def _makes_a_chord(step: Any, followed: bool) -> bool:
+    """A chain step that runs as a chord: a chord, or a group of more than one task with more
+    steps after it (a group of one task runs as that task)."""
+    if not isinstance(step, dict):
+        return False
+    if _is_group(step):
+        return followed and len((step.get("kwargs") or {}).get("tasks") or ()) > 1
+    return step.get("subtask_type") == "chord"
+
+
+def _link_each(task: Any, errbacks: tuple[Any, ...]) -> None:
+    """Link ``errbacks`` (immutable copies) to ``task``, each once. pgq's own errbacks (a
+    ``Task.replace``'s ``pgq.replace_failed``) stay with the body: they need the failed id."""
+    if not isinstance(task, dict):
+        return
+    linked = task.setdefault("options", {}).setdefault("link_error", [])
+    for errback in errbacks:
+        if str(errback.get("task") or "").startswith("pgq."):
+            continue
+        copy_ = {**errback, "immutable": True}
+        if copy_ not in linked:
+            linked.append(copy_)
 
 
 def _result_step(plain: dict[str, Any]) -> dict[str, Any]:
@@ -495,12 +561,22 @@ class Signature(dict):
         return headers
 
     def link(self, callback: Signature) -> Signature:
-        self.options.setdefault("link", []).append(callback)
-        return callback
+        return self.append_to_list_option("link", callback)  # type: ignore[no-any-return]
 
     def link_error(self, errback: Signature) -> Signature:
-        self.options.setdefault("link_error", []).append(errback)
-        return errback
+        return self.append_to_list_option("link_error", errback)  # type: ignore[no-any-return]
+
+    def append_to_list_option(self, key: str, value: Any) -> Any:
+        """Add ``value`` to the list option ``key`` unless an equal one is there, as Celery's
+        does: a signature reused in several workflows (a chord body linked to the same errback
+        each time) keeps one copy and calls it once. Returns ``value``."""
+        items = self.options.get(key)
+        if not isinstance(items, list):  # set(link_error=sig): one signature is a list of it
+            listed = list(items) if isinstance(items, tuple) else [items]
+            items = self.options[key] = [] if items is None else listed
+        if value not in items:
+            items.append(value)
+        return value
 
     def on_error(self, errback: Signature) -> Signature:
         """``link_error`` that returns this signature, not the errback (for chaining calls):
@@ -626,6 +702,17 @@ def _flatten(tasks: tuple[Any, ...]) -> list[Signature]:
         maybe_signature(t) if t is None or isinstance(t, dict) else signature(t)  # type: ignore[misc]
         for t in tasks
     ]
+
+
+def _header_copies(header: Any) -> list[Signature]:
+    """A chord's header tasks, given one by one (a list, a tuple, a generator): copies, as
+    Celery's chord takes them (``signature(task)``), so what is linked to ``chord.tasks``
+    (a header task's ``link_error``) does not reach the caller's signatures, which may be
+    sent again elsewhere. One signature given as the header is the chord's own, as in Celery."""
+    steps = _flatten((header,))
+    if isinstance(header, dict):
+        return steps
+    return [step.clone() if isinstance(step, Signature) else step for step in steps]
 
 
 class _chain(Signature):  # noqa: N801 - Celery's spelling
@@ -812,8 +899,10 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         lazy = header if isinstance(header, types.GeneratorType) else None
         if lazy is not None:
             steps: list[Any] = []
+        elif isinstance(header, group):
+            steps = header.tasks
         else:
-            steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+            steps = _header_copies(header)
         super().__init__(
             "celery.chord",
             (),
@@ -829,7 +918,7 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
         unread = self.__dict__.get("_unread_header")
         if unread is not None:
             self._unread_header = None
-            self["kwargs"]["header"] = _flatten((unread,))
+            self["kwargs"]["header"] = _header_copies(unread)
 
     @property
     def tasks(self) -> list[Signature]:

@@ -111,12 +111,6 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_chain_of_two_groups_as_tuple_holds_each_task_once[True]": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>', '<id>', '<id>']"
     ),
-    "test_canvas.py::test_chain::test_chain_replaced_with_a_chain_and_an_error_callback": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from 'redis-echo' timed out - still awaiting {b'Internal chain errback': 1}"
-    ),
-    "test_canvas.py::test_chain::test_chain_with_cb_replaced_with_chain_with_cb": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from 'redis-echo' timed out - still awaiting {b'Internal chain callback': 1, b'Hello world': 1}"
-    ),
     "test_canvas.py::test_chain::test_chaining_upgraded_chords_mixed_canvas_protocol_2[True]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: 'Done' has length of 0, but expected to be of length 1"
     ),
@@ -132,9 +126,6 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chord::test_empty_header_chord": (
         "fails on pgq (to look into): TypeError: builtin_replaced() missing 1 required positional argument: 'result'"
     ),
-    "test_canvas.py::test_chord::test_enabling_flag_allow_error_cb_on_chord_header": (
-        "fails on pgq (to look into): AssertionError: assert (b'echo_header_errback', b'header errback called') is None"
-    ),
     "test_canvas.py::test_chord::test_errback_set_as_one_signature_runs_on_header_failure": (
         "fails on pgq (to look into): pgq.errors.InvalidOption: link_error must be a list of signatures, got {'task': 't.integration.tasks.redis_echo', 'args':...(180 characters)"
     ),
@@ -149,9 +140,6 @@ KNOWN_FAILING: dict[str, str] = {
     ),
     "test_canvas.py::test_chord::test_errbacks_of_group_body_tasks_run_on_header_failure[option]": (
         "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_flag_allow_error_cb_on_chord_header_on_upgraded_chord": (
-        "fails on pgq (to look into): AssertionError: assert (b'echo_errback', b'errback called') is None"
     ),
     "test_canvas.py::test_chord::test_group_body_does_not_take_the_header_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>']"
@@ -175,7 +163,7 @@ KNOWN_FAILING: dict[str, str] = {
         "fails on pgq (to look into): assert [None] == [[42, 42]]"
     ),
     "test_canvas.py::test_chord::test_reapplying_frozen_chord_dispatches_body_again": (
-        "fails on pgq (to look into): assert 1 == 2"
+        "applies one frozen chord twice and expects its body to run twice: Celery sends the same ids again (the header tasks', the group's and the body's) and runs them again; pgq keeps one row per task id and sending an existing id creates nothing (CONTRACT.md, apply_async), so the second apply returns the first run's result and the body runs once"
     ),
     "test_canvas.py::test_chord::test_simple_chord_with_a_delay_in_group_save": (
         "fails on pgq (to look into): no message"
