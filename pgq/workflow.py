@@ -17,14 +17,18 @@ dict, so rows read the same as Celery's messages would:
   when it is claimed (not an immutable body's). A failed header task fails the body with
   ChordError, and calls the body's errbacks, which the header tasks carry
   (``options.chord_link_error``); so does a header chain's last step that an earlier failure
-  dooms (``FailedStep``). A generator header is sent step by step (``open_chord``). An empty
-  header runs the body at once with ``[]``; a chord in a header counts once, when its body is
-  done (``chord_remaining`` counts as Celery's ``chord._descend``).
+  dooms (``FailedStep``). A group body's tasks instead each end FAILURE with the header task's
+  own error and call their own errbacks, which the chord's ``link_error`` joins
+  (``group_body_errbacks``, ``_with_group_body_callbacks``). A generator header is sent step
+  by step (``open_chord``). An empty header runs the body at once with ``[]``; a chord in a
+  header counts once, when its body is done (``chord_remaining`` counts as Celery's
+  ``chord._descend``).
 - A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
   (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
   ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
-  ``link``/``link_error`` to its body, ``countdown``/``eta`` to its header. Groups inside groups
-  are unrolled, empty chains dropped from groups and empty groups skipped in chains.
+  ``link``/``link_error`` to its body (a group body's tasks: ``_with_group_body_callbacks``),
+  ``countdown``/``eta`` to its header. Groups inside groups are unrolled, empty chains
+  dropped from groups and empty groups skipped in chains.
 
 Every step's id is fixed when the workflow is sent (or derived from its parent's id), so a
 follow-up enqueued twice (a task re-run after a rescue) is inserted once.
@@ -53,6 +57,7 @@ __all__ = [
     "chain_steps",
     "expand",
     "freeze",
+    "group_body_errbacks",
     "on_chord_failure",
     "on_failure",
     "on_success",
@@ -308,10 +313,60 @@ def _chord_parts(
         options.pop(unlock, None)
     to_body = {k: options.pop(k) for k in ("link", "link_error", *_RESULT_KEYS) if k in options}
     delay: dict[str, Any] = {k: options.pop(k) for k in ("countdown", "eta") if k in options}
-    body = _head([_with_options(dict(kwargs["body"]), {**options, **to_body})])
+    body = dict(kwargs["body"])
+    if body.get("subtask_type") == "group":
+        callbacks = {k: to_body.pop(k) for k in ("link", "link_error") if k in to_body}
+        body = _with_group_body_callbacks(_with_options(body, {**options, **to_body}), **callbacks)
+    else:
+        body = _head([_with_options(body, {**options, **to_body})])
     if body.get("subtask_type") in ("group", "chord"):
         body = _relay(body, options, to_body)
     return body, lambda step: _with_options(step, {**options, **delay})
+
+
+def _with_group_body_callbacks(
+    body: dict[str, Any],
+    link: Sequence[dict[str, Any]] = (),
+    link_error: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """A group body given its chord's ``link`` and ``link_error`` as Celery's chord gives them:
+    not as the group's own options, which would replace its tasks' own callbacks when it runs.
+
+    ``link`` goes to the group's first task, made immutable (Celery's ``group.link``: it runs
+    once, not once per task). Each errback goes to every task (a chord's to its body), so the
+    tasks keep their own errbacks and a header failure calls it once per task, as Celery does;
+    a group that has its own ``link_error`` gets it there instead (that option replaces its
+    tasks' errbacks when it runs, so they would never see it otherwise)."""
+    kwargs = body.get("kwargs") or {}
+    tasks = unrolled(kwargs.get("tasks") or ())
+    body = {**body, "kwargs": {**kwargs, "tasks": tasks}}
+    for callback in link:
+        then = {**_copy(callback), "immutable": True}
+        if tasks:
+            tasks[0] = _with_options(tasks[0], {"link": [then]})
+        else:
+            body = _with_options(body, {"link": [then]})
+    for errback in link_error:
+        body = _with_errback_on_tasks(body, errback)
+    return body
+
+
+def _with_errback_on_tasks(
+    sig: dict[str, Any], errback: dict[str, Any], runs_as_group: bool = True
+) -> dict[str, Any]:
+    """``sig`` (a chord's group body, or a task of it) with ``errback`` linked to each of its
+    tasks, as ``_with_group_body_callbacks`` says; a group inside a group is unrolled, its own
+    options going to its tasks, so only the outer group's ``link_error`` takes the errback."""
+    kind = sig.get("subtask_type")
+    kwargs = sig.get("kwargs") or {}
+    own = sig.get("options") or {}
+    if kind == "group" and not (runs_as_group and own.get("link_error") is not None):
+        tasks = [_with_errback_on_tasks(task, errback, False) for task in kwargs.get("tasks") or ()]
+        return {**sig, "kwargs": {**kwargs, "tasks": tasks}}
+    if kind == "chord":
+        body = _with_errback_on_tasks(kwargs["body"], errback)
+        return {**sig, "kwargs": {**kwargs, "body": body}}
+    return _with_options(sig, {"link_error": [_copy(errback)]})
 
 
 def _held_body(
@@ -655,12 +710,14 @@ def on_chord_failure(
     root_id: str | None,
     new_style: Sequence[Mapping[str, Any]] = (),
     message: str = "",
+    error: Mapping[str, Any] | None = None,
 ) -> list[NewTask]:
     """The rows of a failed chord body's errbacks, with ids derived from the body's: every
     failed header task sends them and each is inserted once, so each errback runs once for the
     body, as in Celery. Old-style ones are called with the body's id; each new-style one
     (``new_style``) by the built-in ``CHORD_ERRBACK_TASK`` with a request for the body and a
-    ``ChordError(message)``, since a request and an exception cannot travel as arguments."""
+    ``ChordError(message)``, since a request and an exception cannot travel as arguments (or,
+    given ``error``, the exception that result JSON describes: see ``group_body_errbacks``)."""
     rows: list[NewTask] = []
     for index, errback in enumerate(errbacks):
         sig = _copy(dict(errback))
@@ -670,7 +727,7 @@ def on_chord_failure(
         queue = (errback.get("options") or {}).get("queue")
         call: dict[str, Any] = {
             "task": CHORD_ERRBACK_TASK,
-            "args": [_copy(dict(errback)), body_id, message],
+            "args": [_copy(dict(errback)), body_id, message, *([dict(error)] if error else [])],
             "kwargs": {},
             "options": {"queue": queue} if queue else {},
             "subtask_type": None,
@@ -679,3 +736,32 @@ def on_chord_failure(
         freeze(call, seed=f"{body_id}:chord-errback:{index}")
         rows += expand(app, call, parent_id=body_id, root_id=root_id)
     return rows
+
+
+def group_body_errbacks(body: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The result id of each task of a chord's group ``body`` and the errbacks a header failure
+    calls for it (with the header task's own error, not a ChordError), as Celery's chord error
+    handling does for a group body: each task's own errbacks (a chord's and its body's, a
+    group's and its tasks'), then the group's own, each errback once per task."""
+    group_errbacks = list((body.get("options") or {}).get("link_error") or ())
+    members: list[tuple[str, list[dict[str, Any]]]] = []
+    for task in unrolled((body.get("kwargs") or {}).get("tasks") or ()):
+        errbacks: list[dict[str, Any]] = []
+        for errback in [*_result_errbacks(task), *group_errbacks]:
+            if errback not in errbacks:
+                errbacks.append(errback)
+        members.append((freeze(task), errbacks))
+    return members
+
+
+def _result_errbacks(sig: dict[str, Any]) -> list[dict[str, Any]]:
+    """The errbacks linked to the result of ``sig``: a chord's own and its body's, a group's
+    own and its tasks', a chain's or a task's own."""
+    errbacks = list((sig.get("options") or {}).get("link_error") or ())
+    kwargs = sig.get("kwargs") or {}
+    if sig.get("subtask_type") == "chord":
+        errbacks += _result_errbacks(kwargs["body"])
+    elif sig.get("subtask_type") == "group":
+        for task in kwargs.get("tasks") or ():
+            errbacks += _result_errbacks(task)
+    return errbacks

@@ -1114,15 +1114,24 @@ def builtin_starmap(self: Any, task: dict[str, Any], it: Iterable[Any]) -> list[
     return [fun(*item) for item in it]
 
 
-def builtin_chord_errback(self: Any, errback: dict[str, Any], body_id: str, message: str) -> None:
+def builtin_chord_errback(
+    self: Any,
+    errback: dict[str, Any],
+    body_id: str,
+    message: str,
+    cause: dict[str, Any] | None = None,
+) -> None:
     """The built-in task ``pgq.chord_errback`` (bound): a failed chord body's new-style errback,
     called once for the body with a request for it and a ``ChordError`` (``pgq.workflow``
-    inserts one such task per errback, whichever header task fails first)."""
+    inserts one such task per errback, whichever header task fails first). With ``cause``
+    (result JSON), the exception it describes instead: a group body's task gets the header
+    task's own error, as Celery gives it."""
     from pgq.compat.exceptions import ChordError
+    from pgq.compat.result import exception_from_info
     from pgq.context import Request
     from pgq.worker.runner import ExceptionInfo, run_local_errbacks
 
-    error = ChordError(message)
+    error = exception_from_info(cause) if cause else ChordError(message)
     body = Request(
         id=body_id,
         task="",

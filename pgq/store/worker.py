@@ -316,11 +316,11 @@ class WorkerStore:
 
     def failed_chord_bodies(
         self, body_ids: Sequence[str]
-    ) -> list[tuple[str, str, str | None, str]]:
-        """Of these chord bodies, those a header failure ended that a chain follows: (id,
+    ) -> list[tuple[str, str, str, str | None, str]]:
+        """Of these chord bodies, those a header failure ended that a chain follows: (id, name,
         link JSON, root id, result JSON) each."""
         return [
-            (str(r[0]), str(r[1]), r[2], str(r[3]))
+            (str(r[0]), str(r[1]), str(r[2]), r[3], str(r[4]))
             for r in self._rows("failed_chord_bodies", {"ids": list(body_ids)})
         ]
 

@@ -62,8 +62,9 @@ class Outbox:
         self._failed_steps: list[FailedStep] = []
         # Called once the outcomes are written (new-style errbacks: see Report.after_write).
         self._after_write: list[Callable[[], None]] = []
-        # Chord bodies the outcomes may fail: the chains after those they failed follow.
-        self._failed_chords: list[str] = []
+        # Chord bodies the outcomes may fail, each with the error failing it: the chains after
+        # those they failed follow.
+        self._failed_chords: list[tuple[str, str]] = []
         # name, queue and run time of each claimed task until its outcome is stored, for the
         # task_started / task_finished hooks the parent emits (metrics listen there).
         self._claims: dict[str, tuple[str, str, float | None]] = {}
@@ -171,17 +172,22 @@ class Outbox:
                 self._started.append((job.id, job.name, job.queue))
         return jobs
 
-    def _fail_after_chords(self, body_ids: list[str]) -> None:
+    def _fail_after_chords(self, failed: list[tuple[str, str]]) -> None:
         """What follows a chord body that a header failure failed (the rest of its chain: the
         chords after it, say) is stored FAILURE with the body's ChordError, as Celery's
         ``mark_as_failure`` does for a failed task's chain; a step that counts toward another
         chord fails that one too, and so on, each round written in a statement of its own.
-        Only bodies whose failure is committed are followed (a header task whose outcome was
-        not written, its lease lost, fails nothing)."""
+        A group body's tasks fail with the header's own error instead (``failed``: each body
+        with the error that may fail it). Only bodies whose failure is committed are followed
+        (a header task whose outcome was not written, its lease lost, fails nothing)."""
         for _ in range(MAX_CHORD_ROUNDS):
+            causes: dict[str, str] = {}
+            for body_id, error in failed:
+                causes.setdefault(body_id, error)
+            body_ids = list(causes)
             try:
                 bodies = self.store.failed_chord_bodies(body_ids)
-                follow_ups, doomed = self._after_chords(bodies)
+                follow_ups, doomed = self._after_chords(bodies, causes)
                 if not (follow_ups or doomed):
                     return
                 self.store.finish_and_claim(
@@ -197,15 +203,16 @@ class Outbox:
             except DatabaseError as exc:
                 log.error("could not fail what follows chords %s: %s", body_ids, exc)
                 return
-            body_ids = [step.chord for step in doomed if step.chord]
-            if not body_ids:
+            failed = [(step.chord, step.result) for step in doomed if step.chord]
+            if not failed:
                 return
 
     def _after_chords(
-        self, bodies: list[tuple[str, str, str | None, str]]
+        self, bodies: list[tuple[str, str, str, str | None, str]], causes: dict[str, str]
     ) -> tuple[list[NewTask], list[FailedStep]]:
-        """The errbacks and doomed steps after failed chord bodies (id, link JSON, root id,
-        result JSON): the slot works them out (it has the app)."""
+        """The errbacks and doomed steps after failed chord bodies (id, name, link JSON, root
+        id, result JSON; ``causes``: the error of the header failure, by body id): the slot
+        works them out (it has the app)."""
         return [], []
 
     def _call_after_write(self) -> None:

@@ -73,6 +73,7 @@ __all__ = [
     "arun_job",
     "error_json",
     "execute",
+    "group_body_failure",
     "run_coroutine",
     "run_job",
 ]
@@ -111,8 +112,9 @@ class Report(NamedTuple):
     # Celery calls after storing the failure: they may read the failed task's state).
     after_write: tuple[Callable[[], None], ...] = ()
     # The chord bodies this outcome may fail (the task's own chord, and those of the doomed
-    # steps): once it is committed, the chains after the bodies it failed are failed too.
-    failed_chords: tuple[str, ...] = ()
+    # steps), each with the error that fails it (result JSON): once it is committed, the
+    # chains after the bodies it failed are failed too, and a group body's tasks with that error.
+    failed_chords: tuple[tuple[str, str], ...] = ()
     # A retry's new arguments (JSON text; None keeps the stored ones): self.retry(args=, kwargs=),
     # and its new queue, priority, time limits and expiry (JSON object text): retry(queue=...).
     args: str | None = None
@@ -480,7 +482,7 @@ class _RowSteps(Steps):
         self.follow_ups: tuple[NewTask, ...] = ()
         self.failed_steps: tuple[FailedStep, ...] = ()
         self.after_write: tuple[Callable[[], None], ...] = ()
-        self.failed_chords: tuple[str, ...] = ()
+        self.failed_chords: tuple[tuple[str, str], ...] = ()
         self.new_args: str | None = None
         self.new_kwargs: str | None = None
         self.new_options: str | None = None
@@ -506,7 +508,8 @@ class _RowSteps(Steps):
     ) -> None:
         self.follow_ups, self.failed_steps, self.after_write = (), (), ()
         options = request.options
-        self.failed_chords = (str(options["chord"]),) if options.get("chord") else ()
+        error = error_json(exc)
+        self.failed_chords = ((str(options["chord"]), error),) if options.get("chord") else ()
         message = f"{type(exc).__name__}({exc})"
         chord_errbacks = chord_failure_errbacks(
             task.app,
@@ -519,7 +522,6 @@ class _RowSteps(Steps):
         if not (options.get("link") or options.get("link_error")):
             self.follow_ups = chord_errbacks
             return
-        error = error_json(exc)
         local, old_style = split_errbacks(task, options.get("link_error") or ())
         if local:  # called once the failure is committed, as Celery calls them once it is stored
             self.after_write = (
@@ -541,7 +543,7 @@ class _RowSteps(Steps):
                     request.root_id,
                 )
             self.follow_ups, self.failed_steps = (*enqueued, *chord_errbacks), tuple(doomed)
-            self.failed_chords += tuple(step.chord for step in doomed if step.chord)
+            self.failed_chords += tuple((step.chord, step.result) for step in doomed if step.chord)
         except Exception:  # the failure itself must still be recorded
             logging.getLogger("pgq.worker").exception("cannot follow up on %s", request.id)
 
@@ -618,6 +620,25 @@ def chord_failure_errbacks(
     except Exception:  # the failure itself must still be recorded
         logging.getLogger("pgq.worker").exception("cannot call the errbacks of %s", body_id)
         return ()
+
+
+def group_body_failure(
+    app: App, body: dict[str, Any], relay_id: str, root_id: str | None, error: str
+) -> tuple[list[NewTask], list[FailedStep]]:
+    """A chord header failure (``error``: the failed header task's result JSON) handled as
+    Celery handles it for a group body (``relay_id``: the held row that would have started
+    ``body``): each task of the body is stored FAILURE with that error, so waiting on the
+    group's result raises it, and its errbacks are called with it, each once per task
+    (``workflow.group_body_errbacks``: with ids derived from the task's, however many header
+    tasks fail)."""
+    _, doomed = workflow.on_failure(app, {"link": [body]}, relay_id, root_id, error)
+    info = serialization.loads(error)
+    rows: list[NewTask] = []
+    for task_id, errbacks in workflow.group_body_errbacks(body):
+        new_style = [sig for sig in errbacks if _is_new_style(app, sig)]
+        old_style = [sig for sig in errbacks if not _is_new_style(app, sig)]
+        rows += workflow.on_chord_failure(app, old_style, task_id, root_id, new_style, "", info)
+    return rows, doomed
 
 
 def is_new_style_errback(task: Task, sig: Mapping[str, Any]) -> bool:

@@ -62,7 +62,14 @@ from pgq.store import (
 from pgq.worker.aio import AsyncRunner, Prepared
 from pgq.worker.config import PoolConfig
 from pgq.worker.outbox import Outbox
-from pgq.worker.runner import Report, chord_failure_errbacks, error_json, malformed, run_job
+from pgq.worker.runner import (
+    Report,
+    chord_failure_errbacks,
+    error_json,
+    group_body_failure,
+    malformed,
+    run_job,
+)
 from pgq.worker.transactional import TransactionalRuns
 from pgq.workflow import FailedStep
 
@@ -632,17 +639,25 @@ class Slot(Outbox):
         return False
 
     def _after_chords(
-        self, bodies: list[tuple[str, str, str | None, str]]
+        self, bodies: list[tuple[str, str, str, str | None, str]], causes: dict[str, str]
     ) -> tuple[list[NewTask], list[FailedStep]]:
         follow_ups: list[NewTask] = []
         doomed: list[FailedStep] = []
-        for body_id, link, root_id, result in bodies:
+        for body_id, name, link, root_id, result in bodies:
             try:
-                _, steps = workflow.on_failure(
-                    self.app, {"link": loads(link)}, body_id, root_id, result
-                )
-                message = loads(result).get("exc_message") or [""]
-                error = f"ChordError({message[0] if isinstance(message, list) else message})"
+                links = loads(link)
+                if name == workflow.RELAY_TASK and _is_group(links):
+                    # A group body's tasks fail with the header's error, as Celery fails them.
+                    result = causes.get(body_id, result)
+                    errbacks, steps = group_body_failure(
+                        self.app, links[0], body_id, root_id, result
+                    )
+                    follow_ups += errbacks
+                else:
+                    _, steps = workflow.on_failure(
+                        self.app, {"link": links}, body_id, root_id, result
+                    )
+                error = _error_text(result)
                 for step in steps:
                     follow_ups += chord_failure_errbacks(
                         self.app, step.chord, list(step.chord_link_error), step.id, error, root_id
@@ -749,3 +764,20 @@ def resident_kib() -> int:
         return pages * os.sysconf("SC_PAGE_SIZE") // 1024
     except (OSError, ValueError, IndexError):
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _is_group(links: object) -> bool:
+    """Whether a chord relay's link (``workflow._relay``) starts a group: the body is one."""
+    return (
+        isinstance(links, list)
+        and len(links) == 1
+        and isinstance(links[0], dict)
+        and links[0].get("subtask_type") == "group"
+    )
+
+
+def _error_text(result: str) -> str:
+    """``Type(message)`` for an error's result JSON, as a failed chord's ChordError quotes it."""
+    info = loads(result)
+    message = info.get("exc_message") or [""]
+    return f"{info.get('exc_type')}({message[0] if isinstance(message, list) else message})"

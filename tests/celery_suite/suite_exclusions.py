@@ -120,44 +120,11 @@ KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
         "racy on pgq: the chords after a chord failed by its header are failed in a statement after that failure commits, and get() on the group already raises from the failed chord (pgq's AsyncResult reads its parent), so the state read next may still be PENDING; passed in runs of it alone, failed in a whole run"
     ),
-    "test_canvas.py::test_chord::test_chord_error_propagation_with_different_body_types[body is a group]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
     "test_canvas.py::test_chord::test_empty_header_chord": (
         "fails on pgq (to look into): TypeError: builtin_replaced() missing 1 required positional argument: 'result'"
     ),
-    "test_canvas.py::test_chord::test_errback_set_as_one_signature_runs_on_header_failure": (
-        "fails on pgq (to look into): pgq.errors.InvalidOption: link_error must be a list of signatures, got {'task': 't.integration.tasks.redis_echo', 'args':...(180 characters)"
-    ),
-    "test_canvas.py::test_chord::test_errbacks_of_chord_in_group_body_run_on_header_failure[method]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_errbacks_of_chord_in_group_body_run_on_header_failure[option]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_errbacks_of_group_body_tasks_run_on_header_failure[method]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_errbacks_of_group_body_tasks_run_on_header_failure[option]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
     "test_canvas.py::test_chord::test_group_body_does_not_take_the_header_id": (
         "fails on pgq (to look into): AssertionError: ['<id>', '<id>', '<id>']"
-    ),
-    "test_canvas.py::test_chord::test_link_error_option_keeps_errbacks_of_group_body_tasks": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
-    ),
-    "test_canvas.py::test_chord::test_link_error_option_runs_on_header_failure[group]": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_link_error_option_runs_once_for_chord_in_group_body_with_link_error": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_link_error_option_with_link_error_of_group_body": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: The operation timed out."
-    ),
-    "test_canvas.py::test_chord::test_link_option_on_group_body_runs_once": (
-        "fails on pgq (to look into): pgq.compat.exceptions.TimeoutError: Fetching from '<id>' timed out - still awaiting {b'own': 1}"
     ),
     "test_canvas.py::test_chord::test_nested_chord_group_chain_group_tail": (
         "fails on pgq (to look into): assert [None] == [[42, 42]]"

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from harness import task_row, wait_for, wait_state
-from workflow_dicts import chain, chord, count, sig
+from workflow_dicts import chain, chord, count, group, sig
 
 pytestmark = pytest.mark.e2e
 
@@ -95,3 +95,48 @@ def test_a_chord_body_after_a_failed_chord_calls_the_errback_once(app, conn, cle
         "SELECT count(*) FROM pgq.tasks WHERE name = 'e2e_tasks.record'"
     ).fetchone()
     assert errbacks == (1,)
+
+
+def test_a_header_failure_fails_each_task_of_a_group_body_with_its_error(
+    app, conn, clean, start_worker
+):
+    """As Celery handles a group body: each of its tasks is stored FAILURE with the header
+    task's own error (so waiting on the group raises it, not a ChordError) and calls its own
+    errbacks and the chord's, which the chord gave each task, once per task."""
+    start_worker("-c", "2")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    own = sig("record", "own", immutable=True)
+    body = group(sig("tsum", task_id=first, link_error=[own]), sig("tsum", task_id=second))
+    # An old-style errback is called with the failed task's id: record() records it as its key.
+    header = [sig("add", 1, 1), sig("fail", immutable=True)]
+    app.send_workflow(chord(header, body, link_error=[sig("record")]))
+    for task_id in (first, second):
+        assert wait_state(conn, task_id, "FAILURE")["result"]["exc_type"] == "ValueError"
+    wait_for(
+        lambda: (count(conn, first), count(conn, second), count(conn, "own")) == (1, 1, 1),
+        what="the errbacks of the group's tasks",
+    )
+    errbacks = conn.execute("SELECT count(*) FROM pgq.tasks WHERE name = 'e2e_tasks.record'")
+    assert errbacks.fetchone() == (3,)
+    assert count(conn, "tsum") == 0
+
+
+def test_a_header_failure_calls_the_errbacks_of_a_chord_in_a_group_body(
+    app, conn, clean, start_worker
+):
+    """A chord among the group body's tasks has its body's result: that result fails with the
+    header's error and the errbacks linked to it are called once, for it."""
+    start_worker("-c", "2")
+    inner_body, second = str(uuid.uuid4()), str(uuid.uuid4())
+    errback = sig("record")
+    inner = chord([sig("add", 2, 2)], sig("tsum", task_id=inner_body, link_error=[errback]))
+    body = group(inner, sig("tsum", task_id=second, link_error=[errback]))
+    app.send_workflow(chord([sig("add", 1, 1), sig("fail", immutable=True)], body))
+    for task_id in (inner_body, second):
+        assert wait_state(conn, task_id, "FAILURE")["result"]["exc_type"] == "ValueError"
+    wait_for(
+        lambda: (count(conn, inner_body), count(conn, second)) == (1, 1),
+        what="the errbacks of the group's tasks",
+    )
+    errbacks = conn.execute("SELECT count(*) FROM pgq.tasks WHERE name = 'e2e_tasks.record'")
+    assert errbacks.fetchone() == (2,)

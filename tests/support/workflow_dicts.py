@@ -23,6 +23,10 @@ def chain(*steps: dict[str, Any]) -> dict[str, Any]:
     return _canvas("chain", {"tasks": list(steps)}, {})
 
 
+def group(*tasks: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return _canvas("group", {"tasks": list(tasks)}, options)
+
+
 def chord(header: list[dict[str, Any]], body: dict[str, Any], **options: Any) -> dict[str, Any]:
     return _canvas("chord", {"header": header, "body": body}, options)
 

@@ -138,8 +138,9 @@ LEFT JOIN pgq.tasks AS t ON t.id = h.id;
 
 -- name: failed_chord_bodies
 -- (read) Of these chord bodies, those a header failure ended (FAILURE with a ChordError) that
--- have steps to follow them (options.link): id, link as JSON text, root_id, result as JSON text.
-SELECT id, (options->'link')::text, root_id, result::text
+-- have steps to follow them (options.link): id, name (the relay of a group or chord body, or a
+-- task), link as JSON text, root_id, result as JSON text.
+SELECT id, name, (options->'link')::text, root_id, result::text
 FROM pgq.tasks
 WHERE id = ANY(%(ids)s::text[]) AND state = 'FAILURE' AND result->>'exc_type' = 'ChordError'
   AND jsonb_typeof(options->'link') = 'array';
