@@ -160,9 +160,9 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
     if kind == "group":
         members = [_result_of(step, app) for step in plain["kwargs"]["tasks"]]
         return GroupResult(plain["options"]["task_id"], members, parent=parent, app=app)
-    if kind == "chord":
+    if kind == "chord":  # the body's result, its header's GroupResult (the chord's id) as parent
         header = [_result_of(step, app) for step in plain["kwargs"]["header"]]
-        group_id = (plain.get("options") or {}).get("group_id")
+        group_id = plain["options"]["task_id"]
         return _result_of(
             plain["kwargs"]["body"], app, GroupResult(group_id, header, parent=parent, app=app)
         )
@@ -814,6 +814,8 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             steps: list[Any] = []
         else:
             steps = _flatten((header,)) if not isinstance(header, group) else header.tasks
+        if isinstance(header, group) and header.id and not options.get("task_id"):
+            options["task_id"] = header.id  # the chord's id is its header group's, as in Celery
         super().__init__(
             "celery.chord",
             (),
