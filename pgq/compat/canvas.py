@@ -786,7 +786,12 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
-        return _result_of(_send(self, args, kwargs, options), self.app)
+        result = _result_of(_send(self, args, kwargs, options), self.app)
+        # As Celery: a group of one chain that ends with a group gives that group's result
+        # (its values, not a list of one list); Celery supports that one nesting in a chain.
+        if len(result) == 1 and isinstance(result[0], GroupResult):
+            return result[0]
+        return result
 
     def apply(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
