@@ -19,9 +19,9 @@ dict, so rows read the same as Celery's messages would:
   the chord's own id is its id, and each header task its member (``group_id``, ``group_index``).
   A failed header task fails the body with ChordError, and calls the body's errbacks, which the
   header tasks carry (``options.chord_link_error``); so does a header chain's last step that an
-  earlier failure dooms (``FailedStep``). A generator header is sent step by step (``open_chord``). An empty
-  header runs the body at once with ``[]``; a chord in a header counts once, when its body is
-  done (``chord_remaining`` counts as Celery's ``chord._descend``).
+  earlier failure dooms (``FailedStep``). A generator header is sent step by step
+  (``open_chord``). An empty header runs the body at once with ``[]``; a chord in a header
+  counts once, when its body is done (``chord_remaining`` counts as Celery's ``chord._descend``).
 - A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
   (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
   ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
