@@ -59,6 +59,12 @@ class Request:
         return self.options.get("soft_time_limit")
 
     @property
+    def group_index(self) -> int | None:
+        """This task's place in its group (``group``) or chord header, as Celery's request."""
+        index = self.options.get("group_index")
+        return index if isinstance(index, int) and not isinstance(index, bool) else None
+
+    @property
     def replaced_task_nesting(self) -> int:
         """How many ``Task.replace`` calls led to this task (0: it replaces nothing)."""
         nesting = self.options.get("replaced_task_nesting")

@@ -14,15 +14,16 @@ dict, so rows read the same as Celery's messages would:
   ``options.chord_remaining``); each header task carries ``options.chord`` = the body's id. The
   worker that records the last header success fires the body in the same transaction (a row lock
   on the body orders concurrent finishers), and the body's arguments get the header results
-  when it is claimed (not an immutable body's). A failed header task fails the body with
-  ChordError, and calls the body's errbacks, which the header tasks carry
-  (``options.chord_link_error``); so does a header chain's last step that an earlier failure
-  dooms (``FailedStep``). A group body's tasks instead each end FAILURE with the header task's
-  own error and call their own errbacks, which the chord's ``link_error`` joins
-  (``group_body_errbacks``, ``_with_group_body_callbacks``). A generator header is sent step
-  by step (``open_chord``). An empty header runs the body at once with ``[]``; a chord in a
-  header counts once, when its body is done (``chord_remaining`` counts as Celery's
-  ``chord._descend``).
+  when it is claimed (not an immutable body's; ``options.chord_header`` says where they are, a
+  list for a header step whose result is a group's, see ``HeaderRef``). The header is a group:
+  the chord's own id is its id, and each header task its member (``group_id``, ``group_index``).
+  A failed header task fails the body with ChordError, and calls the body's errbacks, which the
+  header tasks carry (``options.chord_link_error``); so does a header chain's last step that an
+  earlier failure dooms (``FailedStep``). A group body's tasks instead each end FAILURE with the
+  header task's own error and call their own errbacks, which the chord's ``link_error`` joins
+  (``group_body_errbacks``, ``_with_group_body_callbacks``). A generator header is sent step by
+  step (``open_chord``). An empty header runs the body at once with ``[]``; a chord in a header
+  counts once, when its body is done (``chord_remaining`` counts as Celery's ``chord._descend``).
 - A chain's, group's or chord's own ``options`` go to its steps as Celery's canvas sends them
   (``chain_steps``, ``_expand_chord``): a chain's ``link`` and result marks to its last step,
   ``link_error`` to every step, the rest to its first; a group's to every member; a chord's
@@ -53,11 +54,15 @@ __all__ = [
     "HELD_UNTIL",
     "RELAY_TASK",
     "FailedStep",
+    "HeaderRef",
     "OpenChord",
     "chain_steps",
     "expand",
     "freeze",
     "group_body_errbacks",
+    "header_ids",
+    "header_results",
+    "is_header_ref",
     "on_chord_failure",
     "on_failure",
     "on_success",
@@ -100,6 +105,10 @@ _CALL_KEYS = (
 # Options that say where a step's result goes: on a chain, they belong to its last step.
 _RESULT_KEYS = ("chord", "group_id", "group_index")
 
+# Where a chord header step's result is, in a held body's ``chord_header``: a task id, or for a
+# step whose result is a group's (a chain ending with a group) a list of its members' refs.
+HeaderRef = str | list[Any]
+
 
 class FailedStep(NamedTuple):
     """A step that will never run because an earlier one failed: stored as FAILURE.
@@ -141,6 +150,10 @@ def freeze(sig: dict[str, Any], seed: str | None = None) -> str:
             freeze(step, f"{seed}:{i}" if seed else None)
         return str(group_id)
     if kind == "chord":
+        # The chord's own id is its header group's (Celery's chord.freeze): the header tasks'
+        # group_id and the GroupResult that is the parent of the body's result.
+        options = sig.setdefault("options", {})
+        options["task_id"] = options.get("task_id") or _new_id(seed, "header")
         kwargs["header"] = unrolled(kwargs["header"])
         for i, step in enumerate(kwargs["header"]):
             freeze(step, f"{seed}:h{i}" if seed else None)
@@ -295,11 +308,22 @@ def _expand_chord(
     if not header:
         return expand(app, body, prepend=([],), parent_id=parent_id, root_id=root_id)
     remaining = sum(_completions(step) for step in header)
-    ids = [freeze(step) for step in header]
+    ids = [_result_ref(step) for step in header]
     rows = _held_body(app, body, ids, remaining, parent_id=parent_id, root_id=root_id)
+    group_id = _header_id(sig)
     return rows + _header_rows(
-        app, body, header, prepend=prepend, parent_id=parent_id, root_id=root_id
+        app, body, header, group_id, prepend=prepend, parent_id=parent_id, root_id=root_id
     )
+
+
+def _header_id(sig: dict[str, Any]) -> str:
+    """A chord's header group id (its own, see ``freeze``): the id of the header's
+    ``GroupResult``. A chord the engine built from a group that had none gets one derived from
+    its body's id (the same when a re-run sends it again)."""
+    options = sig.setdefault("options", {})
+    body_id = freeze((sig.get("kwargs") or {})["body"])
+    options["task_id"] = options.get("task_id") or _new_id(body_id, "header")
+    return str(options["task_id"])
 
 
 def _chord_parts(
@@ -369,10 +393,52 @@ def _with_errback_on_tasks(
     return _with_options(sig, {"link_error": [_copy(errback)]})
 
 
+def _result_ref(sig: dict[str, Any]) -> HeaderRef:
+    """Freeze a chord header step; where its result will be (``HeaderRef``): a task's id; a
+    group's members' (its result is their list, as Celery's GroupResult); a chain's last
+    step's; a chord's body's."""
+    frozen = freeze(sig)
+    kind = sig.get("subtask_type")
+    if kind == "group":
+        return [_result_ref(member) for member in unrolled((sig.get("kwargs") or {})["tasks"])]
+    if kind == "chain":
+        steps = chain_steps(sig)
+        return _result_ref(steps[-1]) if steps else frozen
+    if kind == "chord":
+        return _result_ref((sig.get("kwargs") or {})["body"])
+    return frozen
+
+
+def header_ids(refs: Sequence[HeaderRef]) -> list[str]:
+    """The task ids in a held body's ``chord_header`` (``HeaderRef``s), in order."""
+    ids: list[str] = []
+    for ref in refs:
+        ids += [ref] if isinstance(ref, str) else header_ids(ref)
+    return ids
+
+
+def header_results(refs: Sequence[HeaderRef], values: Sequence[Any]) -> list[Any]:
+    """A chord header's results shaped as its ``chord_header``: ``values`` are the results of
+    ``header_ids(refs)``, in that order (a group's become one list)."""
+    found = iter(values)
+
+    def shaped(ref: HeaderRef) -> Any:
+        return next(found) if isinstance(ref, str) else [shaped(inner) for inner in ref]
+
+    return [shaped(ref) for ref in refs]
+
+
+def is_header_ref(value: Any) -> bool:
+    """Whether ``value`` is a ``HeaderRef`` (a task id, or a list of them, nested)."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(is_header_ref(inner) for inner in value)
+    )
+
+
 def _held_body(
     app: App,
     body: dict[str, Any],
-    header_ids: list[str],
+    header: list[HeaderRef],
     remaining: int,
     *,
     parent_id: str | None,
@@ -382,7 +448,7 @@ def _held_body(
     held = {**(body.get("options") or {}), "chord_remaining": remaining, "eta": HELD_UNTIL}
     held.pop("countdown", None)
     if not body.get("immutable"):  # an immutable body is called with its own arguments only
-        held["chord_header"] = header_ids
+        held["chord_header"] = header
     return expand(app, {**body, "options": held}, parent_id=parent_id, root_id=root_id)
 
 
@@ -390,19 +456,28 @@ def _header_rows(
     app: App,
     body: dict[str, Any],
     header: Sequence[dict[str, Any]],
+    group_id: str,
     *,
+    first_index: int = 0,
     prepend: Sequence[Any],
     parent_id: str | None,
     root_id: str | None,
 ) -> list[NewTask]:
-    """The rows of header steps (given the chord's options already), marked with the body."""
+    """The rows of header steps (given the chord's options already), marked with the body
+    and, as members of the header group, with its id and their place in it (Celery's
+    ``request.group`` and ``group_index`` of a header task)."""
     body_id = (body.get("options") or {})["task_id"]
     # A failed header task fails the body, which never runs: the header tasks carry the body's
     # errbacks to call for it (see on_chord_failure).
     errbacks = (body.get("options") or {}).get("link_error")
     marks = {"chord": body_id, **({"chord_link_error": errbacks} if errbacks else {})}
     return _expand_each(
-        app, header, lambda index: marks, prepend=prepend, parent_id=parent_id, root_id=root_id
+        app,
+        header,
+        lambda index: {**marks, "group_id": group_id, "group_index": first_index + index},
+        prepend=prepend,
+        parent_id=parent_id,
+        root_id=root_id,
     )
 
 
@@ -412,8 +487,9 @@ class OpenChord(NamedTuple):
     body_id: str
     # The held body, waiting for one completion more than its header: the sending itself.
     rows: list[NewTask]
-    # A header step's rows, how many completions it adds, and the ids whose results it adds.
-    step: Callable[[dict[str, Any]], tuple[list[NewTask], int, list[str]]]
+    # A header step's rows, how many completions it adds, and where its results are
+    # (``HeaderRef``s).
+    step: Callable[[dict[str, Any]], tuple[list[NewTask], int, list[HeaderRef]]]
 
 
 def open_chord(
@@ -431,13 +507,23 @@ def open_chord(
     however quickly the first ones finish. ``sig``'s own header is ignored."""
     body, to_header = _chord_parts(sig)
     rows = _held_body(app, body, [], 1, parent_id=parent_id, root_id=root_id)
+    group_id = _header_id(sig)
+    sent = [0]  # header tasks sent so far: the next one's group_index
 
-    def step(sig: dict[str, Any]) -> tuple[list[NewTask], int, list[str]]:
+    def step(sig: dict[str, Any]) -> tuple[list[NewTask], int, list[HeaderRef]]:
         steps = [to_header(one) for one in unrolled([sig])]
-        ids = [freeze(one) for one in steps]
+        ids = [_result_ref(one) for one in steps]
         step_rows = _header_rows(
-            app, body, steps, prepend=prepend, parent_id=parent_id, root_id=root_id
+            app,
+            body,
+            steps,
+            group_id,
+            first_index=sent[0],
+            prepend=prepend,
+            parent_id=parent_id,
+            root_id=root_id,
         )
+        sent[0] += len(steps)
         return step_rows, sum(_completions(one) for one in steps), ids
 
     return OpenChord(str((body.get("options") or {})["task_id"]), rows, step)
@@ -534,20 +620,23 @@ def _head(steps: list[dict[str, Any]]) -> dict[str, Any]:
     if not rest:
         return first
     then = rest[0] if len(rest) == 1 else _chain_sig(rest)
-    if kind == "group":
+    if kind == "group":  # the group's id is the chord's header's, as in its GroupResult
         own = _own_options(first)
         # Celery links a chain's errbacks to the chord it makes with chord.link_error: to the
         # body, not the header tasks (unless task_allow_error_cb_on_chord_header, which the
         # producer reads and applies to the header tasks itself: pgq.compat.canvas).
         errbacks = own.pop("link_error", None)
         header = [_with_options(step, own) for step in unrolled(first["kwargs"]["tasks"])]
-        upgraded = _chord_sig(header, then)
+        upgraded = _chord_sig(header, then, (first.get("options") or {}).get("task_id"))
         if errbacks:
-            upgraded["options"] = {"link_error": errbacks}
+            upgraded["options"] = {**upgraded["options"], "link_error": errbacks}
         return upgraded
     if kind == "chord":
         body = _chain_sig([first["kwargs"]["body"], *rest])
-        return {**_chord_sig(first["kwargs"]["header"], body), "options": _own_options(first)}
+        return {
+            **_chord_sig(first["kwargs"]["header"], body),
+            "options": dict(first.get("options") or {}),
+        }
     options = dict(first.get("options") or {})
     options["link"] = [*options.get("link", []), then]
     return {**first, "options": options}
@@ -564,12 +653,14 @@ def _chain_sig(steps: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _chord_sig(header: list[dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
+def _chord_sig(
+    header: list[dict[str, Any]], body: dict[str, Any], header_id: str | None = None
+) -> dict[str, Any]:
     return {
         "task": "celery.chord",
         "args": [],
         "kwargs": {"header": header, "body": body},
-        "options": {},
+        "options": {"task_id": header_id} if header_id else {},
         "subtask_type": "chord",
         "immutable": False,
     }

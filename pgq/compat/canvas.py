@@ -226,9 +226,9 @@ def _result_of(plain: dict[str, Any], app: Any, parent: Any = None) -> Any:
     if kind == "group":
         members = [_result_of(step, app) for step in plain["kwargs"]["tasks"]]
         return GroupResult(plain["options"]["task_id"], members, parent=parent, app=app)
-    if kind == "chord":
+    if kind == "chord":  # the body's result, its header's GroupResult (the chord's id) as parent
         header = [_result_of(step, app) for step in plain["kwargs"]["header"]]
-        group_id = (plain.get("options") or {}).get("group_id")
+        group_id = plain["options"]["task_id"]
         return _result_of(
             plain["kwargs"]["body"], app, GroupResult(group_id, header, parent=parent, app=app)
         )
@@ -873,7 +873,12 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         if self.app.conf.task_always_eager:
             return self.apply(args, kwargs, group_id=group_id, **options)
         self.options["task_id"] = group_id
-        return _result_of(_send(self, args, kwargs, options), self.app)
+        result = _result_of(_send(self, args, kwargs, options), self.app)
+        # As Celery: a group of one chain that ends with a group gives that group's result
+        # (its values, not a list of one list); Celery supports that one nesting in a chain.
+        if len(result) == 1 and isinstance(result[0], GroupResult):
+            return result[0]
+        return result
 
     def apply(
         self, args: Any = None, kwargs: dict[str, Any] | None = None, **options: Any
@@ -903,6 +908,8 @@ class chord(Signature):  # noqa: N801 - Celery's spelling
             steps = header.tasks
         else:
             steps = _header_copies(header)
+        if isinstance(header, group) and header.id and not options.get("task_id"):
+            options["task_id"] = header.id  # the chord's id is its header group's, as in Celery
         super().__init__(
             "celery.chord",
             (),

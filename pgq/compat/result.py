@@ -718,7 +718,12 @@ class GroupResult(ResultSet, ResultBase):
     __hash__ = None  # type: ignore[assignment]
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.id, None), [r.as_tuple() for r in self.results]
+        """The group's id and its parent's (the step before it in a chain, a chord's header),
+        then its members': every node of the canvas once, as Celery's ``as_tuple``."""
+        parent = self.parent
+        return (self.id, parent.as_tuple() if parent is not None else None), [
+            r.as_tuple() for r in self.results
+        ]
 
     def save(self, backend: Any = None) -> GroupResult:
         """Store the group (its id and member ids) so ``GroupResult.restore(id)`` finds it.
@@ -747,12 +752,12 @@ class GroupResult(ResultSet, ResultBase):
 
 
 def result_from_tuple(r: Any, app: Any = None) -> AsyncResult | GroupResult:
-    """Rebuild a result from ``as_tuple()`` output."""
+    """Rebuild a result from ``as_tuple()`` output (a group's parent too)."""
     (id, parent), nodes = r
+    parent_result = result_from_tuple(parent, app) if parent else None
     if nodes is not None:
         members: list[Any] = [result_from_tuple(n, app) for n in nodes]
-        return GroupResult(id, members, app=app)
-    parent_result = result_from_tuple(parent, app) if parent else None
+        return GroupResult(id, members, parent=parent_result, app=app)  # type: ignore[arg-type]
     return AsyncResult(id, app=app, parent=parent_result)  # type: ignore[arg-type]
 
 

@@ -426,11 +426,12 @@ class Store:
         body_id: str,
         tasks: Sequence[NewTask],
         completions: int,
-        header_ids: Sequence[str],
+        header_ids: Sequence[Any],
         connection: Any = None,
     ) -> None:
         """Insert header tasks of a chord whose header is still being sent and make its held
-        body wait for them (``completions`` more; ``header_ids`` after its others), in one
+        body wait for them (``completions`` more; ``header_ids`` after its others: where the
+        results are, a task id or a list of them each, see ``pgq.workflow.HeaderRef``), in one
         transaction (the caller's with ``connection``). The tasks go in even when the body
         is not waiting any more (a header task failed): Celery sends every header task."""
         if connection is None:
@@ -446,7 +447,7 @@ class Store:
         body_id: str,
         tasks: Sequence[NewTask],
         completions: int,
-        header_ids: Sequence[str],
+        header_ids: Sequence[Any],
         connection: Any,
     ) -> None:
         # Not retried: a second run would count the tasks twice.

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from pgq import workflow
 from pgq.errors import TaskNotFound
 from pgq.web.data import Dashboard, TaskFilter
 
@@ -101,7 +102,11 @@ def chord_of(dashboard: Dashboard, task: dict[str, Any]) -> Node | None:
     else:
         return None
     body_options = _dict(body.get("options"))
-    header = [h for h in body_options.get("chord_header") or () if isinstance(h, str)]
+    refs = body_options.get("chord_header") or []
+    # A header step whose result is a group's holds its members' ids, nested (HeaderRef).
+    header = (
+        workflow.header_ids(refs) if isinstance(refs, list) and workflow.is_header_ref(refs) else []
+    )
     if header:
         rows = _lookup(dashboard, header)
         members = [_node(h, "?", rows, label=f"header {i + 1}") for i, h in enumerate(header)]

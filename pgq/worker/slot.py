@@ -733,11 +733,16 @@ class Slot(Outbox):
         )
 
     def _with_chord_results(self, job: ClaimedTask, options: dict[str, Any]) -> ClaimedTask:
-        """A chord body gets its header's results (in header order) as its first argument."""
+        """A chord body gets its header's results (in header order) as its first argument;
+        a header step whose result is a group's (a list of ids) gives the list of theirs."""
         header = options.get("chord_header") or []
-        if not isinstance(header, list) or not all(isinstance(i, str) for i in header):
+        if not isinstance(header, list) or not workflow.is_header_ref(header):
             raise ValueError(f"chord_header must be a list of task ids, got {header!r:.60}")
-        results = self.store.chord_header_results(header)
+        if all(isinstance(ref, str) for ref in header):  # the usual case: read as one array
+            results = self.store.chord_header_results(header)
+        else:
+            values = loads(self.store.chord_header_results(workflow.header_ids(header)))
+            results = dumps(workflow.header_results(header, values))
         args = job.args.strip()
         merged = f"[{results}]" if args == "[]" else f"[{results},{args[1:]}"
         return job._replace(args=merged)
