@@ -102,17 +102,17 @@ EXCLUDED: dict[str, str] = {
     "test_canvas.py::test_chord::test_chord_on_error": (
         "reads the Redis result backend's internals: the chord's results from its '.j' key (backend.get_key_for_group, a Redis sorted set). Before that it reads res.children[0].children[0]: Celery records the old-style errbacks a failed task sends as one GroupResult child, pgq's children are the flat list of tasks whose parent is the task"
     ),
+    "test_canvas.py::test_chord::test_reapplying_frozen_chord_dispatches_body_again": (
+        "pgq's contract (CONTRACT.md, docs/compatibility.md): sending a task id that already exists creates nothing and returns that task's result. The test applies one frozen chord twice and expects its body to run twice: Celery sends the same ids again (the header tasks', the group's and the body's) and runs them again; on pgq the second apply returns the first run's result and the body runs once"
+    ),
+    "test_canvas.py::test_chord::test_simple_chord_with_a_delay_in_group_save": (
+        "a key/value result backend's internals: it runs only when app.backend is a BaseKeyValueStoreBackend (it skips otherwise, on Celery too) and slows down that backend's chord counter (_apply_chord_incr); pgq counts a chord's header in the body's row, so there is no such step"
+    ),
 }
 
 KNOWN_FAILING: dict[str, str] = {
     "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
         "racy on pgq: the chords after a chord failed by its header are failed in a statement after that failure commits, and get() on the group already raises from the failed chord (pgq's AsyncResult reads its parent), so the state read next may still be PENDING; passed in runs of it alone, failed in a whole run"
-    ),
-    "test_canvas.py::test_chord::test_reapplying_frozen_chord_dispatches_body_again": (
-        "applies one frozen chord twice and expects its body to run twice: Celery sends the same ids again (the header tasks', the group's and the body's) and runs them again; pgq keeps one row per task id and sending an existing id creates nothing (CONTRACT.md, apply_async), so the second apply returns the first run's result and the body runs once"
-    ),
-    "test_canvas.py::test_chord::test_simple_chord_with_a_delay_in_group_save": (
-        "skips on pgq: it runs only when app.backend is a BaseKeyValueStoreBackend, whose _apply_chord_incr (the key/value backends' chord counter) it slows down; pgq's results are rows of pgq.tasks and a chord's header is counted down in its body's row, so there is no such step to delay (the chord it then runs passes on pgq in other tests)"
     ),
     "test_tasks.py::test_tasks::test_retry_with_unpickleable_exception": (
         "polls the task's state until it leaves PENDING and expects RETRY: pgq shows a running task STARTED (documented: the claim is a row update), Celery PENDING without task_track_started, so it passes only when the poll misses the run"
