@@ -3,13 +3,16 @@ returns a result stores, and an errback given as one signature instead of a list
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from harness import HERE, WorkerProcess, wait_until_worker_registered, worker_env
+from harness import (
+    WorkerProcess,
+    celery_task_module,
+    running_worker,
+)
 
 from pgq.compat import group
 from pgq.compat.result import AsyncResult, GroupResult, result_from_tuple
@@ -21,24 +24,14 @@ pytestmark = pytest.mark.e2e
 def tasks(
     db_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
-    monkeypatch.setenv("PGQ_DATABASE_URL", db_url)
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.syspath_prepend(str(HERE))
-    import canvas_misc_tasks as module
-
-    yield module
-    module.app.close()
-    sys.modules.pop("canvas_misc_tasks", None)
+    with celery_task_module("canvas_misc_tasks", db_url, conn, monkeypatch) as module:
+        yield module
 
 
 @pytest.fixture
 def worker(db_url: str) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(["worker", "-A", "canvas_misc_tasks", "-c", "2"], worker_env(db_url))
-    wait_until_worker_registered(db_url, w)
-    yield w
-    if w.proc.poll() is None:
-        w.kill()
+    with running_worker(db_url, "canvas_misc_tasks", "-c", "2") as w:
+        yield w
 
 
 def test_a_result_returned_by_a_task_is_stored_as_its_ids(tasks: Any, worker: Any) -> None:

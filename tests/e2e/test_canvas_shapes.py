@@ -4,13 +4,16 @@ tasks are members of the header group whose id the body's result's parent has.""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from harness import HERE, WorkerProcess, wait_until_worker_registered, worker_env
+from harness import (
+    WorkerProcess,
+    celery_task_module,
+    running_worker,
+)
 
 from pgq.compat import chain, chord, group
 from pgq.compat.result import GroupResult
@@ -22,24 +25,14 @@ pytestmark = pytest.mark.e2e
 def tasks(
     db_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
-    monkeypatch.setenv("PGQ_DATABASE_URL", db_url)
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.syspath_prepend(str(HERE))
-    import shapes_tasks as module
-
-    yield module
-    module.app.close()
-    sys.modules.pop("shapes_tasks", None)
+    with celery_task_module("shapes_tasks", db_url, conn, monkeypatch) as module:
+        yield module
 
 
 @pytest.fixture
 def worker(db_url: str) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(["worker", "-A", "shapes_tasks", "-c", "2"], worker_env(db_url))
-    wait_until_worker_registered(db_url, w)
-    yield w
-    if w.proc.poll() is None:
-        w.kill()
+    with running_worker(db_url, "shapes_tasks", "-c", "2") as w:
+        yield w
 
 
 def test_a_group_of_one_chain_ending_with_a_group_gives_that_groups_result(

@@ -5,13 +5,17 @@ failure fails each task of the group with the header task's error and calls its 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from harness import HERE, WorkerProcess, wait_for, wait_until_worker_registered, worker_env
+from harness import (
+    WorkerProcess,
+    celery_task_module,
+    running_worker,
+    wait_for,
+)
 
 from pgq.compat import chord, group
 
@@ -22,24 +26,14 @@ pytestmark = pytest.mark.e2e
 def tasks(
     db_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
-    monkeypatch.setenv("PGQ_DATABASE_URL", db_url)
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.syspath_prepend(str(HERE))
-    import group_body_tasks as module
-
-    yield module
-    module.app.close()
-    sys.modules.pop("group_body_tasks", None)
+    with celery_task_module("group_body_tasks", db_url, conn, monkeypatch) as module:
+        yield module
 
 
 @pytest.fixture
 def worker(db_url: str) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(["worker", "-A", "group_body_tasks", "-c", "2"], worker_env(db_url))
-    wait_until_worker_registered(db_url, w)
-    yield w
-    if w.proc.poll() is None:
-        w.kill()
+    with running_worker(db_url, "group_body_tasks", "-c", "2") as w:
+        yield w
 
 
 def echoes(conn: psycopg.Connection[Any], value: str) -> int:

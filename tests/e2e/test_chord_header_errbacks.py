@@ -4,20 +4,12 @@ header task too) and errbacks linked to the header tasks one by one."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from harness import (
-    HERE,
-    WorkerProcess,
-    task_row,
-    wait_for,
-    wait_until_worker_registered,
-    worker_env,
-)
+from harness import WorkerProcess, celery_task_module, running_worker, task_row, wait_for
 
 from pgq.compat import chain, chord, group
 
@@ -28,24 +20,14 @@ pytestmark = pytest.mark.e2e
 def tasks(
     db_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
-    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
-    monkeypatch.setenv("PGQ_DATABASE_URL", db_url)
-    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
-    monkeypatch.syspath_prepend(str(HERE))
-    import chord_flag_tasks as module
-
-    yield module
-    module.app.close()
-    sys.modules.pop("chord_flag_tasks", None)
+    with celery_task_module("chord_flag_tasks", db_url, conn, monkeypatch) as module:
+        yield module
 
 
 @pytest.fixture
 def worker(db_url: str) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(["worker", "-A", "chord_flag_tasks", "-c", "2"], worker_env(db_url))
-    wait_until_worker_registered(db_url, w)
-    yield w
-    if w.proc.poll() is None:
-        w.kill()
+    with running_worker(db_url, "chord_flag_tasks", "-c", "2") as w:
+        yield w
 
 
 def _echoes(conn: psycopg.Connection[Any], message: str) -> int:
@@ -156,16 +138,11 @@ def test_a_task_replaced_by_an_upgraded_chord_keeps_pgqs_errback_on_the_body(
     ``Task.replace`` sends, pgq's own (``pgq.replace_failed``, which stores the failure for the
     replaced task and needs the failed task's id) stays with the chord's body; the header
     tasks do not get an immutable copy of it. The replaced task ends FAILURE."""
-    env = worker_env(db_url, CHORD_FLAG_ON="1")
-    w = WorkerProcess(["worker", "-A", "chord_flag_tasks", "-c", "2"], env)
-    try:
-        wait_until_worker_registered(db_url, w)
+    with running_worker(db_url, "chord_flag_tasks", "-c", "2", CHORD_FLAG_ON="1"):
         result = tasks.replaced_by_a_chord.delay()
         with pytest.raises(Exception):  # noqa: B017,PT011 - the ChordError or the header's error
             result.get(timeout=30)
         wait_for(lambda: _settled(conn), what="the workflow to settle")
-    finally:
-        w.kill()
     errbacks = conn.execute(
         "SELECT name, e->>'task' FROM pgq.tasks, jsonb_array_elements(options->'link_error') e"
         " WHERE name LIKE 'chord_flags.%' ORDER BY name"

@@ -9,13 +9,14 @@ live here, next to this module: ``tests/conftest.py`` puts this folder on ``sys.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -166,3 +167,34 @@ def wait_state(
         return row if row is not None and row["state"] in wanted else None
 
     return wait_for(reached, timeout, 0.05, f"task {task_id} to reach {wanted}")  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def celery_task_module(
+    name: str, db_url: str, conn: psycopg.Connection[Any], monkeypatch: Any
+) -> Iterator[Any]:
+    """Import the Celery-API task module ``name`` (tests/support) on an empty task table, its
+    app pointed at ``db_url``; closed and forgotten after."""
+    conn.execute("TRUNCATE pgq.tasks, pgq.workers")
+    monkeypatch.setenv("PGQ_DATABASE_URL", db_url)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.syspath_prepend(str(HERE))
+    module = importlib.import_module(name)
+    try:
+        yield module
+    finally:
+        module.app.close()
+        sys.modules.pop(name, None)
+
+
+@contextlib.contextmanager
+def running_worker(db_url: str, app_module: str, *args: str, **env: str) -> Iterator[WorkerProcess]:
+    """``pgq worker -A app_module *args`` (``env`` added to its environment), registered;
+    killed after if it still runs."""
+    w = WorkerProcess(["worker", "-A", app_module, *args], worker_env(db_url, **env))
+    wait_until_worker_registered(db_url, w)
+    try:
+        yield w
+    finally:
+        if w.proc.poll() is None:
+            w.kill()
