@@ -12,7 +12,8 @@ import copy
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -94,6 +95,7 @@ class WorkerStore:
         # yet when its first look comes, and a failure of theirs must always count).
         self._breakers_exist = True
         self.runs_breakers = False
+        self._in_transaction = False
 
     def connect(self, *, slot: bool = False) -> None:
         """Open the connections, check the schema, and start listening.
@@ -129,6 +131,18 @@ class WorkerStore:
         its plans are dropped every ``REPLAN_SECONDS``, as a slot's are."""
         self._conn = conn
         self._replan_at = time.monotonic() + REPLAN_SECONDS if conn is not None else float("inf")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the calls made inside (their own become savepoints): all of
+        them take effect, or, if one raises, none."""
+        assert self._conn is not None, "WorkerStore.connect() first"
+        with translate_errors(self.db.url), self._conn.transaction():
+            self._in_transaction = True
+            try:
+                yield
+            finally:
+                self._in_transaction = False
 
     @property
     def connected(self) -> bool:
@@ -265,7 +279,8 @@ class WorkerStore:
                 conn.execute(query("replan"), prepare=False)
                 self._replan_at = now + REPLAN_SECONDS
             if follow_ups or failed_steps or keyed:
-                with conn.transaction():
+                # Inside transaction() already: no savepoint (one transaction id for it all).
+                with nullcontext() if self._in_transaction else conn.transaction():
                     if follow_ups:
                         conn.execute(query("insert_tasks"), insert_params(follow_ups))
                     if failed_steps:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, TypeVar
 
 from pgq import hooks
@@ -126,20 +127,29 @@ class Outbox:
     def _finish_and_claim(self, limit: int, below: int = ANY_PRIORITY) -> list[ClaimedTask]:
         if not self._finished and not limit:
             return []
+        # Chord bodies a header failure may fail: what follows them is failed in the same
+        # transaction, so no reader sees a failed body while the chain after it still waits.
+        failed_chords, self._failed_chords = self._failed_chords, []
         try:
-            jobs = self.store.finish_and_claim(
-                self._finished,
-                self.queues,
-                limit,
-                self.settings.lease_seconds,
-                follow_ups=self._follow_ups,
-                failed_steps=self._failed_steps,
-                below=below,
-            )
+            with self.store.transaction() if failed_chords else nullcontext():
+                jobs = self.store.finish_and_claim(
+                    self._finished,
+                    self.queues,
+                    limit,
+                    self.settings.lease_seconds,
+                    follow_ups=self._follow_ups,
+                    failed_steps=self._failed_steps,
+                    below=below,
+                )
+                if failed_chords:
+                    self._fail_after_chords(failed_chords, atomic=True)
+                    failed_chords = []
         except OperationalError:
+            self._failed_chords = failed_chords
             raise
         except DatabaseError:
             if not self._finished:
+                self._failed_chords = failed_chords
                 raise
             # The outcomes were refused (and the claim with them): sort them out row by row,
             # claim on the next turn.
@@ -153,8 +163,7 @@ class Outbox:
             for row in self._follow_ups:
                 after_publish(row)
         self._finished, self._follow_ups, self._failed_steps = [], [], []
-        if self._failed_chords:
-            failed_chords, self._failed_chords = self._failed_chords, []
+        if failed_chords:  # the outcomes were written one by one: follow the chords alone
             self._fail_after_chords(failed_chords)
         if self._after_write:
             self._call_after_write()
@@ -172,14 +181,16 @@ class Outbox:
                 self._started.append((job.id, job.name, job.queue))
         return jobs
 
-    def _fail_after_chords(self, failed: list[tuple[str, str]]) -> None:
+    def _fail_after_chords(self, failed: list[tuple[str, str]], *, atomic: bool = False) -> None:
         """What follows a chord body that a header failure failed (the rest of its chain: the
         chords after it, say) is stored FAILURE with the body's ChordError, as Celery's
         ``mark_as_failure`` does for a failed task's chain; a step that counts toward another
         chord fails that one too, and so on, each round written in a statement of its own.
         A group body's tasks fail with the header's own error instead (``failed``: each body
-        with the error that may fail it). Only bodies whose failure is committed are followed
-        (a header task whose outcome was not written, its lease lost, fails nothing)."""
+        with the error that may fail it). Only bodies whose failure is written are followed
+        (a header task whose outcome was not written, its lease lost, fails nothing).
+        ``atomic``: inside the transaction that wrote the outcomes, which a refusal here undoes
+        (the error is raised, not logged)."""
         for _ in range(MAX_CHORD_ROUNDS):
             causes: dict[str, str] = {}
             for body_id, error in failed:
@@ -201,6 +212,8 @@ class Outbox:
             except OperationalError:
                 raise
             except DatabaseError as exc:
+                if atomic:
+                    raise
                 log.error("could not fail what follows chords %s: %s", body_ids, exc)
                 return
             failed = [(step.chord, step.result) for step in doomed if step.chord]

@@ -78,6 +78,14 @@ def test_a_chord_failed_by_its_header_fails_the_chords_after_it(app, conn, clean
     assert wait_state(conn, last_body, "FAILURE")["result"]["exc_type"] == "ChordError"
     assert task_row(conn, first_body)["result"]["exc_type"] == "ChordError"
     assert count(conn, "tsum") == 0
+    # All in the transaction that stored the header's failure: nobody can read the failed
+    # body while the chain after it still waits (Celery's test_header_failure_fails_the_chords_
+    # after_it reads the chain's state as soon as waiting on it raises).
+    writers = conn.execute(
+        "SELECT count(DISTINCT xmin::text) FROM pgq.tasks WHERE id = ANY(%s)",
+        ([first_body, last_body, result_id],),
+    ).fetchone()
+    assert writers == (1,)
 
 
 def test_a_chord_body_after_a_failed_chord_calls_the_errback_once(app, conn, clean, start_worker):
