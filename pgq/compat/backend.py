@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pgq import serialization, workflow
 from pgq.compat import states
 from pgq.compat.exceptions import TaskRevokedError
-from pgq.compat.result import AsyncResult, _value_of, exception_from_info
+from pgq.compat.result import AsyncResult, exception_from_info, shown
 
 if TYPE_CHECKING:
     from pgq.store import Store
@@ -51,10 +51,11 @@ class ResultBackend:
         record = self.store.read(task_id)
         if record is None:
             return {"status": states.PENDING, "result": None}
+        state, value = shown(record)
         return {
             "task_id": task_id,
-            "status": record.state,
-            "result": _value_of(record),
+            "status": state,
+            "result": value,
             "traceback": record.traceback,
             "children": [],
             # ISO 8601 text, as Celery's JSON backends give it back.

@@ -131,23 +131,32 @@ def _is_exception_info(value: Any) -> bool:
     return isinstance(value, dict) and "exc_type" in value and "exc_module" in value
 
 
-def _value_of(record: TaskRecord | None) -> Any:
-    """What ``result``/``info`` shows for a row, as Celery shows it for that state."""
+def shown(record: TaskRecord | None) -> tuple[str, Any]:
+    """The state and ``result``/``info`` Celery's backend would hold for a row.
+
+    A claimed row is STARTED, but Celery stores STARTED only for a task that tracks it
+    (``track_started``): the worker then writes its pid and hostname into the row, as does
+    ``app.backend.mark_as_started`` or ``update_state``. A STARTED row without such meta shows
+    what Celery last stored: PENDING (nothing), or RETRY and its error for a retried task
+    running again."""
     if record is None or record.state == states.PENDING:
-        return None
+        return states.PENDING, None
     value = serialization.loads(record.result)
     if record.state in _FINAL_ERROR_STATES or record.state == states.RETRY:
         if record.state == states.REVOKED and not _is_exception_info(value):
-            return TaskRevokedError("revoked")
-        return exception_from_info(value) if _is_exception_info(value) else value
+            return record.state, TaskRevokedError("revoked")
+        return record.state, exception_from_info(value) if _is_exception_info(value) else value
     if record.state == states.STARTED:
-        # Celery (track_started) shows the worker; pgq's row may still hold a retried error.
-        # Meta stored for the state (app.backend.mark_as_started, update_state) is shown as is.
-        if value is not None and not _is_exception_info(value):
-            return value
-        hostname = (record.worker or "").partition("/")[0] or None
-        return {"hostname": hostname}
-    return value
+        if value is None:
+            return states.PENDING, None
+        if _is_exception_info(value):
+            return states.RETRY, exception_from_info(value)
+    return record.state, value
+
+
+def _value_of(record: TaskRecord | None) -> Any:
+    """What ``result``/``info`` shows for a row, as Celery shows it for that state."""
+    return shown(record)[1]
 
 
 class AsyncResult(Result):
@@ -206,8 +215,7 @@ class AsyncResult(Result):
     @property
     def state(self) -> str:
         """The task's state; an unknown (or forgotten) id reads as PENDING."""
-        record = self.record()
-        return record.state if record is not None else states.PENDING
+        return shown(self.record())[0]
 
     status = state
 

@@ -127,6 +127,29 @@ _MESSAGE_PROPERTIES = frozenset(
 )
 
 
+class _FromConfig:
+    """A task attribute whose default is one of the app's settings, as Celery's
+    ``Task.from_config``: a value given on a subclass, by ``@app.task(option=...)`` or set on
+    the task wins; otherwise the setting is read when the attribute is, so a setting changed
+    after the task was defined (``app.conf.task_ignore_result = True``) counts too."""
+
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+        self.name = setting
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, task: Any, owner: Any = None) -> Any:
+        if task is not None and self.name in task.__dict__:
+            return task.__dict__[self.name]
+        app = task.app if task is not None else (owner._app or get_current_app())
+        return app.conf.get(self.setting)
+
+    def __set__(self, task: Any, value: Any) -> None:
+        task.__dict__[self.name] = value
+
+
 class Task(_engine.Task):
     """A Celery task class: subclass it (``base=``) or let ``@app.task`` build one."""
 
@@ -137,7 +160,10 @@ class Task(_engine.Task):
     rate_limit: str | None = None
     # pgq's per-name circuit breaker (pgq/flow.py): {"failures": 5, "window": 60, "cooldown": 30}.
     circuit_breaker: Any = None
-    track_started: bool = False
+    # A running task reads STARTED (with its worker's pid and hostname) only when it tracks
+    # it; else PENDING, or RETRY while a retried task runs again (see pgq.compat.result).
+    track_started: Any = _FromConfig("task_track_started")
+    ignore_result: Any = _FromConfig("task_ignore_result")
     acks_late: bool = False
     acks_on_failure_or_timeout: bool = True
     reject_on_worker_lost: bool | None = None

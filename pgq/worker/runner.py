@@ -19,6 +19,7 @@ import ctypes
 import functools
 import inspect
 import logging
+import os
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from pgq import serialization, workflow
 from pgq.backoff import retry_countdown
 from pgq.context import Request, reset_current_request, set_current_request
 from pgq.errors import (
+    DatabaseError,
     EncodeError,
     Ignore,
     MaxRetriesExceededError,
@@ -289,6 +291,9 @@ class Steps:
     follow-up tasks, and build the ``Report`` its slot writes.
     """
 
+    def starting(self, task: Task, request: Request) -> None:
+        """The task is about to run (after ``task_prerun``). Never raises."""
+
     def returned(self, task: Task, request: Request, retval: Any) -> None:
         """The task returned ``retval``; before its success hooks. Raising fails the task."""
 
@@ -320,6 +325,7 @@ def execute(task: Task, request: Request, steps: Steps = _NO_STEPS) -> Execution
     ``aexecute`` instead, beside others.
     """
     emit("task_prerun", task=task, request=request)
+    steps.starting(task, request)
     try:
         task.before_start(request.id, request.args, request.kwargs)
         retval = task.run(*request.args, **request.kwargs)
@@ -344,6 +350,7 @@ async def aexecute(
     than ``blocked_after`` seconds is logged). The worker's hard time limit and revoke-terminate
     cancel it: it ends FAILURE with ``TimeLimitExceeded`` or REVOKED."""
     emit("task_prerun", task=task, request=request)
+    steps.starting(task, request)
     try:
         task.before_start(request.id, request.args, request.kwargs)
         retval = task.run(*request.args, **request.kwargs)
@@ -486,6 +493,19 @@ class _RowSteps(Steps):
         self.new_args: str | None = None
         self.new_kwargs: str | None = None
         self.new_options: str | None = None
+
+    def starting(self, task: Task, request: Request) -> None:
+        # Celery's track_started: the row is STARTED from its claim on; the worker's pid and
+        # hostname in its result are what make compat's AsyncResult show it (else PENDING).
+        if not getattr(task, "track_started", False):
+            return
+        meta = serialization.dumps({"pid": os.getpid(), "hostname": request.hostname})
+        try:
+            task.app.store.set_state(request.id, "STARTED", meta)
+        except DatabaseError as exc:  # the task still runs; only its STARTED mark is missing
+            logging.getLogger("pgq.worker").warning(
+                "task %.80s: could not record that it started (%s)", request.id, exc
+            )
 
     def returned(self, task: Task, request: Request, retval: Any) -> None:
         ignore_result = request.options.get("ignore_result", task.ignore_result)

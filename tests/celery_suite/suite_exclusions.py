@@ -110,11 +110,4 @@ EXCLUDED: dict[str, str] = {
     ),
 }
 
-KNOWN_FAILING: dict[str, str] = {
-    "test_canvas.py::test_chain::test_header_failure_fails_the_chords_after_it[2]": (
-        "racy on pgq: the chords after a chord failed by its header are failed in a statement after that failure commits, and get() on the group already raises from the failed chord (pgq's AsyncResult reads its parent), so the state read next may still be PENDING; passed in runs of it alone, failed in a whole run"
-    ),
-    "test_tasks.py::test_tasks::test_retry_with_unpickleable_exception": (
-        "polls the task's state until it leaves PENDING and expects RETRY: pgq shows a running task STARTED (documented: the claim is a row update), Celery PENDING without task_track_started, so it passes only when the poll misses the run"
-    ),
-}
+KNOWN_FAILING: dict[str, str] = {}

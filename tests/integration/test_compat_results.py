@@ -3,6 +3,7 @@ and tasks run in-process through the worker's own runner (claim -> run_job -> fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -326,3 +327,73 @@ def test_call_kwargs_go_to_every_task_that_starts_the_workflow(app: Any) -> None
     assert sent.results[1].kwargs == {"y": 10}
     body = chord([add.s(i) for i in range(3)], add.s(100)).apply_async(kwargs={"y": 5})
     assert [member.kwargs for member in body.parent.results] == [{"y": 5}] * 3
+
+
+def test_a_running_task_reads_started_only_when_it_tracks_it(app: Any, db_url: str) -> None:
+    """Celery stores STARTED only for a task with ``track_started`` (or the app's
+    ``task_track_started``): without it a running task reads PENDING, and a retried task
+    running again RETRY with its last error. pgq's row says STARTED all along (SQL, the CLI)."""
+    seen: dict[str, Any] = {}
+
+    def look(task: Any) -> None:
+        own = task.app.AsyncResult(task.request.id)
+        row = task.app.store.read(task.request.id)
+        seen[task.name] = (own.state, own.info, task.app.backend.get_state(task.request.id))
+        seen[task.name + ".row"] = row.state if row is not None else None
+
+    @app.task(bind=True, name="results.untracked")
+    def untracked(self: Any) -> None:
+        look(self)
+
+    @app.task(bind=True, name="results.tracked", track_started=True)
+    def tracked(self: Any) -> None:
+        look(self)
+
+    @app.task(bind=True, name="results.again", max_retries=1)
+    def again(self: Any) -> None:
+        if self.request.retries == 0:
+            raise self.retry(exc=Declined("first try"), countdown=0)
+        look(self)
+
+    untracked.delay()
+    assert run_one(app, db_url) == "SUCCESS"
+    assert seen["results.untracked"] == ("PENDING", None, "PENDING")
+    assert seen["results.untracked.row"] == "STARTED"
+
+    tracked.delay()
+    assert run_one(app, db_url) == "SUCCESS"
+    state, info, backend_state = seen["results.tracked"]
+    assert (state, backend_state) == ("STARTED", "STARTED")
+    assert info == {"pid": os.getpid(), "hostname": "unit@host"}
+
+    again.delay()
+    assert run_one(app, db_url) == "RETRY"
+    assert run_one(app, db_url) == "SUCCESS"
+    state, info, backend_state = seen["results.again"]
+    assert (state, backend_state) == ("RETRY", "RETRY")
+    assert isinstance(info, Declined) and str(info) == "first try"
+    assert seen["results.again.row"] == "STARTED"
+
+    # The app's setting is the default of every task that does not say otherwise.
+    app.conf.task_track_started = True
+    untracked.delay()
+    assert run_one(app, db_url) == "SUCCESS"
+    assert seen["results.untracked"][0] == "STARTED"
+
+
+def test_task_ignore_result_is_the_default_of_every_task(app: Any, db_url: str) -> None:
+    """``task_ignore_result=True`` stores no return value unless a task says otherwise, as in
+    Celery (the state is still stored: pgq's row is the task)."""
+
+    @app.task(name="results.kept", ignore_result=False)
+    def kept() -> int:
+        return 7
+
+    app.conf.task_ignore_result = True
+    ignored = app.tasks["results.add"].delay(2, 3)
+    assert run_one(app, db_url) == "SUCCESS"
+    assert ignored.result is None
+    assert app.tasks["results.add"].ignore_result is True
+    stored = kept.delay()
+    assert run_one(app, db_url) == "SUCCESS"
+    assert stored.result == 7
