@@ -147,7 +147,7 @@ def shown(record: TaskRecord | None) -> tuple[str, Any]:
             return record.state, TaskRevokedError("revoked")
         return record.state, exception_from_info(value) if _is_exception_info(value) else value
     if record.state == states.STARTED:
-        if value is None:
+        if record.result is None:  # nothing written since the claim (JSON null is meta)
             return states.PENDING, None
         if _is_exception_info(value):
             return states.RETRY, exception_from_info(value)

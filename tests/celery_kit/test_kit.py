@@ -178,6 +178,16 @@ def test_custom_state_with_meta_is_visible_while_running(kit: Kit, tmp_path) -> 
     assert result.state == "SUCCESS"
 
 
+def test_a_running_task_reads_started_only_when_it_tracks_it(kit: Kit) -> None:
+    """Without track_started a running task reads PENDING (a retried one RETRY, with its last
+    error); with it STARTED, its info naming the worker's pid and hostname."""
+    assert kit.tasks.own_state.delay().get(timeout=TIMEOUT) == ["PENDING", None]
+    tracked = kit.tasks.own_state_tracked.delay().get(timeout=TIMEOUT)
+    assert tracked == ["STARTED", ["hostname", "pid"]]
+    again = kit.tasks.own_state_after_retry.delay().get(timeout=TIMEOUT)
+    assert again == ["RETRY", "PaymentDeclined"]
+
+
 def test_class_based_task_hooks_run(kit: Kit, tmp_path) -> None:
     ok = kit.tasks.audited.delay(3, audit_dir=str(tmp_path))
     assert ok.get(timeout=TIMEOUT) == 6

@@ -89,6 +89,35 @@ def retry_with_exc(self, card):
         raise self.retry(exc=exc, countdown=0.1) from exc
 
 
+def _own_state(task):
+    """What the task's own result says while it runs: the state, and the keys of its info
+    (a dict) or the class name of its error (RETRY)."""
+    result = task.AsyncResult(task.request.id)
+    info = result.info
+    if isinstance(info, BaseException):
+        info = type(info).__name__
+    elif isinstance(info, dict):
+        info = sorted(info)
+    return [result.state, info]
+
+
+@app.task(bind=True)
+def own_state(self):
+    return _own_state(self)
+
+
+@app.task(bind=True, track_started=True)
+def own_state_tracked(self):
+    return _own_state(self)
+
+
+@app.task(bind=True, max_retries=1)
+def own_state_after_retry(self):
+    if self.request.retries == 0:
+        raise self.retry(exc=PaymentDeclined("not yet"), countdown=0.1)
+    return _own_state(self)
+
+
 @app.task(bind=True, max_retries=3)
 def retry_with_new_args(self, n, step=1):
     if self.request.retries == 0:
