@@ -188,7 +188,7 @@ def test_targets_lists_every_measure_of_issue_23_into_one_folder(tmp_path: Path)
         "soak",
     ]
     assert "backlog --scale 5000" in lines[2]
-    assert lines[5].endswith(f"soak --minutes 60 --out {tmp_path / 'soak.json'}")
+    assert lines[5].endswith(f"soak --minutes 60 --batch 100 --out {tmp_path / 'soak.json'}")
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
     some = bench("targets", "--dry-run", "--only", "soak", "scaling", "--soak-minutes", "5")
