@@ -134,8 +134,9 @@ class WorkerStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One transaction around the calls made inside (their own become savepoints): all of
-        them take effect, or, if one raises, none."""
+        """One transaction around the calls made inside: all of them take effect, or, if one
+        raises, none. The turn statements inside open no savepoint of their own, so every row
+        they write carries this transaction's id."""
         assert self._conn is not None, "WorkerStore.connect() first"
         with translate_errors(self.db.url), self._conn.transaction():
             self._in_transaction = True
