@@ -140,9 +140,9 @@ class System:
 
     # -- client side (runs in ``python -m bench.client``) -------------------------------------
 
-    def client_enqueue_single(self, n: int, seconds: float) -> float:
-        """Enqueue up to ``n`` no-op tasks one call at a time, for at most about ``seconds``;
-        return tasks/s (see :func:`rate_of`)."""
+    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+        """Enqueue up to ``n`` no-op tasks one call at a time, for at most about ``seconds``
+        (with ``start_at``: from then, for ``seconds``); return tasks/s (see :func:`rate_of`)."""
         raise Unsupported("enqueue_single")
 
     def client_enqueue_batch(self, n: int, batch: int, seconds: float) -> float:
@@ -185,10 +185,23 @@ def all_systems() -> list[type[System]]:
     ]
 
 
-def rate_of(call: Callable[[], object], calls: int, per_call: int, seconds: float) -> float:
+def rate_of(
+    call: Callable[[], object],
+    calls: int,
+    per_call: int,
+    seconds: float,
+    start_at: float | None = None,
+) -> float:
     """Items/s of ``call``: one warm-up call (connections), then up to ``calls`` timed calls,
-    stopping early once ``seconds`` have passed (so a slow system does not hold the run up)."""
+    stopping early once ``seconds`` have passed (so a slow system does not hold the run up).
+
+    With ``start_at`` (a ``time.time()`` every producer of a measure is given) the timed calls
+    start then and go on for ``seconds`` whatever ``calls`` says: producers started together
+    are timed over one window, so their rates add up to what they did at once."""
     call()
+    if start_at is not None:
+        _wait_until(start_at)
+        calls = sys.maxsize
     done = 0
     started = time.perf_counter()
     deadline = started + seconds
@@ -199,10 +212,17 @@ def rate_of(call: Callable[[], object], calls: int, per_call: int, seconds: floa
 
 
 async def rate_of_async(
-    call: Callable[[], Awaitable[object]], calls: int, per_call: int, seconds: float
+    call: Callable[[], Awaitable[object]],
+    calls: int,
+    per_call: int,
+    seconds: float,
+    start_at: float | None = None,
 ) -> float:
     """:func:`rate_of` for a coroutine function."""
     await call()
+    if start_at is not None:
+        _wait_until(start_at)
+        calls = sys.maxsize
     done = 0
     started = time.perf_counter()
     deadline = started + seconds
@@ -210,6 +230,15 @@ async def rate_of_async(
         await call()
         done += 1
     return done * per_call / (time.perf_counter() - started)
+
+
+def _wait_until(start_at: float) -> None:
+    """Sleep until the wall clock reads ``start_at``; a producer ready only after it would be
+    timed over another window than the others, so it fails the measure instead."""
+    late = time.time() - start_at
+    if late > 0:
+        raise MeasureError(f"a producer was ready {late:.1f}s after the common start")
+    time.sleep(-late)
 
 
 def paced(rate: float, seconds: float) -> Iterator[int]:
