@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--systems", nargs="+", metavar="KEY", help="only these (see `list`)")
     run.add_argument("--trials", type=int, help="override the mode's number of trials")
     run.add_argument(
+        "--measures",
+        nargs="+",
+        metavar="NAME",
+        help="only these measures (enqueue_single, enqueue_producers, enqueue_batch, drain, ...)",
+    )
+    run.add_argument(
         "--concurrency", type=int, nargs="+", metavar="N", help="override the drain's -c values"
     )
     # Its own options (python -m bench web --help): main() hands it the rest of the line.
@@ -145,7 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"unknown system(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
             return 2
-    results = harness.run(sizes, env, args.systems)
+    if args.measures:
+        known_measures = {name for name, _param in harness.plan(sizes)}
+        unknown = sorted(set(args.measures) - known_measures)
+        if unknown:
+            known = ", ".join(sorted(known_measures))
+            print(f"unknown measure(s): {', '.join(unknown)}; known: {known}")
+            return 2
+    results = harness.run(sizes, env, args.systems, args.measures)
     text, pictures = report.write(results, args.out)
     print(text)
     written = [args.out / "latest.md", args.out / "latest.json", *pictures]

@@ -106,8 +106,14 @@ def say(message: str) -> None:
     print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
-def run(sizes: Sizes, env: BenchEnv, keys: list[str] | None = None) -> Results:
-    """Run the benchmark; ``keys`` selects systems (default: all)."""
+def run(
+    sizes: Sizes,
+    env: BenchEnv,
+    keys: list[str] | None = None,
+    measures: list[str] | None = None,
+) -> Results:
+    """Run the benchmark; ``keys`` selects systems, ``measures`` the measures of ``plan``
+    (default: all)."""
     probe = Probe()
     results = Results(
         mode=sizes.mode,
@@ -153,7 +159,7 @@ def run(sizes: Sizes, env: BenchEnv, keys: list[str] | None = None) -> Results:
                 entry["skipped"] = reason
             else:
                 ready.append(system)
-        _trials(sizes, ready, ctx, results)
+        _trials(sizes, ready, ctx, results, measures)
     finally:
         for system in touched:
             try:
@@ -167,8 +173,14 @@ def run(sizes: Sizes, env: BenchEnv, keys: list[str] | None = None) -> Results:
     return results
 
 
-def _trials(sizes: Sizes, systems: list[System], ctx: MeasureContext, results: Results) -> None:
-    steps = plan(sizes)
+def _trials(
+    sizes: Sizes,
+    systems: list[System],
+    ctx: MeasureContext,
+    results: Results,
+    measures: list[str] | None = None,
+) -> None:
+    steps = [step for step in plan(sizes) if measures is None or step[0] in measures]
     for trial in range(sizes.trials):
         ctx.trial = trial
         for index, (name, param) in enumerate(steps):
