@@ -95,38 +95,49 @@ def enqueue_single(
 
 # Producer processes calling delay() at once in enqueue_producers (issue 23: 8).
 PRODUCERS = 8
-# Time the producers are given to start (a Python process each, importing its library: about
-# a second of CPU each, 8 of them sharing this machine's cores) before their common window.
-PRODUCERS_START_SECONDS = 3.0 + 1.0 * PRODUCERS
+# From the last producer's "ready" to the common start.
+PRODUCERS_LEAD_SECONDS = 0.5
 
 
 def enqueue_producers(
     system: System, _param: int | None, sizes: Sizes, ctx: MeasureContext
 ) -> Outcome:
     """``PRODUCERS`` client processes each enqueue one call at a time over one common window of
-    ``enqueue_seconds`` (each warms up, then waits for the window's wall-clock start); the
-    aggregate is the sum of their rates. (Timing each over its own calls instead, as
-    ``enqueue_single`` does, let producers that started late run while early ones had already
-    finished: their rates did not add up to what they did at once.)"""
+    ``enqueue_seconds``: each warms up and says it is ready, and once all are, they start
+    together (``bench.systems.wait_for_start``); the aggregate is the sum of their rates.
+    (Timing each over its own calls instead, as ``enqueue_single`` does, let producers that
+    started late run after early ones had finished: their rates did not add up to what they
+    did at once.)"""
+    import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from bench.systems import Outcome
+    from bench.systems import START_FILE, START_TIMEOUT, Outcome
 
     system.reset()
-    start_at = time.time() + PRODUCERS_START_SECONDS
+    with tempfile.TemporaryDirectory(prefix="pgqbench-start-") as folder:
 
-    def one(_: int) -> float:
-        return float(
-            system.client(
-                "enqueue_single",
-                n=sizes.enqueue_single,
-                seconds=sizes.enqueue_seconds,
-                start_at=start_at,
+        def one(_: int) -> float:
+            return float(
+                system.client(
+                    "enqueue_single",
+                    n=sizes.enqueue_single,
+                    seconds=sizes.enqueue_seconds,
+                    start=folder,
+                )
             )
-        )
 
-    with ThreadPoolExecutor(PRODUCERS) as pool:
-        rates = list(pool.map(one, range(PRODUCERS)))
+        with ThreadPoolExecutor(PRODUCERS) as pool:
+            futures = [pool.submit(one, i) for i in range(PRODUCERS)]
+            deadline = time.monotonic() + START_TIMEOUT
+            ready = Path(folder)
+            while len(list(ready.glob("ready-*"))) < PRODUCERS and time.monotonic() < deadline:
+                if any(f.done() for f in futures):  # one failed before it was ready
+                    break
+                time.sleep(0.01)
+            staged = ready / "start.tmp"
+            staged.write_text(repr(time.time() + PRODUCERS_LEAD_SECONDS))
+            staged.rename(ready / START_FILE)
+            rates = [f.result() for f in futures]
     return Outcome(values={"enqueue_producers": sum(rates)})
 
 

@@ -105,9 +105,10 @@ def markdown(results: Results) -> str:
         add("| " + " | ".join(row) + " |")
     add("")
     add(
-        f"Enqueue: up to {sizes['enqueue_single']:,} calls from one process (8 producers: "
-        f"as many from each of 8 processes started together, their rates summed), or "
-        f"{sizes['enqueue_seconds']:g} s; batches of {sizes['batch_size']:,} (pgq `send_many`, "
+        f"Enqueue: up to {sizes['enqueue_single']:,} calls from one process, or "
+        f"{sizes['enqueue_seconds']:g} s (8 producers: 8 processes, each warmed up, calling "
+        f"for {sizes['enqueue_seconds']:g} s from one common start, their rates summed); "
+        f"batches of {sizes['batch_size']:,} (pgq `send_many`, "
         f"procrastinate `batch_defer_async`, pgqueuer `enqueue` with lists, Celery "
         f"`group().apply_async()`, which still sends one message per task), up to "
         f"{sizes['enqueue_batch']:,} tasks. Drain: {sizes['drain_tasks']:,} pre-queued no-op "

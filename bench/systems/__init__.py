@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from bench.config import ROOT, BenchEnv, Sizes
@@ -140,9 +142,10 @@ class System:
 
     # -- client side (runs in ``python -m bench.client``) -------------------------------------
 
-    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+    def client_enqueue_single(self, n: int, seconds: float, start: str | None = None) -> float:
         """Enqueue up to ``n`` no-op tasks one call at a time, for at most about ``seconds``
-        (with ``start_at``: from then, for ``seconds``); return tasks/s (see :func:`rate_of`)."""
+        (with ``start``: from the common start, for ``seconds``); return tasks/s (see
+        :func:`rate_of`)."""
         raise Unsupported("enqueue_single")
 
     def client_enqueue_batch(self, n: int, batch: int, seconds: float) -> float:
@@ -190,17 +193,18 @@ def rate_of(
     calls: int,
     per_call: int,
     seconds: float,
-    start_at: float | None = None,
+    start: str | None = None,
 ) -> float:
     """Items/s of ``call``: one warm-up call (connections), then up to ``calls`` timed calls,
     stopping early once ``seconds`` have passed (so a slow system does not hold the run up).
 
-    With ``start_at`` (a ``time.time()`` every producer of a measure is given) the timed calls
-    start then and go on for ``seconds`` whatever ``calls`` says: producers started together
-    are timed over one window, so their rates add up to what they did at once."""
+    With ``start`` (a folder every producer of a measure is given, see :func:`wait_for_start`)
+    the timed calls start at the common start and go on for ``seconds`` whatever ``calls`` says:
+    producers started together are timed over one window, so their rates add up to what they
+    did at once."""
     call()
-    if start_at is not None:
-        _wait_until(start_at)
+    if start is not None:
+        wait_for_start(start)
         calls = sys.maxsize
     done = 0
     started = time.perf_counter()
@@ -216,12 +220,12 @@ async def rate_of_async(
     calls: int,
     per_call: int,
     seconds: float,
-    start_at: float | None = None,
+    start: str | None = None,
 ) -> float:
     """:func:`rate_of` for a coroutine function."""
     await call()
-    if start_at is not None:
-        _wait_until(start_at)
+    if start is not None:
+        wait_for_start(start)
         calls = sys.maxsize
     done = 0
     started = time.perf_counter()
@@ -232,13 +236,27 @@ async def rate_of_async(
     return done * per_call / (time.perf_counter() - started)
 
 
-def _wait_until(start_at: float) -> None:
-    """Sleep until the wall clock reads ``start_at``; a producer ready only after it would be
-    timed over another window than the others, so it fails the measure instead."""
-    late = time.time() - start_at
-    if late > 0:
-        raise MeasureError(f"a producer was ready {late:.1f}s after the common start")
-    time.sleep(-late)
+# The file of a start folder that holds the common start (``time.time()``), written once
+# every producer is ready, and how long a producer waits for it.
+START_FILE = "start"
+START_TIMEOUT = 120.0
+
+
+def wait_for_start(folder: str) -> None:
+    """Say this producer is ready (a file named after its pid in ``folder``), wait for the
+    harness to write the common start (``START_FILE``), then sleep until it."""
+    path = Path(folder)
+    (path / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + START_TIMEOUT
+    start_file = path / START_FILE
+    while not start_file.exists():
+        if time.monotonic() > deadline:
+            raise MeasureError("the harness never gave the producers their common start")
+        time.sleep(0.002)
+    text = ""
+    while not text:  # written and renamed into place whole, but read it again if empty
+        text = start_file.read_text()
+    time.sleep(max(0.0, float(text) - time.time()))
 
 
 def paced(rate: float, seconds: float) -> Iterator[int]:

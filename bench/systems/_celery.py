@@ -64,9 +64,9 @@ class CelerySystem(System):
         celery_tasks.app.conf.result_backend = self.result_backend
         return celery_tasks
 
-    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+    def client_enqueue_single(self, n: int, seconds: float, start: str | None = None) -> float:
         noop = self._tasks().noop
-        return rate_of(noop.delay, n, 1, seconds, start_at)
+        return rate_of(noop.delay, n, 1, seconds, start)
 
     def client_enqueue_batch(self, n: int, batch: int, seconds: float) -> float:
         from celery import group

@@ -99,11 +99,11 @@ class PgqSystem(PostgresSystem):
         app.database_url = self.url
         return app
 
-    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+    def client_enqueue_single(self, n: int, seconds: float, start: str | None = None) -> float:
         from bench.noop_tasks import noop
 
         self._app()
-        return rate_of(noop.delay, n, 1, seconds, start_at)
+        return rate_of(noop.delay, n, 1, seconds, start)
 
     def client_enqueue_batch(self, n: int, batch: int, seconds: float) -> float:
         app = self._app()

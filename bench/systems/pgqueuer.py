@@ -62,10 +62,10 @@ class _Pgqueuer(PostgresSystem):
 
         self._run(body)
 
-    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+    def client_enqueue_single(self, n: int, seconds: float, start: str | None = None) -> float:
         async def body(queries: Any) -> float:
             return await rate_of_async(
-                lambda: queries.enqueue(NAMES["noop"], None), n, 1, seconds, start_at
+                lambda: queries.enqueue(NAMES["noop"], None), n, 1, seconds, start
             )
 
         return float(self._run(body))

@@ -59,10 +59,10 @@ class ProcrastinateSystem(PostgresSystem):
 
         self._run(body)
 
-    def client_enqueue_single(self, n: int, seconds: float, start_at: float | None = None) -> float:
+    def client_enqueue_single(self, n: int, seconds: float, start: str | None = None) -> float:
         async def body(app: Any) -> float:
             noop = app.tasks["bench.noop"]
-            return await rate_of_async(noop.defer_async, n, 1, seconds, start_at)
+            return await rate_of_async(noop.defer_async, n, 1, seconds, start)
 
         return float(self._run(body))
 
