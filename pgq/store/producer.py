@@ -121,16 +121,19 @@ async def _adrive(steps: _Steps, run: Callable[[str, dict[str, Any]], Awaitable[
         return done.value
 
 
-def _insert_steps(task: NewTask) -> _Steps:
+def _insert_steps(task: NewTask, commit_first: bool) -> _Steps:
     """Insert one task; returns (id, created). An existing id or key returns that task's id.
+    ``commit_first``: the insert is a transaction of its own (a pooled connection), committed
+    before the wake-up (see the insert_task query).
 
     An existing id, or a key whose window is open, returns that task. A key whose window has
     passed is released from its old task, and the insert is tried again; two producers racing
     through this get the same new task (see release_idempotency_key)."""
     params = task.params()
+    params["commit_first"] = commit_first
     for _attempt in range(_INSERT_ATTEMPTS):
         rows = yield "insert_task", params
-        if rows:
+        if rows[0][0] is not None:
             return rows[0][0], True
         existing = yield from _find_existing_steps(task)
         if existing is not None:
@@ -236,7 +239,7 @@ class Store:
         if connection is None:
             connection = provided_connection(self.db.url, using)
         return _drive(  # type: ignore[no-any-return]
-            _insert_steps(task),
+            _insert_steps(task, commit_first=connection is None),
             lambda name, params: self._run(name, params, connection, retry=True),
         )
 
@@ -244,7 +247,8 @@ class Store:
         """``insert`` for async code: on the caller's async ``connection`` (inside its open
         transaction) or on the running loop's pool; the same statements."""
         return await _adrive(  # type: ignore[no-any-return]
-            _insert_steps(task), lambda name, params: self._arun(name, params, connection)
+            _insert_steps(task, commit_first=connection is None),
+            lambda name, params: self._arun(name, params, connection),
         )
 
     async def _arun(self, name: str, params: dict[str, Any], connection: Any = None) -> list[Any]:

@@ -9,4 +9,4 @@ from __future__ import annotations
 
 __all__ = ["SCHEMA_REVISION"]
 
-SCHEMA_REVISION = "0011"
+SCHEMA_REVISION = "0012"

@@ -10,28 +10,22 @@
 SELECT version_num FROM pgq.alembic_version;
 
 -- name: insert_task
--- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing.
--- A task due now wakes the workers of its queue (NOTIFY pgq_tasks, delivered on commit), and
--- tells busy ones its priority (NOTIFY pgq_priority '<priority> <queue>': a slot running worse
--- tasks claims it between two of them, see pgq/worker/slot.py).
+-- (nothing) -> PENDING: one new task; an existing id or idempotency key inserts nothing (the id
+-- comes back NULL). A task due now wakes the workers of its queue (NOTIFY pgq_tasks), and tells
+-- busy ones its priority (NOTIFY pgq_priority '<priority> <queue>': a slot running worse tasks
+-- claims it between two of them, see pgq/worker/slot.py). With commit_first (a pooled
+-- connection, outside any transaction) the insert commits before the NOTIFYs, which then hold
+-- PostgreSQL's notify lock only for an instant, so concurrent producers' commits share WAL
+-- flushes; otherwise they are delivered on the caller's commit. See the procedure's migration
+-- (migrations/versions/0012_enqueue_procedure.py).
 -- idempotency_ttl: the key's deduplication window ends that many seconds from now.
-INSERT INTO pgq.tasks (id, name, queue, priority, run_at, expires_at, args, kwargs, options,
-                       idempotency_key, parent_id, root_id, concurrency_key, concurrency_limit,
-                       idempotency_expires_at)
-VALUES (%(id)s, %(name)s, %(queue)s, %(priority)s,
-        COALESCE(%(eta)s::timestamptz,
-                 now() + make_interval(secs => %(countdown)s::double precision),
-                 now()),
-        COALESCE(%(expires_at)s::timestamptz,
-                 now() + make_interval(secs => %(expires_in)s::double precision)),
-        %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
-        %(idempotency_key)s, %(parent_id)s, %(root_id)s,
-        %(concurrency_key)s, %(concurrency_limit)s::integer,
-        now() + make_interval(secs => %(idempotency_ttl)s::double precision))
-ON CONFLICT DO NOTHING
-RETURNING id, CASE WHEN run_at <= now() THEN pg_notify('pgq_tasks', left(queue, 255)) END,
-          CASE WHEN run_at <= now()
-               THEN pg_notify('pgq_priority', priority || ' ' || left(queue, 255)) END;
+CALL pgq.enqueue(%(id)s, %(name)s, %(queue)s, %(priority)s::smallint,
+                 %(eta)s::timestamptz, %(countdown)s::double precision,
+                 %(expires_at)s::timestamptz, %(expires_in)s::double precision,
+                 %(args)s::jsonb, %(kwargs)s::jsonb, %(options)s::jsonb,
+                 %(idempotency_key)s, %(parent_id)s, %(root_id)s,
+                 %(concurrency_key)s, %(concurrency_limit)s::integer,
+                 %(idempotency_ttl)s::double precision, %(commit_first)s);
 
 -- name: insert_tasks
 -- (nothing) -> PENDING: many tasks in one statement; conflicting ids/keys are skipped.
