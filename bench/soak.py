@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in verdict(samples, args.expires):
         print("- " + line)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps([asdict(s) for s in samples], indent=1))
     target = args.out.with_suffix(".png") if args.out else ROOT / "bench" / "results" / "soak.png"
     picture = plot(samples, target, _title(args, rate))
