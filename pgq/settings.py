@@ -134,7 +134,12 @@ class Settings:
         ),
     )
     prune_interval: float = field(
-        default=60.0, metadata=_env("PGQ_PRUNE_INTERVAL", "seconds between pruning passes")
+        default=60.0,
+        metadata=_env(
+            "PGQ_PRUNE_INTERVAL",
+            "seconds between pruning passes that find nothing expired (while rows expire, a pass"
+            " a second)",
+        ),
     )
     prune_batch: int = field(
         default=1000, metadata=_env("PGQ_PRUNE_BATCH", "rows deleted per pruning statement")

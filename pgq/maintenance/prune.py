@@ -3,9 +3,12 @@ dashboard's per-minute outcome counts older than a day."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgq.maintenance import WorkerJob
+from pgq.store import WorkerStore
 
 __all__ = ["STATS_KEEP_SECONDS", "Prune", "PruneSettings"]
 
@@ -26,10 +29,26 @@ class PruneSettings:
     # 167 rows a second, and a pass a second at most 10,000: at 20,000 tasks a second (issue
     # 23's soak) the table still grew without bound.
     catch_up: float = 0.0
+    # A pass that deleted rows but stayed under the cap comes back this soon, not after
+    # `interval`: while tasks keep finishing, rows keep expiring, and each pass deletes about a
+    # second's share. With a pass a minute, a minute's rows (600,000 at 10,000 tasks a second)
+    # expired at once and went in one burst of DELETEs and the VACUUM after it, and the soak saw
+    # claims stall for 300-500 ms every minute or so. A pass that deletes nothing (an idle
+    # queue) waits the whole interval.
+    follow_up: float = 1.0
 
 
 class Prune(WorkerJob[PruneSettings]):
     """Deletes up to ``batch * max_batches`` expired rows per pass, oldest first."""
+
+    def __init__(
+        self,
+        store: WorkerStore,
+        settings: PruneSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(store, settings, clock)
+        self._stats_due = self._clock()
 
     def run_once(self) -> int:
         total = 0
@@ -40,6 +59,11 @@ class Prune(WorkerJob[PruneSettings]):
                 break
         else:  # the cap: more expired rows wait
             self.next_run = min(self.next_run, self._clock() + self.settings.catch_up)
-        # The dashboard's per-minute outcome counts (pgq.stats_minute): kept a day.
-        self.store.prune_stats(STATS_KEEP_SECONDS)
+        if total:
+            self.next_run = min(self.next_run, self._clock() + self.settings.follow_up)
+        # The dashboard's per-minute outcome counts (pgq.stats_minute): kept a day, pruned once
+        # an interval however often the passes above come.
+        if self._clock() >= self._stats_due:
+            self._stats_due = self._clock() + self.settings.interval
+            self.store.prune_stats(STATS_KEEP_SECONDS)
         return total

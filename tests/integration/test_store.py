@@ -1304,6 +1304,51 @@ def test_prune_caps_one_pass(qapp: pgq.App, conn: Conn, clean: None, w1: WorkerS
     assert prune.run_once() == 0 and prune.next_run == 1e12  # nothing left: the interval holds
 
 
+def test_prune_comes_back_soon_while_rows_expire_and_prunes_stats_once_an_interval(
+    qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
+) -> None:
+    """Under a steady load a pass that deleted rows is followed a second later, so each pass
+    deletes about a second's share instead of a minute's rows in one burst; the day-old
+    per-minute counts are pruned once an interval, not on every such pass."""
+    now = [1000.0]
+    settings = PruneSettings(interval=60, result_expires=60, batch=10, follow_up=1.0)
+    prune = Prune(w1, settings, clock=lambda: now[0])
+
+    def old_stats_row() -> None:
+        conn.execute(
+            "INSERT INTO pgq.stats_minute (minute, queue, state, count)"
+            " VALUES (date_trunc('minute', now() - interval '2 days'), 'celery', 'SUCCESS', 1)"
+        )
+
+    def stats_rows() -> int:
+        return conn.execute("SELECT count(*) FROM pgq.stats_minute").fetchone()[0]
+
+    old_stats_row()
+    first = [enqueue(qapp) for _ in range(3)]
+    finish_all(w1, first)
+    age_finished(conn, first, "1 hour")
+    prune.tick()
+    assert count_tasks(conn) == 0 and stats_rows() == 0
+    assert prune.next_run == 1001.0  # it deleted rows: back in a second, not a minute
+
+    old_stats_row()
+    more = [enqueue(qapp) for _ in range(2)]
+    finish_all(w1, more)
+    age_finished(conn, more, "1 hour")
+    now[0] = 1001.0
+    prune.tick()
+    assert count_tasks(conn) == 0
+    assert stats_rows() == 1  # the counts wait for the interval
+    assert prune.next_run == 1002.0
+
+    now[0] = 1002.0
+    prune.tick()  # nothing expired: the whole interval
+    assert prune.next_run == 1062.0
+    now[0] = 1062.0
+    prune.tick()
+    assert stats_rows() == 0
+
+
 def test_prune_with_zero_expiry_deletes_every_finished_row(
     qapp: pgq.App, conn: Conn, clean: None, w1: WorkerStore
 ) -> None:
