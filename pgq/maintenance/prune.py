@@ -3,12 +3,10 @@ dashboard's per-minute outcome counts older than a day."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 
 from pgq.maintenance import WorkerJob
-from pgq.store import WorkerStore
 
 __all__ = ["STATS_KEEP_SECONDS", "Prune", "PruneSettings"]
 
@@ -41,14 +39,8 @@ class PruneSettings:
 class Prune(WorkerJob[PruneSettings]):
     """Deletes up to ``batch * max_batches`` expired rows per pass, oldest first."""
 
-    def __init__(
-        self,
-        store: WorkerStore,
-        settings: PruneSettings,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(store, settings, clock)
-        self._stats_due = self._clock()
+    # When pgq.stats_minute is next pruned: on the first pass, then once an interval.
+    _stats_due = -math.inf
 
     def run_once(self) -> int:
         total = 0
@@ -59,11 +51,12 @@ class Prune(WorkerJob[PruneSettings]):
                 break
         else:  # the cap: more expired rows wait
             self.next_run = min(self.next_run, self._clock() + self.settings.catch_up)
+        now = self._clock()
         if total:
-            self.next_run = min(self.next_run, self._clock() + self.settings.follow_up)
+            self.next_run = min(self.next_run, now + self.settings.follow_up)
         # The dashboard's per-minute outcome counts (pgq.stats_minute): kept a day, pruned once
         # an interval however often the passes above come.
-        if self._clock() >= self._stats_due:
-            self._stats_due = self._clock() + self.settings.interval
+        if now >= self._stats_due:
+            self._stats_due = now + self.settings.interval
             self.store.prune_stats(STATS_KEEP_SECONDS)
         return total
