@@ -9,4 +9,4 @@ from __future__ import annotations
 
 __all__ = ["SCHEMA_REVISION"]
 
-SCHEMA_REVISION = "0012"
+SCHEMA_REVISION = "0013"

@@ -456,11 +456,12 @@ class WorkerStore:
         (off, allowed, dead, live), *_ = self._rows("tasks_vacuum_state", {})
         return bool(off), bool(allowed), int(dead), int(live)
 
-    def vacuum_tasks(self) -> None:
-        """VACUUM pgq.tasks on a connection of its own (it may take a while; the caller runs it
-        off the worker's loop). Skipped by the server if another VACUUM holds the table."""
+    def vacuum_tasks(self, analyze: bool = True) -> None:
+        """VACUUM pgq.tasks (with ``analyze``, ANALYZE it too) on a connection of its own (it may
+        take a while; the caller runs it off the worker's loop). Skipped by the server if another
+        VACUUM holds the table."""
         with translate_errors(self.db.url), self.db.connect() as conn:
-            conn.execute(query("vacuum_tasks"))
+            conn.execute(query("vacuum_analyze_tasks" if analyze else "vacuum_tasks"))
 
     def add_stats(self, counts: dict[tuple[int, str, str], int]) -> None:
         """Add outcome counts per (epoch minute, queue, state) to ``pgq.stats_minute``."""

@@ -41,6 +41,22 @@ def make_dead_rows(conn: Conn, n: int) -> None:
     conn.execute("DELETE FROM pgq.tasks WHERE id LIKE 'dead-%%'")
 
 
+def analyze_count(conn: Conn) -> int:
+    """How many times pgq.tasks was analyzed, as the statistics say now."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    sql = "SELECT analyze_count FROM pg_stat_user_tables WHERE relid = %s::regclass"
+    row = conn.execute(sql, ("pgq.tasks",)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def table_pages(conn: Conn) -> int:
+    row = conn.execute("SELECT pg_relation_size('pgq.tasks') / current_setting('block_size')::int")
+    one = row.fetchone()
+    assert one is not None
+    return int(one[0])
+
+
 def table_stats(conn: Conn) -> tuple[int, int]:
     """(vacuums so far, dead rows) of pgq.tasks, as the statistics say now."""
     conn.execute("SELECT pg_stat_clear_snapshot()")
@@ -62,6 +78,46 @@ def test_dead_rows_are_vacuumed_when_autovacuum_is_off(
     job.thread.join(timeout=60)
     wait_for(lambda: table_stats(conn)[0] > vacuums, what="the VACUUM in the statistics")
     assert table_stats(conn)[1] < 500
+
+
+def test_the_first_pass_analyzes_then_one_pass_an_analyze_interval(
+    conn: Conn, no_autovacuum: None, store: WorkerStore
+) -> None:
+    now = [1000.0]
+    job = Vacuum(store, VacuumSettings(min_dead=100, analyze_interval=300.0), clock=lambda: now[0])
+
+    def one_pass() -> int:
+        """Run a pass over fresh dead rows; how many ANALYZEs it made."""
+        make_dead_rows(conn, 500)
+        wait_for(lambda: table_stats(conn)[1] >= 500, what="the dead rows in the statistics")
+        vacuums, analyzes = table_stats(conn)[0], analyze_count(conn)
+        assert job.run_once() is True
+        assert job.thread is not None
+        job.thread.join(timeout=60)
+        wait_for(lambda: table_stats(conn)[0] > vacuums, what="the VACUUM in the statistics")
+        return analyze_count(conn) - analyzes
+
+    assert one_pass() == 1
+    now[0] += 299.0
+    assert one_pass() == 0
+    now[0] += 1.0
+    assert one_pass() == 1
+
+
+def test_vacuum_keeps_the_tables_empty_tail(
+    conn: Conn, no_autovacuum: None, store: WorkerStore
+) -> None:
+    """vacuum_truncate = false (migration 0013): a VACUUM that frees the last pages of the table
+    leaves them in place rather than taking the table's ACCESS EXCLUSIVE lock to cut them off."""
+    make_dead_rows(conn, 2000)
+    wait_for(lambda: table_stats(conn)[1] >= 2000, what="the dead rows in the statistics")
+    pages = table_pages(conn)
+    assert pages > 1
+    store.vacuum_tasks(analyze=False)
+    assert table_pages(conn) == pages
+    # The tail was empty and could be cut: a VACUUM told to truncate does.
+    conn.execute("VACUUM (TRUNCATE true) pgq.tasks")
+    assert table_pages(conn) < pages
 
 
 def test_below_the_threshold_nothing_runs(

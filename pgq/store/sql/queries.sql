@@ -1675,6 +1675,11 @@ LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
 WHERE c.oid = 'pgq.tasks'::regclass;
 
 -- name: vacuum_tasks
--- Where autovacuum is off: the dead rows of finished, retried and pruned tasks cleared, and the
--- planner's statistics renewed. SKIP_LOCKED: if another worker's VACUUM holds the table, skip.
+-- Where autovacuum is off: the dead rows of finished, retried and pruned tasks cleared.
+-- SKIP_LOCKED: if another worker's VACUUM holds the table, skip. The table's empty tail is
+-- kept (vacuum_truncate = false, migration 0013).
+VACUUM (SKIP_LOCKED) pgq.tasks;
+
+-- name: vacuum_analyze_tasks
+-- The same, and the planner's statistics renewed (at most every VacuumSettings.analyze_interval).
 VACUUM (SKIP_LOCKED, ANALYZE) pgq.tasks;
